@@ -1,0 +1,188 @@
+//! What the init takes from the kernel command line.
+//!
+//! The command to run comes, in order of preference, from
+//! - `husk.cmd=<base64 of the NUL-separated argv>`: what a VMM passes, because
+//!   it survives any byte in the arguments (quotes, spaces, `--`);
+//! - the words after a standalone `--`, split the way the kernel splits its
+//!   command line (whitespace, double quotes group): what a human types;
+//! - nothing: an interactive shell on the console.
+//!
+//! We parse `/proc/cmdline` ourselves instead of trusting `argv` because the
+//! kernel also hands init every bare word it does not recognise before `--`.
+
+use base64::Engine;
+
+/// Settings read from the kernel command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The command and its arguments; `None` means an interactive shell.
+    pub command: Option<Vec<String>>,
+    /// `husk.hostname=`; defaults to `husk`.
+    pub hostname: String,
+    /// `husk.status=console`: also print the exit status line on the console,
+    /// for VMMs that cannot read the status port (QEMU in the tests).
+    pub status_on_console: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// `husk.cmd=` was not valid base64 or not UTF-8.
+    BadEncodedCommand(String),
+    /// `husk.cmd=` decoded to an empty argv.
+    EmptyCommand,
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::BadEncodedCommand(why) => write!(f, "husk.cmd is not valid: {why}"),
+            Error::EmptyCommand => write!(f, "husk.cmd holds no command"),
+        }
+    }
+}
+
+/// Splits a kernel command line into words: whitespace separates, a double
+/// quote toggles quoting and is itself dropped (as the kernel's `next_arg`).
+pub fn split_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    words
+}
+
+/// Encodes an argv the way `husk.cmd=` expects it (used by hosts and tests).
+pub fn encode_command<S: AsRef<str>>(argv: &[S]) -> String {
+    let joined = argv
+        .iter()
+        .map(|a| a.as_ref())
+        .collect::<Vec<_>>()
+        .join("\0");
+    base64::engine::general_purpose::STANDARD_NO_PAD.encode(joined)
+}
+
+fn decode_command(value: &str) -> Result<Vec<String>, Error> {
+    // Accept padded and unpadded input: hosts differ.
+    let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(value.trim_end_matches('='))
+        .map_err(|e| Error::BadEncodedCommand(e.to_string()))?;
+    let text = String::from_utf8(bytes).map_err(|e| Error::BadEncodedCommand(e.to_string()))?;
+    if text.is_empty() {
+        return Err(Error::EmptyCommand);
+    }
+    Ok(text.split('\0').map(str::to_owned).collect())
+}
+
+/// Parses the whole kernel command line.
+pub fn parse(line: &str) -> Result<Config, Error> {
+    let words = split_words(line);
+    let (params, after_dashes) = match words.iter().position(|w| w == "--") {
+        Some(i) => (&words[..i], Some(&words[i + 1..])),
+        None => (&words[..], None),
+    };
+    let mut config = Config {
+        command: None,
+        hostname: "husk".to_owned(),
+        status_on_console: false,
+    };
+    let mut encoded = None;
+    for p in params {
+        if let Some(v) = p.strip_prefix("husk.cmd=") {
+            encoded = Some(v);
+        } else if let Some(v) = p.strip_prefix("husk.hostname=") {
+            if !v.is_empty() {
+                config.hostname = v.to_owned();
+            }
+        } else if let Some(v) = p.strip_prefix("husk.status=") {
+            config.status_on_console = v == "console";
+        }
+    }
+    config.command = match (encoded, after_dashes) {
+        (Some(v), _) => Some(decode_command(v)?),
+        (None, Some(rest)) if !rest.is_empty() => Some(rest.to_vec()),
+        _ => None,
+    };
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_follow_kernel_quoting() {
+        assert_eq!(
+            split_words(r#"a  b="c d" "e f"g  "#),
+            vec!["a", "b=c d", "e fg"]
+        );
+        assert_eq!(split_words(r#"x "" y"#), vec!["x", "", "y"]);
+    }
+
+    #[test]
+    fn command_after_dashes() {
+        let c = parse(r#"console=ttyS0 quiet -- sh -c "echo hi; exit 42""#).unwrap();
+        assert_eq!(
+            c.command,
+            Some(vec!["sh".into(), "-c".into(), "echo hi; exit 42".into()])
+        );
+        assert_eq!(c.hostname, "husk");
+        assert!(!c.status_on_console);
+    }
+
+    #[test]
+    fn encoded_command_wins_and_keeps_any_byte() {
+        let argv = ["printf", "%s\\n", "a \"quoted\" -- word", ""];
+        let line = format!(
+            "husk.cmd={} husk.hostname=box husk.status=console -- ignored",
+            encode_command(&argv)
+        );
+        let c = parse(&line).unwrap();
+        assert_eq!(c.command.unwrap(), argv);
+        assert_eq!(c.hostname, "box");
+        assert!(c.status_on_console);
+    }
+
+    #[test]
+    fn padded_base64_is_accepted() {
+        let padded = base64::engine::general_purpose::STANDARD.encode("ab");
+        assert!(padded.ends_with('='));
+        let c = parse(&format!("husk.cmd={padded}")).unwrap();
+        assert_eq!(c.command.unwrap(), vec!["ab"]);
+    }
+
+    #[test]
+    fn no_command_means_shell() {
+        assert_eq!(parse("root=/dev/vda rw").unwrap().command, None);
+        assert_eq!(parse("root=/dev/vda --").unwrap().command, None);
+    }
+
+    #[test]
+    fn bad_encoded_command_is_an_error() {
+        assert!(matches!(
+            parse("husk.cmd=!!!"),
+            Err(Error::BadEncodedCommand(_))
+        ));
+        assert_eq!(parse("husk.cmd="), Err(Error::EmptyCommand));
+    }
+}
