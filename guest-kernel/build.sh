@@ -3,36 +3,47 @@
 # Debian's linux-source package and the fragment microvm.config.
 #
 # Output: $HUSK_KERNEL_CACHE/<key>/{vmlinux,bzImage,config}, where <key> hashes
-# the fragment, this script and the source package version, so an unchanged
-# kernel is never rebuilt. The path of the output directory is the last line
-# printed on stdout. A changed fragment rebuilds incrementally in the shared
-# object tree.
+# the fragment, RECIPE below and the source package version, so an unchanged
+# kernel is never rebuilt. The output directory is the last line on stdout.
+# A changed fragment rebuilds incrementally in the shared object tree.
 #
-# Usage: guest-kernel/build.sh [--print-dir]   (--print-dir: no build, only the path)
+# Usage: guest-kernel/build.sh [--print-dir | --check-only]
+#   --print-dir   print the output directory, build nothing
+#   --check-only  configure in a scratch tree and verify the config, no build
+# Environment: HUSK_KERNEL_CACHE (default ~/.cache/husk/kernel),
+#              HUSK_KERNEL_FRAGMENT (default guest-kernel/microvm.config)
 set -euo pipefail
 
+# Bump when a change to this script changes what gets built.
+RECIPE=1
+
 here=$(cd "$(dirname "$0")" && pwd)
-fragment=$here/microvm.config
+fragment=${HUSK_KERNEL_FRAGMENT:-$here/microvm.config}
 pkg=linux-source-6.1
 cache=${HUSK_KERNEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/husk/kernel}
+mode=${1:-build}
 
 log() { printf '[guest-kernel] %s\n' "$*" >&2; }
 die() { printf 'guest-kernel: %s\n' "$*" >&2; exit 1; }
 
+[[ -r $fragment ]] || die "cannot read the config fragment $fragment"
 version=$(dpkg-query -W -f='${Version}' "$pkg" 2>/dev/null) ||
     die "$pkg is not installed (apt-get install $pkg)"
-key=$( { echo "$pkg $version"; cat "$fragment" "$0"; } | sha256sum | cut -c1-16)
+key=$( { echo "$pkg $version recipe $RECIPE"; cat "$fragment"; } | sha256sum | cut -c1-16)
 out=$cache/$key
 
-if [[ ${1:-} == --print-dir ]]; then echo "$out"; exit 0; fi
-if [[ -f $out/vmlinux && -f $out/bzImage ]]; then
+case $mode in
+--print-dir) echo "$out"; exit 0 ;;
+build | --check-only) ;;
+*) die "unknown option $mode (use --print-dir or --check-only)" ;;
+esac
+if [[ $mode == build && -f $out/vmlinux && -f $out/bzImage ]]; then
     log "cached: $out"
     echo "$out"
     exit 0
 fi
 
 src=$cache/src-$version
-obj=$cache/obj-$version
 mkdir -p "$cache"
 if [[ ! -f $src/Makefile ]]; then
     log "unpacking $pkg $version into $src"
@@ -41,17 +52,22 @@ if [[ ! -f $src/Makefile ]]; then
     mv "$src.tmp" "$src"
 fi
 
-mkdir -p "$obj"
-log "configuring (tinyconfig + microvm.config + olddefconfig)"
+if [[ $mode == --check-only ]]; then
+    obj=$(mktemp -d)
+    trap 'rm -rf "$obj"' EXIT
+else
+    obj=$cache/obj-$version
+    mkdir -p "$obj"
+fi
+
+log "configuring (tinyconfig + $(basename "$fragment") + olddefconfig)"
 make -s -C "$src" O="$obj" tinyconfig >/dev/null
-# merge_config.sh checks each requested value after olddefconfig; we check
-# again below with our own message so a missing option names itself.
 KCONFIG_CONFIG=$obj/.config "$src/scripts/kconfig/merge_config.sh" -m -O "$obj" \
-    "$obj/.config" "$fragment" >/dev/null
+    "$obj/.config" "$fragment" >/dev/null 2>&1
 make -s -C "$src" O="$obj" olddefconfig >/dev/null
 
-# Every option the fragment asks for must have survived olddefconfig:
-# Kconfig silently drops an option whose dependencies are not met.
+# Kconfig silently drops an option whose dependencies are not met: every
+# option the fragment asks for must be in the final .config as asked.
 missing=()
 while IFS= read -r line; do
     if [[ $line =~ ^(CONFIG_[A-Za-z0-9_]+)=(.*)$ ]]; then
@@ -63,16 +79,22 @@ done <"$fragment"
 if ((${#missing[@]})); then
     die "config check failed; not in the final .config: ${missing[*]}"
 fi
-log "config verified: every option of microvm.config is in the final .config"
+log "config verified: every option of $(basename "$fragment") is in the final .config"
+[[ $mode == --check-only ]] && exit 0
 
 jobs=$(nproc)
 log "building vmlinux and bzImage with $jobs jobs (cold: ~17 min on 2 cores; log: $obj/build.log)"
 start=$SECONDS
-# Progress: one line per 250 compiled files, so CI logs show it is alive.
-make -C "$src" O="$obj" -j"$jobs" vmlinux bzImage 2>&1 | tee "$obj/build.log" |
+# Progress: a line per 250 compiled files, so CI logs show it is alive.
+set +e
+make -C "$src" O="$obj" -j"$jobs" vmlinux bzImage >"$obj/build.log" 2>&1 &
+make_pid=$!
+tail -n +1 -F --pid=$make_pid "$obj/build.log" 2>/dev/null |
     awk '/^  CC /{n++; if (n % 250 == 0) { printf "[guest-kernel] %d files compiled\n", n > "/dev/stderr" } }'
-status=${PIPESTATUS[0]}
-((status == 0)) || die "kernel build failed (exit $status); see $obj/build.log"
+wait $make_pid
+status=$?
+set -e
+((status == 0)) || { tail -n 30 "$obj/build.log" >&2; die "kernel build failed (exit $status); log: $obj/build.log"; }
 log "built in $((SECONDS - start)) s"
 
 rm -rf "$out.tmp" && mkdir -p "$out.tmp"

@@ -1,0 +1,52 @@
+//! Helpers shared by husk's end-to-end tests: where the guest artifacts are,
+//! whether this host can boot Linux under KVM, and launchers for the VMMs
+//! under test (QEMU `-M microvm` is the peer every husk figure is compared
+//! against).
+
+pub mod null_guest;
+pub mod qemu;
+
+pub use husk_vmm::kvm_kind as kvm;
+
+use std::path::PathBuf;
+
+/// The guest kernel and root filesystem the project builds
+/// (`scripts/build-guest`).
+#[derive(Debug, Clone)]
+pub struct GuestArtifacts {
+    pub vmlinux: PathBuf,
+    pub bzimage: PathBuf,
+    pub rootfs_ext4: PathBuf,
+}
+
+/// `$HUSK_GUEST_DIR`, else `<workspace>/target/guest`.
+pub fn guest_dir() -> PathBuf {
+    std::env::var_os("HUSK_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/guest"))
+}
+
+/// The built guest artifacts; panics with the command that builds them.
+pub fn guest_artifacts() -> GuestArtifacts {
+    let dir = guest_dir();
+    let a = GuestArtifacts {
+        vmlinux: dir.join("vmlinux"),
+        bzimage: dir.join("bzImage"),
+        rootfs_ext4: dir.join("rootfs.ext4"),
+    };
+    for p in [&a.vmlinux, &a.bzimage, &a.rootfs_ext4] {
+        assert!(
+            p.exists(),
+            "{} is missing: build the guest with scripts/build-guest",
+            p.display()
+        );
+    }
+    a
+}
+
+/// Panics with a one-line explanation unless this host can boot Linux guests
+/// under KVM. End-to-end tests call it first so they fail loudly, not hang.
+pub fn require_linux_kvm() {
+    let kind = kvm::detect();
+    assert!(kind.runs_linux(), "{kind}");
+}

@@ -1,0 +1,78 @@
+//! The "null guest": a few bytes of machine code in a tiny ELF that write a
+//! line to COM1 and reset through the i8042. It boots on any `/dev/kvm`
+//! (kvm_pvm included), so it measures and tests the VMM's own path — launch,
+//! KVM setup, kernel loading, exits, teardown — without a Linux boot.
+//!
+//! The same bytes run in 32-bit protected mode (PVH entry) and in 64-bit
+//! mode (Linux 64-bit entry): `mov dx, imm16` needs the 0x66 prefix in both,
+//! and `mov al, imm8` / `out` / `hlt` encode identically.
+
+/// Where the code is loaded; above 1 MiB like a kernel.
+pub const LOAD_ADDR: u64 = 0x100_0000;
+/// What the guest prints.
+pub const LINE: &[u8] = b"husk null guest\n";
+const CODE_OFFSET: u64 = 0x1000;
+
+fn code(status: Option<u8>) -> Vec<u8> {
+    let mut c = vec![0x66, 0xba, 0xf8, 0x03]; // mov dx, 0x3f8
+    for &b in LINE {
+        c.extend_from_slice(&[0xb0, b, 0xee]); // mov al, b; out dx, al
+    }
+    if let Some(s) = status {
+        c.extend_from_slice(&[0xb0, s, 0xe6, 0xf4]); // mov al, s; out 0xf4, al
+    }
+    c.extend_from_slice(&[0xb0, 0xfe, 0xe6, 0x64]); // mov al, 0xfe; out 0x64, al
+    c.extend_from_slice(&[0xf4, 0xeb, 0xfd]); // hlt; jmp back to hlt
+    c
+}
+
+/// An x86-64 ELF that prints [`LINE`], optionally reports `status` on the
+/// status port, and resets. With `pvh`, a Xen PVH note points at the code.
+pub fn elf(pvh: bool, status: Option<u8>) -> Vec<u8> {
+    let code = code(status);
+    let phnum: u16 = if pvh { 2 } else { 1 };
+    let mut e = Vec::new();
+    // ELF header.
+    e.extend_from_slice(b"\x7fELF");
+    e.extend_from_slice(&[2, 1, 1, 0]); // 64-bit, little endian, version 1, SysV
+    e.extend_from_slice(&[0; 8]);
+    e.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    e.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    e.extend_from_slice(&1u32.to_le_bytes());
+    e.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // e_entry
+    e.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
+    e.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    e.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    e.extend_from_slice(&64u16.to_le_bytes()); // e_ehsize
+    e.extend_from_slice(&56u16.to_le_bytes()); // e_phentsize
+    e.extend_from_slice(&phnum.to_le_bytes());
+    e.extend_from_slice(&[0; 6]); // no sections
+    let note_offset = 64 + 56 * u64::from(phnum);
+    let phdr = |e: &mut Vec<u8>, kind: u32, flags: u32, off: u64, addr: u64, size: u64| {
+        e.extend_from_slice(&kind.to_le_bytes());
+        e.extend_from_slice(&flags.to_le_bytes());
+        e.extend_from_slice(&off.to_le_bytes());
+        e.extend_from_slice(&addr.to_le_bytes()); // p_vaddr
+        e.extend_from_slice(&addr.to_le_bytes()); // p_paddr
+        e.extend_from_slice(&size.to_le_bytes()); // p_filesz
+        e.extend_from_slice(&size.to_le_bytes()); // p_memsz
+        e.extend_from_slice(&4u64.to_le_bytes()); // p_align
+    };
+    phdr(&mut e, 1, 5, CODE_OFFSET, LOAD_ADDR, code.len() as u64); // PT_LOAD r-x
+    if pvh {
+        phdr(&mut e, 4, 4, note_offset, 0, 20); // PT_NOTE
+        e.extend_from_slice(&4u32.to_le_bytes()); // n_namesz
+        e.extend_from_slice(&4u32.to_le_bytes()); // n_descsz
+        e.extend_from_slice(&18u32.to_le_bytes()); // XEN_ELFNOTE_PHYS32_ENTRY
+        e.extend_from_slice(b"Xen\0");
+        e.extend_from_slice(&(LOAD_ADDR as u32).to_le_bytes());
+    }
+    e.resize(CODE_OFFSET as usize, 0);
+    e.extend_from_slice(&code);
+    e
+}
+
+/// Writes [`elf`] to `path`.
+pub fn write(path: &std::path::Path, pvh: bool, status: Option<u8>) -> std::io::Result<()> {
+    std::fs::write(path, elf(pvh, status))
+}

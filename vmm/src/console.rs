@@ -1,0 +1,183 @@
+//! The serial console's two ends on the host: where guest output goes, and
+//! the pump that feeds the VMM's stdin to the guest.
+
+use crate::Shared;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use vmm_sys_util::eventfd::EventFd;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Console {
+    /// Guest output on the VMM's stdout.
+    Stdio,
+    /// Discarded.
+    Off,
+    /// Appended to a file.
+    File(PathBuf),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open the console file {0}: {1}")]
+    File(String, std::io::Error),
+    #[error("console input: {0}")]
+    Input(std::io::Error),
+}
+
+impl std::str::FromStr for Console {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "stdio" => Ok(Console::Stdio),
+            "off" => Ok(Console::Off),
+            _ => match s.strip_prefix("file=") {
+                Some(p) if !p.is_empty() => Ok(Console::File(p.into())),
+                _ => Err(format!(
+                    "invalid console {s:?}: use stdio, off or file=PATH"
+                )),
+            },
+        }
+    }
+}
+
+/// Writes every byte straight through: the guest's console output must show
+/// up as it is produced, and a line-buffered stdout would hold prompts back.
+struct Unbuffered<W: Write>(W);
+
+impl<W: Write> Write for Unbuffered<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.0.write(b)?;
+        self.0.flush()?;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl Console {
+    pub fn writer(&self) -> Result<Box<dyn Write + Send>, Error> {
+        Ok(match self {
+            Console::Stdio => Box::new(Unbuffered(std::io::stdout())),
+            Console::Off => Box::new(std::io::sink()),
+            Console::File(p) => Box::new(Unbuffered(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| Error::File(p.display().to_string(), e))?,
+            )),
+        })
+    }
+}
+
+/// A thread that copies stdin into the UART's receive FIFO, waiting while
+/// the FIFO is full (the guest reads it at its own pace).
+pub struct StdinPump {
+    stop: EventFd,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl StdinPump {
+    pub fn start(shared: Arc<Shared>) -> Result<Self, Error> {
+        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::Input)?;
+        let stop_rx = stop.try_clone().map_err(Error::Input)?;
+        let thread = std::thread::Builder::new()
+            .name("console-in".into())
+            .spawn(move || pump(&shared, &stop_rx))
+            .map_err(Error::Input)?;
+        Ok(StdinPump { stop, thread })
+    }
+
+    pub fn stop(self) {
+        let _ = self.stop.write(1);
+        let _ = self.thread.join();
+    }
+}
+
+fn pump(shared: &Shared, stop: &EventFd) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    let stdin = std::io::stdin();
+    // SAFETY: `stop` outlives this function, so its fd stays open while
+    // the borrow is used.
+    let stop_fd = unsafe { BorrowedFd::borrow_raw(stop.as_raw_fd()) };
+    let mut buf = [0u8; 64];
+    loop {
+        let mut fds = [
+            PollFd::new(stdin.as_fd(), PollFlags::POLLIN),
+            PollFd::new(stop_fd, PollFlags::POLLIN),
+        ];
+        if poll(&mut fds, PollTimeout::NONE).is_err() {
+            return;
+        }
+        if fds[1].any().unwrap_or(true) {
+            return;
+        }
+        let n = match nix::unistd::read(stdin.as_raw_fd(), &mut buf) {
+            Ok(0) | Err(_) => return, // EOF: the guest keeps running without input
+            Ok(n) => n,
+        };
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            let taken = crate::pio::lock(&shared.pio.serial)
+                .enqueue_raw_bytes(rest)
+                .unwrap_or(0);
+            rest = &rest[taken..];
+            if !rest.is_empty() {
+                if shared.stopping() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+/// Puts a terminal in raw mode and restores it when dropped, so every exit
+/// path (error, signal, guest reset) gives the user their terminal back.
+pub struct RawTerminal {
+    saved: nix::sys::termios::Termios,
+}
+
+impl RawTerminal {
+    /// `None` when stdin is not a terminal.
+    pub fn enter() -> Option<RawTerminal> {
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        // Keep output post-processing so guest "\n" still starts a line.
+        raw.output_flags = saved.output_flags;
+        tcsetattr(&stdin, SetArg::TCSANOW, &raw).ok()?;
+        Some(RawTerminal { saved })
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        let _ = nix::sys::termios::tcsetattr(
+            std::io::stdin(),
+            nix::sys::termios::SetArg::TCSANOW,
+            &self.saved,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_specs_parse() {
+        assert_eq!("stdio".parse(), Ok(Console::Stdio));
+        assert_eq!("off".parse(), Ok(Console::Off));
+        assert_eq!("file=/tmp/x".parse(), Ok(Console::File("/tmp/x".into())));
+        assert!("file=".parse::<Console>().is_err());
+        assert!("tty".parse::<Console>().is_err());
+    }
+}

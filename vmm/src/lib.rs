@@ -1,0 +1,349 @@
+//! husk's virtual machine monitor.
+//!
+//! [`run`] is the whole life of a VM as one linear recipe: check KVM, map
+//! guest memory, create the VM (irqchip, PIT), load the kernel and its
+//! command line, write the boot structures, attach devices, create and
+//! configure the vCPUs, then run: one thread per vCPU, the device event loop
+//! on the calling thread, until the guest resets, halts or fails, or the
+//! VMM is told to stop. ARCHITECTURE.md walks through it.
+
+pub mod console;
+pub mod kvm_kind;
+pub mod loader;
+pub mod memory;
+pub mod mmio;
+pub mod pio;
+mod vcpu;
+pub mod x86_64;
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_ioctls::{Kvm, VmFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+use x86_64::layout::SERIAL_IRQ;
+
+pub use console::Console;
+
+/// Where KVM keeps its real-mode TSS (Intel needs three pages below 4 GiB
+/// that nothing else uses; this is in the MMIO gap, above all devices).
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// A VM to run.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub vcpus: u8,
+    pub mem_mib: u64,
+    /// The complete kernel command line (device tokens are appended).
+    pub cmdline: String,
+    pub console: Console,
+    /// Forward the VMM's stdin to the serial console.
+    pub stdin: bool,
+    /// Run even on kvm_pvm, which only tiny guests survive (tests, benches).
+    pub allow_pvm: bool,
+}
+
+/// Why the VM stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// The guest reset (i8042, triple fault, `panic=1`).
+    Reset,
+    /// The guest halted with nothing left to wake it, or powered off.
+    Halted,
+    /// The VMM was asked to stop (signal number).
+    Stopped(i32),
+    /// KVM or a vCPU failed.
+    Failed(String),
+}
+
+/// What [`run`] returns: the exit, and the status the guest init reported
+/// on the status port before it (if it did).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub exit: Exit,
+    pub guest_status: Option<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Kvm(kvm_kind::KvmKind),
+    #[error("cannot open /dev/kvm: {0}")]
+    KvmOpen(kvm_ioctls::Error),
+    #[error("{0} vCPUs requested; this host allows 1 to {1}")]
+    Vcpus(u8, usize),
+    #[error(transparent)]
+    Memory(#[from] memory::Error),
+    #[error(transparent)]
+    Loader(#[from] loader::Error),
+    #[error(transparent)]
+    BootTables(#[from] x86_64::regs::Error),
+    #[error(transparent)]
+    BootParams(#[from] x86_64::boot::Error),
+    #[error(transparent)]
+    MpTable(#[from] x86_64::mptable::Error),
+    #[error(transparent)]
+    Vcpu(#[from] vcpu::Error),
+    #[error(transparent)]
+    Console(#[from] console::Error),
+    #[error("{0} failed: {1}")]
+    Setup(&'static str, String),
+}
+
+fn setup<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> Error {
+    move |e| Error::Setup(what, e.to_string())
+}
+
+/// State the vCPU threads and the event loop share.
+pub struct Shared {
+    pub pio: pio::PioDevices,
+    pub mmio: mmio::MmioBus,
+    stop: AtomicBool,
+    exit: Mutex<Option<Exit>>,
+    /// Written when `exit` is set, to wake the event loop.
+    exit_evt: EventFd,
+}
+
+impl Shared {
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Records why the VM stops (the first reason wins) and wakes the loop.
+    fn finish(&self, exit: Exit) {
+        let mut slot = pio::lock(&self.exit);
+        if slot.is_none() {
+            *slot = Some(exit);
+        }
+        self.stop.store(true, Ordering::Release);
+        let _ = self.exit_evt.write(1);
+    }
+}
+
+/// The event-loop subscriber for VM lifecycle events: guest reset through
+/// the i8042, a vCPU finishing, and SIGINT/SIGTERM.
+struct Lifecycle {
+    shared: Arc<Shared>,
+    reset_evt: EventFd,
+    signals: Option<nix::sys::signalfd::SignalFd>,
+}
+
+impl MutEventSubscriber for Lifecycle {
+    fn init(&mut self, ops: &mut EventOps) {
+        // Registration fails only on a closed fd or exhausted memory, and
+        // then the VM could never be stopped: report it as the exit.
+        let mut add = |fd: &dyn std::os::fd::AsRawFd| {
+            if let Err(e) = ops.add(Events::new_raw(fd.as_raw_fd(), EventSet::IN)) {
+                self.shared
+                    .finish(Exit::Failed(format!("event loop registration: {e:?}")));
+            }
+        };
+        add(&self.reset_evt);
+        add(&self.shared.exit_evt);
+        if let Some(s) = &self.signals {
+            add(s);
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.reset_evt.as_raw_fd() {
+            let _ = self.reset_evt.read();
+            self.shared.finish(Exit::Reset);
+        } else if let Some(s) = self.signals.as_mut().filter(|s| s.as_raw_fd() == fd) {
+            if let Ok(Some(info)) = s.read_signal() {
+                self.shared.finish(Exit::Stopped(info.ssi_signo as i32));
+            }
+        } else {
+            let _ = self.shared.exit_evt.read();
+        }
+    }
+}
+
+use std::os::fd::AsRawFd;
+
+/// Blocks SIGINT and SIGTERM in this thread (and every thread it creates
+/// later) and returns a descriptor that delivers them to the event loop.
+/// Call before anything spawns threads.
+pub fn take_stop_signals() -> nix::Result<nix::sys::signalfd::SignalFd> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block()?;
+    nix::sys::signalfd::SignalFd::with_flags(
+        &set,
+        nix::sys::signalfd::SfdFlags::SFD_CLOEXEC | nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
+    )
+}
+
+fn open_kvm(allow_pvm: bool) -> Result<Kvm, Error> {
+    let kind = kvm_kind::detect_at(std::path::Path::new("/"));
+    match kind {
+        kvm_kind::KvmKind::Hardware(_) => {}
+        kvm_kind::KvmKind::Pvm if allow_pvm => {}
+        other => return Err(Error::Kvm(other)),
+    }
+    Kvm::new().map_err(|e| match e.errno() {
+        libc::EACCES | libc::EPERM => Error::Kvm(kvm_kind::KvmKind::Unusable(format!(
+            "permission denied opening /dev/kvm ({e})"
+        ))),
+        libc::ENOENT => Error::Kvm(kvm_kind::KvmKind::Missing),
+        _ => Error::KvmOpen(e),
+    })
+}
+
+fn create_vm(kvm: &Kvm, mem: &memory::GuestMemory) -> Result<VmFd, Error> {
+    let vm = kvm.create_vm().map_err(setup("KVM_CREATE_VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(setup("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip().map_err(setup("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_bindings::kvm_pit_config {
+        // The PC speaker port is a dummy: no exits to us for it.
+        flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(setup("KVM_CREATE_PIT2"))?;
+    for (slot, region) in mem.iter().enumerate() {
+        let r = kvm_bindings::kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping owned by `mem`, which the
+        // caller keeps alive until every vCPU has stopped and the VM fd is
+        // closed; slots do not overlap because the regions do not.
+        unsafe { vm.set_user_memory_region(r) }.map_err(setup("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(vm)
+}
+
+/// No-op handler: the signal only has to interrupt KVM_RUN.
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+/// Builds and runs the VM described by `config` until it stops. `signals`
+/// (from [`take_stop_signals`]) lets SIGINT/SIGTERM stop it cleanly.
+pub fn run(
+    config: &VmConfig,
+    signals: Option<nix::sys::signalfd::SignalFd>,
+) -> Result<Outcome, Error> {
+    // 1. KVM and vCPU limits.
+    let kvm = open_kvm(config.allow_pvm)?;
+    let max_vcpus = kvm
+        .get_max_vcpus()
+        .min(usize::from(x86_64::mptable::MAX_VCPUS));
+    if config.vcpus == 0 || usize::from(config.vcpus) > max_vcpus {
+        return Err(Error::Vcpus(config.vcpus, max_vcpus));
+    }
+
+    // 2. Guest memory and the VM.
+    let mem = memory::create(config.mem_mib)?;
+    let vm = create_vm(&kvm, &mem)?;
+
+    // 3. Devices, so their command-line tokens are known before the kernel
+    //    command line is written.
+    let reset_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(setup("eventfd"))?;
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(setup("eventfd"))?;
+    vm.register_irqfd(&serial_irq, SERIAL_IRQ)
+        .map_err(setup("KVM_IRQFD (serial)"))?;
+    let out = config.console.writer()?;
+    let shared = Arc::new(Shared {
+        pio: pio::PioDevices::new(
+            out,
+            serial_irq,
+            reset_evt.try_clone().map_err(setup("eventfd"))?,
+        ),
+        mmio: mmio::MmioBus::default(),
+        stop: AtomicBool::new(false),
+        exit: Mutex::new(None),
+        exit_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(setup("eventfd"))?,
+    });
+
+    // 4. Kernel, command line, boot structures.
+    let entry = loader::load_kernel(&mem, &config.kernel)?;
+    let cmdline_len = loader::load_cmdline(&mem, &config.cmdline)?;
+    x86_64::regs::write_tables(&mem, entry.mode)?;
+    match entry.mode {
+        x86_64::regs::EntryMode::Pvh => x86_64::boot::write_pvh(&mem)?,
+        x86_64::regs::EntryMode::Long => {
+            x86_64::boot::write_zero_page(&mem, entry.setup_header, cmdline_len)?
+        }
+    }
+    x86_64::mptable::write(&mem, config.vcpus)?;
+
+    // 5. vCPUs.
+    let base_cpuid = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(setup("KVM_GET_SUPPORTED_CPUID"))?;
+    let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
+    for id in 0..config.vcpus {
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(setup("KVM_CREATE_VCPU"))?;
+        vcpu::configure(&fd, id, config.vcpus, &base_cpuid, &entry)?;
+        vcpus.push(fd);
+    }
+
+    // 6. Run: vCPU threads, console input, and the event loop here.
+    register_signal_handler(kick_signal(), kick_handler).map_err(setup("sigaction"))?;
+    let mut events: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+        EventManager::new().map_err(|e| Error::Setup("epoll", format!("{e:?}")))?;
+    events.add_subscriber(Arc::new(Mutex::new(Lifecycle {
+        shared: shared.clone(),
+        reset_evt,
+        signals,
+    })));
+    let input = if config.stdin {
+        Some(console::StdinPump::start(shared.clone())?)
+    } else {
+        None
+    };
+    let mut threads = Vec::new();
+    for (id, fd) in vcpus.into_iter().enumerate() {
+        let shared = shared.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || vcpu::run(fd, id as u8, shared))
+            .map_err(setup("spawning a vCPU thread"))?;
+        threads.push(t);
+    }
+    while !shared.stopping() {
+        if let Err(e) = events.run() {
+            shared.finish(Exit::Failed(format!("event loop: {e:?}")));
+        }
+    }
+
+    // 7. Stop: kick every vCPU out of KVM_RUN until its thread has ended.
+    for t in threads {
+        while !t.is_finished() {
+            let _ = t.kill(kick_signal());
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let _ = t.join();
+    }
+    if let Some(input) = input {
+        input.stop();
+    }
+    let exit = pio::lock(&shared.exit)
+        .clone()
+        .unwrap_or(Exit::Failed("stopped without a reason".into()));
+    let _ = pio::lock(&shared.pio.serial).writer_mut().flush();
+    Ok(Outcome {
+        exit,
+        guest_status: shared.pio.reported_status(),
+    })
+}
+
+use std::io::Write;

@@ -1,0 +1,150 @@
+//! The port-I/O devices of a microVM and the dispatch of vCPU port exits:
+//! COM1 (8250 UART), the i8042 (only its reset line), and husk's status port
+//! where the guest init reports its command's exit status.
+
+use husk_init::status::STATUS_PORT;
+use std::io::Write;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Mutex;
+use vm_superio::{I8042Device, Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+pub const COM1: u16 = 0x3f8;
+const COM_PORTS: u16 = 8;
+const I8042_DATA: u16 = 0x60;
+const I8042_COMMAND: u16 = 0x64;
+
+/// vm-superio devices signal through this: an eventfd that KVM turns into an
+/// interrupt (irqfd) or that the VMM waits on (reset).
+pub struct EventTrigger(pub EventFd);
+
+impl Trigger for EventTrigger {
+    type E = std::io::Error;
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+pub type SerialDevice = Serial<EventTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>;
+
+/// No status reported yet.
+const NO_STATUS: u16 = u16::MAX;
+
+pub struct PioDevices {
+    pub serial: Mutex<SerialDevice>,
+    i8042: Mutex<I8042Device<EventTrigger>>,
+    status: AtomicU16,
+}
+
+impl PioDevices {
+    /// `serial_irq` is written when the UART raises its interrupt,
+    /// `reset` when the guest resets through the i8042.
+    pub fn new(out: Box<dyn Write + Send>, serial_irq: EventFd, reset: EventFd) -> Self {
+        PioDevices {
+            serial: Mutex::new(Serial::new(EventTrigger(serial_irq), out)),
+            i8042: Mutex::new(I8042Device::new(EventTrigger(reset))),
+            status: AtomicU16::new(NO_STATUS),
+        }
+    }
+
+    /// The exit status the guest init reported, if any.
+    pub fn reported_status(&self) -> Option<u8> {
+        match self.status.load(Ordering::Acquire) {
+            NO_STATUS => None,
+            s => Some(s as u8),
+        }
+    }
+
+    pub fn read(&self, port: u16, data: &mut [u8]) {
+        data.fill(0);
+        let Some(first) = data.first_mut() else {
+            return;
+        };
+        match port {
+            p if (COM1..COM1 + COM_PORTS).contains(&p) => {
+                *first = lock(&self.serial).read((p - COM1) as u8);
+            }
+            I8042_DATA | I8042_COMMAND => {
+                *first = lock(&self.i8042).read((port - I8042_DATA) as u8);
+            }
+            // Absent hardware reads as all ones, as on a PC bus.
+            _ => data.fill(0xff),
+        }
+    }
+
+    pub fn write(&self, port: u16, data: &[u8]) {
+        let Some(&value) = data.first() else { return };
+        match port {
+            p if (COM1..COM1 + COM_PORTS).contains(&p) => {
+                // An error is a failed interrupt or output write; the guest
+                // cannot be told, and dropping console bytes beats stopping.
+                let _ = lock(&self.serial).write((p - COM1) as u8, value);
+            }
+            I8042_DATA | I8042_COMMAND => {
+                let _ = lock(&self.i8042).write((port - I8042_DATA) as u8, value);
+            }
+            STATUS_PORT => self.status.store(u16::from(value), Ordering::Release),
+            _ => {}
+        }
+    }
+}
+
+/// A poisoned device lock means a vCPU thread panicked mid-access; the
+/// device state is still a valid register file, so keep serving.
+pub fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn devices() -> (PioDevices, Sink, EventFd) {
+        let sink = Sink::default();
+        let reset = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let d = PioDevices::new(
+            Box::new(sink.clone()),
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            reset.try_clone().unwrap(),
+        );
+        (d, sink, reset)
+    }
+
+    #[test]
+    fn uart_output_status_and_reset() {
+        let (d, sink, reset) = devices();
+        for b in b"hi\n" {
+            d.write(COM1, &[*b]);
+        }
+        assert_eq!(&*sink.0.lock().unwrap(), b"hi\n");
+        assert_eq!(d.reported_status(), None);
+        d.write(STATUS_PORT, &[42]);
+        assert_eq!(d.reported_status(), Some(42));
+        assert!(reset.read().is_err(), "no reset yet");
+        d.write(I8042_COMMAND, &[0xfe]);
+        assert_eq!(reset.read().unwrap(), 1);
+    }
+
+    #[test]
+    fn absent_ports_read_all_ones_and_empty_accesses_are_ignored() {
+        let (d, _, _) = devices();
+        let mut b = [0u8; 2];
+        d.read(0x80, &mut b);
+        assert_eq!(b, [0xff, 0xff]);
+        d.read(COM1, &mut []);
+        d.write(COM1, &[]);
+    }
+}

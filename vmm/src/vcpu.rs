@@ -1,0 +1,96 @@
+//! vCPU setup and the per-vCPU thread loop: run the guest, route its port
+//! and MMIO exits to devices, and turn resets, shutdowns and failures into
+//! the VM's exit.
+
+use crate::loader::Entry;
+use crate::x86_64::{cpuid, lapic, msr, regs};
+use crate::{Exit, Shared};
+use kvm_bindings::CpuId;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("configuring vCPU {0}: {1} failed: {2}")]
+    Setup(u8, &'static str, kvm_ioctls::Error),
+    #[error("vCPU {0}: KVM accepted only {1} of {2} boot MSRs")]
+    Msrs(u8, usize, usize),
+}
+
+/// Loads CPUID, MSRs, LAPIC wiring, and on the boot vCPU the entry state.
+pub fn configure(
+    vcpu: &VcpuFd,
+    id: u8,
+    count: u8,
+    base_cpuid: &CpuId,
+    entry: &Entry,
+) -> Result<(), Error> {
+    let e = |what| move |err| Error::Setup(id, what, err);
+    vcpu.set_cpuid2(&cpuid::for_vcpu(base_cpuid.clone(), id, count))
+        .map_err(e("KVM_SET_CPUID2"))?;
+    let msrs = msr::boot_msrs();
+    let set = vcpu.set_msrs(&msrs).map_err(e("KVM_SET_MSRS"))?;
+    if set != msrs.as_slice().len() {
+        return Err(Error::Msrs(id, set, msrs.as_slice().len()));
+    }
+    let mut lapic_state = vcpu.get_lapic().map_err(e("KVM_GET_LAPIC"))?;
+    lapic::configure_lint(&mut lapic_state);
+    vcpu.set_lapic(&lapic_state).map_err(e("KVM_SET_LAPIC"))?;
+    vcpu.set_fpu(&regs::fpu()).map_err(e("KVM_SET_FPU"))?;
+    // Application processors wait for INIT/SIPI from the boot vCPU, which
+    // resets their registers; only the boot vCPU needs an entry state.
+    if id == 0 {
+        let sregs = vcpu.get_sregs().map_err(e("KVM_GET_SREGS"))?;
+        vcpu.set_sregs(&regs::sregs(sregs, entry.mode))
+            .map_err(e("KVM_SET_SREGS"))?;
+        vcpu.set_regs(&regs::regs(entry.addr, entry.mode))
+            .map_err(e("KVM_SET_REGS"))?;
+    }
+    Ok(())
+}
+
+/// The vCPU thread: runs until the VM stops. Never panics on guest input.
+pub fn run(mut vcpu: VcpuFd, id: u8, shared: Arc<Shared>) {
+    while !shared.stopping() {
+        let exit = match vcpu.run() {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                shared.pio.write(port, data);
+                continue;
+            }
+            Ok(VcpuExit::IoIn(port, data)) => {
+                shared.pio.read(port, data);
+                continue;
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                shared.mmio.read(addr, data);
+                continue;
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                shared.mmio.write(addr, data);
+                continue;
+            }
+            // Only without an in-kernel LAPIC; a halted guest with nothing
+            // to wake it is done.
+            Ok(VcpuExit::Hlt) => Exit::Halted,
+            // A triple fault: the CPU resets, so does the VM.
+            Ok(VcpuExit::Shutdown) => Exit::Reset,
+            Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
+                kvm_bindings::KVM_SYSTEM_EVENT_RESET => Exit::Reset,
+                kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => Exit::Halted,
+                other => Exit::Failed(format!("vCPU {id}: system event {other}")),
+            },
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Exit::Failed(format!(
+                "vCPU {id}: KVM could not enter the guest (hardware reason {reason:#x}, cpu {cpu})"
+            )),
+            Ok(VcpuExit::InternalError) => Exit::Failed(format!(
+                "vCPU {id}: KVM internal error (the guest did something KVM cannot emulate)"
+            )),
+            Ok(other) => Exit::Failed(format!("vCPU {id}: unexpected exit {other:?}")),
+            // A kick from the VMM (stop) or a spurious wakeup: re-check.
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+            Err(e) => Exit::Failed(format!("vCPU {id}: KVM_RUN failed: {e}")),
+        };
+        shared.finish(exit);
+        return;
+    }
+}

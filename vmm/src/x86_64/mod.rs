@@ -1,0 +1,10 @@
+//! Everything x86-specific about booting a guest.
+
+pub mod boot;
+pub mod cpuid;
+pub mod gdt;
+pub mod lapic;
+pub mod layout;
+pub mod mptable;
+pub mod msr;
+pub mod regs;
