@@ -11,7 +11,7 @@ use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{self, Cmdline, KernelLoader};
 use std::fs::File;
 use std::path::Path;
-use vm_memory::GuestAddress;
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 /// The 64-bit entry point sits 0x200 bytes into a bzImage's protected-mode
 /// code (Documentation/x86/boot.rst).
@@ -40,9 +40,36 @@ pub struct Entry {
     pub setup_header: Option<setup_header>,
 }
 
-fn is_out_of_memory(e: &loader::Error) -> bool {
-    let text = e.to_string().to_lowercase();
-    text.contains("memory") || text.contains("past") || text.contains("overflow")
+/// The end of the highest PT_LOAD segment of an ELF64 file, read straight
+/// from the headers: linux-loader reports a segment past the end of guest
+/// memory as a read error, and the user deserves to hear "too big".
+fn elf_load_end(file: &mut File) -> Option<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut eh = [0u8; 64];
+    file.seek(SeekFrom::Start(0)).ok()?;
+    file.read_exact(&mut eh).ok()?;
+    if &eh[..4] != b"\x7fELF" {
+        return None;
+    }
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    let (phoff, phentsize, phnum) = (u64_at(&eh, 32), u16_at(&eh, 54), u16_at(&eh, 56));
+    if phentsize < 56 {
+        return None;
+    }
+    let mut end = 0u64;
+    for i in 0..u64::from(phnum) {
+        let mut ph = [0u8; 56];
+        file.seek(SeekFrom::Start(
+            phoff.checked_add(i * u64::from(phentsize))?,
+        ))
+        .ok()?;
+        file.read_exact(&mut ph).ok()?;
+        if u32::from_le_bytes([ph[0], ph[1], ph[2], ph[3]]) == 1 {
+            end = end.max(u64_at(&ph, 24).saturating_add(u64_at(&ph, 40)));
+        }
+    }
+    Some(end)
 }
 
 /// Loads `path` into `mem`.
@@ -72,13 +99,20 @@ pub fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<Entry, Error> {
             setup_header: r.setup_header,
         }),
         Err(bz_err) => {
+            let mem_end = mem.last_addr().0 + 1;
+            if let Some(end) = elf_load_end(&mut file).filter(|&end| end > mem_end) {
+                return Err(Error::TooBig(
+                    name,
+                    format!(
+                        "it loads up to {} MiB, the guest has {} MiB",
+                        end.div_ceil(1 << 20),
+                        mem_end >> 20
+                    ),
+                ));
+            }
             // Report the ELF error for ELF files: it is the precise one.
             let e = elf_err.unwrap_or(bz_err);
-            if is_out_of_memory(&e) {
-                Err(Error::TooBig(name, e.to_string()))
-            } else {
-                Err(Error::NotAKernel(name, e.to_string()))
-            }
+            Err(Error::NotAKernel(name, e.to_string()))
         }
     }
 }

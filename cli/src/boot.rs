@@ -1,0 +1,132 @@
+//! `husk boot`: runs the project's guest (or any kernel) with a root disk,
+//! passes the command to the guest init, and exits with its status.
+
+use crate::Failure;
+use clap::Args;
+use husk_init::cmdline::encode_command;
+use husk_vmm::{Console, Exit, VmConfig};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct BootArgs {
+    /// Guest kernel: vmlinux (ELF, PVH or 64-bit entry) or bzImage.
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Root filesystem image, attached read-write as /dev/vda.
+    #[arg(long, value_name = "PATH")]
+    rootfs: Option<PathBuf>,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..))]
+    cpus: u8,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
+    memory: u64,
+    /// An extra disk (repeatable): a file, read-only with `,ro`.
+    #[arg(long = "disk", value_name = "PATH[,ro]")]
+    disks: Vec<String>,
+    /// Appended to the kernel command line.
+    #[arg(long, value_name = "EXTRA", allow_hyphen_values = true)]
+    cmdline: Option<String>,
+    /// Where the serial console goes: stdio, off, or file=PATH.
+    #[arg(long, default_value = "stdio", value_parser = |s: &str| s.parse::<Console>())]
+    console: Console,
+    /// Run on kvm_pvm anyway (only tiny test guests survive it).
+    #[arg(long, hide = true)]
+    allow_kvm_pvm: bool,
+    /// The command for the guest init; without one, a shell on the console.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+/// `$HUSK_GUEST_DIR`, else the checkout's `target/guest` (scripts/build-guest).
+fn guest_dir() -> PathBuf {
+    std::env::var_os("HUSK_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/guest"))
+}
+
+fn existing(path: PathBuf, what: &str) -> Result<PathBuf, Failure> {
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => Ok(path),
+        Ok(_) => Err(Failure::runtime(format!(
+            "the {what} {} is not a file",
+            path.display()
+        ))),
+        Err(e) => Err(Failure::runtime(format!(
+            "the {what} {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// The kernel command line: console, reset on panic through the i8042,
+/// no i8042 probing beyond what reset needs, and the init's parameters.
+fn kernel_cmdline(args: &BootArgs) -> String {
+    let mut line = String::from(
+        "console=ttyS0 reboot=k panic=1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd",
+    );
+    line.push_str(" root=/dev/vda rw");
+    if !args.command.is_empty() {
+        line.push_str(" husk.cmd=");
+        line.push_str(&encode_command(&args.command));
+    }
+    if let Some(extra) = &args.cmdline {
+        line.push(' ');
+        line.push_str(extra);
+    }
+    line
+}
+
+fn usage_or_runtime(e: husk_vmm::Error) -> Failure {
+    use husk_vmm::Error as E;
+    let message = e.to_string();
+    match e {
+        E::Vcpus(..) | E::Memory(husk_vmm::memory::Error::TooSmall(..)) => Failure::usage(message),
+        E::Memory(husk_vmm::memory::Error::TooLarge(..)) => Failure::usage(message),
+        E::Loader(husk_vmm::loader::Error::CmdlineTooLong(_)) => Failure::usage(message),
+        _ => Failure::runtime(message),
+    }
+}
+
+pub fn run(args: BootArgs) -> Result<u8, Failure> {
+    let dir = guest_dir();
+    let kernel = existing(
+        args.kernel.clone().unwrap_or_else(|| dir.join("vmlinux")),
+        "kernel",
+    )?;
+    let _rootfs = existing(
+        args.rootfs
+            .clone()
+            .unwrap_or_else(|| dir.join("rootfs.ext4")),
+        "root filesystem",
+    )?;
+    let interactive = args.command.is_empty();
+    let config = VmConfig {
+        kernel,
+        vcpus: args.cpus,
+        mem_mib: args.memory,
+        cmdline: kernel_cmdline(&args),
+        console: args.console.clone(),
+        stdin: args.console == Console::Stdio,
+        allow_pvm: args.allow_kvm_pvm,
+    };
+    let signals = husk_vmm::take_stop_signals()
+        .map_err(|e| Failure::runtime(format!("cannot take over SIGINT/SIGTERM: {e}")))?;
+    // Raw mode only for an interactive shell on a terminal: with a command,
+    // Ctrl-C should stop husk, not travel to the guest.
+    let _raw = (interactive && config.stdin)
+        .then(husk_vmm::console::RawTerminal::enter)
+        .flatten();
+    let outcome = husk_vmm::run(&config, Some(signals)).map_err(usage_or_runtime)?;
+    match (outcome.exit, outcome.guest_status) {
+        (Exit::Reset | Exit::Halted, Some(status)) => Ok(status),
+        (Exit::Reset, None) => Err(Failure::runtime(
+            "the guest reset without reporting an exit status (kernel panic, or the init died)",
+        )),
+        (Exit::Halted, None) => Err(Failure::runtime(
+            "the guest halted without reporting an exit status",
+        )),
+        (Exit::Stopped(sig), _) => Ok(128u8.saturating_add(sig as u8)),
+        (Exit::Failed(why), _) => Err(Failure::runtime(why)),
+    }
+}

@@ -1,0 +1,59 @@
+//! `husk`: the command line.
+
+mod boot;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "husk",
+    version,
+    about = "A lightweight KVM microVM monitor: one VM per container"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot the raw guest (kernel + root disk) and run a command in it.
+    Boot(boot::BootArgs),
+}
+
+/// A failure with the exit status it deserves: 2 for bad usage, 1 for a
+/// runtime failure (the conventions of clap and of most Unix tools).
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn usage(message: impl Into<String>) -> Self {
+        Failure {
+            code: 2,
+            message: message.into(),
+        }
+    }
+    pub fn runtime(message: impl Into<String>) -> Self {
+        Failure {
+            code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Boot(args) => boot::run(args),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("husk: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! The `husk` binary's own behaviour that needs no Linux guest: argument
+//! errors and runtime errors (one line, the right exit status, no hang), and
+//! a full boot of the null guest, which runs on any /dev/kvm.
+
+use husk_tests::null_guest;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn husk(args: &[&str]) -> Output {
+    let start = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_husk"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "husk {args:?} took too long"
+    );
+    out
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A fake root disk: `husk boot` checks that the root image exists.
+fn scratch() -> (tempfile::TempDir, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root.img");
+    std::fs::write(&root, vec![0u8; 4096]).unwrap();
+    let kernel = dir.path().join("null.elf");
+    null_guest::write(&kernel, true, Some(7)).unwrap();
+    let (k, r) = (kernel.display().to_string(), root.display().to_string());
+    (dir, k, r)
+}
+
+fn assert_one_line_error(o: &Output, code: i32, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "stderr: {err}");
+    assert!(err.contains(needle), "expected {needle:?} in {err:?}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err:?}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn null_guest_boots_and_its_status_is_the_exit_code() {
+    let (_d, k, r) = scratch();
+    let o = husk(&[
+        "boot",
+        "--allow-kvm-pvm",
+        "--kernel",
+        &k,
+        "--rootfs",
+        &r,
+        "--",
+        "x",
+    ]);
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    assert_eq!(o.stdout, null_guest::LINE);
+}
+
+#[test]
+fn missing_kernel_and_rootfs() {
+    let (_d, k, r) = scratch();
+    let o = husk(&["boot", "--kernel", "/nonexistent/vmlinux", "--rootfs", &r]);
+    assert_one_line_error(&o, 1, "/nonexistent/vmlinux");
+    let o = husk(&["boot", "--kernel", &k, "--rootfs", "/nonexistent/root.ext4"]);
+    assert_one_line_error(&o, 1, "/nonexistent/root.ext4");
+}
+
+#[test]
+fn a_file_that_is_not_a_kernel() {
+    let (_d, _k, r) = scratch();
+    let o = husk(&["boot", "--allow-kvm-pvm", "--kernel", &r, "--rootfs", &r]);
+    assert_one_line_error(&o, 1, "neither an x86-64 ELF");
+}
+
+#[test]
+fn bad_vcpu_and_memory_counts_are_usage_errors() {
+    let (_d, k, r) = scratch();
+    let o = husk(&[
+        "boot",
+        "--allow-kvm-pvm",
+        "--kernel",
+        &k,
+        "--rootfs",
+        &r,
+        "--cpus",
+        "0",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = husk(&[
+        "boot",
+        "--allow-kvm-pvm",
+        "--kernel",
+        &k,
+        "--rootfs",
+        &r,
+        "--cpus",
+        "255",
+    ]);
+    assert_one_line_error(&o, 2, "255 vCPUs requested");
+    let o = husk(&[
+        "boot",
+        "--allow-kvm-pvm",
+        "--kernel",
+        &k,
+        "--rootfs",
+        &r,
+        "--memory",
+        "4",
+    ]);
+    assert_one_line_error(&o, 2, "too small");
+    let o = husk(&[
+        "boot",
+        "--allow-kvm-pvm",
+        "--kernel",
+        &k,
+        "--rootfs",
+        &r,
+        "--memory",
+        "100000000",
+    ]);
+    assert_one_line_error(&o, 2, "more than this host has");
+}
+
+#[test]
+fn memory_too_small_for_the_kernel() {
+    // The null guest loads at 16 MiB: a 16 MiB guest cannot hold it.
+    let (_d, k, r) = scratch();
+    let o = husk(&[
+        "boot",
+        "--allow-kvm-pvm",
+        "--kernel",
+        &k,
+        "--rootfs",
+        &r,
+        "--memory",
+        "16",
+    ]);
+    assert_one_line_error(&o, 1, "does not fit in guest memory");
+}
+
+#[test]
+fn kvm_pvm_is_refused_with_a_pointer_to_the_testbed() {
+    let kind = husk_tests::kvm::detect_at(std::path::Path::new("/"));
+    if kind != husk_tests::kvm::KvmKind::Pvm {
+        return; // only meaningful where /dev/kvm is kvm_pvm
+    }
+    let (_d, k, r) = scratch();
+    let o = husk(&["boot", "--kernel", &k, "--rootfs", &r]);
+    assert_one_line_error(&o, 1, "kvm_pvm");
+    assert!(stderr(&o).contains("testbed"));
+}
