@@ -42,13 +42,32 @@ if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok insta
 fi
 
 # The metapackage names the current ABI (e.g. linux-image-6.1.0-56-cloud-amd64);
-# resolving it here means a Debian kernel update gives a new cache key.
-kpkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
-	sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-cloud-amd64\)$/\1/p' | head -n1) || true
-kver=
-if [[ -n $kpkg ]]; then
-	kver=$(apt-cache show --no-all-versions "$kpkg" 2>/dev/null | sed -n 's/^Version: //p' | head -n1) || true
+# resolving it here means a Debian kernel update gives a new cache key. Each
+# apt-cache call parses all of apt's lists (~1 s here: no pkgcache.bin), so
+# the answer is memoized against the lists' names, sizes and mtimes.
+resolve_kernel() {
+	local pkg ver
+	pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
+		sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-cloud-amd64\)$/\1/p' | head -n1) || true
+	[[ -n $pkg ]] || return 0
+	ver=$(apt-cache show --no-all-versions "$pkg" 2>/dev/null | sed -n 's/^Version: //p' | head -n1) || true
+	[[ -n $ver ]] && echo "$pkg $ver"
+}
+lists_stamp=$(stat -c '%n %s %Y' /var/lib/apt/lists/*Packages* 2>/dev/null | sha256sum | cut -c1-16)
+memo=$cache_root/.kernel-$lists_stamp
+resolved=
+if [[ -f $memo ]]; then
+	resolved=$(<"$memo")
+else
+	resolved=$(resolve_kernel)
+	if [[ -n $resolved ]]; then
+		mkdir -p "$cache_root"
+		rm -f "$cache_root"/.kernel-*
+		echo "$resolved" >"$memo"
+	fi
 fi
+kpkg=${resolved% *}
+kver=${resolved#* }
 
 scripts_hash=$(cat "$init_script" "${BASH_SOURCE[0]}" | sha256sum | cut -c1-16)
 
@@ -68,6 +87,8 @@ fi
 key=$(printf '%s=%s\n%s\n' "$kpkg" "$kver" "$scripts_hash" | sha256sum | cut -c1-16)
 dir=$cache_root/$key
 if [[ -f $dir/meta ]]; then
+	# The mtime marks it as in use for the pruning below.
+	touch "$dir"
 	echo "$dir"
 	exit 0
 fi
@@ -85,19 +106,32 @@ t0=$EPOCHREALTIME
 work=$(mktemp -d "$cache_root/.build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
-log "downloading $kpkg $kver"
-mkdir "$work/deb"
-# As root, apt warns that user _apt cannot reach the directory (it is under
-# $HOME); the download itself works, so drop just that line.
-(cd "$work/deb" && apt-get download -qq "$kpkg=$kver" 2>&1) |
-	{ grep -v "couldn't be accessed by user '_apt'" || true; } >&2
-[[ ${PIPESTATUS[0]} -eq 0 ]] || die "apt-get download $kpkg=$kver failed"
-deb=$(echo "$work"/deb/*.deb)
-[[ -f $deb ]] || die "apt-get download produced no .deb"
+# The .deb is kept apart from the keyed entries, so editing these scripts
+# rebuilds only the initramfs.
+deb=$cache_root/debs/${kpkg}_${kver}_amd64.deb
+if [[ ! -f $deb ]]; then
+	log "downloading $kpkg $kver"
+	mkdir "$work/deb"
+	# As root, apt warns that user _apt cannot reach the directory (it is
+	# under $HOME); the download itself works, so drop just that line.
+	(cd "$work/deb" && apt-get download -qq "$kpkg=$kver" 2>&1) |
+		{ grep -v "couldn't be accessed by user '_apt'" || true; } >&2
+	[[ ${PIPESTATUS[0]} -eq 0 ]] || die "apt-get download $kpkg=$kver failed"
+	got=$(echo "$work"/deb/*.deb)
+	[[ -f $got ]] || die "apt-get download produced no .deb"
+	mkdir -p "$cache_root/debs"
+	rm -f "$cache_root"/debs/*.deb
+	mv "$got" "$deb"
+fi
 
 log "unpacking kernel"
 mkdir "$work/x"
-dpkg-deb -x "$deb" "$work/x"
+# Only the kernel and the few modules: the whole package is ~300 MiB of
+# modules.
+patterns=("./boot/vmlinuz-*")
+for m in "${modules[@]}"; do patterns+=("*/$m.ko"); done
+dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$work/x" --wildcards "${patterns[@]}" ||
+	die "$deb lacks the kernel or one of: ${modules[*]}"
 vmlinuz=$(echo "$work"/x/boot/vmlinuz-*)
 [[ -f $vmlinuz ]] || die "no /boot/vmlinuz-* in $deb"
 uname_r=${vmlinuz##*/vmlinuz-}
@@ -127,6 +161,14 @@ mknod -m 0600 "$root/dev/console" c 5 1 2>/dev/null || true
 gzip -9n <"$work/initrd.cpio" >"$work/initrd.gz"
 
 mkdir -p "$work/out"
+# run puts this on the payload as a last-resort PATH entry, so ls/grep/sleep
+# work in `sh -c` snippets without copying each host tool; built once here
+# because hundreds of ln calls per run are noticeable.
+mkdir "$work/out/fallback-bin"
+cp /bin/busybox "$work/out/fallback-bin/busybox"
+for a in $(/bin/busybox --list); do
+	[[ $a == busybox ]] || ln -s busybox "$work/out/fallback-bin/$a"
+done
 cp "$vmlinuz" "$work/out/vmlinuz"
 mv "$work/initrd.gz" "$work/out/initrd.gz"
 {
@@ -136,5 +178,10 @@ mv "$work/initrd.gz" "$work/out/initrd.gz"
 } >"$work/out/meta"
 rm -rf "$dir"
 mv "$work/out" "$dir"
+# Every edit of these scripts or kernel update makes a new ~16 MiB entry;
+# drop those nobody used for a week.
+find "$cache_root" -mindepth 1 -maxdepth 1 -type d -regextype posix-extended \
+	-regex '.*/[0-9a-f]{16}' -mtime +7 \
+	! -path "$dir" -exec rm -rf {} + 2>/dev/null || true
 log "built $dir in $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }') s"
 echo "$dir"

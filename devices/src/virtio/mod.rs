@@ -1,0 +1,117 @@
+//! Virtio devices and their transport.
+//!
+//! The split follows the virtio spec's own layering: a device (`block`)
+//! implements [`VirtioDevice`] and never sees MMIO; the transport
+//! (`transport::mmio`) owns the register file, negotiates features, sets up
+//! the queues from the driver's writes and hands them to the device on
+//! `DRIVER_OK` via [`VirtioDevice::activate`].
+
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+pub mod block;
+pub mod interrupt;
+pub mod transport;
+
+#[cfg(test)]
+pub(crate) mod test_utils;
+
+pub use interrupt::{IrqTrigger, IrqType};
+
+/// Feature bit every device offers: husk only speaks virtio 1.x ("modern")
+/// to the guest, never the legacy interface.
+pub const VIRTIO_F_VERSION_1: u32 = virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+
+/// Device status bits (virtio 1.2, section 2.1).
+pub mod status {
+    use virtio_bindings::virtio_config as c;
+
+    /// The guest found the device.
+    pub const ACKNOWLEDGE: u32 = c::VIRTIO_CONFIG_S_ACKNOWLEDGE;
+    /// The guest has a driver for it.
+    pub const DRIVER: u32 = c::VIRTIO_CONFIG_S_DRIVER;
+    /// The driver is set up and ready to drive the device.
+    pub const DRIVER_OK: u32 = c::VIRTIO_CONFIG_S_DRIVER_OK;
+    /// Feature negotiation is complete.
+    pub const FEATURES_OK: u32 = c::VIRTIO_CONFIG_S_FEATURES_OK;
+    /// The device hit an error it cannot recover from without a reset.
+    pub const DEVICE_NEEDS_RESET: u32 = c::VIRTIO_CONFIG_S_NEEDS_RESET;
+    /// The driver gave up on the device.
+    pub const FAILED: u32 = c::VIRTIO_CONFIG_S_FAILED;
+}
+
+/// Why a device refused to activate.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver handed over a different number of queues than the device has.
+    #[error("expected {expected} queues, got {got}")]
+    QueueCount {
+        /// Queues the device has.
+        expected: usize,
+        /// Queues the transport passed.
+        got: usize,
+    },
+    /// A queue the device needs was not marked ready by the driver.
+    #[error("queue {0} is not ready")]
+    QueueNotReady(usize),
+    /// `activate` was called on an already active device.
+    #[error("device is already active")]
+    AlreadyActive,
+}
+
+/// A virtio device, as seen by a transport.
+///
+/// The transport calls these from the vCPU thread (under the device's mutex);
+/// the device's own queue processing runs on the event-loop thread. A device
+/// never sees the register layout of its transport: it only gets memory,
+/// queues and an interrupt in [`activate`](VirtioDevice::activate).
+pub trait VirtioDevice: Send {
+    /// Virtio device id (`VIRTIO_ID_*`, e.g. 2 for block).
+    fn device_type(&self) -> u32;
+
+    /// Largest size the driver may choose for each queue; the slice length is
+    /// the number of queues. Every size must be a power of two.
+    fn queue_max_sizes(&self) -> &[u16];
+
+    /// One eventfd per queue, signalled when the driver notifies that queue.
+    ///
+    /// Created with the device, so the VMM can register them as KVM
+    /// ioeventfds before the guest boots; the device's event-loop subscriber
+    /// waits on the same fds.
+    fn queue_events(&self) -> &[EventFd];
+
+    /// Features the device offers. Must include `1 << VIRTIO_F_VERSION_1`.
+    fn avail_features(&self) -> u64;
+
+    /// The negotiated feature set (a subset of `avail_features`), given when
+    /// the driver sets `FEATURES_OK` and the transport accepts it.
+    fn ack_features(&mut self, features: u64);
+
+    /// Reads `data.len()` bytes of device config space at `offset`. Bytes past
+    /// the end of the config space read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+
+    /// Writes device config space. Devices ignore writes to read-only fields.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+
+    /// Starts the device: from now on it processes `queues` (one per entry in
+    /// `queue_max_sizes`, configured and validated by the transport) in
+    /// `mem`, and signals completions through `interrupt`.
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<IrqTrigger>,
+        queues: Vec<Queue>,
+    ) -> Result<(), ActivateError>;
+
+    /// Whether `activate` succeeded and no reset happened since.
+    fn is_activated(&self) -> bool;
+
+    /// Returns the device to its pre-activation state: drops the queues, the
+    /// memory and the interrupt, keeps the backend and the queue eventfds
+    /// (the VMM registered those with KVM once, for the device's lifetime).
+    fn reset(&mut self);
+}
