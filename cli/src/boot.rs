@@ -4,7 +4,7 @@
 use crate::Failure;
 use clap::Args;
 use husk_init::cmdline::encode_command;
-use husk_vmm::{Console, Exit, VmConfig};
+use husk_vmm::{Console, DiskConfig, Exit, VmConfig};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -42,7 +42,12 @@ pub struct BootArgs {
 fn guest_dir() -> PathBuf {
     std::env::var_os("HUSK_GUEST_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/guest"))
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("the crate lives in the workspace")
+                .join("target/guest")
+        })
 }
 
 fn existing(path: PathBuf, what: &str) -> Result<PathBuf, Failure> {
@@ -77,6 +82,28 @@ fn kernel_cmdline(args: &BootArgs) -> String {
     line
 }
 
+/// `PATH[,ro]` → a disk; the id is `disk<N>` (N from 1; the root is 0).
+fn disk_spec(spec: &str, n: usize) -> Result<DiskConfig, Failure> {
+    let (path, read_only) = match spec.rsplit_once(',') {
+        Some((p, "ro")) => (p, true),
+        Some((p, "rw")) => (p, false),
+        Some((_, opt)) => {
+            return Err(Failure::usage(format!(
+                "--disk {spec}: unknown option {opt:?} (use PATH or PATH,ro)"
+            )))
+        }
+        None => (spec, false),
+    };
+    if path.is_empty() {
+        return Err(Failure::usage(format!("--disk {spec:?}: no path")));
+    }
+    Ok(DiskConfig {
+        path: existing(PathBuf::from(path), "disk")?,
+        read_only,
+        id: format!("disk{n}"),
+    })
+}
+
 fn usage_or_runtime(e: husk_vmm::Error) -> Failure {
     use husk_vmm::Error as E;
     let message = e.to_string();
@@ -94,18 +121,27 @@ pub fn run(args: BootArgs) -> Result<u8, Failure> {
         args.kernel.clone().unwrap_or_else(|| dir.join("vmlinux")),
         "kernel",
     )?;
-    let _rootfs = existing(
+    let rootfs = existing(
         args.rootfs
             .clone()
             .unwrap_or_else(|| dir.join("rootfs.ext4")),
         "root filesystem",
     )?;
+    let mut disks = vec![DiskConfig {
+        path: rootfs,
+        read_only: false,
+        id: "rootfs".into(),
+    }];
+    for (i, spec) in args.disks.iter().enumerate() {
+        disks.push(disk_spec(spec, i + 1)?);
+    }
     let interactive = args.command.is_empty();
     let config = VmConfig {
         kernel,
         vcpus: args.cpus,
         mem_mib: args.memory,
         cmdline: kernel_cmdline(&args),
+        disks,
         console: args.console.clone(),
         stdin: args.console == Console::Stdio,
         allow_pvm: args.allow_kvm_pvm,

@@ -5,4 +5,5 @@
 //! eventfds (queue notifications in, interrupts out). The VMM wires those fds
 //! to KVM (ioeventfd / irqfd); see `README.md` for the recipe.
 
+pub mod legacy;
 pub mod virtio;

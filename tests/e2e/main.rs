@@ -4,4 +4,5 @@
 //! inside the nested testbed (tests/testbed/cargo-runner), so every test here
 //! may assume a working /dev/kvm and fails with a one-line reason otherwise.
 
+mod boot;
 mod guest;

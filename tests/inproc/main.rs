@@ -16,6 +16,7 @@ fn boot(pvh: bool, status: Option<u8>, vcpus: u8) -> (husk_vmm::Outcome, String)
         vcpus,
         mem_mib: 128,
         cmdline: "console=ttyS0".into(),
+        disks: vec![],
         console: Console::File(console.clone()),
         stdin: false,
         allow_pvm: true,

@@ -3,7 +3,9 @@
 //! under test (QEMU `-M microvm` is the peer every husk figure is compared
 //! against).
 
+pub mod husk;
 pub mod null_guest;
+pub mod process;
 pub mod qemu;
 
 pub use husk_vmm::kvm_kind as kvm;
@@ -23,7 +25,12 @@ pub struct GuestArtifacts {
 pub fn guest_dir() -> PathBuf {
     std::env::var_os("HUSK_GUEST_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/guest"))
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("the crate lives in the workspace")
+                .join("target/guest")
+        })
 }
 
 /// The built guest artifacts; panics with the command that builds them.

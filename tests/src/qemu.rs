@@ -3,10 +3,9 @@
 //! and later benchmarks can compare husk against it.
 
 use husk_init::{cmdline::encode_command, status::CONSOLE_PREFIX};
-use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 pub const QEMU: &str = "qemu-system-x86_64";
 
@@ -59,8 +58,10 @@ impl MicroVm {
 
     pub fn kernel_cmdline(&self) -> String {
         // quiet: every console line is an expensive exit in the testbed.
+        // reboot=t: microvm without defaults has no i8042, so a panic must
+        // reset by triple fault for QEMU (-no-reboot) to exit.
         let mut line = String::from(
-            "console=ttyS0 reboot=k panic=1 quiet root=/dev/vda rw husk.status=console",
+            "console=ttyS0 reboot=t panic=1 quiet root=/dev/vda rw husk.status=console",
         );
         if let Some(argv) = &self.command {
             line.push_str(" husk.cmd=");
@@ -112,48 +113,18 @@ impl MicroVm {
 
     /// Boots, waits for QEMU to exit (or kills it at the timeout).
     pub fn run(&self) -> Outcome {
-        let start = Instant::now();
-        let mut child = Command::new(QEMU)
-            .args(self.qemu_args())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {QEMU}: {e}"));
-        let out = drain(child.stdout.take().unwrap());
-        let err = drain(child.stderr.take().unwrap());
-        let mut timed_out = false;
-        let exit = loop {
-            if let Some(st) = child.try_wait().expect("waiting for qemu") {
-                break st.code();
-            }
-            if start.elapsed() > self.timeout {
-                timed_out = true;
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        let elapsed = start.elapsed();
-        let console = out.join().unwrap().replace('\r', "");
+        let mut cmd = Command::new(QEMU);
+        cmd.args(self.qemu_args());
+        let f = crate::process::run(cmd, self.timeout);
         Outcome {
-            status: parse_status(&console),
-            console,
-            qemu_exit: exit,
-            timed_out,
-            elapsed,
-            stderr: err.join().unwrap(),
+            status: parse_status(&f.stdout),
+            console: f.stdout,
+            qemu_exit: f.code,
+            timed_out: f.timed_out,
+            elapsed: f.elapsed,
+            stderr: f.stderr,
         }
     }
-}
-
-fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = r.read_to_end(&mut buf);
-        String::from_utf8_lossy(&buf).into_owned()
-    })
 }
 
 /// The status from the init's console line (the last one, if several).

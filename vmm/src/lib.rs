@@ -14,6 +14,7 @@ pub mod memory;
 pub mod mmio;
 pub mod pio;
 mod vcpu;
+pub mod virtio;
 pub mod x86_64;
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
@@ -21,14 +22,15 @@ use kvm_ioctls::{Kvm, VmFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
-use x86_64::layout::SERIAL_IRQ;
+use x86_64::layout::{KEYBOARD_IRQ, SERIAL_IRQ};
 
 pub use console::Console;
+pub use virtio::DiskConfig;
 
 /// Where KVM keeps its real-mode TSS (Intel needs three pages below 4 GiB
 /// that nothing else uses; this is in the MMIO gap, above all devices).
@@ -40,8 +42,10 @@ pub struct VmConfig {
     pub kernel: PathBuf,
     pub vcpus: u8,
     pub mem_mib: u64,
-    /// The complete kernel command line (device tokens are appended).
+    /// The kernel command line; device tokens are put in front of it.
     pub cmdline: String,
+    /// virtio-blk disks, in order: /dev/vda, /dev/vdb, ...
+    pub disks: Vec<DiskConfig>,
     pub console: Console,
     /// Forward the VMM's stdin to the serial console.
     pub stdin: bool,
@@ -92,6 +96,8 @@ pub enum Error {
     Vcpu(#[from] vcpu::Error),
     #[error(transparent)]
     Console(#[from] console::Error),
+    #[error(transparent)]
+    Device(#[from] virtio::Error),
     #[error("{0} failed: {1}")]
     Setup(&'static str, String),
 }
@@ -108,9 +114,40 @@ pub struct Shared {
     exit: Mutex<Option<Exit>>,
     /// Written when `exit` is set, to wake the event loop.
     exit_evt: EventFd,
+    /// A stop signal that was passed to the guest as Ctrl-Alt-Del: which
+    /// signal, and when the guest's grace period ends.
+    stop_request: Mutex<Option<(i32, Instant)>>,
 }
 
+/// How long a guest gets to stop cleanly after Ctrl-Alt-Del (its init gives
+/// processes 3 s, then flushes disks).
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
 impl Shared {
+    /// SIGINT/SIGTERM: the first one asks the guest to stop (Ctrl-Alt-Del,
+    /// so disks get flushed); a second one, or the grace period running out,
+    /// stops the VM at once.
+    fn request_stop(&self, signal: i32) {
+        let mut pending = pio::lock(&self.stop_request);
+        if pending.is_some() {
+            drop(pending);
+            self.finish(Exit::Stopped(signal));
+        } else {
+            *pending = Some((signal, Instant::now() + STOP_GRACE));
+            drop(pending);
+            self.pio.ctrl_alt_del();
+        }
+    }
+
+    fn check_stop_deadline(&self) {
+        let expired = pio::lock(&self.stop_request)
+            .filter(|(_, deadline)| Instant::now() >= *deadline)
+            .map(|(sig, _)| sig);
+        if let Some(sig) = expired {
+            self.finish(Exit::Stopped(sig));
+        }
+    }
+
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::Acquire)
     }
@@ -157,8 +194,8 @@ impl MutEventSubscriber for Lifecycle {
             let _ = self.reset_evt.read();
             self.shared.finish(Exit::Reset);
         } else if let Some(s) = self.signals.as_mut().filter(|s| s.as_raw_fd() == fd) {
-            if let Ok(Some(info)) = s.read_signal() {
-                self.shared.finish(Exit::Stopped(info.ssi_signo as i32));
+            while let Ok(Some(info)) = s.read_signal() {
+                self.shared.request_stop(info.ssi_signo as i32);
             }
         } else {
             let _ = self.shared.exit_evt.read();
@@ -258,22 +295,39 @@ pub fn run(
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(setup("eventfd"))?;
     vm.register_irqfd(&serial_irq, SERIAL_IRQ)
         .map_err(setup("KVM_IRQFD (serial)"))?;
+    let keyboard_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(setup("eventfd"))?;
+    vm.register_irqfd(&keyboard_irq, KEYBOARD_IRQ)
+        .map_err(setup("KVM_IRQFD (keyboard)"))?;
     let out = config.console.writer()?;
+    let mut events: virtio::EventLoop =
+        EventManager::new().map_err(|e| Error::Setup("epoll", format!("{e:?}")))?;
+    let mut mmio_bus = mmio::MmioBus::default();
+    let mut attacher = virtio::Attacher::default();
+    for disk in &config.disks {
+        attacher.attach_disk(&vm, &mem, &mut mmio_bus, &mut events, disk)?;
+    }
     let shared = Arc::new(Shared {
         pio: pio::PioDevices::new(
             out,
             serial_irq,
+            keyboard_irq,
             reset_evt.try_clone().map_err(setup("eventfd"))?,
         ),
-        mmio: mmio::MmioBus::default(),
+        mmio: mmio_bus,
         stop: AtomicBool::new(false),
         exit: Mutex::new(None),
         exit_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(setup("eventfd"))?,
+        stop_request: Mutex::new(None),
     });
 
     // 4. Kernel, command line, boot structures.
     let entry = loader::load_kernel(&mem, &config.kernel)?;
-    let cmdline_len = loader::load_cmdline(&mem, &config.cmdline)?;
+    // Device tokens first: everything after a `--` in the caller's part
+    // belongs to init.
+    let mut cmdline = attacher.cmdline_tokens.join(" ");
+    cmdline.push(' ');
+    cmdline.push_str(&config.cmdline);
+    let cmdline_len = loader::load_cmdline(&mem, &cmdline)?;
     x86_64::regs::write_tables(&mem, entry.mode)?;
     match entry.mode {
         x86_64::regs::EntryMode::Pvh => x86_64::boot::write_pvh(&mem)?,
@@ -298,8 +352,6 @@ pub fn run(
 
     // 6. Run: vCPU threads, console input, and the event loop here.
     register_signal_handler(kick_signal(), kick_handler).map_err(setup("sigaction"))?;
-    let mut events: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
-        EventManager::new().map_err(|e| Error::Setup("epoll", format!("{e:?}")))?;
     events.add_subscriber(Arc::new(Mutex::new(Lifecycle {
         shared: shared.clone(),
         reset_evt,
@@ -320,9 +372,11 @@ pub fn run(
         threads.push(t);
     }
     while !shared.stopping() {
-        if let Err(e) = events.run() {
+        // The timeout only matters while a stop request's grace runs.
+        if let Err(e) = events.run_with_timeout(200) {
             shared.finish(Exit::Failed(format!("event loop: {e:?}")));
         }
+        shared.check_stop_deadline();
     }
 
     // 7. Stop: kick every vCPU out of KVM_RUN until its thread has ended.

@@ -1,12 +1,15 @@
 //! The port-I/O devices of a microVM and the dispatch of vCPU port exits:
-//! COM1 (8250 UART), the i8042 (only its reset line), and husk's status port
-//! where the guest init reports its command's exit status.
+//! COM1 (8250 UART), the i8042 keyboard controller (reset, Ctrl-Alt-Del),
+//! and husk's status port where the guest init reports its command's exit
+//! status; that write ends the VM as a reset would, so a guest that
+//! reported never prints the kernel's reset message.
 
+use husk_devices::legacy::i8042::{Effects, I8042};
 use husk_init::status::STATUS_PORT;
 use std::io::Write;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Mutex;
-use vm_superio::{I8042Device, Serial, Trigger};
+use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 pub const COM1: u16 = 0x3f8;
@@ -32,19 +35,45 @@ const NO_STATUS: u16 = u16::MAX;
 
 pub struct PioDevices {
     pub serial: Mutex<SerialDevice>,
-    i8042: Mutex<I8042Device<EventTrigger>>,
+    i8042: Mutex<I8042>,
+    /// IRQ 1 (irqfd): the keyboard has data.
+    keyboard_irq: EventFd,
+    /// The VM must end: i8042 reset, or a status was reported.
+    done: EventFd,
     status: AtomicU16,
 }
 
 impl PioDevices {
-    /// `serial_irq` is written when the UART raises its interrupt,
-    /// `reset` when the guest resets through the i8042.
-    pub fn new(out: Box<dyn Write + Send>, serial_irq: EventFd, reset: EventFd) -> Self {
+    /// `serial_irq` and `keyboard_irq` are irqfds; `done` is written when
+    /// the guest resets through the i8042 or reports its status.
+    pub fn new(
+        out: Box<dyn Write + Send>,
+        serial_irq: EventFd,
+        keyboard_irq: EventFd,
+        done: EventFd,
+    ) -> Self {
         PioDevices {
             serial: Mutex::new(Serial::new(EventTrigger(serial_irq), out)),
-            i8042: Mutex::new(I8042Device::new(EventTrigger(reset))),
+            i8042: Mutex::new(I8042::default()),
+            keyboard_irq,
+            done,
             status: AtomicU16::new(NO_STATUS),
         }
+    }
+
+    fn apply(&self, fx: Effects) {
+        if fx.interrupt {
+            let _ = self.keyboard_irq.write(1);
+        }
+        if fx.reset {
+            let _ = self.done.write(1);
+        }
+    }
+
+    /// Types Ctrl-Alt-Del: the guest init's cue for an orderly stop.
+    pub fn ctrl_alt_del(&self) {
+        let fx = lock(&self.i8042).ctrl_alt_del();
+        self.apply(fx);
     }
 
     /// The exit status the guest init reported, if any.
@@ -65,7 +94,9 @@ impl PioDevices {
                 *first = lock(&self.serial).read((p - COM1) as u8);
             }
             I8042_DATA | I8042_COMMAND => {
-                *first = lock(&self.i8042).read((port - I8042_DATA) as u8);
+                let (value, fx) = lock(&self.i8042).read((port - I8042_DATA) as u8);
+                *first = value;
+                self.apply(fx);
             }
             // Absent hardware reads as all ones, as on a PC bus.
             _ => data.fill(0xff),
@@ -81,9 +112,13 @@ impl PioDevices {
                 let _ = lock(&self.serial).write((p - COM1) as u8, value);
             }
             I8042_DATA | I8042_COMMAND => {
-                let _ = lock(&self.i8042).write((port - I8042_DATA) as u8, value);
+                let fx = lock(&self.i8042).write((port - I8042_DATA) as u8, value);
+                self.apply(fx);
             }
-            STATUS_PORT => self.status.store(u16::from(value), Ordering::Release),
+            STATUS_PORT => {
+                self.status.store(u16::from(value), Ordering::Release);
+                let _ = self.done.write(1);
+            }
             _ => {}
         }
     }
@@ -118,6 +153,7 @@ mod tests {
         let d = PioDevices::new(
             Box::new(sink.clone()),
             EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
             reset.try_clone().unwrap(),
         );
         (d, sink, reset)
@@ -131,11 +167,12 @@ mod tests {
         }
         assert_eq!(&*sink.0.lock().unwrap(), b"hi\n");
         assert_eq!(d.reported_status(), None);
-        d.write(STATUS_PORT, &[42]);
-        assert_eq!(d.reported_status(), Some(42));
         assert!(reset.read().is_err(), "no reset yet");
         d.write(I8042_COMMAND, &[0xfe]);
         assert_eq!(reset.read().unwrap(), 1);
+        d.write(STATUS_PORT, &[42]);
+        assert_eq!(d.reported_status(), Some(42));
+        assert_eq!(reset.read().unwrap(), 1, "a status ends the VM");
     }
 
     #[test]

@@ -101,11 +101,22 @@ pub fn mount_all() -> Vec<String> {
             mnt.flags,
             mnt.data,
         ) {
-            Ok(()) | Err(Errno::EBUSY) => {}
+            Ok(()) => {}
+            Err(Errno::EBUSY) if is_mounted(mnt.target) => {}
             Err(e) => problems.push(format!("mount {} on {}: {e}", mnt.fstype, mnt.target)),
         }
     }
     problems
+}
+
+/// Whether /proc/mounts lists `target` as a mount point.
+fn is_mounted(target: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(target))
+        })
+        .unwrap_or(false)
 }
 
 /// Makes the root filesystem read-only so everything written is on the disk

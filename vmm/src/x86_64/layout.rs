@@ -37,5 +37,6 @@ pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
 /// and COM1 (IRQ 4).
 pub const FIRST_DEVICE_IRQ: u32 = 5;
 pub const SERIAL_IRQ: u32 = 4;
+pub const KEYBOARD_IRQ: u32 = 1;
 /// The IOAPIC has 24 pins.
 pub const LAST_DEVICE_IRQ: u32 = 23;

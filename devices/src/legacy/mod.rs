@@ -1,0 +1,3 @@
+//! PC legacy devices a microVM still needs.
+
+pub mod i8042;

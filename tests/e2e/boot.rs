@@ -1,0 +1,241 @@
+//! `husk boot`: the project's guest on husk's own VMM, through the binary a
+//! user runs.
+
+use husk_tests::process::Finished;
+use husk_tests::{guest_artifacts, require_linux_kvm};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A private root disk per test: the guest mounts it read-write.
+struct Scratch {
+    dir: tempfile::TempDir,
+    rootfs: String,
+}
+
+impl Scratch {
+    fn new() -> Self {
+        require_linux_kvm();
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("rootfs.ext4");
+        std::fs::copy(guest_artifacts().rootfs_ext4, &rootfs).unwrap();
+        Scratch {
+            rootfs: rootfs.display().to_string(),
+            dir,
+        }
+    }
+
+    fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    fn boot(&self, opts: &[&str], command: &[&str]) -> Finished {
+        let mut args = vec!["boot", "--rootfs", &self.rootfs];
+        args.extend_from_slice(opts);
+        args.push("--");
+        args.extend_from_slice(command);
+        let out = husk_tests::husk::run(&args, TIMEOUT);
+        assert!(
+            !out.timed_out,
+            "husk boot did not finish: {}",
+            out.describe()
+        );
+        out
+    }
+}
+
+fn sh(script: &str) -> [&str; 3] {
+    ["sh", "-c", script]
+}
+
+fn sha256(p: &Path) -> Vec<u8> {
+    Sha256::digest(std::fs::read(p).unwrap()).to_vec()
+}
+
+#[test]
+fn echo_hello() {
+    let out = Scratch::new().boot(&[], &["echo", "hello"]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(out.stdout, "hello\n", "{}", out.describe());
+}
+
+#[test]
+fn exit_statuses_come_through() {
+    let s = Scratch::new();
+    for (script, want) in [("exit 1", 1), ("exit 42", 42), ("kill -KILL $$", 137)] {
+        let out = s.boot(&[], &sh(script));
+        assert_eq!(out.code, Some(want), "{script}: {}", out.describe());
+    }
+}
+
+#[test]
+fn two_vcpus() {
+    let out = Scratch::new().boot(&["--cpus", "2"], &["nproc"]);
+    assert_eq!(out.stdout.trim(), "2", "{}", out.describe());
+}
+
+#[test]
+fn memory_size_reaches_the_guest() {
+    let out = Scratch::new().boot(&["--memory", "256"], &sh("grep MemTotal /proc/meminfo"));
+    let kib: u64 = out
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{}", out.describe()));
+    assert!(
+        (200 * 1024..=256 * 1024).contains(&kib),
+        "MemTotal {kib} kB for 256 MiB"
+    );
+}
+
+#[test]
+fn cmdline_extra_reaches_proc_cmdline() {
+    let out = Scratch::new().boot(
+        &["--cmdline", "husk.test=extra-word"],
+        &["cat", "/proc/cmdline"],
+    );
+    assert!(
+        out.stdout.contains("husk.test=extra-word"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(out.code, Some(0));
+}
+
+#[test]
+fn guest_writes_reach_the_host_file() {
+    let s = Scratch::new();
+    let disk = s.file("data.img", &vec![0u8; 1 << 20]);
+    let pattern = "husk-disk-pattern-0123456789";
+    let script =
+        format!("printf {pattern} | dd of=/dev/vdb bs=512 seek=3 conv=notrunc,fsync 2>/dev/null");
+    let out = s.boot(&["--disk", &disk.display().to_string()], &sh(&script));
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let data = std::fs::read(&disk).unwrap();
+    assert_eq!(&data[1536..1536 + pattern.len()], pattern.as_bytes());
+    assert_eq!(data.len(), 1 << 20, "the disk file changed size");
+}
+
+#[test]
+fn guest_reads_what_the_host_wrote() {
+    let s = Scratch::new();
+    // Non-repeating bytes, so a misplaced sector would change the digest.
+    let bytes: Vec<u8> = (0u32..(1 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let disk = s.file("prefilled.img", &bytes);
+    let want = Sha256::digest(&bytes);
+    let out = s.boot(
+        &["--disk", &disk.display().to_string()],
+        &sh("sha256sum /dev/vdb"),
+    );
+    let hex: String = want.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(
+        out.stdout.starts_with(&hex),
+        "want {hex}: {}",
+        out.describe()
+    );
+}
+
+#[test]
+fn read_only_disk_refuses_writes() {
+    let s = Scratch::new();
+    let disk = s.file("ro.img", &vec![7u8; 1 << 20]);
+    let before = sha256(&disk);
+    let spec = format!("{},ro", disk.display());
+    // blockdev --setrw lifts the kernel's own read-only flag, so the write
+    // reaches the device, which must refuse it.
+    let script = "cat /sys/block/vdb/ro; blockdev --setrw /dev/vdb 2>/dev/null; \
+                  dd if=/dev/zero of=/dev/vdb bs=512 count=8 conv=fsync 2>/dev/null";
+    let out = s.boot(&["--disk", &spec], &sh(script));
+    assert!(
+        out.stdout.starts_with("1\n"),
+        "not read-only in the guest: {}",
+        out.describe()
+    );
+    assert_ne!(out.code, Some(0), "the write succeeded: {}", out.describe());
+    assert_eq!(sha256(&disk), before, "the read-only disk changed");
+}
+
+#[test]
+fn odd_sized_disk_rounds_down() {
+    let s = Scratch::new();
+    let disk = s.file("odd.img", &vec![1u8; (1 << 20) + 100]);
+    let out = s.boot(
+        &["--disk", &disk.display().to_string()],
+        &["cat", "/sys/block/vdb/size"],
+    );
+    assert_eq!(out.stdout.trim(), "2048", "{}", out.describe());
+    assert_eq!(std::fs::metadata(&disk).unwrap().len(), (1 << 20) + 100);
+}
+
+#[test]
+fn kernel_panic_ends_husk_quickly_with_the_message() {
+    let out = Scratch::new().boot(&["--cmdline", "root=/dev/vdz"], &["true"]);
+    assert_eq!(out.code, Some(1), "{}", out.describe());
+    assert!(out.stdout.contains("Kernel panic"), "{}", out.describe());
+    assert!(
+        out.stderr.contains("without reporting an exit status"),
+        "{}",
+        out.describe()
+    );
+    assert!(out.elapsed < Duration::from_secs(60), "{}", out.describe());
+}
+
+#[test]
+fn command_after_dashes_on_the_kernel_cmdline() {
+    // The human path: no husk.cmd, the words after `--` are the command.
+    let s = Scratch::new();
+    let args = [
+        "boot",
+        "--rootfs",
+        &s.rootfs,
+        "--cmdline",
+        r#"-- sh -c "echo typed by hand; exit 7""#,
+    ];
+    let out = husk_tests::husk::run(&args, TIMEOUT);
+    assert!(out.stdout.contains("typed by hand"), "{}", out.describe());
+    assert_eq!(out.code, Some(7), "{}", out.describe());
+}
+
+#[test]
+fn sigterm_stops_the_guest_cleanly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let s = Scratch::new();
+    let mut child = Command::new(husk_tests::husk::binary())
+        .args([
+            "boot",
+            "--rootfs",
+            &s.rootfs,
+            "--",
+            "sh",
+            "-c",
+            "echo ready; sleep 100",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("husk printed nothing").unwrap();
+    assert_eq!(first, "ready");
+    let start = std::time::Instant::now();
+    // SAFETY: kill(2) on the child we spawned and have not yet waited for.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    // The guest got Ctrl-Alt-Del, its init sent SIGTERM to the command
+    // and reported 128 + 15.
+    assert_eq!(status.code(), Some(143), "{status:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        start.elapsed()
+    );
+}

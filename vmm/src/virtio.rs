@@ -1,0 +1,120 @@
+//! Attaches virtio-mmio devices: a 4 KiB window and an IOAPIC pin each,
+//! queue notifications as ioeventfds, interrupts as irqfds, the queue work
+//! on the event loop, and a `virtio_mmio.device=` token for the kernel.
+
+use crate::memory::GuestMemory;
+use crate::mmio::{MmioBus, MmioDevice};
+use crate::x86_64::layout::{FIRST_DEVICE_IRQ, LAST_DEVICE_IRQ, VIRTIO_MMIO_START};
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use husk_devices::virtio::block::{Block, BlockConfig};
+use husk_devices::virtio::transport::{
+    cmdline_token, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
+};
+use husk_devices::virtio::VirtioDevice;
+use kvm_ioctls::{IoEventAddress, VmFd};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+pub type EventLoop = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
+
+/// A disk for the guest, in attachment order: the first is /dev/vda.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+    /// Reported to the guest as the disk's serial.
+    pub id: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("disk {0}: {1}")]
+    Disk(String, String),
+    #[error("too many devices: the guest has IOAPIC pins for {0}")]
+    OutOfIrqs(u32),
+    #[error("attaching a virtio device: {0} failed: {1}")]
+    Attach(&'static str, String),
+}
+
+/// The whole chain of an error on one line: device errors keep their
+/// cause in `source()`, and the user needs the cause.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+impl MmioDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        MmioTransport::read(self, offset, data)
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        MmioTransport::write(self, offset, data)
+    }
+}
+
+/// Hands out MMIO windows and IRQs in order, so they never overlap.
+#[derive(Default)]
+pub struct Attacher {
+    next: u32,
+    pub cmdline_tokens: Vec<String>,
+}
+
+impl Attacher {
+    fn attach(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemory,
+        bus: &mut MmioBus,
+        events: &mut EventLoop,
+        device: Arc<Mutex<impl VirtioDevice + MutEventSubscriber + Send + 'static>>,
+    ) -> Result<(), Error> {
+        let irq = FIRST_DEVICE_IRQ + self.next;
+        if irq > LAST_DEVICE_IRQ {
+            return Err(Error::OutOfIrqs(LAST_DEVICE_IRQ - FIRST_DEVICE_IRQ + 1));
+        }
+        let base = VIRTIO_MMIO_START + u64::from(self.next) * MMIO_WINDOW_SIZE;
+        let attach = |what| move |e: kvm_ioctls::Error| Error::Attach(what, e.to_string());
+        let transport = MmioTransport::new(mem.clone(), device.clone())
+            .map_err(|e| Error::Attach("virtio-mmio transport", chain(&e)))?;
+        for (i, evt) in crate::pio::lock(&device).queue_events().iter().enumerate() {
+            vm.register_ioevent(
+                evt,
+                &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
+                i as u32,
+            )
+            .map_err(attach("KVM_IOEVENTFD"))?;
+        }
+        vm.register_irqfd(transport.interrupt().event(), irq)
+            .map_err(attach("KVM_IRQFD"))?;
+        events.add_subscriber(device);
+        bus.insert(base, MMIO_WINDOW_SIZE, Arc::new(Mutex::new(transport)));
+        self.cmdline_tokens
+            .push(cmdline_token(base, MMIO_WINDOW_SIZE, irq));
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Opens and attaches a virtio-blk disk.
+    pub fn attach_disk(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemory,
+        bus: &mut MmioBus,
+        events: &mut EventLoop,
+        disk: &DiskConfig,
+    ) -> Result<(), Error> {
+        let block = Block::new(&BlockConfig {
+            path: disk.path.clone(),
+            read_only: disk.read_only,
+            id: disk.id.clone(),
+        })
+        .map_err(|e| Error::Disk(disk.path.display().to_string(), chain(&e)))?;
+        self.attach(vm, mem, bus, events, Arc::new(Mutex::new(block)))
+    }
+}
