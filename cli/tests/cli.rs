@@ -153,3 +153,65 @@ fn kvm_pvm_is_refused_with_a_pointer_to_the_testbed() {
     assert_one_line_error(&o, 1, "kvm_pvm");
     assert!(stderr(&o).contains("testbed"));
 }
+
+#[test]
+fn console_to_a_file_and_off() {
+    let (d, k, r) = scratch();
+    let log = d.path().join("console.log");
+    let spec = format!("file={}", log.display());
+    let o = husk(&[
+        "boot",
+        "--allow-kvm-pvm",
+        "--kernel",
+        &k,
+        "--rootfs",
+        &r,
+        "--console",
+        &spec,
+    ]);
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    assert!(o.stdout.is_empty());
+    assert_eq!(std::fs::read(&log).unwrap(), null_guest::LINE);
+    let o = husk(&[
+        "boot",
+        "--allow-kvm-pvm",
+        "--kernel",
+        &k,
+        "--rootfs",
+        &r,
+        "--console",
+        "off",
+    ]);
+    assert_eq!(o.status.code(), Some(7));
+    assert!(o.stdout.is_empty());
+    let o = husk(&["boot", "--kernel", &k, "--rootfs", &r, "--console", "tty"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn bad_disk_specs() {
+    let (_d, k, r) = scratch();
+    let o = husk(&[
+        "boot",
+        "--allow-kvm-pvm",
+        "--kernel",
+        &k,
+        "--rootfs",
+        &r,
+        "--disk",
+        "/nonexistent.img",
+    ]);
+    assert_one_line_error(&o, 1, "/nonexistent.img");
+    let spec = format!("{r},rx");
+    let o = husk(&[
+        "boot",
+        "--allow-kvm-pvm",
+        "--kernel",
+        &k,
+        "--rootfs",
+        &r,
+        "--disk",
+        &spec,
+    ]);
+    assert_one_line_error(&o, 2, "unknown option");
+}

@@ -239,3 +239,42 @@ fn sigterm_stops_the_guest_cleanly() {
         start.elapsed()
     );
 }
+
+#[test]
+fn console_output_is_complete_when_the_guest_ends() {
+    // The status write ends the VM at once; the init must drain the UART
+    // first or the tail of a long output is lost.
+    let out = Scratch::new().boot(&[], &["seq", "1", "3000"]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let want: String = (1..=3000).map(|i| format!("{i}\n")).collect();
+    assert!(
+        out.stdout == want,
+        "output differs; tail: {:?}",
+        &out.stdout[out.stdout.len().saturating_sub(40)..]
+    );
+}
+
+#[test]
+fn without_a_command_the_console_shell_reads_stdin() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let s = Scratch::new();
+    let mut child = Command::new(husk_tests::husk::binary())
+        .args(["boot", "--rootfs", &s.rootfs])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo from-$((6*7))-stdin; exit 5\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    // The shell's own output line, not the terminal's echo of the input.
+    assert!(stdout.lines().any(|l| l == "from-42-stdin"), "{stdout}");
+    assert_eq!(out.status.code(), Some(5), "{stdout}");
+}

@@ -72,7 +72,7 @@ impl Attacher {
         mem: &GuestMemory,
         bus: &mut MmioBus,
         events: &mut EventLoop,
-        device: Arc<Mutex<impl VirtioDevice + MutEventSubscriber + Send + 'static>>,
+        device: Arc<Mutex<impl VirtioDevice + MutEventSubscriber + 'static>>,
     ) -> Result<(), Error> {
         let irq = FIRST_DEVICE_IRQ + self.next;
         if irq > LAST_DEVICE_IRQ {

@@ -62,6 +62,10 @@ fn finish(status: u8, on_console: bool) -> ! {
         let _ = out.write_all(status::console_line(status).as_bytes());
         let _ = out.flush();
     }
+    // The UART sends what the command wrote from a kernel buffer, by
+    // interrupt; the status write ends the VM at once, so wait until the
+    // console has transmitted everything or the tail of the output is lost.
+    let _ = nix::sys::termios::tcdrain(std::io::stdout());
     if let Err(e) = status::write_port(status) {
         log(&format!("cannot write the status port: {e}"));
     }
