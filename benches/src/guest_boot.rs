@@ -57,15 +57,16 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut runs = 5;
-    let mut husk = husk_tests::husk::binary().display().to_string();
+    let mut husk = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--runs" => runs = it.next().and_then(|v| v.parse().ok()).expect("--runs N"),
-            "--husk" => husk = it.next().expect("--husk PATH").clone(),
+            "--husk" => husk = Some(it.next().expect("--husk PATH").clone()),
             other => panic!("unknown argument {other}"),
         }
     }
+    let husk = husk.unwrap_or_else(|| husk_tests::husk::binary().display().to_string());
     husk_tests::require_linux_kvm();
     let a = guest_artifacts();
     let dir = tempfile::tempdir().unwrap();
