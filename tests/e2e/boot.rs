@@ -244,9 +244,12 @@ fn sigterm_stops_the_guest_cleanly() {
 fn console_output_is_complete_when_the_guest_ends() {
     // The status write ends the VM at once; the init must drain the UART
     // first or the tail of a long output is lost.
-    let out = Scratch::new().boot(&[], &["seq", "1", "3000"]);
+    // 500 lines: more than the UART sends before the command exits. (3000
+    // lines made the testbed's L1 kernel overflow its stack in KVM_RUN
+    // twice; nested SVM under TCG does not like interrupt storms.)
+    let out = Scratch::new().boot(&[], &["seq", "1", "500"]);
     assert_eq!(out.code, Some(0), "{}", out.describe());
-    let want: String = (1..=3000).map(|i| format!("{i}\n")).collect();
+    let want: String = (1..=500).map(|i| format!("{i}\n")).collect();
     assert!(
         out.stdout == want,
         "output differs; tail: {:?}",

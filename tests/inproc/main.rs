@@ -56,3 +56,53 @@ fn secondary_vcpus_are_torn_down() {
     assert_eq!(out.exit, Exit::Reset);
     assert_eq!(console.as_bytes(), null_guest::LINE);
 }
+
+#[test]
+fn pause_stops_progress_and_resume_continues() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("ticker.elf");
+    std::fs::write(&kernel, null_guest::ticker_elf(true)).unwrap();
+    let console = dir.path().join("console");
+    let config = VmConfig {
+        kernel,
+        vcpus: 1,
+        mem_mib: 128,
+        cmdline: String::new(),
+        disks: vec![],
+        console: Console::File(console.clone()),
+        stdin: false,
+        allow_pvm: true,
+    };
+    let vm = husk_vmm::start(&config, None).expect("the VM starts");
+    let controls = vm.controls();
+    let size = move || std::fs::metadata(&console).map(|m| m.len()).unwrap_or(0);
+    let driver = std::thread::spawn(move || {
+        // Whatever the checks say, stop the VM so `wait` returns.
+        struct StopOnDrop(husk_vmm::VmControls);
+        impl Drop for StopOnDrop {
+            fn drop(&mut self) {
+                self.0.resume();
+                self.0.stop(Exit::Stopped(0));
+            }
+        }
+        let _stop = StopOnDrop(controls.clone());
+        let grows = |what: &str| {
+            let a = size();
+            std::thread::sleep(Duration::from_millis(300));
+            let b = size();
+            assert!(b > a, "{what}: no progress ({a} -> {b})");
+        };
+        grows("running");
+        controls.pause();
+        assert!(controls.is_paused());
+        let a = size();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(size(), a, "the guest ran while paused");
+        controls.resume();
+        grows("resumed");
+    });
+    let out = vm.wait();
+    driver.join().expect("the checks passed");
+    assert_eq!(out.exit, Exit::Stopped(0));
+}

@@ -26,10 +26,32 @@ fn code(status: Option<u8>) -> Vec<u8> {
     c
 }
 
+/// Code that prints `x` to COM1 forever, with a busy wait between bytes:
+/// a guest that makes progress until it is paused or stopped.
+fn ticker_code() -> Vec<u8> {
+    vec![
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xb0, b'x', 0xee, // L: mov al, 'x'; out dx, al
+        0xb9, 0x00, 0x20, 0x00,
+        0x00, // mov ecx, 0x2000 (kvm_pvm emulates ring-0 code: keep it short)
+        0xff, 0xc9, // D: dec ecx
+        0x75, 0xfc, // jnz D
+        0xeb, 0xf2, // jmp L
+    ]
+}
+
 /// An x86-64 ELF that prints [`LINE`], optionally reports `status` on the
 /// status port, and resets. With `pvh`, a Xen PVH note points at the code.
 pub fn elf(pvh: bool, status: Option<u8>) -> Vec<u8> {
-    let code = code(status);
+    elf_with(pvh, code(status))
+}
+
+/// The ticker guest (see `ticker_code`) as an ELF.
+pub fn ticker_elf(pvh: bool) -> Vec<u8> {
+    elf_with(pvh, ticker_code())
+}
+
+fn elf_with(pvh: bool, code: Vec<u8>) -> Vec<u8> {
     let phnum: u16 = if pvh { 2 } else { 1 };
     let mut e = Vec::new();
     // ELF header.

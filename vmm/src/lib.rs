@@ -19,6 +19,7 @@ pub mod x86_64;
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{Kvm, VmFd};
+use std::os::unix::thread::JoinHandleExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -117,6 +118,17 @@ pub struct Shared {
     /// A stop signal that was passed to the guest as Ctrl-Alt-Del: which
     /// signal, and when the guest's grace period ends.
     stop_request: Mutex<Option<(i32, Instant)>>,
+    pause: Mutex<PauseState>,
+    unpause: std::sync::Condvar,
+    /// The vCPU threads, to kick them out of KVM_RUN.
+    vcpu_threads: Mutex<Vec<libc::pthread_t>>,
+}
+
+/// Whether the vCPUs should stay out of the guest, and how many do.
+#[derive(Default)]
+struct PauseState {
+    paused: bool,
+    parked: usize,
 }
 
 /// How long a guest gets to stop cleanly after Ctrl-Alt-Del (its init gives
@@ -146,6 +158,32 @@ impl Shared {
         if let Some(sig) = expired {
             self.finish(Exit::Stopped(sig));
         }
+    }
+
+    fn vcpu_count(&self) -> usize {
+        pio::lock(&self.vcpu_threads).len()
+    }
+
+    fn kick_vcpus(&self) {
+        for &t in pio::lock(&self.vcpu_threads).iter() {
+            // SAFETY: `t` is a vCPU thread that is joined only after the
+            // loop that owns the pthread ids has ended (RunningVm::wait),
+            // so the id is live; the signal's handler does nothing.
+            unsafe { libc::pthread_kill(t, kick_signal()) };
+        }
+    }
+
+    /// Called by a vCPU thread outside KVM_RUN: blocks while paused.
+    fn park_if_paused(&self) {
+        let mut st = pio::lock(&self.pause);
+        if !st.paused {
+            return;
+        }
+        st.parked += 1;
+        while st.paused && !self.stopping() {
+            st = self.unpause.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st.parked -= 1;
     }
 
     fn stopping(&self) -> bool {
@@ -263,19 +301,81 @@ fn create_vm(kvm: &Kvm, mem: &memory::GuestMemory) -> Result<VmFd, Error> {
     Ok(vm)
 }
 
-/// No-op handler: the signal only has to interrupt KVM_RUN.
-extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+/// Interrupts KVM_RUN on the thread that receives it (see `vcpu::on_kick`).
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    vcpu::on_kick();
+}
 
 fn kick_signal() -> libc::c_int {
     SIGRTMIN()
 }
 
-/// Builds and runs the VM described by `config` until it stops. `signals`
+/// A VM whose vCPUs run. The caller drives the event loop with [`wait`]
+/// (after adding its own subscribers, e.g. the API) and controls the VM
+/// through [`RunningVm::controls`].
+///
+/// [`wait`]: RunningVm::wait
+pub struct RunningVm {
+    shared: Arc<Shared>,
+    events: virtio::EventLoop,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    input: Option<console::StdinPump>,
+    // Declared last: dropped after the vCPU threads are joined, so no vCPU
+    // runs on unmapped memory or a closed VM.
+    _vm: VmFd,
+    _mem: memory::GuestMemory,
+}
+
+/// A handle that pauses, resumes and stops a running VM from any thread.
+#[derive(Clone)]
+pub struct VmControls {
+    shared: Arc<Shared>,
+}
+
+impl VmControls {
+    /// Stops every vCPU outside KVM_RUN; returns once all are parked.
+    pub fn pause(&self) {
+        pio::lock(&self.shared.pause).paused = true;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let parked = pio::lock(&self.shared.pause).parked;
+            if parked == self.shared.vcpu_count() || self.shared.stopping() {
+                return;
+            }
+            if Instant::now() > deadline {
+                return; // a vCPU stuck in the kernel; report as paused anyway
+            }
+            self.shared.kick_vcpus();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    pub fn resume(&self) {
+        pio::lock(&self.shared.pause).paused = false;
+        self.shared.unpause.notify_all();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        pio::lock(&self.shared.pause).paused
+    }
+
+    /// Types Ctrl-Alt-Del into the guest's keyboard.
+    pub fn ctrl_alt_del(&self) {
+        self.shared.pio.ctrl_alt_del();
+    }
+
+    /// Ends the VM now, as if its vCPUs had failed with `why`.
+    pub fn stop(&self, exit: Exit) {
+        self.shared.finish(exit);
+    }
+}
+
+/// Builds the VM described by `config` and starts its vCPUs. `signals`
 /// (from [`take_stop_signals`]) lets SIGINT/SIGTERM stop it cleanly.
-pub fn run(
+pub fn start(
     config: &VmConfig,
     signals: Option<nix::sys::signalfd::SignalFd>,
-) -> Result<Outcome, Error> {
+) -> Result<RunningVm, Error> {
     // 1. KVM and vCPU limits.
     let kvm = open_kvm(config.allow_pvm)?;
     let max_vcpus = kvm
@@ -318,6 +418,9 @@ pub fn run(
         exit: Mutex::new(None),
         exit_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(setup("eventfd"))?,
         stop_request: Mutex::new(None),
+        pause: Mutex::new(PauseState::default()),
+        unpause: std::sync::Condvar::new(),
+        vcpu_threads: Mutex::new(Vec::new()),
     });
 
     // 4. Kernel, command line, boot structures.
@@ -350,7 +453,7 @@ pub fn run(
         vcpus.push(fd);
     }
 
-    // 6. Run: vCPU threads, console input, and the event loop here.
+    // 6. Start: vCPU threads and console input; the caller runs the loop.
     register_signal_handler(kick_signal(), kick_handler).map_err(setup("sigaction"))?;
     events.add_subscriber(Arc::new(Mutex::new(Lifecycle {
         shared: shared.clone(),
@@ -364,40 +467,79 @@ pub fn run(
     };
     let mut threads = Vec::new();
     for (id, fd) in vcpus.into_iter().enumerate() {
-        let shared = shared.clone();
+        let for_vcpu = shared.clone();
         let t = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || vcpu::run(fd, id as u8, shared))
+            .spawn(move || vcpu::run(fd, id as u8, for_vcpu))
             .map_err(setup("spawning a vCPU thread"))?;
+        pio::lock(&shared.vcpu_threads).push(t.as_pthread_t());
         threads.push(t);
     }
-    while !shared.stopping() {
-        // The timeout only matters while a stop request's grace runs.
-        if let Err(e) = events.run_with_timeout(200) {
-            shared.finish(Exit::Failed(format!("event loop: {e:?}")));
-        }
-        shared.check_stop_deadline();
+    Ok(RunningVm {
+        shared,
+        events,
+        threads,
+        input,
+        _vm: vm,
+        _mem: mem,
+    })
+}
+
+impl RunningVm {
+    /// The event loop, to add subscribers (the API) before [`wait`].
+    ///
+    /// [`wait`]: RunningVm::wait
+    pub fn events(&mut self) -> &mut virtio::EventLoop {
+        &mut self.events
     }
 
-    // 7. Stop: kick every vCPU out of KVM_RUN until its thread has ended.
-    for t in threads {
-        while !t.is_finished() {
-            let _ = t.kill(kick_signal());
-            std::thread::sleep(Duration::from_micros(200));
+    pub fn controls(&self) -> VmControls {
+        VmControls {
+            shared: self.shared.clone(),
         }
-        let _ = t.join();
     }
-    if let Some(input) = input {
-        input.stop();
+
+    /// Runs the device event loop until the VM stops, then joins every
+    /// thread and reports why it stopped.
+    pub fn wait(mut self) -> Outcome {
+        let shared = self.shared.clone();
+        while !shared.stopping() {
+            // The timeout only matters while a stop request's grace runs.
+            if let Err(e) = self.events.run_with_timeout(200) {
+                shared.finish(Exit::Failed(format!("event loop: {e:?}")));
+            }
+            shared.check_stop_deadline();
+        }
+        // Stop: wake paused vCPUs, kick running ones out of KVM_RUN.
+        shared.unpause.notify_all();
+        for t in std::mem::take(&mut self.threads) {
+            while !t.is_finished() {
+                shared.unpause.notify_all();
+                let _ = t.kill(kick_signal());
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let _ = t.join();
+        }
+        if let Some(input) = self.input.take() {
+            input.stop();
+        }
+        let exit = pio::lock(&shared.exit)
+            .clone()
+            .unwrap_or(Exit::Failed("stopped without a reason".into()));
+        let _ = pio::lock(&shared.pio.serial).writer_mut().flush();
+        Outcome {
+            exit,
+            guest_status: shared.pio.reported_status(),
+        }
     }
-    let exit = pio::lock(&shared.exit)
-        .clone()
-        .unwrap_or(Exit::Failed("stopped without a reason".into()));
-    let _ = pio::lock(&shared.pio.serial).writer_mut().flush();
-    Ok(Outcome {
-        exit,
-        guest_status: shared.pio.reported_status(),
-    })
+}
+
+/// Builds and runs the VM described by `config` until it stops.
+pub fn run(
+    config: &VmConfig,
+    signals: Option<nix::sys::signalfd::SignalFd>,
+) -> Result<Outcome, Error> {
+    Ok(start(config, signals)?.wait())
 }
 
 use std::io::Write;

@@ -7,6 +7,7 @@ use crate::x86_64::{cpuid, lapic, msr, regs};
 use crate::{Exit, Shared};
 use kvm_bindings::CpuId;
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use std::cell::Cell;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,9 +50,39 @@ pub fn configure(
     Ok(())
 }
 
+thread_local! {
+    /// This thread's `kvm_run`, for the kick signal's handler.
+    static KVM_RUN: Cell<*mut kvm_bindings::kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// The kick signal's handler: makes KVM_RUN return at once, whether the
+/// signal lands while the vCPU is in the guest or just before it enters
+/// (KVM checks `immediate_exit` on entry), so one signal is enough.
+pub fn on_kick() {
+    KVM_RUN.with(|p| {
+        let run = p.get();
+        if !run.is_null() {
+            // SAFETY: the pointer is this thread's kvm_run mapping, set by
+            // `run` below and valid until the VcpuFd (owned by the same
+            // thread) drops; a volatile byte store is signal-safe.
+            unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+        }
+    });
+}
+
 /// The vCPU thread: runs until the VM stops. Never panics on guest input.
 pub fn run(mut vcpu: VcpuFd, id: u8, shared: Arc<Shared>) {
-    while !shared.stopping() {
+    KVM_RUN.with(|p| p.set(vcpu.get_kvm_run() as *mut _));
+    run_loop(&mut vcpu, id, &shared);
+    KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
+}
+
+fn run_loop(vcpu: &mut VcpuFd, id: u8, shared: &Shared) {
+    loop {
+        shared.park_if_paused();
+        if shared.stopping() {
+            return;
+        }
         let exit = match vcpu.run() {
             Ok(VcpuExit::IoOut(port, data)) => {
                 shared.pio.write(port, data);
@@ -86,8 +117,11 @@ pub fn run(mut vcpu: VcpuFd, id: u8, shared: Arc<Shared>) {
                 "vCPU {id}: KVM internal error (the guest did something KVM cannot emulate)"
             )),
             Ok(other) => Exit::Failed(format!("vCPU {id}: unexpected exit {other:?}")),
-            // A kick from the VMM (stop) or a spurious wakeup: re-check.
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+            // A kick from the VMM (stop, pause) or a spurious wakeup.
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                vcpu.set_kvm_immediate_exit(0);
+                continue;
+            }
             Err(e) => Exit::Failed(format!("vCPU {id}: KVM_RUN failed: {e}")),
         };
         shared.finish(exit);

@@ -1,0 +1,347 @@
+//! The API thread: an HTTP/1.1 server (hyper) on a tokio current-thread
+//! runtime, one task per connection, handing parsed requests to the VMM.
+
+use crate::request::{route_request, Request};
+use crate::response::Response;
+use crate::socket::{self, FileId};
+use crate::Error;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::CONTENT_LENGTH;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::future::{poll_fn, Future};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::task::Poll;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokio::net::UnixListener;
+use tokio::sync::{oneshot, Semaphore};
+use vmm_sys_util::eventfd::EventFd;
+
+/// The fault message when the VMM cannot take or did not answer a request.
+const VMM_GONE: &str = "the VMM is not running: the request was not carried out";
+
+/// Largest request line + headers taken.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Limits of the server. [`Options::default`] is what [`start`] uses.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Largest request body taken (413 beyond).
+    pub max_body_bytes: usize,
+    /// Time a client has to send a request's headers, counted from when
+    /// the connection opens or the previous answer on it was sent (so it
+    /// also closes idle keep-alive connections).
+    pub header_read_timeout: Duration,
+    /// Time a client has to send a request's body once its headers are in
+    /// (408 beyond).
+    pub body_read_timeout: Duration,
+    /// Time the VMM has to answer a request (504 beyond).
+    pub reply_timeout: Duration,
+    /// Connections open at once; more are closed as soon as accepted.
+    pub max_connections: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            max_body_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(30),
+            reply_timeout: Duration::from_secs(30),
+            max_connections: 64,
+        }
+    }
+}
+
+/// A request on its way to the VMM, with the way back.
+#[derive(Debug)]
+pub struct ApiRequest {
+    /// What the client asked for.
+    pub request: Request,
+    /// Where the answer goes.
+    pub reply: Reply,
+}
+
+impl ApiRequest {
+    /// A request outside the server (for the VMM's own tests): the
+    /// [`PendingReply`] receives what the handler sends.
+    pub fn new(request: Request) -> (ApiRequest, PendingReply) {
+        let (tx, rx) = oneshot::channel();
+        (
+            ApiRequest {
+                request,
+                reply: Reply(tx),
+            },
+            PendingReply(rx),
+        )
+    }
+}
+
+/// The sending end of a request's answer. Send exactly one [`Response`];
+/// dropping it unanswered makes the client get a 400 saying the VMM is not
+/// running.
+#[derive(Debug)]
+pub struct Reply(oneshot::Sender<Response>);
+
+impl Reply {
+    /// Sends the answer. Never blocks. `Err` gives the response back when
+    /// the client is gone (disconnected, timed out, server shut down).
+    pub fn send(self, response: Response) -> Result<(), Response> {
+        self.0.send(response)
+    }
+}
+
+/// The receiving end made by [`ApiRequest::new`].
+#[derive(Debug)]
+pub struct PendingReply(oneshot::Receiver<Response>);
+
+impl PendingReply {
+    /// The answer, if one was sent; `None` if the [`Reply`] was dropped or
+    /// has not been used yet.
+    pub fn try_recv(&mut self) -> Option<Response> {
+        self.0.try_recv().ok()
+    }
+
+    /// Blocks until the answer is sent (`None`: the [`Reply`] was dropped).
+    /// Do not call from inside an async runtime.
+    pub fn wait(self) -> Option<Response> {
+        self.0.blocking_recv().ok()
+    }
+}
+
+/// A running API server. Dropping it shuts it down like [`ApiServer::shutdown`].
+#[derive(Debug)]
+pub struct ApiServer {
+    path: PathBuf,
+    file_id: FileId,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ApiServer {
+    /// The socket's path.
+    pub fn socket_path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops accepting, closes every connection (requests waiting for the
+    /// VMM are dropped: their [`Reply::send`] fails), joins the thread and
+    /// removes the socket file (if it is still this server's).
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        // Unlink first: from here on nobody can connect.
+        socket::remove(&self.path, self.file_id);
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                log::error!("the API server thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What every connection task needs.
+struct Shared {
+    to_vmm: Sender<ApiRequest>,
+    wake: EventFd,
+    options: Options,
+}
+
+/// Starts the API server on `socket` with [`Options::default`]. Every
+/// request that parses is sent on `to_vmm`, then `wake` is written (1), and
+/// the client gets the [`Response`] the VMM sends back on the request's
+/// [`Reply`]. Returns once the socket is listening: a client may connect as
+/// soon as this returns.
+pub fn start(socket: &Path, to_vmm: Sender<ApiRequest>, wake: EventFd) -> Result<ApiServer, Error> {
+    start_with(socket, to_vmm, wake, Options::default())
+}
+
+/// [`start`] with explicit limits.
+pub fn start_with(
+    socket: &Path,
+    to_vmm: Sender<ApiRequest>,
+    wake: EventFd,
+    options: Options,
+) -> Result<ApiServer, Error> {
+    let (listener, file_id) = socket::bind(socket)?;
+    // From here on, a failure must not leave the socket file behind.
+    let cleanup = |err: Error| {
+        socket::remove(socket, file_id);
+        err
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| cleanup(Error::Runtime(e)))?;
+    let listener = listener
+        .set_nonblocking(true)
+        .and_then(|()| {
+            let _context = runtime.enter();
+            UnixListener::from_std(listener)
+        })
+        .map_err(|e| cleanup(Error::Runtime(e)))?;
+    let shared = Arc::new(Shared {
+        to_vmm,
+        wake,
+        options,
+    });
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("husk-api".into())
+        .spawn(move || {
+            runtime.block_on(serve(listener, stop_rx, shared));
+            // Dropping the runtime here cancels every connection task and
+            // closes its socket.
+        })
+        .map_err(|e| cleanup(Error::Thread(e)))?;
+    Ok(ApiServer {
+        path: socket.to_owned(),
+        file_id,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    })
+}
+
+/// The accept loop, until `stop` fires (or its sender is dropped).
+async fn serve(listener: UnixListener, mut stop: oneshot::Receiver<()>, shared: Arc<Shared>) {
+    let permits = Arc::new(Semaphore::new(shared.options.max_connections));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(shared.options.header_read_timeout)
+        // Request line and headers: 431 beyond.
+        .max_header_size(MAX_HEADER_BYTES)
+        // What hyper buffers per connection (its minimum is 8 KiB).
+        .max_buf_size(64 * 1024);
+    loop {
+        let accepted = poll_fn(|cx| {
+            if Pin::new(&mut stop).poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            listener.poll_accept(cx).map(Some)
+        })
+        .await;
+        let stream = match accepted {
+            None => break,
+            Some(Ok((stream, _))) => stream,
+            Some(Err(e)) => {
+                // Out of fds, most likely: let some connections end.
+                log::warn!("API socket accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            log::warn!(
+                "API connection refused: {} connections are open",
+                shared.options.max_connections
+            );
+            continue;
+        };
+        let shared = shared.clone();
+        let connection = http.serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |request| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(answer(&shared, request).await.into_http()) }
+            }),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                log::debug!("API connection ended: {e}");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Answers one HTTP request.
+async fn answer(shared: &Shared, request: hyper::Request<Incoming>) -> Response {
+    let (parts, body) = request.into_parts();
+    let method = parts.method.as_str();
+    let path = parts.uri.path();
+    // Route before reading the body: a 404/405 does not wait for it.
+    let response = match route_request(method, path) {
+        Err(response) => response,
+        Ok(routed) => match read_body(shared, &parts.headers, body).await {
+            Err(response) => response,
+            Ok(body) => match routed.decode(&body) {
+                Err(response) => response,
+                Ok(request) => dispatch(shared, request).await,
+            },
+        },
+    };
+    log::debug!("API {method} {path}: {}", response.status());
+    response
+}
+
+/// Reads the whole body, within the size and time limits.
+async fn read_body(
+    shared: &Shared,
+    headers: &hyper::HeaderMap,
+    body: Incoming,
+) -> Result<Bytes, Response> {
+    let limit = shared.options.max_body_bytes;
+    let too_large =
+        || Response::PayloadTooLarge(format!("the request body is larger than {limit} bytes"));
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    let timeout = shared.options.body_read_timeout;
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(Response::RequestTimeout(format!(
+            "the request body did not arrive within {} ms",
+            timeout.as_millis()
+        ))),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Ok(Err(e)) => Err(Response::BadRequest(format!(
+            "cannot read the request body: {e}"
+        ))),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+/// Hands `request` to the VMM and waits (without blocking the thread) for
+/// its answer.
+async fn dispatch(shared: &Shared, request: Request) -> Response {
+    let (api_request, pending) = ApiRequest::new(request);
+    if shared.to_vmm.send(api_request).is_err() {
+        return Response::BadRequest(VMM_GONE.into());
+    }
+    if let Err(e) = shared.wake.write(1) {
+        // Only fails if the counter is about to overflow, i.e. the VMM has
+        // a wake-up pending anyway.
+        log::warn!("cannot wake the VMM for an API request: {e}");
+    }
+    let timeout = shared.options.reply_timeout;
+    match tokio::time::timeout(timeout, pending.0).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(_)) => Response::BadRequest(VMM_GONE.into()),
+        Err(_) => Response::VmmTimeout(format!(
+            "the VMM did not answer within {} ms",
+            timeout.as_millis()
+        )),
+    }
+}
