@@ -98,6 +98,9 @@ impl StdinPump {
     }
 }
 
+/// UART interrupt-enable bit: "received data available".
+const IER_RECEIVED_DATA: u8 = 1;
+
 fn pump(shared: &Shared, stop: &EventFd) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::{AsRawFd, BorrowedFd};
@@ -123,15 +126,22 @@ fn pump(shared: &Shared, stop: &EventFd) {
         };
         let mut rest = &buf[..n];
         while !rest.is_empty() {
-            let taken = crate::pio::lock(&shared.pio.serial)
-                .enqueue_raw_bytes(rest)
-                .unwrap_or(0);
+            let taken = {
+                let mut serial = crate::pio::lock(&shared.pio.serial);
+                // Until the guest's driver enables receive interrupts it is
+                // not listening: its UART setup would flush what we queue.
+                if serial.state().interrupt_enable & IER_RECEIVED_DATA != 0 {
+                    serial.enqueue_raw_bytes(rest).unwrap_or(0)
+                } else {
+                    0
+                }
+            };
             rest = &rest[taken..];
             if !rest.is_empty() {
                 if shared.stopping() {
                     return;
                 }
-                std::thread::sleep(Duration::from_millis(1));
+                std::thread::sleep(Duration::from_millis(2));
             }
         }
     }
