@@ -1,6 +1,9 @@
 //! `husk`: the command line.
 
 mod boot;
+mod controller;
+mod logger;
+mod vmm_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -20,6 +23,8 @@ struct Cli {
 enum Command {
     /// Boot the raw guest (kernel + root disk) and run a command in it.
     Boot(boot::BootArgs),
+    /// Run one VMM driven by the Firecracker-compatible API (or a config file).
+    Vmm(vmm_cmd::VmmArgs),
 }
 
 /// A failure with the exit status it deserves: 2 for bad usage, 1 for a
@@ -48,6 +53,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Boot(args) => boot::run(args),
+        Command::Vmm(args) => vmm_cmd::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

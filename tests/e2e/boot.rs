@@ -281,3 +281,11 @@ fn without_a_command_the_console_shell_reads_stdin() {
     assert!(stdout.lines().any(|l| l == "from-42-stdin"), "{stdout}");
     assert_eq!(out.status.code(), Some(5), "{stdout}");
 }
+
+#[test]
+fn bzimage_boots_through_the_64bit_protocol() {
+    let bz = guest_artifacts().bzimage.display().to_string();
+    let out = Scratch::new().boot(&["--kernel", &bz], &["echo", "from-bzimage"]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(out.stdout, "from-bzimage\n", "{}", out.describe());
+}

@@ -122,6 +122,27 @@ pub struct Shared {
     unpause: std::sync::Condvar,
     /// The vCPU threads, to kick them out of KVM_RUN.
     vcpu_threads: Mutex<Vec<libc::pthread_t>>,
+    /// Exits handled by the vCPU threads (port and MMIO accesses).
+    exits: std::sync::atomic::AtomicU64,
+    disk_metrics: Vec<(String, Arc<husk_devices::virtio::block::BlockMetrics>)>,
+}
+
+/// Counters of a running VM, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VmStats {
+    pub vcpu_exits: u64,
+    /// Per disk id: reads, writes, bytes read, bytes written, flushes, errors.
+    pub disks: Vec<(String, DiskStats)>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiskStats {
+    pub reads: u64,
+    pub writes: u64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub flushes: u64,
+    pub errors: u64,
 }
 
 /// Whether the vCPUs should stay out of the guest, and how many do.
@@ -158,6 +179,10 @@ impl Shared {
         if let Some(sig) = expired {
             self.finish(Exit::Stopped(sig));
         }
+    }
+
+    fn count_exit(&self) {
+        self.exits.fetch_add(1, Ordering::Relaxed);
     }
 
     fn vcpu_count(&self) -> usize {
@@ -364,9 +389,32 @@ impl VmControls {
         self.shared.pio.ctrl_alt_del();
     }
 
-    /// Ends the VM now, as if its vCPUs had failed with `why`.
+    /// Ends the VM now with `exit` as its reason.
     pub fn stop(&self, exit: Exit) {
         self.shared.finish(exit);
+    }
+
+    pub fn stats(&self) -> VmStats {
+        use husk_devices::virtio::block::BlockMetrics as M;
+        VmStats {
+            vcpu_exits: self.shared.exits.load(Ordering::Relaxed),
+            disks: self
+                .shared
+                .disk_metrics
+                .iter()
+                .map(|(id, m)| {
+                    let d = DiskStats {
+                        reads: M::get(&m.reads),
+                        writes: M::get(&m.writes),
+                        read_bytes: M::get(&m.read_bytes),
+                        write_bytes: M::get(&m.write_bytes),
+                        flushes: M::get(&m.flushes),
+                        errors: M::get(&m.io_errors) + M::get(&m.invalid_requests),
+                    };
+                    (id.clone(), d)
+                })
+                .collect(),
+        }
     }
 }
 
@@ -421,6 +469,8 @@ pub fn start(
         pause: Mutex::new(PauseState::default()),
         unpause: std::sync::Condvar::new(),
         vcpu_threads: Mutex::new(Vec::new()),
+        exits: std::sync::atomic::AtomicU64::new(0),
+        disk_metrics: attacher.disk_metrics.clone(),
     });
 
     // 4. Kernel, command line, boot structures.

@@ -83,7 +83,11 @@ fn run_loop(vcpu: &mut VcpuFd, id: u8, shared: &Shared) {
         if shared.stopping() {
             return;
         }
-        let exit = match vcpu.run() {
+        let result = vcpu.run();
+        if result.is_ok() {
+            shared.count_exit();
+        }
+        let exit = match result {
             Ok(VcpuExit::IoOut(port, data)) => {
                 shared.pio.write(port, data);
                 continue;

@@ -6,7 +6,7 @@ use crate::memory::GuestMemory;
 use crate::mmio::{MmioBus, MmioDevice};
 use crate::x86_64::layout::{FIRST_DEVICE_IRQ, LAST_DEVICE_IRQ, VIRTIO_MMIO_START};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
-use husk_devices::virtio::block::{Block, BlockConfig};
+use husk_devices::virtio::block::{Block, BlockConfig, BlockMetrics};
 use husk_devices::virtio::transport::{
     cmdline_token, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
 };
@@ -63,6 +63,8 @@ impl MmioDevice for MmioTransport {
 pub struct Attacher {
     next: u32,
     pub cmdline_tokens: Vec<String>,
+    /// Each disk's id and counters, for metrics.
+    pub disk_metrics: Vec<(String, Arc<BlockMetrics>)>,
 }
 
 impl Attacher {
@@ -115,6 +117,8 @@ impl Attacher {
             id: disk.id.clone(),
         })
         .map_err(|e| Error::Disk(disk.path.display().to_string(), chain(&e)))?;
+        self.disk_metrics
+            .push((disk.id.clone(), block.metrics().clone()));
         self.attach(vm, mem, bus, events, Arc::new(Mutex::new(block)))
     }
 }

@@ -1,0 +1,482 @@
+//! What `husk vmm` does with each API request: the pre-boot resources
+//! (Firecracker's model: boot source, machine config, drives, ...), the
+//! rules for what may change when, and the translation of the resources
+//! into a `VmConfig` at InstanceStart. No sockets and no KVM here, so every
+//! rule is unit-tested.
+
+use husk_api::model::{
+    ActionType, BootSource, Drive, DrivePatch, InstanceInfo, InstanceState, Logger, MachineConfig,
+    Metrics, NetworkInterface, VersionInfo, VmConfigFile, VmStateChange,
+};
+use husk_api::{Request, Response};
+use husk_vmm::{Console, DiskConfig, VmConfig};
+use std::path::{Path, PathBuf};
+
+/// Firecracker's default when `boot_args` is absent.
+const DEFAULT_BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1";
+
+const AFTER_BOOT: &str = "the requested operation is not supported after starting the microVM";
+const BEFORE_BOOT: &str = "the requested operation is not supported before starting the microVM";
+
+/// What the VMM thread must do beyond answering.
+#[derive(Debug, PartialEq)]
+pub enum Effect {
+    None,
+    Pause,
+    Resume,
+    CtrlAltDel,
+    FlushMetrics,
+    /// Configure the logger / metrics sink (files are opened by the caller).
+    Logger(Logger),
+    Metrics(Metrics),
+}
+
+#[derive(Debug, Default)]
+pub struct Controller {
+    pub id: String,
+    /// Passed to the VMM: boot on kvm_pvm (tests with tiny guests).
+    pub allow_pvm: bool,
+    pub config: VmConfigFile,
+    pub state: Option<InstanceState>,
+}
+
+fn bad(message: impl Into<String>) -> Response {
+    Response::BadRequest(message.into())
+}
+
+fn readable_file(what: &str, path: &str) -> Result<(), Response> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() || m.file_type().is_block_device_like() => Ok(()),
+        Ok(_) => Err(bad(format!("{what} {path} is not a file"))),
+        Err(e) => Err(bad(format!("{what} {path}: {e}"))),
+    }
+}
+
+trait BlockLike {
+    fn is_block_device_like(&self) -> bool;
+}
+
+impl BlockLike for std::fs::FileType {
+    fn is_block_device_like(&self) -> bool {
+        use std::os::unix::fs::FileTypeExt;
+        self.is_block_device()
+    }
+}
+
+impl Controller {
+    pub fn new(id: String) -> Self {
+        Controller {
+            id,
+            allow_pvm: false,
+            config: VmConfigFile::default(),
+            state: None,
+        }
+    }
+
+    fn started(&self) -> bool {
+        self.state.is_some()
+    }
+
+    fn instance_state(&self) -> InstanceState {
+        self.state.unwrap_or(InstanceState::NotStarted)
+    }
+
+    pub fn machine(&self) -> MachineConfig {
+        self.config.machine_config.clone().unwrap_or_default()
+    }
+
+    /// Answers `request`; InstanceStart is the caller's (it builds the VM
+    /// from [`Controller::vm_config`]). `Effect` says what else to do.
+    pub fn handle(&mut self, request: Request) -> (Response, Effect) {
+        use Request as R;
+        let pre_boot_only = matches!(
+            request,
+            R::PutBootSource(_)
+                | R::PutMachineConfig(_)
+                | R::PatchMachineConfig(_)
+                | R::PutDrive(_)
+                | R::PutNetworkInterface(_)
+                | R::PutVsock(_)
+        );
+        if pre_boot_only && self.started() {
+            return (bad(AFTER_BOOT), Effect::None);
+        }
+        let ok = (Response::NoContent, Effect::None);
+        let result: Result<(Response, Effect), Response> = match request {
+            R::GetInstanceInfo => Ok((
+                Response::json(&InstanceInfo {
+                    id: self.id.clone(),
+                    state: self.instance_state(),
+                    vmm_version: env!("CARGO_PKG_VERSION").into(),
+                    app_name: "husk".into(),
+                }),
+                Effect::None,
+            )),
+            R::GetVersion => Ok((
+                Response::json(&VersionInfo {
+                    firecracker_version: env!("CARGO_PKG_VERSION").into(),
+                }),
+                Effect::None,
+            )),
+            R::GetVmConfig => Ok((Response::json(&self.config), Effect::None)),
+            R::GetMachineConfig => Ok((Response::json(&self.machine()), Effect::None)),
+            R::PutBootSource(b) => self.put_boot_source(b).map(|_| ok),
+            R::PutMachineConfig(m) => self.put_machine(m).map(|_| ok),
+            R::PatchMachineConfig(p) => {
+                let m = p.apply(&self.machine());
+                self.put_machine(m).map(|_| ok)
+            }
+            R::PutDrive(d) => self.put_drive(d).map(|_| ok),
+            R::PatchDrive(p) => self.patch_drive(p).map(|_| ok),
+            R::PutNetworkInterface(n) => self.put_net(n).map(|_| ok),
+            R::PutVsock(v) => {
+                self.config.vsock = Some(v);
+                Ok(ok)
+            }
+            R::PutLogger(l) => {
+                self.config.logger = Some(l.clone());
+                Ok((Response::NoContent, Effect::Logger(l)))
+            }
+            R::PutMetrics(m) => {
+                self.config.metrics = Some(m.clone());
+                Ok((Response::NoContent, Effect::Metrics(m)))
+            }
+            R::Action(ActionType::InstanceStart) => Err(bad(
+                "InstanceStart is handled by the VMM loop (internal routing error)",
+            )),
+            R::Action(ActionType::SendCtrlAltDel) if self.started() => {
+                Ok((Response::NoContent, Effect::CtrlAltDel))
+            }
+            R::Action(ActionType::FlushMetrics) => {
+                if self.config.metrics.is_none() {
+                    Err(bad("FlushMetrics: no metrics sink; PUT /metrics first"))
+                } else {
+                    Ok((Response::NoContent, Effect::FlushMetrics))
+                }
+            }
+            R::Action(_) | R::PatchVm(_) if !self.started() => Err(bad(BEFORE_BOOT)),
+            R::PatchVm(VmStateChange::Paused) => {
+                self.state = Some(InstanceState::Paused);
+                Ok((Response::NoContent, Effect::Pause))
+            }
+            R::PatchVm(VmStateChange::Resumed) => {
+                self.state = Some(InstanceState::Running);
+                Ok((Response::NoContent, Effect::Resume))
+            }
+            R::Action(_) => Err(bad(AFTER_BOOT)),
+        };
+        result.unwrap_or_else(|e| (e, Effect::None))
+    }
+
+    fn put_boot_source(&mut self, b: BootSource) -> Result<(), Response> {
+        readable_file("kernel_image_path", &b.kernel_image_path)?;
+        if b.initrd_path.is_some() {
+            return Err(bad("initrd_path: husk does not load an initrd yet"));
+        }
+        self.config.boot_source = Some(b);
+        Ok(())
+    }
+
+    fn put_machine(&mut self, m: MachineConfig) -> Result<(), Response> {
+        m.validate().map_err(bad)?;
+        if m.smt {
+            return Err(bad(
+                "smt: husk gives each vCPU its own core; SMT is not supported",
+            ));
+        }
+        if m.mem_size_mib < husk_vmm::memory::MIN_MEM_MIB as usize {
+            return Err(bad(format!(
+                "mem_size_mib: {} MiB is too small (at least {})",
+                m.mem_size_mib,
+                husk_vmm::memory::MIN_MEM_MIB
+            )));
+        }
+        self.config.machine_config = Some(m);
+        Ok(())
+    }
+
+    fn put_drive(&mut self, d: Drive) -> Result<(), Response> {
+        d.validate().map_err(bad)?;
+        let path = d
+            .path_on_host
+            .as_deref()
+            .ok_or_else(|| bad(format!("drive {}: path_on_host is required", d.drive_id)))?;
+        readable_file(&format!("drive {}: path_on_host", d.drive_id), path)?;
+        if d.is_root_device {
+            if let Some(other) = self
+                .config
+                .drives
+                .iter()
+                .find(|o| o.is_root_device && o.drive_id != d.drive_id)
+            {
+                return Err(bad(format!(
+                    "drive {}: drive {} is already the root device",
+                    d.drive_id, other.drive_id
+                )));
+            }
+        }
+        match self
+            .config
+            .drives
+            .iter_mut()
+            .find(|o| o.drive_id == d.drive_id)
+        {
+            // Before boot, a PUT with a known id replaces that drive.
+            Some(slot) => *slot = d,
+            None => self.config.drives.push(d),
+        }
+        Ok(())
+    }
+
+    fn patch_drive(&mut self, p: DrivePatch) -> Result<(), Response> {
+        if !self.started() {
+            return Err(bad(BEFORE_BOOT));
+        }
+        let drive = self
+            .config
+            .drives
+            .iter_mut()
+            .find(|d| d.drive_id == p.drive_id)
+            .ok_or_else(|| bad(format!("drive {} does not exist", p.drive_id)))?;
+        if let Some(path) = &p.path_on_host {
+            if drive.path_on_host.as_deref() != Some(path.as_str()) {
+                return Err(bad(format!(
+                    "drive {}: swapping the backing file of a running VM is not supported yet",
+                    p.drive_id
+                )));
+            }
+        }
+        if let Some(rl) = p.rate_limiter {
+            drive.rate_limiter = Some(rl);
+        }
+        Ok(())
+    }
+
+    fn put_net(&mut self, n: NetworkInterface) -> Result<(), Response> {
+        n.validate().map_err(bad)?;
+        match self
+            .config
+            .network_interfaces
+            .iter_mut()
+            .find(|o| o.iface_id == n.iface_id)
+        {
+            Some(slot) => *slot = n,
+            None => self.config.network_interfaces.push(n),
+        }
+        Ok(())
+    }
+
+    /// The VM to build at InstanceStart, or why it cannot start.
+    pub fn vm_config(&self) -> Result<VmConfig, String> {
+        let boot = self
+            .config
+            .boot_source
+            .as_ref()
+            .ok_or("InstanceStart: no boot source; PUT /boot-source first")?;
+        if !self.config.network_interfaces.is_empty() {
+            return Err("InstanceStart: network interfaces are not implemented yet".into());
+        }
+        if self.config.vsock.is_some() {
+            return Err("InstanceStart: vsock is not implemented yet".into());
+        }
+        let mut cmdline = boot
+            .boot_args
+            .clone()
+            .unwrap_or_else(|| DEFAULT_BOOT_ARGS.to_owned());
+        // The root device first (/dev/vda), the others in the order given.
+        let mut drives: Vec<&Drive> = self.config.drives.iter().collect();
+        drives.sort_by_key(|d| !d.is_root_device);
+        if let Some(root) = drives.first().filter(|d| d.is_root_device) {
+            let mode = if root.is_read_only { "ro" } else { "rw" };
+            let dev = match &root.partuuid {
+                Some(u) => format!("PARTUUID={u}"),
+                None => "/dev/vda".to_owned(),
+            };
+            cmdline = format!("{cmdline} root={dev} {mode}");
+        }
+        let disks = drives
+            .iter()
+            .map(|d| DiskConfig {
+                path: PathBuf::from(d.path_on_host.clone().unwrap_or_default()),
+                read_only: d.is_read_only,
+                id: d.drive_id.clone(),
+            })
+            .collect();
+        let m = self.machine();
+        Ok(VmConfig {
+            kernel: Path::new(&boot.kernel_image_path).to_path_buf(),
+            vcpus: m.vcpu_count,
+            mem_mib: m.mem_size_mib as u64,
+            cmdline,
+            disks,
+            console: Console::Stdio,
+            stdin: true,
+            allow_pvm: self.allow_pvm,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use husk_api::parse;
+
+    fn req(method: &str, path: &str, body: &str) -> Request {
+        parse(method, path, body.as_bytes()).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    fn file() -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), [0u8; 4096]).unwrap();
+        f
+    }
+
+    fn fault(r: &Response) -> String {
+        r.fault_message().unwrap_or_default().to_owned()
+    }
+
+    #[test]
+    fn getting_started_sequence_builds_the_vm_config() {
+        let (k, root) = (file(), file());
+        let mut c = Controller::new("vm1".into());
+        let body = format!(
+            r#"{{"kernel_image_path":"{}","boot_args":"console=ttyS0 reboot=k"}}"#,
+            k.path().display()
+        );
+        assert_eq!(
+            c.handle(req("PUT", "/boot-source", &body)).0,
+            Response::NoContent
+        );
+        let body = format!(
+            r#"{{"drive_id":"rootfs","path_on_host":"{}","is_root_device":true,"is_read_only":false}}"#,
+            root.path().display()
+        );
+        assert_eq!(
+            c.handle(req("PUT", "/drives/rootfs", &body)).0,
+            Response::NoContent
+        );
+        let body = r#"{"vcpu_count":2,"mem_size_mib":256}"#;
+        assert_eq!(
+            c.handle(req("PUT", "/machine-config", body)).0,
+            Response::NoContent
+        );
+        let cfg = c.vm_config().unwrap();
+        assert_eq!((cfg.vcpus, cfg.mem_mib), (2, 256));
+        assert_eq!(cfg.cmdline, "console=ttyS0 reboot=k root=/dev/vda rw");
+        assert_eq!(cfg.disks.len(), 1);
+        assert_eq!(cfg.disks[0].id, "rootfs");
+    }
+
+    #[test]
+    fn instance_start_needs_a_boot_source() {
+        let c = Controller::new("vm1".into());
+        assert!(c.vm_config().unwrap_err().contains("no boot source"));
+    }
+
+    #[test]
+    fn two_root_devices_and_missing_files_are_refused() {
+        let (a, b) = (file(), file());
+        let mut c = Controller::new("vm1".into());
+        let put = |id: &str, p: &Path| {
+            format!(
+                r#"{{"drive_id":"{id}","path_on_host":"{}","is_root_device":true}}"#,
+                p.display()
+            )
+        };
+        assert_eq!(
+            c.handle(req("PUT", "/drives/a", &put("a", a.path()))).0,
+            Response::NoContent
+        );
+        let (r, _) = c.handle(req("PUT", "/drives/b", &put("b", b.path())));
+        assert!(fault(&r).contains("already the root device"), "{r:?}");
+        let (r, _) = c.handle(req(
+            "PUT",
+            "/drives/c",
+            &put("c", Path::new("/nonexistent")),
+        ));
+        assert!(fault(&r).contains("/nonexistent"), "{r:?}");
+        // A correct request afterwards still works.
+        let body = format!(
+            r#"{{"drive_id":"b","path_on_host":"{}","is_root_device":false}}"#,
+            b.path().display()
+        );
+        assert_eq!(
+            c.handle(req("PUT", "/drives/b", &body)).0,
+            Response::NoContent
+        );
+    }
+
+    #[test]
+    fn root_drive_goes_first_whatever_the_order() {
+        let (k, a, b) = (file(), file(), file());
+        let mut c = Controller::new("vm1".into());
+        c.handle(req(
+            "PUT",
+            "/boot-source",
+            &format!(r#"{{"kernel_image_path":"{}"}}"#, k.path().display()),
+        ));
+        let data = format!(
+            r#"{{"drive_id":"data","path_on_host":"{}","is_root_device":false,"is_read_only":true}}"#,
+            a.path().display()
+        );
+        let root = format!(
+            r#"{{"drive_id":"root","path_on_host":"{}","is_root_device":true,"is_read_only":true}}"#,
+            b.path().display()
+        );
+        c.handle(req("PUT", "/drives/data", &data));
+        c.handle(req("PUT", "/drives/root", &root));
+        let cfg = c.vm_config().unwrap();
+        assert_eq!(cfg.disks[0].id, "root");
+        assert!(cfg.disks[1].read_only);
+        assert!(cfg.cmdline.ends_with("root=/dev/vda ro"));
+        assert_eq!(cfg.cmdline, format!("{DEFAULT_BOOT_ARGS} root=/dev/vda ro"));
+    }
+
+    #[test]
+    fn pre_boot_resources_are_refused_after_boot_and_runtime_actions_before() {
+        let k = file();
+        let mut c = Controller::new("vm1".into());
+        let (r, _) = c.handle(req("PATCH", "/vm", r#"{"state":"Paused"}"#));
+        assert!(fault(&r).contains("before starting"), "{r:?}");
+        let (r, _) = c.handle(req(
+            "PUT",
+            "/actions",
+            r#"{"action_type":"SendCtrlAltDel"}"#,
+        ));
+        assert!(fault(&r).contains("before starting"), "{r:?}");
+        c.state = Some(InstanceState::Running);
+        let body = format!(r#"{{"kernel_image_path":"{}"}}"#, k.path().display());
+        let (r, _) = c.handle(req("PUT", "/boot-source", &body));
+        assert!(fault(&r).contains("after starting"), "{r:?}");
+        let (r, fx) = c.handle(req("PATCH", "/vm", r#"{"state":"Paused"}"#));
+        assert_eq!((r, fx), (Response::NoContent, Effect::Pause));
+        assert_eq!(c.instance_state(), InstanceState::Paused);
+        let (r, fx) = c.handle(req(
+            "PUT",
+            "/actions",
+            r#"{"action_type":"SendCtrlAltDel"}"#,
+        ));
+        assert_eq!((r, fx), (Response::NoContent, Effect::CtrlAltDel));
+    }
+
+    #[test]
+    fn machine_config_limits() {
+        let mut c = Controller::new("vm1".into());
+        let (r, _) = c.handle(req(
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count":1,"mem_size_mib":8}"#,
+        ));
+        assert!(fault(&r).contains("too small"), "{r:?}");
+        let (r, _) = c.handle(req(
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count":2,"mem_size_mib":128,"smt":true}"#,
+        ));
+        assert!(fault(&r).contains("smt"), "{r:?}");
+        let (r, _) = c.handle(req("PATCH", "/machine-config", r#"{"mem_size_mib":512}"#));
+        assert_eq!(r, Response::NoContent);
+        assert_eq!(c.machine().mem_size_mib, 512);
+        assert_eq!(c.machine().vcpu_count, 1);
+    }
+}

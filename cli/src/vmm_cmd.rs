@@ -1,0 +1,350 @@
+//! `husk vmm`: one VMM process for one VM, driven through the
+//! Firecracker-compatible API on a Unix socket (`--api-sock`), or booted
+//! straight from a JSON file with the schema of `GET /vm/config`
+//! (`--no-api --config-file`).
+//!
+//! Before InstanceStart this thread waits on the API's wake-up eventfd and
+//! the stop signals; after it, the API is one more subscriber of the VM's
+//! event loop, so requests never block vCPUs and vCPUs never block requests.
+
+use crate::controller::{Controller, Effect};
+use crate::Failure;
+use clap::Args;
+use event_manager::{EventOps, Events, MutEventSubscriber, SubscriberOps};
+use husk_api::model::{ActionType, InstanceState, VmConfigFile};
+use husk_api::{ApiRequest, EventFd, Request, Response};
+use husk_vmm::{Exit, VmControls};
+use std::io::Write;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::timerfd::TimerFd;
+
+#[derive(Args)]
+pub struct VmmArgs {
+    /// Serve the API on this Unix socket.
+    #[arg(long, value_name = "PATH", required_unless_present = "no_api")]
+    api_sock: Option<PathBuf>,
+    /// No API: boot from --config-file and run until the guest stops.
+    #[arg(long, requires = "config_file", conflicts_with = "api_sock")]
+    no_api: bool,
+    /// Configure (and boot) the VM from this JSON file.
+    #[arg(long, value_name = "PATH")]
+    config_file: Option<PathBuf>,
+    /// The instance id reported by GET /.
+    #[arg(long, default_value = "husk-vm")]
+    id: String,
+    /// Run on kvm_pvm anyway (only tiny test guests survive it).
+    #[arg(long, hide = true)]
+    allow_kvm_pvm: bool,
+}
+
+/// How often metrics are written while the VM runs.
+const METRICS_PERIOD: Duration = Duration::from_secs(60);
+
+/// Where metrics go, and the API counters only this layer sees.
+#[derive(Default)]
+struct MetricsSink {
+    file: Option<std::fs::File>,
+    api_requests: u64,
+    api_errors: u64,
+}
+
+impl MetricsSink {
+    fn open(&mut self, path: &str) -> Result<(), String> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("metrics_path {path}: {e}"))?;
+        self.file = Some(f);
+        Ok(())
+    }
+
+    fn count(&mut self, response: &Response) {
+        self.api_requests += 1;
+        if response.fault_message().is_some() {
+            self.api_errors += 1;
+        }
+    }
+
+    /// One JSON line with every counter.
+    fn flush(&mut self, vm: Option<&VmControls>) {
+        let Some(file) = self.file.as_mut() else {
+            return;
+        };
+        let stats = vm.map(|v| v.stats()).unwrap_or_default();
+        let disks: serde_json::Map<String, serde_json::Value> = stats
+            .disks
+            .iter()
+            .map(|(id, d)| {
+                (
+                    id.clone(),
+                    serde_json::json!({
+                        "read_count": d.reads, "write_count": d.writes,
+                        "read_bytes": d.read_bytes, "write_bytes": d.write_bytes,
+                        "flush_count": d.flushes, "errors": d.errors,
+                    }),
+                )
+            })
+            .collect();
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let line = serde_json::json!({
+            "utc_timestamp_ms": ms,
+            "api_server": { "requests": self.api_requests, "errors": self.api_errors },
+            "vcpu": { "exits": stats.vcpu_exits },
+            "block": disks,
+        });
+        let _ = writeln!(file, "{line}");
+    }
+}
+
+/// Applies what a request asks beyond its answer; returns an error answer
+/// if that part fails (a metrics file that cannot be opened).
+fn apply(effect: Effect, vm: Option<&VmControls>, metrics: &mut MetricsSink) -> Option<Response> {
+    match effect {
+        Effect::None => None,
+        Effect::Logger(l) => crate::logger::configure(&l).err().map(Response::BadRequest),
+        Effect::Pause => vm.map(VmControls::pause).and(None),
+        Effect::Resume => vm.map(VmControls::resume).and(None),
+        Effect::CtrlAltDel => vm.map(VmControls::ctrl_alt_del).and(None),
+        Effect::FlushMetrics => {
+            metrics.flush(vm);
+            None
+        }
+        Effect::Metrics(m) => metrics
+            .open(&m.metrics_path)
+            .err()
+            .map(Response::BadRequest),
+    }
+}
+
+/// The API as a subscriber of the running VM's event loop.
+struct ApiSubscriber {
+    rx: Receiver<ApiRequest>,
+    wake: EventFd,
+    timer: TimerFd,
+    controller: Controller,
+    vm: VmControls,
+    metrics: Arc<Mutex<MetricsSink>>,
+}
+
+impl MutEventSubscriber for ApiSubscriber {
+    fn init(&mut self, ops: &mut EventOps) {
+        for fd in [self.wake.as_raw_fd(), self.timer.as_raw_fd()] {
+            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+                self.vm
+                    .stop(Exit::Failed(format!("API event registration: {e:?}")));
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let mut metrics = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
+        if events.fd() == self.timer.as_raw_fd() {
+            let _ = self.timer.wait();
+            metrics.flush(Some(&self.vm));
+            return;
+        }
+        let _ = self.wake.read();
+        while let Ok(ApiRequest { request, reply }) = self.rx.try_recv() {
+            let (response, effect) = match request {
+                Request::Action(ActionType::InstanceStart) => (
+                    Response::BadRequest(
+                        "the requested operation is not supported after starting the microVM"
+                            .into(),
+                    ),
+                    Effect::None,
+                ),
+                other => self.controller.handle(other),
+            };
+            let response = apply(effect, Some(&self.vm), &mut metrics).unwrap_or(response);
+            metrics.count(&response);
+            log::info!("API request answered: {}", response.status());
+            let _ = reply.send(response);
+        }
+    }
+}
+
+fn poll_two(a: &EventFd, b: &impl AsRawFd) -> nix::Result<(bool, bool)> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    // SAFETY: both descriptors are owned by the caller and outlive the poll.
+    let (fa, fb) = unsafe {
+        (
+            BorrowedFd::borrow_raw(a.as_raw_fd()),
+            BorrowedFd::borrow_raw(b.as_raw_fd()),
+        )
+    };
+    let mut fds = [
+        PollFd::new(fa, PollFlags::POLLIN),
+        PollFd::new(fb, PollFlags::POLLIN),
+    ];
+    poll(&mut fds, PollTimeout::NONE)?;
+    Ok((fds[0].any().unwrap_or(false), fds[1].any().unwrap_or(false)))
+}
+
+/// Feeds a config file through the same checks as the API calls.
+fn load_config_file(controller: &mut Controller, path: &PathBuf) -> Result<(), Failure> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| Failure::runtime(format!("config file {}: {e}", path.display())))?;
+    let file = VmConfigFile::from_json(&bytes)
+        .map_err(|e| Failure::usage(format!("config file {}: {e}", path.display())))?;
+    let mut requests = Vec::new();
+    if let Some(l) = file.logger {
+        requests.push(Request::PutLogger(l));
+    }
+    if let Some(m) = file.metrics {
+        requests.push(Request::PutMetrics(m));
+    }
+    if let Some(b) = file.boot_source {
+        requests.push(Request::PutBootSource(b));
+    }
+    if let Some(m) = file.machine_config {
+        requests.push(Request::PutMachineConfig(m));
+    }
+    requests.extend(file.drives.into_iter().map(Request::PutDrive));
+    requests.extend(
+        file.network_interfaces
+            .into_iter()
+            .map(Request::PutNetworkInterface),
+    );
+    if let Some(v) = file.vsock {
+        requests.push(Request::PutVsock(v));
+    }
+    let mut metrics = MetricsSink::default();
+    for r in requests {
+        let (response, effect) = controller.handle(r);
+        if let Some(Response::BadRequest(e)) = apply(effect, None, &mut metrics) {
+            return Err(Failure::usage(format!(
+                "config file {}: {e}",
+                path.display()
+            )));
+        }
+        if let Some(msg) = response.fault_message() {
+            return Err(Failure::usage(format!(
+                "config file {}: {msg}",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn exit_code(outcome: husk_vmm::Outcome) -> Result<u8, Failure> {
+    match (outcome.exit, outcome.guest_status) {
+        (Exit::Reset | Exit::Halted, status) => Ok(status.unwrap_or(0)),
+        (Exit::Stopped(sig), _) => Ok(128u8.saturating_add(sig as u8)),
+        (Exit::Failed(why), _) => Err(Failure::runtime(why)),
+    }
+}
+
+pub fn run(args: VmmArgs) -> Result<u8, Failure> {
+    let signals = husk_vmm::take_stop_signals()
+        .map_err(|e| Failure::runtime(format!("cannot take over SIGINT/SIGTERM: {e}")))?;
+    let mut controller = Controller::new(args.id.clone());
+    controller.allow_pvm = args.allow_kvm_pvm;
+    let metrics = Arc::new(Mutex::new(MetricsSink::default()));
+    if let Some(path) = &args.config_file {
+        load_config_file(&mut controller, path)?;
+        if let Some(m) = &controller.config.metrics {
+            metrics
+                .lock()
+                .unwrap()
+                .open(&m.metrics_path)
+                .map_err(Failure::usage)?;
+        }
+    }
+    let wake =
+        EventFd::new(libc::EFD_NONBLOCK).map_err(|e| Failure::runtime(format!("eventfd: {e}")))?;
+    let (tx, rx) = channel();
+    let server = match &args.api_sock {
+        Some(sock) if !args.no_api => Some(
+            husk_api::start(
+                sock,
+                tx,
+                wake.try_clone()
+                    .map_err(|e| Failure::runtime(format!("eventfd: {e}")))?,
+            )
+            .map_err(|e| Failure::runtime(format!("API socket: {e}")))?,
+        ),
+        _ => None,
+    };
+
+    // Before boot: answer requests until an InstanceStart succeeds (or
+    // boot at once from a config file). A failed start is a 400 and the
+    // VMM stays usable, as with any other bad request.
+    let try_start = |controller: &Controller| -> Result<husk_vmm::RunningVm, Response> {
+        let cfg = controller.vm_config().map_err(Response::BadRequest)?;
+        let signals = husk_vmm::take_stop_signals()
+            .map_err(|e| Response::BadRequest(format!("InstanceStart: signals: {e}")))?;
+        husk_vmm::start(&cfg, Some(signals))
+            .map_err(|e| Response::BadRequest(format!("InstanceStart: {e}")))
+    };
+    let mut vm = if args.config_file.is_some() {
+        try_start(&controller)
+            .map_err(|r| Failure::runtime(r.fault_message().unwrap_or_default().to_owned()))?
+    } else {
+        'preboot: loop {
+            let (woken, signalled) =
+                poll_two(&wake, &signals).map_err(|e| Failure::runtime(format!("poll: {e}")))?;
+            if signalled {
+                // Nothing runs yet: stop at once.
+                let sig = signals
+                    .read_signal()
+                    .ok()
+                    .flatten()
+                    .map_or(15, |i| i.ssi_signo);
+                drop(server);
+                return Ok(128u8.saturating_add(sig as u8));
+            }
+            if !woken {
+                continue;
+            }
+            let _ = wake.read();
+            let mut m = metrics.lock().unwrap();
+            while let Ok(ApiRequest { request, reply }) = rx.try_recv() {
+                let response = if request == Request::Action(ActionType::InstanceStart) {
+                    match try_start(&controller) {
+                        Ok(vm) => {
+                            m.count(&Response::NoContent);
+                            let _ = reply.send(Response::NoContent);
+                            break 'preboot vm;
+                        }
+                        Err(r) => r,
+                    }
+                } else {
+                    let (response, effect) = controller.handle(request);
+                    apply(effect, None, &mut m).unwrap_or(response)
+                };
+                m.count(&response);
+                let _ = reply.send(response);
+            }
+        }
+    };
+    controller.state = Some(InstanceState::Running);
+    let controls = vm.controls();
+    let timer = TimerFd::new().map_err(|e| Failure::runtime(format!("timerfd: {e}")))?;
+    let mut timer = timer;
+    timer
+        .reset(METRICS_PERIOD, Some(METRICS_PERIOD))
+        .map_err(|e| Failure::runtime(format!("timerfd: {e}")))?;
+    vm.events()
+        .add_subscriber(Arc::new(Mutex::new(ApiSubscriber {
+            rx,
+            wake,
+            timer,
+            controller,
+            vm: controls.clone(),
+            metrics: metrics.clone(),
+        })));
+    let outcome = vm.wait();
+    metrics.lock().unwrap().flush(Some(&controls));
+    drop(server);
+    exit_code(outcome)
+}

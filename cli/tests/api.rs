@@ -1,0 +1,355 @@
+//! `husk vmm`: the Firecracker-compatible API and config-file boot, driven
+//! over a real Unix socket, with the null guest (runs on any /dev/kvm).
+
+use husk_tests::http::{request, wait_for_socket, Client};
+use husk_tests::null_guest;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+struct Vmm {
+    child: Child,
+    socket: PathBuf,
+    stdout: Arc<Mutex<Vec<u8>>>,
+    _dir: tempfile::TempDir,
+    kernel: PathBuf,
+    root: PathBuf,
+    dir: PathBuf,
+}
+
+impl Vmm {
+    fn start(guest: Vec<u8>) -> Vmm {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("guest.elf");
+        std::fs::write(&kernel, guest).unwrap();
+        let root = dir.path().join("root.img");
+        std::fs::write(&root, [0u8; 4096]).unwrap();
+        let socket = dir.path().join("api.sock");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_husk"))
+            .args(["vmm", "--allow-kvm-pvm", "--api-sock"])
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let (sink, mut out) = (stdout.clone(), child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        assert!(
+            wait_for_socket(&socket, Duration::from_secs(10)),
+            "no API socket"
+        );
+        Vmm {
+            child,
+            socket,
+            stdout,
+            dir: dir.path().to_path_buf(),
+            _dir: dir,
+            kernel,
+            root,
+        }
+    }
+
+    fn req(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let r = request(&self.socket, method, path, body).unwrap();
+        (r.status, r.json())
+    }
+
+    fn configure(&self) {
+        let k = format!(
+            r#"{{"kernel_image_path":"{}","boot_args":"console=ttyS0"}}"#,
+            self.kernel.display()
+        );
+        assert_eq!(self.req("PUT", "/boot-source", &k).0, 204);
+        let d = format!(
+            r#"{{"drive_id":"rootfs","path_on_host":"{}","is_root_device":true,"is_read_only":false}}"#,
+            self.root.display()
+        );
+        assert_eq!(self.req("PUT", "/drives/rootfs", &d).0, 204);
+        assert_eq!(
+            self.req(
+                "PUT",
+                "/machine-config",
+                r#"{"vcpu_count":1,"mem_size_mib":128}"#
+            )
+            .0,
+            204
+        );
+    }
+
+    fn start_instance(&self) -> (u16, serde_json::Value) {
+        self.req("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#)
+    }
+
+    fn wait(mut self, timeout: Duration) -> (Option<i32>, Vec<u8>) {
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(50));
+                let out = self.stdout.lock().unwrap().clone();
+                return (st.code(), out);
+            }
+            if start.elapsed() > timeout {
+                let _ = self.child.kill();
+                panic!("husk vmm did not exit in {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn output_len(&self) -> usize {
+        self.stdout.lock().unwrap().len()
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn fault(v: &serde_json::Value) -> String {
+    v["fault_message"].as_str().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn boot_through_the_api_alone() {
+    let vmm = Vmm::start(null_guest::elf(true, Some(7)));
+    let (s, info) = vmm.req("GET", "/", "");
+    assert_eq!(s, 200);
+    assert_eq!(info["state"], "Not started");
+    assert_eq!(info["app_name"], "husk");
+    vmm.configure();
+    let (s, cfg) = vmm.req("GET", "/vm/config", "");
+    assert_eq!(s, 200);
+    assert_eq!(cfg["drives"][0]["drive_id"], "rootfs");
+    assert_eq!(cfg["machine-config"]["mem_size_mib"], 128);
+    assert_eq!(vmm.start_instance().0, 204);
+    let (code, out) = vmm.wait(Duration::from_secs(20));
+    assert_eq!(code, Some(7));
+    assert_eq!(out, null_guest::LINE);
+}
+
+#[test]
+fn bad_requests_get_400_and_leave_the_vmm_usable() {
+    let vmm = Vmm::start(null_guest::elf(true, Some(0)));
+    let (s, v) = vmm.start_instance();
+    assert_eq!(s, 400);
+    assert!(fault(&v).contains("boot source"), "{v}");
+    for (method, path, body, needle) in [
+        ("PUT", "/boot-source", "{not json", "key must be a string"),
+        (
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count":1,"mem_size_mib":128,"bogus":1}"#,
+            "bogus",
+        ),
+        (
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count":"two","mem_size_mib":128}"#,
+            "vcpu_count",
+        ),
+        (
+            "PUT",
+            "/boot-source",
+            r#"{"kernel_image_path":"/nonexistent/vmlinux"}"#,
+            "/nonexistent/vmlinux",
+        ),
+        (
+            "PUT",
+            "/drives/a",
+            r#"{"drive_id":"b","path_on_host":"/x","is_root_device":false}"#,
+            "drive_id",
+        ),
+        ("PATCH", "/vm", r#"{"state":"Paused"}"#, "before starting"),
+    ] {
+        let (s, v) = vmm.req(method, path, body);
+        assert_eq!(s, 400, "{method} {path} {body}: {v}");
+        assert!(fault(&v).contains(needle), "{method} {path}: {v}");
+    }
+    assert_eq!(vmm.req("GET", "/no/such/path", "").0, 404);
+    assert_eq!(vmm.req("DELETE", "/machine-config", "").0, 405);
+    // Two root devices.
+    vmm.configure();
+    let other = vmm.dir.join("other.img");
+    std::fs::write(&other, [0u8; 512]).unwrap();
+    let d = format!(
+        r#"{{"drive_id":"second","path_on_host":"{}","is_root_device":true}}"#,
+        other.display()
+    );
+    let (s, v) = vmm.req("PUT", "/drives/second", &d);
+    assert_eq!(s, 400);
+    assert!(fault(&v).contains("root device"), "{v}");
+    // Still usable: it boots.
+    assert_eq!(vmm.start_instance().0, 204);
+    let (code, _) = vmm.wait(Duration::from_secs(20));
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn pause_stops_the_guest_and_resume_continues() {
+    let vmm = Vmm::start(null_guest::ticker_elf(true));
+    vmm.configure();
+    assert_eq!(vmm.start_instance().0, 204);
+    let grows = |what: &str| {
+        let a = vmm.output_len();
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(vmm.output_len() > a, "{what}: no progress");
+    };
+    grows("running");
+    assert_eq!(vmm.req("PATCH", "/vm", r#"{"state":"Paused"}"#).0, 204);
+    assert_eq!(vmm.req("GET", "/", "").1["state"], "Paused");
+    let a = vmm.output_len();
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(vmm.output_len(), a, "the guest ran while paused");
+    assert_eq!(vmm.req("PATCH", "/vm", r#"{"state":"Resumed"}"#).0, 204);
+    assert_eq!(vmm.req("GET", "/", "").1["state"], "Running");
+    grows("resumed");
+    // Pre-boot resources are refused now.
+    let (s, v) = vmm.req(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count":2,"mem_size_mib":128}"#,
+    );
+    assert_eq!(s, 400);
+    assert!(fault(&v).contains("after starting"), "{v}");
+}
+
+fn count(pid: u32, what: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/{what}"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn a_thousand_requests_and_eight_clients_leak_nothing() {
+    let vmm = Vmm::start(null_guest::ticker_elf(true));
+    vmm.configure();
+    assert_eq!(vmm.start_instance().0, 204);
+    let pid = vmm.child.id();
+    // Warm up the server's connection path, then take the baseline.
+    vmm.req("GET", "/", "");
+    std::thread::sleep(Duration::from_millis(100));
+    let (fds, threads) = (count(pid, "fd"), count(pid, "task"));
+    let mut c = Client::connect(&vmm.socket).unwrap();
+    for i in 0..1000 {
+        let path = if i % 2 == 0 { "/" } else { "/machine-config" };
+        assert_eq!(c.request("GET", path, "").unwrap().status, 200);
+    }
+    drop(c);
+    let socket = vmm.socket.clone();
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    let r = request(&socket, "GET", "/vm/config", "").unwrap();
+                    assert_eq!(r.status, 200);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(count(pid, "fd"), fds, "file descriptors leaked");
+    assert_eq!(count(pid, "task"), threads, "threads leaked");
+}
+
+#[test]
+fn config_file_boot_without_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("null.elf");
+    null_guest::write(&kernel, true, Some(9)).unwrap();
+    let root = dir.path().join("root.img");
+    std::fs::write(&root, [0u8; 512]).unwrap();
+    let metrics = dir.path().join("metrics.json");
+    let config = dir.path().join("vm.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({
+            "boot-source": {"kernel_image_path": kernel, "boot_args": "console=ttyS0"},
+            "drives": [{"drive_id": "rootfs", "path_on_host": root, "is_root_device": true, "is_read_only": false}],
+            "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
+            "metrics": {"metrics_path": metrics},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_husk"))
+        .args(["vmm", "--allow-kvm-pvm", "--no-api", "--config-file"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(9),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, null_guest::LINE);
+    // The final metrics line counts the guest's exits.
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert!(last["vcpu"]["exits"].as_u64().unwrap() > 0, "{last}");
+
+    // A broken file is a one-line usage error naming the key.
+    std::fs::write(
+        &config,
+        r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 128, "x": 1}}"#,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_husk"))
+        .args(["vmm", "--allow-kvm-pvm", "--no-api", "--config-file"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("machine-config") && err.contains('x'), "{err}");
+}
+
+#[test]
+fn live_socket_is_refused_stale_one_replaced() {
+    let vmm = Vmm::start(null_guest::elf(true, Some(0)));
+    let out = Command::new(env!("CARGO_BIN_EXE_husk"))
+        .args(["vmm", "--api-sock"])
+        .arg(&vmm.socket)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&vmm.socket.display().to_string()), "{err}");
+    // The first VMM still answers.
+    assert_eq!(vmm.req("GET", "/", "").0, 200);
+
+    // A socket file left by a dead process is replaced.
+    let dir = tempfile::tempdir().unwrap();
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(Path::new(&stale).exists());
+    let mut second = Command::new(env!("CARGO_BIN_EXE_husk"))
+        .args(["vmm", "--api-sock"])
+        .arg(&stale)
+        .spawn()
+        .unwrap();
+    assert!(wait_for_socket(&stale, Duration::from_secs(10)));
+    assert_eq!(request(&stale, "GET", "/", "").unwrap().status, 200);
+    // SIGTERM before boot ends it at once.
+    // SAFETY: kill(2) on the child we spawned.
+    unsafe { libc::kill(second.id() as i32, libc::SIGTERM) };
+    assert_eq!(second.wait().unwrap().code(), Some(143));
+}
