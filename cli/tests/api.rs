@@ -3,20 +3,18 @@
 
 use husk_tests::http::{request, wait_for_socket, Client};
 use husk_tests::null_guest;
-use std::io::Read;
+use husk_tests::vmm_process::VmmProcess;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+/// A `husk vmm` with a guest ELF and a scratch root image in a temp dir.
 struct Vmm {
-    child: Child,
+    p: VmmProcess,
     socket: PathBuf,
-    stdout: Arc<Mutex<Vec<u8>>>,
-    _dir: tempfile::TempDir,
     kernel: PathBuf,
     root: PathBuf,
-    dir: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 impl Vmm {
@@ -26,96 +24,40 @@ impl Vmm {
         std::fs::write(&kernel, guest).unwrap();
         let root = dir.path().join("root.img");
         std::fs::write(&root, [0u8; 4096]).unwrap();
-        let socket = dir.path().join("api.sock");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_husk"))
-            .args(["vmm", "--allow-kvm-pvm", "--api-sock"])
-            .arg(&socket)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let (sink, mut out) = (stdout.clone(), child.stdout.take().unwrap());
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 256];
-            while let Ok(n) = out.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        assert!(
-            wait_for_socket(&socket, Duration::from_secs(10)),
-            "no API socket"
+        let p = VmmProcess::start(
+            Path::new(env!("CARGO_BIN_EXE_husk")),
+            dir.path(),
+            &["--allow-kvm-pvm"],
         );
         Vmm {
-            child,
-            socket,
-            stdout,
-            dir: dir.path().to_path_buf(),
-            _dir: dir,
+            socket: p.socket.clone(),
+            p,
             kernel,
             root,
+            dir,
         }
     }
 
     fn req(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
-        let r = request(&self.socket, method, path, body).unwrap();
-        (r.status, r.json())
+        self.p.req(method, path, body)
     }
 
     fn configure(&self) {
-        let k = format!(
-            r#"{{"kernel_image_path":"{}","boot_args":"console=ttyS0"}}"#,
-            self.kernel.display()
-        );
-        assert_eq!(self.req("PUT", "/boot-source", &k).0, 204);
-        let d = format!(
-            r#"{{"drive_id":"rootfs","path_on_host":"{}","is_root_device":true,"is_read_only":false}}"#,
-            self.root.display()
-        );
-        assert_eq!(self.req("PUT", "/drives/rootfs", &d).0, 204);
-        assert_eq!(
-            self.req(
-                "PUT",
-                "/machine-config",
-                r#"{"vcpu_count":1,"mem_size_mib":128}"#
-            )
-            .0,
-            204
-        );
+        self.p
+            .configure(&self.kernel, "console=ttyS0", &self.root, 128);
     }
 
     fn start_instance(&self) -> (u16, serde_json::Value) {
-        self.req("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#)
+        self.p.start_instance()
     }
 
-    fn wait(mut self, timeout: Duration) -> (Option<i32>, Vec<u8>) {
-        let start = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(50));
-                let out = self.stdout.lock().unwrap().clone();
-                return (st.code(), out);
-            }
-            if start.elapsed() > timeout {
-                let _ = self.child.kill();
-                panic!("husk vmm did not exit in {timeout:?}");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+    fn wait(self, timeout: Duration) -> (Option<i32>, Vec<u8>) {
+        let (code, out) = self.p.wait(timeout);
+        (code, out.into_bytes())
     }
 
     fn output_len(&self) -> usize {
-        self.stdout.lock().unwrap().len()
-    }
-}
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
+        self.p.output().len()
     }
 }
 
@@ -183,7 +125,7 @@ fn bad_requests_get_400_and_leave_the_vmm_usable() {
     assert_eq!(vmm.req("DELETE", "/machine-config", "").0, 405);
     // Two root devices.
     vmm.configure();
-    let other = vmm.dir.join("other.img");
+    let other = vmm.dir.path().join("other.img");
     std::fs::write(&other, [0u8; 512]).unwrap();
     let d = format!(
         r#"{{"drive_id":"second","path_on_host":"{}","is_root_device":true}}"#,
@@ -238,7 +180,7 @@ fn a_thousand_requests_and_eight_clients_leak_nothing() {
     let vmm = Vmm::start(null_guest::ticker_elf(true));
     vmm.configure();
     assert_eq!(vmm.start_instance().0, 204);
-    let pid = vmm.child.id();
+    let pid = vmm.p.pid();
     // Warm up the server's connection path, then take the baseline.
     vmm.req("GET", "/", "");
     std::thread::sleep(Duration::from_millis(100));

@@ -230,11 +230,14 @@ fn sigterm_stops_the_guest_cleanly() {
     // SAFETY: kill(2) on the child we spawned and have not yet waited for.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
-    // The guest got Ctrl-Alt-Del, its init sent SIGTERM to the command
-    // and reported 128 + 15.
-    assert_eq!(status.code(), Some(143), "{status:?}");
+    // The guest got Ctrl-Alt-Del; its init sent SIGTERM to everything and
+    // SIGKILL 3 s later (busybox sh waiting on a child shrugs off SIGTERM),
+    // flushed and reported. Well before husk's own 10 s grace: its hard
+    // stop would also exit 143.
+    let code = status.code();
+    assert!(code == Some(143) || code == Some(137), "{status:?}");
     assert!(
-        start.elapsed() < Duration::from_secs(30),
+        start.elapsed() < Duration::from_secs(8),
         "{:?}",
         start.elapsed()
     );

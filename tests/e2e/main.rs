@@ -4,5 +4,6 @@
 //! inside the nested testbed (tests/testbed/cargo-runner), so every test here
 //! may assume a working /dev/kvm and fails with a one-line reason otherwise.
 
+mod api;
 mod boot;
 mod guest;

@@ -8,6 +8,7 @@ pub mod husk;
 pub mod null_guest;
 pub mod process;
 pub mod qemu;
+pub mod vmm_process;
 
 pub use husk_vmm::kvm_kind as kvm;
 

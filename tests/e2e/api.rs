@@ -1,0 +1,107 @@
+//! `husk vmm` with the project's Linux guest: booted through the API alone,
+//! paused and resumed, stopped with SendCtrlAltDel, and booted from a
+//! config file.
+
+use husk_init::cmdline::encode_command;
+use husk_tests::vmm_process::VmmProcess;
+use husk_tests::{guest_artifacts, require_linux_kvm};
+use std::path::PathBuf;
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+fn boot_args(argv: &[&str]) -> String {
+    format!(
+        "console=ttyS0 reboot=k panic=1 quiet husk.cmd={}",
+        encode_command(argv)
+    )
+}
+
+fn scratch_root(dir: &tempfile::TempDir) -> PathBuf {
+    let root = dir.path().join("rootfs.ext4");
+    std::fs::copy(guest_artifacts().rootfs_ext4, &root).unwrap();
+    root
+}
+
+#[test]
+fn api_boot_pause_resume_and_ctrl_alt_del() {
+    require_linux_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let root = scratch_root(&dir);
+    let vmm = VmmProcess::start(&husk_tests::husk::binary(), dir.path(), &[]);
+    let script = "i=0; while true; do i=$((i+1)); echo tick$i; sleep 0.1; done";
+    vmm.configure(
+        &guest_artifacts().vmlinux,
+        &boot_args(&["sh", "-c", script]),
+        &root,
+        128,
+    );
+    assert_eq!(vmm.start_instance().0, 204);
+    assert!(vmm.wait_for_output("tick3\n", TIMEOUT), "{}", vmm.output());
+    assert_eq!(vmm.req("GET", "/", "").1["state"], "Running");
+
+    assert_eq!(vmm.req("PATCH", "/vm", r#"{"state":"Paused"}"#).0, 204);
+    let frozen = vmm.output();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(vmm.output(), frozen, "the guest printed while paused");
+    assert_eq!(vmm.req("PATCH", "/vm", r#"{"state":"Resumed"}"#).0, 204);
+    let n = frozen.matches("tick").count();
+    assert!(
+        vmm.wait_for_output(&format!("tick{}\n", n + 3), TIMEOUT),
+        "no progress after resume: {}",
+        vmm.output()
+    );
+
+    // Ctrl-Alt-Del: the init stops the command (SIGTERM, then SIGKILL
+    // after 3 s), flushes, reports its status, and husk exits.
+    assert_eq!(
+        vmm.req("PUT", "/actions", r#"{"action_type":"SendCtrlAltDel"}"#)
+            .0,
+        204
+    );
+    let (code, out) = vmm.wait(Duration::from_secs(20));
+    assert!(code == Some(143) || code == Some(137), "{code:?}: {out}");
+}
+
+#[test]
+fn api_boot_reads_serial_output_and_exit_status() {
+    require_linux_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let root = scratch_root(&dir);
+    let vmm = VmmProcess::start(&husk_tests::husk::binary(), dir.path(), &[]);
+    vmm.configure(
+        &guest_artifacts().vmlinux,
+        &boot_args(&["sh", "-c", "echo booted by the api; exit 3"]),
+        &root,
+        256,
+    );
+    assert_eq!(vmm.start_instance().0, 204);
+    let (code, out) = vmm.wait(TIMEOUT);
+    assert!(out.contains("booted by the api\n"), "{out}");
+    assert_eq!(code, Some(3), "{out}");
+}
+
+#[test]
+fn config_file_boot() {
+    require_linux_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let root = scratch_root(&dir);
+    let config = dir.path().join("vm.json");
+    let data = dir.path().join("data.img");
+    std::fs::write(&data, vec![0u8; 1 << 20]).unwrap();
+    let file = serde_json::json!({
+        "boot-source": {"kernel_image_path": guest_artifacts().vmlinux,
+                        "boot_args": boot_args(&["sh", "-c", "cat /sys/block/vdb/size; nproc"])},
+        "drives": [
+            {"drive_id": "rootfs", "path_on_host": root, "is_root_device": true, "is_read_only": false},
+            {"drive_id": "data", "path_on_host": data, "is_root_device": false, "is_read_only": true}
+        ],
+        "machine-config": {"vcpu_count": 2, "mem_size_mib": 256}
+    });
+    std::fs::write(&config, file.to_string()).unwrap();
+    let mut cmd = std::process::Command::new(husk_tests::husk::binary());
+    cmd.args(["vmm", "--no-api", "--config-file"]).arg(&config);
+    let out = husk_tests::process::run(cmd, TIMEOUT);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(out.stdout, "2048\n2\n", "{}", out.describe());
+}
