@@ -7,22 +7,13 @@
 //!
 //! Usage: api-startup [--runs N] [--husk PATH]
 
+use husk_benches::median;
 use husk_tests::http::Client;
 use husk_tests::null_guest;
 use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
 
 fn one(husk: &str, dir: &std::path::Path, boot: bool) -> (f64, f64) {
     let sock = dir.join("api.sock");

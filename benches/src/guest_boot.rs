@@ -8,6 +8,7 @@
 //!
 //! Usage: guest-boot [--runs N] [--husk PATH]
 
+use husk_benches::median;
 use husk_tests::guest_artifacts;
 use husk_tests::qemu::MicroVm;
 use std::io::Read;
@@ -42,16 +43,6 @@ fn time_to_marker(mut cmd: Command) -> (f64, f64) {
     let marker =
         marker_at.unwrap_or_else(|| panic!("no marker in: {}", String::from_utf8_lossy(&seen)));
     (marker.as_secs_f64() * 1e3, exit.as_secs_f64() * 1e3)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 fn main() {

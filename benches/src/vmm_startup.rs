@@ -8,6 +8,7 @@
 //!
 //! Usage: vmm-startup [--runs N] [--husk PATH] [--no-qemu]
 
+use husk_benches::{median, spread};
 use husk_tests::null_guest;
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -98,21 +99,6 @@ fn one_in_fresh_process(argv: &[String]) -> Sample {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn spread(mut v: Vec<f64>) -> (f64, f64) {
-    v.sort_by(f64::total_cmp);
-    (v[0], v[v.len() - 1])
-}
-
 struct Summary {
     name: &'static str,
     output_ms: f64,
@@ -127,7 +113,7 @@ fn summarize(name: &'static str, samples: &[Sample], guest_mib: f64) -> Summary 
     Summary {
         name,
         output_ms: median(out.clone()),
-        output_range: spread(out),
+        output_range: spread(&out),
         exit_after_output_ms: median(
             samples
                 .iter()
