@@ -4,7 +4,7 @@
 use crate::Failure;
 use clap::Args;
 use husk_init::cmdline::encode_command;
-use husk_vmm::{Console, DiskConfig, Exit, VmConfig};
+use husk_vmm::{Console, DiskConfig, Exit, NetConfig, VmConfig};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -24,6 +24,11 @@ pub struct BootArgs {
     /// An extra disk (repeatable): a file, read-only with `,ro`.
     #[arg(long = "disk", value_name = "PATH[,ro]")]
     disks: Vec<String>,
+    /// A network interface on an existing host TAP (repeatable):
+    /// `tap=NAME[,mac=AA:BB:CC:DD:EE:FF]`. The guest sees eth0, eth1, ...;
+    /// give it an address with `--cmdline ip=...` (see README).
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    nets: Vec<String>,
     /// Appended to the kernel command line.
     #[arg(long, value_name = "EXTRA", allow_hyphen_values = true)]
     cmdline: Option<String>,
@@ -104,6 +109,34 @@ fn disk_spec(spec: &str, n: usize) -> Result<DiskConfig, Failure> {
     })
 }
 
+/// `tap=NAME[,mac=MAC]` → a network interface; the id is `eth<N>`.
+fn net_spec(spec: &str, n: usize) -> Result<NetConfig, Failure> {
+    let (mut tap, mut mac) = (None, None);
+    for part in spec.split(',') {
+        match part.split_once('=') {
+            Some(("tap", name)) if !name.is_empty() => tap = Some(name.to_owned()),
+            Some(("mac", m)) => {
+                let parsed: husk_api::model::MacAddr = m
+                    .parse()
+                    .map_err(|e| Failure::usage(format!("--net {spec}: mac: {e}")))?;
+                mac = Some(parsed.0);
+            }
+            _ => {
+                return Err(Failure::usage(format!(
+                    "--net {spec}: expected tap=NAME[,mac=MAC], not {part:?}"
+                )))
+            }
+        }
+    }
+    let tap_name =
+        tap.ok_or_else(|| Failure::usage(format!("--net {spec}: tap=NAME is required")))?;
+    Ok(NetConfig {
+        tap_name,
+        mac,
+        id: format!("eth{n}"),
+    })
+}
+
 fn usage_or_runtime(e: husk_vmm::Error) -> Failure {
     use husk_vmm::Error as E;
     let message = e.to_string();
@@ -135,6 +168,12 @@ pub fn run(args: BootArgs) -> Result<u8, Failure> {
     for (i, spec) in args.disks.iter().enumerate() {
         disks.push(disk_spec(spec, i + 1)?);
     }
+    let nets = args
+        .nets
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| net_spec(spec, i))
+        .collect::<Result<Vec<_>, _>>()?;
     let interactive = args.command.is_empty();
     let config = VmConfig {
         kernel,
@@ -142,6 +181,7 @@ pub fn run(args: BootArgs) -> Result<u8, Failure> {
         mem_mib: args.memory,
         cmdline: kernel_cmdline(&args),
         disks,
+        nets,
         console: args.console.clone(),
         stdin: args.console == Console::Stdio,
         allow_pvm: args.allow_kvm_pvm,

@@ -9,7 +9,7 @@ use husk_api::model::{
     Metrics, NetworkInterface, VersionInfo, VmConfigFile, VmStateChange,
 };
 use husk_api::{Request, Response};
-use husk_vmm::{Console, DiskConfig, VmConfig};
+use husk_vmm::{Console, DiskConfig, NetConfig, VmConfig};
 use std::path::{Path, PathBuf};
 
 /// Firecracker's default when `boot_args` is absent.
@@ -273,9 +273,6 @@ impl Controller {
             .boot_source
             .as_ref()
             .ok_or("InstanceStart: no boot source; PUT /boot-source first")?;
-        if !self.config.network_interfaces.is_empty() {
-            return Err("InstanceStart: network interfaces are not implemented yet".into());
-        }
         if self.config.vsock.is_some() {
             return Err("InstanceStart: vsock is not implemented yet".into());
         }
@@ -302,6 +299,16 @@ impl Controller {
                 id: d.drive_id.clone(),
             })
             .collect();
+        let nets = self
+            .config
+            .network_interfaces
+            .iter()
+            .map(|n| NetConfig {
+                tap_name: n.host_dev_name.clone(),
+                mac: n.guest_mac.map(|m| m.0),
+                id: n.iface_id.clone(),
+            })
+            .collect();
         let m = self.machine();
         Ok(VmConfig {
             kernel: Path::new(&boot.kernel_image_path).to_path_buf(),
@@ -309,6 +316,7 @@ impl Controller {
             mem_mib: m.mem_size_mib as u64,
             cmdline,
             disks,
+            nets,
             console: Console::Stdio,
             stdin: true,
             allow_pvm: self.allow_pvm,

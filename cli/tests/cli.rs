@@ -215,3 +215,100 @@ fn bad_disk_specs() {
     ]);
     assert_one_line_error(&o, 2, "unknown option");
 }
+
+/// A TAP for the test, removed on drop (needs root and /dev/net/tun).
+struct TestTap(String);
+
+impl TestTap {
+    fn create(name: &str) -> Option<TestTap> {
+        let ok = Command::new("ip")
+            .args(["tuntap", "add", "dev", name, "mode", "tap"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        ok.then(|| TestTap(name.to_owned()))
+    }
+}
+
+impl Drop for TestTap {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn missing_or_busy_tap_is_a_clear_error() {
+    let (_d, k, r) = scratch();
+    let o = husk(&[
+        "boot",
+        "--allow-kvm-pvm",
+        "--kernel",
+        &k,
+        "--rootfs",
+        &r,
+        "--net",
+        "tap=husknotap0",
+    ]);
+    assert_one_line_error(&o, 1, "TAP device husknotap0 does not exist");
+    let o = husk(&[
+        "boot",
+        "--allow-kvm-pvm",
+        "--kernel",
+        &k,
+        "--rootfs",
+        &r,
+        "--net",
+        "mac=02:00:00:00:00:01",
+    ]);
+    assert_one_line_error(&o, 2, "tap=NAME is required");
+    let o = husk(&[
+        "boot",
+        "--allow-kvm-pvm",
+        "--kernel",
+        &k,
+        "--rootfs",
+        &r,
+        "--net",
+        "tap=x,mac=zz",
+    ]);
+    assert_one_line_error(&o, 2, "mac");
+
+    let Some(tap) = TestTap::create("husktest-busy") else {
+        eprintln!("skipping the busy-TAP case: cannot create a TAP here");
+        return;
+    };
+    let _held = husk_devices::virtio::net::Tap::open(&tap.0).expect("open the test TAP");
+    let spec = format!("tap={}", tap.0);
+    let o = husk(&[
+        "boot",
+        "--allow-kvm-pvm",
+        "--kernel",
+        &k,
+        "--rootfs",
+        &r,
+        "--net",
+        &spec,
+    ]);
+    assert_one_line_error(&o, 1, "is in use");
+}
+
+#[test]
+fn null_guest_boots_with_a_network_interface() {
+    let Some(tap) = TestTap::create("husktest-ok") else {
+        eprintln!("skipping: cannot create a TAP here");
+        return;
+    };
+    let (_d, k, r) = scratch();
+    let spec = format!("tap={},mac=02:aa:bb:cc:dd:ee", tap.0);
+    let o = husk(&[
+        "boot",
+        "--allow-kvm-pvm",
+        "--kernel",
+        &k,
+        "--rootfs",
+        &r,
+        "--net",
+        &spec,
+    ]);
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+}

@@ -7,3 +7,4 @@
 mod api;
 mod boot;
 mod guest;
+mod net;

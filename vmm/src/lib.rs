@@ -31,7 +31,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use x86_64::layout::{KEYBOARD_IRQ, SERIAL_IRQ};
 
 pub use console::Console;
-pub use virtio::DiskConfig;
+pub use virtio::{DiskConfig, NetConfig};
 
 /// Where KVM keeps its real-mode TSS (Intel needs three pages below 4 GiB
 /// that nothing else uses; this is in the MMIO gap, above all devices).
@@ -47,6 +47,8 @@ pub struct VmConfig {
     pub cmdline: String,
     /// virtio-blk disks, in order: /dev/vda, /dev/vdb, ...
     pub disks: Vec<DiskConfig>,
+    /// virtio-net interfaces on host TAPs, in order: eth0, eth1, ...
+    pub nets: Vec<virtio::NetConfig>,
     pub console: Console,
     /// Forward the VMM's stdin to the serial console.
     pub stdin: bool,
@@ -453,6 +455,9 @@ pub fn start(
     let mut attacher = virtio::Attacher::default();
     for disk in &config.disks {
         attacher.attach_disk(&vm, &mem, &mut mmio_bus, &mut events, disk)?;
+    }
+    for net in &config.nets {
+        attacher.attach_net(&vm, &mem, &mut mmio_bus, &mut events, net)?;
     }
     let shared = Arc::new(Shared {
         pio: pio::PioDevices::new(

@@ -7,6 +7,8 @@ use crate::mmio::{MmioBus, MmioDevice};
 use crate::x86_64::layout::{FIRST_DEVICE_IRQ, LAST_DEVICE_IRQ, VIRTIO_MMIO_START};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use husk_devices::virtio::block::{Block, BlockConfig, BlockMetrics};
+use husk_devices::virtio::net::Net;
+pub use husk_devices::virtio::net::NetConfig;
 use husk_devices::virtio::transport::{
     cmdline_token, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
 };
@@ -30,6 +32,8 @@ pub struct DiskConfig {
 pub enum Error {
     #[error("disk {0}: {1}")]
     Disk(String, String),
+    #[error("network interface on TAP {0}: {1}")]
+    Net(String, String),
     #[error("too many devices: the guest has IOAPIC pins for {0}")]
     OutOfIrqs(u32),
     #[error("attaching a virtio device: {0} failed: {1}")]
@@ -100,6 +104,19 @@ impl Attacher {
             .push(cmdline_token(base, MMIO_WINDOW_SIZE, irq));
         self.next += 1;
         Ok(())
+    }
+
+    /// Opens the TAP and attaches a virtio-net device on it.
+    pub fn attach_net(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemory,
+        bus: &mut MmioBus,
+        events: &mut EventLoop,
+        net: &NetConfig,
+    ) -> Result<(), Error> {
+        let device = Net::new(net).map_err(|e| Error::Net(net.tap_name.clone(), chain(&e)))?;
+        self.attach(vm, mem, bus, events, Arc::new(Mutex::new(device)))
     }
 
     /// Opens and attaches a virtio-blk disk.

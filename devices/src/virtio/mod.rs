@@ -14,6 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub mod block;
 pub mod interrupt;
+pub mod net;
 pub mod transport;
 
 #[cfg(test)]
