@@ -16,7 +16,6 @@ pub mod block;
 pub mod interrupt;
 pub mod net;
 pub mod transport;
-pub mod vsock;
 
 #[cfg(test)]
 pub(crate) mod test_utils;
