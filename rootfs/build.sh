@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the guest root filesystem: husk-init as /sbin/init, Debian's static
-# busybox for debugging, a minimal /etc, and nothing else. No loop mounts:
+# busybox for debugging, husk-vsock (busybox has no vsock), a minimal /etc,
+# and nothing else. No loop mounts:
 # the image is made from a directory tree with `mkfs.ext4 -d` (and
 # `mkfs.erofs` for the read-only variant).
 #
@@ -21,10 +22,11 @@ command -v mkfs.ext4 >/dev/null || die "mkfs.ext4 is missing (apt-get install e2
 file -L "$busybox" 2>/dev/null | grep -q 'statically linked' ||
     die "$busybox is not Debian's static busybox (apt-get install busybox-static)"
 
-log "building husk-init (static, musl)"
-cargo build --quiet --manifest-path "$top/Cargo.toml" -p husk-init \
+log "building husk-init and husk-vsock (static, musl)"
+cargo build --quiet --manifest-path "$top/Cargo.toml" -p husk-init -p husk-vsock-tool \
     --profile guest-init --target x86_64-unknown-linux-musl
 init=$top/target/x86_64-unknown-linux-musl/guest-init/husk-init
+vsock_tool=$top/target/x86_64-unknown-linux-musl/guest-init/husk-vsock
 
 tree=$(mktemp -d)
 trap 'rm -rf "$tree"' EXIT
@@ -33,6 +35,7 @@ chmod 1777 "$tree/tmp"
 chmod 0700 "$tree/root"
 install -m 0755 "$init" "$tree/sbin/init"
 install -m 0755 "$busybox" "$tree/bin/busybox"
+install -m 0755 "$vsock_tool" "$tree/usr/bin/husk-vsock"
 # One symlink per applet at the path busybox itself reports.
 while read -r applet; do
     [[ -e $tree/$applet || -L $tree/$applet ]] && continue
