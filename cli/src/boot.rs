@@ -4,7 +4,7 @@
 use crate::Failure;
 use clap::Args;
 use husk_init::cmdline::encode_command;
-use husk_vmm::{Console, DiskConfig, Exit, NetConfig, VmConfig};
+use husk_vmm::{Console, DiskConfig, Exit, NetConfig, VmConfig, VsockConfig};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -29,6 +29,11 @@ pub struct BootArgs {
     /// give it an address with `--cmdline ip=...` (see README).
     #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
     nets: Vec<String>,
+    /// A vsock device: `cid=N,uds=PATH` (Firecracker's hybrid model: host
+    /// programs connect to PATH and send `CONNECT <port>`; guest connections
+    /// to CID 2 port P reach PATH_P).
+    #[arg(long, value_name = "cid=N,uds=PATH")]
+    vsock: Option<String>,
     /// Appended to the kernel command line.
     #[arg(long, value_name = "EXTRA", allow_hyphen_values = true)]
     cmdline: Option<String>,
@@ -109,6 +114,43 @@ fn disk_spec(spec: &str, n: usize) -> Result<DiskConfig, Failure> {
     })
 }
 
+/// `cid=N,uds=PATH` → the vsock device.
+fn vsock_spec(spec: &str) -> Result<VsockConfig, Failure> {
+    let (mut cid, mut uds) = (None, None);
+    for part in spec.split(',') {
+        match part.split_once('=') {
+            Some(("cid", n)) => {
+                cid = Some(
+                    n.parse::<u64>()
+                        .ok()
+                        .filter(|c| (3..u64::from(u32::MAX)).contains(c))
+                        .ok_or_else(|| {
+                            Failure::usage(format!(
+                                "--vsock {spec}: cid must be a number from 3 to 4294967294"
+                            ))
+                        })?,
+                )
+            }
+            Some(("uds", p)) if !p.is_empty() => uds = Some(PathBuf::from(p)),
+            _ => {
+                return Err(Failure::usage(format!(
+                    "--vsock {spec}: expected cid=N,uds=PATH, not {part:?}"
+                )))
+            }
+        }
+    }
+    match (cid, uds) {
+        (Some(guest_cid), Some(uds_path)) => Ok(VsockConfig {
+            guest_cid,
+            uds_path,
+            id: "vsock0".into(),
+        }),
+        _ => Err(Failure::usage(format!(
+            "--vsock {spec}: both cid=N and uds=PATH are required"
+        ))),
+    }
+}
+
 /// `tap=NAME[,mac=MAC]` → a network interface; the id is `eth<N>`.
 fn net_spec(spec: &str, n: usize) -> Result<NetConfig, Failure> {
     let (mut tap, mut mac) = (None, None);
@@ -182,6 +224,7 @@ pub fn run(args: BootArgs) -> Result<u8, Failure> {
         cmdline: kernel_cmdline(&args),
         disks,
         nets,
+        vsock: args.vsock.as_deref().map(vsock_spec).transpose()?,
         console: args.console.clone(),
         stdin: args.console == Console::Stdio,
         allow_pvm: args.allow_kvm_pvm,

@@ -9,7 +9,7 @@ use husk_api::model::{
     Metrics, NetworkInterface, VersionInfo, VmConfigFile, VmStateChange,
 };
 use husk_api::{Request, Response};
-use husk_vmm::{Console, DiskConfig, NetConfig, VmConfig};
+use husk_vmm::{Console, DiskConfig, NetConfig, VmConfig, VsockConfig};
 use std::path::{Path, PathBuf};
 
 /// Firecracker's default when `boot_args` is absent.
@@ -273,9 +273,6 @@ impl Controller {
             .boot_source
             .as_ref()
             .ok_or("InstanceStart: no boot source; PUT /boot-source first")?;
-        if self.config.vsock.is_some() {
-            return Err("InstanceStart: vsock is not implemented yet".into());
-        }
         let mut cmdline = boot
             .boot_args
             .clone()
@@ -317,6 +314,11 @@ impl Controller {
             cmdline,
             disks,
             nets,
+            vsock: self.config.vsock.as_ref().map(|v| VsockConfig {
+                guest_cid: u64::from(v.guest_cid),
+                uds_path: PathBuf::from(&v.uds_path),
+                id: v.vsock_id.clone().unwrap_or_else(|| "vsock0".into()),
+            }),
             console: Console::Stdio,
             stdin: true,
             allow_pvm: self.allow_pvm,

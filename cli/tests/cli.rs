@@ -312,3 +312,60 @@ fn null_guest_boots_with_a_network_interface() {
     ]);
     assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
 }
+
+#[test]
+fn vsock_specs_and_sockets() {
+    let (d, k, r) = scratch();
+    let o = husk(&[
+        "boot",
+        "--allow-kvm-pvm",
+        "--kernel",
+        &k,
+        "--rootfs",
+        &r,
+        "--vsock",
+        "cid=2,uds=/tmp/x",
+    ]);
+    assert_one_line_error(&o, 2, "cid must be");
+    let o = husk(&[
+        "boot",
+        "--allow-kvm-pvm",
+        "--kernel",
+        &k,
+        "--rootfs",
+        &r,
+        "--vsock",
+        "cid=3",
+    ]);
+    assert_one_line_error(&o, 2, "uds=PATH");
+    // A live socket at the path is refused; the null guest boots with a
+    // fresh one, and the device removes it when the VM ends.
+    let live = d.path().join("live.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&live).unwrap();
+    let spec = format!("cid=3,uds={}", live.display());
+    let o = husk(&[
+        "boot",
+        "--allow-kvm-pvm",
+        "--kernel",
+        &k,
+        "--rootfs",
+        &r,
+        "--vsock",
+        &spec,
+    ]);
+    assert_one_line_error(&o, 1, &live.display().to_string());
+    let fresh = d.path().join("fresh.sock");
+    let spec = format!("cid=3,uds={}", fresh.display());
+    let o = husk(&[
+        "boot",
+        "--allow-kvm-pvm",
+        "--kernel",
+        &k,
+        "--rootfs",
+        &r,
+        "--vsock",
+        &spec,
+    ]);
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    assert!(!fresh.exists(), "the vsock socket was left behind");
+}

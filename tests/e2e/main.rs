@@ -8,3 +8,4 @@ mod api;
 mod boot;
 mod guest;
 mod net;
+mod vsock;

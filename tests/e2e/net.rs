@@ -74,3 +74,96 @@ fn guest_pings_and_talks_tcp_to_the_host() {
     }
     assert_eq!(server.join().unwrap(), "hello-over-tcp\n");
 }
+
+/// The text `seq 1 n` prints (the guest's busybox makes the same bytes).
+fn seq_text(n: u32) -> Vec<u8> {
+    let mut v = Vec::new();
+    for i in 1..=n {
+        v.extend_from_slice(format!("{i}\n").as_bytes());
+    }
+    v
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+#[test]
+#[ignore = "not passing yet (2026-11-22): in the testbed the guest reset without a status \
+            mid-transfer once, and L1's kernel crashed once; run with --ignored while fixing"]
+fn bulk_tcp_both_ways_and_ping_from_the_host() {
+    require_linux_kvm();
+    let tap = Tap::up("husk-e2e1");
+    // ~64 MiB of text each way: `seq 1 7900000` is 63.1 MB.
+    const N: u32 = 7_900_000;
+    let text = seq_text(N);
+    let want = sha256_hex(&text);
+    // guest -> host: the guest streams `seq` to us.
+    let listener = TcpListener::bind("10.0.2.1:7778").unwrap();
+    let receiver = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got
+    });
+    // host -> guest: once the guest listens on 8000, send the same text.
+    let sender_text = text.clone();
+    let sender = std::thread::spawn(move || {
+        use std::io::Write;
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect("10.0.2.15:8000") {
+                s.write_all(&sender_text).unwrap();
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "guest never listened");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = dir.path().join("rootfs.ext4");
+    std::fs::copy(guest_artifacts().rootfs_ext4, &rootfs).unwrap();
+    let net = format!("tap={}", tap.0);
+    let script = format!(
+        "seq 1 {N} | nc 10.0.2.1 7778 && echo sent; \
+         nc -l -p 8000 | sha256sum; \
+         ping -c 1 -W 5 10.0.2.1 >/dev/null && echo ping-ok"
+    );
+    let args = [
+        "boot",
+        "--memory",
+        "256",
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "--net",
+        &net,
+        "--cmdline",
+        "ip=10.0.2.15::10.0.2.1:255.255.255.0::eth0:off",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ];
+    let start = std::time::Instant::now();
+    let out = husk_tests::husk::run(&args, Duration::from_secs(300));
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let got = receiver.join().unwrap();
+    assert_eq!(got.len(), text.len(), "guest -> host length");
+    assert_eq!(sha256_hex(&got), want, "guest -> host bytes differ");
+    sender.join().unwrap();
+    assert!(
+        out.stdout.contains(&want),
+        "host -> guest checksum: {}",
+        out.describe()
+    );
+    assert!(out.stdout.contains("ping-ok"), "{}", out.describe());
+    eprintln!(
+        "2 x {} MB over virtio-net in {secs:.1} s",
+        text.len() / 1_000_000
+    );
+}

@@ -31,7 +31,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use x86_64::layout::{KEYBOARD_IRQ, SERIAL_IRQ};
 
 pub use console::Console;
-pub use virtio::{DiskConfig, NetConfig};
+pub use virtio::{DiskConfig, NetConfig, VsockConfig};
 
 /// Where KVM keeps its real-mode TSS (Intel needs three pages below 4 GiB
 /// that nothing else uses; this is in the MMIO gap, above all devices).
@@ -49,6 +49,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// virtio-net interfaces on host TAPs, in order: eth0, eth1, ...
     pub nets: Vec<virtio::NetConfig>,
+    /// A virtio-vsock device with its host Unix socket.
+    pub vsock: Option<virtio::VsockConfig>,
     pub console: Console,
     /// Forward the VMM's stdin to the serial console.
     pub stdin: bool,
@@ -458,6 +460,9 @@ pub fn start(
     }
     for net in &config.nets {
         attacher.attach_net(&vm, &mem, &mut mmio_bus, &mut events, net)?;
+    }
+    if let Some(vsock) = &config.vsock {
+        attacher.attach_vsock(&vm, &mem, &mut mmio_bus, &mut events, vsock)?;
     }
     let shared = Arc::new(Shared {
         pio: pio::PioDevices::new(

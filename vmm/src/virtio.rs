@@ -12,6 +12,8 @@ pub use husk_devices::virtio::net::NetConfig;
 use husk_devices::virtio::transport::{
     cmdline_token, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
 };
+use husk_devices::virtio::vsock::Vsock;
+pub use husk_devices::virtio::vsock::VsockConfig;
 use husk_devices::virtio::VirtioDevice;
 use kvm_ioctls::{IoEventAddress, VmFd};
 use std::path::PathBuf;
@@ -34,6 +36,8 @@ pub enum Error {
     Disk(String, String),
     #[error("network interface on TAP {0}: {1}")]
     Net(String, String),
+    #[error("vsock on {0}: {1}")]
+    Vsock(String, String),
     #[error("too many devices: the guest has IOAPIC pins for {0}")]
     OutOfIrqs(u32),
     #[error("attaching a virtio device: {0} failed: {1}")]
@@ -116,6 +120,20 @@ impl Attacher {
         net: &NetConfig,
     ) -> Result<(), Error> {
         let device = Net::new(net).map_err(|e| Error::Net(net.tap_name.clone(), chain(&e)))?;
+        self.attach(vm, mem, bus, events, Arc::new(Mutex::new(device)))
+    }
+
+    /// Binds the host socket and attaches a virtio-vsock device.
+    pub fn attach_vsock(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemory,
+        bus: &mut MmioBus,
+        events: &mut EventLoop,
+        vsock: &VsockConfig,
+    ) -> Result<(), Error> {
+        let device = Vsock::new(vsock)
+            .map_err(|e| Error::Vsock(vsock.uds_path.display().to_string(), chain(&e)))?;
         self.attach(vm, mem, bus, events, Arc::new(Mutex::new(device)))
     }
 

@@ -16,6 +16,7 @@ pub mod block;
 pub mod interrupt;
 pub mod net;
 pub mod transport;
+pub mod vsock;
 
 #[cfg(test)]
 pub(crate) mod test_utils;

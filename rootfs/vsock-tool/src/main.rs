@@ -21,14 +21,22 @@ fn stream(fd: OwnedFd) -> UnixStream {
 }
 
 fn vsock() -> nix::Result<OwnedFd> {
-    socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+    socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
 }
 
 fn echo(port: u32) -> Result<(), String> {
     let s = vsock().map_err(|e| format!("socket: {e}"))?;
-    bind(std::os::fd::AsRawFd::as_raw_fd(&s), &VsockAddr::new(libc_vmaddr_cid_any(), port))
-        .map_err(|e| format!("bind port {port}: {e}"))?;
-    listen(&s, Backlog::new(128).unwrap()).map_err(|e| format!("listen: {e}"))?;
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&s),
+        &VsockAddr::new(libc_vmaddr_cid_any(), port),
+    )
+    .map_err(|e| format!("bind port {port}: {e}"))?;
+    listen(&s, Backlog::MAXCONN).map_err(|e| format!("listen: {e}"))?;
     loop {
         let fd = accept(std::os::fd::AsRawFd::as_raw_fd(&s)).map_err(|e| format!("accept: {e}"))?;
         // SAFETY: accept returned a fresh descriptor that nothing else owns.
@@ -48,8 +56,11 @@ fn libc_vmaddr_cid_any() -> u32 {
 
 fn connect_to(cid: u32, port: u32) -> Result<(), String> {
     let s = vsock().map_err(|e| format!("socket: {e}"))?;
-    connect(std::os::fd::AsRawFd::as_raw_fd(&s), &VsockAddr::new(cid, port))
-        .map_err(|e| format!("connect {cid}:{port}: {e}"))?;
+    connect(
+        std::os::fd::AsRawFd::as_raw_fd(&s),
+        &VsockAddr::new(cid, port),
+    )
+    .map_err(|e| format!("connect {cid}:{port}: {e}"))?;
     let conn = stream(s);
     let mut reader = conn.try_clone().map_err(|e| e.to_string())?;
     let out = std::thread::spawn(move || {
@@ -69,7 +80,12 @@ fn connect_to(cid: u32, port: u32) -> Result<(), String> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num = |s: &str| s.parse::<u32>().map_err(|_| format!("not a number: {s}"));
-    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    let result = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["echo", port] => num(port).and_then(echo),
         ["connect", cid, port] => num(cid).and_then(|c| num(port).and_then(|p| connect_to(c, p))),
         _ => Err("usage: husk-vsock echo PORT | husk-vsock connect CID PORT".into()),
