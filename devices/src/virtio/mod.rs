@@ -21,6 +21,18 @@ pub mod vsock;
 #[cfg(test)]
 pub(crate) mod test_utils;
 
+/// Copies config space bytes from `offset` into `data`; bytes past the end
+/// (or at offsets that overflow) read as zero, as the transport expects.
+pub fn read_config_bytes(space: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = offset
+            .checked_add(i as u64)
+            .and_then(|pos| usize::try_from(pos).ok())
+            .and_then(|pos| space.get(pos).copied())
+            .unwrap_or(0);
+    }
+}
+
 pub use interrupt::{IrqTrigger, IrqType};
 
 /// Feature bit every device offers: husk only speaks virtio 1.x ("modern")
