@@ -124,8 +124,9 @@ pub struct Shared {
     stop_request: Mutex<Option<(i32, Instant)>>,
     pause: Mutex<PauseState>,
     unpause: std::sync::Condvar,
-    /// The vCPU threads, to kick them out of KVM_RUN.
-    vcpu_threads: Mutex<Vec<libc::pthread_t>>,
+    /// The vCPU threads (pthread ids as integers: `pthread_t` is a pointer
+    /// on musl, which is not Send), to kick them out of KVM_RUN.
+    vcpu_threads: Mutex<Vec<usize>>,
     /// Exits handled by the vCPU threads (port and MMIO accesses).
     exits: std::sync::atomic::AtomicU64,
     disk_metrics: Vec<(String, Arc<husk_devices::virtio::block::BlockMetrics>)>,
@@ -198,7 +199,7 @@ impl Shared {
             // SAFETY: `t` is a vCPU thread that is joined only after the
             // loop that owns the pthread ids has ended (RunningVm::wait),
             // so the id is live; the signal's handler does nothing.
-            unsafe { libc::pthread_kill(t, kick_signal()) };
+            unsafe { libc::pthread_kill(t as libc::pthread_t, kick_signal()) };
         }
     }
 
@@ -532,7 +533,7 @@ pub fn start(
             .name(format!("vcpu{id}"))
             .spawn(move || vcpu::run(fd, id as u8, for_vcpu))
             .map_err(setup("spawning a vCPU thread"))?;
-        pio::lock(&shared.vcpu_threads).push(t.as_pthread_t());
+        pio::lock(&shared.vcpu_threads).push(t.as_pthread_t() as usize);
         threads.push(t);
     }
     Ok(RunningVm {
