@@ -21,6 +21,19 @@ pub mod vsock;
 #[cfg(test)]
 pub(crate) mod test_utils;
 
+/// The common start of every `activate`: refuse a second activation and
+/// take exactly `N` queues.
+pub fn activation_queues<const N: usize>(
+    already_active: bool,
+    queues: Vec<Queue>,
+) -> Result<[Queue; N], ActivateError> {
+    if already_active {
+        return Err(ActivateError::AlreadyActive);
+    }
+    let got = queues.len();
+    <[Queue; N]>::try_from(queues).map_err(|_| ActivateError::QueueCount { expected: N, got })
+}
+
 /// Copies config space bytes from `offset` into `data`; bytes past the end
 /// (or at offsets that overflow) read as zero, as the transport expects.
 pub fn read_config_bytes(space: &[u8], offset: u64, data: &mut [u8]) {

@@ -215,13 +215,7 @@ impl VirtioDevice for Block {
         interrupt: Arc<IrqTrigger>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        let got = queues.len();
-        let Ok([queue]) = <[Queue; 1]>::try_from(queues) else {
-            return Err(ActivateError::QueueCount { expected: 1, got });
-        };
+        let [queue] = crate::virtio::activation_queues(self.active.is_some(), queues)?;
         if !queue.ready() {
             return Err(ActivateError::QueueNotReady(0));
         }

@@ -496,13 +496,7 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         interrupt: Arc<IrqTrigger>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        let got = queues.len();
-        let Ok([rx_queue, tx_queue]) = <[Queue; 2]>::try_from(queues) else {
-            return Err(ActivateError::QueueCount { expected: 2, got });
-        };
+        let [rx_queue, tx_queue] = crate::virtio::activation_queues(self.active.is_some(), queues)?;
         for (index, queue) in [(RX_QUEUE, &rx_queue), (TX_QUEUE, &tx_queue)] {
             if !queue.ready() {
                 return Err(ActivateError::QueueNotReady(index));

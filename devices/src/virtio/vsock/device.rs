@@ -326,16 +326,8 @@ impl VirtioDevice for Vsock {
         interrupt: Arc<IrqTrigger>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        let got = queues.len();
-        let Ok(queues) = <[Queue; NUM_QUEUES]>::try_from(queues) else {
-            return Err(ActivateError::QueueCount {
-                expected: NUM_QUEUES,
-                got,
-            });
-        };
+        let queues: [Queue; NUM_QUEUES] =
+            crate::virtio::activation_queues(self.active.is_some(), queues)?;
         if let Some(index) = queues.iter().position(|q| !q.ready()) {
             return Err(ActivateError::QueueNotReady(index));
         }
