@@ -49,8 +49,35 @@ impl Failure {
     }
 }
 
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| {
+            f.to_uppercase()
+                .chain(c.flat_map(|x| x.to_lowercase()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // HUSK_LOG=FILE [HUSK_LOG_LEVEL=debug]: the VMM's log for any command
+    // (`husk vmm` can also set it through PUT /logger).
+    if let Some(path) = std::env::var_os("HUSK_LOG") {
+        let level = std::env::var("HUSK_LOG_LEVEL").unwrap_or_else(|_| "Info".into());
+        let config = husk_api::model::Logger {
+            log_path: Some(path.to_string_lossy().into_owned()),
+            level: serde_json::from_value(serde_json::Value::String(capitalize(&level))).ok(),
+            show_level: Some(true),
+            show_log_origin: None,
+            module: None,
+        };
+        if let Err(e) = logger::configure(&config) {
+            eprintln!("husk: HUSK_LOG: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let result = match cli.command {
         Command::Boot(args) => boot::run(args),
         Command::Vmm(args) => vmm_cmd::run(args),

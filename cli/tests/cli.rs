@@ -369,3 +369,22 @@ fn vsock_specs_and_sockets() {
     assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
     assert!(!fresh.exists(), "the vsock socket was left behind");
 }
+
+#[test]
+fn husk_log_writes_the_vmm_log() {
+    let (d, k, r) = scratch();
+    let log = d.path().join("husk.log");
+    let out = Command::new(env!("CARGO_BIN_EXE_husk"))
+        .args(["boot", "--allow-kvm-pvm", "--kernel", &k, "--rootfs", &r])
+        .env("HUSK_LOG", &log)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("[INFO] starting a VM"), "{text:?}");
+}

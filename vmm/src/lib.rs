@@ -514,6 +514,17 @@ pub fn start(
         vcpus.push(fd);
     }
 
+    log::info!(
+        "starting a VM: kernel {} ({:?} entry), {} vCPU(s), {} MiB, {} disk(s), {} NIC(s), vsock {}",
+        config.kernel.display(),
+        entry.mode,
+        config.vcpus,
+        config.mem_mib,
+        config.disks.len(),
+        config.nets.len(),
+        config.vsock.is_some()
+    );
+
     // 6. Start: vCPU threads and console input; the caller runs the loop.
     register_signal_handler(kick_signal(), kick_handler).map_err(setup("sigaction"))?;
     events.add_subscriber(Arc::new(Mutex::new(Lifecycle {
