@@ -20,6 +20,13 @@ fn husk(args: &[&str]) -> Output {
     out
 }
 
+/// `husk boot --allow-kvm-pvm --kernel K --rootfs R EXTRA...`
+fn boot_null(k: &str, r: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["boot", "--allow-kvm-pvm", "--kernel", k, "--rootfs", r];
+    args.extend_from_slice(extra);
+    husk(&args)
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -46,16 +53,7 @@ fn assert_one_line_error(o: &Output, code: i32, needle: &str) {
 #[test]
 fn null_guest_boots_and_its_status_is_the_exit_code() {
     let (_d, k, r) = scratch();
-    let o = husk(&[
-        "boot",
-        "--allow-kvm-pvm",
-        "--kernel",
-        &k,
-        "--rootfs",
-        &r,
-        "--",
-        "x",
-    ]);
+    let o = boot_null(&k, &r, &["--", "x"]);
     assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
     assert_eq!(o.stdout, null_guest::LINE);
 }
@@ -79,49 +77,13 @@ fn a_file_that_is_not_a_kernel() {
 #[test]
 fn bad_vcpu_and_memory_counts_are_usage_errors() {
     let (_d, k, r) = scratch();
-    let o = husk(&[
-        "boot",
-        "--allow-kvm-pvm",
-        "--kernel",
-        &k,
-        "--rootfs",
-        &r,
-        "--cpus",
-        "0",
-    ]);
+    let o = boot_null(&k, &r, &["--cpus", "0"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    let o = husk(&[
-        "boot",
-        "--allow-kvm-pvm",
-        "--kernel",
-        &k,
-        "--rootfs",
-        &r,
-        "--cpus",
-        "255",
-    ]);
+    let o = boot_null(&k, &r, &["--cpus", "255"]);
     assert_one_line_error(&o, 2, "255 vCPUs requested");
-    let o = husk(&[
-        "boot",
-        "--allow-kvm-pvm",
-        "--kernel",
-        &k,
-        "--rootfs",
-        &r,
-        "--memory",
-        "4",
-    ]);
+    let o = boot_null(&k, &r, &["--memory", "4"]);
     assert_one_line_error(&o, 2, "too small");
-    let o = husk(&[
-        "boot",
-        "--allow-kvm-pvm",
-        "--kernel",
-        &k,
-        "--rootfs",
-        &r,
-        "--memory",
-        "100000000",
-    ]);
+    let o = boot_null(&k, &r, &["--memory", "100000000"]);
     assert_one_line_error(&o, 2, "more than this host has");
 }
 
@@ -129,16 +91,7 @@ fn bad_vcpu_and_memory_counts_are_usage_errors() {
 fn memory_too_small_for_the_kernel() {
     // The null guest loads at 16 MiB: a 16 MiB guest cannot hold it.
     let (_d, k, r) = scratch();
-    let o = husk(&[
-        "boot",
-        "--allow-kvm-pvm",
-        "--kernel",
-        &k,
-        "--rootfs",
-        &r,
-        "--memory",
-        "16",
-    ]);
+    let o = boot_null(&k, &r, &["--memory", "16"]);
     assert_one_line_error(&o, 1, "does not fit in guest memory");
 }
 
@@ -159,29 +112,11 @@ fn console_to_a_file_and_off() {
     let (d, k, r) = scratch();
     let log = d.path().join("console.log");
     let spec = format!("file={}", log.display());
-    let o = husk(&[
-        "boot",
-        "--allow-kvm-pvm",
-        "--kernel",
-        &k,
-        "--rootfs",
-        &r,
-        "--console",
-        &spec,
-    ]);
+    let o = boot_null(&k, &r, &["--console", &spec]);
     assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
     assert!(o.stdout.is_empty());
     assert_eq!(std::fs::read(&log).unwrap(), null_guest::LINE);
-    let o = husk(&[
-        "boot",
-        "--allow-kvm-pvm",
-        "--kernel",
-        &k,
-        "--rootfs",
-        &r,
-        "--console",
-        "off",
-    ]);
+    let o = boot_null(&k, &r, &["--console", "off"]);
     assert_eq!(o.status.code(), Some(7));
     assert!(o.stdout.is_empty());
     let o = husk(&["boot", "--kernel", &k, "--rootfs", &r, "--console", "tty"]);
@@ -191,28 +126,10 @@ fn console_to_a_file_and_off() {
 #[test]
 fn bad_disk_specs() {
     let (_d, k, r) = scratch();
-    let o = husk(&[
-        "boot",
-        "--allow-kvm-pvm",
-        "--kernel",
-        &k,
-        "--rootfs",
-        &r,
-        "--disk",
-        "/nonexistent.img",
-    ]);
+    let o = boot_null(&k, &r, &["--disk", "/nonexistent.img"]);
     assert_one_line_error(&o, 1, "/nonexistent.img");
     let spec = format!("{r},rx");
-    let o = husk(&[
-        "boot",
-        "--allow-kvm-pvm",
-        "--kernel",
-        &k,
-        "--rootfs",
-        &r,
-        "--disk",
-        &spec,
-    ]);
+    let o = boot_null(&k, &r, &["--disk", &spec]);
     assert_one_line_error(&o, 2, "unknown option");
 }
 
@@ -239,38 +156,11 @@ impl Drop for TestTap {
 #[test]
 fn missing_or_busy_tap_is_a_clear_error() {
     let (_d, k, r) = scratch();
-    let o = husk(&[
-        "boot",
-        "--allow-kvm-pvm",
-        "--kernel",
-        &k,
-        "--rootfs",
-        &r,
-        "--net",
-        "tap=husknotap0",
-    ]);
+    let o = boot_null(&k, &r, &["--net", "tap=husknotap0"]);
     assert_one_line_error(&o, 1, "TAP device husknotap0 does not exist");
-    let o = husk(&[
-        "boot",
-        "--allow-kvm-pvm",
-        "--kernel",
-        &k,
-        "--rootfs",
-        &r,
-        "--net",
-        "mac=02:00:00:00:00:01",
-    ]);
+    let o = boot_null(&k, &r, &["--net", "mac=02:00:00:00:00:01"]);
     assert_one_line_error(&o, 2, "tap=NAME is required");
-    let o = husk(&[
-        "boot",
-        "--allow-kvm-pvm",
-        "--kernel",
-        &k,
-        "--rootfs",
-        &r,
-        "--net",
-        "tap=x,mac=zz",
-    ]);
+    let o = boot_null(&k, &r, &["--net", "tap=x, mac=zz"]);
     assert_one_line_error(&o, 2, "mac");
 
     let Some(tap) = TestTap::create("husktest-busy") else {
@@ -279,16 +169,7 @@ fn missing_or_busy_tap_is_a_clear_error() {
     };
     let _held = husk_devices::virtio::net::Tap::open(&tap.0).expect("open the test TAP");
     let spec = format!("tap={}", tap.0);
-    let o = husk(&[
-        "boot",
-        "--allow-kvm-pvm",
-        "--kernel",
-        &k,
-        "--rootfs",
-        &r,
-        "--net",
-        &spec,
-    ]);
+    let o = boot_null(&k, &r, &["--net", &spec]);
     assert_one_line_error(&o, 1, "is in use");
 }
 
@@ -300,72 +181,27 @@ fn null_guest_boots_with_a_network_interface() {
     };
     let (_d, k, r) = scratch();
     let spec = format!("tap={},mac=02:aa:bb:cc:dd:ee", tap.0);
-    let o = husk(&[
-        "boot",
-        "--allow-kvm-pvm",
-        "--kernel",
-        &k,
-        "--rootfs",
-        &r,
-        "--net",
-        &spec,
-    ]);
+    let o = boot_null(&k, &r, &["--net", &spec]);
     assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
 }
 
 #[test]
 fn vsock_specs_and_sockets() {
     let (d, k, r) = scratch();
-    let o = husk(&[
-        "boot",
-        "--allow-kvm-pvm",
-        "--kernel",
-        &k,
-        "--rootfs",
-        &r,
-        "--vsock",
-        "cid=2,uds=/tmp/x",
-    ]);
+    let o = boot_null(&k, &r, &["--vsock", "cid=2, uds=/tmp/x"]);
     assert_one_line_error(&o, 2, "cid must be");
-    let o = husk(&[
-        "boot",
-        "--allow-kvm-pvm",
-        "--kernel",
-        &k,
-        "--rootfs",
-        &r,
-        "--vsock",
-        "cid=3",
-    ]);
+    let o = boot_null(&k, &r, &["--vsock", "cid=3"]);
     assert_one_line_error(&o, 2, "uds=PATH");
     // A live socket at the path is refused; the null guest boots with a
     // fresh one, and the device removes it when the VM ends.
     let live = d.path().join("live.sock");
     let _listener = std::os::unix::net::UnixListener::bind(&live).unwrap();
     let spec = format!("cid=3,uds={}", live.display());
-    let o = husk(&[
-        "boot",
-        "--allow-kvm-pvm",
-        "--kernel",
-        &k,
-        "--rootfs",
-        &r,
-        "--vsock",
-        &spec,
-    ]);
+    let o = boot_null(&k, &r, &["--vsock", &spec]);
     assert_one_line_error(&o, 1, &live.display().to_string());
     let fresh = d.path().join("fresh.sock");
     let spec = format!("cid=3,uds={}", fresh.display());
-    let o = husk(&[
-        "boot",
-        "--allow-kvm-pvm",
-        "--kernel",
-        &k,
-        "--rootfs",
-        &r,
-        "--vsock",
-        &spec,
-    ]);
+    let o = boot_null(&k, &r, &["--vsock", &spec]);
     assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
     assert!(!fresh.exists(), "the vsock socket was left behind");
 }
