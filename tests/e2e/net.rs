@@ -93,8 +93,9 @@ fn sha256_hex(b: &[u8]) -> String {
 }
 
 #[test]
-#[ignore = "not passing yet (2026-11-22): in the testbed the guest reset without a status \
-            mid-transfer once, and L1's kernel crashed once; run with --ignored while fixing"]
+#[ignore = "slow and not yet trusted (2026-11-22): passed once in 187 s in the testbed, \
+            but one run crashed L1 and one ended with a guest reset without a status; \
+            run with --ignored"]
 fn bulk_tcp_both_ways_and_ping_from_the_host() {
     require_linux_kvm();
     let tap = Tap::up("husk-e2e1");
