@@ -56,7 +56,28 @@ fn host_and_guest_connect_both_ways() {
         line
     });
 
+    // A stream the guest kills mid-way (to port 6001) before the checks
+    // that prove the device still serves.
+    let killed_listener = UnixListener::bind(format!("{}_6001", uds.display())).unwrap();
+    let killed_side = std::thread::spawn(move || {
+        let (mut s, _) = killed_listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut total = 0usize;
+        let mut buf = vec![0u8; 65536];
+        // Ends with EOF or a reset once the guest process dies; a hang
+        // would hit the read timeout and fail below.
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return Ok(total),
+                Ok(n) => total += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Err(total),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(total),
+                Err(_) => return Ok(total),
+            }
+        }
+    });
     let script = "husk-vsock echo 5000 & \
+                  cat /dev/zero | husk-vsock connect 2 6001 & sleep 1; kill -9 $!; \
                   echo hello-vsock | husk-vsock connect 2 6000; echo ready; sleep 600";
     let args = format!(
         "console=ttyS0 reboot=k panic=1 quiet husk.cmd={}",
@@ -68,6 +89,13 @@ fn host_and_guest_connect_both_ways() {
     assert_eq!(vmm.req("PUT", "/vsock", &v.to_string()).0, 204);
     assert_eq!(vmm.start_instance().0, 204);
     assert!(vmm.wait_for_output("ready\n", TIMEOUT), "{}", vmm.output());
+
+    // The killed stream ended on the host side, after some data.
+    let killed = killed_side.join().unwrap();
+    assert!(
+        matches!(killed, Ok(n) if n > 0),
+        "killed stream: {killed:?}"
+    );
 
     // Guest → host: the guest's line arrived and our answer went back.
     assert_eq!(host_side.join().unwrap(), "hello-vsock\n");
