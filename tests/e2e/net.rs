@@ -168,3 +168,96 @@ fn bulk_tcp_both_ways_and_ping_from_the_host() {
         text.len() / 1_000_000
     );
 }
+
+/// Two TAPs enslaved to one bridge with no address of its own.
+struct Bridge {
+    name: String,
+    taps: Vec<Tap>,
+}
+
+impl Bridge {
+    fn up(name: &str, taps: &[&str]) -> Bridge {
+        let ip = |args: &[&str]| {
+            let st = Command::new("ip").args(args).status().expect("run ip");
+            assert!(st.success(), "ip {args:?} failed");
+        };
+        let _ = Command::new("ip")
+            .args(["link", "del", name])
+            .stderr(std::process::Stdio::null())
+            .status();
+        ip(&["link", "add", name, "type", "bridge"]);
+        ip(&["link", "set", name, "up"]);
+        let taps = taps
+            .iter()
+            .map(|t| {
+                let _ = Command::new("ip")
+                    .args(["link", "del", t])
+                    .stderr(std::process::Stdio::null())
+                    .status();
+                ip(&["tuntap", "add", "dev", t, "mode", "tap"]);
+                ip(&["link", "set", t, "master", name]);
+                ip(&["link", "set", t, "up"]);
+                Tap((*t).to_owned())
+            })
+            .collect();
+        Bridge {
+            name: name.to_owned(),
+            taps,
+        }
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        self.taps.clear();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.name])
+            .status();
+    }
+}
+
+#[test]
+fn two_vms_on_one_bridge_reach_each_other() {
+    require_linux_kvm();
+    let bridge = Bridge::up("husk-br0", &["husk-e2e2", "husk-e2e3"]);
+    let dir = tempfile::tempdir().unwrap();
+    let boot = |n: usize, addr: &str, script: &str| {
+        let rootfs = dir.path().join(format!("rootfs{n}.ext4"));
+        std::fs::copy(guest_artifacts().rootfs_ext4, &rootfs).unwrap();
+        let net = format!("tap={}", bridge.taps[n].0);
+        let ip = format!("ip={addr}:::255.255.255.0::eth0:off");
+        let script = script.to_owned();
+        std::thread::spawn(move || {
+            let args = [
+                "boot",
+                "--rootfs",
+                rootfs.to_str().unwrap(),
+                "--net",
+                &net,
+                "--cmdline",
+                &ip,
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ];
+            husk_tests::husk::run(&args, Duration::from_secs(120))
+        })
+    };
+    let server = boot(0, "10.0.3.2", "nc -l -p 9000 > /tmp/got; cat /tmp/got");
+    let client = boot(
+        1,
+        "10.0.3.3",
+        "sleep 2; ping -c 2 -W 5 10.0.3.2 >/dev/null && echo ping-ok; \
+         echo over-the-bridge | nc 10.0.3.2 9000; sleep 2",
+    );
+    let (s, c) = (server.join().unwrap(), client.join().unwrap());
+    assert_eq!(c.code, Some(0), "client: {}", c.describe());
+    assert!(c.stdout.contains("ping-ok"), "client: {}", c.describe());
+    assert_eq!(s.code, Some(0), "server: {}", s.describe());
+    assert!(
+        s.stdout.contains("over-the-bridge"),
+        "server: {}",
+        s.describe()
+    );
+}
