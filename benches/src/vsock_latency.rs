@@ -28,8 +28,7 @@ fn main() {
     let husk = husk.unwrap_or_else(husk_tests::husk::binary);
     require_linux_kvm();
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("rootfs.ext4");
-    std::fs::copy(guest_artifacts().rootfs_ext4, &root).unwrap();
+    let root = husk_tests::scratch_rootfs(dir.path(), "rootfs.ext4");
     let uds = dir.path().join("v.sock");
     let boot_args = format!(
         "console=ttyS0 reboot=k panic=1 quiet husk.cmd={}",

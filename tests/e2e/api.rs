@@ -18,9 +18,7 @@ fn boot_args(argv: &[&str]) -> String {
 }
 
 fn scratch_root(dir: &tempfile::TempDir) -> PathBuf {
-    let root = dir.path().join("rootfs.ext4");
-    std::fs::copy(guest_artifacts().rootfs_ext4, &root).unwrap();
-    root
+    husk_tests::scratch_rootfs(dir.path(), "rootfs.ext4")
 }
 
 #[test]

@@ -19,8 +19,7 @@ impl Scratch {
     fn new() -> Self {
         require_linux_kvm();
         let dir = tempfile::tempdir().unwrap();
-        let rootfs = dir.path().join("rootfs.ext4");
-        std::fs::copy(guest_artifacts().rootfs_ext4, &rootfs).unwrap();
+        let rootfs = husk_tests::scratch_rootfs(dir.path(), "rootfs.ext4");
         Scratch {
             rootfs: rootfs.display().to_string(),
             dir,

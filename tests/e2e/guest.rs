@@ -14,9 +14,7 @@ fn vm_on(rootfs: &Path) -> MicroVm {
 
 /// A private copy of the root image, since QEMU opens it read-write.
 fn rootfs_copy(dir: &tempfile::TempDir) -> std::path::PathBuf {
-    let copy = dir.path().join("rootfs.ext4");
-    std::fs::copy(guest_artifacts().rootfs_ext4, &copy).unwrap();
-    copy
+    husk_tests::scratch_rootfs(dir.path(), "rootfs.ext4")
 }
 
 fn boot(argv: &[&str]) -> Outcome {

@@ -1,7 +1,8 @@
 //! virtio-net over a TAP: the guest gets its address from `ip=` on the
 //! kernel command line and talks to the host end of the TAP.
 
-use husk_tests::{guest_artifacts, require_linux_kvm};
+use husk_tests::process::Finished;
+use husk_tests::require_linux_kvm;
 use std::io::Read;
 use std::net::TcpListener;
 use std::process::Command;
@@ -33,6 +34,32 @@ impl Drop for Tap {
     }
 }
 
+/// The guest's address on the TAP network of the first two tests.
+const GUEST_IP: &str = "ip=10.0.2.15::10.0.2.1:255.255.255.0::eth0:off";
+
+/// `husk boot` on a scratch root image with one NIC (`net`, a --net spec)
+/// and the kernel's `ip=` configuration `ip`, running `sh -c script`.
+fn boot_with_nic(net: &str, ip: &str, script: &str, timeout: Duration) -> Finished {
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = husk_tests::scratch_rootfs(dir.path(), "rootfs.ext4");
+    let args = [
+        "boot",
+        "--memory",
+        "256",
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "--net",
+        net,
+        "--cmdline",
+        ip,
+        "--",
+        "sh",
+        "-c",
+        script,
+    ];
+    husk_tests::husk::run(&args, timeout)
+}
+
 #[test]
 fn guest_pings_and_talks_tcp_to_the_host() {
     require_linux_kvm();
@@ -45,25 +72,14 @@ fn guest_pings_and_talks_tcp_to_the_host() {
         s.read_to_string(&mut got).unwrap();
         got
     });
-    let dir = tempfile::tempdir().unwrap();
-    let rootfs = dir.path().join("rootfs.ext4");
-    std::fs::copy(guest_artifacts().rootfs_ext4, &rootfs).unwrap();
     let net = format!("tap={},mac=02:00:0a:00:02:0f", tap.0);
-    let args = [
-        "boot",
-        "--rootfs",
-        rootfs.to_str().unwrap(),
-        "--net",
+    let out = boot_with_nic(
         &net,
-        "--cmdline",
-        "ip=10.0.2.15::10.0.2.1:255.255.255.0::eth0:off",
-        "--",
-        "sh",
-        "-c",
+        GUEST_IP,
         "cat /sys/class/net/eth0/address; ping -c 2 -W 5 10.0.2.1 >/dev/null && echo ping-ok; \
          echo hello-over-tcp | nc 10.0.2.1 7777 && echo tcp-ok",
-    ];
-    let out = husk_tests::husk::run(&args, Duration::from_secs(120));
+        Duration::from_secs(120),
+    );
     assert_eq!(out.code, Some(0), "{}", out.describe());
     for want in ["02:00:0a:00:02:0f", "ping-ok", "tcp-ok"] {
         assert!(
@@ -125,32 +141,14 @@ fn bulk_tcp_both_ways_and_ping_from_the_host() {
             std::thread::sleep(Duration::from_millis(200));
         }
     });
-    let dir = tempfile::tempdir().unwrap();
-    let rootfs = dir.path().join("rootfs.ext4");
-    std::fs::copy(guest_artifacts().rootfs_ext4, &rootfs).unwrap();
     let net = format!("tap={}", tap.0);
     let script = format!(
         "seq 1 {N} | nc 10.0.2.1 7778 && echo sent; \
          nc -l -p 8000 | sha256sum; \
          ping -c 1 -W 5 10.0.2.1 >/dev/null && echo ping-ok"
     );
-    let args = [
-        "boot",
-        "--memory",
-        "256",
-        "--rootfs",
-        rootfs.to_str().unwrap(),
-        "--net",
-        &net,
-        "--cmdline",
-        "ip=10.0.2.15::10.0.2.1:255.255.255.0::eth0:off",
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ];
     let start = std::time::Instant::now();
-    let out = husk_tests::husk::run(&args, Duration::from_secs(300));
+    let out = boot_with_nic(&net, GUEST_IP, &script, Duration::from_secs(300));
     let secs = start.elapsed().as_secs_f64();
     assert_eq!(out.code, Some(0), "{}", out.describe());
     let got = receiver.join().unwrap();
@@ -220,29 +218,11 @@ impl Drop for Bridge {
 fn two_vms_on_one_bridge_reach_each_other() {
     require_linux_kvm();
     let bridge = Bridge::up("husk-br0", &["husk-e2e2", "husk-e2e3"]);
-    let dir = tempfile::tempdir().unwrap();
     let boot = |n: usize, addr: &str, script: &str| {
-        let rootfs = dir.path().join(format!("rootfs{n}.ext4"));
-        std::fs::copy(guest_artifacts().rootfs_ext4, &rootfs).unwrap();
         let net = format!("tap={}", bridge.taps[n].0);
         let ip = format!("ip={addr}:::255.255.255.0::eth0:off");
         let script = script.to_owned();
-        std::thread::spawn(move || {
-            let args = [
-                "boot",
-                "--rootfs",
-                rootfs.to_str().unwrap(),
-                "--net",
-                &net,
-                "--cmdline",
-                &ip,
-                "--",
-                "sh",
-                "-c",
-                &script,
-            ];
-            husk_tests::husk::run(&args, Duration::from_secs(120))
-        })
+        std::thread::spawn(move || boot_with_nic(&net, &ip, &script, Duration::from_secs(120)))
     };
     let server = boot(0, "10.0.3.2", "nc -l -p 9000 > /tmp/got; cat /tmp/got");
     let client = boot(

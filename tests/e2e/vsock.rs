@@ -41,8 +41,7 @@ fn round_trip(mut s: UnixStream, bytes: &[u8]) -> Vec<u8> {
 fn host_and_guest_connect_both_ways() {
     require_linux_kvm();
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("rootfs.ext4");
-    std::fs::copy(guest_artifacts().rootfs_ext4, &root).unwrap();
+    let root = husk_tests::scratch_rootfs(dir.path(), "rootfs.ext4");
     let uds = dir.path().join("v.sock");
     // The guest → host listener must exist before the guest connects.
     let host_listener = UnixListener::bind(format!("{}_6000", uds.display())).unwrap();

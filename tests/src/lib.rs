@@ -53,6 +53,15 @@ pub fn guest_artifacts() -> GuestArtifacts {
     a
 }
 
+/// A private copy of the project's root image in `dir` (guests mount it
+/// read-write, so every boot gets its own).
+pub fn scratch_rootfs(dir: &std::path::Path, name: &str) -> PathBuf {
+    let copy = dir.join(name);
+    std::fs::copy(guest_artifacts().rootfs_ext4, &copy)
+        .unwrap_or_else(|e| panic!("copying the root image to {}: {e}", copy.display()));
+    copy
+}
+
 /// Panics with a one-line explanation unless this host can boot Linux guests
 /// under KVM. End-to-end tests call it first so they fail loudly, not hang.
 pub fn require_linux_kvm() {
