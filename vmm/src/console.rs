@@ -99,7 +99,25 @@ impl StdinPump {
 }
 
 /// UART interrupt-enable bit: "received data available".
-const IER_RECEIVED_DATA: u8 = 1;
+const IER_RECEIVED_DATA: u8 = 0x01;
+/// Modem-control bits: OUT2 gates the UART's interrupt line on PC
+/// hardware; LOOP turns the port into a self-test loop.
+const MCR_OUT2: u8 = 0x08;
+const MCR_LOOP: u8 = 0x10;
+
+/// Whether the guest's driver has the port open and is reading it.
+///
+/// Receive interrupts alone are not enough: Linux's 8250 probe writes 0x0F
+/// to IER for an instant to see whether a UART is there, and the port's
+/// startup then reads RX "for luck" and would swallow whatever we queued in
+/// that instant. Startup raises OUT2 before those reads and enables receive
+/// interrupts after them; shutdown drops both; the probe runs with OUT2 low
+/// (the console setup already wrote MCR) or in loopback.
+fn guest_listening(interrupt_enable: u8, modem_control: u8) -> bool {
+    interrupt_enable & IER_RECEIVED_DATA != 0
+        && modem_control & MCR_OUT2 != 0
+        && modem_control & MCR_LOOP == 0
+}
 
 fn pump(shared: &Shared, stop: &EventFd) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -109,6 +127,10 @@ fn pump(shared: &Shared, stop: &EventFd) {
     // the borrow is used.
     let stop_fd = unsafe { BorrowedFd::borrow_raw(stop.as_raw_fd()) };
     let mut buf = [0u8; 64];
+    // The guest must be seen listening on two checks a poll interval apart
+    // before it gets input: a second guard against a register test that
+    // happens to match for a moment.
+    let mut seen_listening = false;
     loop {
         let mut fds = [
             PollFd::new(stdin.as_fd(), PollFlags::POLLIN),
@@ -128,9 +150,11 @@ fn pump(shared: &Shared, stop: &EventFd) {
         while !rest.is_empty() {
             let taken = {
                 let mut serial = crate::pio::lock(&shared.pio.serial);
-                // Until the guest's driver enables receive interrupts it is
-                // not listening: its UART setup would flush what we queue.
-                if serial.state().interrupt_enable & IER_RECEIVED_DATA != 0 {
+                let state = serial.state();
+                let listening = guest_listening(state.interrupt_enable, state.modem_control);
+                let ready = listening && seen_listening;
+                seen_listening = listening;
+                if ready {
                     serial.enqueue_raw_bytes(rest).unwrap_or(0)
                 } else {
                     0
@@ -189,5 +213,20 @@ mod tests {
         assert_eq!("file=/tmp/x".parse(), Ok(Console::File("/tmp/x".into())));
         assert!("file=".parse::<Console>().is_err());
         assert!("tty".parse::<Console>().is_err());
+    }
+
+    #[test]
+    fn input_waits_for_an_open_port_not_a_register_probe() {
+        // Reset state: OUT2 high, no interrupts.
+        assert!(!guest_listening(0x00, MCR_OUT2));
+        // The probe's IER test after the console setup cleared OUT2.
+        assert!(!guest_listening(0x0F, 0x01));
+        // The probe's loopback test.
+        assert!(!guest_listening(0x0F, MCR_LOOP | 0x0A));
+        // Startup: OUT2 (plus DTR/RTS) first, receive interrupts last.
+        assert!(!guest_listening(0x00, MCR_OUT2 | 0x03));
+        assert!(guest_listening(0x05, MCR_OUT2 | 0x03));
+        // Shutdown drops OUT2.
+        assert!(!guest_listening(0x05, 0x03));
     }
 }
