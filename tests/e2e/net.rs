@@ -91,13 +91,18 @@ fn guest_pings_and_talks_tcp_to_the_host() {
     assert_eq!(server.join().unwrap(), "hello-over-tcp\n");
 }
 
-/// The text `seq 1 n` prints (the guest's busybox makes the same bytes).
-fn seq_text(n: u32) -> Vec<u8> {
-    let mut v = Vec::new();
-    for i in 1..=n {
-        v.extend_from_slice(format!("{i}\n").as_bytes());
-    }
-    v
+/// `n` bytes of xorshift noise: content the network cannot compress or
+/// mistake for a repeated pattern.
+fn noise(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
 }
 
 fn sha256_hex(b: &[u8]) -> String {
@@ -108,62 +113,94 @@ fn sha256_hex(b: &[u8]) -> String {
         .collect()
 }
 
+/// MiB moved each way by the bulk test: `HUSK_E2E_BULK_MIB`, else 64, or
+/// 16 when this machine is itself a guest (the nested testbed moves a few
+/// MB/s: 64 MiB each way took minutes there).
+fn bulk_mib() -> usize {
+    if let Some(v) = std::env::var("HUSK_E2E_BULK_MIB")
+        .ok()
+        .filter(|v| !v.is_empty())
+    {
+        return v.parse().expect("HUSK_E2E_BULK_MIB: a number of MiB");
+    }
+    if husk_tests::host_is_a_guest() {
+        16
+    } else {
+        64
+    }
+}
+
 #[test]
-#[ignore = "too slow for CI in the nested testbed (2026-11-22): 187 s when it passed, \
-            ~0.7 MB/s guest->host, so the 90 s listen deadline below can expire; \
-            one run also crashed L1; run with --ignored"]
 fn bulk_tcp_both_ways_and_ping_from_the_host() {
     require_linux_kvm();
     let tap = Tap::up("husk-e2e1");
-    // ~64 MiB of text each way: `seq 1 7900000` is 63.1 MB.
-    const N: u32 = 7_900_000;
-    let text = seq_text(N);
-    let want = sha256_hex(&text);
-    // guest -> host: the guest streams `seq` to us.
+    let mib = bulk_mib();
+    let data = noise(mib << 20);
+    let want = sha256_hex(&data);
+    // The guest stores what we send, prints its checksum, sends it back,
+    // then waits for our all-clear on 8001 so it does not reset with the
+    // tail of the stream still in flight.
     let listener = TcpListener::bind("10.0.2.1:7778").unwrap();
-    let receiver = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        let mut got = Vec::new();
-        s.read_to_end(&mut got).unwrap();
-        got
-    });
-    // host -> guest: once the guest listens on 8000, send the same text.
-    let sender_text = text.clone();
-    let sender = std::thread::spawn(move || {
+    let sent = data.clone();
+    let host = std::thread::spawn(move || {
         use std::io::Write;
-        let deadline = std::time::Instant::now() + Duration::from_secs(90);
-        loop {
-            if let Ok(mut s) = std::net::TcpStream::connect("10.0.2.15:8000") {
-                s.write_all(&sender_text).unwrap();
-                return;
+        let connect = |port| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            loop {
+                if let Ok(s) = std::net::TcpStream::connect(("10.0.2.15", port)) {
+                    return s;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "guest never listened on {port}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
             }
-            assert!(std::time::Instant::now() < deadline, "guest never listened");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        };
+        let t = std::time::Instant::now();
+        let mut s = connect(8000);
+        s.write_all(&sent).unwrap();
+        drop(s);
+        let (mut back, _) = listener.accept().unwrap();
+        let to_guest = t.elapsed();
+        let t = std::time::Instant::now();
+        let mut got = Vec::new();
+        back.read_to_end(&mut got).unwrap();
+        let from_guest = t.elapsed();
+        // The guest's nc exits once we close too.
+        drop(back);
+        // busybox is there on the host (the rootfs is built from it) and in L1.
+        let ping = Command::new("busybox")
+            .args(["ping", "-c", "1", "-W", "5", "10.0.2.15"])
+            .output()
+            .expect("run busybox ping");
+        drop(connect(8001));
+        (got, to_guest, from_guest, ping)
     });
     let net = format!("tap={}", tap.0);
-    let script = format!(
-        "seq 1 {N} | nc 10.0.2.1 7778 && echo sent; \
-         nc -l -p 8000 | sha256sum; \
-         ping -c 1 -W 5 10.0.2.1 >/dev/null && echo ping-ok"
-    );
-    let start = std::time::Instant::now();
-    let out = boot_with_nic(&net, GUEST_IP, &script, Duration::from_secs(300));
-    let secs = start.elapsed().as_secs_f64();
+    let script = "nc -l -p 8000 > /tmp/in && sha256sum /tmp/in && \
+                  nc 10.0.2.1 7778 < /tmp/in && nc -l -p 8001 && \
+                  ping -c 1 -W 5 10.0.2.1 >/dev/null && echo ping-ok";
+    let out = boot_with_nic(&net, GUEST_IP, script, Duration::from_secs(400));
     assert_eq!(out.code, Some(0), "{}", out.describe());
-    let got = receiver.join().unwrap();
-    assert_eq!(got.len(), text.len(), "guest -> host length");
-    assert_eq!(sha256_hex(&got), want, "guest -> host bytes differ");
-    sender.join().unwrap();
+    let (got, to_guest, from_guest, ping) = host.join().unwrap();
+    assert!(
+        ping.status.success(),
+        "host -> guest ping: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
     assert!(
         out.stdout.contains(&want),
-        "host -> guest checksum: {}",
+        "host -> guest: checksum {want} not in the guest's output: {}",
         out.describe()
     );
+    assert_eq!(got.len(), data.len(), "guest -> host length");
+    assert!(sha256_hex(&got) == want, "guest -> host bytes differ");
     assert!(out.stdout.contains("ping-ok"), "{}", out.describe());
     eprintln!(
-        "2 x {} MB over virtio-net in {secs:.1} s",
-        text.len() / 1_000_000
+        "{mib} MiB over virtio-net: host -> guest {:.1} s, guest -> host {:.1} s",
+        to_guest.as_secs_f64(),
+        from_guest.as_secs_f64()
     );
 }
 

@@ -68,3 +68,15 @@ pub fn require_linux_kvm() {
     let kind = kvm::detect();
     assert!(kind.runs_linux(), "{kind}");
 }
+
+/// Whether this machine is itself a virtual machine (the `hypervisor` CPU
+/// flag): tests then size their workloads for nested virtualization.
+pub fn host_is_a_guest() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|c| {
+            c.lines()
+                .filter(|l| l.starts_with("flags"))
+                .any(|l| l.split_whitespace().any(|f| f == "hypervisor"))
+        })
+        .unwrap_or(false)
+}
