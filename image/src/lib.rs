@@ -1,0 +1,1 @@
+//! OCI images on the host (work in progress).

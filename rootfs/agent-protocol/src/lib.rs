@@ -1,0 +1,537 @@
+//! The protocol between husk on the host and the agent (the guest's PID 1)
+//! over one vsock stream connection to [`AGENT_PORT`].
+//!
+//! Every message is a frame: a 4-byte big-endian length of what follows,
+//! one kind byte, then the body. Control messages (requests, responses,
+//! events) carry JSON; stream data carries a 4-byte big-endian stream id
+//! followed by raw bytes, an empty payload meaning end of stream. The host
+//! sends [`Request::Hello`] first; the agent answers with its version and
+//! refuses other versions. Requests carry a sequence number their response
+//! repeats, so responses and events can interleave with stream data on the
+//! one connection. The full description is in rootfs/README.md.
+
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Write};
+
+/// Protocol version; bumped on any incompatible change.
+pub const VERSION: u32 = 1;
+/// The vsock port the agent listens on.
+pub const AGENT_PORT: u32 = 1024;
+/// Largest frame body accepted: a runtime spec is a few KiB, stream chunks
+/// are at most [`MAX_CHUNK`]; anything bigger is a broken peer.
+pub const MAX_FRAME: usize = 1 << 20;
+/// Largest stream payload a sender puts in one frame.
+pub const MAX_CHUNK: usize = 32 * 1024;
+
+const KIND_REQUEST: u8 = 1;
+const KIND_RESPONSE: u8 = 2;
+const KIND_EVENT: u8 = 3;
+const KIND_STDIN: u8 = 4;
+const KIND_STDOUT: u8 = 5;
+const KIND_STDERR: u8 = 6;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The framing itself is broken: the connection cannot continue.
+    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME}")]
+    TooLarge(usize),
+    #[error("empty frame")]
+    Empty,
+    /// One frame's body is bad; the frames around it are still in step.
+    #[error("bad {what} (seq {seq:?}): {message}")]
+    Body {
+        what: &'static str,
+        seq: Option<u64>,
+        message: String,
+    },
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// Whether the connection can go on after this error.
+    pub fn is_recoverable(&self) -> bool {
+        matches!(self, Error::Body { .. })
+    }
+}
+
+/// How a container's or exec'd process's stdio is wired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdioSpec {
+    /// Stream id for its data frames, chosen by the host, unique per
+    /// connection.
+    pub stream: u32,
+    /// A pseudo-terminal (stdout and stderr merged) instead of pipes.
+    #[serde(default)]
+    pub tty: bool,
+    /// Whether the host sends stdin; without it the process's stdin is
+    /// /dev/null.
+    #[serde(default)]
+    pub stdin: bool,
+}
+
+/// The container's root: the image's read-only block device, with a
+/// writable layer over it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootfsSpec {
+    /// Guest block device holding the image tree, e.g. `/dev/vdb`.
+    pub device: String,
+    /// Its filesystem type (`erofs`, `ext4`).
+    pub fs_type: String,
+    /// A block device for the writable layer (formatted ext4); a tmpfs
+    /// when absent.
+    #[serde(default)]
+    pub scratch_device: Option<String>,
+}
+
+/// A host volume the agent mounts before creating the container; the
+/// runtime spec's bind mounts refer to `mount_point`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSpec {
+    pub device: String,
+    pub fs_type: String,
+    pub mount_point: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Hello {
+        version: u32,
+    },
+    /// Mounts the root and volumes and creates the container with its
+    /// process stopped before exec, as `runc create` does.
+    CreateContainer {
+        id: String,
+        /// The OCI runtime spec (`config.json`).
+        spec: serde_json::Value,
+        rootfs: RootfsSpec,
+        #[serde(default)]
+        volumes: Vec<VolumeSpec>,
+        stdio: StdioSpec,
+    },
+    StartContainer {
+        id: String,
+    },
+    /// Runs one more process (an OCI `process` object) in the container.
+    Exec {
+        id: String,
+        exec_id: String,
+        process: serde_json::Value,
+        stdio: StdioSpec,
+    },
+    /// Signals the container's process, or one exec'd process; `all`
+    /// signals every process of the container.
+    Signal {
+        id: String,
+        #[serde(default)]
+        exec_id: Option<String>,
+        signal: i32,
+        #[serde(default)]
+        all: bool,
+    },
+    ResizeTty {
+        stream: u32,
+        rows: u16,
+        cols: u16,
+    },
+    Stats {
+        id: String,
+    },
+    /// Kills what is left of the container, unmounts and forgets it.
+    DestroyContainer {
+        id: String,
+    },
+    /// Syncs the guest's disks and powers the VM off.
+    Shutdown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Stats {
+    pub memory_current: u64,
+    pub memory_max: Option<u64>,
+    pub cpu_usage_usec: u64,
+    pub pids_current: u64,
+    pub pids_max: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Response {
+    Ok,
+    Hello { version: u32, agent: String },
+    Stats { stats: Stats },
+    Error { message: String },
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// The status a shell would report: the code, or 128 + the signal.
+    pub fn shell_status(self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signal(s) => 128 + s,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Event {
+    /// A container's process or an exec'd process ended. Sent after its
+    /// output streams' last data and their end-of-stream frames.
+    Exited {
+        id: String,
+        #[serde(default)]
+        exec_id: Option<String>,
+        stream: u32,
+        status: ExitStatus,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    Request {
+        seq: u64,
+        request: Request,
+    },
+    Response {
+        seq: u64,
+        response: Response,
+    },
+    Event(Event),
+    /// Host to guest. An empty `data` closes the process's stdin.
+    Stdin {
+        stream: u32,
+        data: Vec<u8>,
+    },
+    /// Guest to host. An empty `data` is the end of that output.
+    Stdout {
+        stream: u32,
+        data: Vec<u8>,
+    },
+    Stderr {
+        stream: u32,
+        data: Vec<u8>,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct Sequenced<T> {
+    seq: u64,
+    #[serde(flatten)]
+    body: T,
+}
+
+/// Just the sequence number, to answer a request whose body is bad.
+#[derive(Deserialize)]
+struct SeqOnly {
+    seq: Option<u64>,
+}
+
+impl Frame {
+    /// The frame's bytes, length prefix included.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![0u8; 4];
+        let json = |out: &mut Vec<u8>, kind, v: serde_json::Result<Vec<u8>>| {
+            out.push(kind);
+            // Serializing these plain data types cannot fail.
+            out.extend(v.unwrap_or_default());
+        };
+        match self {
+            Frame::Request { seq, request } => json(
+                &mut out,
+                KIND_REQUEST,
+                serde_json::to_vec(&Sequenced {
+                    seq: *seq,
+                    body: request,
+                }),
+            ),
+            Frame::Response { seq, response } => json(
+                &mut out,
+                KIND_RESPONSE,
+                serde_json::to_vec(&Sequenced {
+                    seq: *seq,
+                    body: response,
+                }),
+            ),
+            Frame::Event(e) => json(&mut out, KIND_EVENT, serde_json::to_vec(e)),
+            Frame::Stdin { stream, data } => data_frame(&mut out, KIND_STDIN, *stream, data),
+            Frame::Stdout { stream, data } => data_frame(&mut out, KIND_STDOUT, *stream, data),
+            Frame::Stderr { stream, data } => data_frame(&mut out, KIND_STDERR, *stream, data),
+        }
+        let len = (out.len() - 4) as u32;
+        out[..4].copy_from_slice(&len.to_be_bytes());
+        out
+    }
+
+    /// Parses one frame body (kind byte first, no length prefix).
+    pub fn decode(body: &[u8]) -> Result<Frame, Error> {
+        let (&kind, rest) = body.split_first().ok_or(Error::Empty)?;
+        let bad = |what, seq, message: String| Error::Body { what, seq, message };
+        match kind {
+            KIND_REQUEST | KIND_RESPONSE => {
+                let what = if kind == KIND_REQUEST {
+                    "request"
+                } else {
+                    "response"
+                };
+                let seq = serde_json::from_slice::<SeqOnly>(rest)
+                    .ok()
+                    .and_then(|s| s.seq);
+                if kind == KIND_REQUEST {
+                    serde_json::from_slice::<Sequenced<Request>>(rest)
+                        .map(|s| Frame::Request {
+                            seq: s.seq,
+                            request: s.body,
+                        })
+                        .map_err(|e| bad(what, seq, e.to_string()))
+                } else {
+                    serde_json::from_slice::<Sequenced<Response>>(rest)
+                        .map(|s| Frame::Response {
+                            seq: s.seq,
+                            response: s.body,
+                        })
+                        .map_err(|e| bad(what, seq, e.to_string()))
+                }
+            }
+            KIND_EVENT => serde_json::from_slice(rest)
+                .map(Frame::Event)
+                .map_err(|e| bad("event", None, e.to_string())),
+            KIND_STDIN | KIND_STDOUT | KIND_STDERR => {
+                if rest.len() < 4 {
+                    return Err(bad(
+                        "stream frame",
+                        None,
+                        "shorter than its stream id".into(),
+                    ));
+                }
+                let stream = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+                let data = rest[4..].to_vec();
+                Ok(match kind {
+                    KIND_STDIN => Frame::Stdin { stream, data },
+                    KIND_STDOUT => Frame::Stdout { stream, data },
+                    _ => Frame::Stderr { stream, data },
+                })
+            }
+            k => Err(bad("frame", None, format!("unknown kind {k}"))),
+        }
+    }
+}
+
+fn data_frame(out: &mut Vec<u8>, kind: u8, stream: u32, data: &[u8]) {
+    out.push(kind);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(data);
+}
+
+/// Splits a byte stream into frames, for readers that get bytes in
+/// arbitrary pieces (a non-blocking socket).
+#[derive(Default)]
+pub struct Decoder {
+    buf: Vec<u8>,
+}
+
+impl Decoder {
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete frame, `Ok(None)` when more bytes are needed. A
+    /// recoverable error consumes its frame; after any other the stream is
+    /// out of step and must be dropped.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, Error> {
+        if self.buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        if len > MAX_FRAME {
+            return Err(Error::TooLarge(len));
+        }
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let result = Frame::decode(&self.buf[4..4 + len]);
+        self.buf.drain(..4 + len);
+        result.map(Some)
+    }
+}
+
+/// Reads one frame from a blocking reader; `Ok(None)` at a clean end of
+/// stream between frames.
+pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, Error> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(Error::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    Frame::decode(&body).map(Some)
+}
+
+pub fn write_frame(w: &mut impl Write, frame: &Frame) -> Result<(), Error> {
+    w.write_all(&frame.encode())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(f: Frame) {
+        let bytes = f.encode();
+        let mut d = Decoder::default();
+        // Byte by byte: the decoder must not depend on how reads split.
+        let mut got = None;
+        for b in &bytes {
+            d.push(std::slice::from_ref(b));
+            if let Some(frame) = d.next_frame().unwrap() {
+                got = Some(frame);
+            }
+        }
+        assert_eq!(got.as_ref(), Some(&f));
+        assert_eq!(read_frame(&mut &bytes[..]).unwrap(), Some(f));
+    }
+
+    #[test]
+    fn every_frame_kind_round_trips() {
+        round_trip(Frame::Request {
+            seq: 7,
+            request: Request::CreateContainer {
+                id: "c1".into(),
+                spec: serde_json::json!({"ociVersion": "1.0.2"}),
+                rootfs: RootfsSpec {
+                    device: "/dev/vdb".into(),
+                    fs_type: "erofs".into(),
+                    scratch_device: None,
+                },
+                volumes: vec![VolumeSpec {
+                    device: "/dev/vdc".into(),
+                    fs_type: "ext4".into(),
+                    mount_point: "/run/husk/volumes/0".into(),
+                    read_only: true,
+                }],
+                stdio: StdioSpec {
+                    stream: 1,
+                    tty: false,
+                    stdin: true,
+                },
+            },
+        });
+        round_trip(Frame::Request {
+            seq: 8,
+            request: Request::Shutdown,
+        });
+        round_trip(Frame::Response {
+            seq: 8,
+            response: Response::Stats {
+                stats: Stats {
+                    memory_current: 1,
+                    memory_max: Some(2),
+                    ..Stats::default()
+                },
+            },
+        });
+        round_trip(Frame::Event(Event::Exited {
+            id: "c1".into(),
+            exec_id: None,
+            stream: 1,
+            status: ExitStatus::Signal(9),
+        }));
+        round_trip(Frame::Stdin {
+            stream: 3,
+            data: b"abc".to_vec(),
+        });
+        round_trip(Frame::Stdout {
+            stream: 3,
+            data: vec![],
+        });
+        round_trip(Frame::Stderr {
+            stream: u32::MAX,
+            data: vec![0; 100],
+        });
+    }
+
+    #[test]
+    fn the_wire_format_is_the_documented_one() {
+        let f = Frame::Request {
+            seq: 1,
+            request: Request::Hello { version: 1 },
+        };
+        let b = f.encode();
+        assert_eq!(&b[..5], &[0, 0, 0, (b.len() - 4) as u8, 1]);
+        assert_eq!(&b[5..], br#"{"seq":1,"op":"hello","version":1}"#);
+        let s = Frame::Stdout {
+            stream: 2,
+            data: b"hi".to_vec(),
+        };
+        assert_eq!(s.encode(), [0, 0, 0, 7, 5, 0, 0, 0, 2, b'h', b'i']);
+    }
+
+    #[test]
+    fn a_bad_body_is_reported_with_its_seq_and_the_stream_stays_in_step() {
+        let mut d = Decoder::default();
+        let body = br#"{"seq":5,"op":"launch_missiles"}"#;
+        d.push(&((body.len() + 1) as u32).to_be_bytes());
+        d.push(&[KIND_REQUEST]);
+        d.push(body);
+        d.push(
+            &Frame::Request {
+                seq: 6,
+                request: Request::Shutdown,
+            }
+            .encode(),
+        );
+        match d.next_frame() {
+            Err(e @ Error::Body { seq: Some(5), .. }) => assert!(e.is_recoverable()),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            d.next_frame().unwrap(),
+            Some(Frame::Request { seq: 6, .. })
+        ));
+        assert!(d.next_frame().unwrap().is_none());
+    }
+
+    #[test]
+    fn malformed_frames_are_errors_not_panics() {
+        for body in [
+            &[][..],
+            &[9][..],
+            &[KIND_STDOUT, 0, 0][..],
+            &[KIND_EVENT, b'{'][..],
+            &[KIND_RESPONSE, b'[', b']'][..],
+        ] {
+            assert!(Frame::decode(body).is_err(), "{body:?}");
+        }
+        let mut d = Decoder::default();
+        d.push(&u32::MAX.to_be_bytes());
+        let e = d.next_frame().unwrap_err();
+        assert!(!e.is_recoverable());
+        assert!(matches!(read_frame(&mut &[0u8, 0][..]), Ok(None)));
+    }
+
+    #[test]
+    fn exit_statuses_read_like_a_shell() {
+        assert_eq!(ExitStatus::Code(3).shell_status(), 3);
+        assert_eq!(ExitStatus::Signal(9).shell_status(), 137);
+    }
+}

@@ -1,0 +1,1 @@
+//! The in-guest container runtime (work in progress).
