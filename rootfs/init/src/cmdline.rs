@@ -22,6 +22,9 @@ pub struct Config {
     /// `husk.status=console`: also print the exit status line on the console,
     /// for VMMs that cannot read the status port (QEMU in the tests).
     pub status_on_console: bool,
+    /// `husk.agent`: serve the host over vsock (the agent protocol) instead
+    /// of running a command.
+    pub agent: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +109,7 @@ pub fn parse(line: &str) -> Result<Config, Error> {
         command: None,
         hostname: "husk".to_owned(),
         status_on_console: false,
+        agent: false,
     };
     let mut encoded = None;
     for p in params {
@@ -117,6 +121,8 @@ pub fn parse(line: &str) -> Result<Config, Error> {
             }
         } else if let Some(v) = p.strip_prefix("husk.status=") {
             config.status_on_console = v == "console";
+        } else if p == "husk.agent" || p == "husk.agent=1" {
+            config.agent = true;
         }
     }
     config.command = match (encoded, after_dashes) {
@@ -162,6 +168,14 @@ mod tests {
         assert_eq!(c.command.unwrap(), argv);
         assert_eq!(c.hostname, "box");
         assert!(c.status_on_console);
+    }
+
+    #[test]
+    fn agent_mode_is_a_flag() {
+        assert!(parse("console=ttyS0 husk.agent").unwrap().agent);
+        assert!(parse("husk.agent=1 quiet").unwrap().agent);
+        assert!(!parse("husk.agent=0").unwrap().agent);
+        assert!(!parse("-- husk.agent").unwrap().agent);
     }
 
     #[test]

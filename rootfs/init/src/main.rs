@@ -6,6 +6,7 @@
 //! command's status (see `status`) and reset the machine so the VMM exits.
 //! The protocol is documented in rootfs/README.md.
 
+mod agent;
 mod mounts;
 mod supervise;
 
@@ -109,6 +110,10 @@ fn main() {
     };
     std::env::set_var("PATH", supervise::DEFAULT_PATH);
     std::env::set_var("HOME", "/root");
+    if config.agent {
+        let status = agent::run(&mut sfd);
+        finish(status, config.status_on_console);
+    }
     let argv = config
         .command
         .clone()

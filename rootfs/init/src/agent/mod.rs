@@ -1,0 +1,634 @@
+//! The guest agent: with `husk.agent` on the kernel command line, PID 1
+//! serves the host over vsock (rootfs/README.md, "Agent protocol") instead
+//! of running one command. One thread, one poll loop: the host connection,
+//! the processes' pipes, and the signalfd that reports their deaths.
+
+mod streams;
+
+use husk_agent_protocol::{
+    Decoder, Event, ExitStatus, Frame, Request, Response, RootfsSpec, StdioSpec, VolumeSpec,
+    AGENT_PORT, MAX_CHUNK, VERSION,
+};
+use husk_container::{Container, Rootfs, Stdio};
+use nix::errno::Errno;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::signalfd::SignalFd;
+use nix::sys::socket::{
+    accept4, bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, VsockAddr,
+};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use streams::{Output, Stream};
+
+/// Where containers' images, scratch layers and state live in the guest.
+const STATE_DIR: &str = "/run/husk/containers";
+/// How long a dead process's output may still trickle in (a background
+/// child holding the pipe) before its exit is reported anyway.
+const DRAIN_LIMIT: Duration = Duration::from_millis(500);
+/// Output read from processes waits here while the host is slow; past this
+/// we stop reading their pipes, so they block instead of us growing.
+const OUTBUF_HIGH: usize = 1 << 20;
+
+fn log(msg: &str) {
+    eprintln!("husk-agent: {msg}");
+}
+
+struct Entry {
+    container: Container,
+    /// Mount points to undo on destroy, innermost first.
+    mounts: Vec<PathBuf>,
+}
+
+/// What the host connection has not yet taken.
+struct Conn {
+    fd: OwnedFd,
+    decoder: Decoder,
+    out: Vec<u8>,
+}
+
+pub struct Agent {
+    listener: OwnedFd,
+    conn: Option<Conn>,
+    containers: HashMap<String, Entry>,
+    streams: HashMap<u32, Stream>,
+    /// Live process → its stream id.
+    pids: HashMap<i32, u32>,
+    shutdown: bool,
+}
+
+fn listen_vsock() -> nix::Result<OwnedFd> {
+    let fd = socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    bind(
+        fd.as_raw_fd(),
+        &VsockAddr::new(libc::VMADDR_CID_ANY, AGENT_PORT),
+    )?;
+    listen(&fd, Backlog::new(4)?)?;
+    Ok(fd)
+}
+
+/// Runs the agent until the host asks for a shutdown or the VM is told to
+/// stop (Ctrl-Alt-Del, SIGTERM); returns the status byte for the VMM.
+pub fn run(sfd: &mut SignalFd) -> u8 {
+    let listener = match listen_vsock() {
+        Ok(l) => l,
+        Err(e) => {
+            log(&format!("cannot listen on vsock port {AGENT_PORT}: {e}"));
+            return husk_init::status::INIT_FAILURE;
+        }
+    };
+    let _ = std::fs::create_dir_all(STATE_DIR);
+    let mut agent = Agent {
+        listener,
+        conn: None,
+        containers: HashMap::new(),
+        streams: HashMap::new(),
+        pids: HashMap::new(),
+        shutdown: false,
+    };
+    let stop = agent.serve(sfd);
+    agent.destroy_all();
+    if stop {
+        // Asked to stop from outside: like a container killed by SIGTERM.
+        128 + Signal::SIGTERM as u8
+    } else {
+        0
+    }
+}
+
+impl Agent {
+    /// The loop; true when a stop signal ended it.
+    fn serve(&mut self, sfd: &mut SignalFd) -> bool {
+        loop {
+            if self.shutdown && self.conn.as_ref().is_none_or(|c| c.out.is_empty()) {
+                return false;
+            }
+            let backlog = self.conn.as_ref().map_or(0, |c| c.out.len());
+            let (mut fds, owners) = self.poll_set(sfd.as_fd(), backlog);
+            let timeout = if self.streams.values().any(|s| s.exit.is_some()) {
+                PollTimeout::from(50u16)
+            } else {
+                PollTimeout::NONE
+            };
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => {
+                    log(&format!("poll: {e}"));
+                    return false;
+                }
+            }
+            let ready: Vec<(Owner, PollFlags)> = fds
+                .iter()
+                .zip(owners)
+                .filter_map(|(f, o)| f.revents().filter(|r| !r.is_empty()).map(|r| (o, r)))
+                .collect();
+            drop(fds);
+            for (owner, revents) in ready {
+                match owner {
+                    Owner::Signals => {
+                        if self.signals(sfd) {
+                            return true;
+                        }
+                    }
+                    Owner::Listener => self.accept(),
+                    Owner::Conn => self.conn_ready(revents),
+                    Owner::Out(stream, which) => self.read_output(stream, which),
+                    Owner::In(stream) => {
+                        if let Some(s) = self.streams.get_mut(&stream) {
+                            s.write_stdin();
+                        }
+                    }
+                }
+            }
+            self.report_exits();
+        }
+    }
+
+    fn poll_set<'a>(
+        &'a self,
+        sfd: BorrowedFd<'a>,
+        backlog: usize,
+    ) -> (Vec<PollFd<'a>>, Vec<Owner>) {
+        let mut fds = vec![
+            PollFd::new(sfd, PollFlags::POLLIN),
+            PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
+        ];
+        let mut owners = vec![Owner::Signals, Owner::Listener];
+        if let Some(c) = &self.conn {
+            let mut ev = PollFlags::POLLIN;
+            if !c.out.is_empty() {
+                ev |= PollFlags::POLLOUT;
+            }
+            fds.push(PollFd::new(c.fd.as_fd(), ev));
+            owners.push(Owner::Conn);
+        }
+        for (&id, s) in &self.streams {
+            if backlog < OUTBUF_HIGH {
+                for which in [Output::Stdout, Output::Stderr] {
+                    if let Some(fd) = s.output(which) {
+                        fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                        owners.push(Owner::Out(id, which));
+                    }
+                }
+            }
+            if let Some(fd) = s.stdin_wants_write() {
+                fds.push(PollFd::new(fd, PollFlags::POLLOUT));
+                owners.push(Owner::In(id));
+            }
+        }
+        (fds, owners)
+    }
+
+    /// Reaps children; true on a stop signal.
+    fn signals(&mut self, sfd: &mut SignalFd) -> bool {
+        let mut stop = false;
+        while let Ok(Some(info)) = sfd.read_signal() {
+            if info.ssi_signo == Signal::SIGINT as u32 || info.ssi_signo == Signal::SIGTERM as u32 {
+                stop = true;
+            }
+        }
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => self.exited(pid, ExitStatus::Code(code)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    self.exited(pid, ExitStatus::Signal(sig as i32))
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        stop
+    }
+
+    fn exited(&mut self, pid: Pid, status: ExitStatus) {
+        // Unknown pids are orphans and the runtime's helpers: nothing to say.
+        if let Some(stream) = self.pids.remove(&pid.as_raw()) {
+            if let Some(s) = self.streams.get_mut(&stream) {
+                s.exit = Some((status, Instant::now()));
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        let fd = match accept4(
+            self.listener.as_raw_fd(),
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        ) {
+            // SAFETY: accept4 returned a new descriptor nobody else owns.
+            Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
+            Err(_) => return,
+        };
+        if self.conn.is_some() {
+            // One host at a time: a second one would interleave requests.
+            log("refusing a second host connection");
+            return;
+        }
+        self.conn = Some(Conn {
+            fd,
+            decoder: Decoder::default(),
+            out: Vec::new(),
+        });
+    }
+
+    fn conn_ready(&mut self, revents: PollFlags) {
+        if revents.contains(PollFlags::POLLOUT) {
+            self.flush_conn();
+        }
+        if !revents.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+            return;
+        }
+        let mut buf = [0u8; 64 * 1024];
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        match nix::unistd::read(conn.fd.as_raw_fd(), &mut buf) {
+            Ok(0) => {
+                self.conn = None;
+                return;
+            }
+            Ok(n) => conn.decoder.push(&buf[..n]),
+            Err(Errno::EAGAIN | Errno::EINTR) => return,
+            Err(e) => {
+                log(&format!("host connection: {e}"));
+                self.conn = None;
+                return;
+            }
+        }
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return;
+            };
+            match conn.decoder.next_frame() {
+                Ok(None) => return,
+                Ok(Some(frame)) => self.frame(frame),
+                Err(e) if e.is_recoverable() => {
+                    if let husk_agent_protocol::Error::Body { seq: Some(seq), .. } = e {
+                        self.reply(
+                            seq,
+                            Response::Error {
+                                message: e.to_string(),
+                            },
+                        );
+                    } else {
+                        log(&format!("dropping a bad frame: {e}"));
+                    }
+                }
+                Err(e) => {
+                    log(&format!("host connection out of step, closing it: {e}"));
+                    self.conn = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, frame: &Frame) {
+        if let Some(c) = self.conn.as_mut() {
+            c.out.extend_from_slice(&frame.encode());
+        }
+        self.flush_conn();
+    }
+
+    fn flush_conn(&mut self) {
+        let Some(c) = self.conn.as_mut() else {
+            return;
+        };
+        while !c.out.is_empty() {
+            match nix::unistd::write(&c.fd, &c.out) {
+                Ok(n) => {
+                    c.out.drain(..n);
+                }
+                Err(Errno::EAGAIN) => return,
+                Err(Errno::EINTR) => {}
+                Err(e) => {
+                    log(&format!("host connection: {e}"));
+                    self.conn = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn reply(&mut self, seq: u64, response: Response) {
+        self.send(&Frame::Response { seq, response });
+    }
+
+    fn frame(&mut self, frame: Frame) {
+        match frame {
+            Frame::Request { seq, request } => {
+                let response = match self.request(request) {
+                    Ok(r) => r,
+                    Err(message) => Response::Error { message },
+                };
+                self.reply(seq, response);
+            }
+            Frame::Stdin { stream, data } => {
+                if let Some(s) = self.streams.get_mut(&stream) {
+                    s.queue_stdin(&data);
+                }
+            }
+            other => log(&format!(
+                "ignoring a frame the host should not send: {other:?}"
+            )),
+        }
+    }
+
+    fn request(&mut self, request: Request) -> Result<Response, String> {
+        match request {
+            Request::Hello { version } if version == VERSION => Ok(Response::Hello {
+                version: VERSION,
+                agent: concat!("husk-agent ", env!("CARGO_PKG_VERSION")).into(),
+            }),
+            Request::Hello { version } => Err(format!(
+                "protocol version {version} is not supported; this agent speaks {VERSION}"
+            )),
+            Request::CreateContainer {
+                id,
+                spec,
+                rootfs,
+                volumes,
+                stdio,
+            } => self.create(id, spec, &rootfs, &volumes, stdio),
+            Request::StartContainer { id } => {
+                let e = self.entry(&id)?;
+                e.container.start().map_err(|e| e.to_string())?;
+                Ok(Response::Ok)
+            }
+            Request::Exec {
+                id,
+                exec_id,
+                process,
+                stdio,
+            } => {
+                self.check_stream(&stdio)?;
+                let process: oci_spec::runtime::Process = serde_json::from_value(process)
+                    .map_err(|e| format!("exec {exec_id}: bad process: {e}"))?;
+                let e = self.entry(&id)?;
+                let (pid, io) = e
+                    .container
+                    .exec(&process, stdio_of(&stdio))
+                    .map_err(|e| e.to_string())?;
+                self.add_stream(pid, &stdio, io, id, Some(exec_id));
+                Ok(Response::Ok)
+            }
+            Request::Signal {
+                id,
+                exec_id,
+                signal,
+                all,
+            } => {
+                let sig = Signal::try_from(signal).map_err(|_| format!("no signal {signal}"))?;
+                match exec_id {
+                    None => {
+                        let e = self.entry(&id)?;
+                        e.container
+                            .signal(sig as i32, all)
+                            .map_err(|e| e.to_string())?;
+                    }
+                    Some(x) => {
+                        let pid = self
+                            .streams
+                            .values()
+                            .find(|s| s.container == id && s.exec_id.as_deref() == Some(&x))
+                            .filter(|s| s.exit.is_none())
+                            .map(|s| s.pid)
+                            .ok_or_else(|| format!("no running process {x} in {id}"))?;
+                        kill(Pid::from_raw(pid), sig).map_err(|e| format!("kill {pid}: {e}"))?;
+                    }
+                }
+                Ok(Response::Ok)
+            }
+            Request::ResizeTty { stream, rows, cols } => {
+                let s = self
+                    .streams
+                    .get(&stream)
+                    .ok_or_else(|| format!("no stream {stream}"))?;
+                let master = s
+                    .tty_master()
+                    .ok_or_else(|| format!("stream {stream} has no tty"))?;
+                husk_container::resize_tty(master, rows, cols).map_err(|e| e.to_string())?;
+                Ok(Response::Ok)
+            }
+            Request::Stats { id } => {
+                let e = self.entry(&id)?;
+                let s = e.container.stats().map_err(|e| e.to_string())?;
+                Ok(Response::Stats {
+                    stats: husk_agent_protocol::Stats {
+                        memory_current: s.memory_current,
+                        memory_max: s.memory_max,
+                        cpu_usage_usec: s.cpu_usage_usec,
+                        pids_current: s.pids_current,
+                        pids_max: s.pids_max,
+                    },
+                })
+            }
+            Request::DestroyContainer { id } => {
+                let e = self
+                    .containers
+                    .remove(&id)
+                    .ok_or_else(|| format!("no container {id}"))?;
+                destroy(e).map_err(|e| format!("destroy {id}: {e}"))?;
+                Ok(Response::Ok)
+            }
+            Request::Shutdown => {
+                self.shutdown = true;
+                Ok(Response::Ok)
+            }
+        }
+    }
+
+    fn entry(&mut self, id: &str) -> Result<&mut Entry, String> {
+        self.containers
+            .get_mut(id)
+            .ok_or_else(|| format!("no container {id}"))
+    }
+
+    fn check_stream(&self, stdio: &StdioSpec) -> Result<(), String> {
+        if self.streams.contains_key(&stdio.stream) {
+            return Err(format!("stream {} is in use", stdio.stream));
+        }
+        Ok(())
+    }
+
+    fn create(
+        &mut self,
+        id: String,
+        spec: serde_json::Value,
+        rootfs: &RootfsSpec,
+        volumes: &[VolumeSpec],
+        stdio: StdioSpec,
+    ) -> Result<Response, String> {
+        if id.is_empty() || id.contains(['/', '\0']) || id == "." || id == ".." {
+            return Err(format!("bad container id {id:?}"));
+        }
+        if self.containers.contains_key(&id) {
+            return Err(format!("container {id} exists"));
+        }
+        self.check_stream(&stdio)?;
+        let spec: oci_spec::runtime::Spec =
+            serde_json::from_value(spec).map_err(|e| format!("bad runtime spec: {e}"))?;
+        let base = Path::new(STATE_DIR).join(format!("{id}.mnt"));
+        let mut mounts = Vec::new();
+        let result = (|| {
+            let image = base.join("image");
+            mount_device(&rootfs.device, &image, &rootfs.fs_type, true)?;
+            mounts.push(image.clone());
+            let upper = match &rootfs.scratch_device {
+                Some(dev) => {
+                    let scratch = base.join("scratch");
+                    mount_device(dev, &scratch, "ext4", false)?;
+                    mounts.push(scratch.clone());
+                    Some(scratch.join("upper"))
+                }
+                None => None,
+            };
+            for v in volumes {
+                let at = PathBuf::from(&v.mount_point);
+                mount_device(&v.device, &at, &v.fs_type, v.read_only)?;
+                mounts.push(at);
+            }
+            let root = Rootfs {
+                lower: image,
+                upper,
+            };
+            Container::create(&id, &spec, &root, Path::new(STATE_DIR), stdio_of(&stdio))
+                .map_err(|e| e.to_string())
+        })();
+        mounts.reverse();
+        match result {
+            Ok((container, io)) => {
+                let pid = container.init_pid();
+                self.containers
+                    .insert(id.clone(), Entry { container, mounts });
+                self.add_stream(pid, &stdio, io, id, None);
+                Ok(Response::Ok)
+            }
+            Err(e) => {
+                unmount_all(&mounts);
+                Err(e)
+            }
+        }
+    }
+
+    fn add_stream(
+        &mut self,
+        pid: i32,
+        stdio: &StdioSpec,
+        io: husk_container::ProcessIo,
+        container: String,
+        exec_id: Option<String>,
+    ) {
+        self.pids.insert(pid, stdio.stream);
+        self.streams.insert(
+            stdio.stream,
+            Stream::new(pid, stdio.tty, io, container, exec_id),
+        );
+    }
+
+    fn read_output(&mut self, stream: u32, which: Output) {
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        let mut buf = vec![0u8; MAX_CHUNK];
+        let data = s.read(which, &mut buf);
+        if let Some(data) = data {
+            let frame = match which {
+                Output::Stdout => Frame::Stdout { stream, data },
+                Output::Stderr => Frame::Stderr { stream, data },
+            };
+            self.send(&frame);
+        }
+    }
+
+    /// Reports processes that are dead and whose output is done (or has
+    /// been given up on).
+    fn report_exits(&mut self) {
+        let done: Vec<u32> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| {
+                s.exit
+                    .is_some_and(|(_, at)| s.outputs_done() || at.elapsed() > DRAIN_LIMIT)
+            })
+            .map(|(&k, _)| k)
+            .collect();
+        for stream in done {
+            let Some(mut s) = self.streams.remove(&stream) else {
+                continue;
+            };
+            for which in s.close_outputs() {
+                let data = Vec::new();
+                self.send(&match which {
+                    Output::Stdout => Frame::Stdout { stream, data },
+                    Output::Stderr => Frame::Stderr { stream, data },
+                });
+            }
+            let status = s.exit.map(|(st, _)| st).unwrap_or(ExitStatus::Code(0));
+            self.send(&Frame::Event(Event::Exited {
+                id: s.container.clone(),
+                exec_id: s.exec_id.take(),
+                stream,
+                status,
+            }));
+        }
+    }
+
+    fn destroy_all(&mut self) {
+        for (id, e) in self.containers.drain() {
+            if let Err(err) = destroy(e) {
+                log(&format!("destroy {id}: {err}"));
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Owner {
+    Signals,
+    Listener,
+    Conn,
+    Out(u32, Output),
+    In(u32),
+}
+
+fn stdio_of(s: &StdioSpec) -> Stdio {
+    if s.tty {
+        Stdio::Tty
+    } else {
+        Stdio::Pipes { stdin: s.stdin }
+    }
+}
+
+fn mount_device(device: &str, at: &Path, fs_type: &str, read_only: bool) -> Result<(), String> {
+    std::fs::create_dir_all(at).map_err(|e| format!("mkdir {}: {e}", at.display()))?;
+    let mut flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
+    if read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    mount(Some(device), at, Some(fs_type), flags, None::<&str>)
+        .map_err(|e| format!("mount {device} ({fs_type}) on {}: {e}", at.display()))
+}
+
+fn unmount_all(mounts: &[PathBuf]) {
+    for m in mounts {
+        if let Err(e) = umount2(m, MntFlags::MNT_DETACH) {
+            log(&format!("umount {}: {e}", m.display()));
+        }
+    }
+}
+
+fn destroy(e: Entry) -> Result<(), String> {
+    let result = e.container.destroy().map_err(|e| e.to_string());
+    unmount_all(&e.mounts);
+    result
+}
