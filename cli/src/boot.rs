@@ -49,7 +49,7 @@ pub struct BootArgs {
 }
 
 /// `$HUSK_GUEST_DIR`, else the checkout's `target/guest` (scripts/build-guest).
-fn guest_dir() -> PathBuf {
+pub(crate) fn guest_dir() -> PathBuf {
     std::env::var_os("HUSK_GUEST_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {

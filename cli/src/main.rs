@@ -2,7 +2,9 @@
 
 mod boot;
 mod controller;
+mod image_cmd;
 mod logger;
+mod run;
 mod vmm_cmd;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +25,10 @@ struct Cli {
 enum Command {
     /// Boot the raw guest (kernel + root disk) and run a command in it.
     Boot(boot::BootArgs),
+    /// Image tools (the project's test image).
+    Image(image_cmd::ImageArgs),
+    /// Run a container from an image in its own microVM.
+    Run(run::RunArgs),
     /// Run one VMM driven by the Firecracker-compatible API (or a config file).
     Vmm(vmm_cmd::VmmArgs),
 }
@@ -81,6 +87,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Boot(args) => boot::run(args),
         Command::Vmm(args) => vmm_cmd::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Image(args) => image_cmd::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -224,3 +224,43 @@ fn husk_log_writes_the_vmm_log() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("[INFO] starting a VM"), "{text:?}");
 }
+
+#[test]
+fn run_refuses_missing_and_tampered_images_before_booting() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let run = |image: &str| {
+        Command::new(env!("CARGO_BIN_EXE_husk"))
+            .args(["run", "--rm", image, "true"])
+            .env("HUSK_IMAGE_CACHE", &cache)
+            .env("HUSK_RUNTIME_DIR", dir.path().join("run"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let missing = dir.path().join("no-such-image");
+    assert_one_line_error(&run(missing.to_str().unwrap()), 1, "no-such-image");
+
+    let image = dir.path().join("image");
+    let built = husk(&["image", "build-test", image.to_str().unwrap()]);
+    assert!(built.status.success(), "{}", stderr(&built));
+    // Flip a byte in the biggest blob: a layer.
+    let blobs = image.join("blobs/sha256");
+    let layer = std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&layer).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&layer, bytes).unwrap();
+    let digest = layer.file_name().unwrap().to_str().unwrap().to_owned();
+    let out = run(image.to_str().unwrap());
+    assert_one_line_error(&out, 1, "corrupt");
+    assert!(
+        stderr(&out).contains(&digest),
+        "names the blob: {}",
+        stderr(&out)
+    );
+}

@@ -175,7 +175,7 @@ impl TarStore {
                 let size = entry.size();
                 // Seeking past the end succeeds, so a cut-off archive is
                 // only noticed by comparing with the file's length.
-                if offset.checked_add(size).map_or(true, |end| end > file_len) {
+                if offset.checked_add(size).is_none_or(|end| end > file_len) {
                     return Err(corrupt(format!(
                         "truncated tar: {name} needs {size} bytes at offset {offset}, the file has {file_len}"
                     )));

@@ -572,7 +572,7 @@ pub fn layer_tar(entries: &[Entry]) -> Result<Vec<u8>, Error> {
         }
         header.set_size(data.len() as u64);
         let name = entry.path.as_bytes();
-        let fits = name.len() <= 100 && link.map_or(true, |l| l.len() <= 100);
+        let fits = name.len() <= 100 && link.is_none_or(|l| l.len() <= 100);
         if fits {
             // Raw fields, so paths that tar-rs refuses to write (`..`,
             // absolute) can be written to test the reader.

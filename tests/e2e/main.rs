@@ -8,4 +8,5 @@ mod api;
 mod boot;
 mod guest;
 mod net;
+mod run;
 mod vsock;

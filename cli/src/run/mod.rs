@@ -1,0 +1,541 @@
+//! `husk run IMAGE [CMD]`: one microVM per container. Converts the image
+//! once into a cached read-only disk, boots the project's guest with the
+//! agent as PID 1, has the agent create and start the container over
+//! vsock, relays stdio and signals, and exits with the container's status.
+//! Everything the run made (VM, sockets, console log) is gone at the end.
+
+mod client;
+mod spec;
+
+use crate::Failure;
+use clap::Args;
+use client::AgentWriter;
+use husk_agent_protocol::{
+    Event, ExitStatus, Frame, Request, Response, RootfsSpec, StdioSpec, MAX_CHUNK, VERSION,
+};
+use husk_vmm::{Console, DiskConfig, Exit, VmConfig, VsockConfig};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Remove the container when it exits (always the case for now: runs
+    /// keep no state after they end).
+    #[arg(long)]
+    rm: bool,
+    /// Set an environment variable (repeatable); `-e NAME` takes the host's.
+    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    workdir: Option<String>,
+    /// UID[:GID] to run as.
+    #[arg(short = 'u', long = "user", value_name = "UID[:GID]")]
+    user: Option<String>,
+    /// The container's hostname (default: its id).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// CPUs for the container (fractions allowed); the VM gets the next
+    /// whole number of vCPUs.
+    #[arg(long, value_name = "N")]
+    cpus: Option<f64>,
+    /// Memory limit for the container (e.g. 256m); the VM gets this plus
+    /// the guest's own overhead.
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<String>,
+    /// Limit on the container's number of processes.
+    #[arg(long = "pids-limit", value_name = "N")]
+    pids_limit: Option<i64>,
+    /// Allocate a terminal.
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Keep stdin open and pass it to the container.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Guest kernel (default: the project's build).
+    #[arg(long, value_name = "PATH", hide = true)]
+    kernel: Option<PathBuf>,
+    /// Image: an OCI layout directory, an OCI archive or a `docker save` tar.
+    image: PathBuf,
+    /// Command and arguments (default: the image's).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+/// Memory the guest itself needs beside the container's limit: kernel,
+/// agent, page cache for the image and the tmpfs upper layer.
+const GUEST_OVERHEAD_MIB: u64 = 96;
+/// VM memory when the container has no limit.
+const DEFAULT_VM_MIB: u64 = 256;
+/// How long the guest gets to boot and answer.
+const AGENT_DEADLINE: Duration = Duration::from_secs(60);
+/// The container's stream id on the agent connection.
+const MAIN_STREAM: u32 = 1;
+
+/// Where the runs' sockets and logs live while they run.
+fn runtime_root() -> PathBuf {
+    if let Some(d) = std::env::var_os("HUSK_RUNTIME_DIR") {
+        return PathBuf::from(d);
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    if uid == 0 {
+        return PathBuf::from("/run/husk");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) => PathBuf::from(d).join("husk"),
+        None => std::env::temp_dir().join(format!("husk-{uid}")),
+    }
+}
+
+fn new_id() -> String {
+    let mut b = [0u8; 6];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The run's directory, removed when dropped (every exit path).
+struct RunDir(PathBuf);
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+enum Msg {
+    Frame(Frame),
+    ConnEnd(String),
+    Signal(i32),
+    Stdin(Vec<u8>),
+    Resize,
+}
+
+pub fn run(args: RunArgs) -> Result<u8, Failure> {
+    let id = new_id();
+    let image = husk_image::Image::open(&args.image)
+        .map_err(|e| Failure::runtime(format!("image {}: {e}", args.image.display())))?;
+    let memory = args
+        .memory
+        .as_deref()
+        .map(spec::size)
+        .transpose()
+        .map_err(Failure::usage)?;
+    if let Some(c) = args.cpus {
+        if !(c > 0.0 && c <= 255.0) {
+            return Err(Failure::usage(format!(
+                "--cpus {c}: expected a number above 0"
+            )));
+        }
+    }
+    let (uid, gid) = spec::user(
+        args.user
+            .as_deref()
+            .or(image.defaults().user.as_deref())
+            .unwrap_or(""),
+    )
+    .map_err(Failure::usage)?;
+    let defaults = image.defaults();
+    let argv = spec::args(&defaults.entrypoint, &defaults.cmd, &args.command);
+    if argv.is_empty() {
+        return Err(Failure::usage(
+            "no command: the image has no Entrypoint or Cmd, give one after the image",
+        ));
+    }
+    let settings = spec::Settings {
+        args: argv,
+        env: spec::env(&defaults.env, &args.env).map_err(Failure::usage)?,
+        cwd: args
+            .workdir
+            .clone()
+            .or(defaults.working_dir.clone())
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into()),
+        uid,
+        gid,
+        hostname: args.hostname.clone().unwrap_or_else(|| id.clone()),
+        terminal: args.tty,
+        memory,
+        cpus: args.cpus,
+        pids: args.pids_limit,
+        binds: Vec::new(),
+    };
+    let base_spec = serde_json::to_value(husk_container::default_spec(settings.args.clone()))
+        .map_err(|e| Failure::runtime(format!("default spec: {e}")))?;
+    let spec = spec::build(base_spec, &settings);
+
+    let cache = husk_image::Cache::new(husk_image::Cache::default_dir());
+    let mut last_report = Instant::now();
+    let block = cache
+        .block_image(&image, &mut |p| {
+            if last_report.elapsed() > Duration::from_secs(1) {
+                eprintln!(
+                    "husk: converting {}: layer {}/{}, {} of {} MiB",
+                    args.image.display(),
+                    p.layer,
+                    p.layers,
+                    p.bytes_done >> 20,
+                    p.bytes_total >> 20
+                );
+                last_report = Instant::now();
+            }
+        })
+        .map_err(|e| Failure::runtime(format!("converting {}: {e}", args.image.display())))?;
+
+    let root = runtime_root();
+    let dir = RunDir(root.join(&id));
+    std::fs::create_dir_all(&dir.0)
+        .map_err(|e| Failure::runtime(format!("runtime dir {}: {e}", dir.0.display())))?;
+    let uds = dir.0.join("vsock.sock");
+    let console_log = dir.0.join("console.log");
+    let guest = crate::boot::guest_dir();
+    let kernel = args.kernel.clone().unwrap_or_else(|| guest.join("vmlinux"));
+    let rootfs = guest.join("rootfs.ext4");
+    for (p, what) in [
+        (&kernel, "guest kernel"),
+        (&rootfs, "guest root filesystem"),
+    ] {
+        if !p.is_file() {
+            return Err(Failure::runtime(format!(
+                "the {what} {} is missing (scripts/build-guest builds it)",
+                p.display()
+            )));
+        }
+    }
+    let vcpus = args.cpus.map_or(1, |c| c.ceil() as u8).max(1);
+    let mem_mib = memory.map_or(DEFAULT_VM_MIB, |m| m.div_ceil(1 << 20) + GUEST_OVERHEAD_MIB);
+    let config = VmConfig {
+        kernel,
+        vcpus,
+        mem_mib,
+        cmdline: format!(
+            "console=ttyS0 reboot=k panic=1 quiet i8042.noaux i8042.nomux i8042.nopnp \
+             i8042.dumbkbd root=/dev/vda ro husk.agent husk.hostname=husk-{id}"
+        ),
+        disks: vec![
+            DiskConfig {
+                path: rootfs,
+                read_only: true,
+                id: "rootfs".into(),
+            },
+            DiskConfig {
+                path: block.path.clone(),
+                read_only: true,
+                id: "image".into(),
+            },
+        ],
+        nets: Vec::new(),
+        vsock: Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: uds.clone(),
+            id: "vsock0".into(),
+        }),
+        console: Console::File(console_log.clone()),
+        stdin: false,
+        allow_pvm: false,
+    };
+    let signals = husk_vmm::take_stop_signals()
+        .map_err(|e| Failure::runtime(format!("cannot take over SIGINT/SIGTERM: {e}")))?;
+    if args.tty {
+        // Blocked before the VM's threads exist, so they inherit the mask
+        // and a resize reaches the one thread that waits for it.
+        winch_set()
+            .thread_block()
+            .map_err(|e| Failure::runtime(format!("cannot block SIGWINCH: {e}")))?;
+    }
+    let vm = husk_vmm::start(&config, None).map_err(|e| Failure::runtime(e.to_string()))?;
+    let controls = vm.controls();
+    let (tx, rx) = mpsc::channel::<Msg>();
+    let (done_tx, done_rx) = mpsc::channel();
+    // The VM's device loop runs on its own thread; this one talks to the agent.
+    let vm_thread = std::thread::spawn(move || {
+        let outcome = vm.wait();
+        let _ = done_tx.send(());
+        outcome
+    });
+    spawn_signal_thread(signals, tx.clone());
+    let session = Session {
+        tx,
+        rx,
+        done: done_rx,
+        controls: controls.clone(),
+        args: &args,
+        uds,
+    };
+    let result = session.run(spec, &block);
+    if result.is_err() || !vm_thread.is_finished() {
+        // The guest normally powers off after Shutdown; make sure it stops.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !vm_thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !vm_thread.is_finished() {
+            controls.stop(Exit::Stopped(libc::SIGKILL));
+        }
+    }
+    let outcome = vm_thread.join();
+    match result {
+        Ok(status) => Ok(status),
+        Err(message) => {
+            let tail = console_tail(&console_log);
+            if let Ok(o) = outcome {
+                log::info!("VM ended: {:?}", o.exit);
+            }
+            Err(Failure::runtime(if tail.is_empty() {
+                message
+            } else {
+                format!("{message}\nguest console (last lines):\n{tail}")
+            }))
+        }
+    }
+}
+
+fn console_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+fn spawn_signal_thread(signals: nix::sys::signalfd::SignalFd, tx: mpsc::Sender<Msg>) {
+    std::thread::spawn(move || loop {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        if poll(&mut fds, PollTimeout::NONE).is_err() {
+            continue;
+        }
+        while let Ok(Some(info)) = signals.read_signal() {
+            if tx.send(Msg::Signal(info.ssi_signo as i32)).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+struct Session<'a> {
+    tx: mpsc::Sender<Msg>,
+    rx: mpsc::Receiver<Msg>,
+    done: mpsc::Receiver<()>,
+    controls: husk_vmm::VmControls,
+    args: &'a RunArgs,
+    uds: PathBuf,
+}
+
+impl Session<'_> {
+    fn vm_ended(&self) -> bool {
+        !matches!(self.done.try_recv(), Err(mpsc::TryRecvError::Empty))
+    }
+
+    fn run(self, spec: serde_json::Value, block: &husk_image::BlockImage) -> Result<u8, String> {
+        let deadline = Instant::now() + AGENT_DEADLINE;
+        let stream = client::connect(&self.uds, deadline, &|| !self.vm_ended())?;
+        let writer = AgentWriter::new(
+            stream
+                .try_clone()
+                .map_err(|e| format!("agent connection: {e}"))?,
+        );
+        client::spawn_reader(stream, self.tx.clone(), Msg::Frame, Msg::ConnEnd);
+        let hello = writer.request(Request::Hello { version: VERSION })?;
+        match self.response(hello)? {
+            Response::Hello { .. } => {}
+            other => return Err(format!("agent handshake: {other:?}")),
+        }
+        let stdio = StdioSpec {
+            stream: MAIN_STREAM,
+            tty: self.args.tty,
+            stdin: self.args.interactive,
+        };
+        let create = writer.request(Request::CreateContainer {
+            id: "main".into(),
+            spec,
+            rootfs: RootfsSpec {
+                device: "/dev/vdb".into(),
+                fs_type: block.fs_type.into(),
+                scratch_device: None,
+            },
+            volumes: Vec::new(),
+            stdio,
+        })?;
+        self.expect_ok(create, "create the container")?;
+        let _raw = if self.args.tty {
+            let raw = husk_vmm::console::RawTerminal::enter();
+            self.send_size(&writer);
+            spawn_winch_thread(self.tx.clone());
+            raw
+        } else {
+            None
+        };
+        let start = writer.request(Request::StartContainer { id: "main".into() })?;
+        self.expect_ok(start, "start the container")?;
+        if self.args.interactive {
+            spawn_stdin_thread(self.tx.clone());
+        }
+        let status = self.relay(&writer)?;
+        // Done: the guest syncs and powers off; its answer is not needed.
+        let _ = writer.request(Request::Shutdown);
+        Ok(u8::try_from(status.shell_status().clamp(0, 255)).unwrap_or(255))
+    }
+
+    fn send_size(&self, writer: &AgentWriter) {
+        if let Some((rows, cols)) = terminal_size() {
+            let _ = writer.request(Request::ResizeTty {
+                stream: MAIN_STREAM,
+                rows,
+                cols,
+            });
+        }
+    }
+
+    /// Waits for the response to `seq`, passing output through meanwhile.
+    fn response(&self, seq: u64) -> Result<Response, String> {
+        loop {
+            match self.next()? {
+                Msg::Frame(Frame::Response { seq: s, response }) if s == seq => {
+                    return Ok(response)
+                }
+                Msg::Frame(f) => self.output(&f),
+                Msg::ConnEnd(why) => return Err(why),
+                Msg::Signal(sig) => {
+                    return Err(format!("interrupted by signal {sig} while starting"));
+                }
+                Msg::Stdin(_) | Msg::Resize => {}
+            }
+        }
+    }
+
+    fn expect_ok(&self, seq: u64, what: &str) -> Result<(), String> {
+        match self.response(seq)? {
+            Response::Ok => Ok(()),
+            Response::Error { message } => Err(format!("cannot {what}: {message}")),
+            other => Err(format!("cannot {what}: unexpected answer {other:?}")),
+        }
+    }
+
+    fn next(&self) -> Result<Msg, String> {
+        loop {
+            match self.rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(m) => return Ok(m),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if self.vm_ended() {
+                        return Err("the VM stopped before the container exited".into());
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err("lost every event source".into())
+                }
+            }
+        }
+    }
+
+    fn output(&self, f: &Frame) {
+        match f {
+            Frame::Stdout { data, .. } if !data.is_empty() => {
+                let mut o = std::io::stdout().lock();
+                let _ = o.write_all(data);
+                let _ = o.flush();
+            }
+            Frame::Stderr { data, .. } if !data.is_empty() => {
+                let _ = std::io::stderr().lock().write_all(data);
+            }
+            _ => {}
+        }
+    }
+
+    /// Relays until the container's process exits; its status.
+    fn relay(&self, writer: &AgentWriter) -> Result<ExitStatus, String> {
+        let mut signals_seen = 0;
+        loop {
+            match self.next()? {
+                Msg::Frame(Frame::Event(Event::Exited { stream, status, .. }))
+                    if stream == MAIN_STREAM =>
+                {
+                    return Ok(status)
+                }
+                Msg::Frame(Frame::Response {
+                    response: Response::Error { message },
+                    ..
+                }) => log::warn!("agent: {message}"),
+                Msg::Frame(f) => self.output(&f),
+                Msg::ConnEnd(why) => return Err(why),
+                Msg::Stdin(data) => {
+                    writer.frame(&Frame::Stdin {
+                        stream: MAIN_STREAM,
+                        data,
+                    })?;
+                }
+                Msg::Resize => self.send_size(writer),
+                Msg::Signal(sig) => {
+                    signals_seen += 1;
+                    if signals_seen >= 3 {
+                        // The container ignores us: stop the VM outright.
+                        self.controls.stop(Exit::Stopped(sig));
+                        return Ok(ExitStatus::Signal(sig));
+                    }
+                    // Like docker's sig-proxy: the container gets it; a
+                    // second one is a SIGKILL to everything in it.
+                    let (signal, all) = if signals_seen == 1 {
+                        (sig, false)
+                    } else {
+                        (libc::SIGKILL, true)
+                    };
+                    writer.request(Request::Signal {
+                        id: "main".into(),
+                        exec_id: None,
+                        signal,
+                        all,
+                    })?;
+                }
+            }
+        }
+    }
+}
+
+fn spawn_stdin_thread(tx: mpsc::Sender<Msg>) {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; MAX_CHUNK];
+        let stdin = std::io::stdin();
+        loop {
+            let n = match std::io::Read::read(&mut stdin.lock(), &mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => 0,
+            };
+            // An empty chunk is end of input, which the agent passes on.
+            if tx.send(Msg::Stdin(buf[..n].to_vec())).is_err() || n == 0 {
+                return;
+            }
+        }
+    });
+}
+
+fn winch_set() -> nix::sys::signal::SigSet {
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(nix::sys::signal::Signal::SIGWINCH);
+    set
+}
+
+fn spawn_winch_thread(tx: mpsc::Sender<Msg>) {
+    let set = winch_set();
+    std::thread::spawn(move || loop {
+        if set.wait().is_err() || tx.send(Msg::Resize).is_err() {
+            return;
+        }
+    });
+}
+
+fn terminal_size() -> Option<(u16, u16)> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes a winsize into the struct we pass, which
+    // lives for the call.
+    let r = unsafe { libc::ioctl(libc::STDIN_FILENO, libc::TIOCGWINSZ, &mut ws) };
+    (r == 0 && ws.ws_row > 0).then_some((ws.ws_row, ws.ws_col))
+}
