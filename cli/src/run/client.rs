@@ -100,10 +100,6 @@ pub fn spawn_reader<M: Send + 'static>(
                     let _ = tx.send(on_end("the agent closed the connection".into()));
                     return;
                 }
-                Err(e) if e.is_recoverable() => {
-                    let _ = tx.send(on_end(format!("bad frame from the agent: {e}")));
-                    return;
-                }
                 Err(e) => {
                     let _ = tx.send(on_end(format!("agent connection: {e}")));
                     return;
