@@ -229,3 +229,85 @@ fn the_second_run_of_an_image_converts_nothing_and_runs_leave_nothing() {
         .collect();
     assert!(left.is_empty(), "runs left {left:?}");
 }
+
+#[test]
+fn volumes_read_only_read_write_and_disk_images() {
+    require_linux_kvm();
+    let r = Run::new();
+    let host = tempfile::tempdir().unwrap();
+    let ro = host.path().join("ro");
+    let rw = host.path().join("rw");
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::create_dir_all(rw.join("sub")).unwrap();
+    std::fs::write(ro.join("given"), "read me\n").unwrap();
+    std::fs::write(rw.join("old"), "old\n").unwrap();
+    std::fs::write(rw.join("sub/deleted"), "x").unwrap();
+    // A disk image file volume: the container's writes land in the file.
+    let disk = host.path().join("disk.ext4");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let mkfs = Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&disk)
+        .status()
+        .expect("mkfs.ext4 (e2fsprogs)");
+    assert!(mkfs.success());
+    let vol = |p: &std::path::Path, at: &str| format!("{}:{at}", p.display());
+    let out = r.run(
+        &[
+            "-v",
+            &format!("{}:ro", vol(&ro, "/in")),
+            "-v",
+            &vol(&rw, "/work"),
+            "-v",
+            &vol(&disk, "/disk"),
+        ],
+        &[
+            "sh",
+            "-c",
+            "cat /in/given; echo no >/in/new 2>/dev/null && echo ro-written || echo ro-refused; \
+             cat /work/old; echo made >/work/new; rm /work/sub/deleted; mkdir /work/d; \
+             echo deep >/work/d/f; echo on-disk >/disk/f; echo done",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(
+        out.stdout,
+        "read me\nro-refused\nold\ndone\n",
+        "{}",
+        out.describe()
+    );
+    assert!(!ro.join("new").exists());
+    assert_eq!(std::fs::read_to_string(rw.join("new")).unwrap(), "made\n");
+    assert_eq!(std::fs::read_to_string(rw.join("d/f")).unwrap(), "deep\n");
+    assert_eq!(std::fs::read_to_string(rw.join("old")).unwrap(), "old\n");
+    assert!(!rw.join("sub/deleted").exists() && rw.join("sub").is_dir());
+    assert!(!rw.join("lost+found").exists());
+    // The disk image keeps the write: a second container reads it back, and
+    // mounted read-only it cannot be written.
+    let out = r.run(
+        &["-v", &format!("{}:ro", vol(&disk, "/disk"))],
+        &[
+            "sh",
+            "-c",
+            "cat /disk/f; touch /disk/g 2>/dev/null && echo written || echo refused",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(out.stdout, "on-disk\nrefused\n", "{}", out.describe());
+    // Bad volumes fail before a VM starts, naming the problem.
+    let notes = host.path().join("notes.txt");
+    std::fs::write(&notes, "not a disk").unwrap();
+    for (spec, says) in [
+        (vol(&notes, "/n"), "disk image"),
+        (vol(&host.path().join("missing"), "/m"), "missing"),
+        (vol(&ro, "relative"), "absolute"),
+    ] {
+        let out = r.run(&["-v", &spec], &["true"]);
+        assert_ne!(out.code, Some(0), "{}", out.describe());
+        assert!(out.stderr.contains(says), "{spec}: {}", out.describe());
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.describe());
+    }
+}

@@ -6,12 +6,14 @@
 
 mod client;
 mod spec;
+mod volume;
 
 use crate::Failure;
 use clap::Args;
 use client::AgentWriter;
 use husk_agent_protocol::{
-    Event, ExitStatus, Frame, Request, Response, RootfsSpec, StdioSpec, MAX_CHUNK, VERSION,
+    Event, ExitStatus, Frame, Request, Response, RootfsSpec, StdioSpec, VolumeSpec, MAX_CHUNK,
+    VERSION,
 };
 use husk_vmm::{Console, DiskConfig, Exit, VmConfig, VsockConfig};
 use std::io::Write;
@@ -45,6 +47,11 @@ pub struct RunArgs {
     /// the guest's own overhead.
     #[arg(long, value_name = "SIZE")]
     memory: Option<String>,
+    /// A host directory or disk image file in the container (repeatable).
+    /// Directories are packed into a disk image; a read-write one gets the
+    /// container's changes copied back when it ends.
+    #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]")]
+    volumes: Vec<String>,
     /// Limit on the container's number of processes.
     #[arg(long = "pids-limit", value_name = "N")]
     pids_limit: Option<i64>,
@@ -139,6 +146,24 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             .unwrap_or(""),
     )
     .map_err(Failure::usage)?;
+    let volumes = args
+        .volumes
+        .iter()
+        .map(|v| volume::parse(v))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Failure::usage)?;
+    if volumes.len() > volume::MAX_VOLUMES {
+        return Err(Failure::usage(format!(
+            "{} volumes: at most {} are supported",
+            volumes.len(),
+            volume::MAX_VOLUMES
+        )));
+    }
+    for (i, v) in volumes.iter().enumerate() {
+        if volumes[..i].iter().any(|w| w.target == v.target) {
+            return Err(Failure::usage(format!("-v: {} is mounted twice", v.target)));
+        }
+    }
     let defaults = image.defaults();
     let argv = spec::args(&defaults.entrypoint, &defaults.cmd, &args.command);
     if argv.is_empty() {
@@ -162,7 +187,11 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         memory,
         cpus: args.cpus,
         pids: args.pids_limit,
-        binds: Vec::new(),
+        binds: volumes
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (volume_mount_point(i), v.target.clone(), v.read_only))
+            .collect(),
     };
     let base_spec = serde_json::to_value(husk_container::default_spec(settings.args.clone()))
         .map_err(|e| Failure::runtime(format!("default spec: {e}")))?;
@@ -206,6 +235,39 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             )));
         }
     }
+    let mut prepared = Vec::new();
+    for (i, v) in volumes.into_iter().enumerate() {
+        prepared.push(volume::prepare(v, i, &dir.0).map_err(Failure::runtime)?);
+    }
+    let volume_specs: Vec<VolumeSpec> = prepared
+        .iter()
+        .enumerate()
+        .map(|(i, p)| VolumeSpec {
+            device: format!("/dev/vd{}", char::from(b'c' + i as u8)),
+            fs_type: p.fs_type.into(),
+            mount_point: volume_mount_point(i),
+            read_only: p.arg.read_only,
+        })
+        .collect();
+    let mut disks = vec![
+        DiskConfig {
+            path: rootfs,
+            read_only: true,
+            id: "rootfs".into(),
+        },
+        DiskConfig {
+            path: block.path.clone(),
+            read_only: true,
+            id: "image".into(),
+        },
+    ];
+    for (i, p) in prepared.iter().enumerate() {
+        disks.push(DiskConfig {
+            path: p.disk.clone(),
+            read_only: p.arg.read_only,
+            id: format!("volume{i}"),
+        });
+    }
     let vcpus = args.cpus.map_or(1, |c| c.ceil() as u8).max(1);
     let mem_mib = memory.map_or(DEFAULT_VM_MIB, |m| m.div_ceil(1 << 20) + GUEST_OVERHEAD_MIB);
     let config = VmConfig {
@@ -216,18 +278,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             "console=ttyS0 reboot=k panic=1 quiet i8042.noaux i8042.nomux i8042.nopnp \
              i8042.dumbkbd root=/dev/vda ro husk.agent husk.hostname=husk-{id}"
         ),
-        disks: vec![
-            DiskConfig {
-                path: rootfs,
-                read_only: true,
-                id: "rootfs".into(),
-            },
-            DiskConfig {
-                path: block.path.clone(),
-                read_only: true,
-                id: "image".into(),
-            },
-        ],
+        disks,
         nets: Vec::new(),
         vsock: Some(VsockConfig {
             guest_cid: 3,
@@ -266,7 +317,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         args: &args,
         uds,
     };
-    let result = session.run(spec, &block);
+    let result = session.run(spec, &block, volume_specs);
     if result.is_err() || !vm_thread.is_finished() {
         // The guest normally powers off after Shutdown; make sure it stops.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -278,7 +329,22 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         }
     }
     let outcome = vm_thread.join();
+    // The agent reports 0 after it synced and unmounted everything.
+    let clean = result.is_ok() && outcome.as_ref().is_ok_and(|o| o.guest_status == Some(0));
+    let mut copy_errors = Vec::new();
+    for p in prepared.iter().filter(|p| p.copy_back.is_some()) {
+        if !clean {
+            copy_errors.push(format!(
+                "-v {}: the VM did not shut down cleanly; the container's changes were not \
+                 copied back",
+                p.arg.source.display()
+            ));
+        } else if let Err(e) = volume::copy_back(p) {
+            copy_errors.push(e);
+        }
+    }
     match result {
+        Ok(_) if !copy_errors.is_empty() => Err(Failure::runtime(copy_errors.join("\n"))),
         Ok(status) => Ok(status),
         Err(message) => {
             let tail = console_tail(&console_log);
@@ -292,6 +358,12 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             }))
         }
     }
+}
+
+/// Where the agent mounts volume `i` in the guest; the container's bind
+/// mount takes it from there.
+fn volume_mount_point(i: usize) -> String {
+    format!("/run/husk/volumes/{i}")
 }
 
 fn console_tail(path: &Path) -> String {
@@ -330,7 +402,12 @@ impl Session<'_> {
         !matches!(self.done.try_recv(), Err(mpsc::TryRecvError::Empty))
     }
 
-    fn run(self, spec: serde_json::Value, block: &husk_image::BlockImage) -> Result<u8, String> {
+    fn run(
+        self,
+        spec: serde_json::Value,
+        block: &husk_image::BlockImage,
+        volumes: Vec<VolumeSpec>,
+    ) -> Result<u8, String> {
         let deadline = Instant::now() + AGENT_DEADLINE;
         let stream = client::connect(&self.uds, deadline, &|| !self.vm_ended())?;
         let writer = AgentWriter::new(
@@ -357,7 +434,7 @@ impl Session<'_> {
                 fs_type: block.fs_type.into(),
                 scratch_device: None,
             },
-            volumes: Vec::new(),
+            volumes,
             stdio,
         })?;
         self.expect_ok(create, "create the container")?;
