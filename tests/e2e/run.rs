@@ -199,8 +199,29 @@ fn memory_and_pids_limits_hold() {
     );
 }
 
+/// Processes running the husk binary (none of them is this test).
+fn husk_processes() -> Vec<i32> {
+    let husk = std::fs::canonicalize(husk_tests::husk::binary()).unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == husk))
+        .collect()
+}
+
+fn entries(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
 #[test]
-fn the_second_run_of_an_image_converts_nothing_and_runs_leave_nothing() {
+fn twenty_runs_convert_once_and_leave_nothing_behind() {
     require_linux_kvm();
     let r = Run::new();
     let log = r.cache.path().join("husk.log");
@@ -209,11 +230,14 @@ fn the_second_run_of_an_image_converts_nothing_and_runs_leave_nothing() {
         c.env("HUSK_LOG", &log).env("HUSK_LOG_LEVEL", "info");
         husk_tests::process::run(c, TIMEOUT)
     };
+    let nets_before = entries(std::path::Path::new("/sys/class/net"));
+    let tmp_before = entries(&std::env::temp_dir());
     let first = run_logged();
     assert_eq!(first.code, Some(0), "{}", first.describe());
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(text.matches("converted sha256:").count(), 1, "{text}");
-    for _ in 0..3 {
+    let cache_after_first = entries(r.cache.path());
+    for _ in 1..20 {
         let again = run_logged();
         assert_eq!(again.code, Some(0), "{}", again.describe());
     }
@@ -223,11 +247,98 @@ fn the_second_run_of_an_image_converts_nothing_and_runs_leave_nothing() {
         1,
         "converted again: {text}"
     );
-    let left: Vec<_> = std::fs::read_dir(r.runtime.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert!(left.is_empty(), "runs left {left:?}");
+    assert_eq!(
+        entries(r.runtime.path()),
+        Vec::<String>::new(),
+        "run dirs left"
+    );
+    assert_eq!(entries(r.cache.path()), cache_after_first, "cache grew");
+    assert_eq!(husk_processes(), Vec::<i32>::new(), "husk processes left");
+    assert_eq!(entries(std::path::Path::new("/sys/class/net")), nets_before);
+    assert_eq!(
+        entries(&std::env::temp_dir()),
+        tmp_before,
+        "temp files left"
+    );
+}
+
+#[test]
+fn two_containers_in_two_vms_see_only_their_own() {
+    require_linux_kvm();
+    let r = Run::new();
+    // Each marks its /tmp, waits for the other to have started and done
+    // the same, then looks for the other's file, process and hostname.
+    let script = |me: &str| {
+        format!(
+            "touch /tmp/mark-{me}; sleep 1000 & sleep 8; ls /tmp; \
+             ps -o comm | grep -cx sleep; hostname"
+        )
+    };
+    let a = r.command(
+        &["--rm", "--hostname", "box-a"],
+        &["sh", "-c", &script("a")],
+    );
+    let a = std::thread::spawn(move || husk_tests::process::run(a, TIMEOUT));
+    let b = husk_tests::process::run(
+        r.command(
+            &["--rm", "--hostname", "box-b"],
+            &["sh", "-c", &script("b")],
+        ),
+        TIMEOUT,
+    );
+    let a = a.join().unwrap();
+    for (out, me) in [(&a, "a"), (&b, "b")] {
+        assert_eq!(out.code, Some(0), "{}", out.describe());
+        assert_eq!(
+            out.stdout,
+            format!("mark-{me}\n1\nbox-{me}\n"),
+            "{}",
+            out.describe()
+        );
+    }
+    // They overlapped in time, or the test proves nothing.
+    assert!(
+        a.elapsed > std::time::Duration::from_secs(8),
+        "{}",
+        a.describe()
+    );
+}
+
+#[test]
+fn ctrl_c_reaches_the_container_and_a_second_one_kills_it() {
+    require_linux_kvm();
+    let r = Run::new();
+    // A trap: the first SIGINT is the container's to handle.
+    let mut run = husk_tests::process::Running::spawn(r.command(
+        &["--rm"],
+        &[
+            "sh",
+            "-c",
+            "trap 'echo got-INT; exit 3' INT; echo ready; while :; do sleep 1; done",
+        ],
+    ));
+    assert!(run.wait_for_line("ready", TIMEOUT), "never ready");
+    run.signal(libc::SIGINT);
+    let out = run.finish(TIMEOUT);
+    assert_eq!(out.code, Some(3), "{}", out.describe());
+    assert_eq!(out.stdout, "ready\ngot-INT\n", "{}", out.describe());
+    // No handler: PID 1 of a namespace ignores SIGINT; the second Ctrl-C
+    // kills everything in the container.
+    let mut run = husk_tests::process::Running::spawn(
+        r.command(&["--rm"], &["sh", "-c", "echo ready; exec sleep 1000"]),
+    );
+    assert!(run.wait_for_line("ready", TIMEOUT), "never ready");
+    run.signal(libc::SIGINT);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    run.signal(libc::SIGINT);
+    let out = run.finish(TIMEOUT);
+    assert_eq!(out.code, Some(137), "{}", out.describe());
+    assert_eq!(
+        entries(r.runtime.path()),
+        Vec::<String>::new(),
+        "run dirs left"
+    );
+    assert_eq!(husk_processes(), Vec::<i32>::new(), "husk processes left");
 }
 
 #[test]

@@ -54,3 +54,105 @@ pub fn run(mut cmd: Command, timeout: Duration) -> Finished {
         timed_out,
     }
 }
+
+/// A process whose stdout is watched while it runs, for tests that act on
+/// what it printed (send a signal once it is ready).
+pub struct Running {
+    child: std::process::Child,
+    start: Instant,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+    out: std::thread::JoinHandle<()>,
+    err: std::thread::JoinHandle<String>,
+}
+
+impl Running {
+    /// Spawns `cmd` with stdin closed.
+    pub fn spawn(mut cmd: Command) -> Running {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        let out = std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line.replace('\r', "")).is_err() {
+                    return;
+                }
+            }
+        });
+        let err = drain(child.stderr.take().unwrap());
+        Running {
+            child,
+            start: Instant::now(),
+            lines,
+            seen: Vec::new(),
+            out,
+            err,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Waits until a stdout line equals `line`; false on timeout or exit.
+    pub fn wait_for_line(&mut self, line: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    let hit = l == line;
+                    self.seen.push(l);
+                    if hit {
+                        return true;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child, which has not been waited for
+        // (wait happens in `finish`, which consumes self).
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Waits for the exit (killing it after `timeout`) and collects output.
+    pub fn finish(mut self, timeout: Duration) -> Finished {
+        let deadline = Instant::now() + timeout;
+        let mut timed_out = false;
+        let code = loop {
+            if let Some(st) = self.child.try_wait().expect("waiting for the child") {
+                break st.code();
+            }
+            if Instant::now() > deadline {
+                timed_out = true;
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let _ = self.out.join();
+        self.seen.extend(self.lines.try_iter());
+        let mut stdout = self.seen.join("\n");
+        if !stdout.is_empty() {
+            stdout.push('\n');
+        }
+        Finished {
+            elapsed: self.start.elapsed(),
+            stdout,
+            stderr: self.err.join().unwrap(),
+            code,
+            timed_out,
+        }
+    }
+}
