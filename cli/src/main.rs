@@ -1,6 +1,7 @@
 //! `husk`: the command line.
 
 mod boot;
+mod containers;
 mod controller;
 mod image_cmd;
 mod logger;
@@ -31,6 +32,16 @@ enum Command {
     Run(run::RunArgs),
     /// Run one VMM driven by the Firecracker-compatible API (or a config file).
     Vmm(vmm_cmd::VmmArgs),
+    /// List containers (running; -a for all).
+    Ps(containers::PsArgs),
+    /// Run a command in a running container.
+    Exec(containers::ExecArgs),
+    /// Send a signal (default KILL) to a container's process.
+    Kill(containers::KillArgs),
+    /// Print a detached container's output.
+    Logs(containers::IdArgs),
+    /// Remove stopped containers' records (-f: running ones too).
+    Rm(containers::RmArgs),
 }
 
 /// A failure with the exit status it deserves: 2 for bad usage, 1 for a
@@ -89,6 +100,11 @@ fn main() -> ExitCode {
         Command::Vmm(args) => vmm_cmd::run(args),
         Command::Run(args) => run::run(args),
         Command::Image(args) => image_cmd::run(args),
+        Command::Ps(args) => containers::ps(args),
+        Command::Exec(args) => containers::exec(args),
+        Command::Kill(args) => containers::kill(args),
+        Command::Logs(args) => containers::logs(args),
+        Command::Rm(args) => containers::rm(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

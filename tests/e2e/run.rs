@@ -422,3 +422,114 @@ fn volumes_read_only_read_write_and_disk_images() {
         assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.describe());
     }
 }
+
+/// `husk SUBCOMMAND ARGS` against the same runtime dir as `r`'s runs.
+fn husk(r: &Run, args: &[&str]) -> Finished {
+    let mut c = Command::new(husk_tests::husk::binary());
+    c.args(args)
+        .env("HUSK_IMAGE_CACHE", r.cache.path())
+        .env("HUSK_RUNTIME_DIR", r.runtime.path());
+    husk_tests::process::run(c, TIMEOUT)
+}
+
+/// Polls `husk ps -a` until the container's line says `status`.
+fn wait_status(r: &Run, id: &str, status: &str) -> Finished {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ps = husk(r, &["ps", "-a"]);
+        let hit = ps
+            .stdout
+            .lines()
+            .any(|l| l.starts_with(id) && l.ends_with(status));
+        if hit || std::time::Instant::now() > deadline {
+            assert!(hit, "{id} never {status}: {}", ps.describe());
+            return ps;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn detached_runs_ps_exec_logs_kill_rm() {
+    require_linux_kvm();
+    let r = Run::new();
+    let started = r.run(
+        &["-d"],
+        &[
+            "sh",
+            "-c",
+            "echo started; echo to-stderr >&2; while :; do sleep 1; done",
+        ],
+    );
+    assert_eq!(started.code, Some(0), "{}", started.describe());
+    let id = started.stdout.trim().to_owned();
+    assert_eq!(id.len(), 12, "{}", started.describe());
+    // Back as soon as the container runs, not when it ends.
+    assert!(started.elapsed < Duration::from_secs(60));
+    let ps = husk(&r, &["ps"]);
+    assert!(
+        ps.stdout
+            .lines()
+            .any(|l| l.starts_with(&id) && l.ends_with("Up")),
+        "{}",
+        ps.describe()
+    );
+    assert_eq!(husk(&r, &["ps", "-q"]).stdout, format!("{id}\n"));
+    // exec joins the container: its PID 1 is the container's shell.
+    let out = husk(
+        &r,
+        &[
+            "exec",
+            "-e",
+            "X=from-exec",
+            &id[..6],
+            "sh",
+            "-c",
+            "echo $X; tr '\\0' ' ' </proc/1/cmdline; echo; hostname; exit 5",
+        ],
+    );
+    assert_eq!(out.code, Some(5), "{}", out.describe());
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], "from-exec", "{}", out.describe());
+    assert!(
+        lines[1].starts_with("sh -c echo started"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(lines[2], id, "{}", out.describe());
+    let logs = husk(&r, &["logs", &id]);
+    assert_eq!(logs.code, Some(0), "{}", logs.describe());
+    assert_eq!(logs.stdout, "started\n", "{}", logs.describe());
+    assert_eq!(logs.stderr, "to-stderr\n", "{}", logs.describe());
+    // PID 1 of a namespace has no handler for TERM: still up. KILL ends it.
+    assert_eq!(husk(&r, &["kill", &id, "TERM"]).code, Some(0));
+    std::thread::sleep(Duration::from_secs(1));
+    wait_status(&r, &id, "Up");
+    let killed = husk(&r, &["kill", &id]);
+    assert_eq!(killed.code, Some(0), "{}", killed.describe());
+    wait_status(&r, &id, "Exited (137)");
+    assert_eq!(husk(&r, &["logs", &id]).stdout, "started\n");
+    let late = husk(&r, &["exec", &id, "true"]);
+    assert_ne!(late.code, Some(0));
+    assert!(late.stderr.contains("not running"), "{}", late.describe());
+    let rm = husk(&r, &["rm", &id]);
+    assert_eq!(rm.code, Some(0), "{}", rm.describe());
+    assert_eq!(husk(&r, &["ps", "-a", "-q"]).stdout, "");
+
+    // A husk process that dies (SIGKILL) takes its VM with it; the record
+    // says so, and nothing blocks the next run.
+    let started = r.run(&["-d"], &["sleep", "1000"]);
+    assert_eq!(started.code, Some(0), "{}", started.describe());
+    let id = started.stdout.trim().to_owned();
+    let owners = husk_processes();
+    assert_eq!(owners.len(), 1, "one husk process owns the VM");
+    // SAFETY: kill(2) with a pid read from /proc just now.
+    unsafe { libc::kill(owners[0], libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(500));
+    wait_status(&r, &id, "Dead (its husk process is gone)");
+    let again = r.run(&["--rm"], &["echo", "next"]);
+    assert_eq!(again.stdout, "next\n", "{}", again.describe());
+    assert_eq!(husk(&r, &["rm", &id]).code, Some(0));
+    assert_eq!(entries(r.runtime.path()), Vec::<String>::new());
+    assert_eq!(husk_processes(), Vec::<i32>::new());
+}

@@ -4,8 +4,9 @@
 //! vsock, relays stdio and signals, and exits with the container's status.
 //! Everything the run made (VM, sockets, console log) is gone at the end.
 
-mod client;
+pub mod client;
 mod spec;
+pub mod state;
 mod volume;
 
 use crate::Failure;
@@ -16,17 +17,23 @@ use husk_agent_protocol::{
     VERSION,
 };
 use husk_vmm::{Console, DiskConfig, Exit, VmConfig, VsockConfig};
-use std::io::Write;
+use state::{ProcessDefaults, State, Status};
+use std::cell::RefCell;
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// Remove the container when it exits (always the case for now: runs
-    /// keep no state after they end).
+    /// Remove the container's record when it exits (foreground runs always
+    /// are; a detached one is kept for `husk logs` until `husk rm`).
     #[arg(long)]
     rm: bool,
+    /// Run in the background and print the container's id; see `husk ps`,
+    /// `exec`, `kill`, `logs`, `rm`.
+    #[arg(short = 'd', long)]
+    detach: bool,
     /// Set an environment variable (repeatable); `-e NAME` takes the host's.
     #[arg(short = 'e', long = "env", value_name = "K=V")]
     env: Vec<String>,
@@ -81,8 +88,14 @@ const AGENT_DEADLINE: Duration = Duration::from_secs(60);
 /// The container's stream id on the agent connection.
 const MAIN_STREAM: u32 = 1;
 
+/// Set in the environment of the background process a `husk run -d`
+/// starts: the id it is to use.
+const MONITOR_ENV: &str = "HUSK_MONITOR_ID";
+/// What that process writes on its stderr once the container runs.
+const READY_LINE: &str = "husk: container started";
+
 /// Where the runs' sockets and logs live while they run.
-fn runtime_root() -> PathBuf {
+pub fn runtime_root() -> PathBuf {
     if let Some(d) = std::env::var_os("HUSK_RUNTIME_DIR") {
         return PathBuf::from(d);
     }
@@ -105,13 +118,80 @@ fn new_id() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// The run's directory, removed when dropped (every exit path).
-struct RunDir(PathBuf);
+/// The run's directory, removed when dropped (every exit path), or for a
+/// detached run that started and is kept, stripped to its record and logs.
+struct RunDir(PathBuf, std::cell::Cell<bool>);
 
 impl Drop for RunDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if !self.1.get() {
+            let _ = std::fs::remove_dir_all(&self.0);
+            return;
+        }
+        for e in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+            let name = e.file_name();
+            let keep = [
+                state::STATE_FILE,
+                state::STDOUT_LOG,
+                state::STDERR_LOG,
+                "console.log",
+                "monitor.log",
+            ]
+            .iter()
+            .any(|k| name == *k);
+            if !keep {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
+}
+
+/// `husk run -d`: starts this same command line again as a background
+/// process that owns the VM, relays its stderr until the container runs,
+/// then prints the id and returns.
+fn detach(args: &RunArgs) -> Result<u8, Failure> {
+    if args.interactive {
+        return Err(Failure::usage(
+            "-d with -i: attaching to a detached container is not supported",
+        ));
+    }
+    let id = new_id();
+    let exe = std::env::current_exe()
+        .map_err(|e| Failure::runtime(format!("cannot find the husk binary: {e}")))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(std::env::args_os().skip(1))
+        .env(MONITOR_ENV, &id)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: setsid is async-signal-safe; it detaches the child from the
+    // terminal's session so Ctrl-C and hangups there do not reach it.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Failure::runtime(format!("cannot start the background husk: {e}")))?;
+    let stderr = child.stderr.take().expect("piped above");
+    for line in std::io::BufReader::new(stderr).lines() {
+        let Ok(line) = line else { break };
+        if line == READY_LINE {
+            println!("{id}");
+            return Ok(0);
+        }
+        eprintln!("{line}");
+    }
+    let status = child
+        .wait()
+        .map_err(|e| Failure::runtime(format!("waiting for the background husk: {e}")))?;
+    // It said why on the stderr relayed above.
+    Ok(status
+        .code()
+        .map_or(1, |c| u8::try_from(c).unwrap_or(1))
+        .max(1))
 }
 
 enum Msg {
@@ -123,7 +203,11 @@ enum Msg {
 }
 
 pub fn run(args: RunArgs) -> Result<u8, Failure> {
-    let id = new_id();
+    let monitor_id = std::env::var(MONITOR_ENV).ok().filter(|_| args.detach);
+    if args.detach && monitor_id.is_none() {
+        return detach(&args);
+    }
+    let id = monitor_id.clone().unwrap_or_else(new_id);
     let image = husk_image::Image::open(&args.image)
         .map_err(|e| Failure::runtime(format!("image {}: {e}", args.image.display())))?;
     let memory = args
@@ -216,10 +300,34 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         .map_err(|e| Failure::runtime(format!("converting {}: {e}", args.image.display())))?;
 
     let root = runtime_root();
-    let dir = RunDir(root.join(&id));
+    // Dead runs' leftovers go before this one starts.
+    let _ = state::list(&root);
+    let detached = monitor_id.is_some();
+    let dir = RunDir(root.join(&id), std::cell::Cell::new(false));
     std::fs::create_dir_all(&dir.0)
         .map_err(|e| Failure::runtime(format!("runtime dir {}: {e}", dir.0.display())))?;
-    let uds = dir.0.join("vsock.sock");
+    let me = std::process::id() as i32;
+    let mut record = State {
+        id: id.clone(),
+        image: args.image.display().to_string(),
+        command: settings.args.clone(),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        detached,
+        owner_pid: me,
+        owner_start: state::start_time(me).unwrap_or(0),
+        status: Status::Starting,
+        process: ProcessDefaults {
+            env: settings.env.clone(),
+            cwd: settings.cwd.clone(),
+            uid: settings.uid,
+            gid: settings.gid,
+        },
+    };
+    record.save(&dir.0).map_err(Failure::runtime)?;
+    let sinks = Sinks::new(detached.then_some(dir.0.as_path())).map_err(Failure::runtime)?;
+    let uds = dir.0.join(state::VSOCK_SOCKET);
     let console_log = dir.0.join("console.log");
     let guest = crate::boot::guest_dir();
     let kernel = args.kernel.clone().unwrap_or_else(|| guest.join("vmlinux"));
@@ -308,7 +416,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         let _ = done_tx.send(());
         outcome
     });
-    spawn_signal_thread(signals, tx.clone());
+    spawn_signal_thread(signals, tx.clone(), Msg::Signal);
     let session = Session {
         tx,
         rx,
@@ -316,8 +424,25 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         controls: controls.clone(),
         args: &args,
         uds,
+        sinks,
     };
-    let result = session.run(spec, &block, volume_specs);
+    let mut on_started = || {
+        record.status = Status::Running;
+        dir.1.set(detached && !args.rm);
+        if let Err(e) = record.save(&dir.0) {
+            log::warn!("{e}");
+        }
+        if detached {
+            become_background(&dir.0);
+        }
+    };
+    let result = session.run(spec, &block, volume_specs, &mut on_started);
+    if let Ok(code) = result {
+        record.status = Status::Exited { code };
+        if let Err(e) = record.save(&dir.0) {
+            log::warn!("{e}");
+        }
+    }
     if result.is_err() || !vm_thread.is_finished() {
         // The guest normally powers off after Shutdown; make sure it stops.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -366,13 +491,72 @@ fn volume_mount_point(i: usize) -> String {
     format!("/run/husk/volumes/{i}")
 }
 
+/// Tells the `husk run -d` that started us that the container runs, and
+/// sends our own messages to `monitor.log` from now on (which also ends
+/// that process's wait for us).
+fn become_background(dir: &Path) {
+    eprintln!("{READY_LINE}");
+    let log = dir.join("monitor.log");
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 onto fd 2 replaces our stderr with an open file we
+        // own; the old pipe end is closed by it, nothing else holds fd 2.
+        unsafe { libc::dup2(f.as_raw_fd(), libc::STDERR_FILENO) };
+    }
+}
+
+/// Where the container's output goes: our stdout/stderr, or for a detached
+/// run its log files.
+struct Sinks {
+    out: RefCell<Box<dyn Write>>,
+    err: RefCell<Box<dyn Write>>,
+}
+
+impl Sinks {
+    fn new(logs: Option<&Path>) -> Result<Sinks, String> {
+        let Some(dir) = logs else {
+            return Ok(Sinks {
+                out: RefCell::new(Box::new(std::io::stdout())),
+                err: RefCell::new(Box::new(std::io::stderr())),
+            });
+        };
+        let open = |name: &str| {
+            let p = dir.join(name);
+            std::fs::File::create(&p).map_err(|e| format!("{}: {e}", p.display()))
+        };
+        Ok(Sinks {
+            out: RefCell::new(Box::new(open(state::STDOUT_LOG)?)),
+            err: RefCell::new(Box::new(open(state::STDERR_LOG)?)),
+        })
+    }
+}
+
 fn console_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
-fn spawn_signal_thread(signals: nix::sys::signalfd::SignalFd, tx: mpsc::Sender<Msg>) {
+/// `-u` parsing, shared with `husk exec`.
+pub fn parse_user(spec: &str) -> Result<(u32, u32), String> {
+    spec::user(spec)
+}
+
+/// `-e` over a base environment, shared with `husk exec`.
+pub fn merge_env(base: &[String], cli: &[String]) -> Result<Vec<String>, String> {
+    spec::env(base, cli)
+}
+
+/// Passes each signal the signalfd reads to `tx` as `wrap(signo)`.
+pub fn spawn_signal_thread<M: Send + 'static>(
+    signals: nix::sys::signalfd::SignalFd,
+    tx: mpsc::Sender<M>,
+    wrap: fn(i32) -> M,
+) {
     std::thread::spawn(move || loop {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         use std::os::fd::AsFd;
@@ -381,7 +565,7 @@ fn spawn_signal_thread(signals: nix::sys::signalfd::SignalFd, tx: mpsc::Sender<M
             continue;
         }
         while let Ok(Some(info)) = signals.read_signal() {
-            if tx.send(Msg::Signal(info.ssi_signo as i32)).is_err() {
+            if tx.send(wrap(info.ssi_signo as i32)).is_err() {
                 return;
             }
         }
@@ -395,6 +579,7 @@ struct Session<'a> {
     controls: husk_vmm::VmControls,
     args: &'a RunArgs,
     uds: PathBuf,
+    sinks: Sinks,
 }
 
 impl Session<'_> {
@@ -407,6 +592,7 @@ impl Session<'_> {
         spec: serde_json::Value,
         block: &husk_image::BlockImage,
         volumes: Vec<VolumeSpec>,
+        on_started: &mut dyn FnMut(),
     ) -> Result<u8, String> {
         let deadline = Instant::now() + AGENT_DEADLINE;
         let stream = client::connect(&self.uds, deadline, &|| !self.vm_ended())?;
@@ -448,8 +634,9 @@ impl Session<'_> {
         };
         let start = writer.request(Request::StartContainer { id: "main".into() })?;
         self.expect_ok(start, "start the container")?;
+        on_started();
         if self.args.interactive {
-            spawn_stdin_thread(self.tx.clone());
+            spawn_stdin_thread(self.tx.clone(), Msg::Stdin);
         }
         let status = self.relay(&writer)?;
         // Done: the guest syncs and powers off; its answer is not needed.
@@ -511,12 +698,14 @@ impl Session<'_> {
     fn output(&self, f: &Frame) {
         match f {
             Frame::Stdout { data, .. } if !data.is_empty() => {
-                let mut o = std::io::stdout().lock();
+                let mut o = self.sinks.out.borrow_mut();
                 let _ = o.write_all(data);
                 let _ = o.flush();
             }
             Frame::Stderr { data, .. } if !data.is_empty() => {
-                let _ = std::io::stderr().lock().write_all(data);
+                let mut e = self.sinks.err.borrow_mut();
+                let _ = e.write_all(data);
+                let _ = e.flush();
             }
             _ => {}
         }
@@ -571,7 +760,9 @@ impl Session<'_> {
     }
 }
 
-fn spawn_stdin_thread(tx: mpsc::Sender<Msg>) {
+/// Reads our stdin and passes it on as `wrap(chunk)`; an empty chunk is
+/// the end of input.
+pub fn spawn_stdin_thread<M: Send + 'static>(tx: mpsc::Sender<M>, wrap: fn(Vec<u8>) -> M) {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; MAX_CHUNK];
         let stdin = std::io::stdin();
@@ -582,7 +773,7 @@ fn spawn_stdin_thread(tx: mpsc::Sender<Msg>) {
                 Err(_) => 0,
             };
             // An empty chunk is end of input, which the agent passes on.
-            if tx.send(Msg::Stdin(buf[..n].to_vec())).is_err() || n == 0 {
+            if tx.send(wrap(buf[..n].to_vec())).is_err() || n == 0 {
                 return;
             }
         }

@@ -20,7 +20,7 @@ use nix::sys::socket::{
 };
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -34,6 +34,8 @@ const DRAIN_LIMIT: Duration = Duration::from_millis(500);
 /// Output read from processes waits here while the host is slow; past this
 /// we stop reading their pipes, so they block instead of us growing.
 const OUTBUF_HIGH: usize = 1 << 20;
+/// Host connections open at once: the container's own, plus exec/kill.
+const MAX_CONNS: usize = 16;
 
 fn log(msg: &str) {
     eprintln!("husk-agent: {msg}");
@@ -45,7 +47,8 @@ struct Entry {
     mounts: Vec<PathBuf>,
 }
 
-/// What the host connection has not yet taken.
+/// A host connection and what it has not yet taken. Several may be open:
+/// the process that runs the container, and `husk exec`/`husk kill`.
 struct Conn {
     fd: OwnedFd,
     decoder: Decoder,
@@ -54,7 +57,10 @@ struct Conn {
 
 pub struct Agent {
     listener: OwnedFd,
-    conn: Option<Conn>,
+    conns: BTreeMap<u64, Conn>,
+    next_conn: u64,
+    /// The connection whose frame is being handled; its streams are its own.
+    current: u64,
     containers: HashMap<String, Entry>,
     streams: HashMap<u32, Stream>,
     /// Live process → its stream id.
@@ -90,7 +96,9 @@ pub fn run(sfd: &mut SignalFd) -> u8 {
     let _ = std::fs::create_dir_all(STATE_DIR);
     let mut agent = Agent {
         listener,
-        conn: None,
+        conns: BTreeMap::new(),
+        next_conn: 1,
+        current: 0,
         containers: HashMap::new(),
         streams: HashMap::new(),
         pids: HashMap::new(),
@@ -110,10 +118,10 @@ impl Agent {
     /// The loop; true when a stop signal ended it.
     fn serve(&mut self, sfd: &mut SignalFd) -> bool {
         loop {
-            if self.shutdown && self.conn.as_ref().is_none_or(|c| c.out.is_empty()) {
+            if self.shutdown && self.conns.values().all(|c| c.out.is_empty()) {
                 return false;
             }
-            let backlog = self.conn.as_ref().map_or(0, |c| c.out.len());
+            let backlog = self.conns.values().map(|c| c.out.len()).max().unwrap_or(0);
             let (mut fds, owners) = self.poll_set(sfd.as_fd(), backlog);
             let timeout = if self.streams.values().any(|s| s.exit.is_some()) {
                 PollTimeout::from(50u16)
@@ -141,7 +149,7 @@ impl Agent {
                         }
                     }
                     Owner::Listener => self.accept(),
-                    Owner::Conn => self.conn_ready(revents),
+                    Owner::Conn(c) => self.conn_ready(c, revents),
                     Owner::Out(stream, which) => self.read_output(stream, which),
                     Owner::In(stream) => {
                         if let Some(s) = self.streams.get_mut(&stream) {
@@ -164,13 +172,13 @@ impl Agent {
             PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
         ];
         let mut owners = vec![Owner::Signals, Owner::Listener];
-        if let Some(c) = &self.conn {
+        for (&id, c) in &self.conns {
             let mut ev = PollFlags::POLLIN;
             if !c.out.is_empty() {
                 ev |= PollFlags::POLLOUT;
             }
             fds.push(PollFd::new(c.fd.as_fd(), ev));
-            owners.push(Owner::Conn);
+            owners.push(Owner::Conn(id));
         }
         for (&id, s) in &self.streams {
             if backlog < OUTBUF_HIGH {
@@ -228,44 +236,49 @@ impl Agent {
             Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
             Err(_) => return,
         };
-        if self.conn.is_some() {
-            // One host at a time: a second one would interleave requests.
-            log("refusing a second host connection");
+        if self.conns.len() >= MAX_CONNS {
+            log("refusing a host connection: too many open");
             return;
         }
-        self.conn = Some(Conn {
-            fd,
-            decoder: Decoder::default(),
-            out: Vec::new(),
-        });
+        let id = self.next_conn;
+        self.next_conn += 1;
+        self.conns.insert(
+            id,
+            Conn {
+                fd,
+                decoder: Decoder::default(),
+                out: Vec::new(),
+            },
+        );
     }
 
-    fn conn_ready(&mut self, revents: PollFlags) {
+    fn conn_ready(&mut self, id: u64, revents: PollFlags) {
         if revents.contains(PollFlags::POLLOUT) {
-            self.flush_conn();
+            self.flush_conn(id);
         }
         if !revents.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
             return;
         }
         let mut buf = [0u8; 64 * 1024];
-        let Some(conn) = self.conn.as_mut() else {
+        let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
         match nix::unistd::read(conn.fd.as_raw_fd(), &mut buf) {
             Ok(0) => {
-                self.conn = None;
+                self.conns.remove(&id);
                 return;
             }
             Ok(n) => conn.decoder.push(&buf[..n]),
             Err(Errno::EAGAIN | Errno::EINTR) => return,
             Err(e) => {
                 log(&format!("host connection: {e}"));
-                self.conn = None;
+                self.conns.remove(&id);
                 return;
             }
         }
+        self.current = id;
         loop {
-            let Some(conn) = self.conn.as_mut() else {
+            let Some(conn) = self.conns.get_mut(&id) else {
                 return;
             };
             match conn.decoder.next_frame() {
@@ -285,22 +298,24 @@ impl Agent {
                 }
                 Err(e) => {
                     log(&format!("host connection out of step, closing it: {e}"));
-                    self.conn = None;
+                    self.conns.remove(&id);
                     return;
                 }
             }
         }
     }
 
-    fn send(&mut self, frame: &Frame) {
-        if let Some(c) = self.conn.as_mut() {
+    /// Queues `frame` for connection `conn`; dropped if it has closed (the
+    /// process keeps running, as a container does when docker detaches).
+    fn send(&mut self, conn: u64, frame: &Frame) {
+        if let Some(c) = self.conns.get_mut(&conn) {
             c.out.extend_from_slice(&frame.encode());
         }
-        self.flush_conn();
+        self.flush_conn(conn);
     }
 
-    fn flush_conn(&mut self) {
-        let Some(c) = self.conn.as_mut() else {
+    fn flush_conn(&mut self, conn: u64) {
+        let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         while !c.out.is_empty() {
@@ -312,7 +327,7 @@ impl Agent {
                 Err(Errno::EINTR) => {}
                 Err(e) => {
                     log(&format!("host connection: {e}"));
-                    self.conn = None;
+                    self.conns.remove(&conn);
                     return;
                 }
             }
@@ -320,7 +335,7 @@ impl Agent {
     }
 
     fn reply(&mut self, seq: u64, response: Response) {
-        self.send(&Frame::Response { seq, response });
+        self.send(self.current, &Frame::Response { seq, response });
     }
 
     fn frame(&mut self, frame: Frame) {
@@ -333,7 +348,8 @@ impl Agent {
                 self.reply(seq, response);
             }
             Frame::Stdin { stream, data } => {
-                if let Some(s) = self.streams.get_mut(&stream) {
+                let current = self.current;
+                if let Some(s) = self.streams.get_mut(&stream).filter(|s| s.owner == current) {
                     s.queue_stdin(&data);
                 }
             }
@@ -529,10 +545,9 @@ impl Agent {
         exec_id: Option<String>,
     ) {
         self.pids.insert(pid, stdio.stream);
-        self.streams.insert(
-            stdio.stream,
-            Stream::new(pid, stdio.tty, io, container, exec_id),
-        );
+        let mut s = Stream::new(pid, stdio.tty, io, container, exec_id);
+        s.owner = self.current;
+        self.streams.insert(stdio.stream, s);
     }
 
     fn read_output(&mut self, stream: u32, which: Output) {
@@ -546,7 +561,8 @@ impl Agent {
                 Output::Stdout => Frame::Stdout { stream, data },
                 Output::Stderr => Frame::Stderr { stream, data },
             };
-            self.send(&frame);
+            let owner = s.owner;
+            self.send(owner, &frame);
         }
     }
 
@@ -568,18 +584,24 @@ impl Agent {
             };
             for which in s.close_outputs() {
                 let data = Vec::new();
-                self.send(&match which {
-                    Output::Stdout => Frame::Stdout { stream, data },
-                    Output::Stderr => Frame::Stderr { stream, data },
-                });
+                self.send(
+                    s.owner,
+                    &match which {
+                        Output::Stdout => Frame::Stdout { stream, data },
+                        Output::Stderr => Frame::Stderr { stream, data },
+                    },
+                );
             }
             let status = s.exit.map(|(st, _)| st).unwrap_or(ExitStatus::Code(0));
-            self.send(&Frame::Event(Event::Exited {
-                id: s.container.clone(),
-                exec_id: s.exec_id.take(),
-                stream,
-                status,
-            }));
+            self.send(
+                s.owner,
+                &Frame::Event(Event::Exited {
+                    id: s.container.clone(),
+                    exec_id: s.exec_id.take(),
+                    stream,
+                    status,
+                }),
+            );
         }
     }
 
@@ -596,7 +618,7 @@ impl Agent {
 enum Owner {
     Signals,
     Listener,
-    Conn,
+    Conn(u64),
     Out(u32, Output),
     In(u32),
 }

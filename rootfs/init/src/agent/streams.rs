@@ -20,6 +20,8 @@ pub struct Stream {
     pub pid: i32,
     pub container: String,
     pub exec_id: Option<String>,
+    /// The host connection that gets its output and exit.
+    pub owner: u64,
     tty: bool,
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
@@ -54,6 +56,7 @@ impl Stream {
             pid,
             container,
             exec_id,
+            owner: 0,
             tty,
             stdout: Some(io.stdout),
             stderr: io.stderr,
