@@ -533,3 +533,40 @@ fn detached_runs_ps_exec_logs_kill_rm() {
     assert_eq!(entries(r.runtime.path()), Vec::<String>::new());
     assert_eq!(husk_processes(), Vec::<i32>::new());
 }
+
+#[test]
+fn oci_and_docker_archives_run_like_the_layout() {
+    require_linux_kvm();
+    let r = Run::new();
+    for name in ["husk-test-image.oci.tar", "husk-test-image.docker.tar"] {
+        let archive = husk_tests::guest_dir().join(name);
+        assert!(
+            archive.is_file(),
+            "{} is missing: scripts/build-guest",
+            archive.display()
+        );
+        let mut c = Command::new(husk_tests::husk::binary());
+        c.args(["run", "--rm"])
+            .arg(&archive)
+            .args([
+                "sh",
+                "-c",
+                "cat /etc/husk-test-image; test -e /etc/motd-to-delete || echo whiteout-ok",
+            ])
+            .env("HUSK_IMAGE_CACHE", r.cache.path())
+            .env("HUSK_RUNTIME_DIR", r.runtime.path());
+        let out = husk_tests::process::run(c, TIMEOUT);
+        assert_eq!(out.code, Some(0), "{name}: {}", out.describe());
+        assert!(
+            out.stdout.ends_with("whiteout-ok\n"),
+            "{name}: {}",
+            out.describe()
+        );
+        let layout = r.run(&["--rm"], &["cat", "/etc/husk-test-image"]);
+        assert!(
+            out.stdout.starts_with(&layout.stdout),
+            "{name}: {}",
+            out.describe()
+        );
+    }
+}
