@@ -538,6 +538,8 @@ fn detached_runs_ps_exec_logs_kill_rm() {
 fn oci_and_docker_archives_run_like_the_layout() {
     require_linux_kvm();
     let r = Run::new();
+    let layout = r.run(&["--rm"], &["cat", "/etc/husk-test-image"]);
+    assert_eq!(layout.code, Some(0), "{}", layout.describe());
     for name in ["husk-test-image.oci.tar", "husk-test-image.docker.tar"] {
         let archive = husk_tests::guest_dir().join(name);
         assert!(
@@ -562,7 +564,6 @@ fn oci_and_docker_archives_run_like_the_layout() {
             "{name}: {}",
             out.describe()
         );
-        let layout = r.run(&["--rm"], &["cat", "/etc/husk-test-image"]);
         assert!(
             out.stdout.starts_with(&layout.stdout),
             "{name}: {}",
