@@ -152,7 +152,7 @@ fn vsock_spec(spec: &str) -> Result<VsockConfig, Failure> {
 }
 
 /// `tap=NAME[,mac=MAC]` → a network interface; the id is `eth<N>`.
-fn net_spec(spec: &str, n: usize) -> Result<NetConfig, Failure> {
+pub fn net_spec(spec: &str, n: usize) -> Result<NetConfig, Failure> {
     let (mut tap, mut mac) = (None, None);
     for part in spec.split(',') {
         match part.split_once('=') {

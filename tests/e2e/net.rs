@@ -8,11 +8,16 @@ use std::net::TcpListener;
 use std::process::Command;
 use std::time::Duration;
 
-struct Tap(String);
+pub(crate) struct Tap(String);
 
 impl Tap {
     /// A TAP with the host address 10.0.2.1/24 on `name`.
     fn up(name: &str) -> Tap {
+        Tap::with_address(name, "10.0.2.1/24")
+    }
+
+    /// A TAP with the host address `cidr` on `name`.
+    pub(crate) fn with_address(name: &str, cidr: &str) -> Tap {
         let ip = |args: &[&str]| {
             let st = Command::new("ip").args(args).status().expect("run ip");
             assert!(st.success(), "ip {args:?} failed");
@@ -22,7 +27,7 @@ impl Tap {
             .stderr(std::process::Stdio::null())
             .status();
         ip(&["tuntap", "add", "dev", name, "mode", "tap"]);
-        ip(&["addr", "add", "10.0.2.1/24", "dev", name]);
+        ip(&["addr", "add", cidr, "dev", name]);
         ip(&["link", "set", name, "up"]);
         Tap(name.to_owned())
     }

@@ -571,3 +571,68 @@ fn oci_and_docker_archives_run_like_the_layout() {
         );
     }
 }
+
+#[test]
+fn a_scratch_disk_holds_the_writable_layer() {
+    require_linux_kvm();
+    let r = Run::new();
+    // 100 MiB written by a container limited to 64 MiB: the changes are on
+    // the scratch disk, not in memory.
+    let out = r.run(
+        &["--rm", "--memory", "64m", "--scratch", "256m"],
+        &[
+            "sh",
+            "-c",
+            "grep -o 'upperdir=[^,]*' /proc/mounts; \
+             dd if=/dev/zero of=/big bs=1M count=100 2>/dev/null && echo wrote; \
+             wc -c </big",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(
+        lines.first().is_some_and(|l| l.contains("/scratch/")),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(lines[1..], ["wrote", "104857600"], "{}", out.describe());
+    let bad = r.run(&["--scratch", "1k"], &["true"]);
+    assert_eq!(bad.code, Some(2), "{}", bad.describe());
+    assert!(bad.stderr.contains("--scratch"), "{}", bad.describe());
+}
+
+#[test]
+fn net_gives_the_container_the_vms_interface() {
+    require_linux_kvm();
+    let r = Run::new();
+    let _tap = crate::net::Tap::with_address("husk-run0", "10.0.7.1/24");
+    let listener = std::net::TcpListener::bind("10.0.7.1:7070").unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = String::new();
+        std::io::Read::read_to_string(&mut s, &mut got).unwrap();
+        got
+    });
+    let out = r.run(
+        &["--rm", "--net", "tap=husk-run0,ip=10.0.7.2/24"],
+        &[
+            "sh",
+            "-c",
+            "ip -4 -o addr show eth0 | grep -o 'inet [0-9./]*'; \
+             echo hello-from-the-container | nc 10.0.7.1 7070 && echo sent",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(out.stdout, "inet 10.0.7.2/24\nsent\n", "{}", out.describe());
+    assert_eq!(server.join().unwrap(), "hello-from-the-container\n");
+    // Without --net: the container's own namespace, with no NIC of the VM.
+    let out = r.run(
+        &["--rm"],
+        &[
+            "sh",
+            "-c",
+            "test -e /sys/class/net/lo && ls /sys/class/net | grep -c eth",
+        ],
+    );
+    assert_eq!(out.stdout, "0\n", "{}", out.describe());
+}

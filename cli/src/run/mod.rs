@@ -59,6 +59,15 @@ pub struct RunArgs {
     /// container's changes copied back when it ends.
     #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]")]
     volumes: Vec<String>,
+    /// Put the container's writable layer on a disk of this size (a sparse
+    /// file, formatted ext4) instead of in the VM's memory.
+    #[arg(long, value_name = "SIZE")]
+    scratch: Option<String>,
+    /// Give the VM a network interface on an existing host TAP, with an
+    /// address; the container then shares the VM's network (without it,
+    /// the container has only loopback).
+    #[arg(long, value_name = "tap=NAME[,mac=MAC][,ip=ADDR/PREFIX][,gw=GW]")]
+    net: Option<String>,
     /// Limit on the container's number of processes.
     #[arg(long = "pids-limit", value_name = "N")]
     pids_limit: Option<i64>,
@@ -93,6 +102,28 @@ const MAIN_STREAM: u32 = 1;
 const MONITOR_ENV: &str = "HUSK_MONITOR_ID";
 /// What that process writes on its stderr once the container runs.
 const READY_LINE: &str = "husk: container started";
+
+/// Phase timestamps of this run for `HUSK_TIMINGS=1` (the startup bench's
+/// breakdown): milliseconds since the run began.
+static TIMINGS: std::sync::Mutex<Vec<(&str, f64)>> = std::sync::Mutex::new(Vec::new());
+static RUN_START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+fn mark(phase: &'static str) {
+    let ms = RUN_START.get_or_init(Instant::now).elapsed().as_secs_f64() * 1e3;
+    TIMINGS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((phase, ms));
+}
+
+fn print_timings() {
+    if std::env::var_os("HUSK_TIMINGS").is_none() {
+        return;
+    }
+    let t = TIMINGS.lock().unwrap_or_else(|p| p.into_inner());
+    let fields: Vec<String> = t.iter().map(|(k, v)| format!("{k}={v:.1}")).collect();
+    eprintln!("husk-timings: {}", fields.join(" "));
+}
 
 /// Where the runs' sockets and logs live while they run.
 pub fn runtime_root() -> PathBuf {
@@ -207,6 +238,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     if args.detach && monitor_id.is_none() {
         return detach(&args);
     }
+    mark("start");
     let id = monitor_id.clone().unwrap_or_else(new_id);
     let image = husk_image::Image::open(&args.image)
         .map_err(|e| Failure::runtime(format!("image {}: {e}", args.image.display())))?;
@@ -248,6 +280,25 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             return Err(Failure::usage(format!("-v: {} is mounted twice", v.target)));
         }
     }
+    let scratch = args
+        .scratch
+        .as_deref()
+        .map(|s| spec::size(s).map_err(|e| format!("--scratch: {e}")))
+        .transpose()
+        .map_err(Failure::usage)?;
+    if scratch.is_some_and(|b| b < 16 << 20) {
+        return Err(Failure::usage("--scratch: at least 16m"));
+    }
+    let net = args
+        .net
+        .as_deref()
+        .map(spec::net)
+        .transpose()
+        .map_err(Failure::usage)?;
+    let nic = net
+        .as_ref()
+        .map(|n| crate::boot::net_spec(&n.device, 0))
+        .transpose()?;
     let defaults = image.defaults();
     let argv = spec::args(&defaults.entrypoint, &defaults.cmd, &args.command);
     if argv.is_empty() {
@@ -279,7 +330,10 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     };
     let base_spec = serde_json::to_value(husk_container::default_spec(settings.args.clone()))
         .map_err(|e| Failure::runtime(format!("default spec: {e}")))?;
-    let spec = spec::build(base_spec, &settings);
+    let mut spec = spec::build(base_spec, &settings);
+    if net.is_some() {
+        spec::share_vm_network(&mut spec);
+    }
 
     let cache = husk_image::Cache::new(husk_image::Cache::default_dir());
     let mut last_report = Instant::now();
@@ -299,6 +353,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         })
         .map_err(|e| Failure::runtime(format!("converting {}: {e}", args.image.display())))?;
 
+    mark("image_ready");
     let root = runtime_root();
     // Dead runs' leftovers go before this one starts.
     let _ = state::list(&root);
@@ -376,6 +431,27 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             id: format!("volume{i}"),
         });
     }
+    let scratch_device = match scratch {
+        Some(bytes) => {
+            let path = dir.0.join("scratch.img");
+            make_scratch(&path, bytes).map_err(Failure::runtime)?;
+            disks.push(DiskConfig {
+                path,
+                read_only: false,
+                id: "scratch".into(),
+            });
+            Some(format!(
+                "/dev/vd{}",
+                char::from(b'a' + disks.len() as u8 - 1)
+            ))
+        }
+        None => None,
+    };
+    let rootfs_spec = RootfsSpec {
+        device: "/dev/vdb".into(),
+        fs_type: block.fs_type.into(),
+        scratch_device,
+    };
     let vcpus = args.cpus.map_or(1, |c| c.ceil() as u8).max(1);
     let mem_mib = memory.map_or(DEFAULT_VM_MIB, |m| m.div_ceil(1 << 20) + GUEST_OVERHEAD_MIB);
     let config = VmConfig {
@@ -384,10 +460,11 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         mem_mib,
         cmdline: format!(
             "console=ttyS0 reboot=k panic=1 quiet i8042.noaux i8042.nomux i8042.nopnp \
-             i8042.dumbkbd root=/dev/vda ro husk.agent husk.hostname=husk-{id}"
+             i8042.dumbkbd root=/dev/vda ro husk.agent husk.hostname=husk-{id}{}",
+            net.as_ref().map(|n| n.cmdline()).unwrap_or_default()
         ),
         disks,
-        nets: Vec::new(),
+        nets: nic.into_iter().collect(),
         vsock: Some(VsockConfig {
             guest_cid: 3,
             uds_path: uds.clone(),
@@ -407,6 +484,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             .map_err(|e| Failure::runtime(format!("cannot block SIGWINCH: {e}")))?;
     }
     let vm = husk_vmm::start(&config, None).map_err(|e| Failure::runtime(e.to_string()))?;
+    mark("vm_started");
     let controls = vm.controls();
     let (tx, rx) = mpsc::channel::<Msg>();
     let (done_tx, done_rx) = mpsc::channel();
@@ -436,7 +514,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             become_background(&dir.0);
         }
     };
-    let result = session.run(spec, &block, volume_specs, &mut on_started);
+    let result = session.run(spec, rootfs_spec, volume_specs, &mut on_started);
     if let Ok(code) = result {
         record.status = Status::Exited { code };
         if let Err(e) = record.save(&dir.0) {
@@ -454,6 +532,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         }
     }
     let outcome = vm_thread.join();
+    mark("vm_stopped");
     // The agent reports 0 after it synced and unmounted everything.
     let clean = result.is_ok() && outcome.as_ref().is_ok_and(|o| o.guest_status == Some(0));
     let mut copy_errors = Vec::new();
@@ -468,6 +547,8 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             copy_errors.push(e);
         }
     }
+    mark("done");
+    print_timings();
     match result {
         Ok(_) if !copy_errors.is_empty() => Err(Failure::runtime(copy_errors.join("\n"))),
         Ok(status) => Ok(status),
@@ -489,6 +570,26 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
 /// mount takes it from there.
 fn volume_mount_point(i: usize) -> String {
     format!("/run/husk/volumes/{i}")
+}
+
+/// A sparse file of `bytes`, formatted ext4 without a journal: the layer
+/// lives as long as the run, so crash consistency buys nothing.
+fn make_scratch(path: &Path, bytes: u64) -> Result<(), String> {
+    let f = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    f.set_len(bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let out = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-O", "^has_journal"])
+        .arg(path)
+        .output()
+        .map_err(|e| format!("--scratch: mkfs.ext4: {e} (Debian: e2fsprogs)"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "--scratch: mkfs.ext4 failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
 }
 
 /// Tells the `husk run -d` that started us that the container runs, and
@@ -590,7 +691,7 @@ impl Session<'_> {
     fn run(
         self,
         spec: serde_json::Value,
-        block: &husk_image::BlockImage,
+        rootfs: RootfsSpec,
         volumes: Vec<VolumeSpec>,
         on_started: &mut dyn FnMut(),
     ) -> Result<u8, String> {
@@ -607,6 +708,7 @@ impl Session<'_> {
             Response::Hello { .. } => {}
             other => return Err(format!("agent handshake: {other:?}")),
         }
+        mark("agent_ready");
         let stdio = StdioSpec {
             stream: MAIN_STREAM,
             tty: self.args.tty,
@@ -615,15 +717,12 @@ impl Session<'_> {
         let create = writer.request(Request::CreateContainer {
             id: "main".into(),
             spec,
-            rootfs: RootfsSpec {
-                device: "/dev/vdb".into(),
-                fs_type: block.fs_type.into(),
-                scratch_device: None,
-            },
+            rootfs,
             volumes,
             stdio,
         })?;
         self.expect_ok(create, "create the container")?;
+        mark("created");
         let _raw = if self.args.tty {
             let raw = husk_vmm::console::RawTerminal::enter();
             self.send_size(&writer);
@@ -634,11 +733,13 @@ impl Session<'_> {
         };
         let start = writer.request(Request::StartContainer { id: "main".into() })?;
         self.expect_ok(start, "start the container")?;
+        mark("started");
         on_started();
         if self.args.interactive {
             spawn_stdin_thread(self.tx.clone(), Msg::Stdin);
         }
         let status = self.relay(&writer)?;
+        mark("exited");
         // Done: the guest syncs and powers off; its answer is not needed.
         let _ = writer.request(Request::Shutdown);
         Ok(u8::try_from(status.shell_status().clamp(0, 255)).unwrap_or(255))

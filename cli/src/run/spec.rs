@@ -67,6 +67,73 @@ pub fn build(defaults: Value, s: &Settings) -> Value {
     spec
 }
 
+/// The container joins the VM's network namespace (which has the NIC)
+/// instead of getting its own, loopback-only one.
+pub fn share_vm_network(spec: &mut Value) {
+    if let Some(ns) = spec["linux"]["namespaces"].as_array_mut() {
+        ns.retain(|n| n["type"] != "network");
+    }
+}
+
+/// `--net`: the device part for the VMM, the address part for the guest
+/// kernel's `ip=` autoconfiguration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Net {
+    /// `tap=NAME[,mac=MAC]`.
+    pub device: String,
+    pub addr: Option<(std::net::Ipv4Addr, u8)>,
+    pub gateway: Option<std::net::Ipv4Addr>,
+}
+
+impl Net {
+    /// ` ip=ADDR::GW:MASK::eth0:off`, or nothing without an address.
+    pub fn cmdline(&self) -> String {
+        let Some((addr, prefix)) = self.addr else {
+            return String::new();
+        };
+        let mask =
+            std::net::Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0));
+        let gw = self.gateway.map(|g| g.to_string()).unwrap_or_default();
+        format!(" ip={addr}::{gw}:{mask}::eth0:off")
+    }
+}
+
+pub fn net(spec: &str) -> Result<Net, String> {
+    let mut device = Vec::new();
+    let (mut addr, mut gateway) = (None, None);
+    for part in spec.split(',') {
+        match part.split_once('=') {
+            Some(("ip", v)) => {
+                let (a, p) = v.split_once('/').unwrap_or((v, "24"));
+                let a = a
+                    .parse()
+                    .map_err(|_| format!("--net {spec}: ip {v:?} is not ADDR[/PREFIX]"))?;
+                let p: u8 = p
+                    .parse()
+                    .ok()
+                    .filter(|p| (1..=32).contains(p))
+                    .ok_or_else(|| format!("--net {spec}: prefix {p:?} is not 1 to 32"))?;
+                addr = Some((a, p));
+            }
+            Some(("gw", v)) => {
+                gateway = Some(
+                    v.parse()
+                        .map_err(|_| format!("--net {spec}: gw {v:?} is not an IPv4 address"))?,
+                );
+            }
+            _ => device.push(part),
+        }
+    }
+    if gateway.is_some() && addr.is_none() {
+        return Err(format!("--net {spec}: gw= needs ip="));
+    }
+    Ok(Net {
+        device: device.join(","),
+        addr,
+        gateway,
+    })
+}
+
 /// Docker's rule: the command line's command replaces the image's Cmd, and
 /// both follow the image's Entrypoint.
 pub fn args(entrypoint: &[String], image_cmd: &[String], cli: &[String]) -> Vec<String> {
@@ -133,6 +200,23 @@ pub fn size(spec: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn net_specs() {
+        let n = net("tap=t0,ip=10.0.9.2/16,gw=10.0.0.1").unwrap();
+        assert_eq!(n.device, "tap=t0");
+        assert_eq!(n.cmdline(), " ip=10.0.9.2::10.0.0.1:255.255.0.0::eth0:off");
+        let n = net("tap=t0,mac=02:00:00:00:00:01,ip=10.0.9.2").unwrap();
+        assert_eq!(n.device, "tap=t0,mac=02:00:00:00:00:01");
+        assert_eq!(n.cmdline(), " ip=10.0.9.2:::255.255.255.0::eth0:off");
+        assert_eq!(net("tap=t0").unwrap().cmdline(), "");
+        assert!(net("tap=t0,ip=10.0.9.300").is_err());
+        assert!(net("tap=t0,ip=10.0.9.3/33").is_err());
+        assert!(net("tap=t0,gw=10.0.0.1").unwrap_err().contains("needs ip="));
+        let mut spec = json!({"linux": {"namespaces": [{"type": "pid"}, {"type": "network"}]}});
+        share_vm_network(&mut spec);
+        assert_eq!(spec["linux"]["namespaces"], json!([{"type": "pid"}]));
+    }
 
     #[test]
     fn command_follows_docker() {
