@@ -59,8 +59,8 @@ impl Error {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StdioSpec {
-    /// Stream id for its data frames, chosen by the host, unique per
-    /// connection.
+    /// Stream id for its data frames, chosen by the host; unique among
+    /// the agent's live streams (all connections).
     pub stream: u32,
     /// A pseudo-terminal (stdout and stderr merged) instead of pipes.
     #[serde(default)]
@@ -373,10 +373,17 @@ impl Decoder {
 /// stream between frames.
 pub fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, Error> {
     let mut len = [0u8; 4];
-    match r.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
+    // Only an end between frames is a clean end; one inside the length
+    // prefix is a broken connection, as one inside the body is.
+    let mut got = 0;
+    while got < len.len() {
+        match r.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_FRAME {
@@ -395,6 +402,31 @@ pub fn write_frame(w: &mut impl Write, frame: &Frame) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_end_inside_the_length_prefix_is_an_error() {
+        assert!(read_frame(&mut &[][..]).unwrap().is_none());
+        assert!(read_frame(&mut &[0u8, 0][..]).is_err());
+    }
+
+    #[test]
+    fn floats_in_specs_survive_a_round_trip() {
+        let f = Frame::Request {
+            seq: 1,
+            request: Request::Exec {
+                id: "c".into(),
+                exec_id: "e".into(),
+                process: serde_json::json!({"x": -1.8445440449054997e-26}),
+                stdio: StdioSpec {
+                    stream: 2,
+                    tty: false,
+                    stdin: false,
+                },
+            },
+        };
+        let again = Frame::decode(&f.encode()[4..]).unwrap();
+        assert_eq!(again, f);
+    }
 
     fn round_trip(f: Frame) {
         let bytes = f.encode();
@@ -526,7 +558,7 @@ mod tests {
         d.push(&u32::MAX.to_be_bytes());
         let e = d.next_frame().unwrap_err();
         assert!(!e.is_recoverable());
-        assert!(matches!(read_frame(&mut &[0u8, 0][..]), Ok(None)));
+        assert!(read_frame(&mut &[0u8, 0][..]).is_err());
     }
 
     #[test]
