@@ -22,11 +22,12 @@ command -v mkfs.ext4 >/dev/null || die "mkfs.ext4 is missing (apt-get install e2
 file -L "$busybox" 2>/dev/null | grep -q 'statically linked' ||
     die "$busybox is not Debian's static busybox (apt-get install busybox-static)"
 
-log "building husk-init and husk-vsock (static, musl)"
+log "building husk-init, husk-vsock and husk-bench (static, musl)"
 cargo build --quiet --manifest-path "$top/Cargo.toml" -p husk-init -p husk-vsock-tool \
-    --profile guest-init --target x86_64-unknown-linux-musl
+    -p husk-benchtool --profile guest-init --target x86_64-unknown-linux-musl
 init=$top/target/x86_64-unknown-linux-musl/guest-init/husk-init
 vsock_tool=$top/target/x86_64-unknown-linux-musl/guest-init/husk-vsock
+bench_tool=$top/target/x86_64-unknown-linux-musl/guest-init/husk-bench
 
 tree=$(mktemp -d)
 trap 'rm -rf "$tree"' EXIT
@@ -36,6 +37,8 @@ chmod 0700 "$tree/root"
 install -m 0755 "$init" "$tree/sbin/init"
 install -m 0755 "$busybox" "$tree/bin/busybox"
 install -m 0755 "$vsock_tool" "$tree/usr/bin/husk-vsock"
+# husk compare's workload tool, the same binary the host and containers run.
+install -m 0755 "$bench_tool" "$tree/usr/bin/husk-bench"
 # One symlink per applet at the path busybox itself reports.
 while read -r applet; do
     [[ -e $tree/$applet || -L $tree/$applet ]] && continue
@@ -45,6 +48,7 @@ printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:
 printf 'root:x:0:\nnogroup:x:65534:\n' >"$tree/etc/group"
 
 mkdir -p "$out"
+install -m 0755 "$bench_tool" "$out/husk-bench"
 log "writing $out/rootfs.ext4 (${size_mib} MiB)"
 rm -f "$out/rootfs.ext4.tmp"
 mkfs.ext4 -q -F -L husk-root -d "$tree" "$out/rootfs.ext4.tmp" "${size_mib}M" >&2

@@ -22,6 +22,10 @@ enum ImageCommand {
         busybox: PathBuf,
         #[arg(long, value_enum, default_value_t = Format::Layout)]
         format: Format,
+        /// Add a host file to the image in a layer of its own, as
+        /// `HOSTFILE:/PATH/IN/IMAGE` (repeatable; e.g. the bench tool).
+        #[arg(long = "add", value_name = "HOSTFILE:/PATH")]
+        add: Vec<String>,
     },
 }
 
@@ -41,6 +45,7 @@ pub fn run(args: ImageArgs) -> Result<u8, Failure> {
             out,
             busybox,
             format,
+            add,
         } => {
             use husk_image::testimage;
             // The image is deterministic: rewriting it is cheap and keeps
@@ -49,14 +54,53 @@ pub fn run(args: ImageArgs) -> Result<u8, Failure> {
                 std::fs::remove_dir_all(&out)
                     .map_err(|e| Failure::runtime(format!("removing {}: {e}", out.display())))?;
             }
-            let result = match format {
-                Format::Layout => testimage::write_layout(&busybox, &out),
-                Format::OciArchive => testimage::write_oci_archive(&busybox, &out),
-                Format::DockerArchive => testimage::write_docker_archive(&busybox, &out),
+            let fail = |e: husk_image::Error| {
+                Failure::runtime(format!("test image {}: {e}", out.display()))
             };
-            result.map_err(|e| Failure::runtime(format!("test image {}: {e}", out.display())))?;
+            let mut image = testimage::husk_test_image(&busybox).map_err(fail)?;
+            if !add.is_empty() {
+                image.layers.push(extra_layer(&add)?);
+            }
+            let built = image.build().map_err(fail)?;
+            match format {
+                Format::Layout => built.write_layout(&out),
+                Format::OciArchive => built.write_oci_archive(&out),
+                Format::DockerArchive => built.write_docker_archive(&out, false),
+            }
+            .map_err(fail)?;
             println!("{}", out.display());
             Ok(0)
         }
     }
+}
+
+/// A layer with each `HOSTFILE:/PATH` file (mode kept) and its parent
+/// directories.
+fn extra_layer(add: &[String]) -> Result<husk_image::testimage::Layer, Failure> {
+    use husk_image::testimage::{Compression, Entry, Layer};
+    use std::os::unix::fs::PermissionsExt;
+    let mut entries = Vec::new();
+    let mut dirs = std::collections::BTreeSet::new();
+    for spec in add {
+        let (src, dst) = spec
+            .split_once(':')
+            .filter(|(s, d)| !s.is_empty() && d.starts_with('/') && d.len() > 1)
+            .ok_or_else(|| Failure::usage(format!("--add {spec}: expected HOSTFILE:/PATH")))?;
+        let data = std::fs::read(src).map_err(|e| Failure::runtime(format!("--add {src}: {e}")))?;
+        let mode = std::fs::metadata(src)
+            .map_err(|e| Failure::runtime(format!("--add {src}: {e}")))?
+            .permissions()
+            .mode()
+            & 0o7777;
+        let rel = dst.trim_start_matches('/');
+        let mut parent = std::path::Path::new(rel).parent();
+        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+            dirs.insert(p.to_string_lossy().into_owned());
+            parent = p.parent();
+        }
+        entries.push(Entry::file(rel, mode, data));
+    }
+    let mut all: Vec<Entry> = dirs.iter().map(|d| Entry::dir(d, 0o755)).collect();
+    all.extend(entries);
+    Ok(Layer::new(all, Compression::Gzip))
 }

@@ -1,6 +1,7 @@
 //! `husk`: the command line.
 
 mod boot;
+mod compare_cmd;
 mod containers;
 mod controller;
 mod image_cmd;
@@ -26,6 +27,9 @@ struct Cli {
 enum Command {
     /// Boot the raw guest (kernel + root disk) and run a command in it.
     Boot(boot::BootArgs),
+    /// The same workloads natively, in a container (crun), in a husk
+    /// microVM and in QEMU microvm: a report with charts.
+    Compare(compare_cmd::CompareArgs),
     /// Image tools (the project's test image).
     Image(image_cmd::ImageArgs),
     /// Run a container from an image in its own microVM.
@@ -97,6 +101,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Boot(args) => boot::run(args),
+        Command::Compare(args) => compare_cmd::run(args),
         Command::Vmm(args) => vmm_cmd::run(args),
         Command::Run(args) => run::run(args),
         Command::Image(args) => image_cmd::run(args),

@@ -6,6 +6,7 @@
 
 mod api;
 mod boot;
+mod compare;
 mod guest;
 mod net;
 mod run;

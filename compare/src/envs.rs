@@ -1,0 +1,317 @@
+//! How a workload script runs in each environment. Every environment runs
+//! the same `husk-bench` binary from the same image:
+//! - native: the host's copy of the binary, in a host work directory;
+//! - crun: `crun run` of the image unpacked into an OCI bundle, the work
+//!   directory bind-mounted at /work, sharing the host's network stack (as
+//!   `docker --net=host`: no veth pair to set up);
+//! - husk: `husk run --rm` of the image, a disk image file as the /work
+//!   volume, a TAP for the network;
+//! - qemu: QEMU `-M microvm` booting the project's guest (whose root
+//!   filesystem carries the same binary), the same kind of disk mounted at
+//!   /work, a TAP.
+//!
+//! A script is a `sh -c` body; its `op=` lines (husk-bench's output) are
+//! what the workloads parse.
+
+use crate::results::Env;
+use crate::Error;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// Where the guest-side scripts find the tool.
+pub const TOOL_IN_IMAGE: &str = "/usr/bin/husk-bench";
+
+/// What a launch needs besides the script.
+#[derive(Debug, Clone, Default)]
+pub struct Needs {
+    /// A disk mounted (or a directory) at /work for this instance.
+    pub disk: Option<PathBuf>,
+    /// The TAP this instance's network uses (VMs only).
+    pub tap: Option<Tap>,
+}
+
+/// A host TAP with its two addresses.
+#[derive(Debug, Clone)]
+pub struct Tap {
+    pub name: String,
+    pub host_ip: String,
+    pub guest_ip: String,
+}
+
+impl Tap {
+    /// Creates it (root and `ip` needed); removed by [`Tap::remove`].
+    pub fn create(name: &str, subnet: u8) -> Result<Tap, Error> {
+        let tap = Tap {
+            name: name.into(),
+            host_ip: format!("10.0.{subnet}.1"),
+            guest_ip: format!("10.0.{subnet}.2"),
+        };
+        let _ = Command::new("ip")
+            .args(["link", "del", name])
+            .stderr(Stdio::null())
+            .status();
+        for args in [
+            vec!["tuntap", "add", "dev", name, "mode", "tap"],
+            vec!["addr", "add", &format!("{}/24", tap.host_ip), "dev", name],
+            vec!["link", "set", name, "up"],
+        ] {
+            let st = Command::new("ip")
+                .args(&args)
+                .status()
+                .map_err(|e| Error::Tool(format!("ip (iproute2): {e}")))?;
+            if !st.success() {
+                return Err(Error::Tool(format!("ip {}: failed", args.join(" "))));
+            }
+        }
+        Ok(tap)
+    }
+
+    pub fn remove(&self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Everything the environments share.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub work: PathBuf,
+    /// The husk binary (for `husk run`).
+    pub husk: PathBuf,
+    /// husk-bench for the host.
+    pub tool: PathBuf,
+    /// The bench image (an OCI layout with husk-bench in it).
+    pub image: PathBuf,
+    /// The crun bundle made from it, when crun is present.
+    pub bundle: Option<PathBuf>,
+    pub kernel: PathBuf,
+    pub rootfs: PathBuf,
+    pub qemu: Option<PathBuf>,
+    pub crun: Option<PathBuf>,
+}
+
+/// A program on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Why `env` cannot run here, if it cannot.
+pub fn unavailable(s: &Setup, env: Env) -> Option<String> {
+    match env {
+        Env::Native | Env::Husk => None,
+        Env::Crun if s.crun.is_none() => Some("crun is not installed".into()),
+        Env::Crun => None,
+        Env::Qemu if s.qemu.is_none() => Some("qemu-system-x86_64 is not installed".into()),
+        Env::Qemu => None,
+    }
+}
+
+/// An OCI bundle for crun from the bench image: read-only root (so many
+/// instances share it), /work bound per launch.
+pub fn make_bundle(image: &Path, crun: &Path, dir: &Path) -> Result<PathBuf, Error> {
+    let img = husk_image::Image::open(image).map_err(|e| Error::Tool(format!("image: {e}")))?;
+    let root = dir.join("rootfs");
+    img.unpack(&root, &mut |_| {})
+        .map_err(|e| Error::Tool(format!("unpacking the image: {e}")))?;
+    // The mount point for /work: the root is read-only when crun mounts.
+    std::fs::create_dir_all(root.join("work")).map_err(|e| Error::io(&root, e))?;
+    let st = Command::new(crun)
+        .arg("spec")
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| Error::Tool(format!("crun spec: {e}")))?;
+    if !st.success() {
+        return Err(Error::Tool("crun spec failed".into()));
+    }
+    Ok(dir.to_owned())
+}
+
+/// Writes the bundle's config.json for one launch (crun reads it at start).
+fn crun_config(
+    bundle: &Path,
+    id: &str,
+    script: &str,
+    work: Option<&Path>,
+) -> Result<PathBuf, Error> {
+    let base = bundle.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&base).map_err(|e| Error::io(&base, e))?)
+            .map_err(|e| Error::Tool(format!("{}: {e}", base.display())))?;
+    spec["process"]["terminal"] = serde_json::json!(false);
+    spec["process"]["args"] = serde_json::json!(["/bin/sh", "-c", script]);
+    spec["root"]["readonly"] = serde_json::json!(true);
+    if let Some(ns) = spec["linux"]["namespaces"].as_array_mut() {
+        ns.retain(|n| n["type"] != "network");
+    }
+    if let Some(w) = work {
+        if let Some(m) = spec["mounts"].as_array_mut() {
+            m.push(serde_json::json!({
+                "destination": "/work",
+                "type": "bind",
+                "source": w,
+                "options": ["rbind", "rw"],
+            }));
+        }
+    }
+    // /tmp writable for scripts even with a read-only root.
+    if let Some(m) = spec["mounts"].as_array_mut() {
+        m.push(serde_json::json!({
+            "destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+            "options": ["nosuid", "nodev", "mode=1777"],
+        }));
+    }
+    let dir = bundle.join(format!("config-{id}"));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let path = dir.join("config.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap_or_default())
+        .map_err(|e| Error::io(&path, e))?;
+    Ok(path)
+}
+
+/// Starts `script` in `env`; stdout piped (the `op=` lines, for VMs mixed
+/// with the console), stderr piped, stdin closed.
+pub fn launch(s: &Setup, env: Env, id: &str, script: &str, needs: &Needs) -> Result<Child, Error> {
+    let mut cmd = match env {
+        Env::Native => {
+            // The image's paths are not the host's: /work first (the
+            // tool's host path may contain "/work" itself), then the tool.
+            let script = script
+                .replace("/work/", &format!("{}/", work_dir(needs, s).display()))
+                .replace(TOOL_IN_IMAGE, &s.tool.display().to_string());
+            let mut c = Command::new("/bin/sh");
+            c.arg("-c").arg(script);
+            c
+        }
+        Env::Crun => {
+            let bundle = s
+                .bundle
+                .as_ref()
+                .ok_or_else(|| Error::Tool("no crun bundle".into()))?;
+            let config = crun_config(bundle, id, script, needs.disk.as_deref())?;
+            let mut c = Command::new(s.crun.as_ref().expect("checked by unavailable()"));
+            c.args(["run", "--bundle"])
+                .arg(bundle)
+                .arg("--config")
+                .arg(config)
+                .arg(format!("husk-compare-{id}"));
+            c
+        }
+        Env::Husk => {
+            let mut c = Command::new(&s.husk);
+            c.args(["run", "--rm"]);
+            if let Some(d) = &needs.disk {
+                c.arg("-v").arg(format!("{}:/work", d.display()));
+            }
+            if let Some(t) = &needs.tap {
+                c.arg("--net")
+                    .arg(format!("tap={},ip={}/24", t.name, t.guest_ip));
+            }
+            c.arg(&s.image)
+                .args(["sh", "-c", script])
+                .env("HUSK_IMAGE_CACHE", s.work.join("image-cache"))
+                .env("HUSK_RUNTIME_DIR", s.work.join("runtime"));
+            c
+        }
+        Env::Qemu => qemu_command(s, script, needs)?,
+    };
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::Tool(format!("starting {env:?}: {e}")))
+}
+
+/// The host directory that is /work for native runs.
+fn work_dir(needs: &Needs, s: &Setup) -> PathBuf {
+    needs.disk.clone().unwrap_or_else(|| s.work.join("native"))
+}
+
+fn qemu_command(s: &Setup, script: &str, needs: &Needs) -> Result<Command, Error> {
+    let qemu = s.qemu.as_ref().expect("checked by unavailable()");
+    let mut body = String::new();
+    // The guest's root is read-only and has no /work: its /mnt serves.
+    if needs.disk.is_some() {
+        body.push_str("mount -t ext4 /dev/vdb /mnt && ");
+    }
+    body.push_str(&script.replace("/work/", "/mnt/"));
+    body.push_str("; st=$?; sync; exit $st");
+    let mut cmdline = String::from(
+        "console=ttyS0 reboot=t panic=1 quiet root=/dev/vda ro husk.status=console husk.cmd=",
+    );
+    cmdline.push_str(&husk_init::cmdline::encode_command(&["sh", "-c", &body]));
+    if let Some(t) = &needs.tap {
+        cmdline.push_str(&format!(
+            " ip={}::{}:255.255.255.0::eth0:off",
+            t.guest_ip, t.host_ip
+        ));
+    }
+    let mut c = Command::new(qemu);
+    c.args([
+        "-M",
+        "microvm,acpi=off,x-option-roms=off,rtc=off",
+        "-enable-kvm",
+        "-cpu",
+        "host",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+        "-smp",
+        "1",
+        "-m",
+        "256",
+        "-kernel",
+    ])
+    .arg(&s.kernel)
+    .arg("-append")
+    .arg(cmdline)
+    // The shared root is read-only for the guest: instances can share it.
+    .arg("-drive")
+    .arg(format!(
+        "id=root,file={},format=raw,if=none,readonly=on",
+        s.rootfs.display()
+    ))
+    .args(["-device", "virtio-blk-device,drive=root"]);
+    if let Some(d) = &needs.disk {
+        c.arg("-drive")
+            .arg(format!("id=work,file={},format=raw,if=none", d.display()))
+            .args(["-device", "virtio-blk-device,drive=work"]);
+    }
+    if let Some(t) = &needs.tap {
+        c.arg("-netdev")
+            .arg(format!(
+                "tap,id=n0,ifname={},script=no,downscript=no",
+                t.name
+            ))
+            .args(["-device", "virtio-net-device,netdev=n0"]);
+    }
+    Ok(c)
+}
+
+/// A fresh ext4 disk image of `mib` for a VM's /work.
+pub fn make_disk(path: &Path, mib: u64) -> Result<(), Error> {
+    let f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    f.set_len(mib << 20).map_err(|e| Error::io(path, e))?;
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(path)
+        .output()
+        .map_err(|e| Error::Tool(format!("mkfs.ext4 (e2fsprogs): {e}")))?;
+    if !out.status.success() {
+        return Err(Error::Tool(format!(
+            "mkfs.ext4 {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,23 @@
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A program or file the comparison needs is missing or failed.
+    #[error("{0}")]
+    Tool(String),
+    /// A workload ran but did not produce its figures.
+    #[error("{0}")]
+    Workload(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub fn io(path: &std::path::Path, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
