@@ -293,7 +293,7 @@ fn measure(
         }
     }
     progress("done", total, total);
-    let workloads = WORKLOADS
+    let mut workloads: Vec<Workload> = WORKLOADS
         .iter()
         .map(|&(id, title, unit, higher)| Workload {
             id: id.into(),
@@ -323,6 +323,9 @@ fn measure(
                 .collect(),
         })
         .collect();
+    if let Some(w) = overhead(&workloads) {
+        workloads.push(w);
+    }
     Ok(Report {
         machine: crate::machine::detect(),
         quick: opts.quick,
@@ -330,4 +333,65 @@ fn measure(
         command: opts.command.clone(),
         workloads,
     })
+}
+
+/// Memory overhead: each instance's PSS minus native's median, the
+/// workload's own memory; what the isolation costs. Absent without a
+/// native figure to subtract.
+fn overhead(workloads: &[Workload]) -> Option<Workload> {
+    let pss = workloads.iter().find(|w| w.id == "memory_pss")?;
+    let native = pss.result(Env::Native)?.median()?;
+    let results = pss
+        .results
+        .iter()
+        .filter(|r| r.env != Env::Native)
+        // A thin runtime can come out at or just below native (its own
+        // pages shared with the host's): reported as measured.
+        .map(|r| EnvResult {
+            env: r.env,
+            skipped: r.skipped.clone(),
+            samples: r.samples.iter().map(|v| v - native).collect(),
+        })
+        .collect();
+    Some(Workload {
+        id: "memory_overhead".into(),
+        title: "Memory overhead per instance (PSS minus native's)".into(),
+        unit: "MiB".into(),
+        higher_is_better: false,
+        detail: format!("memory_pss minus native's median ({native:.1} MiB)"),
+        results,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pss(env: Env, v: &[f64]) -> EnvResult {
+        EnvResult {
+            env,
+            samples: v.to_vec(),
+            skipped: None,
+        }
+    }
+
+    #[test]
+    fn overhead_subtracts_natives_median() {
+        let w = Workload {
+            id: "memory_pss".into(),
+            title: String::new(),
+            unit: "MiB".into(),
+            higher_is_better: false,
+            detail: String::new(),
+            results: vec![
+                pss(Env::Native, &[16.0, 17.0, 18.0]),
+                pss(Env::Husk, &[60.0, 62.0]),
+                pss(Env::Crun, &[16.5]),
+            ],
+        };
+        let o = overhead(&[w]).unwrap();
+        assert_eq!(o.result(Env::Husk).unwrap().samples, vec![43.0, 45.0]);
+        assert!(o.result(Env::Native).is_none());
+        assert_eq!(o.result(Env::Crun).unwrap().samples, vec![-0.5]);
+    }
 }
