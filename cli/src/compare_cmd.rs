@@ -65,7 +65,22 @@ pub fn run(args: CompareArgs) -> Result<u8, Failure> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
+    // Without a terminal (or with HUSK_PROGRESS=lines: a serial console is
+    // a terminal whose reader wants lines) a line per step instead of the
+    // bar, so a log shows where a long run is.
+    let plain = !std::io::IsTerminal::is_terminal(&std::io::stderr())
+        || std::env::var("HUSK_PROGRESS").is_ok_and(|v| v == "lines");
+    if plain {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let started = std::time::Instant::now();
     let report = husk_compare::runner::run(&opts, &mut |step, done, total| {
+        if plain {
+            eprintln!(
+                "husk: compare: [{:>5.0} s] {done}/{total} {step}",
+                started.elapsed().as_secs_f64()
+            );
+        }
         bar.set_length(total);
         bar.set_position(done);
         bar.set_message(step.to_owned());
