@@ -32,12 +32,7 @@ const WORKLOADS: &[(&str, &str, &str, bool)] = &[
         "ms",
         false,
     ),
-    (
-        "startup_exit",
-        "Startup: launch → exit of `true`",
-        "ms",
-        false,
-    ),
+    ("startup_exit", "Startup: launch → exit", "ms", false),
     (
         "seq_write",
         "Sequential write, O_DIRECT, 1 MiB blocks",
