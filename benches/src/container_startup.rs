@@ -83,21 +83,6 @@ fn crun_bundle(image: &Path, bundle: &Path) {
     std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
 }
 
-/// crun needs cgroup2 at /sys/fs/cgroup; a bare testbed L1 has none.
-fn ensure_cgroup2() {
-    let mounted = std::fs::read_to_string("/proc/self/mounts")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/cgroup"));
-    if !mounted {
-        let st = Command::new("mount")
-            .args(["-t", "cgroup2", "none", "/sys/fs/cgroup"])
-            .status()
-            .expect("mount");
-        assert!(st.success(), "cannot mount cgroup2 for crun");
-    }
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut runs = 10;
@@ -120,7 +105,7 @@ fn main() {
     let bundle = work.path().join("bundle");
     let root = work.path().join("rootfs.ext4");
     std::fs::create_dir_all(&bundle).unwrap();
-    ensure_cgroup2();
+    husk_compare::runner::ensure_cgroup2();
     crun_bundle(&image, &bundle);
 
     let husk_run = || {

@@ -138,7 +138,7 @@ fn setup(opts: &Options, work: PathBuf) -> Result<Setup, Error> {
 }
 
 /// crun needs cgroup2 at /sys/fs/cgroup; a bare (testbed) system has none.
-fn ensure_cgroup2() {
+pub fn ensure_cgroup2() {
     let mounted = std::fs::read_to_string("/proc/self/mounts")
         .unwrap_or_default()
         .lines()

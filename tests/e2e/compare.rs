@@ -10,6 +10,7 @@ const ENVS: [&str; 4] = ["native", "crun", "husk", "qemu"];
 #[test]
 fn quick_compare_reports_positive_figures_for_every_environment() {
     require_linux_kvm();
+    let _heavy = husk_tests::heavy();
     let out = tempfile::tempdir().unwrap();
     let mut c = Command::new(husk_tests::husk::binary());
     c.args(["compare", "--quick", "--out"]).arg(out.path());
@@ -57,6 +58,7 @@ fn quick_compare_reports_positive_figures_for_every_environment() {
 #[test]
 fn a_missing_tool_fails_loudly() {
     require_linux_kvm();
+    let _heavy = husk_tests::heavy();
     // No crun on PATH: its environment is reported as skipped, by name.
     let out = tempfile::tempdir().unwrap();
     let empty = tempfile::tempdir().unwrap();

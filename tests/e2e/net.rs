@@ -139,6 +139,7 @@ fn bulk_mib() -> usize {
 #[test]
 fn bulk_tcp_both_ways_and_ping_from_the_host() {
     require_linux_kvm();
+    let _heavy = husk_tests::heavy();
     let tap = Tap::up("husk-e2e1");
     let mib = bulk_mib();
     let data = noise(mib << 20);

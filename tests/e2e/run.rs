@@ -223,6 +223,7 @@ fn entries(dir: &std::path::Path) -> Vec<String> {
 #[test]
 fn twenty_runs_convert_once_and_leave_nothing_behind() {
     require_linux_kvm();
+    let _heavy = husk_tests::heavy();
     let r = Run::new();
     let log = r.cache.path().join("husk.log");
     let run_logged = || {
@@ -265,6 +266,7 @@ fn twenty_runs_convert_once_and_leave_nothing_behind() {
 #[test]
 fn two_containers_in_two_vms_see_only_their_own() {
     require_linux_kvm();
+    let _heavy = husk_tests::heavy();
     let r = Run::new();
     // Each marks its /tmp, waits for the other to have started and done
     // the same, then looks for the other's file, process and hostname.

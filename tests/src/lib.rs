@@ -80,3 +80,12 @@ pub fn host_is_a_guest() -> bool {
         })
         .unwrap_or(false)
 }
+
+/// Held by the tests that load the machine most (many VMs, long transfers),
+/// so two of them never run at once: on a 2-CPU nested testbed, a pair of
+/// them slowed guest boots past every deadline. Other tests still run beside.
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A panicking holder poisons it; the next test may still run.
+    HEAVY.lock().unwrap_or_else(|p| p.into_inner())
+}

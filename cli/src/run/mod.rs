@@ -92,8 +92,10 @@ pub struct RunArgs {
 const GUEST_OVERHEAD_MIB: u64 = 96;
 /// VM memory when the container has no limit.
 const DEFAULT_VM_MIB: u64 = 256;
-/// How long the guest gets to boot and answer.
-const AGENT_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a live guest gets to boot and answer (a guest that stops
+/// fails at once). Seconds on hardware; a loaded nested host has taken
+/// over a minute.
+const AGENT_DEADLINE: Duration = Duration::from_secs(120);
 /// The container's stream id on the agent connection.
 const MAIN_STREAM: u32 = 1;
 
