@@ -5,7 +5,7 @@
 
 use crate::run::client::{self, AgentWriter};
 use crate::run::state::{self, Found};
-use crate::run::{runtime_root, spawn_signal_thread};
+use crate::run::{runtime_root, spawn_signal_thread, ProcessFlags};
 use crate::Failure;
 use clap::Args;
 use husk_agent_protocol::{Event, Frame, Request, Response, StdioSpec, VERSION};
@@ -51,21 +51,8 @@ pub struct RmArgs {
 
 #[derive(Args)]
 pub struct ExecArgs {
-    /// Allocate a terminal.
-    #[arg(short = 't', long)]
-    tty: bool,
-    /// Keep stdin open and pass it to the process.
-    #[arg(short = 'i', long)]
-    interactive: bool,
-    /// Set an environment variable (repeatable).
-    #[arg(short = 'e', long = "env", value_name = "K=V")]
-    env: Vec<String>,
-    /// Working directory inside the container.
-    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
-    workdir: Option<String>,
-    /// UID[:GID] to run as.
-    #[arg(short = 'u', long = "user", value_name = "UID[:GID]")]
-    user: Option<String>,
+    #[command(flatten)]
+    process: ProcessFlags,
     /// The container's id (or a unique prefix of it).
     id: String,
     /// The command and its arguments.
@@ -261,20 +248,23 @@ fn exec_stream() -> u32 {
 pub fn exec(args: ExecArgs) -> Result<u8, Failure> {
     let found = running(&args.id)?;
     let defaults = &found.state.process;
-    let (uid, gid) = match &args.user {
+    let (uid, gid) = match &args.process.user {
         Some(u) => crate::run::parse_user(u).map_err(Failure::usage)?,
         None => (defaults.uid, defaults.gid),
     };
-    let env = crate::run::merge_env(&defaults.env, &args.env).map_err(Failure::usage)?;
+    let env = crate::run::merge_env(&defaults.env, &args.process.env).map_err(Failure::usage)?;
     let mut process = serde_json::to_value(husk_container::default_spec(args.command.clone()))
         .map_err(|e| Failure::runtime(format!("default spec: {e}")))?["process"]
         .take();
     process["args"] = serde_json::json!(args.command);
     process["env"] = serde_json::json!(env);
-    process["cwd"] =
-        serde_json::json!(args.workdir.clone().unwrap_or_else(|| defaults.cwd.clone()));
+    process["cwd"] = serde_json::json!(args
+        .process
+        .workdir
+        .clone()
+        .unwrap_or_else(|| defaults.cwd.clone()));
     process["user"] = serde_json::json!({"uid": uid, "gid": gid});
-    process["terminal"] = serde_json::json!(args.tty);
+    process["terminal"] = serde_json::json!(args.process.tty);
     let (writer, rx, tx) = connect(&found).map_err(Failure::runtime)?;
     let stream = exec_stream();
     let exec_id = format!("exec-{stream}");
@@ -285,8 +275,8 @@ pub fn exec(args: ExecArgs) -> Result<u8, Failure> {
             process,
             stdio: StdioSpec {
                 stream,
-                tty: args.tty,
-                stdin: args.interactive,
+                tty: args.process.tty,
+                stdin: args.process.interactive,
             },
         })
         .map_err(Failure::runtime)?;
@@ -296,12 +286,12 @@ pub fn exec(args: ExecArgs) -> Result<u8, Failure> {
     let signals = husk_vmm::take_stop_signals()
         .map_err(|e| Failure::runtime(format!("cannot take over SIGINT/SIGTERM: {e}")))?;
     spawn_signal_thread(signals, tx.clone(), Msg::Signal);
-    let _raw = if args.tty {
+    let _raw = if args.process.tty {
         husk_vmm::console::RawTerminal::enter()
     } else {
         None
     };
-    if args.interactive {
+    if args.process.interactive {
         crate::run::spawn_stdin_thread(tx, Msg::Stdin);
     }
     loop {

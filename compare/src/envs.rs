@@ -18,6 +18,24 @@ use crate::Error;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+/// QEMU `-M microvm` as the peer VMM: no firmware option ROMs, RTC or
+/// ACPI (so the kernel takes `virtio_mmio.device=` from the command line),
+/// no default devices, the serial console on stdio, exit instead of reboot.
+pub const QEMU_MICROVM_ARGS: &[&str] = &[
+    "-M",
+    "microvm,acpi=off,x-option-roms=off,rtc=off",
+    "-enable-kvm",
+    "-cpu",
+    "host",
+    "-nodefaults",
+    "-no-user-config",
+    "-display",
+    "none",
+    "-no-reboot",
+    "-serial",
+    "stdio",
+];
+
 /// Where the guest-side scripts find the tool.
 pub const TOOL_IN_IMAGE: &str = "/usr/bin/husk-bench";
 
@@ -252,35 +270,18 @@ fn qemu_command(s: &Setup, script: &str, needs: &Needs) -> Result<Command, Error
         ));
     }
     let mut c = Command::new(qemu);
-    c.args([
-        "-M",
-        "microvm,acpi=off,x-option-roms=off,rtc=off",
-        "-enable-kvm",
-        "-cpu",
-        "host",
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-no-reboot",
-        "-serial",
-        "stdio",
-        "-smp",
-        "1",
-        "-m",
-        "256",
-        "-kernel",
-    ])
-    .arg(&s.kernel)
-    .arg("-append")
-    .arg(cmdline)
-    // The shared root is read-only for the guest: instances can share it.
-    .arg("-drive")
-    .arg(format!(
-        "id=root,file={},format=raw,if=none,readonly=on",
-        s.rootfs.display()
-    ))
-    .args(["-device", "virtio-blk-device,drive=root"]);
+    c.args(QEMU_MICROVM_ARGS)
+        .args(["-smp", "1", "-m", "256", "-kernel"])
+        .arg(&s.kernel)
+        .arg("-append")
+        .arg(cmdline)
+        // The shared root is read-only for the guest: instances can share it.
+        .arg("-drive")
+        .arg(format!(
+            "id=root,file={},format=raw,if=none,readonly=on",
+            s.rootfs.display()
+        ))
+        .args(["-device", "virtio-blk-device,drive=root"]);
     if let Some(d) = &needs.disk {
         c.arg("-drive")
             .arg(format!("id=work,file={},format=raw,if=none", d.display()))

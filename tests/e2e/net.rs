@@ -8,6 +8,20 @@ use std::net::TcpListener;
 use std::process::Command;
 use std::time::Duration;
 
+/// Runs `ip ARGS`, which must succeed.
+fn ip(args: &[&str]) {
+    let st = Command::new("ip").args(args).status().expect("run ip");
+    assert!(st.success(), "ip {args:?} failed");
+}
+
+/// Deletes the link `name` if it exists (a previous run's leftover).
+fn ip_link_del(name: &str) {
+    let _ = Command::new("ip")
+        .args(["link", "del", name])
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
 pub(crate) struct Tap(String);
 
 impl Tap {
@@ -18,14 +32,7 @@ impl Tap {
 
     /// A TAP with the host address `cidr` on `name`.
     pub(crate) fn with_address(name: &str, cidr: &str) -> Tap {
-        let ip = |args: &[&str]| {
-            let st = Command::new("ip").args(args).status().expect("run ip");
-            assert!(st.success(), "ip {args:?} failed");
-        };
-        let _ = Command::new("ip")
-            .args(["link", "del", name])
-            .stderr(std::process::Stdio::null())
-            .status();
+        ip_link_del(name);
         ip(&["tuntap", "add", "dev", name, "mode", "tap"]);
         ip(&["addr", "add", cidr, "dev", name]);
         ip(&["link", "set", name, "up"]);
@@ -35,7 +42,7 @@ impl Tap {
 
 impl Drop for Tap {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+        ip_link_del(&self.0);
     }
 }
 
@@ -219,23 +226,13 @@ struct Bridge {
 
 impl Bridge {
     fn up(name: &str, taps: &[&str]) -> Bridge {
-        let ip = |args: &[&str]| {
-            let st = Command::new("ip").args(args).status().expect("run ip");
-            assert!(st.success(), "ip {args:?} failed");
-        };
-        let _ = Command::new("ip")
-            .args(["link", "del", name])
-            .stderr(std::process::Stdio::null())
-            .status();
+        ip_link_del(name);
         ip(&["link", "add", name, "type", "bridge"]);
         ip(&["link", "set", name, "up"]);
         let taps = taps
             .iter()
             .map(|t| {
-                let _ = Command::new("ip")
-                    .args(["link", "del", t])
-                    .stderr(std::process::Stdio::null())
-                    .status();
+                ip_link_del(t);
                 ip(&["tuntap", "add", "dev", t, "mode", "tap"]);
                 ip(&["link", "set", t, "master", name]);
                 ip(&["link", "set", t, "up"]);
@@ -252,9 +249,7 @@ impl Bridge {
 impl Drop for Bridge {
     fn drop(&mut self) {
         self.taps.clear();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.name])
-            .status();
+        ip_link_del(&self.name);
     }
 }
 

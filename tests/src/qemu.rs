@@ -76,39 +76,29 @@ impl MicroVm {
 
     pub fn qemu_args(&self) -> Vec<String> {
         let drive = format!("id=root,file={},format=raw,if=none", self.rootfs.display());
-        [
-            "-M",
-            "microvm,acpi=off,x-option-roms=off,rtc=off",
-            "-enable-kvm",
-            "-cpu",
-            "host",
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-            "-serial",
-            "stdio",
-            "-device",
-            "isa-debug-exit,iobase=0xf4,iosize=0x01",
-            "-drive",
-            &drive,
-            "-device",
-            "virtio-blk-device,drive=root",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([
-            "-smp".into(),
-            self.cpus.to_string(),
-            "-m".into(),
-            self.mem_mib.to_string(),
-            "-kernel".into(),
-            self.kernel.display().to_string(),
-            "-append".into(),
-            self.kernel_cmdline(),
-        ])
-        .collect()
+        husk_compare::envs::QEMU_MICROVM_ARGS
+            .iter()
+            .copied()
+            .chain([
+                "-device",
+                "isa-debug-exit,iobase=0xf4,iosize=0x01",
+                "-drive",
+                &drive,
+                "-device",
+                "virtio-blk-device,drive=root",
+            ])
+            .map(str::to_string)
+            .chain([
+                "-smp".into(),
+                self.cpus.to_string(),
+                "-m".into(),
+                self.mem_mib.to_string(),
+                "-kernel".into(),
+                self.kernel.display().to_string(),
+                "-append".into(),
+                self.kernel_cmdline(),
+            ])
+            .collect()
     }
 
     /// Boots, waits for QEMU to exit (or kills it at the timeout).

@@ -34,15 +34,8 @@ pub struct RunArgs {
     /// `exec`, `kill`, `logs`, `rm`.
     #[arg(short = 'd', long)]
     detach: bool,
-    /// Set an environment variable (repeatable); `-e NAME` takes the host's.
-    #[arg(short = 'e', long = "env", value_name = "K=V")]
-    env: Vec<String>,
-    /// Working directory inside the container.
-    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
-    workdir: Option<String>,
-    /// UID[:GID] to run as.
-    #[arg(short = 'u', long = "user", value_name = "UID[:GID]")]
-    user: Option<String>,
+    #[command(flatten)]
+    process: ProcessFlags,
     /// The container's hostname (default: its id).
     #[arg(long)]
     hostname: Option<String>,
@@ -71,12 +64,6 @@ pub struct RunArgs {
     /// Limit on the container's number of processes.
     #[arg(long = "pids-limit", value_name = "N")]
     pids_limit: Option<i64>,
-    /// Allocate a terminal.
-    #[arg(short = 't', long)]
-    tty: bool,
-    /// Keep stdin open and pass it to the container.
-    #[arg(short = 'i', long)]
-    interactive: bool,
     /// Guest kernel (default: the project's build).
     #[arg(long, value_name = "PATH", hide = true)]
     kernel: Option<PathBuf>,
@@ -85,6 +72,26 @@ pub struct RunArgs {
     /// Command and arguments (default: the image's).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
+}
+
+/// The process flags `husk run` and `husk exec` share.
+#[derive(Args)]
+pub struct ProcessFlags {
+    /// Set an environment variable (repeatable); `-e NAME` takes the host's.
+    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// UID[:GID] to run as.
+    #[arg(short = 'u', long = "user", value_name = "UID[:GID]")]
+    pub user: Option<String>,
+    /// Allocate a terminal.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Keep stdin open and pass it to the process.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
 }
 
 /// Memory the guest itself needs beside the container's limit: kernel,
@@ -183,7 +190,7 @@ impl Drop for RunDir {
 /// process that owns the VM, relays its stderr until the container runs,
 /// then prints the id and returns.
 fn detach(args: &RunArgs) -> Result<u8, Failure> {
-    if args.interactive {
+    if args.process.interactive {
         return Err(Failure::usage(
             "-d with -i: attaching to a detached container is not supported",
         ));
@@ -258,7 +265,8 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         }
     }
     let (uid, gid) = spec::user(
-        args.user
+        args.process
+            .user
             .as_deref()
             .or(image.defaults().user.as_deref())
             .unwrap_or(""),
@@ -310,8 +318,9 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     }
     let settings = spec::Settings {
         args: argv,
-        env: spec::env(&defaults.env, &args.env).map_err(Failure::usage)?,
+        env: spec::env(&defaults.env, &args.process.env).map_err(Failure::usage)?,
         cwd: args
+            .process
             .workdir
             .clone()
             .or(defaults.working_dir.clone())
@@ -320,7 +329,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         uid,
         gid,
         hostname: args.hostname.clone().unwrap_or_else(|| id.clone()),
-        terminal: args.tty,
+        terminal: args.process.tty,
         memory,
         cpus: args.cpus,
         pids: args.pids_limit,
@@ -478,7 +487,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     };
     let signals = husk_vmm::take_stop_signals()
         .map_err(|e| Failure::runtime(format!("cannot take over SIGINT/SIGTERM: {e}")))?;
-    if args.tty {
+    if args.process.tty {
         // Blocked before the VM's threads exist, so they inherit the mask
         // and a resize reaches the one thread that waits for it.
         winch_set()
@@ -713,8 +722,8 @@ impl Session<'_> {
         mark("agent_ready");
         let stdio = StdioSpec {
             stream: MAIN_STREAM,
-            tty: self.args.tty,
-            stdin: self.args.interactive,
+            tty: self.args.process.tty,
+            stdin: self.args.process.interactive,
         };
         let create = writer.request(Request::CreateContainer {
             id: "main".into(),
@@ -725,7 +734,7 @@ impl Session<'_> {
         })?;
         self.expect_ok(create, "create the container")?;
         mark("created");
-        let _raw = if self.args.tty {
+        let _raw = if self.args.process.tty {
             let raw = husk_vmm::console::RawTerminal::enter();
             self.send_size(&writer);
             spawn_winch_thread(self.tx.clone());
@@ -737,7 +746,7 @@ impl Session<'_> {
         self.expect_ok(start, "start the container")?;
         mark("started");
         on_started();
-        if self.args.interactive {
+        if self.args.process.interactive {
             spawn_stdin_thread(self.tx.clone(), Msg::Stdin);
         }
         let status = self.relay(&writer)?;

@@ -57,6 +57,9 @@ struct Conn {
 
 pub struct Agent {
     listener: OwnedFd,
+    /// Where process output is read into: one buffer for the agent's life
+    /// rather than one per read.
+    read_buf: Vec<u8>,
     conns: BTreeMap<u64, Conn>,
     next_conn: u64,
     /// The connection whose frame is being handled; its streams are its own.
@@ -96,6 +99,7 @@ pub fn run(sfd: &mut SignalFd) -> u8 {
     let _ = std::fs::create_dir_all(STATE_DIR);
     let mut agent = Agent {
         listener,
+        read_buf: vec![0u8; MAX_CHUNK],
         conns: BTreeMap::new(),
         next_conn: 1,
         current: 0,
@@ -554,8 +558,7 @@ impl Agent {
         let Some(s) = self.streams.get_mut(&stream) else {
             return;
         };
-        let mut buf = vec![0u8; MAX_CHUNK];
-        let data = s.read(which, &mut buf);
+        let data = s.read(which, &mut self.read_buf);
         if let Some(data) = data {
             let frame = match which {
                 Output::Stdout => Frame::Stdout { stream, data },
