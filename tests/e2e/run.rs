@@ -199,13 +199,20 @@ fn memory_and_pids_limits_hold() {
     );
 }
 
-/// Processes running the husk binary (none of them is this test).
-fn husk_processes() -> Vec<i32> {
+/// Processes running the husk binary for `r` (its runtime dir in their
+/// environment): other tests run their own husks at the same time.
+fn husk_processes(r: &Run) -> Vec<i32> {
     let husk = std::fs::canonicalize(husk_tests::husk::binary()).unwrap();
+    let mut mine = b"HUSK_RUNTIME_DIR=".to_vec();
+    mine.extend_from_slice(r.runtime.path().as_os_str().as_encoded_bytes());
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == husk))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == mine.as_slice()))
+        })
         .collect()
 }
 
@@ -254,7 +261,7 @@ fn twenty_runs_convert_once_and_leave_nothing_behind() {
         "run dirs left"
     );
     assert_eq!(entries(r.cache.path()), cache_after_first, "cache grew");
-    assert_eq!(husk_processes(), Vec::<i32>::new(), "husk processes left");
+    assert_eq!(husk_processes(&r), Vec::<i32>::new(), "husk processes left");
     assert_eq!(entries(std::path::Path::new("/sys/class/net")), nets_before);
     assert_eq!(
         entries(&std::env::temp_dir()),
@@ -330,6 +337,9 @@ fn ctrl_c_reaches_the_container_and_a_second_one_kills_it() {
         r.command(&["--rm"], &["sh", "-c", "echo ready; exec sleep 1000"]),
     );
     assert!(run.wait_for_line("ready", TIMEOUT), "never ready");
+    // "ready" comes from the shell before it execs sleep, and the shell
+    // catches SIGINT (then dies of it, 130): give the exec time to happen.
+    std::thread::sleep(std::time::Duration::from_secs(1));
     run.signal(libc::SIGINT);
     std::thread::sleep(std::time::Duration::from_secs(2));
     run.signal(libc::SIGINT);
@@ -340,7 +350,7 @@ fn ctrl_c_reaches_the_container_and_a_second_one_kills_it() {
         Vec::<String>::new(),
         "run dirs left"
     );
-    assert_eq!(husk_processes(), Vec::<i32>::new(), "husk processes left");
+    assert_eq!(husk_processes(&r), Vec::<i32>::new(), "husk processes left");
 }
 
 #[test]
@@ -523,7 +533,7 @@ fn detached_runs_ps_exec_logs_kill_rm() {
     let started = r.run(&["-d"], &["sleep", "1000"]);
     assert_eq!(started.code, Some(0), "{}", started.describe());
     let id = started.stdout.trim().to_owned();
-    let owners = husk_processes();
+    let owners = husk_processes(&r);
     assert_eq!(owners.len(), 1, "one husk process owns the VM");
     // SAFETY: kill(2) with a pid read from /proc just now.
     unsafe { libc::kill(owners[0], libc::SIGKILL) };
@@ -533,7 +543,7 @@ fn detached_runs_ps_exec_logs_kill_rm() {
     assert_eq!(again.stdout, "next\n", "{}", again.describe());
     assert_eq!(husk(&r, &["rm", &id]).code, Some(0));
     assert_eq!(entries(r.runtime.path()), Vec::<String>::new());
-    assert_eq!(husk_processes(), Vec::<i32>::new());
+    assert_eq!(husk_processes(&r), Vec::<i32>::new());
 }
 
 #[test]
