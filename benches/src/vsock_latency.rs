@@ -6,9 +6,9 @@
 //! Usage: vsock-latency [--rounds N] [--husk PATH]
 
 use husk_benches::median;
-use husk_init::cmdline::encode_command;
 use husk_tests::vmm_process::VmmProcess;
 use husk_tests::{guest_artifacts, require_linux_kvm};
+use husk_wire::cmdline::encode_command;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;

@@ -3,8 +3,8 @@
 
 use crate::Failure;
 use clap::Args;
-use husk_init::cmdline::encode_command;
 use husk_vmm::{Console, DiskConfig, Exit, NetConfig, VmConfig, VsockConfig};
+use husk_wire::cmdline;
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -74,16 +74,13 @@ fn existing(path: PathBuf, what: &str) -> Result<PathBuf, Failure> {
     }
 }
 
-/// The kernel command line: console, reset on panic through the i8042,
-/// no i8042 probing beyond what reset needs, and the init's parameters.
+/// The kernel command line: husk's base line, the root disk, and the
+/// init's parameters.
 fn kernel_cmdline(args: &BootArgs) -> String {
-    let mut line = String::from(
-        "console=ttyS0 reboot=k panic=1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd",
-    );
-    line.push_str(" root=/dev/vda rw");
+    let mut line = format!("{} root=/dev/vda rw", cmdline::BASE);
     if !args.command.is_empty() {
-        line.push_str(" husk.cmd=");
-        line.push_str(&encode_command(&args.command));
+        line.push(' ');
+        line.push_str(&cmdline::command_param(&args.command));
     }
     if let Some(extra) = &args.cmdline {
         line.push(' ');
@@ -245,7 +242,7 @@ pub fn run(args: BootArgs) -> Result<u8, Failure> {
         (Exit::Halted, None) => Err(Failure::runtime(
             "the guest halted without reporting an exit status",
         )),
-        (Exit::Stopped(sig), _) => Ok(128u8.saturating_add(sig as u8)),
+        (Exit::Stopped(sig), _) => Ok(husk_wire::status::signal_status(sig)),
         (Exit::Failed(why), _) => Err(Failure::runtime(why)),
     }
 }

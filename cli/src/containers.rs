@@ -3,16 +3,22 @@
 //! guest agent through the run's vsock socket, beside the connection the
 //! run's own husk process holds.
 
-use crate::run::client::{self, AgentWriter};
+use crate::agent::{self, tty, Client, Msg, Sinks};
 use crate::run::state::{self, Found};
-use crate::run::{runtime_root, spawn_signal_thread, ProcessFlags};
+use crate::run::{runtime_root, ProcessFlags};
 use crate::Failure;
 use clap::Args;
-use husk_agent_protocol::{Event, Frame, Request, Response, StdioSpec, VERSION};
+use husk_wire::agent::{ExitStatus, Request, StdioSpec};
 use std::io::Write;
-use std::os::unix::net::UnixStream;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+/// The container's id inside its guest (one container per VM).
+const CONTAINER_ID: &str = "main";
+/// The exec'd process's stream on its own connection (ids are per
+/// connection, so every client can use the same one).
+const EXEC_STREAM: u32 = 1;
+/// How long a running guest's agent gets to answer.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Args)]
 pub struct PsArgs {
@@ -73,50 +79,10 @@ fn running(id: &str) -> Result<Found, Failure> {
 }
 
 /// A connection to a run's agent, past the version handshake.
-fn connect(found: &Found) -> Result<(AgentWriter, mpsc::Receiver<Msg>, mpsc::Sender<Msg>), String> {
+fn connect(found: &Found, sinks: Sinks) -> Result<Client, String> {
     let uds = found.dir.join(state::VSOCK_SOCKET);
     let deadline = Instant::now() + Duration::from_secs(10);
-    let stream: UnixStream = client::connect(&uds, deadline, &|| true)?;
-    let writer = AgentWriter::new(
-        stream
-            .try_clone()
-            .map_err(|e| format!("agent connection: {e}"))?,
-    );
-    let (tx, rx) = mpsc::channel();
-    client::spawn_reader(stream, tx.clone(), Msg::Frame, Msg::End);
-    let seq = writer.request(Request::Hello { version: VERSION })?;
-    match wait_response(&rx, seq)? {
-        Response::Hello { .. } => Ok((writer, rx, tx)),
-        other => Err(format!("agent handshake: {other:?}")),
-    }
-}
-
-enum Msg {
-    Frame(Frame),
-    End(String),
-    Signal(i32),
-    Stdin(Vec<u8>),
-}
-
-fn wait_response(rx: &mpsc::Receiver<Msg>, seq: u64) -> Result<Response, String> {
-    loop {
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Msg::Frame(Frame::Response { seq: s, response })) if s == seq => {
-                return Ok(response)
-            }
-            Ok(Msg::End(why)) => return Err(why),
-            Ok(_) => {}
-            Err(_) => return Err("the agent did not answer".into()),
-        }
-    }
-}
-
-fn expect_ok(r: Response, what: &str) -> Result<(), String> {
-    match r {
-        Response::Ok => Ok(()),
-        Response::Error { message } => Err(format!("cannot {what}: {message}")),
-        other => Err(format!("cannot {what}: unexpected answer {other:?}")),
-    }
+    Client::open(&uds, deadline, &|| true, sinks)
 }
 
 pub fn ps(args: PsArgs) -> Result<u8, Failure> {
@@ -188,14 +154,14 @@ pub fn kill(args: KillArgs) -> Result<u8, Failure> {
 }
 
 fn signal_main(found: &Found, signal: i32) -> Result<(), String> {
-    let (writer, rx, _tx) = connect(found)?;
-    let seq = writer.request(Request::Signal {
-        id: "main".into(),
+    let client = connect(found, Sinks::stdio())?;
+    let request = Request::Signal {
+        id: CONTAINER_ID.into(),
         exec_id: None,
         signal,
         all: false,
-    })?;
-    expect_ok(wait_response(&rx, seq)?, "signal the container")
+    };
+    client.call(request, "signal the container", AGENT_TIMEOUT, &|| true)
 }
 
 pub fn rm(args: RmArgs) -> Result<u8, Failure> {
@@ -240,93 +206,96 @@ fn rm_one(id: &str, force: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Stream ids of exec'd processes: the run's own process is 1.
-fn exec_stream() -> u32 {
-    2 + std::process::id() % 1_000_000
+/// A fresh exec id: unique in the container while its process runs (the
+/// agent refuses one in use), whichever clients exec at the same time.
+fn exec_id() -> String {
+    let mut b = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("exec-{hex}")
 }
 
 pub fn exec(args: ExecArgs) -> Result<u8, Failure> {
     let found = running(&args.id)?;
     let defaults = &found.state.process;
-    let (uid, gid) = match &args.process.user {
+    let user = match &args.process.user {
         Some(u) => crate::run::parse_user(u).map_err(Failure::usage)?,
         None => (defaults.uid, defaults.gid),
     };
     let env = crate::run::merge_env(&defaults.env, &args.process.env).map_err(Failure::usage)?;
-    let mut process = serde_json::to_value(husk_container::default_spec(args.command.clone()))
-        .map_err(|e| Failure::runtime(format!("default spec: {e}")))?["process"]
-        .take();
-    process["args"] = serde_json::json!(args.command);
-    process["env"] = serde_json::json!(env);
-    process["cwd"] = serde_json::json!(args
+    let cwd = args
         .process
         .workdir
         .clone()
-        .unwrap_or_else(|| defaults.cwd.clone()));
-    process["user"] = serde_json::json!({"uid": uid, "gid": gid});
-    process["terminal"] = serde_json::json!(args.process.tty);
-    let (writer, rx, tx) = connect(&found).map_err(Failure::runtime)?;
-    let stream = exec_stream();
-    let exec_id = format!("exec-{stream}");
-    let seq = writer
-        .request(Request::Exec {
-            id: "main".into(),
-            exec_id: exec_id.clone(),
-            process,
-            stdio: StdioSpec {
-                stream,
-                tty: args.process.tty,
-                stdin: args.process.interactive,
-            },
-        })
-        .map_err(Failure::runtime)?;
-    wait_response(&rx, seq)
-        .and_then(|r| expect_ok(r, "exec"))
-        .map_err(Failure::runtime)?;
+        .unwrap_or_else(|| defaults.cwd.clone());
+    let process = crate::run::exec_process(args.command.clone(), env, cwd, user, args.process.tty);
+    // Before any thread exists, so they inherit the masks (see run).
     let signals = husk_vmm::take_stop_signals()
         .map_err(|e| Failure::runtime(format!("cannot take over SIGINT/SIGTERM: {e}")))?;
-    spawn_signal_thread(signals, tx.clone(), Msg::Signal);
+    if args.process.tty {
+        tty::block_winch().map_err(Failure::runtime)?;
+    }
+    let client = connect(&found, Sinks::stdio()).map_err(Failure::runtime)?;
+    let exec_id = exec_id();
+    let request = Request::Exec {
+        id: CONTAINER_ID.into(),
+        exec_id: exec_id.clone(),
+        process: Box::new(process),
+        stdio: StdioSpec {
+            stream: EXEC_STREAM,
+            tty: args.process.tty,
+            stdin: args.process.interactive,
+        },
+    };
+    client
+        .call(request, "exec", AGENT_TIMEOUT, &|| true)
+        .map_err(Failure::runtime)?;
+    agent::spawn_signal_thread(signals, client.sender());
     let _raw = if args.process.tty {
-        husk_vmm::console::RawTerminal::enter()
+        let raw = husk_vmm::console::RawTerminal::enter();
+        tty::send_size(&client.writer, EXEC_STREAM);
+        tty::spawn_winch_thread(client.sender());
+        raw
     } else {
         None
     };
     if args.process.interactive {
-        crate::run::spawn_stdin_thread(tx, Msg::Stdin);
+        agent::spawn_stdin_thread(client.writer.clone(), EXEC_STREAM);
     }
+    relay_exec(&client, &exec_id)
+        .map(ExitStatus::shell_status)
+        .map_err(Failure::runtime)
+}
+
+/// Relays until the exec'd process ends. Signals go to it (the second is a
+/// SIGKILL); a third one leaves it running and ends `husk exec` itself.
+fn relay_exec(client: &Client, exec_id: &str) -> Result<ExitStatus, String> {
+    let mut signals_seen = 0;
     loop {
-        let msg = rx
-            .recv()
-            .map_err(|_| Failure::runtime("lost the agent connection"))?;
-        match msg {
-            Msg::Frame(Frame::Event(Event::Exited {
-                stream: s, status, ..
-            })) if s == stream => {
-                return Ok(u8::try_from(status.shell_status().clamp(0, 255)).unwrap_or(255));
+        match client.next(Duration::from_secs(3600))? {
+            Some(Msg::Exited { stream, status }) if stream == EXEC_STREAM => return Ok(status),
+            Some(Msg::Closed(why)) => return Err(why),
+            Some(Msg::Resize) => tty::send_size(&client.writer, EXEC_STREAM),
+            Some(Msg::Signal(sig)) => {
+                signals_seen += 1;
+                if signals_seen >= 3 {
+                    return Ok(ExitStatus::Signal(sig));
+                }
+                let signal = if signals_seen == 1 {
+                    sig
+                } else {
+                    libc::SIGKILL
+                };
+                client.writer.request(Request::Signal {
+                    id: CONTAINER_ID.into(),
+                    exec_id: Some(exec_id.to_owned()),
+                    signal,
+                    all: false,
+                })?;
             }
-            Msg::Frame(Frame::Stdout { stream: s, data }) if s == stream => {
-                let mut o = std::io::stdout().lock();
-                let _ = o.write_all(&data);
-                let _ = o.flush();
-            }
-            Msg::Frame(Frame::Stderr { stream: s, data }) if s == stream => {
-                let _ = std::io::stderr().lock().write_all(&data);
-            }
-            Msg::Frame(_) => {}
-            Msg::End(why) => return Err(Failure::runtime(why)),
-            Msg::Stdin(data) => writer
-                .frame(&Frame::Stdin { stream, data })
-                .map_err(Failure::runtime)?,
-            Msg::Signal(signal) => {
-                writer
-                    .request(Request::Signal {
-                        id: "main".into(),
-                        exec_id: Some(exec_id.clone()),
-                        signal,
-                        all: false,
-                    })
-                    .map_err(Failure::runtime)?;
-            }
+            Some(_) | None => {}
         }
     }
 }

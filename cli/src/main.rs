@@ -1,5 +1,6 @@
 //! `husk`: the command line.
 
+mod agent;
 mod boot;
 mod compare_cmd;
 mod containers;
@@ -50,6 +51,7 @@ enum Command {
 
 /// A failure with the exit status it deserves: 2 for bad usage, 1 for a
 /// runtime failure (the conventions of clap and of most Unix tools).
+#[derive(Debug)]
 pub struct Failure {
     pub code: u8,
     pub message: String,

@@ -239,7 +239,7 @@ fn load_config_file(controller: &mut Controller, path: &PathBuf) -> Result<(), F
 fn exit_code(outcome: husk_vmm::Outcome) -> Result<u8, Failure> {
     match (outcome.exit, outcome.guest_status) {
         (Exit::Reset | Exit::Halted, status) => Ok(status.unwrap_or(0)),
-        (Exit::Stopped(sig), _) => Ok(128u8.saturating_add(sig as u8)),
+        (Exit::Stopped(sig), _) => Ok(husk_wire::status::signal_status(sig)),
         (Exit::Failed(why), _) => Err(Failure::runtime(why)),
     }
 }
@@ -301,7 +301,7 @@ pub fn run(args: VmmArgs) -> Result<u8, Failure> {
                     .flatten()
                     .map_or(15, |i| i.ssi_signo);
                 drop(server);
-                return Ok(128u8.saturating_add(sig as u8));
+                return Ok(husk_wire::status::signal_status(sig as i32));
             }
             if !woken {
                 continue;

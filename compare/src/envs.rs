@@ -262,7 +262,7 @@ fn qemu_command(s: &Setup, script: &str, needs: &Needs) -> Result<Command, Error
     let mut cmdline = String::from(
         "console=ttyS0 reboot=t panic=1 quiet root=/dev/vda ro husk.status=console husk.cmd=",
     );
-    cmdline.push_str(&husk_init::cmdline::encode_command(&["sh", "-c", &body]));
+    cmdline.push_str(&husk_wire::cmdline::encode_command(&["sh", "-c", &body]));
     if let Some(t) = &needs.tap {
         cmdline.push_str(&format!(
             " ip={}::{}:255.255.255.0::eth0:off",
@@ -300,19 +300,7 @@ fn qemu_command(s: &Setup, script: &str, needs: &Needs) -> Result<Command, Error
 
 /// A fresh ext4 disk image of `mib` for a VM's /work.
 pub fn make_disk(path: &Path, mib: u64) -> Result<(), Error> {
-    let f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    f.set_len(mib << 20).map_err(|e| Error::io(path, e))?;
-    let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F"])
-        .arg(path)
-        .output()
-        .map_err(|e| Error::Tool(format!("mkfs.ext4 (e2fsprogs): {e}")))?;
-    if !out.status.success() {
-        return Err(Error::Tool(format!(
-            "mkfs.ext4 {}: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
+    husk_image::mkfs::Ext4::new(mib << 20)
+        .make(path)
+        .map_err(|e| Error::Tool(e.to_string()))
 }

@@ -8,7 +8,7 @@
 //! until the stream is consumed; a 0 pushes nothing; none, or only zeros,
 //! mean the stream in one piece), then the stream.
 #![no_main]
-use husk_agent_protocol::{read_frame, Decoder, Error, Frame};
+use husk_wire::agent::{read_frame, Decoder, Error, Frame};
 use libfuzzer_sys::fuzz_target;
 
 /// What one `next_frame` call gave, errors by their Debug text (the type has

@@ -4,6 +4,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(line) = std::str::from_utf8(data) {
-        let _ = husk_init::cmdline::parse(line);
+        let _ = husk_wire::cmdline::parse(line);
     }
 });

@@ -3,15 +3,13 @@
 
 use std::ffi::OsString;
 use std::fs::{self, File, Permissions};
-use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use crate::{Error, Image, Progress};
 
-const MKFS_EROFS: &str = "mkfs.erofs";
+const MKFS_EROFS: &str = crate::mkfs::EROFS;
 
 /// Where block images are kept, and how they are made.
 #[derive(Clone, Debug)]
@@ -176,31 +174,14 @@ fn make_dirs_writable(dir: &Path) {
 }
 
 fn run_mkfs(mkfs: &Path, out: &Path, tree: &Path) -> Result<(), Error> {
-    // No --all-root or -T: ownership and mtimes come from the tree.
-    let output = Command::new(mkfs)
-        .arg("--quiet")
-        .arg(out)
-        .arg(tree)
-        .output()
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => Error::MkfsMissing,
-            _ => Error::io(mkfs, e),
-        })?;
-    if output.status.success() {
-        return Ok(());
-    }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let text: Vec<&str> = stderr
-        .lines()
-        .chain(stdout.lines())
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    Err(Error::Mkfs {
-        tree: tree.to_path_buf(),
-        status: output.status.to_string(),
-        stderr: text[text.len().saturating_sub(3)..].join(" / "),
+    crate::mkfs::erofs(mkfs, tree, out).map_err(|e| match e {
+        crate::mkfs::Error::Missing { .. } => Error::MkfsMissing,
+        crate::mkfs::Error::Failed { status, output, .. } => Error::Mkfs {
+            tree: tree.to_path_buf(),
+            status,
+            stderr: output,
+        },
+        crate::mkfs::Error::Io { path, err, .. } => Error::io(path, err),
     })
 }
 

@@ -17,6 +17,7 @@ mod cache;
 mod decompress;
 mod digest;
 mod error;
+pub mod mkfs;
 mod source;
 mod store;
 pub mod testimage;

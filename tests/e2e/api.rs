@@ -2,9 +2,9 @@
 //! paused and resumed, stopped with SendCtrlAltDel, and booted from a
 //! config file.
 
-use husk_init::cmdline::encode_command;
 use husk_tests::vmm_process::VmmProcess;
 use husk_tests::{guest_artifacts, require_linux_kvm};
+use husk_wire::cmdline::encode_command;
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -367,16 +367,7 @@ fn volumes_read_only_read_write_and_disk_images() {
     std::fs::write(rw.join("sub/deleted"), "x").unwrap();
     // A disk image file volume: the container's writes land in the file.
     let disk = host.path().join("disk.ext4");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(32 << 20)
-        .unwrap();
-    let mkfs = Command::new("mkfs.ext4")
-        .args(["-q", "-F"])
-        .arg(&disk)
-        .status()
-        .expect("mkfs.ext4 (e2fsprogs)");
-    assert!(mkfs.success());
+    husk_image::mkfs::Ext4::new(32 << 20).make(&disk).unwrap();
     let vol = |p: &std::path::Path, at: &str| format!("{}:{at}", p.display());
     let out = r.run(
         &[

@@ -2,9 +2,9 @@
 //! (PUT /vsock): host → guest through `CONNECT <port>` on the Unix socket,
 //! guest → host through `<uds>_<port>`, refused ports, many connections.
 
-use husk_init::cmdline::encode_command;
 use husk_tests::vmm_process::VmmProcess;
 use husk_tests::{guest_artifacts, require_linux_kvm};
+use husk_wire::cmdline::encode_command;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! kernel, rootfs and init protocol husk uses, so tests can prove the guest
 //! and later benchmarks can compare husk against it.
 
-use husk_init::{cmdline::encode_command, status::CONSOLE_PREFIX};
+use husk_wire::{cmdline::encode_command, status::CONSOLE_PREFIX};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;

@@ -5,7 +5,7 @@
 //! reported never prints the kernel's reset message.
 
 use husk_devices::legacy::i8042::{Effects, I8042};
-use husk_init::status::STATUS_PORT;
+use husk_wire::status::STATUS_PORT;
 use std::io::Write;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Mutex;

@@ -1,10 +1,15 @@
 //! The OCI runtime spec a `husk run` sends to the agent: the runtime's
-//! defaults, then the image's settings, then the command line's.
+//! defaults (`husk_wire::spec`), then the image's settings, then the
+//! command line's. Typed from end to end (oci-spec), never edited as JSON.
 
-use serde_json::{json, Value};
+use husk_wire::oci_spec::runtime::{
+    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, MountBuilder, Process, Spec, UserBuilder,
+};
+use husk_wire::spec::{default_spec, DEFAULT_PATH};
 
 /// What the command line and the image say about the process.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Settings {
     pub args: Vec<String>,
     pub env: Vec<String>,
@@ -20,59 +25,84 @@ pub struct Settings {
     pub pids: Option<i64>,
     /// (guest source path, container path, read-only).
     pub binds: Vec<(String, String, bool)>,
+    /// The container joins the VM's network namespace (which has the NIC)
+    /// instead of getting its own, loopback-only one.
+    pub vm_network: bool,
 }
 
 /// The cgroup v2 cpu.max period the quota is computed against.
 const CPU_PERIOD: u64 = 100_000;
 
-pub fn build(defaults: Value, s: &Settings) -> Value {
-    let mut spec = defaults;
-    let p = &mut spec["process"];
-    p["args"] = json!(s.args);
-    p["env"] = json!(s.env);
-    p["cwd"] = json!(s.cwd);
-    p["terminal"] = json!(s.terminal);
-    p["user"] = json!({"uid": s.uid, "gid": s.gid});
-    spec["hostname"] = json!(s.hostname);
-    let mut resources = serde_json::Map::new();
-    if let Some(m) = s.memory {
-        resources.insert("memory".into(), json!({"limit": m}));
-    }
-    if let Some(c) = s.cpus {
-        let quota = (c * CPU_PERIOD as f64).round() as i64;
-        resources.insert("cpu".into(), json!({"quota": quota, "period": CPU_PERIOD}));
-    }
-    if let Some(n) = s.pids {
-        resources.insert("pids".into(), json!({"limit": n}));
-    }
-    if !resources.is_empty() {
-        spec["linux"]["resources"] = Value::Object(resources);
-    }
-    if !s.binds.is_empty() {
-        if !spec["mounts"].is_array() {
-            spec["mounts"] = json!([]);
+/// The process part: the default process with the settings' fields.
+pub fn process(s: &Settings) -> Process {
+    let mut p = default_spec(s.args.clone())
+        .process()
+        .clone()
+        .unwrap_or_default();
+    p.set_args(Some(s.args.clone()));
+    p.set_env(Some(s.env.clone()));
+    p.set_cwd(s.cwd.clone().into());
+    p.set_terminal(Some(s.terminal));
+    p.set_user(
+        UserBuilder::default()
+            .uid(s.uid)
+            .gid(s.gid)
+            .build()
+            .expect("a user of two numbers"),
+    );
+    p
+}
+
+pub fn build(s: &Settings) -> Spec {
+    let mut spec = default_spec(s.args.clone());
+    spec.set_process(Some(process(s)));
+    spec.set_hostname(Some(s.hostname.clone()));
+    if let Some(linux) = spec.linux_mut() {
+        linux.set_resources(resources(s));
+        if s.vm_network {
+            if let Some(ns) = linux.namespaces_mut() {
+                ns.retain(|n| n.typ() != LinuxNamespaceType::Network);
+            }
         }
-        let mounts = spec["mounts"].as_array_mut().expect("made an array above");
-        for (src, dst, ro) in &s.binds {
-            let mut options = vec!["rbind", "nosuid", "nodev"];
-            options.push(if *ro { "ro" } else { "rw" });
-            mounts.push(json!({
-                "destination": dst,
-                "type": "bind",
-                "source": src,
-                "options": options,
-            }));
-        }
+    }
+    let mounts = spec.mounts_mut().get_or_insert_with(Vec::new);
+    for (src, dst, ro) in &s.binds {
+        let options = ["rbind", "nosuid", "nodev", if *ro { "ro" } else { "rw" }];
+        mounts.push(
+            MountBuilder::default()
+                .destination(dst)
+                .typ("bind")
+                .source(src)
+                .options(options.map(String::from).to_vec())
+                .build()
+                .expect("a bind mount of plain strings"),
+        );
     }
     spec
 }
 
-/// The container joins the VM's network namespace (which has the NIC)
-/// instead of getting its own, loopback-only one.
-pub fn share_vm_network(spec: &mut Value) {
-    if let Some(ns) = spec["linux"]["namespaces"].as_array_mut() {
-        ns.retain(|n| n["type"] != "network");
+fn resources(s: &Settings) -> Option<husk_wire::oci_spec::runtime::LinuxResources> {
+    if s.memory.is_none() && s.cpus.is_none() && s.pids.is_none() {
+        return None;
     }
+    let mut r = LinuxResourcesBuilder::default();
+    if let Some(m) = s.memory {
+        let limit = i64::try_from(m).unwrap_or(i64::MAX);
+        r = r.memory(LinuxMemoryBuilder::default().limit(limit).build().ok()?);
+    }
+    if let Some(c) = s.cpus {
+        let quota = (c * CPU_PERIOD as f64).round() as i64;
+        let cpu = LinuxCpuBuilder::default()
+            .quota(quota)
+            .period(CPU_PERIOD)
+            .build()
+            .ok()?;
+        r = r.cpu(cpu);
+    }
+    if let Some(n) = s.pids {
+        r = r.pids(LinuxPidsBuilder::default().limit(n).build().ok()?);
+    }
+    r.build().ok()
 }
 
 /// `--net`: the device part for the VMM, the address part for the guest
@@ -159,7 +189,7 @@ pub fn env(image: &[String], cli: &[String]) -> Result<Vec<String>, String> {
         out.push(entry);
     }
     if !out.iter().any(|x| x.starts_with("PATH=")) {
-        out.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+        out.push(format!("PATH={DEFAULT_PATH}"));
     }
     Ok(out)
 }
@@ -213,9 +243,30 @@ mod tests {
         assert!(net("tap=t0,ip=10.0.9.300").is_err());
         assert!(net("tap=t0,ip=10.0.9.3/33").is_err());
         assert!(net("tap=t0,gw=10.0.0.1").unwrap_err().contains("needs ip="));
-        let mut spec = json!({"linux": {"namespaces": [{"type": "pid"}, {"type": "network"}]}});
-        share_vm_network(&mut spec);
-        assert_eq!(spec["linux"]["namespaces"], json!([{"type": "pid"}]));
+    }
+
+    fn namespaces(spec: &Spec) -> Vec<LinuxNamespaceType> {
+        let linux = spec.linux().as_ref().unwrap();
+        linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.typ())
+            .collect()
+    }
+
+    #[test]
+    fn the_vm_network_replaces_the_network_namespace() {
+        let own = build(&Settings::default());
+        assert!(namespaces(&own).contains(&LinuxNamespaceType::Network));
+        let shared = build(&Settings {
+            vm_network: true,
+            ..Settings::default()
+        });
+        let ns = namespaces(&shared);
+        assert!(!ns.contains(&LinuxNamespaceType::Network));
+        assert_eq!(ns.len(), namespaces(&own).len() - 1);
     }
 
     #[test]
@@ -261,14 +312,35 @@ mod tests {
             binds: vec![("/run/husk/volumes/0".into(), "/data".into(), true)],
             ..Settings::default()
         };
-        let spec = build(json!({"process": {}, "mounts": []}), &s);
-        assert_eq!(spec["linux"]["resources"]["memory"]["limit"], 64 << 20);
-        assert_eq!(spec["linux"]["resources"]["cpu"]["quota"], 150_000);
-        assert_eq!(spec["linux"]["resources"]["pids"]["limit"], 32);
-        assert_eq!(spec["mounts"][0]["destination"], "/data");
-        assert!(spec["mounts"][0]["options"]
-            .as_array()
-            .unwrap()
-            .contains(&json!("ro")));
+        let spec = build(&s);
+        let r = spec.linux().as_ref().unwrap().resources().clone().unwrap();
+        assert_eq!(r.memory().unwrap().limit(), Some(64 << 20));
+        assert_eq!(r.cpu().as_ref().unwrap().quota(), Some(150_000));
+        assert_eq!(r.cpu().as_ref().unwrap().period(), Some(CPU_PERIOD));
+        assert_eq!(r.pids().unwrap().limit(), 32);
+        let bind = spec.mounts().as_ref().unwrap().last().unwrap().clone();
+        assert_eq!(bind.destination(), std::path::Path::new("/data"));
+        assert!(bind.options().as_ref().unwrap().contains(&"ro".to_string()));
+        // What the agent gets is what was built: the spec survives the wire.
+        let json = serde_json::to_string(&spec).unwrap();
+        assert_eq!(serde_json::from_str::<Spec>(&json).unwrap(), spec);
+    }
+
+    #[test]
+    fn no_limits_means_no_resources_section() {
+        let spec = build(&Settings {
+            args: vec!["sh".into()],
+            uid: 7,
+            gid: 8,
+            cwd: "/w".into(),
+            terminal: true,
+            ..Settings::default()
+        });
+        assert!(spec.linux().as_ref().unwrap().resources().is_none());
+        let p = spec.process().as_ref().unwrap();
+        assert_eq!(p.user().uid(), 7);
+        assert_eq!(p.user().gid(), 8);
+        assert_eq!(p.cwd(), std::path::Path::new("/w"));
+        assert_eq!(p.terminal(), Some(true));
     }
 }

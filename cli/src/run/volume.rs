@@ -94,14 +94,8 @@ pub fn prepare(arg: VolumeArg, index: usize, work: &Path) -> Result<Prepared, St
     }
     let disk = work.join(format!("volume-{index}.img"));
     if arg.read_only {
-        run_tool(
-            Command::new("mkfs.erofs")
-                .arg("--quiet")
-                .arg(&disk)
-                .arg(&arg.source),
-            "mkfs.erofs",
-            &name,
-        )?;
+        husk_image::mkfs::erofs(husk_image::mkfs::EROFS.as_ref(), &arg.source, &disk)
+            .map_err(|e| format!("-v {name}: {e}"))?;
         return Ok(Prepared {
             disk,
             arg,
@@ -109,31 +103,17 @@ pub fn prepare(arg: VolumeArg, index: usize, work: &Path) -> Result<Prepared, St
             copy_back: None,
         });
     }
-    // Room to grow: twice the content plus 64 MiB, in a sparse file.
-    let used = tree_bytes(&arg.source);
-    let size = used.saturating_mul(2).saturating_add(64 << 20);
-    let f = fs::File::create(&disk).map_err(|e| format!("{}: {e}", disk.display()))?;
-    f.set_len(size)
-        .map_err(|e| format!("{}: {e}", disk.display()))?;
-    drop(f);
-    // No journal: the guest syncs and unmounts before it powers off, and
-    // the copy back reads the image without replaying a journal.
-    run_tool(
-        Command::new("mkfs.ext4")
-            .args([
-                "-q",
-                "-F",
-                "-O",
-                "^has_journal",
-                "-E",
-                "root_owner=0:0",
-                "-d",
-            ])
-            .arg(&arg.source)
-            .arg(&disk),
-        "mkfs.ext4",
-        &name,
-    )?;
+    // Room to grow: twice the content plus 64 MiB, in a sparse file. No
+    // journal: the guest syncs and unmounts before it powers off, and the
+    // copy back reads the image without replaying a journal.
+    let size = tree_bytes(&arg.source)
+        .saturating_mul(2)
+        .saturating_add(64 << 20);
+    husk_image::mkfs::Ext4::new(size)
+        .no_journal()
+        .from_tree(&arg.source)
+        .make(&disk)
+        .map_err(|e| format!("-v {name}: {e}"))?;
     Ok(Prepared {
         disk,
         copy_back: Some(arg.source.clone()),

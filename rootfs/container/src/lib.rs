@@ -47,9 +47,11 @@ use libc::{c_int, c_ulong};
 use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 
 pub use crate::error::Error;
-pub use crate::spec::{
-    default_mounts, default_seccomp, default_spec, DEFAULT_CAPABILITIES, DEFAULT_PATH,
-    DENIED_SYSCALLS, MASKED_PATHS, READONLY_PATHS,
+pub use crate::spec::{default_seccomp, DENIED_SYSCALLS};
+/// The cgroup figures the agent reports; the type is the protocol's.
+pub use husk_wire::agent::Stats;
+pub use husk_wire::spec::{
+    default_mounts, default_spec, DEFAULT_CAPABILITIES, DEFAULT_PATH, MASKED_PATHS, READONLY_PATHS,
 };
 pub use oci_spec;
 
@@ -98,21 +100,6 @@ pub struct Rootfs {
     /// (`upper/` and `work/` are made in it and kept), or None for a tmpfs
     /// that lives as long as the container.
     pub upper: Option<PathBuf>,
-}
-
-/// Resource usage from the container's cgroup (v2).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// memory.current, bytes.
-    pub memory_current: u64,
-    /// memory.max, bytes; None = no limit.
-    pub memory_max: Option<u64>,
-    /// usage_usec from cpu.stat.
-    pub cpu_usage_usec: u64,
-    /// pids.current.
-    pub pids_current: u64,
-    /// pids.max; None = no limit.
-    pub pids_max: Option<u64>,
 }
 
 /// A created container.

@@ -14,8 +14,8 @@ use oci_spec::runtime::{
 };
 
 use crate::seccomp::Programs;
-use crate::spec::DEFAULT_PATH;
 use crate::Error;
+use husk_wire::spec::DEFAULT_PATH;
 
 /// What to create when a path component is missing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

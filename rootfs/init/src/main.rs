@@ -8,9 +8,10 @@
 
 mod agent;
 mod mounts;
+mod status;
 mod supervise;
 
-use husk_init::{cmdline, status};
+use husk_wire::cmdline;
 use nix::sys::reboot::{reboot, set_cad_enabled, RebootMode};
 use std::io::Write;
 use std::os::fd::AsRawFd;

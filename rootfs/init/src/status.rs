@@ -1,39 +1,19 @@
-//! How the guest tells the host the command's exit status.
-//!
-//! The status is one byte, the shell's convention: the exit code, or
-//! 128 + the signal number when the command died by a signal. It goes out on
-//! I/O port [`STATUS_PORT`] (a single `outb`), which a VMM traps without
-//! parsing the console. The port is QEMU's `isa-debug-exit` default, so a
-//! QEMU run with that device exits right away (with `(status << 1) | 1`).
-//! For VMMs that do not trap the port, `husk.status=console` also prints
-//! [`CONSOLE_PREFIX`]`<status>` on a line of its own.
+//! The guest's end of the status protocol (`husk_wire::status`): turning a
+//! wait status into the byte and writing it to the status port.
 
+use husk_wire::status::{code_status, signal_status, STATUS_PORT};
 use nix::sys::wait::WaitStatus;
 
-/// The paravirtual status port (see the module docs and rootfs/README.md).
-pub const STATUS_PORT: u16 = 0xf4;
-
-/// The console line that carries the status when `husk.status=console`.
-pub const CONSOLE_PREFIX: &str = "husk-init: exit status ";
-
-/// Status used when the init itself fails before or while running the command.
-pub const INIT_FAILURE: u8 = 255;
+pub use husk_wire::status::{console_line, INIT_FAILURE};
 
 /// Maps a wait status to the shell's one-byte convention; `None` for states
 /// that are not terminations (stopped, continued).
 pub fn exit_byte(status: WaitStatus) -> Option<u8> {
     match status {
-        // The kernel only keeps the low 8 bits of an exit code.
-        WaitStatus::Exited(_, code) => Some((code & 0xff) as u8),
-        WaitStatus::Signaled(_, sig, _) => Some(128u8.wrapping_add(sig as u8)),
+        WaitStatus::Exited(_, code) => Some(code_status(code)),
+        WaitStatus::Signaled(_, sig, _) => Some(signal_status(sig as i32)),
         _ => None,
     }
-}
-
-/// The console line for a status, with its line breaks. The leading newline
-/// keeps it on a line of its own when the command's output did not end in one.
-pub fn console_line(status: u8) -> String {
-    format!("\r\n{CONSOLE_PREFIX}{status}\r\n")
 }
 
 /// Writes the status byte to the status port.
@@ -72,10 +52,5 @@ mod tests {
             Some(139)
         );
         assert_eq!(exit_byte(WaitStatus::Stopped(pid, Signal::SIGSTOP)), None);
-    }
-
-    #[test]
-    fn console_line_stands_alone() {
-        assert_eq!(console_line(42), "\r\nhusk-init: exit status 42\r\n");
     }
 }

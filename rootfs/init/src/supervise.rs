@@ -2,7 +2,7 @@
 //! runs, turns Ctrl-Alt-Del / SIGTERM into an orderly stop, and never waits
 //! forever on processes that ignore SIGKILL's aftermath.
 
-use husk_init::status::exit_byte;
+use crate::status::exit_byte;
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -19,7 +19,7 @@ const TERM_GRACE: Duration = Duration::from_secs(3);
 /// How long we wait for killed processes to be reaped before resetting anyway.
 const REAP_LIMIT: Duration = Duration::from_secs(2);
 
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub use husk_wire::spec::DEFAULT_PATH;
 
 /// Signals PID 1 handles through its signalfd instead of default actions.
 fn handled_signals() -> SigSet {

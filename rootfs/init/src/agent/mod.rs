@@ -5,11 +5,11 @@
 
 mod streams;
 
-use husk_agent_protocol::{
+use husk_container::{Container, Rootfs, Stdio};
+use husk_wire::agent::{
     Decoder, Event, ExitStatus, Frame, Request, Response, RootfsSpec, StdioSpec, VolumeSpec,
     AGENT_PORT, MAX_CHUNK, VERSION,
 };
-use husk_container::{Container, Rootfs, Stdio};
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -36,6 +36,10 @@ const DRAIN_LIMIT: Duration = Duration::from_millis(500);
 const OUTBUF_HIGH: usize = 1 << 20;
 /// Host connections open at once: the container's own, plus exec/kill.
 const MAX_CONNS: usize = 16;
+
+/// A stream: its connection and the id the host chose on it. Ids are the
+/// connection's own, so two `husk exec` clients can never collide.
+type StreamKey = (u64, u32);
 
 fn log(msg: &str) {
     eprintln!("husk-agent: {msg}");
@@ -65,9 +69,9 @@ pub struct Agent {
     /// The connection whose frame is being handled; its streams are its own.
     current: u64,
     containers: HashMap<String, Entry>,
-    streams: HashMap<u32, Stream>,
-    /// Live process → its stream id.
-    pids: HashMap<i32, u32>,
+    streams: HashMap<StreamKey, Stream>,
+    /// Live process → its stream.
+    pids: HashMap<i32, StreamKey>,
     shutdown: bool,
 }
 
@@ -93,7 +97,7 @@ pub fn run(sfd: &mut SignalFd) -> u8 {
         Ok(l) => l,
         Err(e) => {
             log(&format!("cannot listen on vsock port {AGENT_PORT}: {e}"));
-            return husk_init::status::INIT_FAILURE;
+            return husk_wire::status::INIT_FAILURE;
         }
     };
     let _ = std::fs::create_dir_all(STATE_DIR);
@@ -112,7 +116,7 @@ pub fn run(sfd: &mut SignalFd) -> u8 {
     agent.destroy_all();
     if stop {
         // Asked to stop from outside: like a container killed by SIGTERM.
-        128 + Signal::SIGTERM as u8
+        husk_wire::status::signal_status(Signal::SIGTERM as i32)
     } else {
         0
     }
@@ -289,7 +293,7 @@ impl Agent {
                 Ok(None) => return,
                 Ok(Some(frame)) => self.frame(frame),
                 Err(e) if e.is_recoverable() => {
-                    if let husk_agent_protocol::Error::Body { seq: Some(seq), .. } = e {
+                    if let husk_wire::agent::Error::Body { seq: Some(seq), .. } = e {
                         self.reply(
                             seq,
                             Response::Error {
@@ -352,8 +356,7 @@ impl Agent {
                 self.reply(seq, response);
             }
             Frame::Stdin { stream, data } => {
-                let current = self.current;
-                if let Some(s) = self.streams.get_mut(&stream).filter(|s| s.owner == current) {
+                if let Some(s) = self.streams.get_mut(&(self.current, stream)) {
                     s.queue_stdin(&data);
                 }
             }
@@ -391,8 +394,9 @@ impl Agent {
                 stdio,
             } => {
                 self.check_stream(&stdio)?;
-                let process: oci_spec::runtime::Process = serde_json::from_value(process)
-                    .map_err(|e| format!("exec {exec_id}: bad process: {e}"))?;
+                if self.live_exec(&id, &exec_id).is_some() {
+                    return Err(format!("exec id {exec_id} is in use in {id}"));
+                }
                 let e = self.entry(&id)?;
                 let (pid, io) = e
                     .container
@@ -417,11 +421,7 @@ impl Agent {
                     }
                     Some(x) => {
                         let pid = self
-                            .streams
-                            .values()
-                            .find(|s| s.container == id && s.exec_id.as_deref() == Some(&x))
-                            .filter(|s| s.exit.is_none())
-                            .map(|s| s.pid)
+                            .live_exec(&id, &x)
                             .ok_or_else(|| format!("no running process {x} in {id}"))?;
                         kill(Pid::from_raw(pid), sig).map_err(|e| format!("kill {pid}: {e}"))?;
                     }
@@ -431,7 +431,7 @@ impl Agent {
             Request::ResizeTty { stream, rows, cols } => {
                 let s = self
                     .streams
-                    .get(&stream)
+                    .get(&(self.current, stream))
                     .ok_or_else(|| format!("no stream {stream}"))?;
                 let master = s
                     .tty_master()
@@ -442,15 +442,7 @@ impl Agent {
             Request::Stats { id } => {
                 let e = self.entry(&id)?;
                 let s = e.container.stats().map_err(|e| e.to_string())?;
-                Ok(Response::Stats {
-                    stats: husk_agent_protocol::Stats {
-                        memory_current: s.memory_current,
-                        memory_max: s.memory_max,
-                        cpu_usage_usec: s.cpu_usage_usec,
-                        pids_current: s.pids_current,
-                        pids_max: s.pids_max,
-                    },
-                })
+                Ok(Response::Stats { stats: s })
             }
             Request::DestroyContainer { id } => {
                 let e = self
@@ -474,16 +466,25 @@ impl Agent {
     }
 
     fn check_stream(&self, stdio: &StdioSpec) -> Result<(), String> {
-        if self.streams.contains_key(&stdio.stream) {
+        if self.streams.contains_key(&(self.current, stdio.stream)) {
             return Err(format!("stream {} is in use", stdio.stream));
         }
         Ok(())
     }
 
+    /// The pid of a running exec'd process.
+    fn live_exec(&self, id: &str, exec_id: &str) -> Option<i32> {
+        self.streams
+            .values()
+            .find(|s| s.container == id && s.exec_id.as_deref() == Some(exec_id))
+            .filter(|s| s.exit.is_none())
+            .map(|s| s.pid)
+    }
+
     fn create(
         &mut self,
         id: String,
-        spec: serde_json::Value,
+        spec: Box<oci_spec::runtime::Spec>,
         rootfs: &RootfsSpec,
         volumes: &[VolumeSpec],
         stdio: StdioSpec,
@@ -495,18 +496,16 @@ impl Agent {
             return Err(format!("container {id} exists"));
         }
         self.check_stream(&stdio)?;
-        let spec: oci_spec::runtime::Spec =
-            serde_json::from_value(spec).map_err(|e| format!("bad runtime spec: {e}"))?;
         let base = Path::new(STATE_DIR).join(format!("{id}.mnt"));
         let mut mounts = Vec::new();
         let result = (|| {
             let image = base.join("image");
-            mount_device(&rootfs.device, &image, &rootfs.fs_type, true)?;
+            mount_disk(&rootfs.disk, &image, &rootfs.fs_type, true)?;
             mounts.push(image.clone());
-            let upper = match &rootfs.scratch_device {
-                Some(dev) => {
+            let upper = match &rootfs.scratch_disk {
+                Some(disk) => {
                     let scratch = base.join("scratch");
-                    mount_device(dev, &scratch, "ext4", false)?;
+                    mount_disk(disk, &scratch, "ext4", false)?;
                     mounts.push(scratch.clone());
                     Some(scratch.join("upper"))
                 }
@@ -514,7 +513,7 @@ impl Agent {
             };
             for v in volumes {
                 let at = PathBuf::from(&v.mount_point);
-                mount_device(&v.device, &at, &v.fs_type, v.read_only)?;
+                mount_disk(&v.disk, &at, &v.fs_type, v.read_only)?;
                 mounts.push(at);
             }
             let root = Rootfs {
@@ -548,23 +547,23 @@ impl Agent {
         container: String,
         exec_id: Option<String>,
     ) {
-        self.pids.insert(pid, stdio.stream);
-        let mut s = Stream::new(pid, stdio.tty, io, container, exec_id);
-        s.owner = self.current;
-        self.streams.insert(stdio.stream, s);
+        let key = (self.current, stdio.stream);
+        self.pids.insert(pid, key);
+        self.streams
+            .insert(key, Stream::new(pid, stdio.tty, io, container, exec_id));
     }
 
-    fn read_output(&mut self, stream: u32, which: Output) {
-        let Some(s) = self.streams.get_mut(&stream) else {
+    fn read_output(&mut self, key: StreamKey, which: Output) {
+        let Some(s) = self.streams.get_mut(&key) else {
             return;
         };
         let data = s.read(which, &mut self.read_buf);
         if let Some(data) = data {
+            let (owner, stream) = key;
             let frame = match which {
                 Output::Stdout => Frame::Stdout { stream, data },
                 Output::Stderr => Frame::Stderr { stream, data },
             };
-            let owner = s.owner;
             self.send(owner, &frame);
         }
     }
@@ -572,7 +571,7 @@ impl Agent {
     /// Reports processes that are dead and whose output is done (or has
     /// been given up on).
     fn report_exits(&mut self) {
-        let done: Vec<u32> = self
+        let done: Vec<StreamKey> = self
             .streams
             .iter()
             .filter(|(_, s)| {
@@ -581,14 +580,15 @@ impl Agent {
             })
             .map(|(&k, _)| k)
             .collect();
-        for stream in done {
-            let Some(mut s) = self.streams.remove(&stream) else {
+        for key in done {
+            let Some(mut s) = self.streams.remove(&key) else {
                 continue;
             };
+            let (owner, stream) = key;
             for which in s.close_outputs() {
                 let data = Vec::new();
                 self.send(
-                    s.owner,
+                    owner,
                     &match which {
                         Output::Stdout => Frame::Stdout { stream, data },
                         Output::Stderr => Frame::Stderr { stream, data },
@@ -597,7 +597,7 @@ impl Agent {
             }
             let status = s.exit.map(|(st, _)| st).unwrap_or(ExitStatus::Code(0));
             self.send(
-                s.owner,
+                owner,
                 &Frame::Event(Event::Exited {
                     id: s.container.clone(),
                     exec_id: s.exec_id.take(),
@@ -622,8 +622,8 @@ enum Owner {
     Signals,
     Listener,
     Conn(u64),
-    Out(u32, Output),
-    In(u32),
+    Out(StreamKey, Output),
+    In(StreamKey),
 }
 
 fn stdio_of(s: &StdioSpec) -> Stdio {
@@ -634,14 +634,43 @@ fn stdio_of(s: &StdioSpec) -> Stdio {
     }
 }
 
-fn mount_device(device: &str, at: &Path, fs_type: &str, read_only: bool) -> Result<(), String> {
+/// Mounts the disk whose serial is `serial` (see [`RootfsSpec`]).
+fn mount_disk(serial: &str, at: &Path, fs_type: &str, read_only: bool) -> Result<(), String> {
+    let device = disk_by_serial(Path::new("/sys/block"), serial)?;
+    let device = device.as_path();
     std::fs::create_dir_all(at).map_err(|e| format!("mkdir {}: {e}", at.display()))?;
     let mut flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
     if read_only {
         flags |= MsFlags::MS_RDONLY;
     }
-    mount(Some(device), at, Some(fs_type), flags, None::<&str>)
-        .map_err(|e| format!("mount {device} ({fs_type}) on {}: {e}", at.display()))
+    mount(Some(device), at, Some(fs_type), flags, None::<&str>).map_err(|e| {
+        format!(
+            "mount {} ({serial}, {fs_type}) on {}: {e}",
+            device.display(),
+            at.display()
+        )
+    })
+}
+
+/// `/dev/<name>` of the block device under `sys_block` whose `serial`
+/// attribute (virtio-blk's GET_ID answer) is `serial`.
+fn disk_by_serial(sys_block: &Path, serial: &str) -> Result<PathBuf, String> {
+    let entries =
+        std::fs::read_dir(sys_block).map_err(|e| format!("{}: {e}", sys_block.display()))?;
+    for e in entries.flatten() {
+        let Ok(found) = std::fs::read_to_string(e.path().join("serial")) else {
+            continue;
+        };
+        // The device pads an id shorter than 20 bytes with NULs, which
+        // Linux stops at; trim a newline all the same.
+        if found.trim_end_matches(['\n', '\0']) == serial {
+            return Ok(Path::new("/dev").join(e.file_name()));
+        }
+    }
+    Err(format!(
+        "no disk with serial {serial:?} in {}",
+        sys_block.display()
+    ))
 }
 
 fn unmount_all(mounts: &[PathBuf]) {
@@ -656,4 +685,36 @@ fn destroy(e: Entry) -> Result<(), String> {
     let result = e.container.destroy().map_err(|e| e.to_string());
     unmount_all(&e.mounts);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::disk_by_serial;
+
+    #[test]
+    fn disks_are_found_by_serial_not_by_order() {
+        let d = tempfile_dir();
+        for (name, serial) in [("vda", "rootfs\n"), ("vdb", "volume0"), ("vdc", "image")] {
+            std::fs::create_dir_all(d.join(name)).unwrap();
+            std::fs::write(d.join(name).join("serial"), serial).unwrap();
+        }
+        std::fs::create_dir_all(d.join("loop0")).unwrap();
+        assert_eq!(
+            disk_by_serial(&d, "image").unwrap(),
+            std::path::Path::new("/dev/vdc")
+        );
+        assert_eq!(
+            disk_by_serial(&d, "rootfs").unwrap(),
+            std::path::Path::new("/dev/vda")
+        );
+        let e = disk_by_serial(&d, "scratch").unwrap_err();
+        assert!(e.contains("no disk with serial \"scratch\""), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("husk-agent-serial-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
 }

@@ -1,8 +1,8 @@
 //! One process's stdio as the agent sees it: output pipes (or a pty
 //! master) to read and forward, a stdin pipe fed from the host's frames.
 
-use husk_agent_protocol::ExitStatus;
 use husk_container::ProcessIo;
+use husk_wire::agent::ExitStatus;
 use nix::errno::Errno;
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -20,8 +20,6 @@ pub struct Stream {
     pub pid: i32,
     pub container: String,
     pub exec_id: Option<String>,
-    /// The host connection that gets its output and exit.
-    pub owner: u64,
     tty: bool,
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
@@ -56,7 +54,6 @@ impl Stream {
             pid,
             container,
             exec_id,
-            owner: 0,
             tty,
             stdout: Some(io.stdout),
             stderr: io.stderr,

@@ -1,4 +1,5 @@
-//! What the init takes from the kernel command line.
+//! What the guest init takes from the kernel command line, and how a host
+//! writes it.
 //!
 //! The command to run comes, in order of preference, from
 //! - `husk.cmd=<base64 of the NUL-separated argv>`: what a VMM passes, because
@@ -11,6 +12,27 @@
 //! kernel also hands init every bare word it does not recognise before `--`.
 
 use base64::Engine;
+
+/// The command line every husk guest starts from: the serial console, reset
+/// through the i8042 (`reboot=k`: there is no ACPI), a panic resets at once,
+/// `quiet` (under nested KVM each console line costs an exit per byte), and
+/// no probing of the i8042's absent AUX port and PnP (each probe is exits).
+pub const BASE: &str =
+    "console=ttyS0 reboot=k panic=1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+
+/// `husk.cmd=`: the command, encoded by [`encode_command`].
+pub const KEY_CMD: &str = "husk.cmd";
+/// `husk.hostname=`.
+pub const KEY_HOSTNAME: &str = "husk.hostname";
+/// `husk.status=console`.
+pub const KEY_STATUS: &str = "husk.status";
+/// `husk.agent`: serve the agent protocol instead of running a command.
+pub const KEY_AGENT: &str = "husk.agent";
+
+/// The `husk.cmd=` parameter for an argv.
+pub fn command_param<S: AsRef<str>>(argv: &[S]) -> String {
+    format!("{KEY_CMD}={}", encode_command(argv))
+}
 
 /// Settings read from the kernel command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,16 +135,16 @@ pub fn parse(line: &str) -> Result<Config, Error> {
     };
     let mut encoded = None;
     for p in params {
-        if let Some(v) = p.strip_prefix("husk.cmd=") {
-            encoded = Some(v);
-        } else if let Some(v) = p.strip_prefix("husk.hostname=") {
-            if !v.is_empty() {
-                config.hostname = v.to_owned();
-            }
-        } else if let Some(v) = p.strip_prefix("husk.status=") {
-            config.status_on_console = v == "console";
-        } else if p == "husk.agent" || p == "husk.agent=1" {
-            config.agent = true;
+        let (key, value) = match p.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (p.as_str(), None),
+        };
+        match (key, value) {
+            (KEY_CMD, Some(v)) => encoded = Some(v),
+            (KEY_HOSTNAME, Some(v)) if !v.is_empty() => config.hostname = v.to_owned(),
+            (KEY_STATUS, Some(v)) => config.status_on_console = v == "console",
+            (KEY_AGENT, None | Some("1")) => config.agent = true,
+            _ => {}
         }
     }
     config.command = match (encoded, after_dashes) {
@@ -161,8 +183,8 @@ mod tests {
     fn encoded_command_wins_and_keeps_any_byte() {
         let argv = ["printf", "%s\\n", "a \"quoted\" -- word", ""];
         let line = format!(
-            "husk.cmd={} husk.hostname=box husk.status=console -- ignored",
-            encode_command(&argv)
+            "{} husk.hostname=box husk.status=console -- ignored",
+            command_param(&argv)
         );
         let c = parse(&line).unwrap();
         assert_eq!(c.command.unwrap(), argv);

@@ -8,13 +8,18 @@
 //! sends [`Request::Hello`] first; the agent answers with its version and
 //! refuses other versions. Requests carry a sequence number their response
 //! repeats, so responses and events can interleave with stream data on the
-//! one connection. The full description is in rootfs/README.md.
+//! one connection. Stream ids belong to their connection: two connections
+//! may both use stream 1. The full description is in rootfs/README.md.
 
+use oci_spec::runtime::{Process, Spec};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 
-/// Protocol version; bumped on any incompatible change.
-pub const VERSION: u32 = 1;
+pub use crate::status::ExitStatus;
+
+/// Protocol version; bumped on any incompatible change. 2: typed specs,
+/// disks named by their serial, stream ids scoped to their connection.
+pub const VERSION: u32 = 2;
 /// The vsock port the agent listens on.
 pub const AGENT_PORT: u32 = 1024;
 /// Largest frame body accepted: a runtime spec is a few KiB, stream chunks
@@ -60,7 +65,7 @@ impl Error {
 #[serde(deny_unknown_fields)]
 pub struct StdioSpec {
     /// Stream id for its data frames, chosen by the host; unique among
-    /// the agent's live streams (all connections).
+    /// the live streams of its connection.
     pub stream: u32,
     /// A pseudo-terminal (stdout and stderr merged) instead of pipes.
     #[serde(default)]
@@ -71,19 +76,24 @@ pub struct StdioSpec {
     pub stdin: bool,
 }
 
-/// The container's root: the image's read-only block device, with a
-/// writable layer over it.
+/// The container's root: the image's read-only disk, with a writable layer
+/// over it.
+///
+/// Disks are named by their serial, the drive id the host gave the
+/// virtio-blk device (which answers GET_ID with it; Linux shows it as
+/// `/sys/block/vdX/serial`), never by a device name guessed from the order
+/// of attachment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RootfsSpec {
-    /// Guest block device holding the image tree, e.g. `/dev/vdb`.
-    pub device: String,
+    /// Serial of the disk holding the image tree.
+    pub disk: String,
     /// Its filesystem type (`erofs`, `ext4`).
     pub fs_type: String,
-    /// A block device for the writable layer (formatted ext4); a tmpfs
+    /// Serial of a disk for the writable layer (formatted ext4); a tmpfs
     /// when absent.
     #[serde(default)]
-    pub scratch_device: Option<String>,
+    pub scratch_disk: Option<String>,
 }
 
 /// A host volume the agent mounts before creating the container; the
@@ -91,7 +101,8 @@ pub struct RootfsSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeSpec {
-    pub device: String,
+    /// Serial of the volume's disk.
+    pub disk: String,
     pub fs_type: String,
     pub mount_point: String,
     #[serde(default)]
@@ -109,7 +120,7 @@ pub enum Request {
     CreateContainer {
         id: String,
         /// The OCI runtime spec (`config.json`).
-        spec: serde_json::Value,
+        spec: Box<Spec>,
         rootfs: RootfsSpec,
         #[serde(default)]
         volumes: Vec<VolumeSpec>,
@@ -122,7 +133,7 @@ pub enum Request {
     Exec {
         id: String,
         exec_id: String,
-        process: serde_json::Value,
+        process: Box<Process>,
         stdio: StdioSpec,
     },
     /// Signals the container's process, or one exec'd process; `all`
@@ -151,12 +162,18 @@ pub enum Request {
     Shutdown,
 }
 
+/// Resource usage from a container's cgroup (v2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Stats {
+    /// memory.current, bytes.
     pub memory_current: u64,
+    /// memory.max, bytes; None = no limit.
     pub memory_max: Option<u64>,
+    /// usage_usec from cpu.stat.
     pub cpu_usage_usec: u64,
+    /// pids.current.
     pub pids_current: u64,
+    /// pids.max; None = no limit.
     pub pids_max: Option<u64>,
 }
 
@@ -167,24 +184,6 @@ pub enum Response {
     Hello { version: u32, agent: String },
     Stats { stats: Stats },
     Error { message: String },
-}
-
-/// How a process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ExitStatus {
-    Code(i32),
-    Signal(i32),
-}
-
-impl ExitStatus {
-    /// The status a shell would report: the code, or 128 + the signal.
-    pub fn shell_status(self) -> i32 {
-        match self {
-            ExitStatus::Code(c) => c,
-            ExitStatus::Signal(s) => 128 + s,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -410,13 +409,22 @@ mod tests {
     }
 
     #[test]
-    fn floats_in_specs_survive_a_round_trip() {
+    fn a_typed_process_survives_a_round_trip() {
         let f = Frame::Request {
             seq: 1,
             request: Request::Exec {
                 id: "c".into(),
                 exec_id: "e".into(),
-                process: serde_json::json!({"x": -1.8445440449054997e-26}),
+                process: Box::new(
+                    serde_json::from_value(serde_json::json!({
+                        "cwd": "/",
+                        "user": {"uid": 1, "gid": 2},
+                        "args": ["sh"],
+                        "rlimits": [{"type": "RLIMIT_CPU", "hard": 1, "soft": 1}],
+                        "oomScoreAdj": -17
+                    }))
+                    .unwrap(),
+                ),
                 stdio: StdioSpec {
                     stream: 2,
                     tty: false,
@@ -449,14 +457,14 @@ mod tests {
             seq: 7,
             request: Request::CreateContainer {
                 id: "c1".into(),
-                spec: serde_json::json!({"ociVersion": "1.0.2"}),
+                spec: Box::new(crate::spec::default_spec(vec!["sh".into()])),
                 rootfs: RootfsSpec {
-                    device: "/dev/vdb".into(),
+                    disk: "image".into(),
                     fs_type: "erofs".into(),
-                    scratch_device: None,
+                    scratch_disk: None,
                 },
                 volumes: vec![VolumeSpec {
-                    device: "/dev/vdc".into(),
+                    disk: "volume0".into(),
                     fs_type: "ext4".into(),
                     mount_point: "/run/husk/volumes/0".into(),
                     read_only: true,
@@ -562,8 +570,17 @@ mod tests {
     }
 
     #[test]
-    fn exit_statuses_read_like_a_shell() {
-        assert_eq!(ExitStatus::Code(3).shell_status(), 3);
-        assert_eq!(ExitStatus::Signal(9).shell_status(), 137);
+    fn a_guest_sent_signal_number_cannot_overflow_the_status() {
+        let f = Frame::Event(Event::Exited {
+            id: "c".into(),
+            exec_id: None,
+            stream: 1,
+            status: ExitStatus::Signal(i32::MAX),
+        });
+        let Frame::Event(Event::Exited { status, .. }) = Frame::decode(&f.encode()[4..]).unwrap()
+        else {
+            panic!("not an exit event");
+        };
+        assert_eq!(status.shell_status(), 255);
     }
 }

@@ -1,0 +1,224 @@
+//! Launching a planned run: the image's disk, the run's directory and
+//! record, the volumes' and scratch disks, and the VM.
+
+use super::plan::{Disks, Plan, ReadyDisk};
+use super::state::{self, ProcessDefaults, State, Status};
+use super::{timings::mark, volume, RunArgs};
+use crate::agent::Sinks;
+use crate::Failure;
+use husk_vmm::{Console, RunningVm, VmConfig, VsockConfig};
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The run's directory, removed when dropped (every exit path), or for a
+/// detached run that started and is kept, stripped to its record and logs.
+pub struct RunDir {
+    pub path: PathBuf,
+    pub keep: Cell<bool>,
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if !self.keep.get() {
+            let _ = std::fs::remove_dir_all(&self.path);
+            return;
+        }
+        let kept = [
+            state::STATE_FILE,
+            state::STDOUT_LOG,
+            state::STDERR_LOG,
+            CONSOLE_LOG,
+            "monitor.log",
+        ];
+        for e in std::fs::read_dir(&self.path)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if !kept.iter().any(|k| e.file_name() == *k) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// The guest's console, in the run's directory.
+pub const CONSOLE_LOG: &str = "console.log";
+
+/// A run with its VM started.
+pub struct Launched {
+    pub dir: RunDir,
+    pub record: State,
+    pub volumes: Vec<volume::Prepared>,
+    pub disks: Disks,
+    pub vm: RunningVm,
+    pub uds: PathBuf,
+    pub sinks: Sinks,
+}
+
+/// The image as a cached read-only disk, converted on first use.
+pub fn image_disk(args: &RunArgs, image: &husk_image::Image) -> Result<ReadyDisk, Failure> {
+    let cache = husk_image::Cache::new(husk_image::Cache::default_dir());
+    let mut last_report = Instant::now();
+    let block = cache
+        .block_image(image, &mut |p| {
+            if last_report.elapsed() > Duration::from_secs(1) {
+                eprintln!(
+                    "husk: converting {}: layer {}/{}, {} of {} MiB",
+                    args.image.display(),
+                    p.layer,
+                    p.layers,
+                    p.bytes_done >> 20,
+                    p.bytes_total >> 20
+                );
+                last_report = Instant::now();
+            }
+        })
+        .map_err(|e| Failure::runtime(format!("converting {}: {e}", args.image.display())))?;
+    Ok(ReadyDisk {
+        path: block.path,
+        fs_type: block.fs_type,
+    })
+}
+
+/// Makes the run's directory and record, its disks, and starts the VM.
+pub fn launch(
+    args: &RunArgs,
+    plan: &Plan,
+    image: ReadyDisk,
+    detached: bool,
+) -> Result<Launched, Failure> {
+    let root = super::runtime_root();
+    // Dead runs' leftovers go before this one starts.
+    let _ = state::list(&root);
+    let dir = RunDir {
+        path: root.join(&plan.id),
+        keep: Cell::new(false),
+    };
+    std::fs::create_dir_all(&dir.path)
+        .map_err(|e| Failure::runtime(format!("runtime dir {}: {e}", dir.path.display())))?;
+    let record = record(args, plan, detached);
+    record.save(&dir.path).map_err(Failure::runtime)?;
+    let sinks = sinks(detached.then_some(dir.path.as_path())).map_err(Failure::runtime)?;
+    let guest = crate::boot::guest_dir();
+    let kernel = args.kernel.clone().unwrap_or_else(|| guest.join("vmlinux"));
+    let rootfs = guest.join("rootfs.ext4");
+    for (p, what) in [
+        (&kernel, "guest kernel"),
+        (&rootfs, "guest root filesystem"),
+    ] {
+        if !p.is_file() {
+            return Err(Failure::runtime(format!(
+                "the {what} {} is missing (scripts/build-guest builds it)",
+                p.display()
+            )));
+        }
+    }
+    let mut volumes = Vec::new();
+    for (i, v) in plan.volumes.iter().enumerate() {
+        volumes.push(volume::prepare(v.clone(), i, &dir.path).map_err(Failure::runtime)?);
+    }
+    let scratch = match plan.scratch {
+        Some(bytes) => {
+            let path = dir.path.join("scratch.img");
+            make_scratch(&path, bytes).map_err(Failure::runtime)?;
+            Some(path)
+        }
+        None => None,
+    };
+    let disks = Disks {
+        rootfs,
+        image,
+        volumes: volumes
+            .iter()
+            .map(|p| ReadyDisk {
+                path: p.disk.clone(),
+                fs_type: p.fs_type,
+            })
+            .collect(),
+        scratch,
+    };
+    let uds = dir.path.join(state::VSOCK_SOCKET);
+    let config = VmConfig {
+        kernel,
+        vcpus: plan.vcpus,
+        mem_mib: plan.mem_mib,
+        cmdline: plan.cmdline(),
+        disks: plan.vm_disks(&disks),
+        nets: plan
+            .net
+            .as_ref()
+            .map(|n| crate::boot::net_spec(&n.device, 0))
+            .transpose()?
+            .into_iter()
+            .collect(),
+        vsock: Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: uds.clone(),
+            id: "vsock0".into(),
+        }),
+        console: Console::File(dir.path.join(CONSOLE_LOG)),
+        stdin: false,
+        allow_pvm: false,
+    };
+    let vm = husk_vmm::start(&config, None).map_err(|e| Failure::runtime(e.to_string()))?;
+    mark("vm_started");
+    Ok(Launched {
+        dir,
+        record,
+        volumes,
+        disks,
+        vm,
+        uds,
+        sinks,
+    })
+}
+
+fn record(args: &RunArgs, plan: &Plan, detached: bool) -> State {
+    let me = std::process::id() as i32;
+    let s = &plan.settings;
+    State {
+        id: plan.id.clone(),
+        image: args.image.display().to_string(),
+        command: s.args.clone(),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        detached,
+        owner_pid: me,
+        owner_start: state::start_time(me).unwrap_or(0),
+        status: Status::Starting,
+        process: ProcessDefaults {
+            env: s.env.clone(),
+            cwd: s.cwd.clone(),
+            uid: s.uid,
+            gid: s.gid,
+        },
+    }
+}
+
+/// Where the container's output goes: our stdout/stderr, or for a detached
+/// run its log files.
+fn sinks(logs: Option<&Path>) -> Result<Sinks, String> {
+    let Some(dir) = logs else {
+        return Ok(Sinks::stdio());
+    };
+    let open = |name: &str| {
+        let p = dir.join(name);
+        std::fs::File::create(&p).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    Ok(Sinks {
+        out: Box::new(open(state::STDOUT_LOG)?),
+        err: Box::new(open(state::STDERR_LOG)?),
+    })
+}
+
+/// A sparse file of `bytes`, formatted ext4 without a journal: the layer
+/// lives as long as the run, so crash consistency buys nothing.
+fn make_scratch(path: &Path, bytes: u64) -> Result<(), String> {
+    husk_image::mkfs::Ext4::new(bytes)
+        .no_journal()
+        .make(path)
+        .map_err(|e| format!("--scratch: {e}"))
+}

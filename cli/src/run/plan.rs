@@ -1,0 +1,395 @@
+//! The pure part of `husk run`: from the flags and the image's defaults to
+//! the runtime spec, the VM's size and command line, and the disks the VM
+//! gets and the agent mounts. No VM, no files written; `launch` does that.
+
+use super::spec::{self, Net, Settings};
+use super::volume::{self, VolumeArg};
+use super::RunArgs;
+use crate::Failure;
+use husk_image::ImageDefaults;
+use husk_vmm::DiskConfig;
+use husk_wire::agent::{RootfsSpec, StdioSpec, VolumeSpec};
+use husk_wire::cmdline;
+use husk_wire::oci_spec::runtime::Spec;
+use std::path::PathBuf;
+
+/// Memory the guest itself needs beside the container's limit: kernel,
+/// agent, page cache for the image and the tmpfs upper layer.
+pub const GUEST_OVERHEAD_MIB: u64 = 96;
+/// VM memory when the container has no limit.
+pub const DEFAULT_VM_MIB: u64 = 256;
+/// The container's stream id on the run's agent connection.
+pub const MAIN_STREAM: u32 = 1;
+/// The container's id inside the guest (one container per VM).
+pub const CONTAINER_ID: &str = "main";
+/// The smallest `--scratch` that holds an ext4 filesystem with room to spare.
+const MIN_SCRATCH: u64 = 16 << 20;
+
+/// Disk serials: the VMM reports them to the guest (virtio-blk GET_ID) and
+/// the agent finds the disks by them.
+pub mod serial {
+    pub const ROOTFS: &str = "rootfs";
+    pub const IMAGE: &str = "image";
+    pub const SCRATCH: &str = "scratch";
+    pub fn volume(i: usize) -> String {
+        format!("volume{i}")
+    }
+}
+
+/// Everything `husk run` decided before touching the machine.
+#[derive(Debug)]
+pub struct Plan {
+    pub id: String,
+    pub spec: Spec,
+    /// The process's settings (kept in the run's record for `husk exec`).
+    pub settings: Settings,
+    pub volumes: Vec<VolumeArg>,
+    /// Bytes of the scratch disk for the writable layer.
+    pub scratch: Option<u64>,
+    pub net: Option<Net>,
+    pub vcpus: u8,
+    pub mem_mib: u64,
+    pub stdio: StdioSpec,
+}
+
+/// A disk made ready on the host: where it is and what is on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyDisk {
+    pub path: PathBuf,
+    pub fs_type: &'static str,
+}
+
+/// What launch made ready for the plan's disks.
+#[derive(Debug)]
+pub struct Disks {
+    pub rootfs: PathBuf,
+    pub image: ReadyDisk,
+    /// One per [`Plan::volumes`], in order.
+    pub volumes: Vec<ReadyDisk>,
+    pub scratch: Option<PathBuf>,
+}
+
+/// Where the agent mounts volume `i` in the guest; the container's bind
+/// mount takes it from there.
+fn volume_mount_point(i: usize) -> String {
+    format!("/run/husk/volumes/{i}")
+}
+
+/// Flags + image defaults → the plan; every flag error is a usage error.
+pub fn plan(args: &RunArgs, defaults: &ImageDefaults, id: &str) -> Result<Plan, Failure> {
+    let memory = args
+        .memory
+        .as_deref()
+        .map(spec::size)
+        .transpose()
+        .map_err(Failure::usage)?;
+    if let Some(c) = args.cpus {
+        if !(c > 0.0 && c <= 255.0) {
+            return Err(Failure::usage(format!(
+                "--cpus {c}: expected a number above 0"
+            )));
+        }
+    }
+    let user = args.process.user.as_deref().or(defaults.user.as_deref());
+    let (uid, gid) = spec::user(user.unwrap_or("")).map_err(Failure::usage)?;
+    let volumes = volumes(&args.volumes)?;
+    let scratch = args
+        .scratch
+        .as_deref()
+        .map(|s| spec::size(s).map_err(|e| format!("--scratch: {e}")))
+        .transpose()
+        .map_err(Failure::usage)?;
+    if scratch.is_some_and(|b| b < MIN_SCRATCH) {
+        return Err(Failure::usage("--scratch: at least 16m"));
+    }
+    let net = args
+        .net
+        .as_deref()
+        .map(spec::net)
+        .transpose()
+        .map_err(Failure::usage)?;
+    let argv = spec::args(&defaults.entrypoint, &defaults.cmd, &args.command);
+    if argv.is_empty() {
+        return Err(Failure::usage(
+            "no command: the image has no Entrypoint or Cmd, give one after the image",
+        ));
+    }
+    let settings = Settings {
+        args: argv,
+        env: spec::env(&defaults.env, &args.process.env).map_err(Failure::usage)?,
+        cwd: args
+            .process
+            .workdir
+            .clone()
+            .or(defaults.working_dir.clone())
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into()),
+        uid,
+        gid,
+        hostname: args.hostname.clone().unwrap_or_else(|| id.to_owned()),
+        terminal: args.process.tty,
+        memory,
+        cpus: args.cpus,
+        pids: args.pids_limit,
+        binds: volumes
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (volume_mount_point(i), v.target.clone(), v.read_only))
+            .collect(),
+        vm_network: net.is_some(),
+    };
+    Ok(Plan {
+        id: id.to_owned(),
+        spec: spec::build(&settings),
+        settings,
+        volumes,
+        scratch,
+        net,
+        vcpus: args.cpus.map_or(1, |c| c.ceil() as u8).max(1),
+        mem_mib: memory.map_or(DEFAULT_VM_MIB, |m| m.div_ceil(1 << 20) + GUEST_OVERHEAD_MIB),
+        stdio: StdioSpec {
+            stream: MAIN_STREAM,
+            tty: args.process.tty,
+            stdin: args.process.interactive,
+        },
+    })
+}
+
+fn volumes(args: &[String]) -> Result<Vec<VolumeArg>, Failure> {
+    let volumes = args
+        .iter()
+        .map(|v| volume::parse(v))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Failure::usage)?;
+    if volumes.len() > volume::MAX_VOLUMES {
+        return Err(Failure::usage(format!(
+            "{} volumes: at most {} are supported",
+            volumes.len(),
+            volume::MAX_VOLUMES
+        )));
+    }
+    for (i, v) in volumes.iter().enumerate() {
+        if volumes[..i].iter().any(|w| w.target == v.target) {
+            return Err(Failure::usage(format!("-v: {} is mounted twice", v.target)));
+        }
+    }
+    Ok(volumes)
+}
+
+impl Plan {
+    /// The guest's kernel command line: the base, the read-only root, the
+    /// agent, and the network's address when there is one.
+    pub fn cmdline(&self) -> String {
+        format!(
+            "{} root=/dev/vda ro {} {}=husk-{}{}",
+            cmdline::BASE,
+            cmdline::KEY_AGENT,
+            cmdline::KEY_HOSTNAME,
+            self.id,
+            self.net.as_ref().map(|n| n.cmdline()).unwrap_or_default()
+        )
+    }
+
+    /// The VM's disks, each named by its serial. The guest's root comes
+    /// first: the kernel mounts it as /dev/vda.
+    pub fn vm_disks(&self, d: &Disks) -> Vec<DiskConfig> {
+        let disk = |path: &PathBuf, read_only, id: &str| DiskConfig {
+            path: path.clone(),
+            read_only,
+            id: id.to_owned(),
+        };
+        let mut disks = vec![
+            disk(&d.rootfs, true, serial::ROOTFS),
+            disk(&d.image.path, true, serial::IMAGE),
+        ];
+        for (i, (v, ready)) in self.volumes.iter().zip(&d.volumes).enumerate() {
+            disks.push(disk(&ready.path, v.read_only, &serial::volume(i)));
+        }
+        if let Some(s) = &d.scratch {
+            disks.push(disk(s, false, serial::SCRATCH));
+        }
+        disks
+    }
+
+    /// What the agent mounts for the container, by the same serials.
+    pub fn agent_disks(&self, d: &Disks) -> (RootfsSpec, Vec<VolumeSpec>) {
+        let rootfs = RootfsSpec {
+            disk: serial::IMAGE.into(),
+            fs_type: d.image.fs_type.into(),
+            scratch_disk: d.scratch.as_ref().map(|_| serial::SCRATCH.into()),
+        };
+        let volumes = self
+            .volumes
+            .iter()
+            .zip(&d.volumes)
+            .enumerate()
+            .map(|(i, (v, ready))| VolumeSpec {
+                disk: serial::volume(i),
+                fs_type: ready.fs_type.into(),
+                mount_point: volume_mount_point(i),
+                read_only: v.read_only,
+            })
+            .collect();
+        (rootfs, volumes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn args(line: &[&str]) -> RunArgs {
+        Cli::try_parse_from(std::iter::once("husk-run").chain(line.iter().copied()))
+            .unwrap()
+            .run
+    }
+
+    fn defaults() -> ImageDefaults {
+        ImageDefaults {
+            entrypoint: vec![],
+            cmd: vec!["sh".into()],
+            env: vec!["PATH=/bin".into(), "A=1".into()],
+            working_dir: Some("/srv".into()),
+            user: Some("5:6".into()),
+        }
+    }
+
+    fn ready(path: &str, fs_type: &'static str) -> ReadyDisk {
+        ReadyDisk {
+            path: path.into(),
+            fs_type,
+        }
+    }
+
+    #[test]
+    fn flags_and_image_defaults_make_the_spec_and_the_vm() {
+        let p = plan(
+            &args(&[
+                "--memory", "64m", "--cpus", "1.5", "-e", "A=2", "img", "echo", "hi",
+            ]),
+            &defaults(),
+            "abc",
+        )
+        .unwrap();
+        assert_eq!(p.vcpus, 2);
+        assert_eq!(p.mem_mib, 64 + GUEST_OVERHEAD_MIB);
+        let proc_ = p.spec.process().as_ref().unwrap();
+        assert_eq!(proc_.args().as_ref().unwrap(), &["echo", "hi"]);
+        assert_eq!(proc_.env().as_ref().unwrap(), &["PATH=/bin", "A=2"]);
+        assert_eq!(proc_.cwd(), std::path::Path::new("/srv"));
+        assert_eq!((proc_.user().uid(), proc_.user().gid()), (5, 6));
+        assert_eq!(p.spec.hostname().as_deref(), Some("abc"));
+        assert_eq!(p.stdio.stream, MAIN_STREAM);
+        assert!(p.cmdline().starts_with(cmdline::BASE));
+        assert!(p.cmdline().ends_with("husk.agent husk.hostname=husk-abc"));
+
+        let p = plan(&args(&["img"]), &defaults(), "x").unwrap();
+        assert_eq!((p.vcpus, p.mem_mib), (1, DEFAULT_VM_MIB));
+    }
+
+    #[test]
+    fn disks_are_named_by_serial_whatever_their_order() {
+        let dir = std::env::temp_dir();
+        let vol = format!("{}:/data:ro", dir.display());
+        let vol2 = format!("{}:/more", dir.display());
+        let p = plan(
+            &args(&["-v", &vol, "-v", &vol2, "--scratch", "64m", "img"]),
+            &defaults(),
+            "x",
+        )
+        .unwrap();
+        assert_eq!(p.scratch, Some(64 << 20));
+        let disks = Disks {
+            rootfs: "/g/rootfs.ext4".into(),
+            image: ready("/c/img.erofs", "erofs"),
+            volumes: vec![ready("/r/v0", "erofs"), ready("/r/v1", "ext4")],
+            scratch: Some("/r/scratch.img".into()),
+        };
+        let vm: Vec<(String, bool)> = p
+            .vm_disks(&disks)
+            .into_iter()
+            .map(|d| (d.id, d.read_only))
+            .collect();
+        assert_eq!(
+            vm,
+            [
+                ("rootfs".into(), true),
+                ("image".into(), true),
+                ("volume0".into(), true),
+                ("volume1".into(), false),
+                ("scratch".into(), false)
+            ]
+        );
+        let (root, volumes) = p.agent_disks(&disks);
+        assert_eq!(root.disk, "image");
+        assert_eq!(root.fs_type, "erofs");
+        assert_eq!(root.scratch_disk.as_deref(), Some("scratch"));
+        assert_eq!(volumes[1].disk, "volume1");
+        assert_eq!(volumes[1].fs_type, "ext4");
+        assert_eq!(volumes[1].mount_point, "/run/husk/volumes/1");
+        // The spec bind-mounts each volume's mount point.
+        let mounts = p.spec.mounts().as_ref().unwrap();
+        let data = mounts
+            .iter()
+            .find(|m| m.destination() == std::path::Path::new("/data"))
+            .unwrap();
+        assert_eq!(
+            data.source().as_deref(),
+            Some(std::path::Path::new("/run/husk/volumes/0"))
+        );
+    }
+
+    #[test]
+    fn bad_flags_are_usage_errors() {
+        let d = defaults();
+        let bad = |line: &[&str]| plan(&args(line), &d, "x").unwrap_err();
+        assert!(bad(&["--cpus", "0", "img"]).message.contains("--cpus"));
+        assert!(bad(&["--memory", "lots", "img"])
+            .message
+            .contains("--memory"));
+        assert!(bad(&["--scratch", "1m", "img"])
+            .message
+            .contains("at least 16m"));
+        assert!(bad(&["-u", "root", "img"]).message.contains("numeric"));
+        assert!(bad(&["--net", "tap=t0,gw=1.2.3.4", "img"])
+            .message
+            .contains("needs ip="));
+        let tmp = std::env::temp_dir().display().to_string();
+        let twice = bad(&[
+            "-v",
+            &format!("{tmp}:/a"),
+            "-v",
+            &format!("{tmp}:/a"),
+            "img",
+        ]);
+        assert!(twice.message.contains("mounted twice"));
+        let no_cmd = ImageDefaults {
+            cmd: vec![],
+            ..defaults()
+        };
+        let e = plan(&args(&["img"]), &no_cmd, "x").unwrap_err();
+        assert_eq!(e.code, 2);
+        assert!(e.message.contains("no command"));
+    }
+
+    #[test]
+    fn the_network_flag_shares_the_vm_network_and_configures_the_guest() {
+        let p = plan(
+            &args(&["--net", "tap=t0,ip=10.0.0.2/24", "img"]),
+            &defaults(),
+            "x",
+        )
+        .unwrap();
+        assert!(p.settings.vm_network);
+        assert!(p
+            .cmdline()
+            .ends_with(" ip=10.0.0.2:::255.255.255.0::eth0:off"));
+    }
+}

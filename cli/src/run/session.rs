@@ -1,0 +1,136 @@
+//! The agent session of `husk run`: create and start the container, relay
+//! stdin, resizes and signals until its process exits, then ask the guest
+//! to power off.
+
+use super::plan::{CONTAINER_ID, MAIN_STREAM};
+use super::timings::mark;
+use crate::agent::{self, tty, Client, Msg, Sinks};
+use husk_vmm::{Exit, VmControls};
+use husk_wire::agent::{ExitStatus, Request, RootfsSpec, StdioSpec, VolumeSpec};
+use husk_wire::oci_spec::runtime::Spec;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long a live guest gets to boot and answer (a guest that stops
+/// fails at once). Seconds on hardware; a loaded nested host has taken
+/// over a minute.
+const AGENT_DEADLINE: Duration = Duration::from_secs(120);
+/// How long one request may take once the agent runs.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(60);
+
+/// What the container is made of, for the agent.
+pub struct Container {
+    pub spec: Spec,
+    pub rootfs: RootfsSpec,
+    pub volumes: Vec<VolumeSpec>,
+    pub stdio: StdioSpec,
+}
+
+pub struct Session {
+    pub uds: PathBuf,
+    pub sinks: Sinks,
+    pub controls: VmControls,
+    /// Says something (or disconnects) when the VM has ended.
+    pub vm_done: mpsc::Receiver<()>,
+    /// SIGINT/SIGTERM, taken from the default handlers.
+    pub signals: nix::sys::signalfd::SignalFd,
+}
+
+impl Session {
+    fn vm_alive(done: &mpsc::Receiver<()>) -> bool {
+        matches!(done.try_recv(), Err(mpsc::TryRecvError::Empty))
+    }
+
+    /// Runs the container to its end; its status. `on_started` runs once it
+    /// runs (the run's record, a detached run going to the background).
+    pub fn run(self, c: Container, on_started: &mut dyn FnMut()) -> Result<ExitStatus, String> {
+        let done = self.vm_done;
+        let alive = || Session::vm_alive(&done);
+        let deadline = Instant::now() + AGENT_DEADLINE;
+        let client = Client::open(&self.uds, deadline, &alive, self.sinks)?;
+        mark("agent_ready");
+        agent::spawn_signal_thread(self.signals, client.sender());
+        let create = Request::CreateContainer {
+            id: CONTAINER_ID.into(),
+            spec: Box::new(c.spec),
+            rootfs: c.rootfs,
+            volumes: c.volumes,
+            stdio: c.stdio.clone(),
+        };
+        client.call(create, "create the container", REQUEST_DEADLINE, &alive)?;
+        mark("created");
+        let _raw = if c.stdio.tty {
+            let raw = husk_vmm::console::RawTerminal::enter();
+            tty::send_size(&client.writer, MAIN_STREAM);
+            tty::spawn_winch_thread(client.sender());
+            raw
+        } else {
+            None
+        };
+        let start = Request::StartContainer {
+            id: CONTAINER_ID.into(),
+        };
+        client.call(start, "start the container", REQUEST_DEADLINE, &alive)?;
+        mark("started");
+        on_started();
+        if c.stdio.stdin {
+            agent::spawn_stdin_thread(client.writer.clone(), MAIN_STREAM);
+        }
+        let status = relay(&client, &self.controls, &alive)?;
+        mark("exited");
+        // Done: the guest syncs and powers off; its answer is not needed.
+        let _ = client.writer.request(Request::Shutdown);
+        Ok(status)
+    }
+}
+
+/// Relays until the container's process exits; its status. Never blocks on
+/// the guest: requests are queued, output is written by the reader.
+fn relay(
+    client: &Client,
+    controls: &VmControls,
+    alive: &dyn Fn() -> bool,
+) -> Result<ExitStatus, String> {
+    let mut signals_seen = 0;
+    loop {
+        let msg = match client.next(Duration::from_millis(200))? {
+            Some(m) => m,
+            None if !alive() => return Err("the VM stopped before the container exited".into()),
+            None => continue,
+        };
+        match msg {
+            Msg::Exited { stream, status } if stream == MAIN_STREAM => return Ok(status),
+            Msg::Exited { .. } => {}
+            Msg::Response {
+                response: husk_wire::agent::Response::Error { message },
+                ..
+            } => log::warn!("agent: {message}"),
+            Msg::Response { .. } => {}
+            Msg::Closed(why) => return Err(why),
+            Msg::Resize => tty::send_size(&client.writer, MAIN_STREAM),
+            Msg::Signal(sig) => {
+                signals_seen += 1;
+                if signals_seen >= 3 {
+                    // The container ignores us, or the guest does not take
+                    // our requests: stop the VM outright.
+                    controls.stop(Exit::Stopped(sig));
+                    return Ok(ExitStatus::Signal(sig));
+                }
+                // Like docker's sig-proxy: the container gets it; a second
+                // one is a SIGKILL to everything in it.
+                let (signal, all) = if signals_seen == 1 {
+                    (sig, false)
+                } else {
+                    (libc::SIGKILL, true)
+                };
+                client.writer.request(Request::Signal {
+                    id: CONTAINER_ID.into(),
+                    exec_id: None,
+                    signal,
+                    all,
+                })?;
+            }
+        }
+    }
+}
