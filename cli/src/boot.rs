@@ -176,10 +176,19 @@ pub fn net_spec(spec: &str, n: usize) -> Result<NetConfig, Failure> {
     })
 }
 
-fn usage_or_runtime(e: husk_vmm::Error) -> Failure {
+/// A VMM error as the command's failure: bad sizes are usage errors, and
+/// a /dev/kvm that cannot boot Linux gets the way out.
+pub(crate) fn usage_or_runtime(e: husk_vmm::Error) -> Failure {
     use husk_vmm::Error as E;
-    let message = e.to_string();
+    let mut message = e.to_string();
     match e {
+        E::Kvm(kind) if !kind.runs_linux() => {
+            message.push_str(
+                "; on a host without hardware virtualization, run husk's guests in the \
+                 nested testbed (tests/testbed/run; `cargo test` uses it by itself)",
+            );
+            Failure::runtime(message)
+        }
         E::Vcpus(..) | E::Memory(husk_vmm::memory::Error::TooSmall(..)) => Failure::usage(message),
         E::Memory(husk_vmm::memory::Error::TooLarge(..)) => Failure::usage(message),
         E::Loader(husk_vmm::loader::Error::CmdlineTooLong(_)) => Failure::usage(message),

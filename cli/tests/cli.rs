@@ -99,7 +99,7 @@ fn memory_too_small_for_the_kernel() {
 fn kvm_pvm_is_refused_with_a_pointer_to_the_testbed() {
     let kind = husk_tests::kvm::detect_at(std::path::Path::new("/"));
     if kind != husk_tests::kvm::KvmKind::Pvm {
-        return; // only meaningful where /dev/kvm is kvm_pvm
+        return husk_skip::not_applicable("/dev/kvm is not kvm_pvm here");
     }
     let (_d, k, r) = scratch();
     let o = husk(&["boot", "--kernel", &k, "--rootfs", &r]);
@@ -164,8 +164,7 @@ fn missing_or_busy_tap_is_a_clear_error() {
     assert_one_line_error(&o, 2, "mac");
 
     let Some(tap) = TestTap::create("husktest-busy") else {
-        eprintln!("skipping the busy-TAP case: cannot create a TAP here");
-        return;
+        return husk_skip::skip("the busy-TAP case: cannot create a TAP here");
     };
     let _held = husk_devices::virtio::net::Tap::open(&tap.0).expect("open the test TAP");
     let spec = format!("tap={}", tap.0);
@@ -176,8 +175,7 @@ fn missing_or_busy_tap_is_a_clear_error() {
 #[test]
 fn null_guest_boots_with_a_network_interface() {
     let Some(tap) = TestTap::create("husktest-ok") else {
-        eprintln!("skipping: cannot create a TAP here");
-        return;
+        return husk_skip::skip("cannot create a TAP here");
     };
     let (_d, k, r) = scratch();
     let spec = format!("tap={},mac=02:aa:bb:cc:dd:ee", tap.0);

@@ -9,16 +9,15 @@ fn cpuinfo_field(text: &str, key: &str) -> Option<String> {
         .map(|(_, v)| v.trim().to_owned())
 }
 
-/// Which KVM serves /dev/kvm: the loaded module says it.
+/// Which KVM serves /dev/kvm, as the VMM detects it.
 fn kvm_flavour(nested: bool) -> String {
-    let module = ["kvm_intel", "kvm_amd", "kvm_pvm"]
-        .into_iter()
-        .find(|m| std::path::Path::new("/sys/module").join(m).exists());
-    match (module, nested) {
-        (Some("kvm_pvm"), _) => "kvm_pvm (PVM, shadow paging; cannot boot Linux guests)".into(),
-        (Some(m), false) => format!("{m} (hardware virtualization)"),
-        (Some(m), true) => format!("{m} (nested: this host is itself a VM)"),
-        (None, _) => "none (no KVM module loaded)".into(),
+    use husk_vmm::kvm_kind::{detect_at, KvmKind};
+    match (detect_at(std::path::Path::new("/")), nested) {
+        (KvmKind::Pvm, _) => "kvm_pvm (PVM, shadow paging; cannot boot Linux guests)".into(),
+        (KvmKind::Hardware(how), false) => format!("{how} (hardware virtualization)"),
+        (KvmKind::Hardware(how), true) => format!("{how} (nested: this host is itself a VM)"),
+        (KvmKind::Missing, _) => "none (no /dev/kvm)".into(),
+        (KvmKind::Unusable(why), _) => format!("unusable: {why}"),
     }
 }
 

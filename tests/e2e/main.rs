@@ -10,4 +10,5 @@ mod compare;
 mod guest;
 mod net;
 mod run;
+mod session;
 mod vsock;

@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-const TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The test image (busybox in an OCI layout) that scripts/build-guest
 /// writes next to the guest kernel.
-fn image() -> PathBuf {
+pub(crate) fn image() -> PathBuf {
     let p = husk_tests::guest_dir().join("husk-test-image");
     assert!(
         p.join("index.json").is_file(),
@@ -22,20 +22,20 @@ fn image() -> PathBuf {
 }
 
 /// `husk run` with its own image cache and runtime dir under `env`.
-struct Run {
-    cache: tempfile::TempDir,
-    runtime: tempfile::TempDir,
+pub(crate) struct Run {
+    pub(crate) cache: tempfile::TempDir,
+    pub(crate) runtime: tempfile::TempDir,
 }
 
 impl Run {
-    fn new() -> Run {
+    pub(crate) fn new() -> Run {
         Run {
             cache: tempfile::tempdir().unwrap(),
             runtime: tempfile::tempdir().unwrap(),
         }
     }
 
-    fn command(&self, flags: &[&str], cmd: &[&str]) -> Command {
+    pub(crate) fn command(&self, flags: &[&str], cmd: &[&str]) -> Command {
         let mut c = Command::new(husk_tests::husk::binary());
         c.arg("run")
             .args(flags)
@@ -46,7 +46,7 @@ impl Run {
         c
     }
 
-    fn run(&self, flags: &[&str], cmd: &[&str]) -> Finished {
+    pub(crate) fn run(&self, flags: &[&str], cmd: &[&str]) -> Finished {
         husk_tests::process::run(self.command(flags, cmd), TIMEOUT)
     }
 }
@@ -201,7 +201,7 @@ fn memory_and_pids_limits_hold() {
 
 /// Processes running the husk binary for `r` (its runtime dir in their
 /// environment): other tests run their own husks at the same time.
-fn husk_processes(r: &Run) -> Vec<i32> {
+pub(crate) fn husk_processes(r: &Run) -> Vec<i32> {
     let husk = std::fs::canonicalize(husk_tests::husk::binary()).unwrap();
     let mut mine = b"HUSK_RUNTIME_DIR=".to_vec();
     mine.extend_from_slice(r.runtime.path().as_os_str().as_encoded_bytes());
@@ -216,7 +216,7 @@ fn husk_processes(r: &Run) -> Vec<i32> {
         .collect()
 }
 
-fn entries(dir: &std::path::Path) -> Vec<String> {
+pub(crate) fn entries(dir: &std::path::Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .map(|d| {
             d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -427,7 +427,7 @@ fn volumes_read_only_read_write_and_disk_images() {
 }
 
 /// `husk SUBCOMMAND ARGS` against the same runtime dir as `r`'s runs.
-fn husk(r: &Run, args: &[&str]) -> Finished {
+pub(crate) fn husk(r: &Run, args: &[&str]) -> Finished {
     let mut c = Command::new(husk_tests::husk::binary());
     c.args(args)
         .env("HUSK_IMAGE_CACHE", r.cache.path())
@@ -436,7 +436,7 @@ fn husk(r: &Run, args: &[&str]) -> Finished {
 }
 
 /// Polls `husk ps -a` until the container's line says `status`.
-fn wait_status(r: &Run, id: &str, status: &str) -> Finished {
+pub(crate) fn wait_status(r: &Run, id: &str, status: &str) -> Finished {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let ps = husk(r, &["ps", "-a"]);

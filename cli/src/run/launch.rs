@@ -162,7 +162,7 @@ pub fn launch(
         stdin: false,
         allow_pvm: false,
     };
-    let vm = husk_vmm::start(&config, None).map_err(|e| Failure::runtime(e.to_string()))?;
+    let vm = husk_vmm::start(&config, None).map_err(crate::boot::usage_or_runtime)?;
     mark("vm_started");
     Ok(Launched {
         dir,

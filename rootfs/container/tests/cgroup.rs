@@ -20,12 +20,12 @@ const UNIFIED: &str = "/sys/fs/cgroup/unified";
 /// Root, and a cgroup2 mount to use.
 fn ready() -> bool {
     if !is_root() {
-        eprintln!("skipped: needs root");
+        husk_skip::skip("needs root");
         return false;
     }
     let is_cg2 = nix_statfs_is_cgroup2(Path::new(UNIFIED));
     if !is_cg2 {
-        eprintln!("skipped: no cgroup2 at {UNIFIED}");
+        husk_skip::skip(&format!("no cgroup2 at {UNIFIED}"));
         return false;
     }
     setup();

@@ -25,8 +25,7 @@ use husk_container::{resize_tty, Container, Error, Rootfs, Stdio};
 macro_rules! need_root {
     () => {
         if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
+            return husk_skip::skip("needs root");
         }
         setup();
     };

@@ -19,7 +19,7 @@ impl TestInterface {
     /// when the host does not let us.
     fn create(tag: &str, mode: &'static str, extra: &[&str]) -> Option<Self> {
         if !Path::new("/dev/net/tun").exists() {
-            eprintln!("skipping: no /dev/net/tun");
+            husk_skip::skip("no /dev/net/tun");
             return None;
         }
         let name = interface_name(tag);
@@ -30,7 +30,9 @@ impl TestInterface {
         match status {
             Ok(s) if s.success() => Some(TestInterface { name }),
             other => {
-                eprintln!("skipping: cannot create {mode} {name} (not root?): {other:?}");
+                husk_skip::skip(&format!(
+                    "cannot create {mode} {name} (not root?): {other:?}"
+                ));
                 None
             }
         }
