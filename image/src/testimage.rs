@@ -22,7 +22,6 @@ pub use crate::source::Compression;
 pub const REF_NAME: &str = "husk-test";
 /// Every entry's mtime in images built here (2024-01-01T00:00:00Z).
 pub const MTIME: u64 = 1_704_067_200;
-pub const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -148,7 +147,7 @@ pub fn husk_test_image(busybox: &Path) -> Result<ImageSpec, Error> {
         ],
         defaults: ImageDefaults {
             cmd: vec!["/bin/sh".into()],
-            env: vec![PATH_ENV.into()],
+            env: vec![format!("PATH={}", husk_wire::spec::DEFAULT_PATH)],
             working_dir: Some("/".into()),
             ..ImageDefaults::default()
         },
