@@ -142,21 +142,8 @@ impl Unpacker {
             return Ok(());
         }
         let comps = normalize(&raw_path).map_err(|reason| ctx.refuse(reason))?;
-
-        if let Some(last) = comps.last() {
-            let parent = &comps[..comps.len() - 1];
-            if last == OPAQUE {
-                return self.opaque(&ctx, parent, touched);
-            }
-            if last.starts_with(AUFS_META_PREFIX) {
-                return Ok(());
-            }
-            if let Some(name) = last.strip_prefix(WHITEOUT_PREFIX) {
-                if name.is_empty() || name == b"." || name == b".." {
-                    return Err(ctx.refuse("invalid whiteout name"));
-                }
-                return self.whiteout(&ctx, parent, name);
-            }
+        if self.apply_whiteout_name(&ctx, &comps, touched)? {
+            return Ok(());
         }
         for i in 1..=comps.len() {
             touched.insert(comps[..i].join(&b'/'));
@@ -164,127 +151,203 @@ impl Unpacker {
 
         let meta = entry_meta(entry).map_err(|e| ctx.io(e))?;
         let Some((name, parent_comps)) = comps.split_last() else {
-            if kind.is_dir() {
-                self.chown_at(&ctx, self.root.as_fd(), c".", &meta)?;
-                self.record_dir(Vec::new(), &meta);
-                return Ok(());
-            }
-            return Err(ctx.refuse("the root can only be a directory"));
+            return self.apply_root(&ctx, kind, &meta);
         };
-        let path = comps.join(&b'/');
-
         if kind.is_hard_link() {
             let target = entry.link_name_bytes().map(|t| t.into_owned());
             return self.hardlink(&ctx, &comps, name, parent_comps, target);
         }
         let parent = self.walk(&ctx, parent_comps, true)?;
-        let parent = parent.as_fd();
-        let name = name.as_slice();
+        let slot = Slot {
+            parent: parent.as_fd(),
+            name,
+            path: comps.join(&b'/'),
+        };
+        self.create_entry(&ctx, slot, entry, kind, &meta)
+    }
 
-        match kind {
-            k if k.is_dir() => {
-                if !self.prepare_slot(&ctx, parent, name, &path, true)? {
-                    rfs::mkdirat(parent, name, Mode::from_raw_mode(0o700))
-                        .map_err(|e| ctx.io(e))?;
-                }
-                self.chown_at(&ctx, parent, name, &meta)?;
-                self.record_dir(path, &meta);
-            }
-            k if k.is_file() || k.is_contiguous() || k.is_gnu_sparse() => {
-                self.prepare_slot(&ctx, parent, name, &path, false)?;
-                let fd = rfs::openat(
-                    parent,
-                    name,
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
-                .map_err(|e| ctx.io(e))?;
-                let mut file = File::from(fd);
-                let size = entry.size();
-                let copied = io::copy(entry, &mut file).map_err(|e| ctx.io(e))?;
-                // The tar reader ends an entry quietly where its input ends.
-                if copied != size && !k.is_gnu_sparse() {
-                    return Err(ctx.fail(format!("truncated: {copied} of {size} bytes")));
-                }
-                if self.privileged {
-                    rfs::fchown(&file, Some(uid(meta.uid)), Some(gid(meta.gid)))
-                        .map_err(|e| ctx.io(e))?;
-                }
-                // After chown, which clears setuid/setgid.
-                rfs::fchmod(&file, Mode::from_raw_mode(meta.mode)).map_err(|e| ctx.io(e))?;
-                rfs::futimens(&file, &meta.times()).map_err(|e| ctx.io(e))?;
-            }
-            k if k.is_symlink() => {
-                let target = entry
-                    .link_name_bytes()
-                    .filter(|t| !t.is_empty())
-                    .ok_or_else(|| ctx.fail("symlink without a target".into()))?
-                    .into_owned();
-                self.prepare_slot(&ctx, parent, name, &path, false)?;
-                // The target is stored as it is: it is only dangerous when
-                // followed, and nothing here follows it.
-                rfs::symlinkat(target.as_slice(), parent, name).map_err(|e| ctx.io(e))?;
-                self.chown_at(&ctx, parent, name, &meta)?;
-                rfs::utimensat(parent, name, &meta.times(), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(|e| ctx.io(e))?;
-            }
-            k if k.is_character_special() || k.is_block_special() || k.is_fifo() => {
-                let file_type = if k.is_fifo() {
-                    FileType::Fifo
-                } else if k.is_character_special() {
-                    FileType::CharacterDevice
-                } else {
-                    FileType::BlockDevice
-                };
-                if file_type != FileType::Fifo && !self.privileged {
-                    if !self.warned_devices {
-                        log::warn!("not root: skipping device nodes (first: {})", ctx.entry);
-                        self.warned_devices = true;
-                    }
-                    return Ok(());
-                }
-                // Writers leave a fifo's device fields empty, not zero.
-                let (major, minor) = if file_type == FileType::Fifo {
-                    (0, 0)
-                } else {
-                    let header = entry.header();
-                    let major = header.device_major().map_err(|e| ctx.io(e))?;
-                    let minor = header.device_minor().map_err(|e| ctx.io(e))?;
-                    (major.unwrap_or(0), minor.unwrap_or(0))
-                };
-                self.prepare_slot(&ctx, parent, name, &path, false)?;
-                rfs::mknodat(
-                    parent,
-                    name,
-                    file_type,
-                    Mode::from_raw_mode(0o600),
-                    rfs::makedev(major, minor),
-                )
-                .map_err(|e| ctx.io(e))?;
-                self.chown_at(&ctx, parent, name, &meta)?;
-                // Just created by us, so not a symlink to follow.
-                rfs::chmodat(
-                    parent,
-                    name,
-                    Mode::from_raw_mode(meta.mode),
-                    AtFlags::empty(),
-                )
-                .map_err(|e| ctx.io(e))?;
-                rfs::utimensat(parent, name, &meta.times(), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(|e| ctx.io(e))?;
-            }
-            k => {
-                return Err(ctx.fail(format!(
-                    "unsupported tar entry type {:?}",
-                    char::from(k.as_byte())
-                )))
-            }
+    /// Entries named as whiteouts (or aufs bookkeeping) remove things
+    /// instead of adding them. Returns whether the entry was one.
+    fn apply_whiteout_name(
+        &mut self,
+        ctx: &Ctx<'_>,
+        comps: &[Vec<u8>],
+        touched: &HashSet<Vec<u8>>,
+    ) -> Result<bool, Error> {
+        let Some((last, parent)) = comps.split_last() else {
+            return Ok(false);
+        };
+        if last == OPAQUE {
+            self.opaque(ctx, parent, touched)?;
+            return Ok(true);
         }
+        if last.starts_with(AUFS_META_PREFIX) {
+            return Ok(true);
+        }
+        if let Some(name) = last.strip_prefix(WHITEOUT_PREFIX) {
+            if name.is_empty() || name == b"." || name == b".." {
+                return Err(ctx.refuse("invalid whiteout name"));
+            }
+            self.whiteout(ctx, parent, name)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// An entry for the root itself gives it its metadata; it cannot be
+    /// replaced.
+    fn apply_root(
+        &mut self,
+        ctx: &Ctx<'_>,
+        kind: tar::EntryType,
+        meta: &Meta,
+    ) -> Result<(), Error> {
+        if !kind.is_dir() {
+            return Err(ctx.refuse("the root can only be a directory"));
+        }
+        self.chown_at(ctx, self.root.as_fd(), c".", meta)?;
+        self.record_dir(Vec::new(), meta);
         Ok(())
+    }
+
+    fn create_entry(
+        &mut self,
+        ctx: &Ctx<'_>,
+        slot: Slot<'_>,
+        entry: &mut tar::Entry<'_, &mut dyn Read>,
+        kind: tar::EntryType,
+        meta: &Meta,
+    ) -> Result<(), Error> {
+        match kind {
+            k if k.is_dir() => self.create_dir(ctx, slot, meta),
+            k if k.is_file() || k.is_contiguous() || k.is_gnu_sparse() => {
+                self.create_file(ctx, slot, entry, k.is_gnu_sparse(), meta)
+            }
+            k if k.is_symlink() => self.create_symlink(ctx, slot, entry, meta),
+            k if k.is_character_special() || k.is_block_special() || k.is_fifo() => {
+                self.create_node(ctx, slot, entry.header(), k, meta)
+            }
+            k => Err(ctx.fail(format!(
+                "unsupported tar entry type {:?}",
+                char::from(k.as_byte())
+            ))),
+        }
+    }
+
+    /// A directory already there is kept with its contents (only its
+    /// metadata changes): layers add to directories, they do not replace
+    /// them.
+    fn create_dir(&mut self, ctx: &Ctx<'_>, slot: Slot<'_>, meta: &Meta) -> Result<(), Error> {
+        if !self.prepare_slot(ctx, slot.parent, slot.name, &slot.path, true)? {
+            rfs::mkdirat(slot.parent, slot.name, Mode::from_raw_mode(0o700))
+                .map_err(|e| ctx.io(e))?;
+        }
+        self.chown_at(ctx, slot.parent, slot.name, meta)?;
+        self.record_dir(slot.path, meta);
+        Ok(())
+    }
+
+    fn create_file(
+        &mut self,
+        ctx: &Ctx<'_>,
+        slot: Slot<'_>,
+        entry: &mut tar::Entry<'_, &mut dyn Read>,
+        sparse: bool,
+        meta: &Meta,
+    ) -> Result<(), Error> {
+        self.prepare_slot(ctx, slot.parent, slot.name, &slot.path, false)?;
+        let fd = rfs::openat(
+            slot.parent,
+            slot.name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| ctx.io(e))?;
+        let mut file = File::from(fd);
+        let size = entry.size();
+        let copied = io::copy(entry, &mut file).map_err(|e| ctx.io(e))?;
+        // The tar reader ends an entry quietly where its input ends.
+        if copied != size && !sparse {
+            return Err(ctx.fail(format!("truncated: {copied} of {size} bytes")));
+        }
+        if self.privileged {
+            rfs::fchown(&file, Some(uid(meta.uid)), Some(gid(meta.gid))).map_err(|e| ctx.io(e))?;
+        }
+        // After chown, which clears setuid/setgid.
+        rfs::fchmod(&file, Mode::from_raw_mode(meta.mode)).map_err(|e| ctx.io(e))?;
+        rfs::futimens(&file, &meta.times()).map_err(|e| ctx.io(e))
+    }
+
+    fn create_symlink(
+        &mut self,
+        ctx: &Ctx<'_>,
+        slot: Slot<'_>,
+        entry: &mut tar::Entry<'_, &mut dyn Read>,
+        meta: &Meta,
+    ) -> Result<(), Error> {
+        let target = entry
+            .link_name_bytes()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ctx.fail("symlink without a target".into()))?
+            .into_owned();
+        self.prepare_slot(ctx, slot.parent, slot.name, &slot.path, false)?;
+        // The target is stored as it is: it is only dangerous when
+        // followed, and nothing here follows it.
+        rfs::symlinkat(target.as_slice(), slot.parent, slot.name).map_err(|e| ctx.io(e))?;
+        self.chown_at(ctx, slot.parent, slot.name, meta)?;
+        rfs::utimensat(
+            slot.parent,
+            slot.name,
+            &meta.times(),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| ctx.io(e))
+    }
+
+    /// Device nodes need root: without it they are skipped (with one
+    /// warning), while fifos are made anyway.
+    fn create_node(
+        &mut self,
+        ctx: &Ctx<'_>,
+        slot: Slot<'_>,
+        header: &tar::Header,
+        kind: tar::EntryType,
+        meta: &Meta,
+    ) -> Result<(), Error> {
+        let file_type = node_type(kind);
+        if file_type != FileType::Fifo && !self.privileged {
+            if !self.warned_devices {
+                log::warn!("not root: skipping device nodes (first: {})", ctx.entry);
+                self.warned_devices = true;
+            }
+            return Ok(());
+        }
+        let dev = device_number(ctx, header, file_type)?;
+        self.prepare_slot(ctx, slot.parent, slot.name, &slot.path, false)?;
+        rfs::mknodat(
+            slot.parent,
+            slot.name,
+            file_type,
+            Mode::from_raw_mode(0o600),
+            dev,
+        )
+        .map_err(|e| ctx.io(e))?;
+        self.chown_at(ctx, slot.parent, slot.name, meta)?;
+        // Just created by us, so not a symlink to follow.
+        rfs::chmodat(
+            slot.parent,
+            slot.name,
+            Mode::from_raw_mode(meta.mode),
+            AtFlags::empty(),
+        )
+        .map_err(|e| ctx.io(e))?;
+        rfs::utimensat(
+            slot.parent,
+            slot.name,
+            &meta.times(),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| ctx.io(e))
     }
 
     /// Sets the directories' modes and mtimes once every layer is in.
@@ -553,6 +616,39 @@ impl Unpacker {
         )
         .map_err(|e| ctx.io(e))
     }
+}
+
+/// Where an entry goes: its parent directory, already resolved without
+/// following symlinks, its name in it and its path from the root.
+struct Slot<'a> {
+    parent: BorrowedFd<'a>,
+    name: &'a [u8],
+    path: Vec<u8>,
+}
+
+/// The file type of a character device, block device or fifo entry.
+fn node_type(kind: tar::EntryType) -> FileType {
+    if kind.is_fifo() {
+        FileType::Fifo
+    } else if kind.is_character_special() {
+        FileType::CharacterDevice
+    } else {
+        FileType::BlockDevice
+    }
+}
+
+fn device_number(
+    ctx: &Ctx<'_>,
+    header: &tar::Header,
+    file_type: FileType,
+) -> Result<rfs::Dev, Error> {
+    // Writers leave a fifo's device fields empty, not zero.
+    if file_type == FileType::Fifo {
+        return Ok(rfs::makedev(0, 0));
+    }
+    let major = header.device_major().map_err(|e| ctx.io(e))?;
+    let minor = header.device_minor().map_err(|e| ctx.io(e))?;
+    Ok(rfs::makedev(major.unwrap_or(0), minor.unwrap_or(0)))
 }
 
 /// Splits an entry path into components relative to the root: leading `/`

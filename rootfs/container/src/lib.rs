@@ -44,7 +44,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use libc::{c_int, c_ulong};
-use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
+use oci_spec::runtime::{Linux, LinuxNamespaceType, LinuxResources, Process, Spec};
 
 pub use crate::error::Error;
 pub use crate::spec::{default_seccomp, DENIED_SYSCALLS};
@@ -438,6 +438,23 @@ struct CreateGuard {
     pid: Option<i32>,
 }
 
+impl CreateGuard {
+    fn new(dir: PathBuf) -> Self {
+        CreateGuard {
+            dir: Some(dir),
+            cgroup: None,
+            pid: None,
+        }
+    }
+
+    /// Keeps everything: the container is made.
+    fn disarm(&mut self) {
+        self.pid = None;
+        self.cgroup = None;
+        self.dir = None;
+    }
+}
+
 impl Drop for CreateGuard {
     fn drop(&mut self) {
         if let Some(pid) = self.pid {
@@ -534,6 +551,14 @@ struct NsSetup {
     join_paths: Vec<(LinuxNamespaceType, PathBuf)>,
     /// Every namespace the container has, new or joined.
     namespaces: Vec<LinuxNamespaceType>,
+}
+
+impl NsSetup {
+    /// Whether clone makes a new `t` namespace (a new cgroup namespace is
+    /// unshared later, so not counted).
+    fn creates(&self, t: LinuxNamespaceType) -> bool {
+        self.clone_flags & ns_flag(t) as c_ulong != 0
+    }
 }
 
 fn ns_setup(linux: &oci_spec::runtime::Linux) -> Result<NsSetup, Error> {
@@ -650,6 +675,387 @@ fn spec_parts(
     })
 }
 
+/// A spec checked and converted: everything [`Container::create`] needs
+/// from it, known before anything is made.
+struct CheckedSpec<'a> {
+    process: &'a Process,
+    linux: &'a Linux,
+    ns: NsSetup,
+    programs: Programs,
+    last_cap: u32,
+    proc_plan: ProcPlan,
+    parts: SpecParts,
+    cgroup: CgroupSetup<'a>,
+}
+
+/// Where the container's cgroup goes and what it is given.
+struct CgroupSetup<'a> {
+    root: PathBuf,
+    cgroup2: bool,
+    /// Relative to `root`.
+    rel: PathBuf,
+    resources: Option<&'a LinuxResources>,
+}
+
+fn check_spec<'a>(id: &str, spec: &'a Spec, tty: bool) -> Result<CheckedSpec<'a>, Error> {
+    let (process, linux) = required_sections(spec)?;
+    warn_unsupported(id, spec, linux);
+    let ns = ns_setup(linux)?;
+    check_ns_needs(spec, linux, &ns)?;
+    let programs = compile_seccomp(linux)?;
+
+    // Everything else from the spec, before anything is made.
+    let cgroup_root = cgroup::root();
+    let cgroup2 = cgroup::is_cgroup2(&cgroup_root);
+    let last_cap = plan::last_cap();
+    let proc_plan = plan::proc_plan(process, tty, programs.clone(), last_cap)?;
+    let parts = spec_parts(spec, linux, cgroup2, &ns.namespaces)?;
+    let cgroup = cgroup_setup(id, linux, cgroup_root, cgroup2)?;
+    Ok(CheckedSpec {
+        process,
+        linux,
+        ns,
+        programs,
+        last_cap,
+        proc_plan,
+        parts,
+        cgroup,
+    })
+}
+
+fn required_sections(spec: &Spec) -> Result<(&Process, &Linux), Error> {
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| Error::Spec("the spec has no process".into()))?;
+    let linux = spec
+        .linux()
+        .as_ref()
+        .ok_or_else(|| Error::Spec("the spec has no linux section".into()))?;
+    Ok((process, linux))
+}
+
+/// Unsupported settings that a container can run without.
+fn warn_unsupported(id: &str, spec: &Spec, linux: &Linux) {
+    if spec.hooks().is_some() {
+        log::warn!("container {id}: OCI hooks are not supported, ignored");
+    }
+    if linux.personality().is_some() {
+        log::warn!("container {id}: linux.personality is not supported, ignored");
+    }
+}
+
+/// What other settings ask of the namespaces: a hostname needs a UTS
+/// namespace, a new user namespace needs id mappings.
+fn check_ns_needs(spec: &Spec, linux: &Linux, ns: &NsSetup) -> Result<(), Error> {
+    if (spec.hostname().is_some() || spec.domainname().is_some())
+        && !ns.namespaces.contains(&LinuxNamespaceType::Uts)
+    {
+        return Err(Error::Spec(
+            "hostname/domainname need a UTS namespace".into(),
+        ));
+    }
+    let mapped = |m: &Option<Vec<_>>| matches!(m, Some(m) if !m.is_empty());
+    if ns.creates(LinuxNamespaceType::User)
+        && !(mapped(linux.uid_mappings()) && mapped(linux.gid_mappings()))
+    {
+        return Err(Error::Spec(
+            "a new user namespace needs uidMappings and gidMappings".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Compiled now so that profile errors surface before anything is made.
+fn compile_seccomp(linux: &Linux) -> Result<Programs, Error> {
+    match linux.seccomp() {
+        Some(s) => seccomp::compile(s),
+        None => seccomp::compile(&default_seccomp()),
+    }
+}
+
+fn cgroup_setup<'a>(
+    id: &str,
+    linux: &'a Linux,
+    root: PathBuf,
+    cgroup2: bool,
+) -> Result<CgroupSetup<'a>, Error> {
+    let resources = linux.resources().as_ref();
+    let asked = match resources {
+        Some(r) => !cgroup::resource_writes(r, true)?.is_empty(),
+        None => false,
+    };
+    let rel = cgroup::relative_path(linux.cgroups_path().as_deref(), id)?;
+    if !cgroup2 && asked {
+        return Err(Error::Spec(format!(
+            "resource limits need cgroup v2 mounted on {}",
+            root.display()
+        )));
+    }
+    Ok(CgroupSetup {
+        root,
+        cgroup2,
+        rel,
+        resources,
+    })
+}
+
+/// The image tree as overlay's lowerdir.
+fn lower_dir(rootfs: &Rootfs) -> Result<String, Error> {
+    let lower = overlay_path("rootfs.lower", &rootfs.lower)?;
+    if !rootfs.lower.is_dir() {
+        return Err(Error::os(
+            format!("rootfs.lower {lower}"),
+            io::Error::from_raw_os_error(libc::ENOTDIR),
+        ));
+    }
+    Ok(lower)
+}
+
+/// Makes `state_dir/<id>`, which must not exist: one there belongs to
+/// another container of that id.
+fn make_state_dir(state_dir: &Path, id: &str) -> Result<PathBuf, Error> {
+    fs::create_dir_all(state_dir)
+        .map_err(|e| Error::os(format!("mkdir {}", state_dir.display()), e))?;
+    let dir = state_dir.join(id);
+    overlay_path("state dir", &dir)?;
+    match fs::create_dir(&dir) {
+        Ok(()) => Ok(dir),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(Error::State(format!(
+            "container {id} exists ({} is there)",
+            dir.display()
+        ))),
+        Err(e) => Err(Error::os(format!("mkdir {}", dir.display()), e)),
+    }
+}
+
+fn mkdir_all(p: &Path) -> Result<(), Error> {
+    fs::create_dir_all(p).map_err(|e| Error::os(format!("mkdir {}", p.display()), e))
+}
+
+fn root_readonly(spec: &Spec) -> bool {
+    spec.root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false)
+}
+
+/// Makes the overlay's mount point (`dir/rootfs`) and its upper and work
+/// directories: in `rootfs.upper`, or else on a tmpfs at `dir/rw` that only
+/// the init mounts (so it makes them there).
+fn prepare_root(
+    dir: &Path,
+    rootfs: &Rootfs,
+    lower: &str,
+    readonly: bool,
+    propagation: Option<c_ulong>,
+) -> Result<RootPlan, Error> {
+    let merged = dir.join("rootfs");
+    mkdir_all(&merged)?;
+    let (tmpfs, mkdirs, upper, work) = match &rootfs.upper {
+        Some(u) => {
+            let (up, wk) = (u.join("upper"), u.join("work"));
+            mkdir_all(&up)?;
+            mkdir_all(&wk)?;
+            (None, Vec::new(), up, wk)
+        }
+        None => {
+            let rw = dir.join("rw");
+            mkdir_all(&rw)?;
+            let (up, wk) = (rw.join("upper"), rw.join("work"));
+            let c = |p: &Path| plan::cstring("path", p.as_os_str().as_bytes());
+            (Some(c(&rw)?), vec![c(&up)?, c(&wk)?], up, wk)
+        }
+    };
+    let overlay_data = format!(
+        "lowerdir={lower},upperdir={},workdir={}",
+        overlay_path("upper", &upper)?,
+        overlay_path("work", &work)?
+    );
+    Ok(RootPlan {
+        tmpfs,
+        mkdirs,
+        merged: plan::cstring("rootfs", merged.as_os_str().as_bytes())?,
+        overlay_data: plan::cstring("overlay options", overlay_data)?,
+        readonly,
+        propagation,
+    })
+}
+
+fn init_plan(
+    spec: &Spec,
+    ns: &NsSetup,
+    root: RootPlan,
+    parts: SpecParts,
+    process: ProcPlan,
+) -> Result<InitPlan, Error> {
+    let name = |what: &str, v: &Option<String>| {
+        v.as_ref()
+            .map(|h| plan::cstring(what, h.as_bytes()))
+            .transpose()
+    };
+    Ok(InitPlan {
+        new_user: ns.creates(LinuxNamespaceType::User),
+        unshare_cgroup: ns.unshare_cgroup,
+        hostname: name("hostname", spec.hostname())?,
+        domainname: name("domainname", spec.domainname())?,
+        root,
+        mounts: parts.mounts,
+        setup_dev: parts.setup_dev,
+        devices: parts.devices,
+        sysctls: parts.sysctls,
+        masked: parts.masked,
+        readonly: parts.readonly,
+        process,
+    })
+}
+
+/// Creates the container's cgroup and applies its resources. Without
+/// cgroup v2 there is none (`cgroup_setup` made sure no resources were
+/// asked for).
+fn make_cgroup(
+    id: &str,
+    setup: &CgroupSetup,
+    guard: &mut CreateGuard,
+) -> Result<Option<Cgroup>, Error> {
+    if !setup.cgroup2 {
+        log::warn!(
+            "{} is not cgroup v2: container {id} runs without a cgroup",
+            setup.root.display()
+        );
+        return Ok(None);
+    }
+    let cg = Cgroup::create(&setup.root, &setup.rel)?;
+    guard.cgroup = Some(cg.clone());
+    if let Some(r) = setup.resources {
+        // No swap accounting (no swap in the guest): no swap file.
+        let swap = cg.path().join("memory.swap.max").exists();
+        cg.set(&cgroup::resource_writes(r, swap)?)?;
+    }
+    Ok(Some(cg))
+}
+
+/// Opens the namespaces to join by path: all but user first, user last
+/// (once in another user namespace, the caller's privileges over the
+/// others are gone).
+fn open_join_namespaces(paths: &[(LinuxNamespaceType, PathBuf)]) -> Result<Vec<JoinNs>, Error> {
+    let mut join: Vec<JoinNs> = Vec::new();
+    let mut user_join = None;
+    for (t, p) in paths {
+        let f = fs::File::open(p)
+            .map_err(|e| Error::os(format!("open namespace {}", p.display()), e))?;
+        let entry = (OwnedFd::from(f), ns_flag(*t), ns_name(*t));
+        if *t == LinuxNamespaceType::User {
+            user_join = Some(entry);
+        } else {
+            join.push(entry);
+        }
+    }
+    join.extend(user_join);
+    Ok(join)
+}
+
+/// A cloned init, waiting for `MSG_GO`.
+struct SpawnedInit {
+    pid: i32,
+    pidfd: Option<OwnedFd>,
+    /// The parent's end of the init's socket.
+    sock: OwnedFd,
+    io: StdioSetup,
+}
+
+fn spawn_init(
+    plan: &InitPlan,
+    join: Vec<JoinNs>,
+    clone_flags: c_ulong,
+    stdio: Stdio,
+    guard: &mut CreateGuard,
+) -> Result<SpawnedInit, Error> {
+    let mut io_setup = StdioSetup::new(stdio)?;
+    let (psock, csock) = sys::seqpacket_pair().map_err(|e| Error::os("socketpair", e))?;
+    let pid = spawn(
+        csock,
+        io_setup.raw,
+        &join,
+        clone_flags,
+        None,
+        &Body::Init(plan),
+        psock.as_fd(),
+    )?;
+    guard.pid = Some(pid);
+    let pidfd = sys::pidfd_open(pid).ok();
+    drop(join);
+    io_setup.close_child_ends();
+    Ok(SpawnedInit {
+        pid,
+        pidfd,
+        sock: psock,
+        io: io_setup,
+    })
+}
+
+/// What the parent sets for the init before it goes on: its id maps, its
+/// cgroup and its oom_score_adj.
+fn configure_init(
+    pid: i32,
+    linux: &Linux,
+    plan: &InitPlan,
+    cg: Option<&Cgroup>,
+) -> Result<(), Error> {
+    if plan.new_user {
+        write_proc(
+            pid,
+            "uid_map",
+            &id_map(linux.uid_mappings().as_deref().unwrap_or(&[])),
+        )?;
+        write_proc(
+            pid,
+            "gid_map",
+            &id_map(linux.gid_mappings().as_deref().unwrap_or(&[])),
+        )?;
+    }
+    if let Some(cg) = cg {
+        cg.add(pid)?;
+    }
+    if let Some(adj) = plan.process.oom_score_adj {
+        write_proc(pid, "oom_score_adj", &adj.to_string())?;
+    }
+    Ok(())
+}
+
+/// Lets the init do its setup and waits until it is ready, just before
+/// `execve`; returns the caller's ends of its streams, the tty sized.
+fn release_init(
+    sock: BorrowedFd,
+    io_setup: StdioSetup,
+    process: &Process,
+    tty: bool,
+) -> Result<ProcessIo, Error> {
+    sys::send_byte(sock, sys::MSG_GO).map_err(|e| Error::os("signal the container process", e))?;
+    let master = wait_ready(sock)?;
+    let io = io_setup.finish(master)?;
+    if let (true, Some(size)) = (tty, process.console_size()) {
+        resize_tty(
+            io.stdout.as_fd(),
+            size.height().min(u16::MAX as u64) as u16,
+            size.width().min(u16::MAX as u64) as u16,
+        )?;
+    }
+    Ok(io)
+}
+
+/// The init's pid namespace link when the container has a pid namespace of
+/// its own: its members are the container's processes (one joined by path
+/// is shared with others).
+fn own_pidns(pid: i32, ns: &NsSetup) -> Option<OsString> {
+    if !ns.creates(LinuxNamespaceType::Pid) {
+        return None;
+    }
+    fs::read_link(format!("/proc/{pid}/ns/pid"))
+        .ok()
+        .map(PathBuf::into_os_string)
+}
+
 impl Container {
     /// Sets everything up and leaves the container's process waiting just
     /// before `execve`, like `runc create`.
@@ -677,260 +1083,40 @@ impl Container {
         stdio: Stdio,
     ) -> Result<(Container, ProcessIo), Error> {
         validate_id(id)?;
-        let process = spec
-            .process()
-            .as_ref()
-            .ok_or_else(|| Error::Spec("the spec has no process".into()))?;
-        let linux = spec
-            .linux()
-            .as_ref()
-            .ok_or_else(|| Error::Spec("the spec has no linux section".into()))?;
-
-        if spec.hooks().is_some() {
-            log::warn!("container {id}: OCI hooks are not supported, ignored");
-        }
-        if linux.personality().is_some() {
-            log::warn!("container {id}: linux.personality is not supported, ignored");
-        }
-        let NsSetup {
-            clone_flags,
-            unshare_cgroup,
-            join_paths,
-            namespaces,
-        } = ns_setup(linux)?;
-        let new = |t: LinuxNamespaceType| clone_flags & ns_flag(t) as c_ulong != 0;
-        let has = |t: LinuxNamespaceType| namespaces.contains(&t);
-        if (spec.hostname().is_some() || spec.domainname().is_some())
-            && !has(LinuxNamespaceType::Uts)
-        {
-            return Err(Error::Spec(
-                "hostname/domainname need a UTS namespace".into(),
-            ));
-        }
-        let new_user = new(LinuxNamespaceType::User);
-        let mapped = |m: &Option<Vec<_>>| matches!(m, Some(m) if !m.is_empty());
-        if new_user && !(mapped(linux.uid_mappings()) && mapped(linux.gid_mappings())) {
-            return Err(Error::Spec(
-                "a new user namespace needs uidMappings and gidMappings".into(),
-            ));
-        }
-
-        // Seccomp, compiled now so that profile errors surface here.
-        let programs = match linux.seccomp() {
-            Some(s) => seccomp::compile(s)?,
-            None => seccomp::compile(&default_seccomp())?,
-        };
-
-        // Everything else from the spec, before anything is made.
-        let cgroup_root = cgroup::root();
-        let cgroup2 = cgroup::is_cgroup2(&cgroup_root);
-        let last_cap = plan::last_cap();
         let tty = stdio == Stdio::Tty;
-        let proc_plan = plan::proc_plan(process, tty, programs.clone(), last_cap)?;
-        let parts = spec_parts(spec, linux, cgroup2, &namespaces)?;
-        // Resources → cgroup.
-        let resources = linux.resources().as_ref();
-        let asked = match resources {
-            Some(r) => !cgroup::resource_writes(r, true)?.is_empty(),
-            None => false,
-        };
-        let rel = cgroup::relative_path(linux.cgroups_path().as_deref(), id)?;
-        if !cgroup2 && asked {
-            return Err(Error::Spec(format!(
-                "resource limits need cgroup v2 mounted on {}",
-                cgroup_root.display()
-            )));
-        }
-
-        let lower = overlay_path("rootfs.lower", &rootfs.lower)?;
-        if !rootfs.lower.is_dir() {
-            return Err(Error::os(
-                format!("rootfs.lower {lower}"),
-                io::Error::from_raw_os_error(libc::ENOTDIR),
-            ));
-        }
+        let checked = check_spec(id, spec, tty)?;
+        let lower = lower_dir(rootfs)?;
 
         // From here on, things are made; the guard undoes them on error.
-        fs::create_dir_all(state_dir)
-            .map_err(|e| Error::os(format!("mkdir {}", state_dir.display()), e))?;
-        let dir = state_dir.join(id);
-        overlay_path("state dir", &dir)?;
-        match fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(Error::State(format!(
-                    "container {id} exists ({} is there)",
-                    dir.display()
-                )))
-            }
-            Err(e) => return Err(Error::os(format!("mkdir {}", dir.display()), e)),
-        }
-        let mut guard = CreateGuard {
-            dir: Some(dir.clone()),
-            cgroup: None,
-            pid: None,
-        };
-        let mkdir = |p: &Path| {
-            fs::create_dir_all(p).map_err(|e| Error::os(format!("mkdir {}", p.display()), e))
-        };
-        let merged = dir.join("rootfs");
-        mkdir(&merged)?;
-        let (tmpfs, mkdirs, upper, work) = match &rootfs.upper {
-            Some(u) => {
-                let (up, wk) = (u.join("upper"), u.join("work"));
-                mkdir(&up)?;
-                mkdir(&wk)?;
-                (None, Vec::new(), up, wk)
-            }
-            None => {
-                let rw = dir.join("rw");
-                mkdir(&rw)?;
-                let (up, wk) = (rw.join("upper"), rw.join("work"));
-                let c = |p: &Path| plan::cstring("path", p.as_os_str().as_bytes());
-                (Some(c(&rw)?), vec![c(&up)?, c(&wk)?], up, wk)
-            }
-        };
-        let overlay_data = format!(
-            "lowerdir={lower},upperdir={},workdir={}",
-            overlay_path("upper", &upper)?,
-            overlay_path("work", &work)?
-        );
-        let plan = InitPlan {
-            new_user,
-            unshare_cgroup,
-            hostname: spec
-                .hostname()
-                .as_ref()
-                .map(|h| plan::cstring("hostname", h.as_bytes()))
-                .transpose()?,
-            domainname: spec
-                .domainname()
-                .as_ref()
-                .map(|h| plan::cstring("domainname", h.as_bytes()))
-                .transpose()?,
-            root: RootPlan {
-                tmpfs,
-                mkdirs,
-                merged: plan::cstring("rootfs", merged.as_os_str().as_bytes())?,
-                overlay_data: plan::cstring("overlay options", overlay_data)?,
-                readonly: spec
-                    .root()
-                    .as_ref()
-                    .and_then(|r| r.readonly())
-                    .unwrap_or(false),
-                propagation: parts.propagation,
-            },
-            mounts: parts.mounts,
-            setup_dev: parts.setup_dev,
-            devices: parts.devices,
-            sysctls: parts.sysctls,
-            masked: parts.masked,
-            readonly: parts.readonly,
-            process: proc_plan,
-        };
-
-        let cg = if cgroup2 {
-            let cg = Cgroup::create(&cgroup_root, &rel)?;
-            guard.cgroup = Some(cg.clone());
-            if let Some(r) = resources {
-                // No swap accounting (no swap in the guest): no swap file.
-                let swap = cg.path().join("memory.swap.max").exists();
-                cg.set(&cgroup::resource_writes(r, swap)?)?;
-            }
-            Some(cg)
-        } else {
-            log::warn!(
-                "{} is not cgroup v2: container {id} runs without a cgroup",
-                cgroup_root.display()
-            );
-            None
-        };
-
-        // Namespaces to join by path: all but user first, user last.
-        let mut join: Vec<JoinNs> = Vec::new();
-        let mut user_join = None;
-        for (t, p) in &join_paths {
-            let f = fs::File::open(p)
-                .map_err(|e| Error::os(format!("open namespace {}", p.display()), e))?;
-            let entry = (OwnedFd::from(f), ns_flag(*t), ns_name(*t));
-            if *t == LinuxNamespaceType::User {
-                user_join = Some(entry);
-            } else {
-                join.push(entry);
-            }
-        }
-        join.extend(user_join);
-
-        let mut io_setup = StdioSetup::new(stdio)?;
-        let (psock, csock) = sys::seqpacket_pair().map_err(|e| Error::os("socketpair", e))?;
-        let pid = spawn(
-            csock,
-            io_setup.raw,
-            &join,
-            clone_flags,
-            None,
-            &Body::Init(&plan),
-            psock.as_fd(),
+        let dir = make_state_dir(state_dir, id)?;
+        let mut guard = CreateGuard::new(dir.clone());
+        let root = prepare_root(
+            &dir,
+            rootfs,
+            &lower,
+            root_readonly(spec),
+            checked.parts.propagation,
         )?;
-        guard.pid = Some(pid);
-        let pidfd = sys::pidfd_open(pid).ok();
-        drop(join);
-        io_setup.close_child_ends();
-
-        if new_user {
-            write_proc(
-                pid,
-                "uid_map",
-                &id_map(linux.uid_mappings().as_deref().unwrap_or(&[])),
-            )?;
-            write_proc(
-                pid,
-                "gid_map",
-                &id_map(linux.gid_mappings().as_deref().unwrap_or(&[])),
-            )?;
-        }
-        if let Some(cg) = &cg {
-            cg.add(pid)?;
-        }
-        if let Some(adj) = plan.process.oom_score_adj {
-            write_proc(pid, "oom_score_adj", &adj.to_string())?;
-        }
-        sys::send_byte(psock.as_fd(), sys::MSG_GO)
-            .map_err(|e| Error::os("signal the container process", e))?;
-        let master = wait_ready(psock.as_fd())?;
-        let io = io_setup.finish(master)?;
-        if let (true, Some(size)) = (tty, process.console_size()) {
-            resize_tty(
-                io.stdout.as_fd(),
-                size.height().min(u16::MAX as u64) as u16,
-                size.width().min(u16::MAX as u64) as u16,
-            )?;
-        }
-
-        // A pid namespace of its own: its members are the container's
-        // processes (one joined by path is shared with others).
-        let pidns = if new(LinuxNamespaceType::Pid) {
-            fs::read_link(format!("/proc/{pid}/ns/pid"))
-                .ok()
-                .map(PathBuf::into_os_string)
-        } else {
-            None
-        };
-        guard.pid = None;
-        guard.cgroup = None;
-        guard.dir = None;
+        let plan = init_plan(spec, &checked.ns, root, checked.parts, checked.proc_plan)?;
+        let cg = make_cgroup(id, &checked.cgroup, &mut guard)?;
+        let join = open_join_namespaces(&checked.ns.join_paths)?;
+        let init = spawn_init(&plan, join, checked.ns.clone_flags, stdio, &mut guard)?;
+        configure_init(init.pid, checked.linux, &plan, cg.as_ref())?;
+        let io = release_init(init.sock.as_fd(), init.io, checked.process, tty)?;
+        let pidns = own_pidns(init.pid, &checked.ns);
+        guard.disarm();
         Ok((
             Container {
                 id: id.to_string(),
-                init_pid: pid,
+                init_pid: init.pid,
                 dir,
-                sock: Some(psock),
+                sock: Some(init.sock),
                 cgroup: cg,
-                namespaces,
+                namespaces: checked.ns.namespaces,
                 pidns,
-                pidfd,
-                seccomp: programs,
-                last_cap,
+                pidfd: init.pidfd,
+                seccomp: checked.programs,
+                last_cap: checked.last_cap,
             },
             io,
         ))
