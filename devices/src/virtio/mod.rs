@@ -15,6 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 pub mod block;
 pub mod interrupt;
 pub mod net;
+pub mod queue;
 pub mod transport;
 pub mod vsock;
 

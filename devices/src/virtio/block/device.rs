@@ -12,7 +12,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::disk::{BlockBackend, DiskError, DiskFile};
-use super::handler::{self, QueueOutcome};
+use super::handler::{self, Budget, InFlight, QueueOutcome};
 use super::metrics::BlockMetrics;
 use super::{ID_BYTES, QUEUE_SIZE};
 use crate::virtio::{ActivateError, IrqTrigger, IrqType, VirtioDevice, VIRTIO_F_VERSION_1};
@@ -50,6 +50,8 @@ struct Active {
     mem: GuestMemoryMmap,
     queue: Queue,
     interrupt: Arc<IrqTrigger>,
+    /// A transfer the last pass left half done.
+    in_flight: Option<InFlight>,
 }
 
 /// A virtio-blk device with one request queue, backed by a host file.
@@ -151,8 +153,10 @@ impl Block {
         self.acked_features
     }
 
-    /// Serves the queue after a notification and interrupts the guest if
-    /// anything completed. Returns what the pass did; a no-op before
+    /// Serves the queue after a notification, up to a pass's budget, and
+    /// interrupts the guest if anything completed. Work left over re-arms
+    /// the queue's own eventfd, so the event loop serves everything else
+    /// before it comes back. Returns what the pass did; a no-op before
     /// activation.
     pub(crate) fn process_queue_event(&mut self) -> QueueOutcome {
         BlockMetrics::inc(&self.metrics.queue_events);
@@ -166,7 +170,14 @@ impl Block {
             &mut self.disk,
             &self.id,
             &self.metrics,
+            &mut active.in_flight,
+            Budget::PASS,
         );
+        if outcome.more {
+            if let Err(e) = self.queue_evts[0].write(1) {
+                error!("virtio-blk: cannot re-arm the queue: {e}");
+            }
+        }
         if outcome.notify {
             if let Err(e) = active.interrupt.trigger(IrqType::Vring) {
                 error!("virtio-blk: cannot interrupt the guest: {e}");
@@ -223,6 +234,7 @@ impl VirtioDevice for Block {
             mem,
             queue,
             interrupt,
+            in_flight: None,
         });
         // A notification that raced with activation was drained and dropped
         // by the event loop (we were not active yet); kick the queue once so

@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::Ordering;
 
+use crate::virtio::queue::{pop, Popped};
 use log::warn;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
@@ -55,11 +56,18 @@ pub fn process_tx<B: NetBackend>(
         }
         // pop_descriptor_chain refuses an avail index more than a queue size
         // ahead of us, so a lying driver ends the loop instead of spinning it.
-        let Some(chain) = queue.pop_descriptor_chain(mem) else {
-            break;
+        let (head, frame) = match pop(queue, mem) {
+            None => break,
+            Some(Popped::Chain(chain)) => {
+                let head = chain.head_index();
+                (
+                    head,
+                    read_tx_frame(mem, chain, buf).map_err(|e| e.to_string()),
+                )
+            }
+            Some(Popped::Refused { head, why }) => (head, Err(why.to_owned())),
         };
-        let head = chain.head_index();
-        match read_tx_frame(mem, chain, buf) {
+        match frame {
             Ok(len) => send(backend, &buf[..len], metrics),
             Err(e) => {
                 if let Some(n) = NetMetrics::inc_and_log(&metrics.tx_malformed) {
@@ -191,12 +199,16 @@ impl RxBuffers {
             && self.chains.len() < limit
             && pops < limit
         {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                break;
+            let (head, parsed) = match pop(queue, mem) {
+                None => break,
+                Some(Popped::Chain(chain)) => {
+                    let head = chain.head_index();
+                    (head, RxChain::parse(mem, chain).map_err(|e| e.to_string()))
+                }
+                Some(Popped::Refused { head, why }) => (head, Err(why.to_owned())),
             };
             pops += 1;
-            let head = chain.head_index();
-            match RxChain::parse(mem, chain) {
+            match parsed {
                 Ok(chain) => {
                     self.capacity += chain.capacity;
                     self.chains.push_back(chain);

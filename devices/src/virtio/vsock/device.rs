@@ -15,10 +15,14 @@ use super::metrics::VsockMetrics;
 use super::muxer::{Muxer, MuxerError};
 use super::packet::{parse_tx_packet, Op, HEADER_SIZE, MAX_PAYLOAD};
 use super::{EVENT_QUEUE, NUM_QUEUES, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
+use crate::virtio::queue::{pop, Popped};
 use crate::virtio::{ActivateError, IrqTrigger, IrqType, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// Config space: `le64 guest_cid`.
 const CONFIG_SPACE_SIZE: usize = 8;
+/// Rounds of rx + tx in one pass; each round takes at most a queue's worth
+/// of chains, so a pass is bounded whatever the guest posts.
+const PASS_ROUNDS: u32 = 4;
 
 /// CIDs 0-2 are reserved (hypervisor, local, host); `u32::MAX` is
 /// `VMADDR_CID_ANY`. The spec keeps the upper 32 bits of the field zero.
@@ -137,11 +141,19 @@ impl Vsock {
         self.muxer.connection_count()
     }
 
-    /// Moves packets both ways until neither queue can make progress, then
+    /// Moves packets both ways until neither queue can make progress (or
+    /// for at most [`PASS_ROUNDS`] rounds, after which the queues are
+    /// re-armed so the event loop serves everything else first), then
     /// interrupts the guest once if it needs it. A no-op before activation.
     pub(crate) fn process_queues(&mut self) {
         let mut notify = false;
+        let mut rounds = 0;
         loop {
+            rounds += 1;
+            if rounds > PASS_ROUNDS {
+                self.rearm();
+                break;
+            }
             notify |= self.process_rx();
             let (tx_done, tx_progress) = self.process_tx();
             notify |= tx_done;
@@ -160,6 +172,14 @@ impl Vsock {
         }
     }
 
+    /// Has the event loop come back for the tx queue (which also moves rx)
+    /// after it served everything else.
+    fn rearm(&self) {
+        if let Err(e) = self.queue_evts[TX_QUEUE].write(1) {
+            error!("virtio-vsock: cannot re-arm the queues: {e}");
+        }
+    }
+
     /// Fills rx buffers with the muxer's packets. Returns whether the guest
     /// needs an interrupt.
     fn process_rx(&mut self) -> bool {
@@ -170,9 +190,21 @@ impl Vsock {
         let queue = &mut active.queues[RX_QUEUE];
         let mut used = false;
         while self.muxer.has_rx() {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                VsockMetrics::inc(&self.metrics.rx_queue_stalls);
-                break;
+            let chain = match pop(queue, mem) {
+                None => {
+                    VsockMetrics::inc(&self.metrics.rx_queue_stalls);
+                    break;
+                }
+                Some(Popped::Refused { head, why }) => {
+                    warn!("virtio-vsock: refusing rx chain {head}: {why}");
+                    VsockMetrics::inc(&self.metrics.rx_bad_buffers);
+                    if let Err(e) = queue.add_used(mem, head, 0) {
+                        warn!("virtio-vsock: cannot return rx descriptor {head}: {e}");
+                    }
+                    used = true;
+                    continue;
+                }
+                Some(Popped::Chain(chain)) => chain,
             };
             let head = chain.head_index();
             let written = match chain.writer(mem) {
@@ -226,8 +258,18 @@ impl Vsock {
         let queue = &mut active.queues[TX_QUEUE];
         let mut used = false;
         while !self.muxer.control_full() {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                break;
+            let chain = match pop(queue, mem) {
+                None => break,
+                Some(Popped::Refused { head, why }) => {
+                    warn!("virtio-vsock: refusing tx chain {head}: {why}");
+                    VsockMetrics::inc(&self.metrics.tx_malformed);
+                    if let Err(e) = queue.add_used(mem, head, 0) {
+                        warn!("virtio-vsock: cannot return tx descriptor {head}: {e}");
+                    }
+                    used = true;
+                    continue;
+                }
+                Some(Popped::Chain(chain)) => chain,
             };
             let head = chain.head_index();
             // Gather the chain's readable bytes: header and payload may be

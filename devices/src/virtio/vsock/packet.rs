@@ -174,9 +174,11 @@ impl PacketHeader {
 
     /// The reset answering this packet: addresses swapped, nothing else.
     pub fn reset_reply(&self) -> Self {
+        // From the host's own CID whatever the packet claimed (packets for
+        // another CID are dropped before it comes to this).
         PacketHeader::stream(
             Op::Rst,
-            (self.dst_cid, self.dst_port),
+            (HOST_CID, self.dst_port),
             (self.src_cid, self.src_port),
         )
     }
@@ -192,7 +194,7 @@ pub enum PacketError {
     /// address helps nobody.
     #[error("source CID {0} is not the guest's")]
     BadSrcCid(u64),
-    /// Not addressed to the host. Reset.
+    /// Not addressed to the host. Dropped: husk answers only for its own CID.
     #[error("destination CID {0} is not the host")]
     BadDstCid(u64),
     /// Not `TYPE_STREAM`. Reset.
@@ -221,7 +223,10 @@ impl PacketError {
     /// Whether the device answers the packet with a reset (it has a usable
     /// address pair) or silently drops it.
     pub fn wants_reset(&self) -> bool {
-        !matches!(self, PacketError::TooShort(_) | PacketError::BadSrcCid(_))
+        !matches!(
+            self,
+            PacketError::TooShort(_) | PacketError::BadSrcCid(_) | PacketError::BadDstCid(_)
+        )
     }
 }
 
@@ -392,7 +397,9 @@ mod tests {
         );
         assert!(!PacketError::TooShort(0).wants_reset());
         assert!(!PacketError::BadSrcCid(9).wants_reset());
-        assert!(PacketError::BadDstCid(9).wants_reset());
+        // Only the host answers, and only for itself: a reset "from" another
+        // CID would speak for a peer husk does not have.
+        assert!(!PacketError::BadDstCid(9).wants_reset());
     }
 
     #[test]

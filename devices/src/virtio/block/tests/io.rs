@@ -24,7 +24,8 @@ fn read_returns_the_files_bytes() {
         outcome,
         QueueOutcome {
             completed: 1,
-            notify: true
+            notify: true,
+            more: false,
         }
     );
     assert_eq!(h.expect_used(&sub), 3 * SECTOR as u32 + 1);
@@ -48,7 +49,8 @@ fn write_lands_in_the_file() {
         outcome,
         QueueOutcome {
             completed: 1,
-            notify: true
+            notify: true,
+            more: false,
         }
     );
     // OUT writes nothing into device-writable buffers but the status.
@@ -89,7 +91,8 @@ fn a_batch_completes_in_order_with_one_notification_decision() {
         h.run(),
         QueueOutcome {
             completed: 4,
-            notify: true
+            notify: true,
+            more: false,
         }
     );
     for (sector, (sub, buf)) in subs.iter().enumerate() {

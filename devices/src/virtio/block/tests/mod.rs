@@ -8,6 +8,7 @@
 //! - `malformed`: broken descriptor chains, each followed by a valid request;
 //! - `device`: features, config space, activation, the event loop.
 
+mod budget;
 mod device;
 mod io;
 mod malformed;
@@ -29,7 +30,7 @@ use vmm_sys_util::tempfile::TempFile;
 
 use super::device::{Block, BlockConfig, BlockError};
 use super::disk::{BlockBackend, DiskError, DiskFile};
-use super::handler::{process_queue, QueueOutcome};
+use super::handler::{process_queue, Budget, InFlight, QueueOutcome};
 use super::metrics::BlockMetrics;
 use super::request::{parse_request, RequestError, RequestType};
 use super::{ID_BYTES, QUEUE_SIZE, SECTOR_SIZE};
@@ -81,6 +82,8 @@ struct Harness<B: BlockBackend = DiskFile> {
     metrics: BlockMetrics,
     /// Keeps the image alive (deleted on drop).
     image: TempFile,
+    in_flight: Option<InFlight>,
+    budget: Budget,
 }
 
 fn harness(contents: &[u8], read_only: bool) -> Harness {
@@ -102,6 +105,8 @@ fn harness_with<B: BlockBackend>(image: TempFile, disk: B) -> Harness<B> {
         id,
         metrics: BlockMetrics::default(),
         image,
+        in_flight: None,
+        budget: Budget::PASS,
     }
 }
 
@@ -114,6 +119,8 @@ impl<B: BlockBackend> Harness<B> {
             &mut self.disk,
             &self.id,
             &self.metrics,
+            &mut self.in_flight,
+            self.budget,
         )
     }
 

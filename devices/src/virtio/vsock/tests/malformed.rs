@@ -26,8 +26,8 @@ fn assert_single_rst_to(replies: &[Rx], hdr: &PacketHeader) {
     let rst = &replies[0].hdr;
     assert_eq!(rst.op(), Some(Op::Rst));
     assert_eq!(
-        (rst.src_port, rst.dst_cid, rst.dst_port),
-        (hdr.dst_port, hdr.src_cid, hdr.src_port)
+        (rst.src_cid, rst.src_port, rst.dst_cid, rst.dst_port),
+        (HOST_CID, hdr.dst_port, hdr.src_cid, hdr.src_port)
     );
 }
 
@@ -38,14 +38,13 @@ fn malformed_packets_are_reset_or_dropped() {
 
     // Answered with RST.
     for (hdr, payload) in [
-        (PacketHeader { dst_cid: 7, ..base }, &b""[..]),
         (
             PacketHeader {
                 type_: TYPE_SEQPACKET,
                 op: Op::Request as u16,
                 ..base
             },
-            b"",
+            &b""[..],
         ),
         (PacketHeader { op: 0, ..base }, b""),
         (PacketHeader { op: 99, ..base }, b""),
@@ -87,10 +86,12 @@ fn malformed_packets_are_reset_or_dropped() {
         assert_single_rst_to(&replies, &hdr);
     }
 
-    // Dropped silently: a spoofed source, a RST (even a malformed one),
-    // and anything shorter than a header.
+    // Dropped silently: a spoofed source, a destination that is not the
+    // host (a reset would have to speak for that CID), a RST (even a
+    // malformed one), and anything shorter than a header.
     for hdr in [
         PacketHeader { src_cid: 4, ..base },
+        PacketHeader { dst_cid: 7, ..base },
         PacketHeader {
             op: Op::Rst as u16,
             ..base
