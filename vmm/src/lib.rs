@@ -13,6 +13,7 @@ pub mod loader;
 pub mod memory;
 pub mod mmio;
 pub mod pio;
+mod signals;
 mod vcpu;
 pub mod virtio;
 pub mod x86_64;
@@ -177,6 +178,12 @@ impl Shared {
         }
     }
 
+    /// The signal a stop request came from, if the VM is stopping because
+    /// of one.
+    fn stop_signal(&self) -> Option<i32> {
+        pio::lock(&self.stop_request).map(|(sig, _)| sig)
+    }
+
     fn check_stop_deadline(&self) {
         let expired = pio::lock(&self.stop_request)
             .filter(|(_, deadline)| Instant::now() >= *deadline)
@@ -232,11 +239,11 @@ impl Shared {
 }
 
 /// The event-loop subscriber for VM lifecycle events: guest reset through
-/// the i8042, a vCPU finishing, and SIGINT/SIGTERM.
+/// the i8042 and a vCPU finishing. (SIGINT/SIGTERM have a thread of their
+/// own: `signals.rs`.)
 struct Lifecycle {
     shared: Arc<Shared>,
     reset_evt: EventFd,
-    signals: Option<nix::sys::signalfd::SignalFd>,
 }
 
 impl MutEventSubscriber for Lifecycle {
@@ -251,9 +258,6 @@ impl MutEventSubscriber for Lifecycle {
         };
         add(&self.reset_evt);
         add(&self.shared.exit_evt);
-        if let Some(s) = &self.signals {
-            add(s);
-        }
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
@@ -261,10 +265,6 @@ impl MutEventSubscriber for Lifecycle {
         if fd == self.reset_evt.as_raw_fd() {
             let _ = self.reset_evt.read();
             self.shared.finish(Exit::Reset);
-        } else if let Some(s) = self.signals.as_mut().filter(|s| s.as_raw_fd() == fd) {
-            while let Ok(Some(info)) = s.read_signal() {
-                self.shared.request_stop(info.ssi_signo as i32);
-            }
         } else {
             let _ = self.shared.exit_evt.read();
         }
@@ -350,6 +350,7 @@ pub struct RunningVm {
     events: virtio::EventLoop,
     threads: Vec<std::thread::JoinHandle<()>>,
     input: Option<console::StdinPump>,
+    watcher: Option<signals::Watcher>,
     // Declared last: dropped after the vCPU threads are joined, so no vCPU
     // runs on unmapped memory or a closed VM.
     _vm: VmFd,
@@ -530,8 +531,11 @@ pub fn start(
     events.add_subscriber(Arc::new(Mutex::new(Lifecycle {
         shared: shared.clone(),
         reset_evt,
-        signals,
     })));
+    let watcher = signals
+        .map(|s| signals::Watcher::start(shared.clone(), s))
+        .transpose()
+        .map_err(setup("spawning the signal thread"))?;
     let input = if config.stdin {
         Some(console::StdinPump::start(shared.clone())?)
     } else {
@@ -552,6 +556,7 @@ pub fn start(
         events,
         threads,
         input,
+        watcher,
         _vm: vm,
         _mem: mem,
     })
@@ -594,6 +599,9 @@ impl RunningVm {
         }
         if let Some(input) = self.input.take() {
             input.stop();
+        }
+        if let Some(w) = self.watcher.take() {
+            w.stop();
         }
         let exit = pio::lock(&shared.exit)
             .clone()

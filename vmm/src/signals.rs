@@ -1,0 +1,77 @@
+//! SIGINT/SIGTERM on a thread of their own.
+//!
+//! The event loop's thread serves the guest's devices; whatever a guest
+//! makes it do, a stop request must still be acted on. So the stop signals
+//! are read here: the first one asks the guest to stop (Ctrl-Alt-Del, so
+//! its disks get flushed), a second one or the end of the grace period
+//! stops the VM, and if the event loop has still not wound down a few
+//! seconds after that, this thread ends the process itself (status 128 +
+//! signal, as the shell reports it).
+
+use crate::Shared;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signalfd::SignalFd;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long the event loop gets to wind down once the VM is stopped
+/// because of a signal, before the process exits without it.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+/// How often the thread looks at the deadlines.
+const TICK: u16 = 100;
+
+/// The watching thread; [`Watcher::stop`] ends it.
+pub struct Watcher {
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watcher {
+    pub fn start(shared: Arc<Shared>, signals: SignalFd) -> std::io::Result<Watcher> {
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = done.clone();
+        let thread = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || watch(&shared, &signals, &flag))?;
+        Ok(Watcher {
+            done,
+            thread: Some(thread),
+        })
+    }
+
+    /// Ends the thread (the VM has stopped and is being torn down).
+    pub fn stop(mut self) {
+        self.done.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn watch(shared: &Shared, signals: &SignalFd, done: &AtomicBool) {
+    // The signal that stopped the VM, and when.
+    let mut stopped_by: Option<(i32, Instant)> = None;
+    while !done.load(Ordering::Acquire) {
+        let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, PollTimeout::from(TICK));
+        while let Ok(Some(info)) = signals.read_signal() {
+            let sig = info.ssi_signo as i32;
+            log::info!("signal {sig}: stopping the VM");
+            shared.request_stop(sig);
+        }
+        shared.check_stop_deadline();
+        if stopped_by.is_none() && shared.stopping() {
+            stopped_by = shared.stop_signal().map(|sig| (sig, Instant::now()));
+        }
+        if let Some((sig, since)) = stopped_by {
+            if since.elapsed() >= EXIT_GRACE && !done.load(Ordering::Acquire) {
+                log::error!(
+                    "the event loop did not stop within {EXIT_GRACE:?} of signal {sig}; exiting"
+                );
+                std::process::exit(husk_wire::status::signal_status(sig).into());
+            }
+        }
+    }
+}
