@@ -3,6 +3,7 @@
 //! under test (QEMU `-M microvm` is the peer every husk figure is compared
 //! against).
 
+pub mod hostile_guest;
 pub mod http;
 pub mod husk;
 pub mod null_guest;

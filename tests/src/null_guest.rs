@@ -51,7 +51,9 @@ pub fn ticker_elf(pvh: bool) -> Vec<u8> {
     elf_with(pvh, ticker_code())
 }
 
-fn elf_with(pvh: bool, code: Vec<u8>) -> Vec<u8> {
+/// An ELF whose one loadable segment holds `code` at [`LOAD_ADDR`] (and
+/// whatever data the caller appended to it).
+pub fn elf_with(pvh: bool, code: Vec<u8>) -> Vec<u8> {
     let phnum: u16 = if pvh { 2 } else { 1 };
     let mut e = Vec::new();
     // ELF header.

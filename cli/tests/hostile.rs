@@ -1,0 +1,72 @@
+//! A hostile guest against the real `husk vmm` (natively, like the null
+//! guest): a virtio-blk request loop that feeds itself. The API must keep
+//! answering and SIGTERM must end the process while it runs.
+
+use husk_tests::hostile_guest;
+use husk_tests::vmm_process::VmmProcess;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn block_reads(metrics: &Path) -> u64 {
+    let text = std::fs::read_to_string(metrics).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    last["block"]["rootfs"]["read_count"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn a_self_feeding_request_loop_leaves_the_api_and_sigterm_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("hostile.elf");
+    std::fs::write(&kernel, hostile_guest::self_feeding_elf()).unwrap();
+    let disk = dir.path().join("loop.img");
+    std::fs::write(&disk, hostile_guest::self_feeding_disk()).unwrap();
+    let metrics = dir.path().join("metrics.json");
+    let vmm = VmmProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_husk")),
+        dir.path(),
+        &["--allow-kvm-pvm"],
+    );
+    vmm.configure(&kernel, "console=ttyS0", &disk, 128);
+    let m = serde_json::json!({ "metrics_path": metrics });
+    assert_eq!(vmm.req("PUT", "/metrics", &m.to_string()).0, 204);
+    assert_eq!(vmm.start_instance().0, 204);
+    let notified = std::str::from_utf8(hostile_guest::NOTIFIED).unwrap();
+    assert!(
+        vmm.wait_for_output(notified.trim_end(), Duration::from_secs(30)),
+        "the guest never notified: {:?}",
+        vmm.output()
+    );
+
+    // The attack runs: the disk is read over and over...
+    let flush = r#"{"action_type":"FlushMetrics"}"#;
+    assert_eq!(vmm.req("PUT", "/actions", flush).0, 204);
+    let before = block_reads(&metrics);
+    // ...while every API request is answered (the client gives up after
+    // 30 s; the worst latency is printed for docs/, not asserted).
+    let mut worst = Duration::ZERO;
+    for _ in 0..20 {
+        let t = Instant::now();
+        let (status, info) = vmm.req("GET", "/", "");
+        worst = worst.max(t.elapsed());
+        assert_eq!(status, 200, "{info}");
+        assert_eq!(info["state"], "Running");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(vmm.req("PUT", "/actions", flush).0, 204);
+    let after = block_reads(&metrics);
+    assert!(
+        after > before + 1000,
+        "the request loop is not running ({before} then {after} reads)"
+    );
+    eprintln!(
+        "API GET / under a self-feeding virtio-blk loop: worst {:.1} ms over 20 requests; {} reads meanwhile",
+        worst.as_secs_f64() * 1e3,
+        after - before
+    );
+
+    // SIGTERM: the guest ignores Ctrl-Alt-Del, so the grace period ends it.
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(vmm.pid() as i32, libc::SIGTERM) };
+    let (code, _) = vmm.wait(Duration::from_secs(60));
+    assert_eq!(code, Some(128 + libc::SIGTERM));
+}
