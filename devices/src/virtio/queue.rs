@@ -7,13 +7,30 @@
 //! looks at the chain's own descriptors first (at most the queue size of
 //! them, which iterating costs anyway) and refuses a chain that refers to an
 //! indirect table, before anything follows it.
+//!
+//! The crate also refuses to iterate a queue whose avail ring is at guest
+//! address 0 (it takes 0 for "not set up"), which the spec allows and
+//! Firecracker serves. [`with_page_zero_alias`] works around that without
+//! forking the crate: the device's view of guest memory gets the start of
+//! RAM mapped a second time above its end, and such a queue is given that
+//! address instead. The guest sees nothing of it; descriptors that point
+//! there reach only its own first page.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::mmap::MmapRegion;
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap, MemoryRegionAddress,
+};
+
+/// How much of the start of RAM the alias covers: an avail ring of the
+/// largest queue (4 + 2 * 32768 + 2 bytes) fits.
+const ALIAS_LEN: u64 = 68 << 10;
 
 /// What [`pop`] took off the queue.
 pub enum Popped<'a> {
@@ -69,4 +86,31 @@ fn refers_to_indirect(mem: &GuestMemoryMmap, table: GuestAddress, size: u16, hea
         index = desc.next();
     }
     false
+}
+
+/// `mem` with its first [`ALIAS_LEN`] bytes mapped again at a page above its
+/// last address; that address. `None` if there is no RAM at 0.
+pub fn with_page_zero_alias(mem: &GuestMemoryMmap) -> Option<(GuestMemoryMmap, GuestAddress)> {
+    let first = mem.find_region(GuestAddress(0))?;
+    let len = first.len().min(ALIAS_LEN) as usize;
+    let host = first.get_host_address(MemoryRegionAddress(0)).ok()?;
+    let base = GuestAddress(mem.last_addr().raw_value().checked_add(0x1000)? & !0xfff);
+    // SAFETY: `host..host + len` lies inside the mapping of the region at
+    // guest address 0 (len is at most that region's length). The alias does
+    // not own it (no munmap on drop), and it only lives inside the
+    // collection built below, which also holds that region's Arc: the
+    // mapping outlives every use of the alias. Guest RAM is shared between
+    // the two names the way it already is between the VMM and KVM.
+    let raw = unsafe {
+        MmapRegion::build_raw(
+            host,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+        )
+    }
+    .ok()?;
+    let alias = GuestRegionMmap::new(raw, base)?;
+    let view = mem.insert_region(Arc::new(alias)).ok()?;
+    Some((view, base))
 }

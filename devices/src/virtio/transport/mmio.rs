@@ -487,19 +487,31 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) -> Result<(), ActivationFailure> {
+        // An avail ring at guest address 0 is valid, but virtio-queue will
+        // not iterate it: such a queue gets the alias of page 0 instead
+        // (see `virtio::queue::with_page_zero_alias`).
+        let at_zero = |q: &Queue| q.ready() && q.avail_ring() == 0;
+        let (mem, alias) = match self.queues.iter().any(at_zero) {
+            true => crate::virtio::queue::with_page_zero_alias(&self.mem)
+                .map_or((self.mem.clone(), None), |(m, a)| (m, Some(a))),
+            false => (self.mem.clone(), None),
+        };
         let mut queues = Vec::with_capacity(self.queues.len());
         for (index, queue) in self.queues.iter().enumerate() {
             if queue.ready() && !queue.is_valid(&self.mem) {
                 return Err(ActivationFailure::InvalidQueue(index));
             }
             // Queue is not Clone; its state round-trip is the supported copy.
-            queues.push(
-                Queue::try_from(queue.state())
-                    .map_err(|_| ActivationFailure::InvalidQueue(index))?,
-            );
+            let mut copy = Queue::try_from(queue.state())
+                .map_err(|_| ActivationFailure::InvalidQueue(index))?;
+            if let (true, Some(base)) = (at_zero(queue), alias) {
+                copy.try_set_avail_ring_address(base)
+                    .map_err(|_| ActivationFailure::InvalidQueue(index))?;
+            }
+            queues.push(copy);
         }
         lock(&self.device)
-            .activate(self.mem.clone(), self.interrupt.clone(), queues)
+            .activate(mem, self.interrupt.clone(), queues)
             .map_err(ActivationFailure::Device)
     }
 
