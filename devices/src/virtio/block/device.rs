@@ -14,7 +14,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::disk::{BlockBackend, DiskError, DiskFile};
 use super::handler::{self, Budget, InFlight, QueueOutcome};
 use super::metrics::BlockMetrics;
-use super::{ID_BYTES, QUEUE_SIZE};
+use super::{ID_BYTES, QUEUE_SIZE, SEG_MAX};
 use crate::virtio::{ActivateError, IrqTrigger, IrqType, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// Size of the config space we expose: `capacity`, `size_max`, `seg_max`,
@@ -104,7 +104,7 @@ impl Block {
         config_space[0..8].copy_from_slice(&disk.capacity_sectors().to_le_bytes());
         // seg_max: data descriptors per request. A chain also needs the
         // header and status descriptors and cannot exceed the queue size.
-        config_space[12..16].copy_from_slice(&(u32::from(QUEUE_SIZE) - 2).to_le_bytes());
+        config_space[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
 
         Ok(Block {
             disk,

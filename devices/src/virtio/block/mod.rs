@@ -38,3 +38,8 @@ pub const ID_BYTES: usize = virtio_bindings::virtio_blk::VIRTIO_BLK_ID_BYTES as 
 /// Size of the single request queue. 256 is what Firecracker and QEMU use;
 /// Linux happily uses it as is.
 pub const QUEUE_SIZE: u16 = 256;
+/// Data descriptors a request may have (`seg_max` in the config space): a
+/// chain also holds the header and the status. Enforced by construction: a
+/// chain is never longer than the queue (the iterator's limit), and chains
+/// that refer to indirect tables are refused (`virtio::queue::pop`).
+pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
