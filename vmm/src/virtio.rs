@@ -6,7 +6,7 @@ use crate::memory::GuestMemory;
 use crate::mmio::{MmioBus, MmioDevice};
 use crate::x86_64::layout::{FIRST_DEVICE_IRQ, LAST_DEVICE_IRQ, VIRTIO_MMIO_START};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
-use husk_devices::virtio::block::{Block, BlockConfig, BlockMetrics};
+use husk_devices::virtio::block::{Block, BlockConfig, BlockMetrics, Budget};
 use husk_devices::virtio::net::Net;
 pub use husk_devices::virtio::net::NetConfig;
 use husk_devices::virtio::transport::{
@@ -146,14 +146,44 @@ impl Attacher {
         events: &mut EventLoop,
         disk: &DiskConfig,
     ) -> Result<(), Error> {
-        let block = Block::new(&BlockConfig {
+        let mut block = Block::new(&BlockConfig {
             path: disk.path.clone(),
             read_only: disk.read_only,
             id: disk.id.clone(),
         })
         .map_err(|e| Error::Disk(disk.path.display().to_string(), chain(&e)))?;
+        if let Some(budget) = budget_override()? {
+            block.set_budget(budget);
+        }
         self.disk_metrics
             .push((disk.id.clone(), block.metrics().clone()));
         self.attach(vm, mem, bus, events, Arc::new(Mutex::new(block)))
+    }
+}
+
+/// `HUSK_BLK_PASS_BUDGET=REQUESTS,BYTES` (or `unlimited`): what one pass
+/// over a virtio-blk queue may do, for measuring what the default budget
+/// costs (docs/benchmarks.md). Unset: the default.
+fn budget_override() -> Result<Option<Budget>, Error> {
+    const VAR: &str = "HUSK_BLK_PASS_BUDGET";
+    let Ok(value) = std::env::var(VAR) else {
+        return Ok(None);
+    };
+    if value == "unlimited" {
+        return Ok(Some(Budget {
+            requests: u32::MAX,
+            bytes: u64::MAX,
+        }));
+    }
+    let parsed = value
+        .split_once(',')
+        .and_then(|(r, b)| Some((r.parse().ok()?, b.parse().ok()?)))
+        .filter(|&(r, b)| r > 0 && b > 0);
+    match parsed {
+        Some((requests, bytes)) => Ok(Some(Budget { requests, bytes })),
+        None => Err(Error::Disk(
+            VAR.into(),
+            format!("{value:?}: expected REQUESTS,BYTES (both above 0) or unlimited"),
+        )),
     }
 }

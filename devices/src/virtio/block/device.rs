@@ -63,6 +63,7 @@ pub struct Block {
     config_space: [u8; CONFIG_SPACE_SIZE],
     queue_sizes: [u16; 1],
     queue_evts: [EventFd; 1],
+    budget: Budget,
     active: Option<Active>,
     metrics: Arc<BlockMetrics>,
 }
@@ -116,9 +117,16 @@ impl Block {
             // Non-blocking: the event loop drains it, and must never block
             // on a spurious wakeup.
             queue_evts: [EventFd::new(EFD_NONBLOCK).map_err(BlockError::QueueEvent)?],
+            budget: Budget::PASS,
             active: None,
             metrics: Arc::new(BlockMetrics::default()),
         })
+    }
+
+    /// Sets what one pass over the queue may do (default [`Budget::PASS`]);
+    /// `husk`'s `HUSK_BLK_PASS_BUDGET` uses it to measure the budget's cost.
+    pub fn set_budget(&mut self, budget: Budget) {
+        self.budget = budget;
     }
 
     /// The device's counters, to be exported by the VMM.
@@ -171,7 +179,7 @@ impl Block {
             &self.id,
             &self.metrics,
             &mut active.in_flight,
-            Budget::PASS,
+            self.budget,
         );
         if outcome.more {
             if let Err(e) = self.queue_evts[0].write(1) {
