@@ -3,7 +3,7 @@
 
 use crate::Failure;
 use clap::Args;
-use husk_vmm::{Console, DiskConfig, Exit, NetConfig, VmConfig, VsockConfig};
+use husk_vmm::{Console, DiskConfig, Exit, FsConfig, NetConfig, VmConfig, VsockConfig};
 use husk_wire::cmdline;
 use std::path::PathBuf;
 
@@ -34,6 +34,11 @@ pub struct BootArgs {
     /// to CID 2 port P reach PATH_P).
     #[arg(long, value_name = "cid=N,uds=PATH")]
     vsock: Option<String>,
+    /// A shared directory: `tag=TAG,socket=PATH`, where a vhost-user
+    /// virtio-fs backend (virtiofsd --socket-path=PATH) serves it; the
+    /// guest mounts it with `mount -t virtiofs TAG DIR` (repeatable).
+    #[arg(long = "fs", value_name = "tag=TAG,socket=PATH")]
+    fs: Vec<String>,
     /// Appended to the kernel command line.
     #[arg(long, value_name = "EXTRA", allow_hyphen_values = true)]
     cmdline: Option<String>,
@@ -109,6 +114,39 @@ fn disk_spec(spec: &str, n: usize) -> Result<DiskConfig, Failure> {
         read_only,
         id: format!("disk{n}"),
     })
+}
+
+/// `tag=TAG,socket=PATH` → a shared directory served by the vhost-user
+/// backend (virtiofsd) listening on PATH; the guest mounts it with
+/// `mount -t virtiofs TAG DIR`.
+fn fs_spec(spec: &str, n: usize) -> Result<FsConfig, Failure> {
+    let (mut tag, mut socket) = (None, None);
+    for part in spec.split(',') {
+        match part.split_once('=') {
+            Some(("tag", t)) if !t.is_empty() && t.len() <= 36 => tag = Some(t.to_owned()),
+            Some(("tag", t)) => {
+                return Err(Failure::usage(format!(
+                    "--fs {spec}: tag {t:?} must be 1 to 36 bytes"
+                )))
+            }
+            Some(("socket", p)) if !p.is_empty() => socket = Some(PathBuf::from(p)),
+            _ => {
+                return Err(Failure::usage(format!(
+                    "--fs {spec}: expected tag=TAG,socket=PATH, not {part:?}"
+                )))
+            }
+        }
+    }
+    match (tag, socket) {
+        (Some(tag), Some(socket)) => Ok(FsConfig {
+            socket,
+            tag,
+            id: format!("fs{n}"),
+        }),
+        _ => Err(Failure::usage(format!(
+            "--fs {spec}: both tag=TAG and socket=PATH are required"
+        ))),
+    }
 }
 
 /// `cid=N,uds=PATH` → the vsock device.
@@ -231,6 +269,12 @@ pub fn run(args: BootArgs) -> Result<u8, Failure> {
         disks,
         nets,
         vsock: args.vsock.as_deref().map(vsock_spec).transpose()?,
+        fs: args
+            .fs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| fs_spec(spec, i))
+            .collect::<Result<Vec<_>, _>>()?,
         console: args.console.clone(),
         stdin: args.console == Console::Stdio,
         allow_pvm: args.allow_kvm_pvm,

@@ -319,6 +319,7 @@ impl Controller {
                 uds_path: PathBuf::from(&v.uds_path),
                 id: v.vsock_id.clone().unwrap_or_else(|| "vsock0".into()),
             }),
+            fs: Vec::new(),
             console: Console::Stdio,
             stdin: true,
             allow_pvm: self.allow_pvm,

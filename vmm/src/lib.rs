@@ -32,7 +32,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use x86_64::layout::{KEYBOARD_IRQ, SERIAL_IRQ};
 
 pub use console::Console;
-pub use virtio::{DiskConfig, NetConfig, VsockConfig};
+pub use virtio::{DiskConfig, FsConfig, NetConfig, VsockConfig};
 
 /// Where KVM keeps its real-mode TSS (Intel needs three pages below 4 GiB
 /// that nothing else uses; this is in the MMIO gap, above all devices).
@@ -52,6 +52,9 @@ pub struct VmConfig {
     pub nets: Vec<virtio::NetConfig>,
     /// A virtio-vsock device with its host Unix socket.
     pub vsock: Option<virtio::VsockConfig>,
+    /// Shared directories: virtio-fs devices served by vhost-user
+    /// backends (virtiofsd). Any of them makes guest RAM a shared memfd.
+    pub fs: Vec<virtio::FsConfig>,
     pub console: Console,
     /// Forward the VMM's stdin to the serial console.
     pub stdin: bool,
@@ -440,7 +443,7 @@ pub fn start(
     }
 
     // 2. Guest memory and the VM.
-    let mem = memory::create(config.mem_mib)?;
+    let mem = memory::create(config.mem_mib, !config.fs.is_empty())?;
     let vm = create_vm(&kvm, &mem)?;
 
     // 3. Devices, so their command-line tokens are known before the kernel
@@ -465,6 +468,9 @@ pub fn start(
     }
     if let Some(vsock) = &config.vsock {
         attacher.attach_vsock(&vm, &mem, &mut mmio_bus, &mut events, vsock)?;
+    }
+    for fs in &config.fs {
+        attacher.attach_fs(&vm, &mem, &mut mmio_bus, &mut events, fs)?;
     }
     let shared = Arc::new(Shared {
         pio: pio::PioDevices::new(

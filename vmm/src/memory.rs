@@ -1,7 +1,7 @@
 //! Guest RAM: anonymous host mappings placed around the 32-bit MMIO gap.
 
 use crate::x86_64::layout::{MMIO_GAP_END, MMIO_GAP_START};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
 
 pub type GuestMemory = GuestMemoryMmap<()>;
 
@@ -13,6 +13,8 @@ pub enum Error {
     TooLarge(u64, u64),
     #[error("cannot map {0} MiB of guest memory: {1}")]
     Map(u64, vm_memory::mmap::FromRangesError),
+    #[error("cannot create a memfd for {0} MiB of shared guest memory: {1}")]
+    Memfd(u64, std::io::Error),
 }
 
 /// Below this the guest kernel cannot even decompress itself.
@@ -44,8 +46,10 @@ fn host_mem_mib() -> Option<u64> {
 }
 
 /// Maps `mib` MiB of guest RAM. Pages are only backed when the guest touches
-/// them, so a 128 MiB guest costs what it uses.
-pub fn create(mib: u64) -> Result<GuestMemory, Error> {
+/// them, so a 128 MiB guest costs what it uses. With `shared`, RAM is a
+/// memfd mapped shared, so a vhost-user backend (virtiofsd) can map the
+/// same pages from the fd it is handed.
+pub fn create(mib: u64, shared: bool) -> Result<GuestMemory, Error> {
     if mib < MIN_MEM_MIB {
         return Err(Error::TooSmall(mib, MIN_MEM_MIB));
     }
@@ -54,7 +58,37 @@ pub fn create(mib: u64) -> Result<GuestMemory, Error> {
             return Err(Error::TooLarge(mib, host));
         }
     }
-    GuestMemoryMmap::from_ranges(&ram_ranges(mib << 20)).map_err(|e| Error::Map(mib, e))
+    if !shared {
+        return GuestMemoryMmap::from_ranges(&ram_ranges(mib << 20))
+            .map_err(|e| Error::Map(mib, e));
+    }
+    let file = memfd(mib << 20).map_err(|e| Error::Memfd(mib, e))?;
+    let file = std::sync::Arc::new(file);
+    let mut offset = 0u64;
+    let ranges: Vec<_> = ram_ranges(mib << 20)
+        .into_iter()
+        .map(|(addr, len)| {
+            let at = FileOffset::from_arc(file.clone(), offset);
+            offset += len as u64;
+            (addr, len, Some(at))
+        })
+        .collect();
+    GuestMemoryMmap::from_ranges_with_files(&ranges).map_err(|e| Error::Map(mib, e))
+}
+
+/// An anonymous memory file of `bytes` (sparse: pages come when touched).
+fn memfd(bytes: u64) -> std::io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the name is a NUL-terminated literal; memfd_create only reads
+    // it and returns a new descriptor or -1.
+    let fd = unsafe { libc::memfd_create(c"husk-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: memfd_create returned a new descriptor that nothing else owns.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    file.set_len(bytes)?;
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -71,8 +105,25 @@ mod tests {
 
     #[test]
     fn sizes_are_checked() {
-        assert!(matches!(create(1), Err(Error::TooSmall(1, _))));
-        assert!(matches!(create(1 << 40), Err(Error::TooLarge(..))));
-        assert!(create(32).is_ok());
+        assert!(matches!(create(1, false), Err(Error::TooSmall(1, _))));
+        assert!(matches!(create(1 << 40, false), Err(Error::TooLarge(..))));
+        assert!(create(32, false).is_ok());
+    }
+
+    /// Shared RAM is one memfd, each region at its own offset, so a
+    /// vhost-user backend can map what the guest sees.
+    #[test]
+    fn shared_memory_is_file_backed_at_distinct_offsets() {
+        use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
+        let mem = create(32, true).unwrap();
+        let r = mem.iter().next().unwrap();
+        let f = r.file_offset().expect("a file-backed region");
+        assert_eq!(f.start(), 0);
+        assert_eq!(f.file().metadata().unwrap().len(), 32 << 20);
+        mem.write_obj(0xabcd_u32, GuestAddress(4096)).unwrap();
+        // The same bytes through the file, as the backend would see them.
+        let mut buf = [0u8; 4];
+        std::os::unix::fs::FileExt::read_exact_at(f.file(), &mut buf, 4096).unwrap();
+        assert_eq!(u32::from_le_bytes(buf), 0xabcd);
     }
 }

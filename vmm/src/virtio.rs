@@ -7,6 +7,8 @@ use crate::mmio::{MmioBus, MmioDevice};
 use crate::x86_64::layout::{FIRST_DEVICE_IRQ, LAST_DEVICE_IRQ, VIRTIO_MMIO_START};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use husk_devices::virtio::block::{Block, BlockConfig, BlockMetrics, Budget};
+use husk_devices::virtio::fs::Fs;
+pub use husk_devices::virtio::fs::FsConfig;
 use husk_devices::virtio::net::Net;
 pub use husk_devices::virtio::net::NetConfig;
 use husk_devices::virtio::transport::{
@@ -38,6 +40,8 @@ pub enum Error {
     Net(String, String),
     #[error("vsock on {0}: {1}")]
     Vsock(String, String),
+    #[error("shared directory {0}: {1}")]
+    Fs(String, String),
     #[error("too many devices: the guest has IOAPIC pins for {0}")]
     OutOfIrqs(u32),
     #[error("attaching a virtio device: {0} failed: {1}")]
@@ -108,6 +112,19 @@ impl Attacher {
             .push(cmdline_token(base, MMIO_WINDOW_SIZE, irq));
         self.next += 1;
         Ok(())
+    }
+
+    /// Connects to the vhost-user backend and attaches a virtio-fs device.
+    pub fn attach_fs(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemory,
+        bus: &mut MmioBus,
+        events: &mut EventLoop,
+        fs: &FsConfig,
+    ) -> Result<(), Error> {
+        let device = Fs::new(fs).map_err(|e| Error::Fs(fs.tag.clone(), chain(&e)))?;
+        self.attach(vm, mem, bus, events, Arc::new(Mutex::new(device)))
     }
 
     /// Opens the TAP and attaches a virtio-net device on it.

@@ -158,6 +158,7 @@ pub fn launch(
             uds_path: uds.clone(),
             id: "vsock0".into(),
         }),
+        fs: Vec::new(),
         console: Console::File(dir.path.join(CONSOLE_LOG)),
         stdin: false,
         allow_pvm: false,

@@ -13,6 +13,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 pub mod block;
+pub mod fs;
 pub mod interrupt;
 pub mod net;
 pub mod queue;
@@ -88,6 +89,9 @@ pub enum ActivateError {
     /// `activate` was called on an already active device.
     #[error("device is already active")]
     AlreadyActive,
+    /// The device's backend (a vhost-user process) refused the setup.
+    #[error("backend: {0}")]
+    Backend(String),
 }
 
 /// A virtio device, as seen by a transport.

@@ -100,7 +100,7 @@ mod tests {
 
     #[test]
     fn map_skips_the_ebda_and_the_gap() {
-        let mem = crate::memory::create(128).unwrap();
+        let mem = crate::memory::create(128, false).unwrap();
         let m = memory_map(&mem);
         assert_eq!(m[0], (0, EBDA_START, E820_RAM));
         assert_eq!(m[2], (HIMEM_START, (128 << 20) - HIMEM_START, E820_RAM));
