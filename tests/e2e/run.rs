@@ -353,6 +353,58 @@ fn ctrl_c_reaches_the_container_and_a_second_one_kills_it() {
     assert_eq!(husk_processes(&r), Vec::<i32>::new(), "husk processes left");
 }
 
+/// A directory volume is the host directory itself (virtio-fs): a file the
+/// host makes while the container runs is there, what the container writes
+/// is on the host before it exits, and links the container plants are only
+/// links: nothing of the host's is written through them (the old copy-back
+/// of a packed image had the host's root follow them).
+#[test]
+fn a_directory_volume_is_live_and_its_links_stay_links() {
+    require_linux_kvm();
+    let r = Run::new();
+    let host = tempfile::tempdir().unwrap();
+    let shared = host.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    // A path that exists in the container (its root is writable) and on
+    // the host, so a write through the link succeeds on one side only.
+    let target = std::path::PathBuf::from(format!("/husk-escape-{}", std::process::id()));
+    let _ = std::fs::remove_file(&target);
+    let script = format!(
+        "echo early >/work/early; echo ready; \
+         while [ ! -e /work/go ]; do sleep 0.2; done; cat /work/go; \
+         ln -s {t} /work/.x.husk-tmp; ln -s {t} /work/link; \
+         echo through-the-link >/work/link && echo written-in-the-container",
+        t = target.display()
+    );
+    let mut run = husk_tests::process::Running::spawn(r.command(
+        &["--rm", "-v", &format!("{}:/work", shared.display())],
+        &["sh", "-c", &script],
+    ));
+    assert!(run.wait_for_line("ready", TIMEOUT), "never ready");
+    assert_eq!(
+        std::fs::read_to_string(shared.join("early")).unwrap(),
+        "early\n",
+        "the container's write is not on the host while it runs"
+    );
+    std::fs::write(shared.join("go"), "made by the host meanwhile\n").unwrap();
+    let out = run.finish(TIMEOUT);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(
+        out.stdout,
+        "ready\nmade by the host meanwhile\nwritten-in-the-container\n",
+        "{}",
+        out.describe()
+    );
+    for link in ["link", ".x.husk-tmp"] {
+        let meta = std::fs::symlink_metadata(shared.join(link)).unwrap();
+        assert!(meta.file_type().is_symlink(), "{link}");
+    }
+    assert!(
+        !target.exists(),
+        "something wrote through the container's link on the host"
+    );
+}
+
 #[test]
 fn volumes_read_only_read_write_and_disk_images() {
     require_linux_kvm();

@@ -19,7 +19,8 @@ pub use crate::status::ExitStatus;
 
 /// Protocol version; bumped on any incompatible change. 2: typed specs,
 /// disks named by their serial, stream ids scoped to their connection.
-pub const VERSION: u32 = 2;
+/// 3: a volume is a disk or a virtio-fs share.
+pub const VERSION: u32 = 3;
 /// The vsock port the agent listens on.
 pub const AGENT_PORT: u32 = 1024;
 /// Largest frame body accepted: a runtime spec is a few KiB, stream chunks
@@ -101,12 +102,20 @@ pub struct RootfsSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeSpec {
-    /// Serial of the volume's disk.
-    pub disk: String,
-    pub fs_type: String,
+    pub source: VolumeSource,
     pub mount_point: String,
     #[serde(default)]
     pub read_only: bool,
+}
+
+/// Where a volume's content comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum VolumeSource {
+    /// A disk image attached as a virtio-blk disk, by its serial.
+    Disk { serial: String, fs_type: String },
+    /// A host directory shared live through virtio-fs, by its mount tag.
+    Shared { tag: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -463,12 +472,21 @@ mod tests {
                     fs_type: "erofs".into(),
                     scratch_disk: None,
                 },
-                volumes: vec![VolumeSpec {
-                    disk: "volume0".into(),
-                    fs_type: "ext4".into(),
-                    mount_point: "/run/husk/volumes/0".into(),
-                    read_only: true,
-                }],
+                volumes: vec![
+                    VolumeSpec {
+                        source: VolumeSource::Disk {
+                            serial: "volume0".into(),
+                            fs_type: "ext4".into(),
+                        },
+                        mount_point: "/run/husk/volumes/0".into(),
+                        read_only: true,
+                    },
+                    VolumeSpec {
+                        source: VolumeSource::Shared { tag: "vol1".into() },
+                        mount_point: "/run/husk/volumes/1".into(),
+                        read_only: false,
+                    },
+                ],
                 stdio: StdioSpec {
                     stream: 1,
                     tty: false,

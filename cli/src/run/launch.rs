@@ -1,7 +1,7 @@
 //! Launching a planned run: the image's disk, the run's directory and
 //! record, the volumes' and scratch disks, and the VM.
 
-use super::plan::{Disks, Plan, ReadyDisk};
+use super::plan::{Disks, Plan, ReadyDisk, ReadyVolume};
 use super::state::{self, ProcessDefaults, State, Status};
 use super::{timings::mark, volume, RunArgs};
 use crate::agent::Sinks;
@@ -50,7 +50,8 @@ pub const CONSOLE_LOG: &str = "console.log";
 pub struct Launched {
     pub dir: RunDir,
     pub record: State,
-    pub volumes: Vec<volume::Prepared>,
+    /// The virtiofsd of each directory volume, for as long as the VM runs.
+    pub backends: Vec<volume::Backend>,
     pub disks: Disks,
     pub vm: RunningVm,
     pub uds: PathBuf,
@@ -115,10 +116,7 @@ pub fn launch(
             )));
         }
     }
-    let mut volumes = Vec::new();
-    for (i, v) in plan.volumes.iter().enumerate() {
-        volumes.push(volume::prepare(v.clone(), i, &dir.path).map_err(Failure::runtime)?);
-    }
+    let (volumes, backends) = prepare_volumes(plan, &dir.path)?;
     let scratch = match plan.scratch {
         Some(bytes) => {
             let path = dir.path.join("scratch.img");
@@ -130,13 +128,7 @@ pub fn launch(
     let disks = Disks {
         rootfs,
         image,
-        volumes: volumes
-            .iter()
-            .map(|p| ReadyDisk {
-                path: p.disk.clone(),
-                fs_type: p.fs_type,
-            })
-            .collect(),
+        volumes,
         scratch,
     };
     let uds = dir.path.join(state::VSOCK_SOCKET);
@@ -158,7 +150,7 @@ pub fn launch(
             uds_path: uds.clone(),
             id: "vsock0".into(),
         }),
-        fs: Vec::new(),
+        fs: plan.vm_shares(&disks),
         console: Console::File(dir.path.join(CONSOLE_LOG)),
         stdin: false,
         allow_pvm: false,
@@ -168,12 +160,38 @@ pub fn launch(
     Ok(Launched {
         dir,
         record,
-        volumes,
+        backends,
         disks,
         vm,
         uds,
         sinks,
     })
+}
+
+/// Disk image volumes as they are; a virtiofsd for each directory.
+fn prepare_volumes(
+    plan: &Plan,
+    work: &Path,
+) -> Result<(Vec<ReadyVolume>, Vec<volume::Backend>), Failure> {
+    let (mut ready, mut backends) = (Vec::new(), Vec::new());
+    for (i, v) in plan.volumes.iter().enumerate() {
+        match volume::prepare(v.clone()).map_err(Failure::runtime)? {
+            volume::Prepared::Disk { disk, fs_type } => {
+                ready.push(ReadyVolume::Disk(ReadyDisk {
+                    path: disk,
+                    fs_type,
+                }));
+            }
+            volume::Prepared::Shared { arg } => {
+                let backend = volume::serve(&arg, i, work).map_err(Failure::runtime)?;
+                ready.push(ReadyVolume::Shared {
+                    socket: backend.socket.clone(),
+                });
+                backends.push(backend);
+            }
+        }
+    }
+    Ok((ready, backends))
 }
 
 fn record(args: &RunArgs, plan: &Plan, detached: bool) -> State {

@@ -2,8 +2,8 @@
 //! steps: a pure [`plan`] (flags and image defaults → spec, VM size, disks),
 //! [`launch`] (the image's cached disk, the run's directory and record, the
 //! volumes, the VM), the agent [`session`] (create, start, relay, power
-//! off), and [`teardown`] (the VM stopped for sure, volumes copied back, one
-//! error). Everything the run made (VM, sockets, console log) is gone at
+//! off), and [`teardown`] (the VM stopped for sure, the volumes' virtiofsd
+//! gone, one error). Everything the run made (VM, sockets, console log) is gone at
 //! the end, except a detached run's record and logs.
 
 mod detach;
@@ -45,8 +45,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE")]
     memory: Option<String>,
     /// A host directory or disk image file in the container (repeatable).
-    /// Directories are packed into a disk image; a read-write one gets the
-    /// container's changes copied back when it ends.
+    /// A directory is shared live (virtio-fs, served by virtiofsd); a disk
+    /// image file is attached as a disk.
     #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]")]
     volumes: Vec<String>,
     /// Put the container's writable layer on a disk of this size (a sparse
@@ -141,7 +141,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     let launch::Launched {
         dir,
         mut record,
-        volumes,
+        backends,
         disks,
         vm,
         uds,
@@ -188,7 +188,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             log::warn!("{e}");
         }
     }
-    teardown::teardown(result, vm_thread, &controls, &dir, &volumes)
+    teardown::teardown(result, vm_thread, &controls, &dir, backends)
 }
 
 /// `-u` parsing, shared with `husk exec`.

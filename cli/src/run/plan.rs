@@ -7,8 +7,8 @@ use super::volume::{self, VolumeArg};
 use super::RunArgs;
 use crate::Failure;
 use husk_image::ImageDefaults;
-use husk_vmm::DiskConfig;
-use husk_wire::agent::{RootfsSpec, StdioSpec, VolumeSpec};
+use husk_vmm::{DiskConfig, FsConfig};
+use husk_wire::agent::{RootfsSpec, StdioSpec, VolumeSource, VolumeSpec};
 use husk_wire::cmdline;
 use husk_wire::oci_spec::runtime::Spec;
 use std::path::PathBuf;
@@ -33,6 +33,10 @@ pub mod serial {
     pub const SCRATCH: &str = "scratch";
     pub fn volume(i: usize) -> String {
         format!("volume{i}")
+    }
+    /// The virtio-fs mount tag of a directory volume.
+    pub fn share(i: usize) -> String {
+        format!("vol{i}")
     }
 }
 
@@ -59,13 +63,22 @@ pub struct ReadyDisk {
     pub fs_type: &'static str,
 }
 
-/// What launch made ready for the plan's disks.
+/// A volume made ready on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadyVolume {
+    /// A disk image, attached as a virtio-blk disk.
+    Disk(ReadyDisk),
+    /// A directory that a virtiofsd serves on this socket.
+    Shared { socket: PathBuf },
+}
+
+/// What launch made ready for the plan's disks and shares.
 #[derive(Debug)]
 pub struct Disks {
     pub rootfs: PathBuf,
     pub image: ReadyDisk,
     /// One per [`Plan::volumes`], in order.
-    pub volumes: Vec<ReadyDisk>,
+    pub volumes: Vec<ReadyVolume>,
     pub scratch: Option<PathBuf>,
 }
 
@@ -203,7 +216,9 @@ impl Plan {
             disk(&d.image.path, true, serial::IMAGE),
         ];
         for (i, (v, ready)) in self.volumes.iter().zip(&d.volumes).enumerate() {
-            disks.push(disk(&ready.path, v.read_only, &serial::volume(i)));
+            if let ReadyVolume::Disk(ready) = ready {
+                disks.push(disk(&ready.path, v.read_only, &serial::volume(i)));
+            }
         }
         if let Some(s) = &d.scratch {
             disks.push(disk(s, false, serial::SCRATCH));
@@ -211,7 +226,24 @@ impl Plan {
         disks
     }
 
-    /// What the agent mounts for the container, by the same serials.
+    /// The VM's virtio-fs shares: one per directory volume.
+    pub fn vm_shares(&self, d: &Disks) -> Vec<FsConfig> {
+        d.volumes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, ready)| match ready {
+                ReadyVolume::Shared { socket } => Some(FsConfig {
+                    socket: socket.clone(),
+                    tag: serial::share(i),
+                    id: serial::share(i),
+                }),
+                ReadyVolume::Disk(_) => None,
+            })
+            .collect()
+    }
+
+    /// What the agent mounts for the container, by the same serials and
+    /// tags.
     pub fn agent_disks(&self, d: &Disks) -> (RootfsSpec, Vec<VolumeSpec>) {
         let rootfs = RootfsSpec {
             disk: serial::IMAGE.into(),
@@ -224,8 +256,15 @@ impl Plan {
             .zip(&d.volumes)
             .enumerate()
             .map(|(i, (v, ready))| VolumeSpec {
-                disk: serial::volume(i),
-                fs_type: ready.fs_type.into(),
+                source: match ready {
+                    ReadyVolume::Disk(d) => VolumeSource::Disk {
+                        serial: serial::volume(i),
+                        fs_type: d.fs_type.into(),
+                    },
+                    ReadyVolume::Shared { .. } => VolumeSource::Shared {
+                        tag: serial::share(i),
+                    },
+                },
                 mount_point: volume_mount_point(i),
                 read_only: v.read_only,
             })
@@ -309,7 +348,12 @@ mod tests {
         let disks = Disks {
             rootfs: "/g/rootfs.ext4".into(),
             image: ready("/c/img.erofs", "erofs"),
-            volumes: vec![ready("/r/v0", "erofs"), ready("/r/v1", "ext4")],
+            volumes: vec![
+                ReadyVolume::Shared {
+                    socket: "/r/fs-0.sock".into(),
+                },
+                ReadyVolume::Disk(ready("/r/v1", "ext4")),
+            ],
             scratch: Some("/r/scratch.img".into()),
         };
         let vm: Vec<(String, bool)> = p
@@ -322,17 +366,30 @@ mod tests {
             [
                 ("rootfs".into(), true),
                 ("image".into(), true),
-                ("volume0".into(), true),
                 ("volume1".into(), false),
                 ("scratch".into(), false)
             ]
         );
+        let shares = p.vm_shares(&disks);
+        assert_eq!(shares.len(), 1);
+        assert_eq!(shares[0].tag, "vol0");
+        assert_eq!(shares[0].socket, std::path::Path::new("/r/fs-0.sock"));
         let (root, volumes) = p.agent_disks(&disks);
         assert_eq!(root.disk, "image");
         assert_eq!(root.fs_type, "erofs");
         assert_eq!(root.scratch_disk.as_deref(), Some("scratch"));
-        assert_eq!(volumes[1].disk, "volume1");
-        assert_eq!(volumes[1].fs_type, "ext4");
+        assert_eq!(
+            volumes[0].source,
+            VolumeSource::Shared { tag: "vol0".into() }
+        );
+        assert!(volumes[0].read_only);
+        assert_eq!(
+            volumes[1].source,
+            VolumeSource::Disk {
+                serial: "volume1".into(),
+                fs_type: "ext4".into()
+            }
+        );
         assert_eq!(volumes[1].mount_point, "/run/husk/volumes/1");
         // The spec bind-mounts each volume's mount point.
         let mounts = p.spec.mounts().as_ref().unwrap();

@@ -1,6 +1,6 @@
-//! The end of a run: the VM stopped for sure, read-write directory volumes
-//! copied back after a clean shutdown, and one error that says what went
-//! wrong, with the guest console's last lines when the session failed.
+//! The end of a run: the VM stopped for sure, the volumes' virtiofsd gone
+//! with it, and one error that says what went wrong, with the guest
+//! console's last lines when the session failed.
 
 use super::launch::{RunDir, CONSOLE_LOG};
 use super::{timings, volume};
@@ -20,7 +20,7 @@ pub fn teardown(
     vm_thread: JoinHandle<Outcome>,
     controls: &VmControls,
     dir: &RunDir,
-    volumes: &[volume::Prepared],
+    backends: Vec<volume::Backend>,
 ) -> Result<u8, Failure> {
     if session.is_err() || !vm_thread.is_finished() {
         // The guest normally powers off after Shutdown; make sure it stops.
@@ -34,13 +34,12 @@ pub fn teardown(
     }
     let outcome = vm_thread.join();
     timings::mark("vm_stopped");
-    // The agent reports 0 after it synced and unmounted everything.
-    let clean = session.is_ok() && outcome.as_ref().is_ok_and(|o| o.guest_status == Some(0));
-    let copy_errors = copy_back(volumes, clean);
+    // Shared directories hold nothing to copy: what the container wrote is
+    // on the host's disk already.
+    drop(backends);
     timings::mark("done");
     timings::print();
     match session {
-        Ok(_) if !copy_errors.is_empty() => Err(Failure::runtime(copy_errors.join("\n"))),
         Ok(status) => Ok(status.shell_status()),
         Err(message) => {
             if let Ok(o) = outcome {
@@ -54,22 +53,6 @@ pub fn teardown(
             }))
         }
     }
-}
-
-fn copy_back(volumes: &[volume::Prepared], clean: bool) -> Vec<String> {
-    let mut errors = Vec::new();
-    for p in volumes.iter().filter(|p| p.copy_back.is_some()) {
-        if !clean {
-            errors.push(format!(
-                "-v {}: the VM did not shut down cleanly; the container's changes were not \
-                 copied back",
-                p.arg.source.display()
-            ));
-        } else if let Err(e) = volume::copy_back(p) {
-            errors.push(e);
-        }
-    }
-    errors
 }
 
 fn console_tail(path: &Path) -> String {

@@ -7,8 +7,8 @@ mod streams;
 
 use husk_container::{Container, Rootfs, Stdio};
 use husk_wire::agent::{
-    Decoder, Event, ExitStatus, Frame, Request, Response, RootfsSpec, StdioSpec, VolumeSpec,
-    AGENT_PORT, MAX_CHUNK, VERSION,
+    Decoder, Event, ExitStatus, Frame, Request, Response, RootfsSpec, StdioSpec, VolumeSource,
+    VolumeSpec, AGENT_PORT, MAX_CHUNK, VERSION,
 };
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -513,7 +513,12 @@ impl Agent {
             };
             for v in volumes {
                 let at = PathBuf::from(&v.mount_point);
-                mount_disk(&v.disk, &at, &v.fs_type, v.read_only)?;
+                match &v.source {
+                    VolumeSource::Disk { serial, fs_type } => {
+                        mount_disk(serial, &at, fs_type, v.read_only)?
+                    }
+                    VolumeSource::Shared { tag } => mount_shared(tag, &at, v.read_only)?,
+                }
                 mounts.push(at);
             }
             let root = Rootfs {
@@ -650,6 +655,17 @@ fn mount_disk(serial: &str, at: &Path, fs_type: &str, read_only: bool) -> Result
             at.display()
         )
     })
+}
+
+/// Mounts the virtio-fs share tagged `tag`.
+fn mount_shared(tag: &str, at: &Path, read_only: bool) -> Result<(), String> {
+    std::fs::create_dir_all(at).map_err(|e| format!("mkdir {}: {e}", at.display()))?;
+    let mut flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
+    if read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    mount(Some(tag), at, Some("virtiofs"), flags, None::<&str>)
+        .map_err(|e| format!("mount virtio-fs {tag} on {}: {e}", at.display()))
 }
 
 /// `/dev/<name>` of the block device under `sys_block` whose `serial`
