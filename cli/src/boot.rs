@@ -34,10 +34,11 @@ pub struct BootArgs {
     /// to CID 2 port P reach PATH_P).
     #[arg(long, value_name = "cid=N,uds=PATH")]
     vsock: Option<String>,
-    /// A shared directory: `tag=TAG,socket=PATH`, where a vhost-user
-    /// virtio-fs backend (virtiofsd --socket-path=PATH) serves it; the
-    /// guest mounts it with `mount -t virtiofs TAG DIR` (repeatable).
-    #[arg(long = "fs", value_name = "tag=TAG,socket=PATH")]
+    /// A shared directory, live in the guest through virtio-fs:
+    /// `tag=TAG,dir=DIR[,ro]` (husk starts virtiofsd for DIR) or
+    /// `tag=TAG,socket=PATH` (a virtiofsd you run); the guest mounts it
+    /// with `mount -t virtiofs TAG /mnt` (repeatable).
+    #[arg(long = "fs", value_name = "tag=TAG,dir=DIR[,ro]|tag=TAG,socket=PATH")]
     fs: Vec<String>,
     /// Appended to the kernel command line.
     #[arg(long, value_name = "EXTRA", allow_hyphen_values = true)]
@@ -116,37 +117,97 @@ fn disk_spec(spec: &str, n: usize) -> Result<DiskConfig, Failure> {
     })
 }
 
-/// `tag=TAG,socket=PATH` → a shared directory served by the vhost-user
-/// backend (virtiofsd) listening on PATH; the guest mounts it with
-/// `mount -t virtiofs TAG DIR`.
-fn fs_spec(spec: &str, n: usize) -> Result<FsConfig, Failure> {
-    let (mut tag, mut socket) = (None, None);
+/// A private directory for the run's sockets, removed when dropped.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn new(needed: bool) -> Result<WorkDir, Failure> {
+        let dir = std::env::temp_dir().join(format!("husk-boot-{}", std::process::id()));
+        if needed {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| Failure::runtime(format!("{}: {e}", dir.display())))?;
+        }
+        Ok(WorkDir(dir))
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A parsed `--fs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FsArg {
+    /// A virtiofsd the user runs, on this socket.
+    Socket { tag: String, socket: PathBuf },
+    /// A directory husk starts a virtiofsd for.
+    Dir {
+        tag: String,
+        dir: PathBuf,
+        read_only: bool,
+    },
+}
+
+/// `tag=TAG,socket=PATH` or `tag=TAG,dir=DIR[,ro]`.
+fn fs_arg(spec: &str) -> Result<FsArg, Failure> {
+    let bad = |why: String| Failure::usage(format!("--fs {spec}: {why}"));
+    let (mut tag, mut socket, mut dir, mut read_only) = (None, None, None, false);
     for part in spec.split(',') {
         match part.split_once('=') {
             Some(("tag", t)) if !t.is_empty() && t.len() <= 36 => tag = Some(t.to_owned()),
-            Some(("tag", t)) => {
-                return Err(Failure::usage(format!(
-                    "--fs {spec}: tag {t:?} must be 1 to 36 bytes"
-                )))
-            }
+            Some(("tag", t)) => return Err(bad(format!("tag {t:?} must be 1 to 36 bytes"))),
             Some(("socket", p)) if !p.is_empty() => socket = Some(PathBuf::from(p)),
+            Some(("dir", p)) if !p.is_empty() => dir = Some(PathBuf::from(p)),
+            None if part == "ro" => read_only = true,
             _ => {
-                return Err(Failure::usage(format!(
-                    "--fs {spec}: expected tag=TAG,socket=PATH, not {part:?}"
+                return Err(bad(format!(
+                    "expected tag=TAG and socket=PATH or dir=DIR[,ro], not {part:?}"
                 )))
             }
         }
     }
-    match (tag, socket) {
-        (Some(tag), Some(socket)) => Ok(FsConfig {
-            socket,
+    let tag = tag.ok_or_else(|| bad("tag=TAG is required".into()))?;
+    match (socket, dir) {
+        (Some(socket), None) if !read_only => Ok(FsArg::Socket { tag, socket }),
+        (Some(_), None) => Err(bad("ro applies to dir=, not to a socket you serve".into())),
+        (None, Some(dir)) if dir.is_dir() => Ok(FsArg::Dir {
             tag,
-            id: format!("fs{n}"),
+            dir,
+            read_only,
         }),
-        _ => Err(Failure::usage(format!(
-            "--fs {spec}: both tag=TAG and socket=PATH are required"
-        ))),
+        (None, Some(dir)) => Err(bad(format!("{} is not a directory", dir.display()))),
+        _ => Err(bad("give one of socket=PATH and dir=DIR".into())),
     }
+}
+
+/// The shared directories of `--fs`: virtiofsd started for each `dir=`
+/// (kept alive by the returned backends) and the VM's devices.
+fn shares(
+    specs: &[String],
+    work: &std::path::Path,
+) -> Result<(Vec<FsConfig>, Vec<crate::virtiofsd::Backend>), Failure> {
+    let (mut configs, mut backends) = (Vec::new(), Vec::new());
+    for (n, spec) in specs.iter().enumerate() {
+        let id = format!("fs{n}");
+        let (tag, socket) = match fs_arg(spec)? {
+            FsArg::Socket { tag, socket } => (tag, socket),
+            FsArg::Dir {
+                tag,
+                dir,
+                read_only,
+            } => {
+                let b = crate::virtiofsd::start(&dir, read_only, work, &id)
+                    .map_err(|e| Failure::runtime(format!("--fs {spec}: {e}")))?;
+                let socket = b.socket.clone();
+                backends.push(b);
+                (tag, socket)
+            }
+        };
+        configs.push(FsConfig { socket, tag, id });
+    }
+    Ok((configs, backends))
 }
 
 /// `cid=N,uds=PATH` → the vsock device.
@@ -260,6 +321,9 @@ pub fn run(args: BootArgs) -> Result<u8, Failure> {
         .enumerate()
         .map(|(i, spec)| net_spec(spec, i))
         .collect::<Result<Vec<_>, _>>()?;
+    // virtiofsd sockets and logs for `--fs dir=`, gone with the run.
+    let work = WorkDir::new(!args.fs.is_empty())?;
+    let (fs, _backends) = shares(&args.fs, &work.0)?;
     let interactive = args.command.is_empty();
     let config = VmConfig {
         kernel,
@@ -269,12 +333,7 @@ pub fn run(args: BootArgs) -> Result<u8, Failure> {
         disks,
         nets,
         vsock: args.vsock.as_deref().map(vsock_spec).transpose()?,
-        fs: args
-            .fs
-            .iter()
-            .enumerate()
-            .map(|(i, spec)| fs_spec(spec, i))
-            .collect::<Result<Vec<_>, _>>()?,
+        fs,
         console: args.console.clone(),
         stdin: args.console == Console::Stdio,
         allow_pvm: args.allow_kvm_pvm,
@@ -297,5 +356,50 @@ pub fn run(args: BootArgs) -> Result<u8, Failure> {
         )),
         (Exit::Stopped(sig), _) => Ok(husk_wire::status::signal_status(sig)),
         (Exit::Failed(why), _) => Err(Failure::runtime(why)),
+    }
+}
+
+#[cfg(test)]
+mod fs_tests {
+    use super::*;
+
+    #[test]
+    fn fs_specs() {
+        let dir = std::env::temp_dir();
+        let d = dir.display();
+        assert_eq!(
+            fs_arg("tag=t,socket=/s").unwrap(),
+            FsArg::Socket {
+                tag: "t".into(),
+                socket: "/s".into()
+            }
+        );
+        assert_eq!(
+            fs_arg(&format!("tag=t,dir={d},ro")).unwrap(),
+            FsArg::Dir {
+                tag: "t".into(),
+                dir: dir.clone(),
+                read_only: true
+            }
+        );
+        for (bad, says) in [
+            ("socket=/s".to_string(), "tag=TAG is required"),
+            ("tag=t".to_string(), "one of socket=PATH and dir=DIR"),
+            (
+                format!("tag=t,socket=/s,dir={d}"),
+                "one of socket=PATH and dir=DIR",
+            ),
+            ("tag=t,socket=/s,ro".to_string(), "ro applies to dir="),
+            (
+                "tag=t,dir=/nonexistent-dir".to_string(),
+                "is not a directory",
+            ),
+            (format!("tag={},dir={d}", "x".repeat(37)), "1 to 36 bytes"),
+            ("tag=t,cache=always".to_string(), "expected tag=TAG"),
+        ] {
+            let e = fs_arg(&bad).unwrap_err();
+            assert_eq!(e.code, 2, "{bad}");
+            assert!(e.message.contains(says), "{bad}: {}", e.message);
+        }
     }
 }

@@ -8,6 +8,7 @@ mod controller;
 mod image_cmd;
 mod logger;
 mod run;
+mod virtiofsd;
 mod vmm_cmd;
 
 use clap::{Parser, Subcommand};

@@ -247,6 +247,7 @@ impl Shared {
 struct Lifecycle {
     shared: Arc<Shared>,
     reset_evt: EventFd,
+    fatal: Option<Arc<virtio::Fatal>>,
 }
 
 impl MutEventSubscriber for Lifecycle {
@@ -261,6 +262,9 @@ impl MutEventSubscriber for Lifecycle {
         };
         add(&self.reset_evt);
         add(&self.shared.exit_evt);
+        if let Some(f) = &self.fatal {
+            add(&f.evt);
+        }
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
@@ -268,6 +272,10 @@ impl MutEventSubscriber for Lifecycle {
         if fd == self.reset_evt.as_raw_fd() {
             let _ = self.reset_evt.read();
             self.shared.finish(Exit::Reset);
+        } else if let Some(f) = self.fatal.as_ref().filter(|f| f.evt.as_raw_fd() == fd) {
+            let _ = f.evt.read();
+            let why = pio::lock(&f.reason).clone().unwrap_or_default();
+            self.shared.finish(Exit::Failed(why));
         } else {
             let _ = self.shared.exit_evt.read();
         }
@@ -537,6 +545,7 @@ pub fn start(
     events.add_subscriber(Arc::new(Mutex::new(Lifecycle {
         shared: shared.clone(),
         reset_evt,
+        fatal: attacher.fatal.clone(),
     })));
     let watcher = signals
         .map(|s| signals::Watcher::start(shared.clone(), s))

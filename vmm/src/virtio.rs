@@ -70,6 +70,28 @@ impl MmioDevice for MmioTransport {
     }
 }
 
+/// A device's report that the VM cannot go on (a vhost-user backend that
+/// went away): the reason, and an eventfd that wakes the event loop to
+/// stop the VM with it.
+pub struct Fatal {
+    pub evt: vmm_sys_util::eventfd::EventFd,
+    pub reason: Mutex<Option<String>>,
+}
+
+impl Fatal {
+    fn new() -> std::io::Result<Arc<Fatal>> {
+        Ok(Arc::new(Fatal {
+            evt: vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)?,
+            reason: Mutex::new(None),
+        }))
+    }
+
+    fn report(&self, why: String) {
+        crate::pio::lock(&self.reason).get_or_insert(why);
+        let _ = self.evt.write(1);
+    }
+}
+
 /// Hands out MMIO windows and IRQs in order, so they never overlap.
 #[derive(Default)]
 pub struct Attacher {
@@ -77,6 +99,8 @@ pub struct Attacher {
     pub cmdline_tokens: Vec<String>,
     /// Each disk's id and counters, for metrics.
     pub disk_metrics: Vec<(String, Arc<BlockMetrics>)>,
+    /// Set once a device needs it (virtio-fs).
+    pub fatal: Option<Arc<Fatal>>,
 }
 
 impl Attacher {
@@ -123,7 +147,16 @@ impl Attacher {
         events: &mut EventLoop,
         fs: &FsConfig,
     ) -> Result<(), Error> {
-        let device = Fs::new(fs).map_err(|e| Error::Fs(fs.tag.clone(), chain(&e)))?;
+        let mut device = Fs::new(fs).map_err(|e| Error::Fs(fs.tag.clone(), chain(&e)))?;
+        let fatal = match &self.fatal {
+            Some(f) => f.clone(),
+            None => {
+                let f = Fatal::new().map_err(|e| Error::Fs(fs.tag.clone(), e.to_string()))?;
+                self.fatal = Some(f.clone());
+                f
+            }
+        };
+        device.on_backend_gone(Box::new(move |why| fatal.report(why)));
         self.attach(vm, mem, bus, events, Arc::new(Mutex::new(device)))
     }
 

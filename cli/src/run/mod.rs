@@ -128,6 +128,11 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     let image = husk_image::Image::open(&args.image)
         .map_err(|e| Failure::runtime(format!("image {}: {e}", args.image.display())))?;
     let plan = plan::plan(&args, image.defaults(), &id)?;
+    // Before the image is converted or anything started: a directory
+    // volume needs virtiofsd.
+    if plan.volumes.iter().any(|v| v.source.is_dir()) {
+        crate::virtiofsd::program().map_err(Failure::runtime)?;
+    }
     let image_disk = launch::image_disk(&args, &image)?;
     mark("image_ready");
     // Taken before the VM's threads exist, so they inherit the masks: the

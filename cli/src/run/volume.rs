@@ -13,8 +13,8 @@
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+
+pub use crate::virtiofsd::Backend;
 
 /// At most this many volumes: the guest has 19 IOAPIC pins for devices, and
 /// the root disk, the image, vsock, a scratch disk and a NIC may take five.
@@ -95,76 +95,10 @@ pub fn prepare(arg: VolumeArg) -> Result<Prepared, String> {
     })
 }
 
-/// virtiofsd: `$HUSK_VIRTIOFSD`, else where scripts/setup installs it, else
-/// `PATH`.
-fn virtiofsd() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("HUSK_VIRTIOFSD") {
-        return Ok(PathBuf::from(p));
-    }
-    let installed = Path::new("/usr/local/bin/virtiofsd");
-    if installed.is_file() {
-        return Ok(installed.to_path_buf());
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join("virtiofsd"))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            "directory volumes need virtiofsd, which is not installed \
-             (cargo install virtiofsd; scripts/setup does it)"
-                .to_owned()
-        })
-}
-
-/// A virtiofsd serving one directory volume on a socket in the run's
-/// directory; killed when dropped (it also exits when the VM goes).
-pub struct Backend {
-    child: Child,
-    pub socket: PathBuf,
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// How long virtiofsd gets to create its socket.
-const BACKEND_START: Duration = Duration::from_secs(10);
-
-/// Starts virtiofsd for volume `index`; its messages go to a log in `work`.
+/// Starts the virtiofsd that serves directory volume `index`.
 pub fn serve(arg: &VolumeArg, index: usize, work: &Path) -> Result<Backend, String> {
-    let name = arg.source.display();
-    let socket = work.join(format!("fs-{index}.sock"));
-    let log_path = work.join(format!("virtiofsd-{index}.log"));
-    let log = fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
-    let mut cmd = Command::new(virtiofsd()?);
-    cmd.arg(format!("--socket-path={}", socket.display()))
-        .arg(format!("--shared-dir={}", arg.source.display()))
-        .arg("--log-level=warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-    if arg.read_only {
-        cmd.arg("--readonly");
-    }
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("-v {name}: cannot start virtiofsd: {e}"))?;
-    let mut backend = Backend { child, socket };
-    let deadline = Instant::now() + BACKEND_START;
-    while !backend.socket.exists() {
-        let exited = backend.child.try_wait().ok().flatten();
-        if exited.is_some() || Instant::now() > deadline {
-            let why = fs::read_to_string(&log_path).unwrap_or_default();
-            let last = why.lines().last().unwrap_or("no message").trim().to_owned();
-            return Err(format!("-v {name}: virtiofsd did not start: {last}"));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(backend)
+    crate::virtiofsd::start(&arg.source, arg.read_only, work, &format!("fs-{index}"))
+        .map_err(|e| format!("-v {}: {e}", arg.source.display()))
 }
 
 /// The filesystem of a disk image, from its superblock magic.

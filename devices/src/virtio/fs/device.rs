@@ -56,6 +56,13 @@ struct Active {
     interrupt: Arc<IrqTrigger>,
 }
 
+/// Told once, with a one-line reason, when the backend goes away: the VM
+/// cannot go on without it (its requests would never complete).
+pub type BackendGone = Box<dyn FnMut(String) + Send>;
+
+/// The event-loop data of the backend's socket (queues use 0 and 1).
+const BACKEND_EVENT: u32 = u32::MAX;
+
 /// A virtio-fs device whose queues virtiofsd serves.
 pub struct Fs {
     id: String,
@@ -71,6 +78,8 @@ pub struct Fs {
     /// The backend's completions, turned into interrupts here.
     call_evts: [EventFd; NUM_QUEUES],
     active: Option<Active>,
+    tag: String,
+    on_gone: Option<BackendGone>,
 }
 
 impl Fs {
@@ -117,7 +126,55 @@ impl Fs {
             kick_evts: [evt()?, evt()?],
             call_evts: [evt()?, evt()?],
             active: None,
+            tag: config.tag.clone(),
+            on_gone: None,
         })
+    }
+
+    /// What to do when virtiofsd closes its connection (it died, or was
+    /// killed).
+    pub fn on_backend_gone(&mut self, f: BackendGone) {
+        self.on_gone = Some(f);
+    }
+
+    /// Whether the backend's end of the socket is closed. Replies to our
+    /// own requests (REPLY_ACK, GET_VRING_BASE) also make it readable, but
+    /// the request's caller reads them, so by the time the event loop gets
+    /// here they are gone: only a read of 0 bytes is an end.
+    fn backend_closed(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut byte = 0u8;
+        // SAFETY: a one-byte peek into a local; the socket stays untouched.
+        let n = unsafe {
+            libc::recv(
+                self.frontend.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n == 0
+            || (n < 0
+                && !matches!(
+                    io::Error::last_os_error().raw_os_error(),
+                    Some(libc::EAGAIN | libc::EINTR)
+                ))
+    }
+
+    fn backend_gone(&mut self, ops: &mut EventOps) {
+        use std::os::fd::AsRawFd;
+        if !self.backend_closed() {
+            return;
+        }
+        let _ = ops.remove(Events::empty_raw(self.frontend.as_raw_fd()));
+        let why = format!(
+            "virtio-fs {}: its backend (virtiofsd) closed the connection",
+            self.tag
+        );
+        error!("{why}");
+        if let Some(mut f) = self.on_gone.take() {
+            f(why);
+        }
     }
 
     pub fn id(&self) -> &str {
@@ -264,9 +321,19 @@ impl MutEventSubscriber for Fs {
                 error!("virtio-fs: cannot watch queue {i}'s call eventfd: {e}");
             }
         }
+        // The backend sends nothing unasked on this socket: anything on it
+        // is its end (EOF, hang-up, error).
+        let gone = EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR;
+        if let Err(e) = ops.add(Events::with_data(&self.frontend, BACKEND_EVENT, gone)) {
+            error!("virtio-fs: cannot watch the backend's socket: {e}");
+        }
     }
 
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if events.data() == BACKEND_EVENT {
+            self.backend_gone(ops);
+            return;
+        }
         let i = events.data() as usize;
         let Some(evt) = self.call_evts.get(i) else {
             return;
