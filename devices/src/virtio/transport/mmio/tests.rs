@@ -592,19 +592,25 @@ fn cmdline_token_format() {
     );
 }
 
-/// The whole path a guest takes with a real block device: probe, negotiate,
-/// set up the queue, DRIVER_OK, post a read, notify through the register,
-/// let the event loop serve it, take the interrupt.
-#[test]
-fn block_device_end_to_end_through_the_registers() {
-    let contents: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+/// A real block device over `contents` behind the transport, with an event
+/// loop serving it: what a guest driver talks to.
+struct BlockBench {
+    b: Bench,
+    block: Arc<Mutex<Block>>,
+    manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
+    mem: GuestMemoryMmap,
+    /// Keeps the image alive (deleted on drop).
+    _image: TempFile,
+}
+
+fn block_bench(contents: &[u8], read_only: bool) -> BlockBench {
     let image = TempFile::new().unwrap();
-    std::io::Write::write_all(&mut image.as_file(), &contents).unwrap();
+    std::io::Write::write_all(&mut image.as_file(), contents).unwrap();
     let block = Arc::new(Mutex::new(
         Block::new(&BlockConfig {
             path: image.as_path().to_path_buf(),
-            read_only: false,
-            id: "e2e".into(),
+            read_only,
+            id: "bench".into(),
         })
         .unwrap(),
     ));
@@ -613,11 +619,33 @@ fn block_device_end_to_end_through_the_registers() {
     let mut manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
         EventManager::new().unwrap();
     manager.add_subscriber(block.clone());
-    let mut b = Bench {
+    let b = Bench {
         mmio,
         dummy: Arc::new(Mutex::new(Dummy::new())), // unused here
         mem: mem.clone(),
     };
+    BlockBench {
+        b,
+        block,
+        manager,
+        mem,
+        _image: image,
+    }
+}
+
+/// The whole path a guest takes with a real block device: probe, negotiate,
+/// set up the queue, DRIVER_OK, post a read, notify through the register,
+/// let the event loop serve it, take the interrupt.
+#[test]
+fn block_device_end_to_end_through_the_registers() {
+    let contents: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+    let BlockBench {
+        mut b,
+        block,
+        mut manager,
+        mem,
+        _image,
+    } = block_bench(&contents, false);
 
     assert_eq!(b.read32(DEVICE_ID), 2);
     // Capacity from config space, as the guest reads it (two 32-bit reads).
@@ -669,26 +697,13 @@ fn block_device_end_to_end_through_the_registers() {
 #[test]
 fn an_avail_ring_at_guest_address_0_is_served() {
     let contents: Vec<u8> = (0..4096u32).map(|i| (i % 253) as u8).collect();
-    let image = TempFile::new().unwrap();
-    std::io::Write::write_all(&mut image.as_file(), &contents).unwrap();
-    let block = Arc::new(Mutex::new(
-        Block::new(&BlockConfig {
-            path: image.as_path().to_path_buf(),
-            read_only: true,
-            id: "zero".into(),
-        })
-        .unwrap(),
-    ));
-    let mem = guest_memory();
-    let mmio = MmioTransport::new(mem.clone(), block.clone()).unwrap();
-    let mut manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
-        EventManager::new().unwrap();
-    manager.add_subscriber(block.clone());
-    let mut b = Bench {
-        mmio,
-        dummy: Arc::new(Mutex::new(Dummy::new())), // unused here
-        mem: mem.clone(),
-    };
+    let BlockBench {
+        mut b,
+        mut manager,
+        mem,
+        _image,
+        ..
+    } = block_bench(&contents, true);
     b.negotiate(0);
     let mut vq = VirtQueueDriver::new(&mem, GuestAddress(0x1_0000), 16);
     vq.avail_ring = GuestAddress(0);
