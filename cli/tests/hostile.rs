@@ -70,3 +70,70 @@ fn a_self_feeding_request_loop_leaves_the_api_and_sigterm_working() {
     let (code, _) = vmm.wait(Duration::from_secs(60));
     assert_eq!(code, Some(128 + libc::SIGTERM));
 }
+
+/// 200,000 notifications of a queue the device does not have, each a log
+/// line in a VMM that does not rate-limit (a million wrote 62 MB): the log
+/// stays small, and the API answers throughout.
+#[test]
+fn a_flood_of_bad_notifications_leaves_a_bounded_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("flood.elf");
+    std::fs::write(&kernel, hostile_guest::notify_flood_elf(200_000)).unwrap();
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, [0u8; 4096]).unwrap();
+    let log = dir.path().join("vmm.log");
+    let vmm = VmmProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_husk")),
+        dir.path(),
+        &["--allow-kvm-pvm"],
+    );
+    let l = serde_json::json!({ "log_path": log, "level": "Warning" });
+    assert_eq!(vmm.req("PUT", "/logger", &l.to_string()).0, 204);
+    vmm.configure(&kernel, "console=ttyS0", &disk, 128);
+    assert_eq!(vmm.start_instance().0, 204);
+    let flooded = std::str::from_utf8(hostile_guest::FLOODED)
+        .unwrap()
+        .trim_end();
+    let start = Instant::now();
+    let mut worst = Duration::ZERO;
+    let mut polls = 0;
+    while !vmm.output().contains(flooded) && start.elapsed() < Duration::from_secs(120) {
+        let t = Instant::now();
+        match husk_tests::http::request(&vmm.socket, "GET", "/", "") {
+            Ok(r) => {
+                assert_eq!(r.status, 200, "{}", r.body);
+                worst = worst.max(t.elapsed());
+                polls += 1;
+            }
+            // The guest resets once it is done, and husk vmm exits.
+            Err(_) => break,
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = start.elapsed();
+    let (_, out) = vmm.wait(Duration::from_secs(60));
+    assert!(
+        out.contains(flooded),
+        "the guest did not finish its flood: {out:?}"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    // At most a burst of 10 lines per call site per 5 s window, however
+    // many notifications: bounded by how long the flood took, not by it.
+    let windows = (took.as_secs() / 5 + 2) as usize;
+    let flood_lines = text.lines().filter(|l| l.contains("queue 7")).count();
+    assert!(
+        (1..=10 * windows).contains(&flood_lines),
+        "{flood_lines} lines in {took:?}: {text}"
+    );
+    assert!(
+        text.len() < windows * (4 << 10),
+        "the log grew to {} bytes",
+        text.len()
+    );
+    eprintln!(
+        "200,000 bad notifications in {:.1} s: log {} bytes; API GET / worst {:.1} ms over {polls} polls",
+        took.as_secs_f64(),
+        text.len(),
+        worst.as_secs_f64() * 1e3
+    );
+}

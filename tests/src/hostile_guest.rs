@@ -45,9 +45,9 @@ fn mmio_write(c: &mut Vec<u8>, offset: u32, value: u32) {
     c.extend_from_slice(&value.to_le_bytes());
 }
 
-fn code() -> Vec<u8> {
-    let mut c = Vec::new();
-    print(&mut c, b"hostile guest\n");
+/// Brings the device up with the rings of [`data`] and notifies queue 0.
+fn setup(c: &mut Vec<u8>) {
+    print(c, b"hostile guest\n");
     for (offset, value) in [
         (0x70, 0),   // Status: reset
         (0x70, 1),   // ACKNOWLEDGE
@@ -69,11 +69,39 @@ fn code() -> Vec<u8> {
         (0x70, 0xf), // DRIVER_OK
         (0x50, 0),   // QueueNotify 0
     ] {
-        mmio_write(&mut c, offset, value);
+        mmio_write(c, offset, value);
     }
+}
+
+fn code() -> Vec<u8> {
+    let mut c = Vec::new();
+    setup(&mut c);
     print(&mut c, NOTIFIED);
     c.extend_from_slice(&[0xeb, 0xfe]); // jmp $ (interrupts stay off)
     c
+}
+
+/// What the flooding guest prints when it is done.
+pub const FLOODED: &[u8] = b"hostile guest: flooded\n";
+
+/// `count` notifications of queue 7, which the device does not have (each
+/// one a log line in a VMM that does not rate-limit), then a reset.
+fn flood_code(count: u32) -> Vec<u8> {
+    let mut c = Vec::new();
+    setup(&mut c);
+    c.push(0xb9); // mov ecx, count
+    c.extend_from_slice(&count.to_le_bytes());
+    mmio_write(&mut c, 0x50, 7); // L: QueueNotify 7 (10 bytes)
+    c.extend_from_slice(&[0x49, 0x75, 0xf3]); // dec ecx; jnz L
+    print(&mut c, FLOODED);
+    c.extend_from_slice(&[0xb0, 0xfe, 0xe6, 0x64]); // mov al, 0xfe; out 0x64, al
+    c.extend_from_slice(&[0xf4, 0xeb, 0xfd]); // hlt; jmp back to hlt
+    c
+}
+
+/// The notification flood as an ELF (its disk: any, e.g. one sector).
+pub fn notify_flood_elf(count: u32) -> Vec<u8> {
+    with_data(flood_code(count))
 }
 
 fn desc(addr: u32, len: u32, flags: u16, next: u16) -> [u8; 16] {
@@ -102,7 +130,11 @@ fn data() -> Vec<u8> {
 
 /// The hostile guest as an ELF with a PVH note.
 pub fn self_feeding_elf() -> Vec<u8> {
-    let mut blob = code();
+    with_data(code())
+}
+
+fn with_data(code: Vec<u8>) -> Vec<u8> {
+    let mut blob = code;
     assert!(blob.len() <= 0x1000, "the code outgrew its page");
     blob.resize(0x1000, 0);
     blob.extend_from_slice(&data());
