@@ -49,6 +49,36 @@ pub enum Msg {
     Resize,
 }
 
+/// What the n-th stop signal (SIGINT/SIGTERM) does while a process runs,
+/// as docker's sig-proxy does it: the first goes to the process, the
+/// second is a SIGKILL, the third ends the wait (the process may ignore
+/// us, or the guest may not take our requests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Escalation {
+    /// Pass the signal on.
+    Pass(i32),
+    /// SIGKILL.
+    Kill,
+    GiveUp,
+}
+
+/// Counts stop signals and says what each one does.
+#[derive(Debug, Default)]
+pub struct Escalator {
+    seen: u32,
+}
+
+impl Escalator {
+    pub fn next(&mut self, sig: i32) -> Escalation {
+        self.seen += 1;
+        match self.seen {
+            1 => Escalation::Pass(sig),
+            2 => Escalation::Kill,
+            _ => Escalation::GiveUp,
+        }
+    }
+}
+
 /// Where process output goes: the command's stdout/stderr, or log files.
 pub struct Sinks {
     pub out: Box<dyn Write + Send>,
@@ -340,6 +370,20 @@ pub fn spawn_signal_thread(signals: nix::sys::signalfd::SignalFd, tx: mpsc::Send
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_signals_escalate_like_docker() {
+        let mut e = Escalator::default();
+        assert_eq!(e.next(libc::SIGINT), Escalation::Pass(libc::SIGINT));
+        assert_eq!(e.next(libc::SIGTERM), Escalation::Kill);
+        assert_eq!(e.next(libc::SIGINT), Escalation::GiveUp);
+        assert_eq!(e.next(libc::SIGINT), Escalation::GiveUp);
+    }
 }
 
 /// The terminal side of `-t`: resizes of our terminal reach the process's.

@@ -3,7 +3,7 @@
 //! guest agent through the run's vsock socket, beside the connection the
 //! run's own husk process holds.
 
-use crate::agent::{self, tty, Client, Msg, Sinks};
+use crate::agent::{self, tty, Client, Escalation, Escalator, Msg, Sinks};
 use crate::run::state::{self, Found};
 use crate::run::{runtime_root, ProcessFlags};
 use crate::Failure;
@@ -209,12 +209,7 @@ fn rm_one(id: &str, force: bool) -> Result<(), String> {
 /// A fresh exec id: unique in the container while its process runs (the
 /// agent refuses one in use), whichever clients exec at the same time.
 fn exec_id() -> String {
-    let mut b = [0u8; 8];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut b);
-    }
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("exec-{hex}")
+    format!("exec-{}", crate::run::random_hex(8))
 }
 
 pub fn exec(args: ExecArgs) -> Result<u8, Failure> {
@@ -272,29 +267,27 @@ pub fn exec(args: ExecArgs) -> Result<u8, Failure> {
 /// Relays until the exec'd process ends. Signals go to it (the second is a
 /// SIGKILL); a third one leaves it running and ends `husk exec` itself.
 fn relay_exec(client: &Client, exec_id: &str) -> Result<ExitStatus, String> {
-    let mut signals_seen = 0;
+    let mut escalator = Escalator::default();
     loop {
         match client.next(Duration::from_secs(3600))? {
             Some(Msg::Exited { stream, status }) if stream == EXEC_STREAM => return Ok(status),
             Some(Msg::Closed(why)) => return Err(why),
             Some(Msg::Resize) => tty::send_size(&client.writer, EXEC_STREAM),
-            Some(Msg::Signal(sig)) => {
-                signals_seen += 1;
-                if signals_seen >= 3 {
-                    return Ok(ExitStatus::Signal(sig));
+            Some(Msg::Signal(sig)) => match escalator.next(sig) {
+                Escalation::GiveUp => return Ok(ExitStatus::Signal(sig)),
+                step => {
+                    let signal = match step {
+                        Escalation::Pass(s) => s,
+                        _ => libc::SIGKILL,
+                    };
+                    client.writer.request(Request::Signal {
+                        id: CONTAINER_ID.into(),
+                        exec_id: Some(exec_id.to_owned()),
+                        signal,
+                        all: false,
+                    })?;
                 }
-                let signal = if signals_seen == 1 {
-                    sig
-                } else {
-                    libc::SIGKILL
-                };
-                client.writer.request(Request::Signal {
-                    id: CONTAINER_ID.into(),
-                    exec_id: Some(exec_id.to_owned()),
-                    signal,
-                    all: false,
-                })?;
-            }
+            },
             Some(_) | None => {}
         }
     }

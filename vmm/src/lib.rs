@@ -596,11 +596,11 @@ impl RunningVm {
     pub fn wait(mut self) -> Outcome {
         let shared = self.shared.clone();
         while !shared.stopping() {
-            // The timeout only matters while a stop request's grace runs.
-            if let Err(e) = self.events.run_with_timeout(200) {
+            // No timeout: every stop writes exit_evt, and the grace period
+            // of a stop request is the signal thread's to watch.
+            if let Err(e) = self.events.run() {
                 shared.finish(Exit::Failed(format!("event loop: {e:?}")));
             }
-            shared.check_stop_deadline();
         }
         // Stop: wake paused vCPUs, kick running ones out of KVM_RUN.
         shared.unpause.notify_all();

@@ -107,12 +107,17 @@ pub fn runtime_root() -> PathBuf {
     }
 }
 
-fn new_id() -> String {
-    let mut b = [0u8; 6];
+/// `bytes` random bytes as hex: container and exec ids.
+pub fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
         let _ = std::io::Read::read_exact(&mut f, &mut b);
     }
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn new_id() -> String {
+    random_hex(6)
 }
 
 pub fn run(args: RunArgs) -> Result<u8, Failure> {

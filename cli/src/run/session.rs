@@ -4,7 +4,7 @@
 
 use super::plan::{CONTAINER_ID, MAIN_STREAM};
 use super::timings::mark;
-use crate::agent::{self, tty, Client, Msg, Sinks};
+use crate::agent::{self, tty, Client, Escalation, Escalator, Msg, Sinks};
 use husk_vmm::{Exit, VmControls};
 use husk_wire::agent::{ExitStatus, Request, RootfsSpec, StdioSpec, VolumeSpec};
 use husk_wire::oci_spec::runtime::Spec;
@@ -92,7 +92,7 @@ fn relay(
     controls: &VmControls,
     alive: &dyn Fn() -> bool,
 ) -> Result<ExitStatus, String> {
-    let mut signals_seen = 0;
+    let mut escalator = Escalator::default();
     loop {
         let msg = match client.next(Duration::from_millis(200))? {
             Some(m) => m,
@@ -109,28 +109,27 @@ fn relay(
             Msg::Response { .. } => {}
             Msg::Closed(why) => return Err(why),
             Msg::Resize => tty::send_size(&client.writer, MAIN_STREAM),
-            Msg::Signal(sig) => {
-                signals_seen += 1;
-                if signals_seen >= 3 {
-                    // The container ignores us, or the guest does not take
-                    // our requests: stop the VM outright.
+            Msg::Signal(sig) => match escalator.next(sig) {
+                // The container ignores us, or the guest does not take our
+                // requests: stop the VM outright.
+                Escalation::GiveUp => {
                     controls.stop(Exit::Stopped(sig));
                     return Ok(ExitStatus::Signal(sig));
                 }
-                // Like docker's sig-proxy: the container gets it; a second
-                // one is a SIGKILL to everything in it.
-                let (signal, all) = if signals_seen == 1 {
-                    (sig, false)
-                } else {
-                    (libc::SIGKILL, true)
-                };
-                client.writer.request(Request::Signal {
-                    id: CONTAINER_ID.into(),
-                    exec_id: None,
-                    signal,
-                    all,
-                })?;
-            }
+                step => {
+                    // The SIGKILL goes to everything in the container.
+                    let (signal, all) = match step {
+                        Escalation::Pass(s) => (s, false),
+                        _ => (libc::SIGKILL, true),
+                    };
+                    client.writer.request(Request::Signal {
+                        id: CONTAINER_ID.into(),
+                        exec_id: None,
+                        signal,
+                        all,
+                    })?;
+                }
+            },
         }
     }
 }
