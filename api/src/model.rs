@@ -371,6 +371,51 @@ impl Vsock {
     }
 }
 
+/// `PUT /fs/{fs_id}`: a virtio-fs device whose backend (virtiofsd or any
+/// vhost-user-fs server) already listens on `socket`. An extension:
+/// Firecracker has no virtio-fs; the fields follow Cloud Hypervisor's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedFs {
+    /// The id, equal to the one in the path.
+    pub fs_id: String,
+    /// The mount tag the guest uses (`mount -t virtiofs TAG DIR`).
+    pub tag: String,
+    /// The backend's vhost-user socket.
+    pub socket: String,
+}
+
+impl SharedFs {
+    /// The longest tag virtio-fs carries (the config field is 36 bytes).
+    pub const TAG_LEN: usize = 36;
+
+    /// Checks what the body alone can tell.
+    pub fn validate(&self) -> Result<(), String> {
+        check_id("fs_id", &self.fs_id)?;
+        if self.tag.is_empty() || self.tag.len() > Self::TAG_LEN {
+            return Err(format!(
+                "tag {:?}: 1 to {} bytes expected",
+                self.tag,
+                Self::TAG_LEN
+            ));
+        }
+        if self
+            .tag
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(format!(
+                "tag {:?}: no spaces or control characters",
+                self.tag
+            ));
+        }
+        if self.socket.is_empty() {
+            return Err("socket must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
 /// A log level. Input is case-insensitive and also takes `Warn`; output is
 /// the canonical name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -549,6 +594,9 @@ pub struct VmConfigFile {
     pub network_interfaces: Vec<NetworkInterface>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<Vsock>,
+    /// Shared directories (husk's extension).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fs: Vec<SharedFs>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logger: Option<Logger>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -578,6 +626,9 @@ impl VmConfigFile {
         }
         if let Some(v) = &self.vsock {
             v.validate().map_err(|e| format!("vsock: {e}"))?;
+        }
+        for (i, f) in self.fs.iter().enumerate() {
+            f.validate().map_err(|e| format!("fs[{i}]: {e}"))?;
         }
         Ok(())
     }

@@ -10,7 +10,7 @@
 
 use crate::model::{
     check_id, from_json, Action, ActionType, BootSource, Drive, DrivePatch, Logger, MachineConfig,
-    MachineConfigPatch, Metrics, NetworkInterface, Vm, VmStateChange, Vsock,
+    MachineConfigPatch, Metrics, NetworkInterface, SharedFs, Vm, VmStateChange, Vsock,
 };
 use crate::response::Response;
 
@@ -39,6 +39,8 @@ pub enum Request {
     PutNetworkInterface(NetworkInterface),
     /// `PUT /vsock`.
     PutVsock(Vsock),
+    /// `PUT /fs/{fs_id}` (the ids match): husk's extension.
+    PutFs(SharedFs),
     /// `PUT /logger`.
     PutLogger(Logger),
     /// `PUT /metrics`.
@@ -76,6 +78,7 @@ pub const ROUTES: &[Route] = &[
     route("PATCH", "/drives/{drive_id}"),
     route("PUT", "/network-interfaces/{iface_id}"),
     route("PUT", "/vsock"),
+    route("PUT", "/fs/{fs_id}"),
     route("PUT", "/logger"),
     route("PUT", "/metrics"),
     route("PUT", "/actions"),
@@ -105,6 +108,7 @@ pub(crate) enum Endpoint {
     Drive(String),
     NetworkInterface(String),
     Vsock,
+    Fs(String),
     Logger,
     Metrics,
     Actions,
@@ -123,6 +127,7 @@ impl Endpoint {
             Endpoint::Drive(id) => format!("/drives/{id}"),
             Endpoint::NetworkInterface(id) => format!("/network-interfaces/{id}"),
             Endpoint::Vsock => "/vsock".into(),
+            Endpoint::Fs(id) => format!("/fs/{id}"),
             Endpoint::Logger => "/logger".into(),
             Endpoint::Metrics => "/metrics".into(),
             Endpoint::Actions => "/actions".into(),
@@ -140,6 +145,7 @@ impl Endpoint {
             Endpoint::BootSource
             | Endpoint::NetworkInterface(_)
             | Endpoint::Vsock
+            | Endpoint::Fs(_)
             | Endpoint::Logger
             | Endpoint::Metrics
             | Endpoint::Actions => &["PUT"],
@@ -175,12 +181,18 @@ pub(crate) fn route_request(method: &str, path: &str) -> Result<Routed, Response
         ("drives", Some(id), false) => Endpoint::Drive(id.to_owned()),
         ("network-interfaces", Some(id), false) => Endpoint::NetworkInterface(id.to_owned()),
         ("vsock", None, false) => Endpoint::Vsock,
+        ("fs", Some(id), false) => Endpoint::Fs(id.to_owned()),
         ("logger", None, false) => Endpoint::Logger,
         ("metrics", None, false) => Endpoint::Metrics,
         ("actions", None, false) => Endpoint::Actions,
         ("drives", None, false) => {
             return Err(Response::NotFound(format!(
                 "no such path: {path} (a drive is /drives/{{drive_id}})"
+            )))
+        }
+        ("fs", None, false) => {
+            return Err(Response::NotFound(format!(
+                "no such path: {path} (a shared directory is /fs/{{fs_id}})"
             )))
         }
         ("network-interfaces", None, false) => {
@@ -209,6 +221,7 @@ pub(crate) fn route_request(method: &str, path: &str) -> Result<Routed, Response
     match &endpoint {
         Endpoint::Drive(id) => check_id("drive id in the path", id),
         Endpoint::NetworkInterface(id) => check_id("iface id in the path", id),
+        Endpoint::Fs(id) => check_id("fs id in the path", id),
         _ => Ok(()),
     }
     .map_err(Response::BadRequest)?;
@@ -269,6 +282,12 @@ impl Routed {
                 let vsock: Vsock = from_json(body).map_err(bad)?;
                 vsock.validate().map_err(bad)?;
                 Request::PutVsock(vsock)
+            }
+            ("PUT", Endpoint::Fs(id)) => {
+                let fs: SharedFs = from_json(body).map_err(bad)?;
+                ids_match("fs_id", &id, &fs.fs_id).map_err(bad)?;
+                fs.validate().map_err(bad)?;
+                Request::PutFs(fs)
             }
             ("PUT", Endpoint::Logger) => Request::PutLogger(from_json(body).map_err(bad)?),
             ("PUT", Endpoint::Metrics) => Request::PutMetrics(from_json(body).map_err(bad)?),

@@ -178,6 +178,7 @@ fn as_model(name: &str, v: &Value) -> Result<Value, String> {
         "DrivePatch" => round_trip::<DrivePatch>(v),
         "NetworkInterface" => round_trip::<NetworkInterface>(v),
         "Vsock" => round_trip::<Vsock>(v),
+        "SharedFs" => round_trip::<SharedFs>(v),
         "Logger" => round_trip::<Logger>(v),
         "Metrics" => round_trip::<Metrics>(v),
         "Action" => round_trip::<Action>(v),

@@ -531,12 +531,54 @@ fn wrong_type_names_the_field() {
 }
 
 #[test]
+fn shared_directories() {
+    let body = r#"{"fs_id":"share","tag":"data","socket":"/run/fs.sock"}"#;
+    assert_eq!(
+        ok("PUT", "/fs/share", body),
+        Request::PutFs(SharedFs {
+            fs_id: "share".into(),
+            tag: "data".into(),
+            socket: "/run/fs.sock".into(),
+        })
+    );
+    bad("PUT", "/fs/other", body, &["does not match"]);
+    let long = "t".repeat(37);
+    bad(
+        "PUT",
+        "/fs/a",
+        &format!(r#"{{"fs_id":"a","tag":"{long}","socket":"/s"}}"#),
+        &["tag", "1 to 36 bytes"],
+    );
+    bad(
+        "PUT",
+        "/fs/a",
+        r#"{"fs_id":"a","tag":"a b","socket":"/s"}"#,
+        &["no spaces"],
+    );
+    bad(
+        "PUT",
+        "/fs/a",
+        r#"{"fs_id":"a","tag":"t","socket":""}"#,
+        &["socket must not be empty"],
+    );
+    bad(
+        "PUT",
+        "/fs/a",
+        r#"{"fs_id":"a","tag":"t","socket":"/s","num_queues":2}"#,
+        &["num_queues"],
+    );
+    assert_eq!(error("PUT", "/fs", body).status(), 404);
+    assert_eq!(error("GET", "/fs/a", "").status(), 405);
+}
+
+#[test]
 fn missing_body_is_refused() {
     for route in ROUTES.iter().filter(|r| r.method != "GET") {
         let path = route
             .path
             .replace("{drive_id}", "a")
-            .replace("{iface_id}", "a");
+            .replace("{iface_id}", "a")
+            .replace("{fs_id}", "a");
         bad(route.method, &path, "", &["needs a JSON body"]);
         bad(route.method, &path, "  \n", &["needs a JSON body"]);
     }

@@ -6,10 +6,10 @@
 
 use husk_api::model::{
     ActionType, BootSource, Drive, DrivePatch, InstanceInfo, InstanceState, Logger, MachineConfig,
-    Metrics, NetworkInterface, VersionInfo, VmConfigFile, VmStateChange,
+    Metrics, NetworkInterface, SharedFs, VersionInfo, VmConfigFile, VmStateChange,
 };
 use husk_api::{Request, Response};
-use husk_vmm::{Console, DiskConfig, NetConfig, VmConfig, VsockConfig};
+use husk_vmm::{Console, DiskConfig, FsConfig, NetConfig, VmConfig, VsockConfig};
 use std::path::{Path, PathBuf};
 
 /// Firecracker's default when `boot_args` is absent.
@@ -97,6 +97,7 @@ impl Controller {
                 | R::PutDrive(_)
                 | R::PutNetworkInterface(_)
                 | R::PutVsock(_)
+                | R::PutFs(_)
         );
         if pre_boot_only && self.started() {
             return (bad(AFTER_BOOT), Effect::None);
@@ -133,6 +134,7 @@ impl Controller {
                 self.config.vsock = Some(v);
                 Ok(ok)
             }
+            R::PutFs(f) => self.put_fs(f).map(|_| ok),
             R::PutLogger(l) => {
                 self.config.logger = Some(l.clone());
                 Ok((Response::NoContent, Effect::Logger(l)))
@@ -252,6 +254,37 @@ impl Controller {
         Ok(())
     }
 
+    fn put_fs(&mut self, f: SharedFs) -> Result<(), Response> {
+        f.validate().map_err(bad)?;
+        use std::os::unix::fs::FileTypeExt;
+        match std::fs::metadata(&f.socket) {
+            Ok(m) if m.file_type().is_socket() => {}
+            Ok(_) => return Err(bad(format!("fs {}: {} is not a socket", f.fs_id, f.socket))),
+            Err(e) => {
+                return Err(bad(format!(
+                    "fs {}: socket {}: {e} (start virtiofsd first)",
+                    f.fs_id, f.socket
+                )))
+            }
+        }
+        if let Some(other) = self
+            .config
+            .fs
+            .iter()
+            .find(|o| o.tag == f.tag && o.fs_id != f.fs_id)
+        {
+            return Err(bad(format!(
+                "fs {}: tag {:?} is already fs {}'s",
+                f.fs_id, f.tag, other.fs_id
+            )));
+        }
+        match self.config.fs.iter_mut().find(|o| o.fs_id == f.fs_id) {
+            Some(slot) => *slot = f,
+            None => self.config.fs.push(f),
+        }
+        Ok(())
+    }
+
     fn put_net(&mut self, n: NetworkInterface) -> Result<(), Response> {
         n.validate().map_err(bad)?;
         match self
@@ -319,7 +352,16 @@ impl Controller {
                 uds_path: PathBuf::from(&v.uds_path),
                 id: v.vsock_id.clone().unwrap_or_else(|| "vsock0".into()),
             }),
-            fs: Vec::new(),
+            fs: self
+                .config
+                .fs
+                .iter()
+                .map(|f| FsConfig {
+                    socket: PathBuf::from(&f.socket),
+                    tag: f.tag.clone(),
+                    id: f.fs_id.clone(),
+                })
+                .collect(),
             console: Console::Stdio,
             stdin: true,
             allow_pvm: self.allow_pvm,
@@ -489,5 +531,47 @@ mod tests {
         assert_eq!(r, Response::NoContent);
         assert_eq!(c.machine().mem_size_mib, 512);
         assert_eq!(c.machine().vcpu_count, 1);
+    }
+    #[test]
+    fn shared_directories_need_a_listening_socket_and_distinct_tags() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("fs.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let plain = file();
+        let put = |id: &str, tag: &str, p: &Path| {
+            format!(
+                r#"{{"fs_id":"{id}","tag":"{tag}","socket":"{}"}}"#,
+                p.display()
+            )
+        };
+        let mut c = Controller::new("vm1".into());
+        let (r, _) = c.handle(req("PUT", "/fs/a", &put("a", "share", plain.path())));
+        assert!(fault(&r).contains("is not a socket"), "{r:?}");
+        let missing = dir.path().join("none.sock");
+        let (r, _) = c.handle(req("PUT", "/fs/a", &put("a", "share", &missing)));
+        assert!(fault(&r).contains("start virtiofsd first"), "{r:?}");
+        let (r, _) = c.handle(req("PUT", "/fs/a", &put("a", "share", &sock)));
+        assert_eq!(r, Response::NoContent);
+        let (r, _) = c.handle(req("PUT", "/fs/b", &put("b", "share", &sock)));
+        assert!(fault(&r).contains("already fs a's"), "{r:?}");
+        // The same id again replaces it.
+        let (r, _) = c.handle(req("PUT", "/fs/a", &put("a", "data", &sock)));
+        assert_eq!(r, Response::NoContent);
+        let k = file();
+        c.handle(req(
+            "PUT",
+            "/boot-source",
+            &format!(r#"{{"kernel_image_path":"{}"}}"#, k.path().display()),
+        ));
+        let cfg = c.vm_config().unwrap();
+        assert_eq!(cfg.fs.len(), 1);
+        assert_eq!(
+            (cfg.fs[0].tag.as_str(), cfg.fs[0].id.as_str()),
+            ("data", "a")
+        );
+        assert_eq!(cfg.fs[0].socket, sock);
+        c.state = Some(InstanceState::Running);
+        let (r, _) = c.handle(req("PUT", "/fs/c", &put("c", "late", &sock)));
+        assert!(fault(&r).contains("after starting"), "{r:?}");
     }
 }

@@ -217,6 +217,7 @@ fn load_config_file(controller: &mut Controller, path: &PathBuf) -> Result<(), F
     if let Some(v) = file.vsock {
         requests.push(Request::PutVsock(v));
     }
+    requests.extend(file.fs.into_iter().map(Request::PutFs));
     let mut metrics = MetricsSink::default();
     for r in requests {
         let (response, effect) = controller.handle(r);
