@@ -65,6 +65,9 @@ pub fn start(dir: &Path, read_only: bool, work: &Path, name: &str) -> Result<Bac
     cmd.arg(format!("--socket-path={}", socket.display()))
         .arg(format!("--shared-dir={}", dir.display()))
         .args(["--sandbox=namespace", "--seccomp=kill", "--log-level=warn"])
+        // Extended attributes are off in virtiofsd by default; a shared
+        // directory should keep them like any other filesystem does.
+        .arg("--xattr")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);

@@ -405,6 +405,62 @@ fn a_directory_volume_is_live_and_its_links_stay_links() {
     );
 }
 
+/// husk SIGKILLed while the container writes to a directory volume: every
+/// write the container finished with fsync is in the host directory; no
+/// virtiofsd, socket or run directory is left once the next run has
+/// started, and that run works.
+#[test]
+fn a_killed_husk_loses_no_synced_write_and_leaves_nothing_behind() {
+    require_linux_kvm();
+    let r = Run::new();
+    let host = tempfile::tempdir().unwrap();
+    let shared = host.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let script = "i=0; while :; do echo $i | dd of=/work/f$i conv=fsync 2>/dev/null \
+                  && echo synced$i; i=$((i+1)); done";
+    let mut run = husk_tests::process::Running::spawn(r.command(
+        &["--rm", "-v", &format!("{}:/work", shared.display())],
+        &["sh", "-c", script],
+    ));
+    assert!(run.wait_for_line("synced20", TIMEOUT), "no writes");
+    run.signal(libc::SIGKILL);
+    let out = run.finish(TIMEOUT);
+    let synced: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("synced"))
+        .collect();
+    assert!(synced.len() > 20, "{}", out.describe());
+    for i in synced {
+        assert_eq!(
+            std::fs::read_to_string(shared.join(format!("f{i}"))).unwrap_or_default(),
+            format!("{i}\n"),
+            "write {i} was reported synced but is not on the host"
+        );
+    }
+    // virtiofsd dies with its husk (PR_SET_PDEATHSIG), asynchronously.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while let Some(pid) = husk_tests::process::find_by_cmdline(&shared.display().to_string()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "virtiofsd (pid {pid}) outlived its husk"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let next = r.run(
+        &["--rm", "-v", &format!("{}:/work", shared.display())],
+        &["cat", "/work/f0"],
+    );
+    assert_eq!(next.code, Some(0), "{}", next.describe());
+    assert_eq!(next.stdout, "0\n", "{}", next.describe());
+    let left: Vec<_> = std::fs::read_dir(r.runtime.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left in the runtime dir: {left:?}");
+}
+
 #[test]
 fn volumes_read_only_read_write_and_disk_images() {
     require_linux_kvm();

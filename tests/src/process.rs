@@ -156,3 +156,18 @@ impl Running {
         }
     }
 }
+
+/// A process other than this one whose command line contains `needle`.
+pub fn find_by_cmdline(needle: &str) -> Option<i32> {
+    let me = std::process::id() as i32;
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+}

@@ -14,6 +14,8 @@
 //! Every function here returns a [`Result`]; `main.rs` only turns argv into a
 //! [`Command`], calls [`run`] and prints the error, if any.
 
+pub mod files;
+
 use std::alloc::{self, Layout};
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -50,6 +52,11 @@ Prints one line of space-separated key=value pairs (MB = 10^6 bytes).
   tcp-rr HOST:PORT COUNT                 COUNT round trips of a 64-byte message
   hold MIB SECS|stdin                    allocate and touch MIB MiB, print a ready line,
                                          sleep SECS s (or until stdin reaches EOF)
+  meta DIR COUNT                         create, stat and unlink COUNT empty files in a
+                                         new directory under DIR (ops/s of each phase)
+  fs-check DIR                           in DIR: a Unix socket carries a message, a shared
+                                         mmap reaches read(2), an xattr (user.husk) reads
+                                         back, a write is fsynced; leaves DIR/fs-check.*
   echo-ready                             print op=ready
   --help                                 this text
 
@@ -141,6 +148,13 @@ pub enum Command {
         mib: u64,
         wait: Wait,
     },
+    Meta {
+        dir: PathBuf,
+        count: u64,
+    },
+    FsCheck {
+        dir: PathBuf,
+    },
     EchoReady,
     Help,
 }
@@ -227,19 +241,9 @@ pub fn parse_args(args: &[String]) -> Result<Command, Error> {
         }
         "tcp-rr" => {
             arity(&["HOST:PORT", "COUNT"])?;
-            let count = pos[1]
-                .parse::<u64>()
-                .ok()
-                .filter(|&c| c > 0)
-                .ok_or_else(|| {
-                    usage(format!(
-                        "{sub}: COUNT must be a positive integer, got {:?}",
-                        pos[1]
-                    ))
-                })?;
             Ok(Command::TcpRr {
                 addr: parse_addr(sub, pos[0])?,
-                count,
+                count: parse_count(sub, pos[1])?,
             })
         }
         "hold" => {
@@ -254,12 +258,33 @@ pub fn parse_args(args: &[String]) -> Result<Command, Error> {
                 wait,
             })
         }
+        "meta" => {
+            arity(&["DIR", "COUNT"])?;
+            Ok(Command::Meta {
+                dir: parse_path(sub, pos[0])?,
+                count: parse_count(sub, pos[1])?,
+            })
+        }
+        "fs-check" => {
+            arity(&["DIR"])?;
+            Ok(Command::FsCheck {
+                dir: parse_path(sub, pos[0])?,
+            })
+        }
         "echo-ready" => {
             arity(&[])?;
             Ok(Command::EchoReady)
         }
         other => Err(usage(format!("unknown subcommand {other:?} (try --help)"))),
     }
+}
+
+fn parse_count(sub: &str, s: &str) -> Result<u64, Error> {
+    s.parse::<u64>().ok().filter(|&c| c > 0).ok_or_else(|| {
+        usage(format!(
+            "{sub}: COUNT must be a positive integer, got {s:?}"
+        ))
+    })
 }
 
 fn parse_path(sub: &str, s: &str) -> Result<PathBuf, Error> {
@@ -423,6 +448,8 @@ pub fn run(cmd: &Command, input: &mut dyn Read, out: &mut dyn Write) -> Result<(
         Command::TcpSend { addr, mib } => tcp_send(addr, *mib)?,
         Command::TcpRr { addr, count } => tcp_rr(addr, *count)?,
         Command::Hold { mib, wait } => return hold(*mib, *wait, input, out),
+        Command::Meta { dir, count } => files::meta(dir, *count)?,
+        Command::FsCheck { dir } => files::check(dir)?,
     };
     emit(out, &report)
 }
