@@ -3,6 +3,10 @@ pub enum Error {
     /// A program or file the comparison needs is missing or failed.
     #[error("{0}")]
     Tool(String),
+    /// This environment does not run this workload (the reason): reported
+    /// as not measured, not as a failure.
+    #[error("{0}")]
+    NotMeasured(String),
     /// A workload ran but did not produce its figures.
     #[error("{0}")]
     Workload(String),

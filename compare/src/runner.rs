@@ -70,6 +70,26 @@ const WORKLOADS: &[(&str, &str, &str, bool)] = &[
         false,
     ),
     (
+        "dir_seq_write",
+        "Shared directory: sequential write, O_DIRECT, 1 MiB blocks",
+        "MB/s",
+        true,
+    ),
+    (
+        "dir_seq_read",
+        "Shared directory: sequential read, O_DIRECT, 1 MiB blocks",
+        "MB/s",
+        true,
+    ),
+    (
+        "dir_create",
+        "Shared directory: file creates",
+        "files/s",
+        true,
+    ),
+    ("dir_stat", "Shared directory: stats", "files/s", true),
+    ("dir_unlink", "Shared directory: unlinks", "files/s", true),
+    (
         "memory_pss",
         "Host memory per instance (PSS, holding 16 MiB)",
         "MiB",
@@ -92,6 +112,15 @@ fn detail(id: &str, z: Sizes) -> String {
         "rand_read" | "rand_write" => {
             format!("{} s within a {} MiB file on /work", z.rand_secs, z.seq_mib)
         }
+        "dir_seq_write" | "dir_seq_read" => format!(
+            "{} MiB in a host directory at /work: native uses it, crun bind-mounts it, \
+             husk shares it with virtio-fs (virtiofsd)",
+            z.seq_mib
+        ),
+        "dir_create" | "dir_stat" | "dir_unlink" => format!(
+            "`husk-bench meta`: {} empty files in the shared directory",
+            z.files
+        ),
         "net_throughput" => format!("{} MiB", z.net_mib),
         "net_rr" => format!("median of {} round trips", z.rr_count),
         "memory_pss" => format!(
@@ -105,7 +134,7 @@ fn detail(id: &str, z: Sizes) -> String {
 
 /// Builds the shared setup; an environment that cannot run is skipped
 /// with its reason, never silently.
-fn setup(opts: &Options, work: PathBuf) -> Result<Setup, Error> {
+pub fn setup(opts: &Options, work: PathBuf) -> Result<Setup, Error> {
     let need = |name: &str| {
         let p = opts.guest_dir.join(name);
         if p.exists() {
@@ -215,8 +244,79 @@ fn run_in(
 }
 
 type Samples = HashMap<(&'static str, Env), Vec<f64>>;
+/// Why an environment has no figures for a workload key.
+type Failures = HashMap<(&'static str, Env), String>;
 
-#[allow(clippy::too_many_arguments)]
+/// One launch per environment and run: what it is called in the progress
+/// display and which workload keys its figures are, in order.
+const STEPS: &[(&str, &[&str])] = &[
+    ("startup", &["startup_output", "startup_exit"]),
+    (
+        "block I/O",
+        &["seq_write", "seq_read", "rand_read", "rand_write"],
+    ),
+    (
+        "shared directory",
+        &[
+            "dir_seq_write",
+            "dir_seq_read",
+            "dir_create",
+            "dir_stat",
+            "dir_unlink",
+        ],
+    ),
+    ("network", &["net_throughput", "net_rr"]),
+    ("memory and density", &["density_ready", "memory_pss"]),
+];
+
+/// Where the VMs' networks are, or why there is none.
+struct Nets<'a> {
+    taps: &'a HashMap<Env, Tap>,
+    skip: &'a HashMap<Env, String>,
+}
+
+/// Runs step `i` of [`STEPS`] once: its figures in the order of its keys.
+fn step(i: usize, s: &Setup, env: Env, id: &str, z: Sizes, nets: &Nets) -> Result<Vec<f64>, Error> {
+    match i {
+        0 => workloads::startup(s, env, id).map(|(a, b)| vec![a, b]),
+        1 => workloads::disk(s, env, id, z).map(|v| v.to_vec()),
+        2 => workloads::shared_dir(s, env, id, z, workloads::Backing::Dir).map(|v| v.to_vec()),
+        3 => match nets.skip.get(&env) {
+            Some(why) => Err(Error::Tool(why.clone())),
+            None => workloads::net(s, env, id, z, nets.taps.get(&env)).map(|v| v.to_vec()),
+        },
+        _ => workloads::density(s, env, id, z, z.density).map(|(a, b)| vec![a, b]),
+    }
+}
+
+/// Files a step's outcome: figures as samples (unless warming up), an
+/// error as the reason its keys have none.
+fn record(
+    (samples, failures): (&mut Samples, &mut Failures),
+    keys: &[&'static str],
+    env: Env,
+    warm: bool,
+    r: Result<Vec<f64>, Error>,
+) {
+    match r {
+        Ok(vals) if !warm => {
+            for (k, v) in keys.iter().zip(vals) {
+                samples.entry((k, env)).or_default().push(v);
+            }
+        }
+        Ok(_) => {}
+        Err(e) => {
+            let why = match e {
+                Error::NotMeasured(why) => why,
+                e => format!("failed: {e}"),
+            };
+            for k in keys {
+                failures.entry((k, env)).or_insert_with(|| why.clone());
+            }
+        }
+    }
+}
+
 fn measure(
     opts: &Options,
     z: Sizes,
@@ -232,63 +332,49 @@ fn measure(
         .copied()
         .filter(|e| !skipped.contains_key(e))
         .collect();
+    let nets = Nets {
+        taps,
+        skip: net_skip,
+    };
     let mut samples: Samples = HashMap::new();
-    let mut failures: HashMap<(&'static str, Env), String> = HashMap::new();
-    let total = u64::from(opts.runs + 1) * envs.len() as u64 * 4;
+    let mut failures: Failures = HashMap::new();
+    let total = u64::from(opts.runs + 1) * (envs.len() * STEPS.len()) as u64;
     let mut done = 0;
     for run in 0..=opts.runs {
-        let warm = run == 0;
         for &env in &envs {
             let id = format!("{}-{run}", env.name());
-            let mut record = |keys: &[&'static str], r: Result<Vec<f64>, Error>| match r {
-                Ok(vals) if !warm => {
-                    for (k, v) in keys.iter().zip(vals) {
-                        samples.entry((k, env)).or_default().push(v);
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    for k in keys {
-                        failures.entry((k, env)).or_insert_with(|| e.to_string());
-                    }
-                }
-            };
-            progress(&format!("run {run}: {} startup", env.name()), done, total);
-            record(
-                &["startup_output", "startup_exit"],
-                workloads::startup(s, env, &id).map(|(a, b)| vec![a, b]),
-            );
-            done += 1;
-            progress(&format!("run {run}: {} block I/O", env.name()), done, total);
-            record(
-                &["seq_write", "seq_read", "rand_read", "rand_write"],
-                workloads::disk(s, env, &id, z).map(|v| v.to_vec()),
-            );
-            done += 1;
-            progress(&format!("run {run}: {} network", env.name()), done, total);
-            if let Some(why) = net_skip.get(&env) {
-                record(&["net_throughput", "net_rr"], Err(Error::Tool(why.clone())));
-            } else {
-                record(
-                    &["net_throughput", "net_rr"],
-                    workloads::net(s, env, &id, z, taps.get(&env)).map(|v| v.to_vec()),
-                );
+            for (i, (label, keys)) in STEPS.iter().enumerate() {
+                progress(&format!("run {run}: {} {label}", env.name()), done, total);
+                let r = step(i, s, env, &id, z, &nets);
+                record((&mut samples, &mut failures), keys, env, run == 0, r);
+                done += 1;
             }
-            done += 1;
-            progress(
-                &format!("run {run}: {} memory and density", env.name()),
-                done,
-                total,
-            );
-            record(
-                &["density_ready", "memory_pss"],
-                workloads::density(s, env, &id, z, z.density).map(|(a, b)| vec![a, b]),
-            );
-            done += 1;
         }
     }
     progress("done", total, total);
-    let mut workloads: Vec<Workload> = WORKLOADS
+    let mut workloads = collect(opts, z, skipped, samples, &failures);
+    if let Some(w) = overhead(&workloads) {
+        workloads.push(w);
+    }
+    Ok(Report {
+        machine: crate::machine::detect(),
+        quick: opts.quick,
+        runs: opts.runs,
+        command: opts.command.clone(),
+        workloads,
+    })
+}
+
+/// Every workload of [`WORKLOADS`] with each environment's samples, or
+/// the reason it has none.
+fn collect(
+    opts: &Options,
+    z: Sizes,
+    skipped: &HashMap<Env, String>,
+    mut samples: Samples,
+    failures: &Failures,
+) -> Vec<Workload> {
+    WORKLOADS
         .iter()
         .map(|&(id, title, unit, higher)| Workload {
             id: id.into(),
@@ -304,7 +390,7 @@ fn measure(
                     let why = skipped
                         .get(&env)
                         .cloned()
-                        .or_else(|| failures.get(&(id, env)).map(|e| format!("failed: {e}")));
+                        .or_else(|| failures.get(&(id, env)).cloned());
                     EnvResult {
                         env,
                         skipped: if got.is_empty() {
@@ -317,17 +403,7 @@ fn measure(
                 })
                 .collect(),
         })
-        .collect();
-    if let Some(w) = overhead(&workloads) {
-        workloads.push(w);
-    }
-    Ok(Report {
-        machine: crate::machine::detect(),
-        quick: opts.quick,
-        runs: opts.runs,
-        command: opts.command.clone(),
-        workloads,
-    })
+        .collect()
 }
 
 /// Memory overhead: each instance's PSS minus native's median, the
@@ -368,6 +444,45 @@ mod tests {
             samples: v.to_vec(),
             skipped: None,
         }
+    }
+
+    #[test]
+    fn every_step_key_is_a_workload_and_every_workload_a_step_key() {
+        let mut from_steps: Vec<&str> = STEPS.iter().flat_map(|(_, k)| k.iter().copied()).collect();
+        let mut workloads: Vec<&str> = WORKLOADS.iter().map(|w| w.0).collect();
+        from_steps.sort_unstable();
+        workloads.sort_unstable();
+        assert_eq!(from_steps, workloads);
+    }
+
+    #[test]
+    fn a_workload_an_environment_does_not_run_is_not_a_failure() {
+        let (mut samples, mut failures) = (Samples::new(), Failures::new());
+        let keys = &["dir_stat"];
+        let r = Err(Error::NotMeasured("not measured: no virtio-fs".into()));
+        record((&mut samples, &mut failures), keys, Env::Qemu, false, r);
+        let r = Err(Error::Workload("no op=meta".into()));
+        record((&mut samples, &mut failures), keys, Env::Husk, false, r);
+        record(
+            (&mut samples, &mut failures),
+            keys,
+            Env::Crun,
+            true,
+            Ok(vec![1.0]),
+        );
+        record(
+            (&mut samples, &mut failures),
+            keys,
+            Env::Crun,
+            false,
+            Ok(vec![2.0]),
+        );
+        assert_eq!(
+            failures[&("dir_stat", Env::Qemu)],
+            "not measured: no virtio-fs"
+        );
+        assert_eq!(failures[&("dir_stat", Env::Husk)], "failed: no op=meta");
+        assert_eq!(samples[&("dir_stat", Env::Crun)], vec![2.0]);
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub struct Sizes {
     pub rr_count: u32,
     pub hold_mib: u64,
     pub density: usize,
+    /// Files `meta` creates, stats and unlinks in a shared directory.
+    pub files: u64,
 }
 
 impl Sizes {
@@ -30,6 +32,7 @@ impl Sizes {
             rr_count: 2000,
             hold_mib: 16,
             density: 4,
+            files: if nested() { NESTED_FILES } else { 10_000 },
         }
     }
 
@@ -41,8 +44,18 @@ impl Sizes {
             rr_count: 200,
             hold_mib: 16,
             density: 2,
+            files: 500,
         }
     }
+}
+
+/// Files for `meta` when this host is itself a VM: in the nested testbed,
+/// L1's kernel crashed after ~7,000 FUSE creates (tests/e2e/fs.rs).
+pub const NESTED_FILES: u64 = 2_000;
+
+/// Whether this host is a VM (the CPU's `hypervisor` flag).
+fn nested() -> bool {
+    crate::machine::detect().nested
 }
 
 /// A launched instance's output as it comes, line by line.
@@ -228,6 +241,64 @@ pub fn disk(s: &Setup, env: Env, id: &str, z: Sizes) -> Result<[f64; 4], Error> 
         value(&o, "seq-read", "mb_per_s")?,
         value(&o, "rand-read", "iops")?,
         value(&o, "rand-write", "iops")?,
+    ])
+}
+
+/// What backs /work in the shared-directory workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing {
+    /// A host directory: native uses it, crun bind-mounts it, husk shares
+    /// it (virtio-fs through virtiofsd).
+    Dir,
+    /// For VMs an ext4 disk image (virtio-blk); a directory otherwise.
+    Image,
+}
+
+/// A host directory at /work: sequential O_DIRECT write and read (MB/s)
+/// and `meta`'s create, stat and unlink rates (per second).
+pub fn shared_dir(
+    s: &Setup,
+    env: Env,
+    id: &str,
+    z: Sizes,
+    backing: Backing,
+) -> Result<[f64; 5], Error> {
+    if env == Env::Qemu && backing == Backing::Dir {
+        return Err(Error::NotMeasured(
+            "not measured: the QEMU peer here has no virtio-fs set up".into(),
+        ));
+    }
+    let dir = s.work.join(format!("dir-{id}"));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let work = match env {
+        Env::Husk | Env::Qemu if backing == Backing::Image => {
+            let img = s.work.join(format!("dir-{id}.ext4"));
+            envs::make_disk(&img, z.seq_mib * 2 + 64)?;
+            img
+        }
+        _ => dir.clone(),
+    };
+    let needs = Needs {
+        disk: Some(work.clone()),
+        tap: None,
+    };
+    let (t, m, n) = (TOOL_IN_IMAGE, z.seq_mib, z.files);
+    // `/work/` with its slash: native runs rewrite it to the host path.
+    let script =
+        format!("{t} seq-write /work/f {m} && {t} seq-read /work/f {m} && {t} meta /work/ {n}");
+    let result = Running::start(s, env, id, &script, &needs).and_then(|r| r.finish("files"));
+    let _ = std::fs::remove_dir_all(&dir);
+    if work != dir {
+        let _ = std::fs::remove_file(&work);
+    }
+    let (_, lines) = result?;
+    let o = ops(&lines);
+    Ok([
+        value(&o, "seq-write", "mb_per_s")?,
+        value(&o, "seq-read", "mb_per_s")?,
+        value(&o, "meta", "create_per_s")?,
+        value(&o, "meta", "stat_per_s")?,
+        value(&o, "meta", "unlink_per_s")?,
     ])
 }
 
