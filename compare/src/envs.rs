@@ -8,7 +8,7 @@
 //!   volume, a TAP for the network;
 //! - qemu: QEMU `-M microvm` booting the project's guest (whose root
 //!   filesystem carries the same binary), the same kind of disk mounted at
-//!   /work, a TAP.
+//!   /work (a directory: virtio-fs through the same virtiofsd), a TAP.
 //!
 //! A script is a `sh -c` body; its `op=` lines (husk-bench's output) are
 //! what the workloads parse.
@@ -108,6 +108,19 @@ pub struct Setup {
     pub rootfs: PathBuf,
     pub qemu: Option<PathBuf>,
     pub crun: Option<PathBuf>,
+    /// The virtio-fs backend QEMU's shared directories use (husk finds
+    /// its own the same way).
+    pub virtiofsd: Option<PathBuf>,
+}
+
+/// virtiofsd: `$HUSK_VIRTIOFSD`, where scripts/setup installs it, or PATH.
+pub fn find_virtiofsd() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("HUSK_VIRTIOFSD") {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    }
+    Some(PathBuf::from("/usr/local/bin/virtiofsd"))
+        .filter(|p| p.is_file())
+        .or_else(|| which("virtiofsd"))
 }
 
 /// A program on PATH.
@@ -236,7 +249,7 @@ pub fn launch(s: &Setup, env: Env, id: &str, script: &str, needs: &Needs) -> Res
                 .env("HUSK_RUNTIME_DIR", s.work.join("runtime"));
             c
         }
-        Env::Qemu => qemu_command(s, script, needs)?,
+        Env::Qemu => qemu_command(s, id, script, needs)?,
     };
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -250,12 +263,47 @@ fn work_dir(needs: &Needs, s: &Setup) -> PathBuf {
     needs.disk.clone().unwrap_or_else(|| s.work.join("native"))
 }
 
-fn qemu_command(s: &Setup, script: &str, needs: &Needs) -> Result<Command, Error> {
+/// Starts virtiofsd sharing `dir` on `socket` for one QEMU launch. It
+/// exits when QEMU disconnects; a thread reaps it.
+fn start_virtiofsd(s: &Setup, dir: &Path, socket: &Path) -> Result<(), Error> {
+    let program = s
+        .virtiofsd
+        .as_ref()
+        .ok_or_else(|| Error::NotMeasured("not measured: virtiofsd is not installed".into()))?;
+    let _ = std::fs::remove_file(socket);
+    let mut child = Command::new(program)
+        .arg(format!("--socket-path={}", socket.display()))
+        .arg(format!("--shared-dir={}", dir.display()))
+        .args(["--sandbox=namespace", "--seccomp=kill", "--log-level=error"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| Error::Tool(format!("{}: {e}", program.display())))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !socket.exists() {
+        if child.try_wait().ok().flatten().is_some() || std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Error::Tool(format!(
+                "virtiofsd made no socket for {}",
+                dir.display()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::spawn(move || child.wait());
+    Ok(())
+}
+
+fn qemu_command(s: &Setup, id: &str, script: &str, needs: &Needs) -> Result<Command, Error> {
     let qemu = s.qemu.as_ref().expect("checked by unavailable()");
+    let shared = needs.disk.as_deref().filter(|d| d.is_dir());
     let mut body = String::new();
     // The guest's root is read-only and has no /work: its /mnt serves.
-    if needs.disk.is_some() {
-        body.push_str("mount -t ext4 /dev/vdb /mnt && ");
+    match (&needs.disk, shared) {
+        (_, Some(_)) => body.push_str("mount -t virtiofs work /mnt && "),
+        (Some(_), None) => body.push_str("mount -t ext4 /dev/vdb /mnt && "),
+        (None, _) => {}
     }
     body.push_str(&script.replace("/work/", "/mnt/"));
     body.push_str("; st=$?; sync; exit $st");
@@ -282,7 +330,16 @@ fn qemu_command(s: &Setup, script: &str, needs: &Needs) -> Result<Command, Error
             s.rootfs.display()
         ))
         .args(["-device", "virtio-blk-device,drive=root"]);
-    if let Some(d) = &needs.disk {
+    if let Some(dir) = shared {
+        let socket = s.work.join(format!("virtiofsd-{id}.sock"));
+        start_virtiofsd(s, dir, &socket)?;
+        // vhost-user needs guest memory the backend can map.
+        c.args(["-object", "memory-backend-memfd,id=mem,size=256M,share=on"])
+            .args(["-machine", "memory-backend=mem"])
+            .arg("-chardev")
+            .arg(format!("socket,id=vfs,path={}", socket.display()))
+            .args(["-device", "vhost-user-fs-device,chardev=vfs,tag=work"]);
+    } else if let Some(d) = &needs.disk {
         c.arg("-drive")
             .arg(format!("id=work,file={},format=raw,if=none", d.display()))
             .args(["-device", "virtio-blk-device,drive=work"]);

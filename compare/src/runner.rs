@@ -114,7 +114,7 @@ fn detail(id: &str, z: Sizes) -> String {
         }
         "dir_seq_write" | "dir_seq_read" => format!(
             "{} MiB in a host directory at /work: native uses it, crun bind-mounts it, \
-             husk shares it with virtio-fs (virtiofsd)",
+             husk and QEMU share it with virtio-fs (virtiofsd)",
             z.seq_mib
         ),
         "dir_create" | "dir_stat" | "dir_unlink" => format!(
@@ -155,6 +155,7 @@ pub fn setup(opts: &Options, work: PathBuf) -> Result<Setup, Error> {
         rootfs: need("rootfs.ext4")?,
         qemu: envs::which("qemu-system-x86_64"),
         crun: envs::which("crun"),
+        virtiofsd: envs::find_virtiofsd(),
         work,
     };
     std::fs::create_dir_all(s.work.join("native")).map_err(|e| Error::io(&s.work, e))?;

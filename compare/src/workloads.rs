@@ -44,14 +44,16 @@ impl Sizes {
             rr_count: 200,
             hold_mib: 16,
             density: 2,
-            files: 500,
+            files: 100,
         }
     }
 }
 
 /// Files for `meta` when this host is itself a VM: in the nested testbed,
-/// L1's kernel crashed after ~7,000 FUSE creates (tests/e2e/fs.rs).
-pub const NESTED_FILES: u64 = 2_000;
+/// L1's kernel crashed after a few thousand FUSE requests (once after
+/// ~7,000 creates, once within 2,000: see tests/e2e/fs.rs), and the
+/// request rate is bound by exits there anyway.
+pub const NESTED_FILES: u64 = 300;
 
 /// Whether this host is a VM (the CPU's `hypervisor` flag).
 fn nested() -> bool {
@@ -247,8 +249,8 @@ pub fn disk(s: &Setup, env: Env, id: &str, z: Sizes) -> Result<[f64; 4], Error> 
 /// What backs /work in the shared-directory workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backing {
-    /// A host directory: native uses it, crun bind-mounts it, husk shares
-    /// it (virtio-fs through virtiofsd).
+    /// A host directory: native uses it, crun bind-mounts it, the VMs
+    /// share it (virtio-fs through virtiofsd).
     Dir,
     /// For VMs an ext4 disk image (virtio-blk); a directory otherwise.
     Image,
@@ -263,11 +265,6 @@ pub fn shared_dir(
     z: Sizes,
     backing: Backing,
 ) -> Result<[f64; 5], Error> {
-    if env == Env::Qemu && backing == Backing::Dir {
-        return Err(Error::NotMeasured(
-            "not measured: the QEMU peer here has no virtio-fs set up".into(),
-        ));
-    }
     let dir = s.work.join(format!("dir-{id}"));
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let work = match env {

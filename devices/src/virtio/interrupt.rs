@@ -7,7 +7,7 @@
 //! time the guest's handler reads `InterruptStatus` the bit is there.
 
 use std::io;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -40,6 +40,10 @@ pub struct IrqTrigger {
     status: AtomicU32,
     /// Signalled on every trigger; the VMM registers it as a KVM irqfd.
     evt: EventFd,
+    /// `InterruptStatus` always shows used buffers: set for a device whose
+    /// backend signals the irqfd itself (vhost-user), which cannot set the
+    /// bit first.
+    vring_always: AtomicBool,
 }
 
 impl IrqTrigger {
@@ -50,6 +54,7 @@ impl IrqTrigger {
             // Non-blocking so that tests (and anyone draining it) never hang
             // on an empty counter.
             evt: EventFd::new(EFD_NONBLOCK)?,
+            vring_always: AtomicBool::new(false),
         })
     }
 
@@ -63,7 +68,22 @@ impl IrqTrigger {
 
     /// Current `InterruptStatus` value.
     pub fn status(&self) -> u32 {
-        self.status.load(Ordering::SeqCst)
+        let always = if self.vring_always.load(Ordering::SeqCst) {
+            VIRTIO_MMIO_INT_VRING
+        } else {
+            0
+        };
+        self.status.load(Ordering::SeqCst) | always
+    }
+
+    /// From now until [`IrqTrigger::clear`], `InterruptStatus` says "used
+    /// buffers" whatever was acknowledged: another process (a vhost-user
+    /// backend) signals [`IrqTrigger::event`] directly, so the guest's
+    /// handler must look at the rings on every interrupt. That costs a
+    /// look at the rings on a config-change interrupt; it saves a wake-up
+    /// of the VMM's event loop on every completion.
+    pub fn report_vring_always(&self) {
+        self.vring_always.store(true, Ordering::SeqCst);
     }
 
     /// Clears the given bits (the driver's write to `InterruptACK`).
@@ -73,6 +93,7 @@ impl IrqTrigger {
 
     /// Clears every pending reason (device reset).
     pub fn clear(&self) {
+        self.vring_always.store(false, Ordering::SeqCst);
         self.status.store(0, Ordering::SeqCst);
     }
 
@@ -100,6 +121,20 @@ mod tests {
 
         irq.ack(VIRTIO_MMIO_INT_VRING);
         assert_eq!(irq.status(), VIRTIO_MMIO_INT_CONFIG);
+        irq.clear();
+        assert_eq!(irq.status(), 0);
+    }
+
+    #[test]
+    fn a_backend_driven_line_always_reports_used_buffers_until_reset() {
+        let irq = IrqTrigger::new().unwrap();
+        irq.report_vring_always();
+        assert_eq!(irq.status(), VIRTIO_MMIO_INT_VRING);
+        irq.ack(VIRTIO_MMIO_INT_VRING);
+        assert_eq!(irq.status(), VIRTIO_MMIO_INT_VRING);
+        irq.trigger(IrqType::Config).unwrap();
+        irq.ack(VIRTIO_MMIO_INT_CONFIG);
+        assert_eq!(irq.status(), VIRTIO_MMIO_INT_VRING);
         irq.clear();
         assert_eq!(irq.status(), 0);
     }

@@ -15,7 +15,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRe
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{NUM_QUEUES, QUEUE_SIZE, TAG_LEN};
-use crate::virtio::{ActivateError, IrqTrigger, IrqType, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::virtio::{ActivateError, IrqTrigger, VirtioDevice, VIRTIO_F_VERSION_1};
 
 const VIRTIO_ID_FS: u32 = 26;
 /// `tag[36]` and `num_request_queues` (le32).
@@ -52,10 +52,6 @@ pub enum FsError {
     EventFd(#[source] io::Error),
 }
 
-struct Active {
-    interrupt: Arc<IrqTrigger>,
-}
-
 /// Told once, with a one-line reason, when the backend goes away: the VM
 /// cannot go on without it (its requests would never complete).
 pub type BackendGone = Box<dyn FnMut(String) + Send>;
@@ -75,9 +71,9 @@ pub struct Fs {
     queue_sizes: [u16; NUM_QUEUES],
     /// The guest's notifications (ioeventfds), read by the backend.
     kick_evts: [EventFd; NUM_QUEUES],
-    /// The backend's completions, turned into interrupts here.
-    call_evts: [EventFd; NUM_QUEUES],
-    active: Option<Active>,
+    /// Between activation and reset (the backend holds its own copy of
+    /// the irqfd, so nothing else needs keeping).
+    active: bool,
     tag: String,
     on_gone: Option<BackendGone>,
 }
@@ -124,8 +120,7 @@ impl Fs {
             config_space,
             queue_sizes: [QUEUE_SIZE; NUM_QUEUES],
             kick_evts: [evt()?, evt()?],
-            call_evts: [evt()?, evt()?],
-            active: None,
+            active: false,
             tag: config.tag.clone(),
             on_gone: None,
         })
@@ -182,7 +177,14 @@ impl Fs {
     }
 
     /// Gives the backend the memory table and the rings, and starts them.
-    fn start_backend(&mut self, mem: &GuestMemoryMmap, queues: &[Queue]) -> Result<(), String> {
+    /// Its completions signal `call`, the device's irqfd, directly: no
+    /// hop through this process per request.
+    fn start_backend(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        queues: &[Queue],
+        call: &EventFd,
+    ) -> Result<(), String> {
         let step = |what: &str, e: vhost::Error| format!("vhost-user {what}: {e}");
         let mut features = self.acked_features;
         if self.protocol {
@@ -234,7 +236,7 @@ impl Fs {
                 .set_vring_base(i, q.next_avail())
                 .map_err(|e| step("SET_VRING_BASE", e))?;
             self.frontend
-                .set_vring_call(i, &self.call_evts[i])
+                .set_vring_call(i, call)
                 .map_err(|e| step("SET_VRING_CALL", e))?;
             self.frontend
                 .set_vring_kick(i, &self.kick_evts[i])
@@ -288,21 +290,23 @@ impl VirtioDevice for Fs {
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
         let queues: [Queue; NUM_QUEUES] =
-            crate::virtio::activation_queues(self.active.is_some(), queues)?;
-        if let Err(e) = self.start_backend(&mem, &queues) {
+            crate::virtio::activation_queues(self.active, queues)?;
+        // Before the backend can signal: the guest must see used buffers.
+        interrupt.report_vring_always();
+        if let Err(e) = self.start_backend(&mem, &queues, interrupt.event()) {
             error!("virtio-fs {}: {e}", self.id);
             return Err(ActivateError::Backend(e));
         }
-        self.active = Some(Active { interrupt });
+        self.active = true;
         Ok(())
     }
 
     fn is_activated(&self) -> bool {
-        self.active.is_some()
+        self.active
     }
 
     fn reset(&mut self) {
-        if self.active.take().is_some() {
+        if std::mem::take(&mut self.active) {
             // GET_VRING_BASE stops the backend's rings.
             for i in 0..NUM_QUEUES {
                 if let Err(e) = self.frontend.get_vring_base(i) {
@@ -316,11 +320,6 @@ impl VirtioDevice for Fs {
 
 impl MutEventSubscriber for Fs {
     fn init(&mut self, ops: &mut EventOps) {
-        for (i, evt) in self.call_evts.iter().enumerate() {
-            if let Err(e) = ops.add(Events::with_data(evt, i as u32, EventSet::IN)) {
-                error!("virtio-fs: cannot watch queue {i}'s call eventfd: {e}");
-            }
-        }
         // The backend sends nothing unasked on this socket: anything on it
         // is its end (EOF, hang-up, error).
         let gone = EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR;
@@ -332,22 +331,6 @@ impl MutEventSubscriber for Fs {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         if events.data() == BACKEND_EVENT {
             self.backend_gone(ops);
-            return;
-        }
-        let i = events.data() as usize;
-        let Some(evt) = self.call_evts.get(i) else {
-            return;
-        };
-        if let Err(e) = evt.read() {
-            if e.kind() != io::ErrorKind::WouldBlock {
-                error!("virtio-fs: queue {i}'s call eventfd: {e}");
-            }
-            return;
-        }
-        if let Some(active) = &self.active {
-            if let Err(e) = active.interrupt.trigger(IrqType::Vring) {
-                error!("virtio-fs: cannot interrupt the guest: {e}");
-            }
         }
     }
 }

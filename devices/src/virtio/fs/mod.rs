@@ -5,9 +5,10 @@
 //! memory (which must be file-backed so virtiofsd can map it: the VMM backs
 //! guest RAM with a memfd when a virtio-fs device is attached) and the
 //! rings; the guest's notifications (ioeventfds) go to virtiofsd directly,
-//! and virtiofsd's completions come back on a "call" eventfd per queue,
-//! which the event loop turns into the device's interrupt. No request of
-//! the guest is parsed in husk.
+//! and virtiofsd's completions signal the device's irqfd directly (its
+//! `InterruptStatus` then always reports used buffers), so a request
+//! crosses no husk thread at all. No request of the guest is parsed in
+//! husk.
 //!
 //! No DAX window: it needs a shared-memory region on the transport
 //! (virtio-mmio SHM registers) and page-cache-sized mappings into the
