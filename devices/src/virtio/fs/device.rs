@@ -289,8 +289,7 @@ impl VirtioDevice for Fs {
         interrupt: Arc<IrqTrigger>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        let queues: [Queue; NUM_QUEUES] =
-            crate::virtio::activation_queues(self.active, queues)?;
+        let queues: [Queue; NUM_QUEUES] = crate::virtio::activation_queues(self.active, queues)?;
         // Before the backend can signal: the guest must see used buffers.
         interrupt.report_vring_always();
         if let Err(e) = self.start_backend(&mem, &queues, interrupt.event()) {
