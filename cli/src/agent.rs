@@ -86,6 +86,14 @@ pub struct Sinks {
 }
 
 impl Sinks {
+    /// Output nobody wants (a client that only sends signals).
+    pub fn discard() -> Sinks {
+        Sinks {
+            out: Box::new(std::io::sink()),
+            err: Box::new(std::io::sink()),
+        }
+    }
+
     pub fn stdio() -> Sinks {
         Sinks {
             out: Box::new(std::io::stdout()),

@@ -38,11 +38,27 @@ pub struct IdArgs {
 
 #[derive(Args)]
 pub struct KillArgs {
-    /// The container's id (or a unique prefix of it).
+    /// Signal every process of the container, not only its main one.
+    #[arg(short = 'a', long)]
+    all: bool,
+    /// The container's id (or a unique prefix of it; an OCI container's
+    /// whole id).
     id: String,
-    /// The signal, by name or number.
-    #[arg(default_value = "KILL")]
-    signal: String,
+    /// The signal, by name or number (default KILL; TERM for an OCI
+    /// container, as runc).
+    signal: Option<String>,
+}
+
+/// Whether `husk kill` is the OCI runtime's: runc's global flags were
+/// given, or the id names an OCI container.
+pub fn kill_is_oci(g: &crate::oci::Global, k: &KillArgs) -> bool {
+    g.any() || crate::oci::state::Record::load(&g.root(), &k.id).is_ok()
+}
+
+pub fn oci_kill(g: &crate::oci::Global, k: &KillArgs) -> Result<u8, Failure> {
+    let signal =
+        state::parse_signal(k.signal.as_deref().unwrap_or("TERM")).map_err(Failure::usage)?;
+    crate::oci::kill(g, &k.id, signal, k.all)
 }
 
 #[derive(Args)]
@@ -147,19 +163,20 @@ pub fn logs(args: IdArgs) -> Result<u8, Failure> {
 }
 
 pub fn kill(args: KillArgs) -> Result<u8, Failure> {
-    let signal = state::parse_signal(&args.signal).map_err(Failure::usage)?;
+    let signal =
+        state::parse_signal(args.signal.as_deref().unwrap_or("KILL")).map_err(Failure::usage)?;
     let found = running(&args.id)?;
-    signal_main(&found, signal).map_err(Failure::runtime)?;
+    signal_main(&found, signal, args.all).map_err(Failure::runtime)?;
     Ok(0)
 }
 
-fn signal_main(found: &Found, signal: i32) -> Result<(), String> {
+fn signal_main(found: &Found, signal: i32, all: bool) -> Result<(), String> {
     let client = connect(found, Sinks::stdio())?;
     let request = Request::Signal {
         id: CONTAINER_ID.into(),
         exec_id: None,
         signal,
-        all: false,
+        all,
     };
     client.call(request, "signal the container", AGENT_TIMEOUT, &|| true)
 }
@@ -187,7 +204,7 @@ fn rm_one(id: &str, force: bool) -> Result<(), String> {
             ));
         }
         if found.running() {
-            signal_main(&found, libc::SIGKILL)?;
+            signal_main(&found, libc::SIGKILL, false)?;
         }
         // Its husk process powers the VM off and records the exit.
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -7,6 +7,7 @@ mod containers;
 mod controller;
 mod image_cmd;
 mod logger;
+mod oci;
 mod run;
 mod virtiofsd;
 mod vmm_cmd;
@@ -21,6 +22,9 @@ use std::process::ExitCode;
     about = "A lightweight KVM microVM monitor: one VM per container"
 )]
 struct Cli {
+    /// runc's global flags, for the OCI runtime commands.
+    #[command(flatten)]
+    oci: oci::Global,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,6 +52,14 @@ enum Command {
     Logs(containers::IdArgs),
     /// Remove stopped containers' records (-f: running ones too).
     Rm(containers::RmArgs),
+    /// OCI runtime: create a container from a bundle (runc's `create`).
+    Create(oci::CreateArgs),
+    /// OCI runtime: start a created container.
+    Start(oci::IdArg),
+    /// OCI runtime: print a container's state as JSON.
+    State(oci::IdArg),
+    /// OCI runtime: delete a stopped container (-f: any).
+    Delete(oci::DeleteArgs),
 }
 
 /// A failure with the exit status it deserves: 2 for bad usage, 1 for a
@@ -102,7 +114,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    let g = &cli.oci;
+    let oci_command = matches!(
+        cli.command,
+        Command::Create(_) | Command::Start(_) | Command::State(_) | Command::Delete(_)
+    ) || matches!(&cli.command, Command::Kill(k) if containers::kill_is_oci(g, k));
+    if g.any() && !oci_command {
+        eprintln!("husk: --root, --log, --log-format, --systemd-cgroup, --debug and --rootless belong to the OCI runtime commands (create, start, state, kill, delete)");
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
+        Command::Create(a) => oci::run(g, |g| oci::create(g, &a)),
+        Command::Start(a) => oci::run(g, |g| oci::start(g, &a)),
+        Command::State(a) => oci::run(g, |g| oci::state(g, &a)),
+        Command::Delete(a) => oci::run(g, |g| oci::delete(g, &a)),
+        Command::Kill(a) if oci_command => oci::run(g, |g| containers::oci_kill(g, &a)),
         Command::Boot(args) => boot::run(args),
         Command::Compare(args) => compare_cmd::run(args),
         Command::Vmm(args) => vmm_cmd::run(args),

@@ -10,6 +10,7 @@ mod compare;
 mod fs;
 mod guest;
 mod net;
+mod oci;
 mod run;
 mod session;
 mod vsock;

@@ -19,8 +19,9 @@ pub use crate::status::ExitStatus;
 
 /// Protocol version; bumped on any incompatible change. 2: typed specs,
 /// disks named by their serial, stream ids scoped to their connection.
-/// 3: a volume is a disk or a virtio-fs share.
-pub const VERSION: u32 = 3;
+/// 3: a volume is a disk or a virtio-fs share. 4: the root is an image
+/// disk or a virtio-fs share.
+pub const VERSION: u32 = 4;
 /// The vsock port the agent listens on.
 pub const AGENT_PORT: u32 = 1024;
 /// Largest frame body accepted: a runtime spec is a few KiB, stream chunks
@@ -77,24 +78,29 @@ pub struct StdioSpec {
     pub stdin: bool,
 }
 
-/// The container's root: the image's read-only disk, with a writable layer
-/// over it.
+/// The container's root.
 ///
 /// Disks are named by their serial, the drive id the host gave the
 /// virtio-blk device (which answers GET_ID with it; Linux shows it as
 /// `/sys/block/vdX/serial`), never by a device name guessed from the order
 /// of attachment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RootfsSpec {
-    /// Serial of the disk holding the image tree.
-    pub disk: String,
-    /// Its filesystem type (`erofs`, `ext4`).
-    pub fs_type: String,
-    /// Serial of a disk for the writable layer (formatted ext4); a tmpfs
-    /// when absent.
-    #[serde(default)]
-    pub scratch_disk: Option<String>,
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RootfsSpec {
+    /// The image's read-only disk, with a writable layer over it.
+    Image {
+        /// Serial of the disk holding the image tree.
+        disk: String,
+        /// Its filesystem type (`erofs`, `ext4`).
+        fs_type: String,
+        /// Serial of a disk for the writable layer (formatted ext4); a
+        /// tmpfs when absent.
+        #[serde(default)]
+        scratch_disk: Option<String>,
+    },
+    /// A host directory shared through virtio-fs, used as it is: an OCI
+    /// bundle's rootfs, which the caller (podman, containerd) prepared.
+    Shared { tag: String },
 }
 
 /// A host volume the agent mounts before creating the container; the
@@ -467,7 +473,7 @@ mod tests {
             request: Request::CreateContainer {
                 id: "c1".into(),
                 spec: Box::new(crate::spec::default_spec(vec!["sh".into()])),
-                rootfs: RootfsSpec {
+                rootfs: RootfsSpec::Image {
                     disk: "image".into(),
                     fs_type: "erofs".into(),
                     scratch_disk: None,
@@ -497,6 +503,20 @@ mod tests {
         round_trip(Frame::Request {
             seq: 8,
             request: Request::Shutdown,
+        });
+        round_trip(Frame::Request {
+            seq: 9,
+            request: Request::CreateContainer {
+                id: "c2".into(),
+                spec: Box::new(crate::spec::default_spec(vec!["sh".into()])),
+                rootfs: RootfsSpec::Shared { tag: "root".into() },
+                volumes: Vec::new(),
+                stdio: StdioSpec {
+                    stream: 1,
+                    tty: false,
+                    stdin: false,
+                },
+            },
         });
         round_trip(Frame::Response {
             seq: 8,

@@ -7,14 +7,16 @@
 //! the end, except a detached run's record and logs.
 
 mod detach;
-mod launch;
+pub(crate) mod launch;
 mod plan;
-mod session;
+pub(crate) mod session;
 mod spec;
 pub mod state;
-mod teardown;
+pub(crate) mod teardown;
 mod timings;
 mod volume;
+
+pub(crate) use plan::{serial, CONTAINER_ID, DEFAULT_VM_MIB, GUEST_OVERHEAD_MIB, MAIN_STREAM};
 
 use crate::Failure;
 use clap::Args;
@@ -158,13 +160,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         sinks,
     } = launched;
     let controls = vm.controls();
-    let (done_tx, vm_done) = std::sync::mpsc::channel();
-    // The VM's device loop runs on its own thread; this one talks to the agent.
-    let vm_thread = std::thread::spawn(move || {
-        let outcome = vm.wait();
-        let _ = done_tx.send(());
-        outcome
-    });
+    let (vm_thread, vm_done) = wait_on_a_thread(vm);
     let (rootfs, volume_specs) = plan.agent_disks(&disks);
     let container = session::Container {
         spec: plan.spec,
@@ -189,7 +185,13 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             detach::become_background(&dir.path);
         }
     };
-    let result = session.run(container, &mut on_started);
+    let result = session.run(
+        container,
+        &mut session::Hooks {
+            created: &mut || Ok(()),
+            started: &mut on_started,
+        },
+    );
     if let Ok(status) = result {
         record.status = state::Status::Exited {
             code: status.shell_status(),
@@ -199,6 +201,23 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         }
     }
     teardown::teardown(result, vm_thread, &controls, &dir, backends)
+}
+
+/// The VM's device loop on a thread of its own (the caller talks to the
+/// agent); the receiver hears (or disconnects) when the VM has ended.
+pub(crate) fn wait_on_a_thread(
+    vm: husk_vmm::RunningVm,
+) -> (
+    std::thread::JoinHandle<husk_vmm::Outcome>,
+    std::sync::mpsc::Receiver<()>,
+) {
+    let (done_tx, vm_done) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let outcome = vm.wait();
+        let _ = done_tx.send(());
+        outcome
+    });
+    (thread, vm_done)
 }
 
 /// `-u` parsing, shared with `husk exec`.

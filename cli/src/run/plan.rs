@@ -245,7 +245,7 @@ impl Plan {
     /// What the agent mounts for the container, by the same serials and
     /// tags.
     pub fn agent_disks(&self, d: &Disks) -> (RootfsSpec, Vec<VolumeSpec>) {
-        let rootfs = RootfsSpec {
+        let rootfs = RootfsSpec::Image {
             disk: serial::IMAGE.into(),
             fs_type: d.image.fs_type.into(),
             scratch_disk: d.scratch.as_ref().map(|_| serial::SCRATCH.into()),
@@ -375,9 +375,14 @@ mod tests {
         assert_eq!(shares[0].tag, "vol0");
         assert_eq!(shares[0].socket, std::path::Path::new("/r/fs-0.sock"));
         let (root, volumes) = p.agent_disks(&disks);
-        assert_eq!(root.disk, "image");
-        assert_eq!(root.fs_type, "erofs");
-        assert_eq!(root.scratch_disk.as_deref(), Some("scratch"));
+        assert_eq!(
+            root,
+            RootfsSpec::Image {
+                disk: "image".into(),
+                fs_type: "erofs".into(),
+                scratch_disk: Some("scratch".into()),
+            }
+        );
         assert_eq!(
             volumes[0].source,
             VolumeSource::Shared { tag: "vol0".into() }

@@ -27,6 +27,16 @@ pub struct Container {
     pub stdio: StdioSpec,
 }
 
+/// What the caller does between the steps.
+pub struct Hooks<'a> {
+    /// Once the container is created, before it starts (an OCI `create`
+    /// reports and waits for `start` here); an error ends the run.
+    pub created: &'a mut dyn FnMut() -> Result<(), String>,
+    /// Once it runs (the run's record, a detached run going to the
+    /// background).
+    pub started: &'a mut dyn FnMut(),
+}
+
 pub struct Session {
     pub uds: PathBuf,
     pub sinks: Sinks,
@@ -42,9 +52,8 @@ impl Session {
         matches!(done.try_recv(), Err(mpsc::TryRecvError::Empty))
     }
 
-    /// Runs the container to its end; its status. `on_started` runs once it
-    /// runs (the run's record, a detached run going to the background).
-    pub fn run(self, c: Container, on_started: &mut dyn FnMut()) -> Result<ExitStatus, String> {
+    /// Runs the container to its end; its status.
+    pub fn run(self, c: Container, hooks: &mut Hooks) -> Result<ExitStatus, String> {
         let done = self.vm_done;
         let alive = || Session::vm_alive(&done);
         let deadline = Instant::now() + AGENT_DEADLINE;
@@ -60,6 +69,7 @@ impl Session {
         };
         client.call(create, "create the container", REQUEST_DEADLINE, &alive)?;
         mark("created");
+        (hooks.created)()?;
         let _raw = if c.stdio.tty {
             let raw = husk_vmm::console::RawTerminal::enter();
             tty::send_size(&client.writer, MAIN_STREAM);
@@ -73,7 +83,7 @@ impl Session {
         };
         client.call(start, "start the container", REQUEST_DEADLINE, &alive)?;
         mark("started");
-        on_started();
+        (hooks.started)();
         if c.stdio.stdin {
             agent::spawn_stdin_thread(client.writer.clone(), MAIN_STREAM);
         }

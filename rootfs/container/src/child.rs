@@ -9,7 +9,9 @@ use std::ffi::CStr;
 
 use libc::{c_char, c_int, c_ulong, c_void};
 
-use crate::plan::{CapsPlan, Create, DevicePlan, ExecPlan, InitPlan, MountPlan, ProcPlan};
+use crate::plan::{
+    CapsPlan, Create, DevicePlan, ExecPlan, InitPlan, MountPlan, ProcPlan, RootMount,
+};
 use crate::seccomp::Programs;
 use crate::sys::{self, errno, fail, fd_path, MsgBuf};
 
@@ -329,14 +331,23 @@ fn setup_root(sock: c_int, plan: &InitPlan) -> c_int {
             fail(sock, &[b"mkdir ", d.as_bytes()], errno());
         }
     }
-    let m = mount(
-        c"overlay".as_ptr(),
-        r.merged.as_ptr(),
-        c"overlay".as_ptr(),
-        0,
-        r.overlay_data.as_ptr(),
-    );
-    check(sock, m, &[b"mount overlay on ", r.merged.as_bytes()]);
+    let m = match &r.mount {
+        RootMount::Overlay(data) => mount(
+            c"overlay".as_ptr(),
+            r.merged.as_ptr(),
+            c"overlay".as_ptr(),
+            0,
+            data.as_ptr(),
+        ),
+        RootMount::Bind(tree) => mount(
+            tree.as_ptr(),
+            r.merged.as_ptr(),
+            NULL,
+            libc::MS_BIND | libc::MS_REC,
+            NULL,
+        ),
+    };
+    check(sock, m, &[b"mount the root on ", r.merged.as_bytes()]);
     // SAFETY: NUL-terminated path.
     let fd = unsafe {
         libc::open(

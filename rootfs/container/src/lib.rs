@@ -93,13 +93,29 @@ pub struct ProcessIo {
 
 /// The container's root filesystem.
 #[derive(Debug, Clone)]
-pub struct Rootfs {
-    /// The image tree, already mounted (read-only) by the caller.
-    pub lower: PathBuf,
-    /// A directory on a writable filesystem for the container's changes
-    /// (`upper/` and `work/` are made in it and kept), or None for a tmpfs
-    /// that lives as long as the container.
-    pub upper: Option<PathBuf>,
+pub enum Rootfs {
+    /// An image tree with a writable overlay layer over it.
+    Layered {
+        /// The image tree, already mounted (read-only) by the caller.
+        lower: PathBuf,
+        /// A directory on a writable filesystem for the container's
+        /// changes (`upper/` and `work/` are made in it and kept), or None
+        /// for a tmpfs that lives as long as the container.
+        upper: Option<PathBuf>,
+    },
+    /// A directory used as it is (bind-mounted), changes and all: an OCI
+    /// bundle's rootfs, which the caller prepared.
+    Dir(PathBuf),
+}
+
+impl Rootfs {
+    /// The tree the container's root shows.
+    fn tree(&self) -> &Path {
+        match self {
+            Rootfs::Layered { lower, .. } => lower,
+            Rootfs::Dir(dir) => dir,
+        }
+    }
 }
 
 /// A created container.
@@ -800,12 +816,13 @@ fn cgroup_setup<'a>(
     })
 }
 
-/// The image tree as overlay's lowerdir.
+/// The image tree (overlay's lowerdir, or the directory bind-mounted).
 fn lower_dir(rootfs: &Rootfs) -> Result<String, Error> {
-    let lower = overlay_path("rootfs.lower", &rootfs.lower)?;
-    if !rootfs.lower.is_dir() {
+    let tree = rootfs.tree();
+    let lower = overlay_path("rootfs", tree)?;
+    if !tree.is_dir() {
         return Err(Error::os(
-            format!("rootfs.lower {lower}"),
+            format!("rootfs {lower}"),
             io::Error::from_raw_os_error(libc::ENOTDIR),
         ));
     }
@@ -840,9 +857,10 @@ fn root_readonly(spec: &Spec) -> bool {
         .unwrap_or(false)
 }
 
-/// Makes the overlay's mount point (`dir/rootfs`) and its upper and work
-/// directories: in `rootfs.upper`, or else on a tmpfs at `dir/rw` that only
-/// the init mounts (so it makes them there).
+/// Makes the root's mount point (`dir/rootfs`) and, for a layered root,
+/// the overlay's upper and work directories: in the caller's upper
+/// directory, or else on a tmpfs at `dir/rw` that only the init mounts (so
+/// it makes them there).
 fn prepare_root(
     dir: &Path,
     rootfs: &Rootfs,
@@ -852,31 +870,41 @@ fn prepare_root(
 ) -> Result<RootPlan, Error> {
     let merged = dir.join("rootfs");
     mkdir_all(&merged)?;
-    let (tmpfs, mkdirs, upper, work) = match &rootfs.upper {
-        Some(u) => {
-            let (up, wk) = (u.join("upper"), u.join("work"));
-            mkdir_all(&up)?;
-            mkdir_all(&wk)?;
-            (None, Vec::new(), up, wk)
-        }
-        None => {
-            let rw = dir.join("rw");
-            mkdir_all(&rw)?;
-            let (up, wk) = (rw.join("upper"), rw.join("work"));
-            let c = |p: &Path| plan::cstring("path", p.as_os_str().as_bytes());
-            (Some(c(&rw)?), vec![c(&up)?, c(&wk)?], up, wk)
+    let c = |p: &Path| plan::cstring("path", p.as_os_str().as_bytes());
+    let (tmpfs, mkdirs, mount) = match rootfs {
+        Rootfs::Dir(tree) => (None, Vec::new(), plan::RootMount::Bind(c(tree)?)),
+        Rootfs::Layered { upper, .. } => {
+            let (tmpfs, mkdirs, up, wk) = match upper {
+                Some(u) => {
+                    let (up, wk) = (u.join("upper"), u.join("work"));
+                    mkdir_all(&up)?;
+                    mkdir_all(&wk)?;
+                    (None, Vec::new(), up, wk)
+                }
+                None => {
+                    let rw = dir.join("rw");
+                    mkdir_all(&rw)?;
+                    let (up, wk) = (rw.join("upper"), rw.join("work"));
+                    (Some(c(&rw)?), vec![c(&up)?, c(&wk)?], up, wk)
+                }
+            };
+            let data = format!(
+                "lowerdir={lower},upperdir={},workdir={}",
+                overlay_path("upper", &up)?,
+                overlay_path("work", &wk)?
+            );
+            (
+                tmpfs,
+                mkdirs,
+                plan::RootMount::Overlay(plan::cstring("overlay options", data)?),
+            )
         }
     };
-    let overlay_data = format!(
-        "lowerdir={lower},upperdir={},workdir={}",
-        overlay_path("upper", &upper)?,
-        overlay_path("work", &work)?
-    );
     Ok(RootPlan {
         tmpfs,
         mkdirs,
         merged: plan::cstring("rootfs", merged.as_os_str().as_bytes())?,
-        overlay_data: plan::cstring("overlay options", overlay_data)?,
+        mount,
         readonly,
         propagation,
     })

@@ -103,6 +103,15 @@ pub struct ProcPlan {
     pub oom_score_adj: Option<i32>,
 }
 
+/// What is mounted on the root's mount point.
+#[derive(Debug)]
+pub enum RootMount {
+    /// An overlay with these options (lowerdir, upperdir, workdir).
+    Overlay(CString),
+    /// This directory, bind-mounted with everything under it.
+    Bind(CString),
+}
+
 /// The root filesystem.
 #[derive(Debug)]
 pub struct RootPlan {
@@ -112,7 +121,7 @@ pub struct RootPlan {
     /// Directories to create after that tmpfs is mounted (upper, work).
     pub mkdirs: Vec<CString>,
     pub merged: CString,
-    pub overlay_data: CString,
+    pub mount: RootMount,
     pub readonly: bool,
     /// `linux.rootfsPropagation`, applied to / after pivot_root.
     pub propagation: Option<c_ulong>,

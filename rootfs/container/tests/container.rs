@@ -142,7 +142,7 @@ fn writes_land_in_the_upper_layer() {
 
     // A caller's upper directory keeps the changes.
     let upper = state_dir().join("upper-dir-test");
-    let r = Rootfs {
+    let r = Rootfs::Layered {
         lower: lower().to_path_buf(),
         upper: Some(upper.clone()),
     };
@@ -164,6 +164,34 @@ fn writes_land_in_the_upper_layer() {
     );
     assert!(lower().join("etc/lower-file").exists());
     fs::remove_dir_all(&upper).unwrap();
+}
+
+#[test]
+fn a_directory_root_is_used_as_it_is() {
+    need_root!();
+    let tree = state_dir().join("dir-root-test");
+    let _ = fs::remove_dir_all(&tree);
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(lower())
+        .arg(&tree)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (mut c, io) = Container::create(
+        "dir-root",
+        &spec(&["sh", "-c", "echo kept > /kept; cat /etc/lower-file"]),
+        &Rootfs::Dir(tree.clone()),
+        &state_dir(),
+        Stdio::Pipes { stdin: false },
+    )
+    .unwrap();
+    c.start().unwrap();
+    assert_eq!(read_all(&io.stdout), "from the image\n");
+    assert_eq!(exit_code(wait(c.init_pid())), Some(0));
+    c.destroy().unwrap();
+    assert_eq!(fs::read_to_string(tree.join("kept")).unwrap(), "kept\n");
+    fs::remove_dir_all(&tree).unwrap();
 }
 
 #[test]

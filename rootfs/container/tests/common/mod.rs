@@ -86,7 +86,7 @@ pub fn state_dir() -> PathBuf {
 }
 
 pub fn rootfs() -> Rootfs {
-    Rootfs {
+    Rootfs::Layered {
         lower: lower().to_path_buf(),
         upper: None,
     }

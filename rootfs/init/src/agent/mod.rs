@@ -499,18 +499,7 @@ impl Agent {
         let base = Path::new(STATE_DIR).join(format!("{id}.mnt"));
         let mut mounts = Vec::new();
         let result = (|| {
-            let image = base.join("image");
-            mount_disk(&rootfs.disk, &image, &rootfs.fs_type, true)?;
-            mounts.push(image.clone());
-            let upper = match &rootfs.scratch_disk {
-                Some(disk) => {
-                    let scratch = base.join("scratch");
-                    mount_disk(disk, &scratch, "ext4", false)?;
-                    mounts.push(scratch.clone());
-                    Some(scratch.join("upper"))
-                }
-                None => None,
-            };
+            let root = mount_root(rootfs, &base, &mut mounts)?;
             for v in volumes {
                 let at = PathBuf::from(&v.mount_point);
                 match &v.source {
@@ -521,10 +510,6 @@ impl Agent {
                 }
                 mounts.push(at);
             }
-            let root = Rootfs {
-                lower: image,
-                upper,
-            };
             Container::create(&id, &spec, &root, Path::new(STATE_DIR), stdio_of(&stdio))
                 .map_err(|e| e.to_string())
         })();
@@ -639,6 +624,47 @@ fn stdio_of(s: &StdioSpec) -> Stdio {
     }
 }
 
+/// Mounts what the container's root is made of under `base`, adding each
+/// mount point to `mounts`.
+fn mount_root(
+    rootfs: &RootfsSpec,
+    base: &Path,
+    mounts: &mut Vec<PathBuf>,
+) -> Result<Rootfs, String> {
+    match rootfs {
+        RootfsSpec::Image {
+            disk,
+            fs_type,
+            scratch_disk,
+        } => {
+            let image = base.join("image");
+            mount_disk(disk, &image, fs_type, true)?;
+            mounts.push(image.clone());
+            let upper = match scratch_disk {
+                Some(disk) => {
+                    let scratch = base.join("scratch");
+                    mount_disk(disk, &scratch, "ext4", false)?;
+                    mounts.push(scratch.clone());
+                    Some(scratch.join("upper"))
+                }
+                None => None,
+            };
+            Ok(Rootfs::Layered {
+                lower: image,
+                upper,
+            })
+        }
+        RootfsSpec::Shared { tag } => {
+            // A root as the bundle has it: its setuid programs and device
+            // nodes work as they would under runc.
+            let tree = base.join("root");
+            mount_virtiofs(tag, &tree, MsFlags::empty())?;
+            mounts.push(tree.clone());
+            Ok(Rootfs::Dir(tree))
+        }
+    }
+}
+
 /// Mounts the disk whose serial is `serial` (see [`RootfsSpec`]).
 fn mount_disk(serial: &str, at: &Path, fs_type: &str, read_only: bool) -> Result<(), String> {
     let device = disk_by_serial(Path::new("/sys/block"), serial)?;
@@ -657,13 +683,18 @@ fn mount_disk(serial: &str, at: &Path, fs_type: &str, read_only: bool) -> Result
     })
 }
 
-/// Mounts the virtio-fs share tagged `tag`.
+/// Mounts the virtio-fs share tagged `tag` as a volume (no devices, no
+/// setuid).
 fn mount_shared(tag: &str, at: &Path, read_only: bool) -> Result<(), String> {
-    std::fs::create_dir_all(at).map_err(|e| format!("mkdir {}: {e}", at.display()))?;
     let mut flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
     if read_only {
         flags |= MsFlags::MS_RDONLY;
     }
+    mount_virtiofs(tag, at, flags)
+}
+
+fn mount_virtiofs(tag: &str, at: &Path, flags: MsFlags) -> Result<(), String> {
+    std::fs::create_dir_all(at).map_err(|e| format!("mkdir {}: {e}", at.display()))?;
     mount(Some(tag), at, Some("virtiofs"), flags, None::<&str>)
         .map_err(|e| format!("mount virtio-fs {tag} on {}: {e}", at.display()))
 }

@@ -1,0 +1,295 @@
+//! husk as an OCI runtime: runc's command line, so that podman (through
+//! conmon), containerd's runc shim and Docker can run each container in a
+//! microVM. `create` starts a monitor, a husk process that owns the VM and
+//! whose pid is the container's: it lives exactly as long as the
+//! container's process and exits with its status. The bundle's rootfs and
+//! the sources of its bind mounts are shared with virtio-fs.
+//!
+//! Done so far: the global flags, `create`, `start`, `state`, `kill`,
+//! `delete`. Refused by name until built: a terminal (`--console-socket`),
+//! `--preserve-fds`, joining host namespaces (networking), systemd cgroup
+//! paths, hooks, and the other runc commands.
+
+mod bundle;
+mod monitor;
+pub mod state;
+
+use crate::Failure;
+use clap::{Args, ValueEnum};
+use state::{Record, Status};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// runc's global flags (before the command: `husk --root R create ...`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct Global {
+    /// Where OCI containers' state lives (default /run/husk/oci).
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Also write errors to this file (containerd reads the last one).
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<PathBuf>,
+    /// The --log file's format.
+    #[arg(long = "log-format", value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// cgroupsPath is systemd's slice:prefix:name.
+    #[arg(long = "systemd-cgroup")]
+    pub systemd_cgroup: bool,
+    /// Debug lines in the VMM's log (the container's state directory).
+    #[arg(long)]
+    pub debug: bool,
+    /// Rootless mode: true, false or auto.
+    #[arg(long, value_name = "BOOL")]
+    pub rootless: Option<String>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Global {
+    /// Whether any flag was given: the command is then an OCI runtime call.
+    pub fn any(&self) -> bool {
+        self.root.is_some()
+            || self.log.is_some()
+            || self.log_format.is_some()
+            || self.systemd_cgroup
+            || self.debug
+            || self.rootless.is_some()
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.root
+            .clone()
+            .unwrap_or_else(|| crate::run::runtime_root().join("oci"))
+    }
+
+    fn check(&self) -> Result<(), Failure> {
+        match self.rootless.as_deref() {
+            None | Some("false" | "auto") => Ok(()),
+            Some("true") => Err(Failure::runtime(
+                "--rootless=true: husk runs containers as root (KVM, virtiofsd's sandbox)",
+            )),
+            Some(other) => Err(Failure::usage(format!(
+                "--rootless {other:?}: expected true, false or auto"
+            ))),
+        }
+    }
+
+    /// Writes `message` to the --log file, as runc does (JSON lines with
+    /// --log-format json).
+    pub fn log_error(&self, message: &str) {
+        let Some(path) = &self.log else { return };
+        let line = match self.log_format.unwrap_or_default() {
+            LogFormat::Json => serde_json::json!({
+                "level": "error",
+                "msg": message,
+                "time": state::now_rfc3339(),
+            })
+            .to_string(),
+            LogFormat::Text => format!("{} error: {message}", state::now_rfc3339()),
+        };
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CreateArgs {
+    /// The bundle: config.json and the rootfs it names.
+    #[arg(short = 'b', long, default_value = ".")]
+    pub bundle: PathBuf,
+    /// Where to write the container's pid (its monitor's), once created.
+    #[arg(long = "pid-file", value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+    /// A Unix socket to send the terminal's master to (not supported yet).
+    #[arg(long = "console-socket", value_name = "SOCKET")]
+    pub console_socket: Option<PathBuf>,
+    /// runc's: no pivot_root (the guest's agent always pivots).
+    #[arg(long = "no-pivot")]
+    pub no_pivot: bool,
+    /// runc's: no new session keyring (the guest's kernel has no keyrings).
+    #[arg(long = "no-new-keyring")]
+    pub no_new_keyring: bool,
+    /// Pass this many more fds (from 3) to the container (not supported
+    /// yet: only 0).
+    #[arg(long = "preserve-fds", default_value_t = 0)]
+    pub preserve_fds: u32,
+    pub id: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct IdArg {
+    pub id: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DeleteArgs {
+    /// Kill the container first if it runs.
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    pub id: String,
+}
+
+/// Runs an OCI command; an error also goes to --log.
+pub fn run(g: &Global, f: impl FnOnce(&Global) -> Result<u8, Failure>) -> Result<u8, Failure> {
+    let result = g.check().and_then(|()| f(g));
+    if let Err(e) = &result {
+        g.log_error(&e.message);
+    }
+    result
+}
+
+pub fn create(g: &Global, a: &CreateArgs) -> Result<u8, Failure> {
+    if monitor::is_monitor() {
+        return monitor::run(g, a);
+    }
+    if a.console_socket.is_some() {
+        return Err(Failure::runtime(
+            "--console-socket: a terminal is not supported yet",
+        ));
+    }
+    if a.preserve_fds > 0 {
+        return Err(Failure::runtime(
+            "--preserve-fds: passing fds into the VM is not supported yet",
+        ));
+    }
+    state::check_id(&a.id).map_err(Failure::usage)?;
+    // Checked here too, so a bad bundle fails before anything starts.
+    bundle::load(&a.bundle).map_err(Failure::runtime)?;
+    let root = g.root();
+    std::fs::create_dir_all(&root)
+        .map_err(|e| Failure::runtime(format!("--root {}: {e}", root.display())))?;
+    let dir = Record::dir(&root, &a.id);
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(Failure::runtime(format!(
+                "container with id {} already exists",
+                a.id
+            )))
+        }
+        Err(e) => return Err(Failure::runtime(format!("{}: {e}", dir.display()))),
+    }
+    match monitor::spawn(&dir) {
+        Ok(pid) => {
+            if let Some(p) = &a.pid_file {
+                write_pid_file(p, pid).map_err(Failure::runtime)?;
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(Failure::runtime(e))
+        }
+    }
+}
+
+/// Written last, atomically: whoever waits for it sees a whole pid.
+fn write_pid_file(path: &Path, pid: i32) -> Result<(), String> {
+    let name = path.file_name().ok_or("--pid-file: not a file name")?;
+    let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
+    std::fs::write(&tmp, pid.to_string()).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+pub fn start(g: &Global, a: &IdArg) -> Result<u8, Failure> {
+    let root = g.root();
+    let record = Record::load(&root, &a.id).map_err(Failure::runtime)?;
+    match record.current() {
+        Status::Created => {}
+        Status::Stopped => {
+            return Err(Failure::runtime(
+                "cannot start a container that has stopped",
+            ))
+        }
+        s => {
+            return Err(Failure::runtime(format!(
+                "cannot start a container in the {} state",
+                s.as_str()
+            )))
+        }
+    }
+    let dir = Record::dir(&root, &a.id);
+    monitor::release(&dir, &record).map_err(Failure::runtime)?;
+    // Until the monitor says so: a `state` right after sees it running.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = Record::load(&root, &a.id).map_err(Failure::runtime)?;
+        match r.current() {
+            Status::Running | Status::Stopped => return Ok(0),
+            _ if Instant::now() > deadline => {
+                return Err(Failure::runtime("the container did not start in 60 s"))
+            }
+            _ => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
+pub fn state(g: &Global, a: &IdArg) -> Result<u8, Failure> {
+    let record = Record::load(&g.root(), &a.id).map_err(Failure::runtime)?;
+    let text = serde_json::to_string_pretty(&record.oci_state())
+        .map_err(|e| Failure::runtime(e.to_string()))?;
+    println!("{text}");
+    Ok(0)
+}
+
+/// `kill [--all] ID [SIG]`: SIGKILL ends the monitor, and the VM with it;
+/// any other signal goes to the container's process through the agent.
+pub fn kill(g: &Global, id: &str, signal: i32, all: bool) -> Result<u8, Failure> {
+    let root = g.root();
+    let record = Record::load(&root, id).map_err(Failure::runtime)?;
+    if !matches!(record.current(), Status::Created | Status::Running) {
+        return Err(Failure::runtime("container not running"));
+    }
+    if signal == libc::SIGKILL {
+        monitor::kill(&record);
+        return Ok(0);
+    }
+    monitor::signal(&Record::dir(&root, id), signal, all).map_err(Failure::runtime)?;
+    Ok(0)
+}
+
+pub fn delete(g: &Global, a: &DeleteArgs) -> Result<u8, Failure> {
+    let root = g.root();
+    let record = match Record::load(&root, &a.id) {
+        Ok(r) => r,
+        // runc: deleting what is not there is fine with --force.
+        Err(_) if a.force => return Ok(0),
+        Err(e) => return Err(Failure::runtime(e)),
+    };
+    let status = record.current();
+    if status != Status::Stopped {
+        if !a.force {
+            return Err(Failure::runtime(format!(
+                "cannot delete container {} that is not stopped: {}",
+                a.id,
+                status.as_str()
+            )));
+        }
+        monitor::kill(&record);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while record.monitor_alive() {
+            if Instant::now() > deadline {
+                return Err(Failure::runtime(format!(
+                    "container {}: its monitor (pid {}) did not die",
+                    a.id, record.monitor_pid
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let dir = Record::dir(&root, &a.id);
+    std::fs::remove_dir_all(&dir)
+        .map_err(|e| Failure::runtime(format!("{}: {e}", dir.display())))?;
+    Ok(0)
+}

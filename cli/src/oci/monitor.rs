@@ -1,0 +1,367 @@
+//! The monitor: the husk process behind an OCI container's pid. `create`
+//! starts it (the same command line again, marked by [`MONITOR_ENV`]); it
+//! boots the VM with the bundle's directories shared, has the agent create
+//! the container, says "created" on a pipe to `create`, waits for `start`
+//! on a FIFO, then relays the container's stdio (its own, inherited from
+//! the caller: conmon's or the shim's pipes) until the process exits, and
+//! exits with that status.
+
+use super::bundle::{self, Planned, ROOT_TAG};
+use super::state::{self, Record, Status, START_FIFO};
+use super::{CreateArgs, Global};
+use crate::agent::{Client, Sinks};
+use crate::run::{self, launch::RunDir, session, teardown};
+use crate::Failure;
+use husk_vmm::{Console, DiskConfig, FsConfig, VmConfig, VsockConfig};
+use husk_wire::agent::{Request, RootfsSpec, StdioSpec, VolumeSource, VolumeSpec};
+use husk_wire::cmdline;
+use std::cell::Cell;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Set for the monitor process: the fd of the pipe to `create`.
+const MONITOR_ENV: &str = "HUSK_OCI_MONITOR_FD";
+/// What the monitor writes on that pipe once the container is created.
+const CREATED: &str = "created";
+
+pub fn is_monitor() -> bool {
+    std::env::var_os(MONITOR_ENV).is_some()
+}
+
+/// Starts the monitor (this command line again) and waits until it has
+/// created the container; its pid, or why it failed.
+pub fn spawn(dir: &Path) -> Result<i32, String> {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 fills a two-int array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: two fresh fds that nothing else owns.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the husk binary: {e}"))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(std::env::args_os().skip(1))
+        .env(MONITOR_ENV, write.as_raw_fd().to_string());
+    let fd = write.as_raw_fd();
+    // SAFETY: setsid and fcntl are async-signal-safe. The monitor gets a
+    // session of its own (the caller's terminal signals are not its) and
+    // keeps the pipe's write end across exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            libc::setsid();
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the monitor: {e}"))?;
+    drop(write);
+    let mut said = String::new();
+    let _ = std::fs::File::from(read).read_to_string(&mut said);
+    let pid = child.id() as i32;
+    if said.trim() == CREATED {
+        // Reaped by whoever inherits it when `create` exits (conmon and
+        // the shims are subreapers); dropping `child` does not wait.
+        return Ok(pid);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(dir);
+    Err(if said.trim().is_empty() {
+        "the monitor exited before creating the container".into()
+    } else {
+        said.trim().to_owned()
+    })
+}
+
+/// The monitor's pipe to `create`.
+fn pipe_to_create() -> Option<std::fs::File> {
+    let fd: i32 = std::env::var(MONITOR_ENV).ok()?.parse().ok()?;
+    // SAFETY: fcntl on an fd `create` passed us. Close-on-exec again, so
+    // virtiofsd and others cannot hold `create`'s wait open.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return None;
+    }
+    // SAFETY: `create` passed this fd, open, for us alone.
+    Some(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// The monitor's life; its exit status is the container's.
+pub fn run(g: &Global, a: &CreateArgs) -> Result<u8, Failure> {
+    let mut pipe = pipe_to_create();
+    let dir = RunDir {
+        path: Record::dir(&g.root(), &a.id),
+        keep: Cell::new(true),
+    };
+    let result = life(g, a, &dir, &mut pipe);
+    if let (Err(e), Some(p)) = (&result, pipe.as_mut()) {
+        // Not created: `create` reports it (and removes the directory).
+        let _ = writeln!(p, "{}", e.message);
+        dir.keep.set(false);
+    }
+    result
+}
+
+fn life(
+    g: &Global,
+    a: &CreateArgs,
+    dir: &RunDir,
+    pipe: &mut Option<std::fs::File>,
+) -> Result<u8, Failure> {
+    let planned = bundle::load(&a.bundle).map_err(Failure::runtime)?;
+    join_cgroup(g, &planned)?;
+    let me = std::process::id() as i32;
+    let mut record = Record {
+        id: a.id.clone(),
+        bundle: planned.bundle.clone(),
+        rootfs: planned.rootfs.clone(),
+        created: state::now_rfc3339(),
+        annotations: planned.annotations.clone(),
+        monitor_pid: me,
+        monitor_start: run::state::start_time(me).unwrap_or(0),
+        status: Status::Creating,
+        exit_status: None,
+    };
+    record.save(&dir.path).map_err(Failure::runtime)?;
+    let fifo = dir.path.join(START_FIFO);
+    make_fifo(&fifo).map_err(|e| Failure::runtime(format!("{}: {e}", fifo.display())))?;
+    let signals = husk_vmm::take_stop_signals()
+        .map_err(|e| Failure::runtime(format!("cannot take over SIGINT/SIGTERM: {e}")))?;
+    let mut backends = Vec::new();
+    let mut shares = Vec::new();
+    let root = crate::virtiofsd::start(&planned.rootfs, false, &dir.path, ROOT_TAG)
+        .map_err(Failure::runtime)?;
+    shares.push(share_config(&root.socket, ROOT_TAG));
+    backends.push(root);
+    for s in &planned.shares {
+        let b =
+            crate::virtiofsd::start(&s.dir, false, &dir.path, &s.tag).map_err(Failure::runtime)?;
+        shares.push(share_config(&b.socket, &s.tag));
+        backends.push(b);
+    }
+    let uds = dir.path.join(run::state::VSOCK_SOCKET);
+    let config = vm_config(&a.id, &planned, shares, &uds, &dir.path)?;
+    let vm = husk_vmm::start(&config, None).map_err(crate::boot::usage_or_runtime)?;
+    let controls = vm.controls();
+    let (vm_thread, vm_done) = run::wait_on_a_thread(vm);
+    let container = session::Container {
+        spec: planned.spec.clone(),
+        rootfs: RootfsSpec::Shared {
+            tag: ROOT_TAG.into(),
+        },
+        volumes: planned
+            .shares
+            .iter()
+            .map(|s| VolumeSpec {
+                source: VolumeSource::Shared { tag: s.tag.clone() },
+                mount_point: s.guest_path.clone(),
+                read_only: false,
+            })
+            .collect(),
+        stdio: StdioSpec {
+            stream: run::MAIN_STREAM,
+            tty: false,
+            stdin: true,
+        },
+    };
+    let session = session::Session {
+        uds,
+        sinks: Sinks::stdio(),
+        controls: controls.clone(),
+        vm_done,
+        signals,
+    };
+    let path = dir.path.clone();
+    let mut created = || -> Result<(), String> {
+        record.status = Status::Created;
+        record.save(&path)?;
+        if let Some(mut p) = pipe.take() {
+            writeln!(p, "{CREATED}").map_err(|e| format!("telling create: {e}"))?;
+        }
+        wait_for_start(&path.join(START_FIFO))?;
+        record.status = Status::Running;
+        record.save(&path)
+    };
+    let result = session.run(
+        container,
+        &mut session::Hooks {
+            created: &mut created,
+            started: &mut || {},
+        },
+    );
+    let mut record = Record::load(&g.root(), &a.id).map_err(Failure::runtime)?;
+    record.status = Status::Stopped;
+    record.exit_status = result.as_ref().ok().map(|s| s.shell_status());
+    let _ = record.save(&dir.path);
+    teardown::teardown(result, vm_thread, &controls, dir, backends)
+}
+
+fn share_config(socket: &Path, tag: &str) -> FsConfig {
+    FsConfig {
+        socket: socket.to_owned(),
+        tag: tag.into(),
+        id: tag.into(),
+    }
+}
+
+fn vm_config(
+    id: &str,
+    p: &Planned,
+    fs: Vec<FsConfig>,
+    uds: &Path,
+    dir: &Path,
+) -> Result<VmConfig, Failure> {
+    let guest = crate::boot::guest_dir();
+    let (kernel, rootfs) = (guest.join("vmlinux"), guest.join("rootfs.ext4"));
+    for (path, what) in [
+        (&kernel, "guest kernel"),
+        (&rootfs, "guest root filesystem"),
+    ] {
+        if !path.is_file() {
+            return Err(Failure::runtime(format!(
+                "the {what} {} is missing (scripts/build-guest builds it)",
+                path.display()
+            )));
+        }
+    }
+    Ok(VmConfig {
+        kernel,
+        vcpus: p.vcpus,
+        mem_mib: p.mem_mib,
+        cmdline: format!(
+            "{} root=/dev/vda ro {} {}=husk-{}",
+            cmdline::BASE,
+            cmdline::KEY_AGENT,
+            cmdline::KEY_HOSTNAME,
+            &id[..id.len().min(48)]
+        ),
+        disks: vec![DiskConfig {
+            path: rootfs,
+            read_only: true,
+            id: run::serial::ROOTFS.into(),
+        }],
+        nets: Vec::new(),
+        vsock: Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: uds.to_owned(),
+            id: "vsock0".into(),
+        }),
+        fs,
+        console: Console::File(dir.join(run::launch::CONSOLE_LOG)),
+        stdin: false,
+        allow_pvm: false,
+    })
+}
+
+/// Puts the monitor (the container's pid on the host) in
+/// `linux.cgroupsPath`, as runc puts the container's init there.
+fn join_cgroup(g: &Global, p: &Planned) -> Result<(), Failure> {
+    let Some(path) = p
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().clone())
+    else {
+        return Ok(());
+    };
+    if g.systemd_cgroup {
+        return Err(Failure::runtime(format!(
+            "--systemd-cgroup: systemd cgroup paths ({}) are not supported yet",
+            path.display()
+        )));
+    }
+    let rel = path.strip_prefix("/").unwrap_or(&path);
+    let dir = Path::new("/sys/fs/cgroup").join(rel);
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string()))
+        .map_err(|e| Failure::runtime(format!("cgroupsPath {}: {e}", dir.display())))
+}
+
+fn make_fifo(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: a NUL-terminated path.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Blocks until `start` opens the FIFO, then hands it a byte.
+fn wait_for_start(fifo: &Path) -> Result<(), String> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(fifo)
+        .map_err(|e| format!("{}: {e}", fifo.display()))?;
+    f.write_all(b"1")
+        .map_err(|e| format!("{}: {e}", fifo.display()))?;
+    let _ = std::fs::remove_file(fifo);
+    Ok(())
+}
+
+/// `start`: takes the monitor's byte from the FIFO.
+pub fn release(dir: &Path, record: &Record) -> Result<(), String> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let fifo = dir.join(START_FIFO);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .map_err(|e| format!("{}: {e}", fifo.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(&f), PollFlags::POLLIN)];
+        let n = poll(&mut fds, PollTimeout::from(100u16)).map_err(|e| format!("poll: {e}"))?;
+        if n > 0 {
+            let mut byte = [0u8; 1];
+            if (&f)
+                .read(&mut byte)
+                .map_err(|e| format!("{}: {e}", fifo.display()))?
+                == 1
+            {
+                return Ok(());
+            }
+        }
+        if !record.monitor_alive() {
+            return Err("the container's monitor is gone".into());
+        }
+        if Instant::now() > deadline {
+            return Err("the container's monitor did not answer in 30 s".into());
+        }
+    }
+}
+
+/// SIGKILL to the monitor: the VM, and the container in it, end with it.
+pub fn kill(record: &Record) {
+    if record.monitor_alive() {
+        // SAFETY: kill(2) on a pid whose start time we just checked.
+        unsafe { libc::kill(record.monitor_pid, libc::SIGKILL) };
+    }
+}
+
+/// A signal for the container's process (or all of its processes),
+/// through the agent.
+pub fn signal(dir: &Path, signal: i32, all: bool) -> Result<(), String> {
+    let uds = dir.join(run::state::VSOCK_SOCKET);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let client = Client::open(&uds, deadline, &|| true, Sinks::discard())?;
+    let request = Request::Signal {
+        id: run::CONTAINER_ID.into(),
+        exec_id: None,
+        signal,
+        all,
+    };
+    client.call(
+        request,
+        "signal the container",
+        Duration::from_secs(10),
+        &|| true,
+    )
+}

@@ -1,0 +1,252 @@
+//! husk as an OCI runtime, driven the way conmon and containerd's shim
+//! drive runc: `create` with the caller's pipes as the container's stdio
+//! and a pid file, `start`, `state`, `kill`, `delete`; the pid in the pid
+//! file is waited for as a subreaper waits for it.
+
+use husk_tests::require_linux_kvm;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A bundle: the test image unpacked as `rootfs`, and the default spec
+/// running `script`.
+fn bundle(dir: &Path, script: &str) -> PathBuf {
+    let b = dir.join("bundle");
+    let image = husk_image::Image::open(&husk_tests::guest_dir().join("husk-test-image"))
+        .expect("the test image (scripts/build-guest)");
+    image.unpack(&b.join("rootfs"), &mut |_| {}).unwrap();
+    let spec = husk_wire::spec::default_spec(vec!["sh".into(), "-c".into(), script.into()]);
+    std::fs::write(b.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+    b
+}
+
+/// `husk --root ROOT ARGS...`, waited for; (exit code, stdout, stderr).
+fn husk(root: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut c = Command::new(husk_tests::husk::binary());
+    c.arg("--root").arg(root).args(args);
+    let out = husk_tests::process::run(c, TIMEOUT);
+    (out.code, out.stdout, out.stderr)
+}
+
+/// Becomes a subreaper once, as conmon is: a monitor whose `create` has
+/// exited is then our child.
+fn subreaper() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: prctl with integer arguments.
+        let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        assert_eq!(r, 0);
+    });
+}
+
+/// A created container: its pid (from the pid file) and where its stdout
+/// and stderr go.
+struct Created {
+    pid: i32,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+fn create(root: &Path, dir: &Path, bundle: &Path, id: &str) -> Created {
+    subreaper();
+    let (out, err, pid_file) = (
+        dir.join(format!("{id}.out")),
+        dir.join(format!("{id}.err")),
+        dir.join(format!("{id}.pid")),
+    );
+    let status = Command::new(husk_tests::husk::binary())
+        .arg("--root")
+        .arg(root)
+        .args(["create", "--bundle"])
+        .arg(bundle)
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg(id)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .status()
+        .unwrap();
+    let said = std::fs::read_to_string(&err).unwrap_or_default();
+    assert!(status.success(), "create {id}: {status}: {said}");
+    let pid = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
+    Created { pid, out, err }
+}
+
+/// Waits for the pid as its subreaper: the exit code, or 128 + signal.
+fn wait(pid: i32) -> i32 {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on a pid we inherited, into a local.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            return if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                128 + libc::WTERMSIG(status)
+            };
+        }
+        assert!(r == 0, "waitpid {pid}: {}", std::io::Error::last_os_error());
+        assert!(Instant::now() < deadline, "pid {pid} did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn state(root: &Path, id: &str) -> serde_json::Value {
+    let (code, out, err) = husk(root, &["state", id]);
+    assert_eq!(code, Some(0), "state {id}: {err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn create_start_state_and_delete_like_runc() {
+    require_linux_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let b = bundle(
+        dir.path(),
+        "echo out; echo err >&2; uname -r; echo written >/in-rootfs; exit 3",
+    );
+    let c = create(&root, dir.path(), &b, "c1");
+    let s = state(&root, "c1");
+    assert_eq!(
+        (s["status"].as_str(), s["pid"].as_i64()),
+        (Some("created"), Some(c.pid as i64))
+    );
+    assert_eq!(s["bundle"], b.canonicalize().unwrap().display().to_string());
+    assert_eq!(husk(&root, &["start", "c1"]).0, Some(0));
+    assert_eq!(wait(c.pid), 3);
+    let s = state(&root, "c1");
+    assert_eq!(
+        (s["status"].as_str(), s["pid"].as_i64()),
+        (Some("stopped"), Some(0))
+    );
+    let out = std::fs::read_to_string(&c.out).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "out", "{out}");
+    // The guest's kernel, not this host's: the container ran in a VM.
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_ne!(lines[1], host.trim(), "{out}");
+    assert_eq!(std::fs::read_to_string(&c.err).unwrap(), "err\n");
+    // The rootfs is the bundle's directory itself.
+    assert_eq!(
+        std::fs::read_to_string(b.join("rootfs/in-rootfs")).unwrap(),
+        "written\n"
+    );
+    let (code, _, err) = husk(&root, &["start", "c1"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("stopped"), "{err}");
+    assert_eq!(husk(&root, &["delete", "c1"]).0, Some(0));
+    let (code, _, err) = husk(&root, &["state", "c1"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(err.trim(), "husk: container c1 does not exist");
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
+}
+
+#[test]
+fn kill_forwards_signals_and_kill_9_ends_the_vm() {
+    require_linux_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let b = bundle(
+        dir.path(),
+        "trap 'echo got-term; exit 7' TERM; echo up; while :; do sleep 0.1; done",
+    );
+    let c = create(&root, dir.path(), &b, "term");
+    assert_eq!(husk(&root, &["start", "term"]).0, Some(0));
+    wait_for_file_line(&c.out, "up");
+    assert_eq!(husk(&root, &["kill", "term", "TERM"]).0, Some(0));
+    assert_eq!(wait(c.pid), 7);
+    assert!(std::fs::read_to_string(&c.out)
+        .unwrap()
+        .contains("got-term"));
+    assert_eq!(husk(&root, &["delete", "term"]).0, Some(0));
+
+    let c = create(&root, dir.path(), &b, "nine");
+    assert_eq!(husk(&root, &["start", "nine"]).0, Some(0));
+    let (code, _, err) = husk(&root, &["delete", "nine"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not stopped: running"), "{err}");
+    assert_eq!(husk(&root, &["kill", "nine", "KILL"]).0, Some(0));
+    assert_eq!(wait(c.pid), 128 + libc::SIGKILL);
+    assert_eq!(state(&root, "nine")["status"], "stopped");
+    assert_eq!(husk(&root, &["delete", "nine"]).0, Some(0));
+    // Its virtiofsds went with it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Some(pid) = husk_tests::process::find_by_cmdline(&b.display().to_string()) {
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} outlived its container"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
+}
+
+fn wait_for_file_line(path: &Path, line: &str) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l == line)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no {line:?} in {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn bad_input_is_one_line_and_json_in_the_log() {
+    require_linux_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let empty = dir.path().join("empty-bundle");
+    std::fs::create_dir(&empty).unwrap();
+    let log = dir.path().join("log.json");
+    let mut c = Command::new(husk_tests::husk::binary());
+    c.arg("--root")
+        .arg(&root)
+        .arg("--log")
+        .arg(&log)
+        .args(["--log-format", "json", "create", "--bundle"])
+        .arg(&empty)
+        .arg("x");
+    let out = husk_tests::process::run(c, TIMEOUT);
+    assert_eq!(out.code, Some(1), "{}", out.describe());
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.describe());
+    assert!(out.stderr.contains("config.json"), "{}", out.describe());
+    let line: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&log).unwrap().trim()).unwrap();
+    assert_eq!(line["level"], "error");
+    assert!(line["msg"].as_str().unwrap().contains("config.json"));
+    let (code, _, err) = husk(&root, &["state", "nope"]);
+    assert_eq!(
+        (code, err.trim()),
+        (Some(1), "husk: container nope does not exist")
+    );
+    let (code, _, err) = husk(&root, &["start", "nope"]);
+    assert_eq!(
+        (code, err.trim()),
+        (Some(1), "husk: container nope does not exist")
+    );
+    // Refused by name, not ignored.
+    let b = bundle(dir.path(), "true");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b.join("config.json")).unwrap()).unwrap();
+    spec["process"]["terminal"] = serde_json::json!(true);
+    std::fs::write(b.join("config.json"), spec.to_string()).unwrap();
+    let bs = b.display().to_string();
+    let (code, _, err) = husk(&root, &["create", "--bundle", &bs, "tty"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("terminal"), "{err}");
+    let (code, _, err) = husk(&root, &["--rootless", "true", "state", "x"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("--rootless=true"), "{err}");
+}
