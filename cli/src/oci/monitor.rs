@@ -195,10 +195,12 @@ fn life(
             started: &mut || {},
         },
     );
-    let mut record = Record::load(&g.root(), &a.id).map_err(Failure::runtime)?;
-    record.status = Status::Stopped;
-    record.exit_status = result.as_ref().ok().map(|s| s.shell_status());
-    let _ = record.save(&dir.path);
+    // Recorded before the VM is torn down: `state` says stopped at once.
+    if let Ok(mut record) = Record::load(&g.root(), &a.id) {
+        record.status = Status::Stopped;
+        record.exit_status = result.as_ref().ok().map(|s| s.shell_status());
+        let _ = record.save(&dir.path);
+    }
     teardown::teardown(result, vm_thread, &controls, dir, backends)
 }
 

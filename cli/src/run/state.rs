@@ -70,13 +70,19 @@ impl Found {
     }
 }
 
-/// Start time of `pid` in clock ticks since boot; None if it is gone.
+/// Start time of `pid` in clock ticks since boot; None if it is gone. A
+/// zombie is gone too: it has exited, and its parent (a subreaper such as
+/// conmon, or whoever inherited it) may reap it late.
 pub fn start_time(pid: i32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: fields
     // are counted after its closing parenthesis.
     let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = rest.split_whitespace();
+    if matches!(fields.next(), Some("Z" | "X")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 impl State {
@@ -181,10 +187,20 @@ mod tests {
     }
 
     #[test]
-    fn own_start_time_is_read() {
+    fn own_start_time_is_read_and_a_zombie_has_none() {
         let me = std::process::id() as i32;
         assert!(start_time(me).is_some());
         assert_eq!(start_time(i32::MAX), None);
+        let child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        // Not waited for yet: a zombie once it has exited.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while start_time(pid).is_some() {
+            assert!(std::time::Instant::now() < deadline, "a zombie looks alive");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let mut child = child;
+        child.wait().unwrap();
     }
 
     #[test]
