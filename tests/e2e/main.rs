@@ -11,6 +11,7 @@ mod fs;
 mod guest;
 mod net;
 mod oci;
+mod podman;
 mod run;
 mod session;
 mod vsock;

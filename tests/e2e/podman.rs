@@ -1,0 +1,162 @@
+//! Debian's podman with husk as its OCI runtime (`podman --runtime husk`),
+//! podman itself unchanged: conmon calls `husk create/start/state/kill/
+//! delete`, and each container runs in its own microVM.
+
+use husk_tests::require_linux_kvm;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(180);
+const IMAGE: &str = "localhost/husk-test:latest";
+
+/// podman with its storage, run state and events in a directory of its
+/// own, the test image loaded, and husk as the runtime.
+struct Podman {
+    dir: tempfile::TempDir,
+}
+
+impl Podman {
+    /// None (the test is skipped, which fails it under HUSK_NO_SKIP) when
+    /// podman is not installed.
+    fn new() -> Option<Podman> {
+        if !Path::new("/usr/bin/podman").is_file() {
+            husk_skip::skip("podman is not installed (scripts/setup installs it)");
+            return None;
+        }
+        // conmon puts the container's pid in a cgroup v2 hierarchy.
+        husk_compare::runner::ensure_cgroup2();
+        let p = Podman {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        std::fs::create_dir(p.dir.path().join("tmp")).unwrap();
+        let tar = husk_tests::guest_dir().join("husk-test-image.docker.tar");
+        let out = p.run(&["load", "-q", "-i", &tar.display().to_string()]);
+        assert_eq!(out.code, Some(0), "podman load: {}", out.describe());
+        Some(p)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let d = self.dir.path();
+        let mut c = Command::new("/usr/bin/podman");
+        c.args(["--storage-driver", "vfs", "--root"])
+            .arg(d.join("storage"))
+            .arg("--runroot")
+            .arg(d.join("run"))
+            .args(["--cgroup-manager", "cgroupfs", "--events-backend", "file"])
+            .arg("--runtime")
+            .arg(husk_tests::husk::binary())
+            .args(args)
+            // Image copies go here, not to /var/tmp (which a bare system
+            // such as the testbed lacks).
+            .env("TMPDIR", d.join("tmp"));
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> husk_tests::process::Finished {
+        husk_tests::process::run(self.command(args), TIMEOUT)
+    }
+}
+
+fn host_kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn podman_runs_each_container_in_its_own_microvm() {
+    require_linux_kvm();
+    let Some(p) = Podman::new() else { return };
+    let out = p.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--cpus",
+        "2",
+        IMAGE,
+        "sh",
+        "-c",
+        "uname -r; nproc; echo to-stderr >&2; exit 3",
+    ]);
+    assert_eq!(out.code, Some(3), "{}", out.describe());
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    // The project's guest kernel, not this host's: a VM.
+    assert_ne!(lines[0], host_kernel(), "{}", out.describe());
+    // --cpus 2 (a CPU quota) sized the VM: two vCPUs.
+    assert_eq!(lines[1], "2", "{}", out.describe());
+    assert!(out.stderr.contains("to-stderr"), "{}", out.describe());
+    let out = p.run(&["run", "--rm", "--network", "none", IMAGE, "true"]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    // Nothing left: no container, no monitor.
+    assert_eq!(p.run(&["ps", "-a", "-q"]).stdout, "");
+}
+
+#[test]
+fn podman_detached_ps_logs_stop_and_rm() {
+    require_linux_kvm();
+    let Some(p) = Podman::new() else { return };
+    let script = "echo started; trap 'echo bye; exit 0' TERM; while :; do sleep 0.2; done";
+    let out = p.run(&["run", "-d", "--network", "none", IMAGE, "sh", "-c", script]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let id = out.stdout.trim().to_owned();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !p.run(&["logs", &id]).stdout.contains("started") {
+        assert!(std::time::Instant::now() < deadline, "no output from {id}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let ps = p.run(&["ps", "-q", "--no-trunc"]);
+    assert_eq!(ps.stdout.trim(), id, "{}", ps.describe());
+    let stop = p.run(&["stop", "-t", "20", &id]);
+    assert_eq!(stop.code, Some(0), "{}", stop.describe());
+    assert_eq!(p.run(&["logs", &id]).stdout, "started\nbye\n");
+    let code = p.run(&["inspect", "--format", "{{.State.ExitCode}}", &id]);
+    assert_eq!(code.stdout.trim(), "0", "{}", code.describe());
+    assert_eq!(p.run(&["rm", &id]).code, Some(0));
+
+    // A container that ignores SIGTERM: podman's SIGKILL after the
+    // timeout ends its VM, and the status is 137.
+    let script = "trap '' TERM; echo up; while :; do sleep 0.2; done";
+    let out = p.run(&["run", "-d", "--network", "none", IMAGE, "sh", "-c", script]);
+    let id = out.stdout.trim().to_owned();
+    while !p.run(&["logs", &id]).stdout.contains("up") {
+        assert!(std::time::Instant::now() < deadline, "no output from {id}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let stop = p.run(&["stop", "-t", "2", &id]);
+    assert_eq!(stop.code, Some(0), "{}", stop.describe());
+    let code = p.run(&["inspect", "--format", "{{.State.ExitCode}}", &id]);
+    assert_eq!(code.stdout.trim(), "137", "{}", code.describe());
+    assert_eq!(p.run(&["rm", &id]).code, Some(0));
+    assert_eq!(p.run(&["ps", "-a", "-q"]).stdout, "");
+}
+
+#[test]
+fn a_podman_volume_is_live_in_the_vm() {
+    require_linux_kvm();
+    let Some(p) = Podman::new() else { return };
+    let host: PathBuf = p.dir.path().join("vol");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("h"), "from the host\n").unwrap();
+    let volume = format!("{}:/x", host.display());
+    let out = p.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        &volume,
+        IMAGE,
+        "sh",
+        "-c",
+        "cat /x/h; echo from-the-container >/x/c",
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(out.stdout, "from the host\n", "{}", out.describe());
+    assert_eq!(
+        std::fs::read_to_string(host.join("c")).unwrap(),
+        "from-the-container\n"
+    );
+}
