@@ -90,6 +90,20 @@ fn podman_runs_each_container_in_its_own_microvm() {
     assert!(out.stderr.contains("to-stderr"), "{}", out.describe());
     let out = p.run(&["run", "--rm", "--network", "none", IMAGE, "true"]);
     assert_eq!(out.code, Some(0), "{}", out.describe());
+    // --memory is the container's cgroup limit inside the VM (which gets
+    // the limit plus its own overhead): the OOM killer's SIGKILL is 137.
+    let out = p.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--memory",
+        "64m",
+        IMAGE,
+        "awk",
+        "BEGIN { s = \"x\"; while (1) s = s s }",
+    ]);
+    assert_eq!(out.code, Some(137), "{}", out.describe());
     // Nothing left: no container, no monitor.
     assert_eq!(p.run(&["ps", "-a", "-q"]).stdout, "");
 }
