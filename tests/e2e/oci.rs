@@ -50,6 +50,10 @@ struct Created {
 }
 
 fn create(root: &Path, dir: &Path, bundle: &Path, id: &str) -> Created {
+    create_with(root, dir, bundle, id, &[])
+}
+
+fn create_with(root: &Path, dir: &Path, bundle: &Path, id: &str, more: &[&str]) -> Created {
     subreaper();
     let (out, err, pid_file) = (
         dir.join(format!("{id}.out")),
@@ -63,6 +67,7 @@ fn create(root: &Path, dir: &Path, bundle: &Path, id: &str) -> Created {
         .arg(bundle)
         .arg("--pid-file")
         .arg(&pid_file)
+        .args(more)
         .arg(id)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out).unwrap())
@@ -236,17 +241,103 @@ fn bad_input_is_one_line_and_json_in_the_log() {
         (code, err.trim()),
         (Some(1), "husk: container nope does not exist")
     );
-    // Refused by name, not ignored.
-    let b = bundle(dir.path(), "true");
+    // A terminal without a socket to hand it to.
+    let b = terminal_bundle(dir.path(), "true");
+    let bs = b.display().to_string();
+    let (code, _, err) = husk(&root, &["create", "--bundle", &bs, "tty"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--console-socket is needed"), "{err}");
+    let (code, _, err) = husk(&root, &["--rootless", "true", "state", "x"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("--rootless=true"), "{err}");
+}
+
+/// A bundle whose process wants a terminal.
+fn terminal_bundle(dir: &Path, script: &str) -> PathBuf {
+    let b = bundle(dir, script);
     let mut spec: serde_json::Value =
         serde_json::from_slice(&std::fs::read(b.join("config.json")).unwrap()).unwrap();
     spec["process"]["terminal"] = serde_json::json!(true);
     std::fs::write(b.join("config.json"), spec.to_string()).unwrap();
-    let bs = b.display().to_string();
-    let (code, _, err) = husk(&root, &["create", "--bundle", &bs, "tty"]);
-    assert_eq!(code, Some(1));
-    assert!(err.contains("terminal"), "{err}");
-    let (code, _, err) = husk(&root, &["--rootless", "true", "state", "x"]);
-    assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("--rootless=true"), "{err}");
+    b
+}
+
+/// Accepts one connection on `listener` and takes the fd it carries, as
+/// conmon takes the terminal's master.
+fn receive_fd(listener: std::os::unix::net::UnixListener) -> std::os::fd::OwnedFd {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let (stream, _) = listener.accept().unwrap();
+    let mut buf = [0u8; 64];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<UnixAddr>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )
+    .unwrap();
+    for c in msg.cmsgs().unwrap() {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            // SAFETY: a fd the kernel just gave us, owned by nobody else.
+            return unsafe { std::os::fd::OwnedFd::from_raw_fd(fds[0]) };
+        }
+    }
+    panic!("no fd came over the console socket");
+}
+
+/// Reads from the terminal's master until `what` has appeared.
+fn read_until(master: &mut std::fs::File, seen: &mut String, what: &str) {
+    use std::io::Read;
+    let deadline = Instant::now() + TIMEOUT;
+    let mut buf = [0u8; 1024];
+    while !seen.contains(what) {
+        assert!(Instant::now() < deadline, "never saw {what:?}: {seen:?}");
+        match master.read(&mut buf) {
+            Ok(0) => panic!("the terminal closed before {what:?}: {seen:?}"),
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(e) => panic!("reading the terminal: {e}; so far {seen:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_terminal_goes_to_the_console_socket() {
+    require_linux_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let b = terminal_bundle(
+        dir.path(),
+        "tty; stty size; read line; echo got-$line; exit 5",
+    );
+    let socket = dir.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let taker = std::thread::spawn(move || receive_fd(listener));
+    let s = socket.display().to_string();
+    let c = create_with(&root, dir.path(), &b, "tty", &["--console-socket", &s]);
+    let mut master = std::fs::File::from(taker.join().unwrap());
+    let size = libc::winsize {
+        ws_row: 30,
+        ws_col: 90,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ on a terminal fd we own, from a local struct.
+    let r = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&master),
+            libc::TIOCSWINSZ,
+            &size,
+        )
+    };
+    assert_eq!(r, 0);
+    assert_eq!(husk(&root, &["start", "tty"]).0, Some(0));
+    let mut seen = String::new();
+    read_until(&mut master, &mut seen, "/dev/pts/");
+    read_until(&mut master, &mut seen, "30 90");
+    std::io::Write::write_all(&mut master, b"hello\n").unwrap();
+    read_until(&mut master, &mut seen, "got-hello");
+    assert_eq!(wait(c.pid), 5, "{seen:?}");
+    assert_eq!(husk(&root, &["delete", "tty"]).0, Some(0));
 }

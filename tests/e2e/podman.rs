@@ -90,6 +90,21 @@ fn podman_runs_each_container_in_its_own_microvm() {
     assert!(out.stderr.contains("to-stderr"), "{}", out.describe());
     let out = p.run(&["run", "--rm", "--network", "none", IMAGE, "true"]);
     assert_eq!(out.code, Some(0), "{}", out.describe());
+    // -t: conmon takes the terminal through --console-socket; the
+    // container's stdio is a pty in the guest.
+    let out = p.run(&[
+        "run",
+        "--rm",
+        "-t",
+        "--network",
+        "none",
+        IMAGE,
+        "sh",
+        "-c",
+        "tty; exit 4",
+    ]);
+    assert_eq!(out.code, Some(4), "{}", out.describe());
+    assert!(out.stdout.contains("/dev/pts/"), "{}", out.describe());
     // --memory is the container's cgroup limit inside the VM (which gets
     // the limit plus its own overhead): the OOM killer's SIGKILL is 137.
     let out = p.run(&[

@@ -5,10 +5,10 @@
 //! container's process and exits with its status. The bundle's rootfs and
 //! the sources of its bind mounts are shared with virtio-fs.
 //!
-//! Done so far: the global flags, `create`, `start`, `state`, `kill`,
-//! `delete`. Refused by name until built: a terminal (`--console-socket`),
-//! `--preserve-fds`, joining host namespaces (networking), systemd cgroup
-//! paths, hooks, and the other runc commands.
+//! Done so far: the global flags, `create` (with `--console-socket` for a
+//! terminal), `start`, `state`, `kill`, `delete`. Refused by name until
+//! built: `--preserve-fds`, joining host namespaces (networking), systemd
+//! cgroup paths, hooks, and the other runc commands.
 
 mod bundle;
 mod monitor;
@@ -111,7 +111,8 @@ pub struct CreateArgs {
     /// Where to write the container's pid (its monitor's), once created.
     #[arg(long = "pid-file", value_name = "FILE")]
     pub pid_file: Option<PathBuf>,
-    /// A Unix socket to send the terminal's master to (not supported yet).
+    /// A Unix socket to send the master of the container's terminal to
+    /// (SCM_RIGHTS), when process.terminal is true.
     #[arg(long = "console-socket", value_name = "SOCKET")]
     pub console_socket: Option<PathBuf>,
     /// runc's: no pivot_root (the guest's agent always pivots).
@@ -153,11 +154,6 @@ pub fn create(g: &Global, a: &CreateArgs) -> Result<u8, Failure> {
     if monitor::is_monitor() {
         return monitor::run(g, a);
     }
-    if a.console_socket.is_some() {
-        return Err(Failure::runtime(
-            "--console-socket: a terminal is not supported yet",
-        ));
-    }
     if a.preserve_fds > 0 {
         return Err(Failure::runtime(
             "--preserve-fds: passing fds into the VM is not supported yet",
@@ -165,7 +161,20 @@ pub fn create(g: &Global, a: &CreateArgs) -> Result<u8, Failure> {
     }
     state::check_id(&a.id).map_err(Failure::usage)?;
     // Checked here too, so a bad bundle fails before anything starts.
-    bundle::load(&a.bundle).map_err(Failure::runtime)?;
+    let planned = bundle::load(&a.bundle).map_err(Failure::runtime)?;
+    match (planned.terminal(), &a.console_socket) {
+        (true, None) => {
+            return Err(Failure::runtime(
+                "process.terminal is true: --console-socket is needed to hand over the terminal",
+            ))
+        }
+        (false, Some(_)) => {
+            return Err(Failure::runtime(
+                "--console-socket given, but process.terminal is false",
+            ))
+        }
+        _ => {}
+    }
     let root = g.root();
     std::fs::create_dir_all(&root)
         .map_err(|e| Failure::runtime(format!("--root {}: {e}", root.display())))?;

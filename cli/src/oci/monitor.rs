@@ -131,8 +131,17 @@ fn life(
     record.save(&dir.path).map_err(Failure::runtime)?;
     let fifo = dir.path.join(START_FIFO);
     make_fifo(&fifo).map_err(|e| Failure::runtime(format!("{}: {e}", fifo.display())))?;
+    // Before any thread exists, so all inherit the masks.
     let signals = husk_vmm::take_stop_signals()
         .map_err(|e| Failure::runtime(format!("cannot take over SIGINT/SIGTERM: {e}")))?;
+    let terminal = planned.terminal();
+    if terminal {
+        crate::agent::tty::block_winch().map_err(Failure::runtime)?;
+        let socket = a.console_socket.as_deref().ok_or_else(|| {
+            Failure::runtime("process.terminal is true: --console-socket is needed")
+        })?;
+        hand_over_terminal(socket).map_err(Failure::runtime)?;
+    }
     let mut backends = Vec::new();
     let mut shares = Vec::new();
     let root = crate::virtiofsd::start(&planned.rootfs, false, &dir.path, ROOT_TAG)
@@ -166,7 +175,7 @@ fn life(
             .collect(),
         stdio: StdioSpec {
             stream: run::MAIN_STREAM,
-            tty: false,
+            tty: terminal,
             stdin: true,
         },
     };
@@ -202,6 +211,48 @@ fn life(
         let _ = record.save(&dir.path);
     }
     teardown::teardown(result, vm_thread, &controls, dir, backends)
+}
+
+/// runc's `--console-socket`: a pty whose master goes to the caller over
+/// the socket (SCM_RIGHTS) and whose slave becomes this process's stdio and
+/// controlling terminal. The session then treats it as any terminal: raw
+/// mode, its size to the guest, SIGWINCH when the caller resizes it.
+fn hand_over_terminal(socket: &Path) -> Result<(), String> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+    let pty = nix::pty::openpty(None, None).map_err(|e| format!("openpty: {e}"))?;
+    let stream = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|e| format!("--console-socket {}: {e}", socket.display()))?;
+    let master = [pty.master.as_raw_fd()];
+    sendmsg::<UnixAddr>(
+        stream.as_raw_fd(),
+        &[std::io::IoSlice::new(b"/dev/ptmx")],
+        &[ControlMessage::ScmRights(&master)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| {
+        format!(
+            "--console-socket {}: sending the terminal: {e}",
+            socket.display()
+        )
+    })?;
+    drop(pty.master);
+    let slave = pty.slave.as_raw_fd();
+    for fd in 0..3 {
+        // SAFETY: dup2 of an fd we own onto our own stdio.
+        if unsafe { libc::dup2(slave, fd) } < 0 {
+            return Err(format!("dup2: {}", std::io::Error::last_os_error()));
+        }
+    }
+    // SAFETY: TIOCSCTTY on our stdin, a terminal; we lead our session
+    // (create made it with setsid) and have no controlling terminal yet.
+    if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+        return Err(format!(
+            "the terminal as controlling terminal: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
 }
 
 fn share_config(socket: &Path, tag: &str) -> FsConfig {
