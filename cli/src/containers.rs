@@ -75,11 +75,83 @@ pub struct RmArgs {
 pub struct ExecArgs {
     #[command(flatten)]
     process: ProcessFlags,
-    /// The container's id (or a unique prefix of it).
+    /// OCI runtime: the process to run, an OCI `process` JSON file (as
+    /// conmon and the shims write it) instead of a command.
+    #[arg(long = "process", value_name = "FILE", conflicts_with = "command")]
+    process_file: Option<std::path::PathBuf>,
+    /// OCI runtime: where to write the pid of the process standing for the
+    /// exec'd one.
+    #[arg(long = "pid-file", value_name = "FILE")]
+    pid_file: Option<std::path::PathBuf>,
+    /// OCI runtime: a Unix socket to hand the terminal's master to.
+    #[arg(long = "console-socket", value_name = "SOCKET")]
+    console_socket: Option<std::path::PathBuf>,
+    /// OCI runtime: return once the process runs (the pid file's process
+    /// relays it and exits with its status).
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// The container's id (or a unique prefix of it; an OCI container's
+    /// whole id).
     id: String,
     /// The command and its arguments.
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    #[arg(
+        required_unless_present = "process_file",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
     command: Vec<String>,
+}
+
+/// Whether `husk exec` is the OCI runtime's (see [`kill_is_oci`]).
+pub fn exec_is_oci(g: &crate::oci::Global, e: &ExecArgs) -> bool {
+    g.any() || e.process_file.is_some() || crate::oci::state::Record::load(&g.root(), &e.id).is_ok()
+}
+
+/// runc's `exec`: the process from `--process`, or the command with the
+/// flags over the container's own process settings.
+pub fn oci_exec(g: &crate::oci::Global, e: &ExecArgs) -> Result<u8, Failure> {
+    let process = match &e.process_file {
+        Some(f) => crate::oci::exec::read_process(f)?,
+        None => {
+            let record =
+                crate::oci::state::Record::load(&g.root(), &e.id).map_err(Failure::runtime)?;
+            let spec: husk_wire::oci_spec::runtime::Spec = serde_json::from_slice(
+                &std::fs::read(record.bundle.join("config.json"))
+                    .map_err(|e| Failure::runtime(format!("{}: {e}", record.bundle.display())))?,
+            )
+            .map_err(|e| Failure::runtime(e.to_string()))?;
+            let mut p = spec.process().clone().unwrap_or_default();
+            p.set_args(Some(e.command.clone()));
+            p.set_terminal(Some(e.process.tty));
+            if let Some(w) = &e.process.workdir {
+                p.set_cwd(w.into());
+            }
+            if !e.process.env.is_empty() {
+                let env =
+                    crate::run::merge_env(&p.env().clone().unwrap_or_default(), &e.process.env)
+                        .map_err(Failure::usage)?;
+                p.set_env(Some(env));
+            }
+            if let Some(u) = &e.process.user {
+                let (uid, gid) = crate::run::parse_user(u).map_err(Failure::usage)?;
+                let mut user = p.user().clone();
+                user.set_uid(uid);
+                user.set_gid(gid);
+                p.set_user(user);
+            }
+            p
+        }
+    };
+    crate::oci::exec::exec(
+        g,
+        crate::oci::exec::ExecRequest {
+            id: &e.id,
+            process,
+            pid_file: e.pid_file.as_deref(),
+            console_socket: e.console_socket.as_deref(),
+            detach: e.detach,
+        },
+    )
 }
 
 fn running(id: &str) -> Result<Found, Failure> {
@@ -230,6 +302,11 @@ fn exec_id() -> String {
 }
 
 pub fn exec(args: ExecArgs) -> Result<u8, Failure> {
+    if args.pid_file.is_some() || args.console_socket.is_some() || args.detach {
+        return Err(Failure::usage(
+            "--pid-file, --console-socket and --detach are for OCI containers",
+        ));
+    }
     let found = running(&args.id)?;
     let defaults = &found.state.process;
     let user = match &args.process.user {
@@ -276,20 +353,24 @@ pub fn exec(args: ExecArgs) -> Result<u8, Failure> {
     if args.process.interactive {
         agent::spawn_stdin_thread(client.writer.clone(), EXEC_STREAM);
     }
-    relay_exec(&client, &exec_id)
+    relay_exec(&client, &exec_id, EXEC_STREAM)
         .map(ExitStatus::shell_status)
         .map_err(Failure::runtime)
 }
 
 /// Relays until the exec'd process ends. Signals go to it (the second is a
 /// SIGKILL); a third one leaves it running and ends `husk exec` itself.
-fn relay_exec(client: &Client, exec_id: &str) -> Result<ExitStatus, String> {
+pub(crate) fn relay_exec(
+    client: &Client,
+    exec_id: &str,
+    exec_stream: u32,
+) -> Result<ExitStatus, String> {
     let mut escalator = Escalator::default();
     loop {
         match client.next(Duration::from_secs(3600))? {
-            Some(Msg::Exited { stream, status }) if stream == EXEC_STREAM => return Ok(status),
+            Some(Msg::Exited { stream, status }) if stream == exec_stream => return Ok(status),
             Some(Msg::Closed(why)) => return Err(why),
-            Some(Msg::Resize) => tty::send_size(&client.writer, EXEC_STREAM),
+            Some(Msg::Resize) => tty::send_size(&client.writer, exec_stream),
             Some(Msg::Signal(sig)) => match escalator.next(sig) {
                 Escalation::GiveUp => return Ok(ExitStatus::Signal(sig)),
                 step => {

@@ -118,9 +118,10 @@ fn main() -> ExitCode {
     let oci_command = matches!(
         cli.command,
         Command::Create(_) | Command::Start(_) | Command::State(_) | Command::Delete(_)
-    ) || matches!(&cli.command, Command::Kill(k) if containers::kill_is_oci(g, k));
+    ) || matches!(&cli.command, Command::Kill(k) if containers::kill_is_oci(g, k))
+        || matches!(&cli.command, Command::Exec(e) if containers::exec_is_oci(g, e));
     if g.any() && !oci_command {
-        eprintln!("husk: --root, --log, --log-format, --systemd-cgroup, --debug and --rootless belong to the OCI runtime commands (create, start, state, kill, delete)");
+        eprintln!("husk: --root, --log, --log-format, --systemd-cgroup, --debug and --rootless belong to the OCI runtime commands (create, start, state, kill, exec, delete)");
         return ExitCode::from(2);
     }
     let result = match cli.command {
@@ -129,6 +130,7 @@ fn main() -> ExitCode {
         Command::State(a) => oci::run(g, |g| oci::state(g, &a)),
         Command::Delete(a) => oci::run(g, |g| oci::delete(g, &a)),
         Command::Kill(a) if oci_command => oci::run(g, |g| containers::oci_kill(g, &a)),
+        Command::Exec(a) if oci_command => oci::run(g, |g| containers::oci_exec(g, &a)),
         Command::Boot(args) => boot::run(args),
         Command::Compare(args) => compare_cmd::run(args),
         Command::Vmm(args) => vmm_cmd::run(args),

@@ -341,3 +341,60 @@ fn a_terminal_goes_to_the_console_socket() {
     assert_eq!(wait(c.pid), 5, "{seen:?}");
     assert_eq!(husk(&root, &["delete", "tty"]).0, Some(0));
 }
+
+#[test]
+fn exec_runs_a_process_beside_the_container_and_reports_its_status() {
+    require_linux_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let b = bundle(dir.path(), "echo up; while :; do sleep 0.2; done");
+    let c = create(&root, dir.path(), &b, "ex");
+    assert_eq!(husk(&root, &["start", "ex"]).0, Some(0));
+    wait_for_file_line(&c.out, "up");
+    // conmon's way: a process file, a pid file, detached; the pid is a
+    // proxy that exits with the process's status.
+    let process = dir.path().join("process.json");
+    let mut p = husk_wire::spec::default_spec(vec![
+        "sh".into(),
+        "-c".into(),
+        "echo in-exec; echo exec-err >&2; exit 6".into(),
+    ])
+    .process()
+    .clone()
+    .unwrap();
+    p.set_cwd("/tmp".into());
+    std::fs::write(&process, serde_json::to_vec(&p).unwrap()).unwrap();
+    let (out, err, pid_file) = (
+        dir.path().join("exec.out"),
+        dir.path().join("exec.err"),
+        dir.path().join("exec.pid"),
+    );
+    let st = Command::new(husk_tests::husk::binary())
+        .arg("--root")
+        .arg(&root)
+        .args(["exec", "--process"])
+        .arg(&process)
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .args(["--detach", "ex"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .status()
+        .unwrap();
+    assert!(st.success(), "{}", std::fs::read_to_string(&err).unwrap());
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
+    assert_eq!(wait(pid), 6);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "in-exec\n");
+    assert_eq!(std::fs::read_to_string(&err).unwrap(), "exec-err\n");
+    // runc's other form: the command on the line, attached.
+    let (code, out, _) = husk(&root, &["exec", "ex", "sh", "-c", "pwd; exit 4"]);
+    assert_eq!((code, out.as_str()), (Some(4), "/\n"));
+    // The container itself still runs.
+    assert_eq!(state(&root, "ex")["status"], "running");
+    assert_eq!(husk(&root, &["delete", "--force", "ex"]).0, Some(0));
+    assert_eq!(wait(c.pid), 128 + libc::SIGKILL);
+    let (code, _, err) = husk(&root, &["exec", "ex", "true"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("does not exist"), "{err}");
+}

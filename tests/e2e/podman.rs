@@ -138,6 +138,21 @@ fn podman_detached_ps_logs_stop_and_rm() {
     }
     let ps = p.run(&["ps", "-q", "--no-trunc"]);
     assert_eq!(ps.stdout.trim(), id, "{}", ps.describe());
+    // podman exec: conmon's `husk exec --process ... --detach`, in the
+    // same VM (it sees the container's own shell as PID 1).
+    let ex = p.run(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "cat /proc/1/cmdline | tr '\\0' ' '; exit 3",
+    ]);
+    assert_eq!(ex.code, Some(3), "{}", ex.describe());
+    assert!(
+        ex.stdout.starts_with("sh -c echo started"),
+        "{}",
+        ex.describe()
+    );
     let stop = p.run(&["stop", "-t", "20", &id]);
     assert_eq!(stop.code, Some(0), "{}", stop.describe());
     assert_eq!(p.run(&["logs", &id]).stdout, "started\nbye\n");

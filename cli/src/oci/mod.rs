@@ -11,6 +11,7 @@
 //! cgroup paths, hooks, and the other runc commands.
 
 mod bundle;
+pub mod exec;
 mod monitor;
 pub mod state;
 
@@ -204,7 +205,7 @@ pub fn create(g: &Global, a: &CreateArgs) -> Result<u8, Failure> {
 }
 
 /// Written last, atomically: whoever waits for it sees a whole pid.
-fn write_pid_file(path: &Path, pid: i32) -> Result<(), String> {
+pub(crate) fn write_pid_file(path: &Path, pid: i32) -> Result<(), String> {
     let name = path.file_name().ok_or("--pid-file: not a file name")?;
     let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
     std::fs::write(&tmp, pid.to_string()).map_err(|e| format!("{}: {e}", tmp.display()))?;

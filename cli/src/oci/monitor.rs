@@ -34,6 +34,18 @@ pub fn is_monitor() -> bool {
 /// Starts the monitor (this command line again) and waits until it has
 /// created the container; its pid, or why it failed.
 pub fn spawn(dir: &Path) -> Result<i32, String> {
+    let result = spawn_self(MONITOR_ENV, CREATED, "the monitor");
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    result
+}
+
+/// Runs this command line again in a session of its own, with `env` naming
+/// the fd of a pipe back to us, and waits for it to write `ready` there (or
+/// why not); its pid. It lives on after we return: whoever inherits it
+/// (conmon and the shims are subreapers) reaps it.
+pub fn spawn_self(env: &str, ready: &str, what: &str) -> Result<i32, String> {
     let mut fds = [0i32; 2];
     // SAFETY: pipe2 fills a two-int array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
@@ -44,9 +56,9 @@ pub fn spawn(dir: &Path) -> Result<i32, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the husk binary: {e}"))?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(std::env::args_os().skip(1))
-        .env(MONITOR_ENV, write.as_raw_fd().to_string());
+        .env(env, write.as_raw_fd().to_string());
     let fd = write.as_raw_fd();
-    // SAFETY: setsid and fcntl are async-signal-safe. The monitor gets a
+    // SAFETY: setsid and fcntl are async-signal-safe. The child gets a
     // session of its own (the caller's terminal signals are not its) and
     // keeps the pipe's write end across exec.
     unsafe {
@@ -60,41 +72,37 @@ pub fn spawn(dir: &Path) -> Result<i32, String> {
     }
     let mut child = cmd
         .spawn()
-        .map_err(|e| format!("cannot start the monitor: {e}"))?;
+        .map_err(|e| format!("cannot start {what}: {e}"))?;
     drop(write);
     let mut said = String::new();
     let _ = std::fs::File::from(read).read_to_string(&mut said);
-    let pid = child.id() as i32;
-    if said.trim() == CREATED {
-        // Reaped by whoever inherits it when `create` exits (conmon and
-        // the shims are subreapers); dropping `child` does not wait.
-        return Ok(pid);
+    if said.trim() == ready {
+        return Ok(child.id() as i32);
     }
     let _ = child.kill();
     let _ = child.wait();
-    let _ = std::fs::remove_dir_all(dir);
     Err(if said.trim().is_empty() {
-        "the monitor exited before creating the container".into()
+        format!("{what} exited before it was ready")
     } else {
         said.trim().to_owned()
     })
 }
 
-/// The monitor's pipe to `create`.
-fn pipe_to_create() -> Option<std::fs::File> {
-    let fd: i32 = std::env::var(MONITOR_ENV).ok()?.parse().ok()?;
-    // SAFETY: fcntl on an fd `create` passed us. Close-on-exec again, so
-    // virtiofsd and others cannot hold `create`'s wait open.
+/// The pipe back to whoever started us with [`spawn_self`], if it did.
+pub fn pipe_back(env: &str) -> Option<std::fs::File> {
+    let fd: i32 = std::env::var(env).ok()?.parse().ok()?;
+    // SAFETY: fcntl on an fd our starter passed us. Close-on-exec again, so
+    // virtiofsd and others cannot hold the starter's wait open.
     if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
         return None;
     }
-    // SAFETY: `create` passed this fd, open, for us alone.
+    // SAFETY: our starter passed this fd, open, for us alone.
     Some(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
 /// The monitor's life; its exit status is the container's.
 pub fn run(g: &Global, a: &CreateArgs) -> Result<u8, Failure> {
-    let mut pipe = pipe_to_create();
+    let mut pipe = pipe_back(MONITOR_ENV);
     let dir = RunDir {
         path: Record::dir(&g.root(), &a.id),
         keep: Cell::new(true),
@@ -217,7 +225,7 @@ fn life(
 /// the socket (SCM_RIGHTS) and whose slave becomes this process's stdio and
 /// controlling terminal. The session then treats it as any terminal: raw
 /// mode, its size to the guest, SIGWINCH when the caller resizes it.
-fn hand_over_terminal(socket: &Path) -> Result<(), String> {
+pub fn hand_over_terminal(socket: &Path) -> Result<(), String> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
     let pty = nix::pty::openpty(None, None).map_err(|e| format!("openpty: {e}"))?;
     let stream = std::os::unix::net::UnixStream::connect(socket)
