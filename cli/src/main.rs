@@ -60,6 +60,10 @@ enum Command {
     State(oci::IdArg),
     /// OCI runtime: delete a stopped container (-f: any).
     Delete(oci::DeleteArgs),
+    /// OCI runtime: freeze a container (its VM's vCPUs).
+    Pause(oci::IdArg),
+    /// OCI runtime: thaw a paused container.
+    Resume(oci::IdArg),
 }
 
 /// A failure with the exit status it deserves: 2 for bad usage, 1 for a
@@ -117,11 +121,16 @@ fn main() -> ExitCode {
     let g = &cli.oci;
     let oci_command = matches!(
         cli.command,
-        Command::Create(_) | Command::Start(_) | Command::State(_) | Command::Delete(_)
+        Command::Create(_)
+            | Command::Start(_)
+            | Command::State(_)
+            | Command::Delete(_)
+            | Command::Pause(_)
+            | Command::Resume(_)
     ) || matches!(&cli.command, Command::Kill(k) if containers::kill_is_oci(g, k))
         || matches!(&cli.command, Command::Exec(e) if containers::exec_is_oci(g, e));
     if g.any() && !oci_command {
-        eprintln!("husk: --root, --log, --log-format, --systemd-cgroup, --debug and --rootless belong to the OCI runtime commands (create, start, state, kill, exec, delete)");
+        eprintln!("husk: --root, --log, --log-format, --systemd-cgroup, --debug and --rootless belong to the OCI runtime commands (create, start, state, kill, exec, pause, resume, delete)");
         return ExitCode::from(2);
     }
     let result = match cli.command {
@@ -129,6 +138,8 @@ fn main() -> ExitCode {
         Command::Start(a) => oci::run(g, |g| oci::start(g, &a)),
         Command::State(a) => oci::run(g, |g| oci::state(g, &a)),
         Command::Delete(a) => oci::run(g, |g| oci::delete(g, &a)),
+        Command::Pause(a) => oci::run(g, |g| oci::pause(g, &a, true)),
+        Command::Resume(a) => oci::run(g, |g| oci::pause(g, &a, false)),
         Command::Kill(a) if oci_command => oci::run(g, |g| containers::oci_kill(g, &a)),
         Command::Exec(a) if oci_command => oci::run(g, |g| containers::oci_exec(g, &a)),
         Command::Boot(args) => boot::run(args),

@@ -347,7 +347,10 @@ fn exec_runs_a_process_beside_the_container_and_reports_its_status() {
     require_linux_kvm();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
-    let b = bundle(dir.path(), "echo up; while :; do sleep 0.2; done");
+    let b = bundle(
+        dir.path(),
+        "echo up; while :; do echo tick; sleep 0.2; done",
+    );
     let c = create(&root, dir.path(), &b, "ex");
     assert_eq!(husk(&root, &["start", "ex"]).0, Some(0));
     wait_for_file_line(&c.out, "up");
@@ -392,6 +395,22 @@ fn exec_runs_a_process_beside_the_container_and_reports_its_status() {
     assert_eq!((code, out.as_str()), (Some(4), "/\n"));
     // The container itself still runs.
     assert_eq!(state(&root, "ex")["status"], "running");
+    // pause parks the VM: no tick while paused; resume brings them back.
+    assert_eq!(husk(&root, &["pause", "ex"]).0, Some(0));
+    assert_eq!(state(&root, "ex")["status"], "paused");
+    let frozen = std::fs::metadata(&c.out).unwrap().len();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(std::fs::metadata(&c.out).unwrap().len(), frozen);
+    let (code, _, err) = husk(&root, &["pause", "ex"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("paused"), "{err}");
+    assert_eq!(husk(&root, &["resume", "ex"]).0, Some(0));
+    assert_eq!(state(&root, "ex")["status"], "running");
+    let deadline = Instant::now() + TIMEOUT;
+    while std::fs::metadata(&c.out).unwrap().len() == frozen {
+        assert!(Instant::now() < deadline, "no tick after resume");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(husk(&root, &["delete", "--force", "ex"]).0, Some(0));
     assert_eq!(wait(c.pid), 128 + libc::SIGKILL);
     let (code, _, err) = husk(&root, &["exec", "ex", "true"]);

@@ -153,6 +153,13 @@ fn podman_detached_ps_logs_stop_and_rm() {
         "{}",
         ex.describe()
     );
+    // podman pause/unpause: the VM's vCPUs park and run again.
+    assert_eq!(p.run(&["pause", &id]).code, Some(0));
+    let st = p.run(&["inspect", "--format", "{{.State.Status}}", &id]);
+    assert_eq!(st.stdout.trim(), "paused", "{}", st.describe());
+    assert_eq!(p.run(&["unpause", &id]).code, Some(0));
+    let st = p.run(&["inspect", "--format", "{{.State.Status}}", &id]);
+    assert_eq!(st.stdout.trim(), "running", "{}", st.describe());
     let stop = p.run(&["stop", "-t", "20", &id]);
     assert_eq!(stop.code, Some(0), "{}", stop.describe());
     assert_eq!(p.run(&["logs", &id]).stdout, "started\nbye\n");

@@ -6,11 +6,13 @@
 //! the sources of its bind mounts are shared with virtio-fs.
 //!
 //! Done so far: the global flags, `create` (with `--console-socket` for a
-//! terminal), `start`, `state`, `kill`, `delete`. Refused by name until
+//! terminal), `start`, `state`, `kill`, `exec`, `pause`, `resume`,
+//! `delete`. Refused by name until
 //! built: `--preserve-fds`, joining host namespaces (networking), systemd
 //! cgroup paths, hooks, and the other runc commands.
 
 mod bundle;
+mod control;
 pub mod exec;
 mod monitor;
 pub mod state;
@@ -258,14 +260,41 @@ pub fn state(g: &Global, a: &IdArg) -> Result<u8, Failure> {
 pub fn kill(g: &Global, id: &str, signal: i32, all: bool) -> Result<u8, Failure> {
     let root = g.root();
     let record = Record::load(&root, id).map_err(Failure::runtime)?;
-    if !matches!(record.current(), Status::Created | Status::Running) {
+    let status = record.current();
+    if !matches!(status, Status::Created | Status::Running | Status::Paused) {
         return Err(Failure::runtime("container not running"));
+    }
+    if status == Status::Paused && signal != libc::SIGKILL {
+        // The guest's agent cannot take it while the vCPUs are parked.
+        return Err(Failure::runtime(
+            "the container is paused: resume it first (KILL works while paused)",
+        ));
     }
     if signal == libc::SIGKILL {
         monitor::kill(&record);
         return Ok(0);
     }
     monitor::signal(&Record::dir(&root, id), signal, all).map_err(Failure::runtime)?;
+    Ok(0)
+}
+
+/// `pause ID` / `resume ID`: the monitor parks or releases the VM's vCPUs.
+pub fn pause(g: &Global, a: &IdArg, pause: bool) -> Result<u8, Failure> {
+    let root = g.root();
+    let record = Record::load(&root, &a.id).map_err(Failure::runtime)?;
+    let (want, request) = if pause {
+        (Status::Running, "pause")
+    } else {
+        (Status::Paused, "resume")
+    };
+    let now = record.current();
+    if now != want {
+        return Err(Failure::runtime(format!(
+            "cannot {request} a container that is {}",
+            now.as_str()
+        )));
+    }
+    control::ask(&Record::dir(&root, &a.id), request).map_err(Failure::runtime)?;
     Ok(0)
 }
 

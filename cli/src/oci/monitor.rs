@@ -8,7 +8,7 @@
 
 use super::bundle::{self, Planned, ROOT_TAG};
 use super::state::{self, Record, Status, START_FIFO};
-use super::{CreateArgs, Global};
+use super::{control, CreateArgs, Global};
 use crate::agent::{Client, Sinks};
 use crate::run::{self, launch::RunDir, session, teardown};
 use crate::Failure;
@@ -20,6 +20,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Set for the monitor process: the fd of the pipe to `create`.
@@ -125,7 +126,7 @@ fn life(
     let planned = bundle::load(&a.bundle).map_err(Failure::runtime)?;
     join_cgroup(g, &planned)?;
     let me = std::process::id() as i32;
-    let mut record = Record {
+    let record = Record {
         id: a.id.clone(),
         bundle: planned.bundle.clone(),
         rootfs: planned.rootfs.clone(),
@@ -150,24 +151,73 @@ fn life(
         })?;
         hand_over_terminal(socket).map_err(Failure::runtime)?;
     }
-    let mut backends = Vec::new();
-    let mut shares = Vec::new();
-    let root = crate::virtiofsd::start(&planned.rootfs, false, &dir.path, ROOT_TAG)
-        .map_err(Failure::runtime)?;
-    shares.push(share_config(&root.socket, ROOT_TAG));
-    backends.push(root);
-    for s in &planned.shares {
-        let b =
-            crate::virtiofsd::start(&s.dir, false, &dir.path, &s.tag).map_err(Failure::runtime)?;
-        shares.push(share_config(&b.socket, &s.tag));
-        backends.push(b);
-    }
+    let (backends, shares) = start_backends(&planned, &dir.path)?;
     let uds = dir.path.join(run::state::VSOCK_SOCKET);
     let config = vm_config(&a.id, &planned, shares, &uds, &dir.path)?;
     let vm = husk_vmm::start(&config, None).map_err(crate::boot::usage_or_runtime)?;
     let controls = vm.controls();
     let (vm_thread, vm_done) = run::wait_on_a_thread(vm);
-    let container = session::Container {
+    let shared = control::Shared {
+        record: Arc::new(Mutex::new(record)),
+        dir: dir.path.clone(),
+    };
+    control::serve(shared.clone(), controls.clone()).map_err(Failure::runtime)?;
+    let session = session::Session {
+        uds,
+        sinks: Sinks::stdio(),
+        controls: controls.clone(),
+        vm_done,
+        signals,
+    };
+    let mut created = || -> Result<(), String> {
+        shared.set(Status::Created, None)?;
+        if let Some(mut p) = pipe.take() {
+            writeln!(p, "{CREATED}").map_err(|e| format!("telling create: {e}"))?;
+        }
+        wait_for_start(&shared.dir.join(START_FIFO))?;
+        shared.set(Status::Running, None)
+    };
+    let result = session.run(
+        container(&planned, terminal),
+        &mut session::Hooks {
+            created: &mut created,
+            started: &mut || {},
+        },
+    );
+    // Recorded before the VM is torn down: `state` says stopped at once.
+    let _ = shared.set(
+        Status::Stopped,
+        result.as_ref().ok().map(|s| s.shell_status()),
+    );
+    teardown::teardown(result, vm_thread, &controls, dir, backends)
+}
+
+/// A virtiofsd for the rootfs and for each shared directory; the VM's
+/// shares.
+fn start_backends(
+    planned: &Planned,
+    dir: &Path,
+) -> Result<(Vec<crate::virtiofsd::Backend>, Vec<FsConfig>), Failure> {
+    let mut backends = Vec::new();
+    let mut shares = Vec::new();
+    let dirs = std::iter::once((planned.rootfs.as_path(), ROOT_TAG)).chain(
+        planned
+            .shares
+            .iter()
+            .map(|s| (s.dir.as_path(), s.tag.as_str())),
+    );
+    for (shared, tag) in dirs {
+        let b = crate::virtiofsd::start(shared, false, dir, tag).map_err(Failure::runtime)?;
+        shares.push(share_config(&b.socket, tag));
+        backends.push(b);
+    }
+    Ok((backends, shares))
+}
+
+/// The container as the agent creates it: on the rootfs share, with the
+/// other shares mounted where the spec's bind mounts point.
+fn container(planned: &Planned, terminal: bool) -> session::Container {
+    session::Container {
         spec: planned.spec.clone(),
         rootfs: RootfsSpec::Shared {
             tag: ROOT_TAG.into(),
@@ -186,39 +236,7 @@ fn life(
             tty: terminal,
             stdin: true,
         },
-    };
-    let session = session::Session {
-        uds,
-        sinks: Sinks::stdio(),
-        controls: controls.clone(),
-        vm_done,
-        signals,
-    };
-    let path = dir.path.clone();
-    let mut created = || -> Result<(), String> {
-        record.status = Status::Created;
-        record.save(&path)?;
-        if let Some(mut p) = pipe.take() {
-            writeln!(p, "{CREATED}").map_err(|e| format!("telling create: {e}"))?;
-        }
-        wait_for_start(&path.join(START_FIFO))?;
-        record.status = Status::Running;
-        record.save(&path)
-    };
-    let result = session.run(
-        container,
-        &mut session::Hooks {
-            created: &mut created,
-            started: &mut || {},
-        },
-    );
-    // Recorded before the VM is torn down: `state` says stopped at once.
-    if let Ok(mut record) = Record::load(&g.root(), &a.id) {
-        record.status = Status::Stopped;
-        record.exit_status = result.as_ref().ok().map(|s| s.shell_status());
-        let _ = record.save(&dir.path);
     }
-    teardown::teardown(result, vm_thread, &controls, dir, backends)
 }
 
 /// runc's `--console-socket`: a pty whose master goes to the caller over
