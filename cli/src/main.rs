@@ -64,6 +64,10 @@ enum Command {
     Pause(oci::IdArg),
     /// OCI runtime: thaw a paused container.
     Resume(oci::IdArg),
+    /// OCI runtime: write a starting config.json.
+    Spec(oci::SpecArgs),
+    /// OCI runtime: list the containers under --root.
+    List(oci::ListArgs),
 }
 
 /// A failure with the exit status it deserves: 2 for bad usage, 1 for a
@@ -127,10 +131,12 @@ fn main() -> ExitCode {
             | Command::Delete(_)
             | Command::Pause(_)
             | Command::Resume(_)
+            | Command::Spec(_)
+            | Command::List(_)
     ) || matches!(&cli.command, Command::Kill(k) if containers::kill_is_oci(g, k))
         || matches!(&cli.command, Command::Exec(e) if containers::exec_is_oci(g, e));
     if g.any() && !oci_command {
-        eprintln!("husk: --root, --log, --log-format, --systemd-cgroup, --debug and --rootless belong to the OCI runtime commands (create, start, state, kill, exec, pause, resume, delete)");
+        eprintln!("husk: --root, --log, --log-format, --systemd-cgroup, --debug and --rootless belong to the OCI runtime commands (create, start, state, kill, exec, pause, resume, delete, spec, list)");
         return ExitCode::from(2);
     }
     let result = match cli.command {
@@ -140,6 +146,8 @@ fn main() -> ExitCode {
         Command::Delete(a) => oci::run(g, |g| oci::delete(g, &a)),
         Command::Pause(a) => oci::run(g, |g| oci::pause(g, &a, true)),
         Command::Resume(a) => oci::run(g, |g| oci::pause(g, &a, false)),
+        Command::Spec(a) => oci::run(g, |g| oci::spec(g, &a)),
+        Command::List(a) => oci::run(g, |g| oci::list(g, &a)),
         Command::Kill(a) if oci_command => oci::run(g, |g| containers::oci_kill(g, &a)),
         Command::Exec(a) if oci_command => oci::run(g, |g| containers::oci_exec(g, &a)),
         Command::Boot(args) => boot::run(args),

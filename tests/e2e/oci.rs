@@ -122,6 +122,11 @@ fn create_start_state_and_delete_like_runc() {
         (Some("created"), Some(c.pid as i64))
     );
     assert_eq!(s["bundle"], b.canonicalize().unwrap().display().to_string());
+    let (code, listed, _) = husk(&root, &["list", "--format", "json"]);
+    assert_eq!(code, Some(0));
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed[0]["id"], "c1");
+    assert_eq!(listed[0]["status"], "created");
     assert_eq!(husk(&root, &["start", "c1"]).0, Some(0));
     assert_eq!(wait(c.pid), 3);
     let s = state(&root, "c1");

@@ -332,3 +332,132 @@ pub fn delete(g: &Global, a: &DeleteArgs) -> Result<u8, Failure> {
         .map_err(|e| Failure::runtime(format!("{}: {e}", dir.display())))?;
     Ok(0)
 }
+
+#[derive(Args, Debug, Clone)]
+pub struct SpecArgs {
+    /// Where to write config.json.
+    #[arg(short = 'b', long, default_value = ".")]
+    pub bundle: PathBuf,
+}
+
+/// `spec`: a starting config.json (runc's: `sh` with a terminal, the
+/// rootfs at `rootfs`); an existing one is left alone.
+pub fn spec(_g: &Global, a: &SpecArgs) -> Result<u8, Failure> {
+    let path = a.bundle.join("config.json");
+    if path.exists() {
+        return Err(Failure::runtime(format!(
+            "{} already exists",
+            path.display()
+        )));
+    }
+    let mut spec = husk_wire::spec::default_spec(vec!["sh".into()]);
+    if let Some(p) = spec.process_mut() {
+        p.set_terminal(Some(true));
+    }
+    let text = serde_json::to_vec_pretty(&spec).map_err(|e| Failure::runtime(e.to_string()))?;
+    std::fs::write(&path, text)
+        .map_err(|e| Failure::runtime(format!("{}: {e}", path.display())))?;
+    Ok(0)
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ListArgs {
+    /// table or json (an array of `state` objects).
+    #[arg(short = 'f', long, default_value = "table")]
+    pub format: String,
+    /// Ids only.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
+
+/// `list`: every container under the root, oldest first.
+pub fn list(g: &Global, a: &ListArgs) -> Result<u8, Failure> {
+    let root = g.root();
+    let mut records: Vec<Record> = std::fs::read_dir(&root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Record::load(&root, &e.file_name().to_string_lossy()).ok())
+        .collect();
+    records.sort_by(|a, b| (&a.created, &a.id).cmp(&(&b.created, &b.id)));
+    let mut out = std::io::stdout().lock();
+    if a.quiet {
+        for r in &records {
+            let _ = writeln!(out, "{}", r.id);
+        }
+        return Ok(0);
+    }
+    match a.format.as_str() {
+        "json" => {
+            let all: Vec<serde_json::Value> = records.iter().map(Record::oci_state).collect();
+            let _ = writeln!(out, "{}", serde_json::Value::Array(all));
+        }
+        "table" => {
+            let _ = writeln!(out, "ID\tPID\tSTATUS\tBUNDLE\tCREATED\tOWNER");
+            for r in &records {
+                let s = r.oci_state();
+                let _ = writeln!(
+                    out,
+                    "{}\t{}\t{}\t{}\t{}\troot",
+                    r.id,
+                    s["pid"],
+                    r.current().as_str(),
+                    r.bundle.display(),
+                    r.created
+                );
+            }
+        }
+        other => return Err(Failure::usage(format!("--format {other:?}: table or json"))),
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn global(root: &Path) -> Global {
+        Global {
+            root: Some(root.to_owned()),
+            ..Global::default()
+        }
+    }
+
+    #[test]
+    fn spec_writes_a_config_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = SpecArgs {
+            bundle: dir.path().to_owned(),
+        };
+        let g = global(dir.path());
+        assert_eq!(spec(&g, &a).unwrap(), 0);
+        let written: husk_wire::oci_spec::runtime::Spec =
+            serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            written.process().as_ref().unwrap().args().as_deref(),
+            Some(&["sh".to_string()][..])
+        );
+        assert!(spec(&g, &a).unwrap_err().message.contains("already exists"));
+    }
+
+    #[test]
+    fn json_log_lines_and_rootless_refusal() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log.json");
+        let g = Global {
+            log: Some(log.clone()),
+            log_format: Some(LogFormat::Json),
+            rootless: Some("true".into()),
+            ..global(dir.path())
+        };
+        let r = run(&g, |_| Ok(0));
+        assert!(r.unwrap_err().message.contains("--rootless=true"));
+        let line: serde_json::Value =
+            serde_json::from_str(std::fs::read_to_string(&log).unwrap().trim()).unwrap();
+        assert_eq!(line["level"], "error");
+        assert!(line["time"].as_str().unwrap().ends_with('Z'));
+        assert!(!Global::default().any());
+        assert!(g.any());
+    }
+}
