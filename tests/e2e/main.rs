@@ -7,6 +7,7 @@
 mod api;
 mod boot;
 mod compare;
+mod containerd;
 mod fs;
 mod guest;
 mod net;
