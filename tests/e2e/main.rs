@@ -8,6 +8,7 @@ mod api;
 mod boot;
 mod compare;
 mod containerd;
+mod docker;
 mod fs;
 mod guest;
 mod net;

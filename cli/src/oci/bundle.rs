@@ -116,8 +116,18 @@ fn plan(bundle: &Path, mut spec: Spec) -> Result<Planned, String> {
 /// What a VM cannot do the way the spec asks, yet: an error naming it.
 fn refuse_unsupported(spec: &Spec) -> Result<(), String> {
     spec.process().as_ref().ok_or("config.json: no process")?;
-    if spec.hooks().is_some() {
-        return Err("hooks: OCI hooks are not supported (the container runs in a VM)".into());
+    if let Some(h) = spec.hooks() {
+        let inside = [
+            ("createContainer", h.create_container()),
+            ("startContainer", h.start_container()),
+        ];
+        for (kind, hooks) in inside {
+            if hooks.as_ref().is_some_and(|v| !v.is_empty()) {
+                return Err(format!(
+                    "hooks.{kind}: hooks that run inside the container (in the VM) are not supported"
+                ));
+            }
+        }
     }
     if let Some(linux) = spec.linux() {
         for ns in linux.namespaces().iter().flatten() {
@@ -287,8 +297,17 @@ mod tests {
     #[test]
     fn what_a_vm_cannot_do_yet_is_refused_by_name() {
         let (dir, mut spec) = bundle();
-        spec.set_hooks(Some(Default::default()));
-        assert!(plan(dir.path(), spec).unwrap_err().contains("hooks"));
+        let mut hooks = husk_wire::oci_spec::runtime::Hooks::default();
+        hooks.set_start_container(Some(vec![
+            husk_wire::oci_spec::runtime::HookBuilder::default()
+                .path("/bin/true")
+                .build()
+                .unwrap(),
+        ]));
+        spec.set_hooks(Some(hooks));
+        assert!(plan(dir.path(), spec)
+            .unwrap_err()
+            .contains("hooks.startContainer"));
         let (dir, mut spec) = bundle();
         let mut mounts = spec.mounts().clone().unwrap();
         mounts.push(

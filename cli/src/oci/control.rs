@@ -17,7 +17,10 @@ pub const SOCKET: &str = "control.sock";
 #[derive(Clone)]
 pub struct Shared {
     pub record: Arc<Mutex<Record>>,
+    /// The record's directory.
     pub dir: PathBuf,
+    /// The sockets' directory ([`Record::sock_dir`]).
+    pub sock: PathBuf,
 }
 
 impl Shared {
@@ -30,6 +33,14 @@ impl Shared {
         r.save(&self.dir)
     }
 
+    /// runc's `state` JSON of the container now.
+    pub fn oci_state(&self) -> serde_json::Value {
+        self.record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .oci_state()
+    }
+
     fn status(&self) -> Status {
         self.record.lock().unwrap_or_else(|e| e.into_inner()).status
     }
@@ -37,7 +48,7 @@ impl Shared {
 
 /// Serves the control socket on a thread of its own.
 pub fn serve(shared: Shared, controls: VmControls) -> Result<(), String> {
-    let path = shared.dir.join(SOCKET);
+    let path = shared.sock.join(SOCKET);
     let listener = UnixListener::bind(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
@@ -81,9 +92,9 @@ fn resume(shared: &Shared, controls: &VmControls) -> Result<(), String> {
     }
 }
 
-/// Sends `request` to the monitor of the container in `dir`; its answer.
-pub fn ask(dir: &Path, request: &str) -> Result<(), String> {
-    let path = dir.join(SOCKET);
+/// Sends `request` to the monitor whose sockets are in `sock`; its answer.
+pub fn ask(sock: &Path, request: &str) -> Result<(), String> {
+    let path = sock.join(SOCKET);
     let conn = UnixStream::connect(&path).map_err(|e| format!("the container's monitor: {e}"))?;
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
     writeln!(&conn, "{request}").map_err(|e| format!("the container's monitor: {e}"))?;

@@ -40,7 +40,7 @@ pub fn read_process(path: &Path) -> Result<Process, Failure> {
 }
 
 pub fn exec(g: &Global, r: ExecRequest) -> Result<u8, Failure> {
-    let dir = Record::dir(&g.root(), r.id);
+    let sock = Record::sock_dir(&g.root(), r.id);
     let record = Record::load(&g.root(), r.id).map_err(Failure::runtime)?;
     if std::env::var_os(PROXY_ENV).is_none() {
         if record.current() != Status::Running {
@@ -70,7 +70,7 @@ pub fn exec(g: &Global, r: ExecRequest) -> Result<u8, Failure> {
         }
     }
     let mut pipe = pipe_back(PROXY_ENV);
-    let result = proxy(&dir, &r, &mut pipe);
+    let result = proxy(&sock, &r, &mut pipe);
     if let (Err(e), Some(p)) = (&result, pipe.as_mut()) {
         let _ = writeln!(p, "{}", e.message);
     }
@@ -78,7 +78,7 @@ pub fn exec(g: &Global, r: ExecRequest) -> Result<u8, Failure> {
 }
 
 /// The exec'd process's life, from this process: its status.
-fn proxy(dir: &Path, r: &ExecRequest, pipe: &mut Option<std::fs::File>) -> Result<u8, Failure> {
+fn proxy(sock: &Path, r: &ExecRequest, pipe: &mut Option<std::fs::File>) -> Result<u8, Failure> {
     let terminal = r.process.terminal().unwrap_or(false);
     // Before any thread exists, so all inherit the masks.
     let signals = husk_vmm::take_stop_signals()
@@ -89,7 +89,7 @@ fn proxy(dir: &Path, r: &ExecRequest, pipe: &mut Option<std::fs::File>) -> Resul
             hand_over_terminal(s).map_err(Failure::runtime)?;
         }
     }
-    let uds: PathBuf = dir.join(run::state::VSOCK_SOCKET);
+    let uds: PathBuf = sock.join(run::state::VSOCK_SOCKET);
     let deadline = Instant::now() + Duration::from_secs(10);
     let client =
         Client::open(&uds, deadline, &|| true, Sinks::stdio()).map_err(Failure::runtime)?;

@@ -9,11 +9,14 @@
 //! terminal), `start`, `state`, `kill`, `exec`, `pause`, `resume`,
 //! `delete`. Refused by name until
 //! built: `--preserve-fds`, joining host namespaces (networking), systemd
-//! cgroup paths, hooks, and the other runc commands.
+//! cgroup paths, hooks that run inside the container, and the other runc
+//! commands. Hooks that run on the host (prestart, createRuntime,
+//! poststart, poststop) run there (hooks.rs).
 
 mod bundle;
 mod control;
 pub mod exec;
+mod hooks;
 mod monitor;
 pub mod state;
 
@@ -274,7 +277,7 @@ pub fn kill(g: &Global, id: &str, signal: i32, all: bool) -> Result<u8, Failure>
         monitor::kill(&record);
         return Ok(0);
     }
-    monitor::signal(&Record::dir(&root, id), signal, all).map_err(Failure::runtime)?;
+    monitor::signal(&Record::sock_dir(&root, id), signal, all).map_err(Failure::runtime)?;
     Ok(0)
 }
 
@@ -294,7 +297,7 @@ pub fn pause(g: &Global, a: &IdArg, pause: bool) -> Result<u8, Failure> {
             now.as_str()
         )));
     }
-    control::ask(&Record::dir(&root, &a.id), request).map_err(Failure::runtime)?;
+    control::ask(&Record::sock_dir(&root, &a.id), request).map_err(Failure::runtime)?;
     Ok(0)
 }
 
@@ -327,10 +330,35 @@ pub fn delete(g: &Global, a: &DeleteArgs) -> Result<u8, Failure> {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+    poststop(&record);
+    let _ = std::fs::remove_dir_all(Record::sock_dir(&root, &a.id));
     let dir = Record::dir(&root, &a.id);
     std::fs::remove_dir_all(&dir)
         .map_err(|e| Failure::runtime(format!("{}: {e}", dir.display())))?;
     Ok(0)
+}
+
+/// The bundle's poststop hooks, as the container goes; a failure is only
+/// reported (the container is gone either way).
+fn poststop(record: &Record) {
+    let path = record.bundle.join("config.json");
+    let Ok(spec) = std::fs::read(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| {
+            serde_json::from_slice::<husk_wire::oci_spec::runtime::Spec>(&b)
+                .map_err(|e| e.to_string())
+        })
+    else {
+        return;
+    };
+    let hooks = spec
+        .hooks()
+        .as_ref()
+        .and_then(|h| h.poststop().clone())
+        .unwrap_or_default();
+    if let Err(e) = hooks::run("poststop", &hooks, &record.oci_state()) {
+        eprintln!("husk: {e}");
+    }
 }
 
 #[derive(Args, Debug, Clone)]

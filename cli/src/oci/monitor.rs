@@ -19,7 +19,7 @@ use std::cell::Cell;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -125,6 +125,7 @@ fn life(
 ) -> Result<u8, Failure> {
     let planned = bundle::load(&a.bundle).map_err(Failure::runtime)?;
     join_cgroup(g, &planned)?;
+    own_network_namespace(&planned)?;
     let me = std::process::id() as i32;
     let record = Record {
         id: a.id.clone(),
@@ -151,8 +152,12 @@ fn life(
         })?;
         hand_over_terminal(socket).map_err(Failure::runtime)?;
     }
-    let (backends, shares) = start_backends(&planned, &dir.path)?;
-    let uds = dir.path.join(run::state::VSOCK_SOCKET);
+    let sock = Record::sock_dir(&g.root(), &a.id);
+    std::fs::create_dir_all(&sock)
+        .map_err(|e| Failure::runtime(format!("{}: {e}", sock.display())))?;
+    let _sockets = SockDir(sock.clone());
+    let (backends, shares) = start_backends(&planned, &sock)?;
+    let uds = sock.join(run::state::VSOCK_SOCKET);
     let config = vm_config(&a.id, &planned, shares, &uds, &dir.path)?;
     let vm = husk_vmm::start(&config, None).map_err(crate::boot::usage_or_runtime)?;
     let controls = vm.controls();
@@ -160,6 +165,7 @@ fn life(
     let shared = control::Shared {
         record: Arc::new(Mutex::new(record)),
         dir: dir.path.clone(),
+        sock,
     };
     control::serve(shared.clone(), controls.clone()).map_err(Failure::runtime)?;
     let session = session::Session {
@@ -169,8 +175,17 @@ fn life(
         vm_done,
         signals,
     };
+    let hooks = planned.spec.hooks().clone().unwrap_or_default();
     let mut created = || -> Result<(), String> {
         shared.set(Status::Created, None)?;
+        let state = shared.oci_state();
+        super::hooks::run(
+            "prestart",
+            hooks.prestart().as_deref().unwrap_or_default(),
+            &state,
+        )?;
+        let create_runtime = hooks.create_runtime().clone().unwrap_or_default();
+        super::hooks::run("createRuntime", &create_runtime, &state)?;
         if let Some(mut p) = pipe.take() {
             writeln!(p, "{CREATED}").map_err(|e| format!("telling create: {e}"))?;
         }
@@ -181,7 +196,14 @@ fn life(
         container(&planned, terminal),
         &mut session::Hooks {
             created: &mut created,
-            started: &mut || {},
+            started: &mut || {
+                let poststart = hooks.poststart().clone().unwrap_or_default();
+                if let Err(e) = super::hooks::run("poststart", &poststart, &shared.oci_state()) {
+                    // The container runs: the spec has a failed poststart
+                    // hook only warned about.
+                    log::warn!("{e}");
+                }
+            },
         },
     );
     // Recorded before the VM is torn down: `state` says stopped at once.
@@ -190,6 +212,15 @@ fn life(
         result.as_ref().ok().map(|s| s.shell_status()),
     );
     teardown::teardown(result, vm_thread, &controls, dir, backends)
+}
+
+/// The sockets' directory, removed when the monitor is done with it.
+struct SockDir(PathBuf);
+
+impl Drop for SockDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A virtiofsd for the rootfs and for each shared directory; the VM's
@@ -373,6 +404,25 @@ fn make_fifo(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A spec that asks for a new network namespace gets one for the monitor,
+/// the container's pid on the host: whatever the caller sets up in
+/// `/proc/<pid>/ns/net` (Docker's prestart hook does) lands there, never in
+/// the host's namespace. Before any thread exists.
+fn own_network_namespace(p: &Planned) -> Result<(), Failure> {
+    use husk_wire::oci_spec::runtime::LinuxNamespaceType;
+    let wants_new = p.spec.linux().as_ref().is_some_and(|l| {
+        l.namespaces()
+            .iter()
+            .flatten()
+            .any(|n| n.typ() == LinuxNamespaceType::Network && n.path().is_none())
+    });
+    if wants_new {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| Failure::runtime(format!("a network namespace for the container: {e}")))?;
+    }
+    Ok(())
+}
+
 /// Blocks until `start` opens the FIFO, then hands it a byte.
 fn wait_for_start(fifo: &Path) -> Result<(), String> {
     let mut f = std::fs::OpenOptions::new()
@@ -427,8 +477,8 @@ pub fn kill(record: &Record) {
 
 /// A signal for the container's process (or all of its processes),
 /// through the agent.
-pub fn signal(dir: &Path, signal: i32, all: bool) -> Result<(), String> {
-    let uds = dir.join(run::state::VSOCK_SOCKET);
+pub fn signal(sock: &Path, signal: i32, all: bool) -> Result<(), String> {
+    let uds = sock.join(run::state::VSOCK_SOCKET);
     let deadline = Instant::now() + Duration::from_secs(10);
     let client = Client::open(&uds, deadline, &|| true, Sinks::discard())?;
     let request = Request::Signal {

@@ -59,6 +59,20 @@ impl Record {
         root.join(id)
     }
 
+    /// Where the container's Unix sockets live (the agent's vsock, the
+    /// monitor's control socket, virtiofsd's): a short path of its own,
+    /// since `<root>/<64-hex id>/…` (Docker's) outgrows a socket address
+    /// (108 bytes).
+    pub fn sock_dir(root: &Path, id: &str) -> PathBuf {
+        use std::hash::{Hash, Hasher};
+        // DefaultHasher::new() has fixed keys: every husk finds the same.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (root, id).hash(&mut h);
+        crate::run::runtime_root()
+            .join("oci-sock")
+            .join(format!("{:016x}", h.finish()))
+    }
+
     pub fn save(&self, dir: &Path) -> Result<(), String> {
         let tmp = dir.join(".state.json.tmp");
         let text = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
@@ -175,6 +189,18 @@ mod tests {
             "container nope does not exist"
         );
         assert!(Record::load(root.path(), "../x").is_err());
+    }
+
+    #[test]
+    fn socket_dirs_are_short_and_per_root_and_id() {
+        let long = "a".repeat(64);
+        let d = Record::sock_dir(Path::new("/run/x/very/long/root/moby"), &long);
+        assert!(d.ends_with(d.file_name().unwrap()) && d.file_name().unwrap().len() == 16);
+        assert_ne!(d, Record::sock_dir(Path::new("/other"), &long));
+        assert_eq!(
+            d,
+            Record::sock_dir(Path::new("/run/x/very/long/root/moby"), &long)
+        );
     }
 
     #[test]

@@ -154,7 +154,8 @@ pub fn resource_writes(
         w.push(("pids.max".into(), v));
     }
     if let Some(b) = resources.block_io() {
-        if let Some(weight) = b.weight() {
+        // 0 is "not set" (Docker sends it for every container), as for runc.
+        if let Some(weight) = b.weight().filter(|&w| w != 0) {
             // blkio weight 10..1000 → io.weight 1..10000, as runc does.
             let v = 1 + (u64::from(weight.clamp(10, 1000)) - 10) * 9999 / 990;
             w.push(("io.weight".into(), format!("default {v}")));
@@ -407,6 +408,24 @@ mod tests {
         assert_eq!(get("cpu.max"), Some("50000 100000"));
         assert_eq!(get("cpu.weight"), Some("39"));
         assert_eq!(get("pids.max"), Some("100"));
+        // A block I/O weight of 0 is unset (Docker sends it); 500 maps.
+        for (weight, want) in [(0u16, None), (500, Some("default 4950"))] {
+            let r = LinuxResourcesBuilder::default()
+                .block_io(
+                    oci_spec::runtime::LinuxBlockIoBuilder::default()
+                        .weight(weight)
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap();
+            let w = resource_writes(&r, true).unwrap();
+            let io = w
+                .iter()
+                .find(|(f, _)| f == "io.weight")
+                .map(|(_, v)| v.as_str());
+            assert_eq!(io, want);
+        }
         // No swap accounting: the swap write is dropped.
         let w = resource_writes(&r, false).unwrap();
         assert!(w.iter().all(|(f, _)| f != "memory.swap.max"));

@@ -1,0 +1,122 @@
+//! Debian's Docker with husk as an added runtime (`dockerd --add-runtime
+//! husk=...`, `docker run --runtime husk`): dockerd's containerd shim calls
+//! husk as it calls runc, and the container runs in a microVM.
+
+use husk_tests::require_linux_kvm;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TIMEOUT: Duration = Duration::from_secs(180);
+
+/// A dockerd of its own (data, exec root and socket in a temporary
+/// directory, no bridge, no iptables, vfs storage), killed on drop.
+struct Dockerd {
+    dir: tempfile::TempDir,
+    daemon: Child,
+}
+
+impl Dockerd {
+    fn start() -> Option<Dockerd> {
+        for p in [
+            "/usr/sbin/dockerd",
+            "/usr/bin/docker",
+            "/usr/bin/containerd",
+        ] {
+            if !Path::new(p).is_file() {
+                husk_skip::skip("docker.io is not installed (scripts/setup installs it)");
+                return None;
+            }
+        }
+        husk_compare::runner::ensure_cgroup2();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("daemon.json"), "{}").unwrap();
+        let log = std::fs::File::create(d.join("dockerd.log")).unwrap();
+        let daemon = Command::new("/usr/sbin/dockerd")
+            .arg("--config-file")
+            .arg(d.join("daemon.json"))
+            .arg("--data-root")
+            .arg(d.join("data"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .arg("--pidfile")
+            .arg(d.join("pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", d.join("sock").display()))
+            .args(["--bridge", "none", "--iptables=false", "--ip6tables=false"])
+            .args(["--storage-driver", "vfs", "--add-runtime"])
+            .arg(format!("husk={}", husk_tests::husk::binary().display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let dockerd = Dockerd { dir, daemon };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !dockerd.dir.path().join("sock").exists() {
+            assert!(Instant::now() < deadline, "dockerd made no socket");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(dockerd)
+    }
+
+    fn docker(&self, args: &[&str]) -> husk_tests::process::Finished {
+        let mut c = Command::new("/usr/bin/docker");
+        c.arg("-H")
+            .arg(format!("unix://{}", self.dir.path().join("sock").display()))
+            .args(args);
+        husk_tests::process::run(c, TIMEOUT)
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+    }
+}
+
+#[test]
+fn docker_runs_a_container_in_a_microvm_with_runtime_husk() {
+    require_linux_kvm();
+    let Some(d) = Dockerd::start() else { return };
+    let tar = husk_tests::guest_dir().join("husk-test-image.docker.tar");
+    let out = d.docker(&["load", "-q", "-i", &tar.display().to_string()]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let out = d.docker(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "husk",
+        "--network",
+        "none",
+        "husk-test:latest",
+        "sh",
+        "-c",
+        "uname -r; exit 3",
+    ]);
+    assert_eq!(out.code, Some(3), "{}", out.describe());
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_ne!(out.stdout.trim(), host.trim(), "{}", out.describe());
+    // The container's pid on the host (husk's monitor) has a network
+    // namespace of its own: what Docker sets up there (its prestart hook)
+    // cannot touch the host's.
+    let out = d.docker(&[
+        "run",
+        "-d",
+        "--runtime",
+        "husk",
+        "--network",
+        "none",
+        "husk-test:latest",
+        "sleep",
+        "600",
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let id = out.stdout.trim().to_owned();
+    let pid = d.docker(&["inspect", "--format", "{{.State.Pid}}", &id]);
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/net")).unwrap();
+    assert_ne!(ns(pid.stdout.trim()), ns("self"), "{}", pid.describe());
+    assert_eq!(d.docker(&["rm", "-f", &id]).code, Some(0));
+}
