@@ -68,6 +68,8 @@ enum Command {
     Spec(oci::SpecArgs),
     /// OCI runtime: list the containers under --root.
     List(oci::ListArgs),
+    /// OCI runtime: what this runtime implements (runtime-spec features).
+    Features,
 }
 
 /// A failure with the exit status it deserves: 2 for bad usage, 1 for a
@@ -133,10 +135,11 @@ fn main() -> ExitCode {
             | Command::Resume(_)
             | Command::Spec(_)
             | Command::List(_)
+            | Command::Features
     ) || matches!(&cli.command, Command::Kill(k) if containers::kill_is_oci(g, k))
         || matches!(&cli.command, Command::Exec(e) if containers::exec_is_oci(g, e));
     if g.any() && !oci_command {
-        eprintln!("husk: --root, --log, --log-format, --systemd-cgroup, --debug and --rootless belong to the OCI runtime commands (create, start, state, kill, exec, pause, resume, delete, spec, list)");
+        eprintln!("husk: --root, --log, --log-format, --systemd-cgroup, --debug and --rootless belong to the OCI runtime commands (create, start, state, kill, exec, pause, resume, delete, spec, list, features)");
         return ExitCode::from(2);
     }
     let result = match cli.command {
@@ -148,6 +151,7 @@ fn main() -> ExitCode {
         Command::Resume(a) => oci::run(g, |g| oci::pause(g, &a, false)),
         Command::Spec(a) => oci::run(g, |g| oci::spec(g, &a)),
         Command::List(a) => oci::run(g, |g| oci::list(g, &a)),
+        Command::Features => oci::run(g, oci::features),
         Command::Kill(a) if oci_command => oci::run(g, |g| containers::oci_kill(g, &a)),
         Command::Exec(a) if oci_command => oci::run(g, |g| containers::oci_exec(g, &a)),
         Command::Boot(args) => boot::run(args),

@@ -16,6 +16,7 @@
 mod bundle;
 mod control;
 pub mod exec;
+mod features;
 mod hooks;
 mod monitor;
 pub mod state;
@@ -385,6 +386,14 @@ pub fn spec(_g: &Global, a: &SpecArgs) -> Result<u8, Failure> {
     let text = serde_json::to_vec_pretty(&spec).map_err(|e| Failure::runtime(e.to_string()))?;
     std::fs::write(&path, text)
         .map_err(|e| Failure::runtime(format!("{}: {e}", path.display())))?;
+    Ok(0)
+}
+
+/// `features`: the runtime-spec features document.
+pub fn features(_g: &Global) -> Result<u8, Failure> {
+    let text = serde_json::to_string_pretty(&features::document())
+        .map_err(|e| Failure::runtime(e.to_string()))?;
+    println!("{text}");
     Ok(0)
 }
 
