@@ -248,8 +248,11 @@ fn start_backends(
 /// The container as the agent creates it: on the rootfs share, with the
 /// other shares mounted where the spec's bind mounts point.
 fn container(planned: &Planned, terminal: bool) -> session::Container {
+    // The hooks run here, on the host (bundle.rs refused the others).
+    let mut spec = planned.spec.clone();
+    spec.set_hooks(None);
     session::Container {
-        spec: planned.spec.clone(),
+        spec,
         rootfs: RootfsSpec::Shared {
             tag: ROOT_TAG.into(),
         },

@@ -715,7 +715,7 @@ struct CgroupSetup<'a> {
 
 fn check_spec<'a>(id: &str, spec: &'a Spec, tty: bool) -> Result<CheckedSpec<'a>, Error> {
     let (process, linux) = required_sections(spec)?;
-    warn_unsupported(id, spec, linux);
+    refuse_unsupported(spec, linux)?;
     let ns = ns_setup(linux)?;
     check_ns_needs(spec, linux, &ns)?;
     let programs = compile_seccomp(linux)?;
@@ -751,14 +751,17 @@ fn required_sections(spec: &Spec) -> Result<(&Process, &Linux), Error> {
     Ok((process, linux))
 }
 
-/// Unsupported settings that a container can run without.
-fn warn_unsupported(id: &str, spec: &Spec, linux: &Linux) {
+/// Settings this code cannot apply: refused by name, never ignored. Hooks
+/// that run in the runtime's namespace are the host's business (husk's OCI
+/// runtime runs them there and sends no hooks here).
+fn refuse_unsupported(spec: &Spec, linux: &Linux) -> Result<(), Error> {
     if spec.hooks().is_some() {
-        log::warn!("container {id}: OCI hooks are not supported, ignored");
+        return Err(Error::Spec("hooks are not supported here".into()));
     }
     if linux.personality().is_some() {
-        log::warn!("container {id}: linux.personality is not supported, ignored");
+        return Err(Error::Spec("linux.personality is not supported".into()));
     }
+    Ok(())
 }
 
 /// What other settings ask of the namespaces: a hostname needs a UTS
@@ -1096,9 +1099,11 @@ impl Container {
     ///
     /// `stdio` decides the streams (`process.terminal` is not looked at);
     /// `process.consoleSize` sizes the tty. `spec.root.path` is ignored
-    /// (`rootfs` says where the image is). Not supported: hooks, personality,
-    /// AppArmor/SELinux labels, time namespaces, idmapped mounts, device
-    /// cgroup rules (cgroup v2 needs eBPF for those), intelRdt.
+    /// (`rootfs` says where the image is). Refused: hooks, personality,
+    /// time namespaces, idmapped mounts. Not applied (every engine sends
+    /// them): AppArmor/SELinux labels (the guest kernel has no LSM), device
+    /// cgroup rules (cgroup v2 needs eBPF for those; the container has only
+    /// the device nodes its spec makes), intelRdt.
     ///
     /// A container dropped before [`start`](Container::start) makes its
     /// process exit (status 1); one dropped after keeps running: use
@@ -1413,6 +1418,22 @@ mod tests {
         check::<Container>();
         check::<ProcessIo>();
         check::<Error>();
+    }
+
+    #[test]
+    fn hooks_and_personality_are_refused_not_ignored() {
+        let base = husk_wire::spec::default_spec(vec!["sh".into()]);
+        let mut s = base.clone();
+        s.set_hooks(Some(Default::default()));
+        let e = refuse_unsupported(&s, s.linux().as_ref().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("hooks"), "{e}");
+        let mut s = base.clone();
+        let mut linux = s.linux().clone().unwrap();
+        linux.set_personality(Some(Default::default()));
+        s.set_linux(Some(linux));
+        let e = refuse_unsupported(&s, s.linux().as_ref().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("personality"), "{e}");
+        assert!(refuse_unsupported(&base, base.linux().as_ref().unwrap()).is_ok());
     }
 
     #[test]
