@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-const IMAGE: &str = "localhost/husk-test:latest";
+use husk_tests::podman::IMAGE;
 
 /// The runtimes podman is given, by path; a missing one is reported.
 fn runtimes(husk: &Path) -> Vec<(&'static str, PathBuf)> {
@@ -22,19 +22,6 @@ fn runtimes(husk: &Path) -> Vec<(&'static str, PathBuf)> {
         ("crun", PathBuf::from("/usr/bin/crun")),
         ("runc", PathBuf::from("/usr/sbin/runc")),
     ]
-}
-
-fn podman(store: &Path, runtime: &Path) -> Command {
-    let mut c = Command::new("/usr/bin/podman");
-    c.args(["--storage-driver", "vfs", "--root"])
-        .arg(store.join("storage"))
-        .arg("--runroot")
-        .arg(store.join("run"))
-        .args(["--cgroup-manager", "cgroupfs", "--events-backend", "file"])
-        .arg("--runtime")
-        .arg(runtime)
-        .env("TMPDIR", store.join("tmp"));
-    c
 }
 
 /// Runs `cmd` to its end; milliseconds. A failure ends the bench loudly.
@@ -68,7 +55,7 @@ fn main() {
             }
         }
     }
-    if !Path::new("/usr/bin/podman").is_file() {
+    if !Path::new(husk_tests::podman::PROGRAM).is_file() {
         println!("podman: not installed");
         return;
     }
@@ -88,7 +75,7 @@ fn main() {
         .collect();
     let tar = husk_tests::guest_dir().join("husk-test-image.docker.tar");
     timed(
-        podman(store.path(), &present[0].1)
+        husk_tests::podman::command(store.path(), &present[0].1)
             .args(["load", "-q", "-i"])
             .arg(&tar),
         "podman load",
@@ -109,7 +96,7 @@ fn main() {
     for run in 0..=runs {
         for (i, (name, path)) in present.iter().enumerate() {
             let ms = timed(
-                podman(store.path(), path).args([
+                husk_tests::podman::command(store.path(), path).args([
                     "run",
                     "--rm",
                     "--network",

@@ -2,10 +2,11 @@
 //! (`ctr run --runc-binary husk`): the shim calls `husk create/start/
 //! delete` as it calls runc, and the container runs in a microVM.
 
+use husk_tests::process::Daemon;
 use husk_tests::require_linux_kvm;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -13,7 +14,7 @@ const TIMEOUT: Duration = Duration::from_secs(180);
 /// no config file), killed on drop.
 struct Containerd {
     dir: tempfile::TempDir,
-    daemon: Child,
+    _daemon: Daemon,
 }
 
 impl Containerd {
@@ -26,30 +27,22 @@ impl Containerd {
         }
         husk_compare::runner::ensure_cgroup2();
         let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("config.toml");
-        std::fs::write(&config, "version = 2\n").unwrap();
-        let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
-        let daemon = Command::new("/usr/bin/containerd")
-            .arg("--config")
-            .arg(&config)
+        let d = dir.path();
+        std::fs::write(d.join("config.toml"), "version = 2\n").unwrap();
+        let mut cmd = Command::new("/usr/bin/containerd");
+        cmd.arg("--config")
+            .arg(d.join("config.toml"))
             .arg("--root")
-            .arg(dir.path().join("root"))
+            .arg(d.join("root"))
             .arg("--state")
-            .arg(dir.path().join("state"))
+            .arg(d.join("state"))
             .arg("--address")
-            .arg(dir.path().join("sock"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let c = Containerd { dir, daemon };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !c.dir.path().join("sock").exists() {
-            assert!(Instant::now() < deadline, "containerd made no socket");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(c)
+            .arg(d.join("sock"));
+        let daemon = Daemon::start(cmd, &d.join("sock"), &d.join("containerd.log"));
+        Some(Containerd {
+            dir,
+            _daemon: daemon,
+        })
     }
 
     fn ctr(&self, args: &[&str]) -> husk_tests::process::Finished {
@@ -58,13 +51,6 @@ impl Containerd {
             .arg(self.dir.path().join("sock"))
             .args(args);
         husk_tests::process::run(c, TIMEOUT)
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
     }
 }
 

@@ -2,10 +2,11 @@
 //! husk=...`, `docker run --runtime husk`): dockerd's containerd shim calls
 //! husk as it calls runc, and the container runs in a microVM.
 
+use husk_tests::process::Daemon;
 use husk_tests::require_linux_kvm;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -13,7 +14,7 @@ const TIMEOUT: Duration = Duration::from_secs(180);
 /// directory, no bridge, no iptables, vfs storage), killed on drop.
 struct Dockerd {
     dir: tempfile::TempDir,
-    daemon: Child,
+    _daemon: Daemon,
 }
 
 impl Dockerd {
@@ -32,9 +33,8 @@ impl Dockerd {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::write(d.join("daemon.json"), "{}").unwrap();
-        let log = std::fs::File::create(d.join("dockerd.log")).unwrap();
-        let daemon = Command::new("/usr/sbin/dockerd")
-            .arg("--config-file")
+        let mut cmd = Command::new("/usr/sbin/dockerd");
+        cmd.arg("--config-file")
             .arg(d.join("daemon.json"))
             .arg("--data-root")
             .arg(d.join("data"))
@@ -46,19 +46,12 @@ impl Dockerd {
             .arg(format!("unix://{}", d.join("sock").display()))
             .args(["--bridge", "none", "--iptables=false", "--ip6tables=false"])
             .args(["--storage-driver", "vfs", "--add-runtime"])
-            .arg(format!("husk={}", husk_tests::husk::binary().display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let dockerd = Dockerd { dir, daemon };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !dockerd.dir.path().join("sock").exists() {
-            assert!(Instant::now() < deadline, "dockerd made no socket");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(dockerd)
+            .arg(format!("husk={}", husk_tests::husk::binary().display()));
+        let daemon = Daemon::start(cmd, &d.join("sock"), &d.join("dockerd.log"));
+        Some(Dockerd {
+            dir,
+            _daemon: daemon,
+        })
     }
 
     fn docker(&self, args: &[&str]) -> husk_tests::process::Finished {
@@ -67,13 +60,6 @@ impl Dockerd {
             .arg(format!("unix://{}", self.dir.path().join("sock").display()))
             .args(args);
         husk_tests::process::run(c, TIMEOUT)
-    }
-}
-
-impl Drop for Dockerd {
-    fn drop(&mut self) {
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
     }
 }
 

@@ -2,13 +2,13 @@
 //! podman itself unchanged: conmon calls `husk create/start/state/kill/
 //! delete`, and each container runs in its own microVM.
 
+use husk_tests::podman::{self, IMAGE};
 use husk_tests::require_linux_kvm;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(180);
-const IMAGE: &str = "localhost/husk-test:latest";
 
 /// podman with its storage, run state and events in a directory of its
 /// own, the test image loaded, and husk as the runtime.
@@ -20,7 +20,7 @@ impl Podman {
     /// None (the test is skipped, which fails it under HUSK_NO_SKIP) when
     /// podman is not installed.
     fn new() -> Option<Podman> {
-        if !Path::new("/usr/bin/podman").is_file() {
+        if !Path::new(podman::PROGRAM).is_file() {
             husk_skip::skip("podman is not installed (scripts/setup installs it)");
             return None;
         }
@@ -37,19 +37,8 @@ impl Podman {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let d = self.dir.path();
-        let mut c = Command::new("/usr/bin/podman");
-        c.args(["--storage-driver", "vfs", "--root"])
-            .arg(d.join("storage"))
-            .arg("--runroot")
-            .arg(d.join("run"))
-            .args(["--cgroup-manager", "cgroupfs", "--events-backend", "file"])
-            .arg("--runtime")
-            .arg(husk_tests::husk::binary())
-            .args(args)
-            // Image copies go here, not to /var/tmp (which a bare system
-            // such as the testbed lacks).
-            .env("TMPDIR", d.join("tmp"));
+        let mut c = podman::command(self.dir.path(), &husk_tests::husk::binary());
+        c.args(args);
         c
     }
 

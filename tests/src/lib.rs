@@ -7,6 +7,7 @@ pub mod hostile_guest;
 pub mod http;
 pub mod husk;
 pub mod null_guest;
+pub mod podman;
 pub mod process;
 pub mod qemu;
 pub mod vmm_process;

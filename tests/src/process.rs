@@ -1,7 +1,7 @@
 //! Runs a VMM process to completion with a deadline, collecting its output.
 
 use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
@@ -170,4 +170,34 @@ pub fn find_by_cmdline(needle: &str) -> Option<i32> {
                 .map(|c| String::from_utf8_lossy(&c).contains(needle))
                 .unwrap_or(false)
         })
+}
+
+/// A daemon the tests start (containerd, dockerd): its stderr in `log`,
+/// ready once `socket` exists; killed when dropped.
+pub struct Daemon(Child);
+
+impl Daemon {
+    pub fn start(mut cmd: Command, socket: &std::path::Path, log: &std::path::Path) -> Daemon {
+        let log = std::fs::File::create(log).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        let daemon = Daemon(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "{cmd:?} made no socket");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        daemon
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

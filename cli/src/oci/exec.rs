@@ -49,18 +49,7 @@ pub fn exec(g: &Global, r: ExecRequest) -> Result<u8, Failure> {
                 record.current().as_str()
             )));
         }
-        let terminal = r.process.terminal().unwrap_or(false);
-        match (terminal, r.console_socket) {
-            (true, None) => return Err(Failure::runtime(
-                "process.terminal is true: --console-socket is needed to hand over the terminal",
-            )),
-            (false, Some(_)) => {
-                return Err(Failure::runtime(
-                    "--console-socket given, but process.terminal is false",
-                ))
-            }
-            _ => {}
-        }
+        super::check_console(r.process.terminal().unwrap_or(false), r.console_socket)?;
         if r.detach {
             let pid = spawn_self(PROXY_ENV, STARTED, "the exec proxy").map_err(Failure::runtime)?;
             if let Some(p) = r.pid_file {

@@ -169,19 +169,7 @@ pub fn create(g: &Global, a: &CreateArgs) -> Result<u8, Failure> {
     state::check_id(&a.id).map_err(Failure::usage)?;
     // Checked here too, so a bad bundle fails before anything starts.
     let planned = bundle::load(&a.bundle).map_err(Failure::runtime)?;
-    match (planned.terminal(), &a.console_socket) {
-        (true, None) => {
-            return Err(Failure::runtime(
-                "process.terminal is true: --console-socket is needed to hand over the terminal",
-            ))
-        }
-        (false, Some(_)) => {
-            return Err(Failure::runtime(
-                "--console-socket given, but process.terminal is false",
-            ))
-        }
-        _ => {}
-    }
+    check_console(planned.terminal(), a.console_socket.as_deref())?;
     let root = g.root();
     std::fs::create_dir_all(&root)
         .map_err(|e| Failure::runtime(format!("--root {}: {e}", root.display())))?;
@@ -207,6 +195,20 @@ pub fn create(g: &Global, a: &CreateArgs) -> Result<u8, Failure> {
             let _ = std::fs::remove_dir_all(&dir);
             Err(Failure::runtime(e))
         }
+    }
+}
+
+/// A terminal needs a socket to hand it over on, and a socket needs a
+/// terminal to hand over (create and exec alike).
+pub(crate) fn check_console(terminal: bool, socket: Option<&Path>) -> Result<(), Failure> {
+    match (terminal, socket) {
+        (true, None) => Err(Failure::runtime(
+            "process.terminal is true: --console-socket is needed to hand over the terminal",
+        )),
+        (false, Some(_)) => Err(Failure::runtime(
+            "--console-socket given, but process.terminal is false",
+        )),
+        _ => Ok(()),
     }
 }
 
