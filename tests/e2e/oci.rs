@@ -422,3 +422,174 @@ fn exec_runs_a_process_beside_the_container_and_reports_its_status() {
     assert_eq!(code, Some(1));
     assert!(err.contains("does not exist"), "{err}");
 }
+
+/// `ip ARGS...`, which must succeed.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A named network namespace holding one end of a veth, as podman's
+/// netavark or a CNI bridge plugin leaves it; removed on drop.
+struct Netns(&'static str, &'static str);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", self.0]).status();
+        let _ = Command::new("ip").args(["link", "del", self.1]).status();
+    }
+}
+
+#[test]
+fn a_prepared_network_namespace_is_the_vms_network() {
+    require_linux_kvm();
+    let ns = Netns("husk-oci-net", "husk-h0");
+    let _ = Command::new("ip").args(["netns", "del", ns.0]).status();
+    ip(&["netns", "add", ns.0]);
+    ip(&[
+        "link", "add", ns.1, "type", "veth", "peer", "name", "husk-c0",
+    ]);
+    ip(&["link", "set", "husk-c0", "netns", ns.0]);
+    ip(&["addr", "add", "10.99.0.1/24", "dev", ns.1]);
+    ip(&["link", "set", ns.1, "up"]);
+    let inside = |args: &[&str]| {
+        let mut all = vec!["-n", ns.0];
+        all.extend_from_slice(args);
+        ip(&all);
+    };
+    inside(&["link", "set", "husk-c0", "address", "02:42:0a:63:00:02"]);
+    inside(&["addr", "add", "10.99.0.2/24", "dev", "husk-c0"]);
+    inside(&["link", "set", "husk-c0", "up"]);
+    inside(&["route", "add", "default", "via", "10.99.0.1"]);
+    // The container reaches the host end, then serves HTTP on its address.
+    let listener = std::net::TcpListener::bind("10.99.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let b = bundle(
+        dir.path(),
+        &format!(
+            "cat /sys/class/net/eth0/address; ip route | grep default; \
+             echo from-guest | nc 10.99.0.1 {port}; \
+             mkdir /www; echo served-by-the-vm >/www/index.html; \
+             exec httpd -f -p 80 -h /www"
+        ),
+    );
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b.join("config.json")).unwrap()).unwrap();
+    for n in spec["linux"]["namespaces"].as_array_mut().unwrap() {
+        if n["type"] == "network" {
+            n["path"] = format!("/run/netns/{}", ns.0).into();
+        }
+    }
+    std::fs::write(b.join("config.json"), spec.to_string()).unwrap();
+    let c = create(&root, dir.path(), &b, "net");
+    assert_eq!(husk(&root, &["start", "net"]).0, Some(0));
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut conn, from) = loop {
+        match listener.accept() {
+            Ok(c) => break c,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the guest never connected; its output: {:?} {:?}; the namespace: {}",
+                    std::fs::read_to_string(&c.out),
+                    std::fs::read_to_string(&c.err),
+                    describe_netns(ns.0)
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    conn.set_nonblocking(false).unwrap();
+    conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert_eq!(from.ip().to_string(), "10.99.0.2");
+    let mut got = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut got).unwrap();
+    assert_eq!(got, "from-guest\n");
+    // nc waits for our end to close before the script goes on.
+    drop(conn);
+    let body = http_get("10.99.0.2:80").unwrap_or_else(|e| {
+        panic!(
+            "{e}; the container's output: {:?} {:?}; in it: {:?}; the namespace: {}",
+            std::fs::read_to_string(&c.out),
+            std::fs::read_to_string(&c.err),
+            husk(
+                &root,
+                &["exec", "net", "sh", "-c", "ps; netstat -ltn; ls -l /www"]
+            ),
+            describe_netns(ns.0)
+        )
+    });
+    assert!(body.ends_with("served-by-the-vm\n"), "{body}");
+    let out = std::fs::read_to_string(&c.out).unwrap();
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("02:42:0a:63:00:02"), "{out}");
+    assert!(
+        lines
+            .next()
+            .unwrap_or_default()
+            .contains("default via 10.99.0.1"),
+        "{out}"
+    );
+    assert_eq!(husk(&root, &["delete", "--force", "net"]).0, Some(0));
+    assert_eq!(wait(c.pid), 128 + libc::SIGKILL);
+}
+
+/// Links with counters and tc filters in the namespace, for a failure.
+fn describe_netns(ns: &str) -> String {
+    let mut text = String::new();
+    for cmd in [
+        vec!["ip", "-n", ns, "-s", "link"],
+        vec!["ip", "-n", ns, "addr"],
+        vec![
+            "tc", "-n", ns, "-s", "filter", "show", "dev", "husk-c0", "ingress",
+        ],
+        vec![
+            "tc", "-n", ns, "-s", "filter", "show", "dev", "husk0", "ingress",
+        ],
+    ] {
+        let out = Command::new(cmd[0]).args(&cmd[1..]).output();
+        text.push_str(&format!("\n$ {}\n", cmd.join(" ")));
+        match out {
+            Ok(o) => {
+                text.push_str(&String::from_utf8_lossy(&o.stdout));
+                text.push_str(&String::from_utf8_lossy(&o.stderr));
+            }
+            Err(e) => text.push_str(&e.to_string()),
+        }
+    }
+    text
+}
+
+/// The response to `GET /` at `addr`, retried for a minute while the
+/// server comes up; or the last error.
+fn http_get(addr: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let attempt = std::net::TcpStream::connect(addr).and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok(body)
+        });
+        let error = match attempt {
+            Ok(body) if !body.is_empty() => return Ok(body),
+            Ok(_) => "an empty answer".to_string(),
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() > deadline {
+            return Err(format!("no HTTP answer from {addr}: {error}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

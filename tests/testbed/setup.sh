@@ -16,11 +16,11 @@ cache_root=${XDG_CACHE_HOME:-$HOME/.cache}/husk/testbed
 # these one by one. virtio_mmio is there for `-M microvm` (run uses q35 by
 # default, which needs virtio_pci). tun and the bridge (with stp, llc) are
 # for the network tests: TAPs on the L1 side of husk's virtio-net. veth and
-# the tc pieces (ingress qdisc, matchall filter, mirred action) are what a
+# the tc pieces (ingress qdisc, matchall and u32 filters, mirred action) are what a
 # container engine's network namespace and its redirect to a TAP need.
 modules=(irqbypass kvm kvm-amd virtio_ring virtio virtio_pci_legacy_dev
 	virtio_pci_modern_dev virtio_pci virtio_mmio virtio_blk tun llc stp bridge
-	veth sch_ingress cls_matchall act_mirred)
+	veth sch_ingress cls_matchall cls_u32 act_mirred)
 
 log() { echo "[testbed] $*" >&2; }
 die() {

@@ -10,7 +10,7 @@ use husk_devices::virtio::block::{Block, BlockConfig, BlockMetrics, Budget};
 use husk_devices::virtio::fs::Fs;
 pub use husk_devices::virtio::fs::FsConfig;
 use husk_devices::virtio::net::Net;
-pub use husk_devices::virtio::net::NetConfig;
+pub use husk_devices::virtio::net::{create_persistent as create_tap, NetConfig};
 use husk_devices::virtio::transport::{
     cmdline_token, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
 };

@@ -7,10 +7,10 @@
 //!
 //! Done so far: the global flags, `create` (with `--console-socket` for a
 //! terminal), `start`, `state`, `kill`, `exec`, `pause`, `resume`,
-//! `delete`. Refused by name until
-//! built: `--preserve-fds`, joining host namespaces (networking), systemd
-//! cgroup paths, hooks that run inside the container, and the other runc
-//! commands. Hooks that run on the host (prestart, createRuntime,
+//! `delete`; the container's network namespace becomes the VM's network
+//! (network.rs). Refused by name until built: `--preserve-fds`, joining
+//! the host's other namespaces, systemd cgroup paths, hooks that run
+//! inside the container, and the other runc commands. Hooks that run on the host (prestart, createRuntime,
 //! poststart, poststop) run there (hooks.rs).
 
 mod bundle;
@@ -19,6 +19,7 @@ pub mod exec;
 mod features;
 mod hooks;
 mod monitor;
+mod network;
 pub mod state;
 
 use crate::Failure;

@@ -8,7 +8,7 @@
 
 use super::bundle::{self, Planned, ROOT_TAG};
 use super::state::{self, Record, Status, START_FIFO};
-use super::{control, CreateArgs, Global};
+use super::{control, network, CreateArgs, Global};
 use crate::agent::{Client, Sinks};
 use crate::run::{self, launch::RunDir, session, teardown};
 use crate::Failure;
@@ -125,7 +125,7 @@ fn life(
 ) -> Result<u8, Failure> {
     let planned = bundle::load(&a.bundle).map_err(Failure::runtime)?;
     join_cgroup(g, &planned)?;
-    own_network_namespace(&planned)?;
+    network::enter(&network::Namespace::of(&planned.spec)).map_err(Failure::runtime)?;
     let me = std::process::id() as i32;
     let record = Record {
         id: a.id.clone(),
@@ -152,13 +152,27 @@ fn life(
         })?;
         hand_over_terminal(socket).map_err(Failure::runtime)?;
     }
+    // runc runs these once the container's namespaces exist, before its
+    // process does; here, before the VM boots, so that what they put in
+    // the network namespace (Docker's veth) is there to be wired.
+    let hooks = planned.spec.hooks().clone().unwrap_or_default();
+    let state = record.oci_state();
+    super::hooks::run(
+        "prestart",
+        hooks.prestart().as_deref().unwrap_or_default(),
+        &state,
+    )
+    .map_err(Failure::runtime)?;
+    let create_runtime = hooks.create_runtime().clone().unwrap_or_default();
+    super::hooks::run("createRuntime", &create_runtime, &state).map_err(Failure::runtime)?;
+    let wiring = network::wire().map_err(Failure::runtime)?;
     let sock = Record::sock_dir(&g.root(), &a.id);
     std::fs::create_dir_all(&sock)
         .map_err(|e| Failure::runtime(format!("{}: {e}", sock.display())))?;
     let _sockets = SockDir(sock.clone());
     let (backends, shares) = start_backends(&planned, &sock)?;
     let uds = sock.join(run::state::VSOCK_SOCKET);
-    let config = vm_config(&a.id, &planned, shares, &uds, &dir.path)?;
+    let config = vm_config(&a.id, &planned, shares, wiring, &uds, &dir.path)?;
     let vm = husk_vmm::start(&config, None).map_err(crate::boot::usage_or_runtime)?;
     let controls = vm.controls();
     let (vm_thread, vm_done) = run::wait_on_a_thread(vm);
@@ -175,17 +189,8 @@ fn life(
         vm_done,
         signals,
     };
-    let hooks = planned.spec.hooks().clone().unwrap_or_default();
     let mut created = || -> Result<(), String> {
         shared.set(Status::Created, None)?;
-        let state = shared.oci_state();
-        super::hooks::run(
-            "prestart",
-            hooks.prestart().as_deref().unwrap_or_default(),
-            &state,
-        )?;
-        let create_runtime = hooks.create_runtime().clone().unwrap_or_default();
-        super::hooks::run("createRuntime", &create_runtime, &state)?;
         if let Some(mut p) = pipe.take() {
             writeln!(p, "{CREATED}").map_err(|e| format!("telling create: {e}"))?;
         }
@@ -251,6 +256,7 @@ fn container(planned: &Planned, terminal: bool) -> session::Container {
     // The hooks run here, on the host (bundle.rs refused the others).
     let mut spec = planned.spec.clone();
     spec.set_hooks(None);
+    network::guest_spec(&mut spec);
     session::Container {
         spec,
         rootfs: RootfsSpec::Shared {
@@ -327,6 +333,7 @@ fn vm_config(
     id: &str,
     p: &Planned,
     fs: Vec<FsConfig>,
+    wiring: network::Wiring,
     uds: &Path,
     dir: &Path,
 ) -> Result<VmConfig, Failure> {
@@ -348,18 +355,19 @@ fn vm_config(
         vcpus: p.vcpus,
         mem_mib: p.mem_mib,
         cmdline: format!(
-            "{} root=/dev/vda ro {} {}=husk-{}",
+            "{} root=/dev/vda ro {} {}=husk-{}{}",
             cmdline::BASE,
             cmdline::KEY_AGENT,
             cmdline::KEY_HOSTNAME,
-            &id[..id.len().min(48)]
+            &id[..id.len().min(48)],
+            wiring.cmdline
         ),
         disks: vec![DiskConfig {
             path: rootfs,
             read_only: true,
             id: run::serial::ROOTFS.into(),
         }],
-        nets: Vec::new(),
+        nets: wiring.nets,
         vsock: Some(VsockConfig {
             guest_cid: 3,
             uds_path: uds.to_owned(),
@@ -403,25 +411,6 @@ fn make_fifo(path: &Path) -> std::io::Result<()> {
     // SAFETY: a NUL-terminated path.
     if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } < 0 {
         return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// A spec that asks for a new network namespace gets one for the monitor,
-/// the container's pid on the host: whatever the caller sets up in
-/// `/proc/<pid>/ns/net` (Docker's prestart hook does) lands there, never in
-/// the host's namespace. Before any thread exists.
-fn own_network_namespace(p: &Planned) -> Result<(), Failure> {
-    use husk_wire::oci_spec::runtime::LinuxNamespaceType;
-    let wants_new = p.spec.linux().as_ref().is_some_and(|l| {
-        l.namespaces()
-            .iter()
-            .flatten()
-            .any(|n| n.typ() == LinuxNamespaceType::Network && n.path().is_none())
-    });
-    if wants_new {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| Failure::runtime(format!("a network namespace for the container: {e}")))?;
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ mod detach;
 pub(crate) mod launch;
 mod plan;
 pub(crate) mod session;
-mod spec;
+pub(crate) mod spec;
 pub mod state;
 pub(crate) mod teardown;
 mod timings;

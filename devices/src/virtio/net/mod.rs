@@ -58,7 +58,7 @@ pub use device::{
 };
 pub use handler::{process_tx, RxBuffers, RxDelivery, TxOutcome};
 pub use metrics::NetMetrics;
-pub use tap::{tap_offload_flags, NetBackend, Tap, TapError};
+pub use tap::{create_persistent, tap_offload_flags, NetBackend, Tap, TapError};
 
 /// Size of `struct virtio_net_hdr_v1` (with `num_buffers`): what the guest
 /// puts before every tx frame, what the device puts before every rx frame,

@@ -7,12 +7,14 @@
 //! on its fd carry the same 12-byte virtio-net header the guest uses and
 //! checksum/segmentation offloads pass straight through.
 //!
-//! husk never creates a TAP: the user sets one up (`ip tuntap add NAME mode
-//! tap`, addresses, bridge...) and names it. `TUNSETIFF` would silently
-//! create a missing interface, so [`Tap::open`] looks it up in sysfs first
-//! and, to close the race with a concurrent delete, refuses an interface
-//! that turns out not to be persistent (only the one `TUNSETIFF` just
-//! created can be: a non-persistent TAP held by someone else is busy).
+//! `husk boot --net` never creates a TAP: the user sets one up (`ip tuntap
+//! add NAME mode tap`, addresses, bridge...) and names it. The OCI runtime
+//! makes its own with [`create_persistent`] in the container's network
+//! namespace, which it owns. `TUNSETIFF` would silently create a missing
+//! interface, so [`Tap::open`] looks it up first and, to close the race
+//! with a concurrent delete, refuses an interface that turns out not to be
+//! persistent (only the one `TUNSETIFF` just created can be: a
+//! non-persistent TAP held by someone else is busy).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -208,6 +210,69 @@ fn value_ioctl(file: &File, request: libc::Ioctl, value: c_ulong) -> io::Result<
     last_errno_result(unsafe { libc::ioctl(file.as_raw_fd(), request, value) })
 }
 
+/// The interface's index in this thread's network namespace, if it has
+/// one of that name. Not sysfs: `/sys/class/net` lists the namespace that
+/// mounted `/sys`, and the OCI runtime opens its TAP in another.
+fn if_index(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+/// sysfs's `tun_flags` of the interface ("0x1002\n"; `Some(None)` when it
+/// has none, so is no tun/tap), when sysfs shows this very interface (the
+/// same index), else `None`.
+fn sysfs_tun_flags(name: &str, index: u32) -> Option<Option<c_int>> {
+    let sys = Path::new(SYS_CLASS_NET).join(name);
+    let shown: u32 = std::fs::read_to_string(sys.join("ifindex"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    if shown != index {
+        return None;
+    }
+    match std::fs::read_to_string(sys.join("tun_flags")) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Some(None),
+        Err(_) => None,
+        Ok(text) => c_int::from_str_radix(text.trim().trim_start_matches("0x"), 16)
+            .ok()
+            .map(Some),
+    }
+}
+
+/// Creates the persistent, single-queue TAP `name` (as `ip tuntap add NAME
+/// mode tap` does), for [`Tap::open`] to attach to. An interface of that
+/// name already there is an error, not reused.
+pub fn create_persistent(name: &str) -> Result<(), TapError> {
+    validate_name(name)?;
+    if if_index(name).is_some() {
+        return Err(TapError::Ioctl {
+            op: "TUNSETIFF",
+            name: name.to_string(),
+            source: io::Error::from_raw_os_error(libc::EEXIST),
+        });
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(TUN_DEVICE)
+        .map_err(TapError::OpenTun)?;
+    let error = |op, source: io::Error| match source.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => TapError::PermissionDenied(name.to_string()),
+        _ => TapError::Ioctl {
+            op,
+            name: name.to_string(),
+            source,
+        },
+    };
+    let mut ifr = IfReq::new(name, libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR);
+    ifreq_ioctl(&file, libc::TUNSETIFF, &mut ifr).map_err(|e| error("TUNSETIFF", e))?;
+    // Persistent, it outlives this fd; the namespace's end removes it.
+    value_ioctl(&file, libc::TUNSETPERSIST, 1).map_err(|e| error("TUNSETPERSIST", e))
+}
+
 /// An attached TAP interface.
 #[derive(Debug)]
 pub struct Tap {
@@ -224,27 +289,20 @@ impl Tap {
     /// features are known ([`NetBackend::set_offload`]).
     pub fn open(name: &str) -> Result<Self, TapError> {
         validate_name(name)?;
-        let sys = Path::new(SYS_CLASS_NET).join(name);
-        if !sys.exists() {
+        let Some(index) = if_index(name) else {
             return Err(TapError::NotFound(name.to_string()));
-        }
-        // tun_flags exists for tun/tap interfaces only ("0x1002\n").
-        match std::fs::read_to_string(sys.join("tun_flags")) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+        };
+        match sysfs_tun_flags(name, index) {
+            // sysfs shows the interface, and it is no tun/tap.
+            Some(None) => return Err(TapError::NotATap(name.to_string())),
+            Some(Some(flags)) if flags & libc::IFF_TAP == 0 => {
                 return Err(TapError::NotATap(name.to_string()))
             }
-            // Unreadable for another reason: let TUNSETIFF judge.
-            Err(_) => {}
-            Ok(text) => {
-                if let Ok(flags) = c_int::from_str_radix(text.trim().trim_start_matches("0x"), 16) {
-                    if flags & libc::IFF_TAP == 0 {
-                        return Err(TapError::NotATap(name.to_string()));
-                    }
-                    if flags & libc::IFF_MULTI_QUEUE != 0 {
-                        return Err(TapError::MultiQueue(name.to_string()));
-                    }
-                }
+            Some(Some(flags)) if flags & libc::IFF_MULTI_QUEUE != 0 => {
+                return Err(TapError::MultiQueue(name.to_string()))
             }
+            // A TAP, or sysfs cannot tell: let TUNSETIFF judge.
+            _ => {}
         }
 
         let file = OpenOptions::new()
