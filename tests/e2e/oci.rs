@@ -449,7 +449,10 @@ impl Drop for Netns {
 fn a_prepared_network_namespace_is_the_vms_network() {
     require_linux_kvm();
     let ns = Netns("husk-oci-net", "husk-h0");
-    let _ = Command::new("ip").args(["netns", "del", ns.0]).status();
+    let _ = Command::new("ip")
+        .args(["netns", "del", ns.0])
+        .stderr(Stdio::null())
+        .status();
     ip(&["netns", "add", ns.0]);
     ip(&[
         "link", "add", ns.1, "type", "veth", "peer", "name", "husk-c0",
@@ -516,7 +519,7 @@ fn a_prepared_network_namespace_is_the_vms_network() {
     assert_eq!(got, "from-guest\n");
     // nc waits for our end to close before the script goes on.
     drop(conn);
-    let body = http_get("10.99.0.2:80").unwrap_or_else(|e| {
+    let body = husk_tests::http::get_tcp("10.99.0.2:80").unwrap_or_else(|e| {
         panic!(
             "{e}; the container's output: {:?} {:?}; in it: {:?}; the namespace: {}",
             std::fs::read_to_string(&c.out),
@@ -567,29 +570,4 @@ fn describe_netns(ns: &str) -> String {
         }
     }
     text
-}
-
-/// The response to `GET /` at `addr`, retried for a minute while the
-/// server comes up; or the last error.
-fn http_get(addr: &str) -> Result<String, String> {
-    use std::io::{Read, Write};
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let attempt = std::net::TcpStream::connect(addr).and_then(|mut s| {
-            s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-            let mut body = String::new();
-            s.read_to_string(&mut body)?;
-            Ok(body)
-        });
-        let error = match attempt {
-            Ok(body) if !body.is_empty() => return Ok(body),
-            Ok(_) => "an empty answer".to_string(),
-            Err(e) => e.to_string(),
-        };
-        if Instant::now() > deadline {
-            return Err(format!("no HTTP answer from {addr}: {error}"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }

@@ -1,5 +1,6 @@
 //! A minimal blocking HTTP/1.1 client over a Unix socket, the way
-//! orchestrators talk to a Firecracker-compatible API.
+//! orchestrators talk to a Firecracker-compatible API; and a GET over TCP,
+//! for servers in containers.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -85,4 +86,28 @@ pub fn wait_for_socket(socket: &Path, timeout: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(2));
     }
     false
+}
+
+/// The response to `GET /` at `addr`, retried for a minute while the
+/// server comes up; or the last error.
+pub fn get_tcp(addr: &str) -> Result<String, String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let attempt = std::net::TcpStream::connect(addr).and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok(body)
+        });
+        let error = match attempt {
+            Ok(body) if !body.is_empty() => return Ok(body),
+            Ok(_) => "an empty answer".to_string(),
+            Err(e) => e.to_string(),
+        };
+        if std::time::Instant::now() > deadline {
+            return Err(format!("no HTTP answer from {addr}: {error}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -12,8 +12,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 init_script=$here/l1-init
 cache_root=${XDG_CACHE_HOME:-$HOME/.cache}/husk/testbed
 
-# Dependency order matters: the .deb ships no modules.dep, so init insmods
-# these one by one. virtio_mmio is there for `-M microvm` (run uses q35 by
+# Loaded at boot, in this order (init insmods them one by one). virtio_mmio is there for `-M microvm` (run uses q35 by
 # default, which needs virtio_pci). tun and the bridge (with stp, llc) are
 # for the network tests: TAPs on the L1 side of husk's virtio-net. veth and
 # the tc pieces (ingress qdisc, matchall and u32 filters, mirred action) are what a
@@ -130,16 +129,14 @@ fi
 
 log "unpacking kernel"
 mkdir "$work/x"
-# Only the kernel and the few modules: the whole package is ~300 MiB of
-# modules.
-patterns=("./boot/vmlinuz-*")
-for m in "${modules[@]}"; do patterns+=("*/$m.ko"); done
-dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$work/x" --wildcards "${patterns[@]}" ||
-	die "$deb lacks the kernel or one of: ${modules[*]}"
+dpkg-deb -x "$deb" "$work/x" || die "cannot unpack $deb"
 vmlinuz=$(echo "$work"/x/boot/vmlinuz-*)
 [[ -f $vmlinuz ]] || die "no /boot/vmlinuz-* in $deb"
 uname_r=${vmlinuz##*/vmlinuz-}
 moddir=$work/x/lib/modules/$uname_r
+# The .deb ships no modules.dep; busybox's depmod makes one (and
+# modules.alias), from which the initramfs takes what it needs.
+/bin/busybox depmod -b "$work/x" "$uname_r" || die "depmod failed"
 
 log "building initramfs"
 root=$work/root
@@ -149,13 +146,31 @@ cp /bin/busybox "$root/bin/busybox"
 while read -r applet; do
 	[[ -e $root/$applet ]] || ln -s /bin/busybox "$root/$applet"
 done < <("$root/bin/busybox" --list-full)
+# The listed modules are loaded at boot; every networking module (and what
+# those need) is there for the kernel to load on demand through busybox's
+# modprobe, as a distribution kernel does: nftables, NAT, conntrack and the
+# xt matches container engines' networks ask for. ~10 MiB, ~3 MiB gzipped.
 : >"$root/etc/testbed-modules"
+wanted=()
 for m in "${modules[@]}"; do
-	ko=$(find "$moddir" -name "$m.ko" -print -quit)
+	ko=$(cd "$moddir" && find kernel -name "$m.ko" -print -quit)
 	[[ -n $ko ]] || die "module $m.ko not found in $kpkg"
-	cp "$ko" "$root/lib/modules/$m.ko"
-	echo "$m" >>"$root/etc/testbed-modules"
+	wanted+=("$ko")
+	echo "/lib/modules/$uname_r/$ko" >>"$root/etc/testbed-modules"
 done
+while read -r ko; do wanted+=("$ko"); done < <(cd "$moddir" && find kernel/net -name '*.ko')
+declare -A copied=()
+for ko in "${wanted[@]}"; do
+	# modules.dep: "kernel/a.ko: kernel/dep1.ko kernel/dep2.ko".
+	for f in "$ko" $(sed -n "s|^$ko: *||p" "$moddir/modules.dep"); do
+		[[ -n ${copied[$f]:-} ]] && continue
+		copied[$f]=1
+		mkdir -p "$root/lib/modules/$uname_r/${f%/*}"
+		cp "$moddir/$f" "$root/lib/modules/$uname_r/$f"
+	done
+done
+cp "$moddir"/modules.{builtin,order} "$root/lib/modules/$uname_r/"
+/bin/busybox depmod -b "$root" "$uname_r" || die "depmod of the initramfs failed"
 install -m 0755 "$init_script" "$root/init"
 # The kernel opens /dev/console for /init's stdio before anything is
 # mounted. mknod needs root; without it l1-init reopens the console itself
