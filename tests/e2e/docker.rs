@@ -11,14 +11,17 @@ use std::time::Duration;
 const TIMEOUT: Duration = Duration::from_secs(180);
 
 /// A dockerd of its own (data, exec root and socket in a temporary
-/// directory, no bridge, no iptables, vfs storage), killed on drop.
+/// directory, vfs storage), killed on drop.
 struct Dockerd {
     dir: tempfile::TempDir,
     _daemon: Daemon,
 }
 
+/// Docker without its bridge and iptables rules.
+const NO_NETWORK: &[&str] = &["--bridge", "none", "--iptables=false", "--ip6tables=false"];
+
 impl Dockerd {
-    fn start() -> Option<Dockerd> {
+    fn start(network: &[&str]) -> Option<Dockerd> {
         for p in [
             "/usr/sbin/dockerd",
             "/usr/bin/docker",
@@ -44,7 +47,7 @@ impl Dockerd {
             .arg(d.join("pid"))
             .arg("-H")
             .arg(format!("unix://{}", d.join("sock").display()))
-            .args(["--bridge", "none", "--iptables=false", "--ip6tables=false"])
+            .args(network)
             .args(["--storage-driver", "vfs", "--add-runtime"])
             .arg(format!("husk={}", husk_tests::husk::binary().display()));
         let daemon = Daemon::start(cmd, &d.join("sock"), &d.join("dockerd.log"));
@@ -66,7 +69,9 @@ impl Dockerd {
 #[test]
 fn docker_runs_a_container_in_a_microvm_with_runtime_husk() {
     require_linux_kvm();
-    let Some(d) = Dockerd::start() else { return };
+    let Some(d) = Dockerd::start(NO_NETWORK) else {
+        return;
+    };
     let tar = husk_tests::guest_dir().join("husk-test-image.docker.tar");
     let out = d.docker(&["load", "-q", "-i", &tar.display().to_string()]);
     assert_eq!(out.code, Some(0), "{}", out.describe());
@@ -104,5 +109,37 @@ fn docker_runs_a_container_in_a_microvm_with_runtime_husk() {
     let pid = d.docker(&["inspect", "--format", "{{.State.Pid}}", &id]);
     let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/net")).unwrap();
     assert_ne!(ns(pid.stdout.trim()), ns("self"), "{}", pid.describe());
+    assert_eq!(d.docker(&["rm", "-f", &id]).code, Some(0));
+}
+
+#[test]
+fn dockers_bridge_and_a_published_port_reach_the_vm() {
+    require_linux_kvm();
+    // Docker's default network: docker0, a veth its prestart hook moves
+    // into the monitor's namespace, NAT and docker-proxy for -p.
+    let Some(d) = Dockerd::start(&[]) else { return };
+    let tar = husk_tests::guest_dir().join("husk-test-image.docker.tar");
+    let out = d.docker(&["load", "-q", "-i", &tar.display().to_string()]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let script =
+        "mkdir -p /www; echo served-by-the-vm >/www/index.html; exec httpd -f -p 80 -h /www";
+    let out = d.docker(&[
+        "run",
+        "-d",
+        "--runtime",
+        "husk",
+        "-p",
+        "8081:80",
+        "husk-test:latest",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let id = out.stdout.trim().to_owned();
+    let got = husk_tests::http::get_tcp("127.0.0.1:8081");
+    let logs = d.docker(&["logs", &id]);
+    let body = got.unwrap_or_else(|e| panic!("{e}; {}", logs.describe()));
+    assert!(body.ends_with("served-by-the-vm\n"), "{body}");
     assert_eq!(d.docker(&["rm", "-f", &id]).code, Some(0));
 }
