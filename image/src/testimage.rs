@@ -378,12 +378,23 @@ impl ImageSpec {
         if let Some(user) = &d.user {
             set("User", json!(user));
         }
+        // One history entry per layer, as every builder writes: buildah
+        // checks the count against the layers when it builds on this image.
+        let history: Vec<serde_json::Value> = (1..=diff_ids.len())
+            .map(|n| {
+                json!({
+                    "created": "2024-01-01T00:00:00Z",
+                    "created_by": format!("husk image build-test: layer {n}"),
+                })
+            })
+            .collect();
         to_json(&json!({
             "created": "2024-01-01T00:00:00Z",
             "architecture": self.architecture,
             "os": self.os,
             "config": config,
             "rootfs": { "type": "layers", "diff_ids": diff_ids },
+            "history": history,
         }))
     }
 }

@@ -218,3 +218,33 @@ fn a_published_port_reaches_the_server_in_the_vm() {
     assert!(body.ends_with("served-by-the-vm\n"), "{body}");
     assert_eq!(p.run(&["rm", "-f", &id]).code, Some(0));
 }
+
+#[test]
+fn podman_build_runs_its_run_steps_in_microvms() {
+    require_linux_kvm();
+    let Some(p) = Podman::new() else { return };
+    // buildah's image copies go to /var/tmp whatever TMPDIR says; every
+    // host has it, the testbed's bare root does not.
+    std::fs::create_dir_all("/var/tmp").unwrap();
+    let ctx = p.dir.path().join("context");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {IMAGE}\n\
+             RUN uname -r >/built-on\n\
+             RUN echo second-step >>/built-on\n\
+             CMD [\"cat\", \"/built-on\"]\n"
+        ),
+    )
+    .unwrap();
+    let out = p.run(&["build", "-t", "husk-built", &ctx.display().to_string()]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let out = p.run(&["run", "--rm", "--network", "none", "husk-built"]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", out.describe());
+    // The RUN step ran on the guest's kernel: in a microVM.
+    assert_ne!(lines[0], host_kernel(), "{}", out.describe());
+    assert_eq!(lines[1], "second-step", "{}", out.describe());
+}
