@@ -28,6 +28,28 @@ pub struct PsArgs {
     /// Only print the ids.
     #[arg(short = 'q', long)]
     quiet: bool,
+    /// OCI runtime (runc's `ps ID`): json (the host pids standing for the
+    /// container) or table (its processes in the VM).
+    #[arg(short = 'f', long)]
+    format: Option<String>,
+    /// OCI runtime: the container whose processes to list.
+    id: Option<String>,
+    /// runc passes these to ps(1); refused (the processes are the VM's).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    ps_args: Vec<String>,
+}
+
+/// Whether `ps` is the OCI runtime's (`ps [--format F] ID`).
+pub fn ps_is_oci(g: &crate::oci::Global, p: &PsArgs) -> bool {
+    g.any() || p.id.is_some()
+}
+
+pub fn oci_ps(g: &crate::oci::Global, p: &PsArgs) -> Result<u8, Failure> {
+    let id =
+        p.id.as_deref()
+            .ok_or_else(|| Failure::usage("ps: the OCI runtime's ps needs a container id"))?;
+    let format = p.format.as_deref().unwrap_or("table");
+    crate::oci::update::ps(g, id, format, &p.ps_args)
 }
 
 #[derive(Args)]
@@ -174,6 +196,11 @@ fn connect(found: &Found, sinks: Sinks) -> Result<Client, String> {
 }
 
 pub fn ps(args: PsArgs) -> Result<u8, Failure> {
+    if args.format.is_some() {
+        return Err(Failure::usage(
+            "--format belongs to the OCI runtime's `ps ID`",
+        ));
+    }
     let runs: Vec<Found> = state::list(&runtime_root())
         .into_iter()
         .filter(|f| args.all || f.running())

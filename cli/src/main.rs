@@ -70,6 +70,8 @@ enum Command {
     List(oci::ListArgs),
     /// OCI runtime: what this runtime implements (runtime-spec features).
     Features,
+    /// OCI runtime: set a running container's cgroup limits anew.
+    Update(oci::update::UpdateArgs),
 }
 
 /// A failure with the exit status it deserves: 2 for bad usage, 1 for a
@@ -136,10 +138,12 @@ fn main() -> ExitCode {
             | Command::Spec(_)
             | Command::List(_)
             | Command::Features
+            | Command::Update(_)
     ) || matches!(&cli.command, Command::Kill(k) if containers::kill_is_oci(g, k))
+        || matches!(&cli.command, Command::Ps(p) if containers::ps_is_oci(g, p))
         || matches!(&cli.command, Command::Exec(e) if containers::exec_is_oci(g, e));
     if g.any() && !oci_command {
-        eprintln!("husk: --root, --log, --log-format, --systemd-cgroup, --debug and --rootless belong to the OCI runtime commands (create, start, state, kill, exec, pause, resume, delete, spec, list, features)");
+        eprintln!("husk: --root, --log, --log-format, --systemd-cgroup, --debug and --rootless belong to the OCI runtime commands (create, start, state, kill, exec, ps, update, pause, resume, delete, spec, list, features)");
         return ExitCode::from(2);
     }
     let result = match cli.command {
@@ -152,6 +156,8 @@ fn main() -> ExitCode {
         Command::Spec(a) => oci::run(g, |g| oci::spec(g, &a)),
         Command::List(a) => oci::run(g, |g| oci::list(g, &a)),
         Command::Features => oci::run(g, oci::features),
+        Command::Update(a) => oci::run(g, |g| oci::update::update(g, &a)),
+        Command::Ps(a) if oci_command => oci::run(g, |g| containers::oci_ps(g, &a)),
         Command::Kill(a) if oci_command => oci::run(g, |g| containers::oci_kill(g, &a)),
         Command::Exec(a) if oci_command => oci::run(g, |g| containers::oci_exec(g, &a)),
         Command::Boot(args) => boot::run(args),

@@ -400,6 +400,64 @@ fn exec_runs_a_process_beside_the_container_and_reports_its_status() {
     assert_eq!((code, out.as_str()), (Some(4), "/\n"));
     // The container itself still runs.
     assert_eq!(state(&root, "ex")["status"], "running");
+    // update: containerd's way, the resources on stdin; the guest's cgroup
+    // takes them.
+    let mut update = Command::new(husk_tests::husk::binary());
+    update
+        .arg("--root")
+        .arg(&root)
+        .args(["update", "--resources", "-", "ex"])
+        .stdin(Stdio::piped());
+    let mut child = update
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        br#"{"memory":{"limit":67108864},"pids":{"limit":42}}"#,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, out, err) = husk(
+        &root,
+        &[
+            "exec",
+            "ex",
+            "cat",
+            "/sys/fs/cgroup/memory.max",
+            "/sys/fs/cgroup/pids.max",
+        ],
+    );
+    assert_eq!((code, out.as_str()), (Some(0), "67108864\n42\n"), "{err}");
+    // More than the VM has is refused, not promised.
+    let big = dir.path().join("big.json");
+    std::fs::write(&big, r#"{"memory":{"limit":68719476736}}"#).unwrap();
+    let (code, _, err) = husk(
+        &root,
+        &["update", "--resources", &big.display().to_string(), "ex"],
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("keeps the size it was created with"), "{err}");
+    // ps: json is the host pid standing for the container; table, the
+    // processes in the VM.
+    let (code, out, _) = husk(&root, &["ps", "--format", "json", "ex"]);
+    assert_eq!(code, Some(0));
+    let pids: Vec<i32> = serde_json::from_str(&out).unwrap();
+    assert_eq!(pids, [c.pid]);
+    let (code, out, _) = husk(&root, &["ps", "ex"]);
+    assert_eq!(code, Some(0));
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("PID (in the VM)"));
+    assert!(
+        lines.next().is_some_and(|l| l.parse::<i32>().is_ok()),
+        "{out}"
+    );
     // pause parks the VM: no tick while paused; resume brings them back.
     assert_eq!(husk(&root, &["pause", "ex"]).0, Some(0));
     assert_eq!(state(&root, "ex")["status"], "paused");

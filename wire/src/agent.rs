@@ -11,7 +11,7 @@
 //! one connection. Stream ids belong to their connection: two connections
 //! may both use stream 1. The full description is in rootfs/README.md.
 
-use oci_spec::runtime::{Process, Spec};
+use oci_spec::runtime::{LinuxResources, Process, Spec};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 
@@ -21,7 +21,7 @@ pub use crate::status::ExitStatus;
 /// disks named by their serial, stream ids scoped to their connection.
 /// 3: a volume is a disk or a virtio-fs share. 4: the root is an image
 /// disk or a virtio-fs share.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 /// The vsock port the agent listens on.
 pub const AGENT_PORT: u32 = 1024;
 /// Largest frame body accepted: a runtime spec is a few KiB, stream chunks
@@ -169,6 +169,16 @@ pub enum Request {
     Stats {
         id: String,
     },
+    /// Writes the container's cgroup limits anew (`runc update`).
+    Update {
+        id: String,
+        resources: Box<LinuxResources>,
+    },
+    /// The pids of the container's processes, as the guest numbers them
+    /// (`runc ps`).
+    Pids {
+        id: String,
+    },
     /// Kills what is left of the container, unmounts and forgets it.
     DestroyContainer {
         id: String,
@@ -198,6 +208,7 @@ pub enum Response {
     Ok,
     Hello { version: u32, agent: String },
     Stats { stats: Stats },
+    Pids { pids: Vec<i32> },
     Error { message: String },
 }
 

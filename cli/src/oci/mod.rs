@@ -7,10 +7,10 @@
 //!
 //! Done so far: the global flags, `create` (with `--console-socket` for a
 //! terminal), `start`, `state`, `kill`, `exec`, `pause`, `resume`,
-//! `delete`; the container's network namespace becomes the VM's network
-//! (network.rs). Refused by name until built: `--preserve-fds`, joining
-//! the host's other namespaces, systemd cgroup paths, hooks that run
-//! inside the container, and the other runc commands. Hooks that run on the host (prestart, createRuntime,
+//! `delete`, `update`, `ps` (update.rs); the container's network namespace
+//! becomes the VM's network (network.rs). Refused by name until built:
+//! `--preserve-fds`, joining the host's other namespaces, systemd cgroup
+//! paths, hooks that run inside the container, and runc's other commands. Hooks that run on the host (prestart, createRuntime,
 //! poststart, poststop) run there (hooks.rs).
 
 mod bundle;
@@ -21,6 +21,7 @@ mod hooks;
 mod monitor;
 mod network;
 pub mod state;
+pub mod update;
 
 use crate::Failure;
 use clap::{Args, ValueEnum};

@@ -1340,6 +1340,19 @@ impl Container {
         }
     }
 
+    /// Writes `resources` to the container's cgroup, as at create
+    /// (`runc update`); what the spec leaves out stays as it was.
+    pub fn update(&self, resources: &LinuxResources) -> Result<(), Error> {
+        let Some(cg) = &self.cgroup else {
+            return Err(Error::State(format!(
+                "container {} has no cgroup (no cgroup v2 on this system)",
+                self.id
+            )));
+        };
+        let swap = cg.path().join("memory.swap.max").exists();
+        cg.set(&cgroup::resource_writes(resources, swap)?)
+    }
+
     /// SIGKILLs every process left, waits (at most 5 s) until none runs,
     /// removes the cgroup, unmounts what the caller's namespace has under
     /// the state directory (normally nothing) and removes it. The killed

@@ -444,6 +444,17 @@ impl Agent {
                 let s = e.container.stats().map_err(|e| e.to_string())?;
                 Ok(Response::Stats { stats: s })
             }
+            Request::Update { id, resources } => {
+                let e = self.entry(&id)?;
+                e.container.update(&resources).map_err(|e| e.to_string())?;
+                Ok(Response::Ok)
+            }
+            Request::Pids { id } => {
+                let e = self.entry(&id)?;
+                Ok(Response::Pids {
+                    pids: e.container.pids(),
+                })
+            }
             Request::DestroyContainer { id } => {
                 let e = self
                     .containers
