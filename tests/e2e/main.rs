@@ -16,4 +16,5 @@ mod oci;
 mod podman;
 mod run;
 mod session;
+mod validation;
 mod vsock;

@@ -12,7 +12,7 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A bundle: the test image unpacked as `rootfs`, and the default spec
 /// running `script`.
-fn bundle(dir: &Path, script: &str) -> PathBuf {
+pub(crate) fn bundle(dir: &Path, script: &str) -> PathBuf {
     let b = dir.join("bundle");
     let image = husk_image::Image::open(&husk_tests::guest_dir().join("husk-test-image"))
         .expect("the test image (scripts/build-guest)");
@@ -24,7 +24,12 @@ fn bundle(dir: &Path, script: &str) -> PathBuf {
 
 /// `husk --root ROOT ARGS...`, waited for; (exit code, stdout, stderr).
 fn husk(root: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let mut c = Command::new(husk_tests::husk::binary());
+    runtime(&husk_tests::husk::binary(), root, args)
+}
+
+/// `RUNTIME --root ROOT ARGS...` (husk, crun or runc), waited for.
+pub(crate) fn runtime(program: &Path, root: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut c = Command::new(program);
     c.arg("--root").arg(root).args(args);
     let out = husk_tests::process::run(c, TIMEOUT);
     (out.code, out.stdout, out.stderr)
@@ -43,10 +48,10 @@ fn subreaper() {
 
 /// A created container: its pid (from the pid file) and where its stdout
 /// and stderr go.
-struct Created {
-    pid: i32,
-    out: PathBuf,
-    err: PathBuf,
+pub(crate) struct Created {
+    pub pid: i32,
+    pub out: PathBuf,
+    pub err: PathBuf,
 }
 
 fn create(root: &Path, dir: &Path, bundle: &Path, id: &str) -> Created {
@@ -54,13 +59,27 @@ fn create(root: &Path, dir: &Path, bundle: &Path, id: &str) -> Created {
 }
 
 fn create_with(root: &Path, dir: &Path, bundle: &Path, id: &str, more: &[&str]) -> Created {
+    let program = husk_tests::husk::binary();
+    try_create(&program, root, dir, bundle, id, more).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `RUNTIME create` as conmon runs it: the caller's files as stdio, a pid
+/// file; the created container, or why not.
+pub(crate) fn try_create(
+    program: &Path,
+    root: &Path,
+    dir: &Path,
+    bundle: &Path,
+    id: &str,
+    more: &[&str],
+) -> Result<Created, String> {
     subreaper();
     let (out, err, pid_file) = (
         dir.join(format!("{id}.out")),
         dir.join(format!("{id}.err")),
         dir.join(format!("{id}.pid")),
     );
-    let status = Command::new(husk_tests::husk::binary())
+    let status = Command::new(program)
         .arg("--root")
         .arg(root)
         .args(["create", "--bundle"])
@@ -75,13 +94,19 @@ fn create_with(root: &Path, dir: &Path, bundle: &Path, id: &str, more: &[&str]) 
         .status()
         .unwrap();
     let said = std::fs::read_to_string(&err).unwrap_or_default();
-    assert!(status.success(), "create {id}: {status}: {said}");
-    let pid = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
-    Created { pid, out, err }
+    if !status.success() {
+        return Err(format!("create {id}: {status}: {said}"));
+    }
+    let pid = std::fs::read_to_string(&pid_file)
+        .map_err(|e| format!("create {id}: pid file: {e}"))?
+        .trim()
+        .parse()
+        .map_err(|e| format!("create {id}: pid file: {e}"))?;
+    Ok(Created { pid, out, err })
 }
 
 /// Waits for the pid as its subreaper: the exit code, or 128 + signal.
-fn wait(pid: i32) -> i32 {
+pub(crate) fn wait(pid: i32) -> i32 {
     let deadline = Instant::now() + TIMEOUT;
     loop {
         let mut status = 0;
