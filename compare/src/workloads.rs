@@ -67,6 +67,9 @@ struct Running {
     seen: Vec<String>,
     err: std::thread::JoinHandle<String>,
     start: Instant,
+    /// QEMU exits 0 whatever the guest's command did: the status is the
+    /// guest init's console line, which must be there.
+    status_on_console: bool,
 }
 
 /// Deadline for any one launch: a nested VM boot is seconds, I/O in it
@@ -99,6 +102,7 @@ impl Running {
             seen: Vec::new(),
             err,
             start,
+            status_on_console: env == Env::Qemu,
         })
     }
 
@@ -149,12 +153,38 @@ impl Running {
                 stderr.lines().last().unwrap_or("")
             )));
         }
+        if self.status_on_console {
+            match console_status(&self.seen) {
+                Some(0) => {}
+                Some(n) => {
+                    let tail: Vec<&String> = self.seen.iter().rev().take(5).collect();
+                    return Err(Error::Workload(format!(
+                        "{what}: the guest's command exited with {n}: {tail:?}"
+                    )));
+                }
+                None => {
+                    return Err(Error::Workload(format!(
+                        "{what}: the guest reported no exit status"
+                    )))
+                }
+            }
+        }
         Ok((took, self.seen))
     }
 
     fn pid(&self) -> i32 {
         self.child.id() as i32
     }
+}
+
+/// The exit status the guest init printed (`husk.status=console`).
+fn console_status(lines: &[String]) -> Option<u8> {
+    let prefix = husk_wire::status::CONSOLE_PREFIX;
+    lines
+        .iter()
+        .rev()
+        .find_map(|l| l.find(prefix).map(|i| &l[i + prefix.len()..]))
+        .and_then(|n| n.trim().parse().ok())
 }
 
 /// husk-bench's `op=` lines, as key → value maps, in order. VM consoles
@@ -433,6 +463,18 @@ pub fn density(s: &Setup, env: Env, id: &str, z: Sizes, n: usize) -> Result<(f64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_guest_status_line_is_read_through_console_noise() {
+        let lines = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let p = husk_wire::status::CONSOLE_PREFIX;
+        assert_eq!(
+            console_status(&lines(&["x", &format!("\r[ 1.2] {p}3")])),
+            Some(3)
+        );
+        assert_eq!(console_status(&lines(&[&format!("{p}0")])), Some(0));
+        assert_eq!(console_status(&lines(&["op=meta x=1"])), None);
+    }
 
     #[test]
     fn op_lines_parse_through_console_noise_and_missing_figures_are_errors() {
