@@ -107,8 +107,12 @@ fn run_loop(vcpu: &mut VcpuFd, id: u8, shared: &Shared) {
             // Only without an in-kernel LAPIC; a halted guest with nothing
             // to wake it is done.
             Ok(VcpuExit::Hlt) => Exit::Halted,
-            // A triple fault: the CPU resets, so does the VM.
-            Ok(VcpuExit::Shutdown) => Exit::Reset,
+            // A triple fault: the CPU resets, so does the VM. Said, since
+            // a guest that asks for a reset looks the same afterwards.
+            Ok(VcpuExit::Shutdown) => {
+                log::warn!("vCPU {id}: triple fault (KVM_EXIT_SHUTDOWN), the guest resets");
+                Exit::Reset
+            }
             Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
                 kvm_bindings::KVM_SYSTEM_EVENT_RESET => Exit::Reset,
                 kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => Exit::Halted,

@@ -42,14 +42,22 @@ pub fn teardown(
     match session {
         Ok(status) => Ok(status.shell_status()),
         Err(message) => {
-            if let Ok(o) = outcome {
-                log::info!("VM ended: {:?}", o.exit);
-            }
+            // How the VM ended tells a guest reset from a halt or a KVM
+            // failure when the console has nothing (a quiet guest).
+            let ended = match outcome {
+                Ok(o) => format!(
+                    "the VM ended: {:?}, guest status {}",
+                    o.exit,
+                    o.guest_status
+                        .map_or_else(|| "none".to_string(), |s| s.to_string())
+                ),
+                Err(_) => "the VM thread panicked".to_string(),
+            };
             let tail = console_tail(&dir.path.join(CONSOLE_LOG));
             Err(Failure::runtime(if tail.is_empty() {
-                message
+                format!("{message}\n{ended}; the guest console is empty")
             } else {
-                format!("{message}\nguest console (last lines):\n{tail}")
+                format!("{message}\n{ended}; guest console (last lines):\n{tail}")
             }))
         }
     }
