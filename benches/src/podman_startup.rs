@@ -6,7 +6,9 @@
 //! Inside the testbed where /dev/kvm cannot boot Linux:
 //! `benches/run podman-startup`.
 //!
-//! Usage: podman-startup [--runs N] [--husk PATH]
+//! Usage: podman-startup [--runs N] [--husk PATH] [--network bridge|none]
+//! (podman's default network, bridge, unless told: netavark's setup is
+//! then part of every runtime's figure).
 
 use husk_benches::{median, spread};
 use std::path::{Path, PathBuf};
@@ -44,14 +46,16 @@ fn timed(cmd: &mut Command, what: &str) -> f64 {
 fn main() {
     let mut runs = 10;
     let mut husk = PathBuf::from("target/release/husk");
+    let mut network = "bridge".to_string();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--runs" => runs = it.next().and_then(|v| v.parse().ok()).expect("--runs N"),
             "--husk" => husk = PathBuf::from(it.next().expect("--husk PATH")),
+            "--network" => network = it.next().expect("--network bridge|none").clone(),
             other => {
-                panic!("unknown argument {other} (usage: podman-startup [--runs N] [--husk PATH])")
+                panic!("unknown argument {other} (usage: podman-startup [--runs N] [--husk PATH] [--network bridge|none])")
             }
         }
     }
@@ -100,7 +104,7 @@ fn main() {
                     "run",
                     "--rm",
                     "--network",
-                    "none",
+                    &network,
                     IMAGE,
                     "true",
                 ]),
@@ -116,7 +120,7 @@ fn main() {
         }
         eprintln!("run {run} done");
     }
-    println!("`podman run --rm --network none IMAGE true`, launch → exit; {runs} interleaved runs after a warm-up, medians (min–max), ms");
+    println!("`podman run --rm --network {network} IMAGE true`, launch → exit; {runs} interleaved runs after a warm-up, medians (min–max), ms");
     println!("| runtime | median | spread |");
     println!("|---|---|---|");
     for (i, (name, _)) in present.iter().enumerate() {
