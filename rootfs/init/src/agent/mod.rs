@@ -210,6 +210,12 @@ impl Agent {
         let mut stop = false;
         while let Ok(Some(info)) = sfd.read_signal() {
             if info.ssi_signo == Signal::SIGINT as u32 || info.ssi_signo == Signal::SIGTERM as u32 {
+                // On the console: a VM that ends this way under a session
+                // otherwise looks like a silent reset.
+                log(&format!(
+                    "stop requested (signal {}, pid {}): ending the containers",
+                    info.ssi_signo, info.ssi_pid
+                ));
                 stop = true;
             }
         }
