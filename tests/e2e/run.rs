@@ -736,6 +736,30 @@ fn net_gives_the_container_the_vms_interface() {
     assert_eq!(out.code, Some(0), "{}", out.describe());
     assert_eq!(out.stdout, "inet 10.0.7.2/24\nsent\n", "{}", out.describe());
     assert_eq!(server.join().unwrap(), "hello-from-the-container\n");
+    // SIGUSR1 asks husk where the virtio-net queues stand (for a stall):
+    // one line on stderr, and the run goes on.
+    let mut run = husk_tests::process::Running::spawn(r.command(
+        &["--rm", "--net", "tap=husk-run0,ip=10.0.7.2/24"],
+        &[
+            "sh",
+            "-c",
+            "ping -c 1 -W 5 10.0.7.1 >/dev/null; echo ready; sleep 2; echo done",
+        ],
+    ));
+    assert!(run.wait_for_line("ready", TIMEOUT), "never ready");
+    run.signal(husk_vmm::REPORT_SIGNAL);
+    let out = run.finish(TIMEOUT);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(out.stdout, "ready\ndone\n", "{}", out.describe());
+    let report = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("husk: virtio-net eth0: rx avail="))
+        .unwrap_or_else(|| panic!("no queue report: {}", out.describe()));
+    // The ping went out on tx and its answer came in on rx.
+    assert!(!report.contains("tx avail=0 "), "{report}");
+    let rx = report.split("; ").next().unwrap_or_default();
+    assert!(!rx.ends_with("interrupts=0"), "{report}");
     // Without --net: the container's own namespace, with no NIC of the VM.
     let out = r.run(
         &["--rm"],

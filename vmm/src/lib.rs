@@ -13,6 +13,7 @@ pub mod loader;
 pub mod memory;
 pub mod mmio;
 pub mod pio;
+mod report;
 mod signals;
 mod vcpu;
 pub mod virtio;
@@ -32,6 +33,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use x86_64::layout::{KEYBOARD_IRQ, SERIAL_IRQ};
 
 pub use console::Console;
+pub use report::REPORT_SIGNAL;
 pub use virtio::{DiskConfig, FsConfig, NetConfig, VsockConfig};
 
 /// Where KVM keeps its real-mode TSS (Intel needs three pages below 4 GiB
@@ -542,6 +544,7 @@ pub fn start(
 
     // 6. Start: vCPU threads and console input; the caller runs the loop.
     register_signal_handler(kick_signal(), kick_handler).map_err(setup("sigaction"))?;
+    report::watch(&attacher.net_metrics);
     events.add_subscriber(Arc::new(Mutex::new(Lifecycle {
         shared: shared.clone(),
         reset_evt,

@@ -9,8 +9,8 @@ use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use husk_devices::virtio::block::{Block, BlockConfig, BlockMetrics, Budget};
 use husk_devices::virtio::fs::Fs;
 pub use husk_devices::virtio::fs::FsConfig;
-use husk_devices::virtio::net::Net;
 pub use husk_devices::virtio::net::{create_persistent as create_tap, NetConfig};
+use husk_devices::virtio::net::{Net, NetMetrics};
 use husk_devices::virtio::transport::{
     cmdline_token, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
 };
@@ -99,6 +99,8 @@ pub struct Attacher {
     pub cmdline_tokens: Vec<String>,
     /// Each disk's id and counters, for metrics.
     pub disk_metrics: Vec<(String, Arc<BlockMetrics>)>,
+    /// Each network interface's id and counters, for the queue report.
+    pub net_metrics: Vec<(String, Arc<NetMetrics>)>,
     /// Set once a device needs it (virtio-fs).
     pub fatal: Option<Arc<Fatal>>,
 }
@@ -170,6 +172,8 @@ impl Attacher {
         net: &NetConfig,
     ) -> Result<(), Error> {
         let device = Net::new(net).map_err(|e| Error::Net(net.tap_name.clone(), chain(&e)))?;
+        self.net_metrics
+            .push((net.id.clone(), device.metrics().clone()));
         self.attach(vm, mem, bus, events, Arc::new(Mutex::new(device)))
     }
 

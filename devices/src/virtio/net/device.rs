@@ -315,10 +315,12 @@ impl<B: NetBackend> Net<B> {
             TX_BUDGET,
         );
         if outcome.notify {
+            NetMetrics::inc(&self.metrics.tx_queue.interrupts);
             if let Err(e) = active.interrupt.trigger(IrqType::Vring) {
                 error!("virtio-net {}: cannot interrupt the guest: {e}", self.id);
             }
         }
+        snapshot(&self.metrics.tx_queue, &active.tx_queue, &active.mem);
         if outcome.more {
             // Come back after the event loop has served everyone else.
             if let Err(e) = self.queue_evts[TX_QUEUE].write(1) {
@@ -393,10 +395,12 @@ impl<B: NetBackend> Net<B> {
             }
         }
         if published > 0 && handler::needs_notification(&active.mem, &mut active.rx_queue) {
+            NetMetrics::inc(&metrics.rx_queue.interrupts);
             if let Err(e) = active.interrupt.trigger(IrqType::Vring) {
                 error!("virtio-net {}: cannot interrupt the guest: {e}", self.id);
             }
         }
+        snapshot(&metrics.rx_queue, &active.rx_queue, &active.mem);
         poll
     }
 
@@ -410,6 +414,16 @@ impl<B: NetBackend> Net<B> {
         }
         self.backend_failed = true;
     }
+}
+
+/// Records where `queue` stands in `counters` (avail.idx read from guest
+/// memory: one load per pass).
+fn snapshot(counters: &super::metrics::QueueCounters, queue: &Queue, mem: &GuestMemoryMmap) {
+    let avail = queue
+        .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+        .ok()
+        .map(|w| w.0);
+    counters.snapshot(avail, queue.next_avail(), queue.next_used());
 }
 
 enum ReadResult {

@@ -83,6 +83,7 @@ impl<B: NetBackend> MutEventSubscriber for Net<B> {
         match events.data() {
             RX_QUEUE_TOKEN => {
                 NetMetrics::inc(&self.metrics().queue_events);
+                NetMetrics::inc(&self.metrics().rx_queue.notifications);
                 self.drain_queue_event(RX_QUEUE);
                 // The guest posted rx buffers: offer the pending packet, and
                 // read on while there is room.
@@ -91,6 +92,7 @@ impl<B: NetBackend> MutEventSubscriber for Net<B> {
             }
             TX_QUEUE_TOKEN => {
                 NetMetrics::inc(&self.metrics().queue_events);
+                NetMetrics::inc(&self.metrics().tx_queue.notifications);
                 self.drain_queue_event(TX_QUEUE);
                 self.process_tx_queue_event();
             }

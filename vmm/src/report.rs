@@ -1,0 +1,71 @@
+//! Where the virtio-net queues stand, on demand: SIGUSR1 to the VMM's
+//! process prints one line per network interface on stderr (avail.idx the
+//! guest posted, what the device took and completed, notifications and
+//! interrupts per queue, TAP EAGAINs and drops), so a stalled transfer
+//! shows which side stopped. The signal handler only writes to an eventfd
+//! that lives as long as the process; one thread reads it and prints, so a
+//! report needs neither the event loop nor a lock a stuck device holds.
+
+use husk_devices::virtio::net::NetMetrics;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use vmm_sys_util::eventfd::EventFd;
+
+/// The signal that asks for a report.
+pub const REPORT_SIGNAL: libc::c_int = libc::SIGUSR1;
+
+/// The eventfd the handler writes to (-1 until the thread runs). Never
+/// closed, so the handler never writes to a reused fd number.
+static REPORT_FD: AtomicI32 = AtomicI32::new(-1);
+/// The interfaces of the VMs alive in this process.
+static NETS: Mutex<Vec<(String, Weak<NetMetrics>)>> = Mutex::new(Vec::new());
+static STARTED: OnceLock<bool> = OnceLock::new();
+
+extern "C" fn on_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let fd = REPORT_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: write(2) is async-signal-safe; `one` is a live u64, the
+        // 8 bytes an eventfd takes. A failed write only loses a report.
+        unsafe { libc::write(fd, std::ptr::addr_of!(one).cast(), 8) };
+    }
+}
+
+/// Adds a VM's interfaces to the report (dropped with the VM's devices),
+/// installing the handler and the thread the first time. Without them (no
+/// eventfd, no thread) there is no report, and nothing else changes.
+pub fn watch(nets: &[(String, Arc<NetMetrics>)]) {
+    if nets.is_empty() {
+        return;
+    }
+    let mut list = NETS.lock().unwrap_or_else(|e| e.into_inner());
+    list.retain(|(_, m)| m.strong_count() > 0);
+    list.extend(nets.iter().map(|(id, m)| (id.clone(), Arc::downgrade(m))));
+    drop(list);
+    STARTED.get_or_init(start);
+}
+
+fn start() -> bool {
+    let Ok(evt) = EventFd::new(0) else {
+        return false;
+    };
+    REPORT_FD.store(evt.as_raw_fd(), Ordering::Relaxed);
+    if vmm_sys_util::signal::register_signal_handler(REPORT_SIGNAL, on_signal).is_err() {
+        return false;
+    }
+    std::thread::Builder::new()
+        .name("queue-report".into())
+        .spawn(move || {
+            // Blocking reads: the thread sleeps until a report is asked for.
+            while evt.read().is_ok() {
+                let list = NETS.lock().unwrap_or_else(|e| e.into_inner());
+                for (id, m) in list.iter() {
+                    if let Some(m) = m.upgrade() {
+                        eprintln!("husk: {}", m.report(id));
+                    }
+                }
+            }
+        })
+        .is_ok()
+}
