@@ -121,8 +121,7 @@ fn dockers_bridge_and_a_published_port_reach_the_vm() {
     let tar = husk_tests::guest_dir().join("husk-test-image.docker.tar");
     let out = d.docker(&["load", "-q", "-i", &tar.display().to_string()]);
     assert_eq!(out.code, Some(0), "{}", out.describe());
-    let script =
-        "mkdir -p /www; echo served-by-the-vm >/www/index.html; exec httpd -f -p 80 -h /www";
+    let script = husk_tests::http::HTTPD_SCRIPT;
     let out = d.docker(&[
         "run",
         "-d",
@@ -140,6 +139,6 @@ fn dockers_bridge_and_a_published_port_reach_the_vm() {
     let got = husk_tests::http::get_tcp("127.0.0.1:8081");
     let logs = d.docker(&["logs", &id]);
     let body = got.unwrap_or_else(|e| panic!("{e}; {}", logs.describe()));
-    assert!(body.ends_with("served-by-the-vm\n"), "{body}");
+    assert!(body.ends_with(husk_tests::http::SERVED), "{body}");
     assert_eq!(d.docker(&["rm", "-f", &id]).code, Some(0));
 }

@@ -562,8 +562,8 @@ fn a_prepared_network_namespace_is_the_vms_network() {
         &format!(
             "cat /sys/class/net/eth0/address; ip route | grep default; \
              echo from-guest | nc 10.99.0.1 {port}; \
-             mkdir /www; echo served-by-the-vm >/www/index.html; \
-             exec httpd -f -p 80 -h /www"
+             {}",
+            husk_tests::http::HTTPD_SCRIPT
         ),
     );
     let mut spec: serde_json::Value =
@@ -614,7 +614,7 @@ fn a_prepared_network_namespace_is_the_vms_network() {
             describe_netns(ns.0)
         )
     });
-    assert!(body.ends_with("served-by-the-vm\n"), "{body}");
+    assert!(body.ends_with(husk_tests::http::SERVED), "{body}");
     let out = std::fs::read_to_string(&c.out).unwrap();
     let mut lines = out.lines();
     assert_eq!(lines.next(), Some("02:42:0a:63:00:02"), "{out}");

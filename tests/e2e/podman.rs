@@ -207,15 +207,14 @@ fn a_published_port_reaches_the_server_in_the_vm() {
     let Some(p) = Podman::new() else { return };
     // podman's default network (netavark: a bridge, a veth in the
     // container's namespace, NAT for -p), husk unchanged under it.
-    let script =
-        "mkdir -p /www; echo served-by-the-vm >/www/index.html; exec httpd -f -p 80 -h /www";
+    let script = husk_tests::http::HTTPD_SCRIPT;
     let out = p.run(&["run", "-d", "-p", "8080:80", IMAGE, "sh", "-c", script]);
     assert_eq!(out.code, Some(0), "{}", out.describe());
     let id = out.stdout.trim().to_owned();
     let got = husk_tests::http::get_tcp("127.0.0.1:8080");
     let logs = p.run(&["logs", &id]);
     let body = got.unwrap_or_else(|e| panic!("{e}; {}", logs.describe()));
-    assert!(body.ends_with("served-by-the-vm\n"), "{body}");
+    assert!(body.ends_with(husk_tests::http::SERVED), "{body}");
     assert_eq!(p.run(&["rm", "-f", &id]).code, Some(0));
 }
 

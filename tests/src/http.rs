@@ -88,6 +88,12 @@ pub fn wait_for_socket(socket: &Path, timeout: Duration) -> bool {
     false
 }
 
+/// A container's script: busybox httpd on port 80 serving [`SERVED`].
+pub const HTTPD_SCRIPT: &str =
+    "mkdir -p /www; echo served-by-the-vm >/www/index.html; exec httpd -f -p 80 -h /www";
+/// What `GET /` answers from [`HTTPD_SCRIPT`] (the body's end).
+pub const SERVED: &str = "served-by-the-vm\n";
+
 /// The response to `GET /` at `addr`, retried for a minute while the
 /// server comes up; or the last error.
 pub fn get_tcp(addr: &str) -> Result<String, String> {

@@ -13,7 +13,7 @@ use crate::agent::{Client, Sinks};
 use crate::run::{self, launch::RunDir, session, teardown};
 use crate::Failure;
 use husk_vmm::{Console, DiskConfig, FsConfig, VmConfig, VsockConfig};
-use husk_wire::agent::{Request, RootfsSpec, StdioSpec, VolumeSource, VolumeSpec};
+use husk_wire::agent::{Request, Response, RootfsSpec, StdioSpec, VolumeSource, VolumeSpec};
 use husk_wire::cmdline;
 use std::cell::Cell;
 use std::io::{Read, Write};
@@ -470,19 +470,29 @@ pub fn kill(record: &Record) {
 /// A signal for the container's process (or all of its processes),
 /// through the agent.
 pub fn signal(sock: &Path, signal: i32, all: bool) -> Result<(), String> {
-    let uds = sock.join(run::state::VSOCK_SOCKET);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let client = Client::open(&uds, deadline, &|| true, Sinks::discard())?;
     let request = Request::Signal {
         id: run::CONTAINER_ID.into(),
         exec_id: None,
         signal,
         all,
     };
-    client.call(
-        request,
-        "signal the container",
-        Duration::from_secs(10),
-        &|| true,
-    )
+    ask(sock, request, "signal the container").map(|_| ())
+}
+
+/// One request to the agent of the container whose sockets are in `sock`;
+/// its answer, an error answer as an error naming `what`.
+pub fn ask(sock: &Path, request: Request, what: &str) -> Result<Response, String> {
+    let uds = sock.join(run::state::VSOCK_SOCKET);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let client = Client::open(&uds, deadline, &|| true, Sinks::discard())
+        .map_err(|e| format!("cannot {what}: {e}"))?;
+    let seq = client
+        .writer
+        .request(request)
+        .map_err(|e| format!("cannot {what}: {e}"))?;
+    match client.response(seq, Duration::from_secs(10), &|| true) {
+        Ok(Response::Error { message }) => Err(format!("cannot {what}: {message}")),
+        Ok(r) => Ok(r),
+        Err(e) => Err(format!("cannot {what}: {e}")),
+    }
 }

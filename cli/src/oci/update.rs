@@ -5,14 +5,12 @@
 use super::bundle;
 use super::state::{Record, Status};
 use super::Global;
-use crate::agent::{Client, Sinks};
 use crate::{run, Failure};
 use clap::Args;
 use husk_wire::agent::{Request, Response};
 use husk_wire::oci_spec::runtime::LinuxResources;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 #[derive(Args, Debug, Clone)]
 pub struct UpdateArgs {
@@ -135,21 +133,7 @@ fn running(g: &Global, id: &str) -> Result<Record, Failure> {
 
 /// One request to the container's agent; its answer, errors as failures.
 fn ask(g: &Global, id: &str, request: Request, what: &str) -> Result<Response, Failure> {
-    let uds = Record::sock_dir(&g.root(), id).join(run::state::VSOCK_SOCKET);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let client = Client::open(&uds, deadline, &|| true, Sinks::discard())
-        .map_err(|e| Failure::runtime(format!("cannot {what}: {e}")))?;
-    let seq = client
-        .writer
-        .request(request)
-        .map_err(|e| Failure::runtime(format!("cannot {what}: {e}")))?;
-    match client.response(seq, Duration::from_secs(10), &|| true) {
-        Ok(Response::Error { message }) => {
-            Err(Failure::runtime(format!("cannot {what}: {message}")))
-        }
-        Ok(r) => Ok(r),
-        Err(e) => Err(Failure::runtime(format!("cannot {what}: {e}"))),
-    }
+    super::monitor::ask(&Record::sock_dir(&g.root(), id), request, what).map_err(Failure::runtime)
 }
 
 #[cfg(test)]
