@@ -13,6 +13,9 @@ pub struct ImageArgs {
 
 #[derive(Subcommand)]
 enum ImageCommand {
+    /// Delete what no stored image uses: blobs, interrupted downloads, and
+    /// block images of images no longer in the store.
+    Prune,
     /// Write the test image (static busybox, two layers, a whiteout).
     BuildTest {
         /// Where to write it: a directory for `layout`, a file otherwise.
@@ -41,6 +44,7 @@ enum Format {
 
 pub fn run(args: ImageArgs) -> Result<u8, Failure> {
     match args.command {
+        ImageCommand::Prune => crate::registry_cmd::prune(),
         ImageCommand::BuildTest {
             out,
             busybox,

@@ -8,6 +8,7 @@ mod controller;
 mod image_cmd;
 mod logger;
 mod oci;
+mod registry_cmd;
 mod run;
 mod virtiofsd;
 mod vmm_cmd;
@@ -36,10 +37,20 @@ enum Command {
     /// The same workloads natively, in a container (crun), in a husk
     /// microVM and in QEMU microvm: a report with charts.
     Compare(compare_cmd::CompareArgs),
-    /// Image tools (the project's test image).
+    /// Image tools (prune the store; the project's test image).
     Image(image_cmd::ImageArgs),
     /// Run a container from an image in its own microVM.
     Run(run::RunArgs),
+    /// Pull an image from a registry into the image store.
+    Pull(registry_cmd::PullArgs),
+    /// List the image store's images.
+    Images(registry_cmd::ImagesArgs),
+    /// Remove images from the store (blobs another image uses stay).
+    Rmi(registry_cmd::RmiArgs),
+    /// Save credentials for a registry (checked against it first).
+    Login(registry_cmd::LoginArgs),
+    /// Forget a registry's credentials.
+    Logout(registry_cmd::LogoutArgs),
     /// Run one VMM driven by the Firecracker-compatible API (or a config file).
     Vmm(vmm_cmd::VmmArgs),
     /// List containers (running; -a for all).
@@ -164,6 +175,11 @@ fn main() -> ExitCode {
         Command::Compare(args) => compare_cmd::run(args),
         Command::Vmm(args) => vmm_cmd::run(args),
         Command::Run(args) => run::run(args),
+        Command::Pull(args) => registry_cmd::pull(args),
+        Command::Images(args) => registry_cmd::images(args),
+        Command::Rmi(args) => registry_cmd::rmi(args),
+        Command::Login(args) => registry_cmd::login(args),
+        Command::Logout(args) => registry_cmd::logout(args),
         Command::Image(args) => image_cmd::run(args),
         Command::Ps(args) => containers::ps(args),
         Command::Exec(args) => containers::exec(args),

@@ -52,6 +52,36 @@ impl Cache {
         &self.dir
     }
 
+    /// Deletes every block image except those of the manifests in `keep`
+    /// (`sha256:<hex>`); returns how many files and bytes went. A VM that
+    /// has one open keeps reading it: the file goes when it closes.
+    pub fn remove_except(
+        &self,
+        keep: &std::collections::HashSet<String>,
+    ) -> Result<(usize, u64), Error> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
+            Err(e) => return Err(Error::io(&self.dir, e)),
+        };
+        let (mut files, mut bytes) = (0, 0);
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(&self.dir, e))?;
+            let name = entry.file_name();
+            let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".erofs")) else {
+                continue;
+            };
+            if crate::Digest::from_hex(hex).is_none() || keep.contains(&format!("sha256:{hex}")) {
+                continue;
+            }
+            let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
+            files += 1;
+            bytes += len;
+        }
+        Ok((files, bytes))
+    }
+
     /// Where the block image of `image` is (or will be) kept.
     pub fn path_for(&self, image: &Image) -> PathBuf {
         let digest = image.manifest_digest();
@@ -186,17 +216,35 @@ fn run_mkfs(mkfs: &Path, out: &Path, tree: &Path) -> Result<(), Error> {
 }
 
 fn default_dir_from(var: impl Fn(&str) -> Option<OsString>) -> PathBuf {
+    user_dir(
+        var,
+        "HUSK_IMAGE_CACHE",
+        ("XDG_CACHE_HOME", "husk/images"),
+        ".cache/husk/images",
+        "/var/cache/husk/images",
+    )
+}
+
+/// A per-user directory: `$<own>` if set, else `$<xdg.0>/<xdg.1>` (an
+/// absolute one: the XDG spec says to ignore a relative value), else
+/// `$HOME/<home_sub>`, else `fallback`.
+pub(crate) fn user_dir(
+    var: impl Fn(&str) -> Option<OsString>,
+    own: &str,
+    xdg: (&str, &str),
+    home_sub: &str,
+    fallback: &str,
+) -> PathBuf {
     let set = |name: &str| var(name).filter(|v| !v.is_empty()).map(PathBuf::from);
-    if let Some(dir) = set("HUSK_IMAGE_CACHE") {
+    if let Some(dir) = set(own) {
         return dir;
     }
-    // The XDG spec says to ignore a relative XDG_CACHE_HOME.
-    if let Some(dir) = set("XDG_CACHE_HOME").filter(|d| d.is_absolute()) {
-        return dir.join("husk/images");
+    if let Some(dir) = set(xdg.0).filter(|d| d.is_absolute()) {
+        return dir.join(xdg.1);
     }
     match set("HOME") {
-        Some(home) => home.join(".cache/husk/images"),
-        None => PathBuf::from("/var/cache/husk/images"),
+        Some(home) => home.join(home_sub),
+        None => PathBuf::from(fallback),
     }
 }
 

@@ -75,6 +75,15 @@ pub enum Error {
         stderr: String,
     },
 
+    #[error("registry {registry}: {reason}")]
+    Registry { registry: String, reason: String },
+
+    #[error("invalid image reference {reference:?}: {reason}")]
+    BadReference { reference: String, reason: String },
+
+    #[error("{store} has no image named {name}")]
+    NoSuchImage { name: String, store: String },
+
     #[error("test image: {0}")]
     TestImage(String),
 }

@@ -17,7 +17,9 @@ mod cache;
 mod decompress;
 mod digest;
 mod error;
+pub mod imagestore;
 pub mod mkfs;
+pub mod registry;
 mod source;
 mod store;
 pub mod testimage;
@@ -27,7 +29,9 @@ use std::io::{self, Read};
 use std::path::Path;
 
 pub use cache::{BlockImage, Cache};
+pub use digest::Digest;
 pub use error::Error;
+pub use imagestore::{ImageStore, StoredImage};
 
 use digest::HashingReader;
 use source::LayerRef;
@@ -75,8 +79,18 @@ impl Image {
     /// save` archive (or its extracted directory), whichever `path` is.
     /// For an index with several images it picks linux/amd64.
     pub fn open(path: &Path) -> Result<Image, Error> {
+        Image::open_in(path, None)
+    }
+
+    /// Opens the image an OCI layout's index names `name` (annotation
+    /// `org.opencontainers.image.ref.name`), as in husk's image store.
+    pub fn open_named(layout: &Path, name: &str) -> Result<Image, Error> {
+        Image::open_in(layout, Some(name))
+    }
+
+    fn open_in(path: &Path, name: Option<&str>) -> Result<Image, Error> {
         let store = Store::open(path)?;
-        let opened = source::open(&store)?;
+        let opened = source::open(&store, name)?;
         let defaults = opened
             .config
             .config()

@@ -73,9 +73,16 @@ pub struct Opened {
     pub layers: Vec<LayerRef>,
 }
 
-pub fn open(store: &Store) -> Result<Opened, Error> {
+/// Opens the image in `store`; `name` picks an OCI layout's index entry by
+/// its ref name (none for a docker save archive, which has no such names).
+pub fn open(store: &Store, name: Option<&str>) -> Result<Opened, Error> {
     let opened = if store.exists("index.json") {
-        open_oci(store)?
+        open_oci(store, name)?
+    } else if let Some(name) = name {
+        return Err(Error::NoSuchImage {
+            name: name.to_string(),
+            store: store.describe(),
+        });
     } else if store.exists("manifest.json") {
         open_docker(store)?
     } else {
@@ -94,7 +101,7 @@ pub fn open(store: &Store) -> Result<Opened, Error> {
     Ok(opened)
 }
 
-fn open_oci(store: &Store) -> Result<Opened, Error> {
+fn open_oci(store: &Store, name: Option<&str>) -> Result<Opened, Error> {
     let image = store.describe();
     if let Some(layout) = store.read_small("oci-layout", 64 << 10)? {
         let what = format!("oci-layout in {image}");
@@ -112,7 +119,27 @@ fn open_oci(store: &Store) -> Result<Opened, Error> {
     let index_json = store
         .read_small("index.json", MAX_JSON)?
         .ok_or_else(|| Error::malformed(&what, "missing"))?;
-    let index: ImageIndex = parse_json(&index_json, &what)?;
+    let mut index: ImageIndex = parse_json(&index_json, &what)?;
+    if let Some(name) = name {
+        let named: Vec<Descriptor> = index
+            .manifests()
+            .iter()
+            .filter(|d| {
+                d.annotations()
+                    .as_ref()
+                    .and_then(|a| a.get(crate::imagestore::REF_NAME))
+                    .is_some_and(|n| n == name)
+            })
+            .cloned()
+            .collect();
+        if named.is_empty() {
+            return Err(Error::NoSuchImage {
+                name: name.to_string(),
+                store: image,
+            });
+        }
+        index.set_manifests(named);
+    }
     let manifest_desc = select_manifest(store, &index, &what, 0)?;
     let manifest_digest = descriptor_digest(&manifest_desc)?;
     let manifest_json = read_blob(store, &manifest_digest, manifest_desc.size())?;

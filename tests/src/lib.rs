@@ -10,6 +10,7 @@ pub mod null_guest;
 pub mod podman;
 pub mod process;
 pub mod qemu;
+pub mod registry;
 pub mod vmm_process;
 
 pub use husk_vmm::kvm_kind as kvm;

@@ -67,7 +67,7 @@ pub fn image_disk(args: &RunArgs, image: &husk_image::Image) -> Result<ReadyDisk
             if last_report.elapsed() > Duration::from_secs(1) {
                 eprintln!(
                     "husk: converting {}: layer {}/{}, {} of {} MiB",
-                    args.image.display(),
+                    args.image,
                     p.layer,
                     p.layers,
                     p.bytes_done >> 20,
@@ -76,7 +76,7 @@ pub fn image_disk(args: &RunArgs, image: &husk_image::Image) -> Result<ReadyDisk
                 last_report = Instant::now();
             }
         })
-        .map_err(|e| Failure::runtime(format!("converting {}: {e}", args.image.display())))?;
+        .map_err(|e| Failure::runtime(format!("converting {}: {e}", args.image)))?;
     Ok(ReadyDisk {
         path: block.path,
         fs_type: block.fs_type,
@@ -199,7 +199,7 @@ fn record(args: &RunArgs, plan: &Plan, detached: bool) -> State {
     let s = &plan.settings;
     State {
         id: plan.id.clone(),
-        image: args.image.display().to_string(),
+        image: args.image.clone(),
         command: s.args.clone(),
         created: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -18,6 +18,7 @@ mod volume;
 
 pub(crate) use plan::{serial, CONTAINER_ID, DEFAULT_VM_MIB, GUEST_OVERHEAD_MIB, MAIN_STREAM};
 
+use crate::registry_cmd::{PullPolicy, RegistryFlags};
 use crate::Failure;
 use clap::Args;
 use std::path::PathBuf;
@@ -66,8 +67,15 @@ pub struct RunArgs {
     /// Guest kernel (default: the project's build).
     #[arg(long, value_name = "PATH", hide = true)]
     kernel: Option<PathBuf>,
-    /// Image: an OCI layout directory, an OCI archive or a `docker save` tar.
-    image: PathBuf,
+    /// When to pull the image from its registry.
+    #[arg(long, value_enum, default_value_t = PullPolicy::Missing)]
+    pull: PullPolicy,
+    #[command(flatten)]
+    registry: RegistryFlags,
+    /// Image: a name (`debian:12`, `host:5000/repo:tag`, `repo@sha256:...`)
+    /// from the image store, pulled if missing; or a path to an OCI layout
+    /// directory, an OCI archive or a `docker save` tar.
+    image: String,
     /// Command and arguments (default: the image's).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
@@ -132,8 +140,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     mark("start");
     let detached = monitor_id.is_some();
     let id = monitor_id.unwrap_or_else(new_id);
-    let image = husk_image::Image::open(&args.image)
-        .map_err(|e| Failure::runtime(format!("image {}: {e}", args.image.display())))?;
+    let (image, _) = crate::registry_cmd::open_for_run(&args.image, args.pull, &args.registry)?;
     let plan = plan::plan(&args, image.defaults(), &id)?;
     // Before the image is converted or anything started: a directory
     // volume needs virtiofsd.

@@ -1,0 +1,394 @@
+//! `husk pull`, `login`, `images` and `rmi` against the real registry
+//! server (Debian's docker-registry) on 127.0.0.1, with skopeo pushing the
+//! images. No VM is involved: these run natively on any host; running a
+//! pulled image is an e2e test (tests/e2e/registry.rs).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use husk_image::{Image, ImageStore};
+use husk_tests::process::{self, Finished};
+use husk_tests::registry::{Meddle, Registry, Relay, Setup, PROGRAM, SKOPEO};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A scratch home for one test: store, cache, auth file, registry.
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// None (after reporting the skip) when the tools are missing.
+    fn new() -> Option<Env> {
+        for tool in [PROGRAM, SKOPEO, "/bin/busybox"] {
+            if !Path::new(tool).exists() {
+                husk_skip::skip(&format!(
+                    "{tool} is not installed (scripts/setup installs it)"
+                ));
+                return None;
+            }
+        }
+        Some(Env {
+            dir: tempfile::tempdir().unwrap(),
+        })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn store(&self) -> PathBuf {
+        self.path("store")
+    }
+
+    fn registry(&self, setup: Setup) -> Registry {
+        Registry::start(&self.path("registry"), setup)
+    }
+
+    /// The test image as an OCI layout; `extra` adds a layer of that many
+    /// random bytes (gzip, as skopeo would push it anyway; random data stays its size).
+    fn layout(&self, name: &str, extra: usize) -> PathBuf {
+        use husk_image::testimage::{self, Compression, Entry, Layer};
+        let mut image = testimage::husk_test_image(Path::new("/bin/busybox")).unwrap();
+        if extra > 0 {
+            let mut data = vec![0u8; extra];
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+            for b in data.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            image.layers.push(Layer::new(
+                vec![Entry::file("big", 0o644, data)],
+                Compression::Gzip,
+            ));
+        }
+        let out = self.path(name);
+        image.build().unwrap().write_layout(&out).unwrap();
+        out
+    }
+
+    fn husk(&self, args: &[&str]) -> Finished {
+        process::run(self.command(args), TIMEOUT)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(husk_tests::husk::binary());
+        cmd.args(args)
+            .env("HUSK_STORE", self.store())
+            .env("HUSK_IMAGE_CACHE", self.path("cache"))
+            .env("REGISTRY_AUTH_FILE", self.path("auth.json"))
+            .env_remove("DOCKER_CONFIG")
+            .env_remove("XDG_RUNTIME_DIR");
+        cmd
+    }
+
+    /// `husk login`, the password on stdin.
+    fn login(&self, registry: &Registry, user: &str, password: &str) -> Finished {
+        let ca = registry.ca();
+        let mut cmd = self.command(&[
+            "login",
+            "--tls-ca",
+            ca.to_str().unwrap(),
+            "-u",
+            user,
+            "--password-stdin",
+            &registry.addr,
+        ]);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+        let out = child.wait_with_output().unwrap();
+        Finished {
+            stdout: String::from_utf8_lossy(&out.stdout).into(),
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+            code: out.status.code(),
+            timed_out: false,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    fn blobs(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.store().join("blobs/sha256"))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    fn partials(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.store().join("tmp"))
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default()
+    }
+}
+
+fn ok(run: &Finished, what: &str) {
+    assert_eq!(run.code, Some(0), "{what}: {}", run.describe());
+}
+
+/// A failure said in one line on stderr, naming the registry (after the
+/// progress lines of what did arrive).
+fn one_line_error(run: &Finished, registry: &str, needle: &str) {
+    assert_eq!(run.code, Some(1), "{}", run.describe());
+    let said: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("husk:"))
+        .collect();
+    assert_eq!(said.len(), 1, "one line: {}", run.describe());
+    assert_eq!(
+        Some(said[0]),
+        run.stderr.lines().last(),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        said[0].starts_with(&format!("husk: registry {registry}: ")) && said[0].contains(needle),
+        "{needle:?} from registry {registry}: {}",
+        run.describe()
+    );
+}
+
+/// The image the store names `name` opens, verifies and unpacks whole,
+/// and is the image `layout` holds.
+fn stored_image_is(env: &Env, name: &str, layout: &Path) {
+    let stored = Image::open_named(&env.store(), name).unwrap();
+    let source = Image::open(layout).unwrap();
+    assert_eq!(stored.manifest_digest(), source.manifest_digest());
+    let tree = env.path(&format!("unpacked-{}", stored.manifest_digest()));
+    stored.unpack(&tree, &mut |_| {}).unwrap();
+    assert!(tree.join("bin/busybox").is_file());
+}
+
+#[test]
+fn pulls_by_tag_and_digest_over_tls_with_a_login() {
+    let Some(env) = Env::new() else { return };
+    let registry = env.registry(Setup {
+        tls: true,
+        login: Some(("alice".into(), "s3cret".into())),
+    });
+    let layout = env.layout("layout", 0);
+    registry.push_with_skopeo(&format!("oci:{}", layout.display()), "husk/test:1");
+    let (addr, ca) = (registry.addr.as_str(), registry.ca());
+    let ca = ca.to_str().unwrap();
+    let name = format!("{addr}/husk/test:1");
+
+    let anonymous = env.husk(&["pull", "--tls-ca", ca, &name]);
+    one_line_error(
+        &anonymous,
+        addr,
+        &format!("wants a login (husk login {addr})"),
+    );
+    let wrong = env.login(&registry, "alice", "guess");
+    one_line_error(&wrong, addr, "wrong user name or password");
+    assert!(
+        !env.path("auth.json").exists(),
+        "a failed login saves nothing"
+    );
+    ok(&env.login(&registry, "alice", "s3cret"), "login");
+
+    let untrusted = env.husk(&["pull", &name]);
+    one_line_error(&untrusted, addr, "certificate");
+    let unknown = env.husk(&["pull", "--tls-ca", ca, &format!("{addr}/husk/test:nope")]);
+    one_line_error(&unknown, addr, "husk/test:nope: not found");
+
+    let pulled = env.husk(&["pull", "--tls-ca", ca, &name]);
+    ok(&pulled, "pull by tag");
+    let digest = pulled
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("name and digest: {}", pulled.describe()))
+        .to_string();
+    assert_eq!(pulled.stdout.trim(), format!("{name} {digest}"));
+    stored_image_is(&env, &name, &layout);
+
+    let by_digest = format!("{addr}/husk/test@{digest}");
+    let again = env.husk(&["pull", "--tls-ca", ca, &by_digest]);
+    ok(&again, "pull by digest");
+    assert!(
+        again.stderr.contains("0 blobs fetched"),
+        "shared blobs: {}",
+        again.describe()
+    );
+    stored_image_is(&env, &by_digest, &layout);
+    let images = env.husk(&["images", "-q"]);
+    ok(&images, "images");
+    assert_eq!(images.stdout, format!("{name}\n{by_digest}\n"));
+}
+
+#[test]
+fn a_registry_killed_mid_pull_leaves_nothing_trusted_and_the_next_pull_resumes() {
+    let Some(env) = Env::new() else { return };
+    let mut registry = env.registry(Setup::default());
+    let layout = env.layout("layout", 6 << 20);
+    registry.push_with_skopeo(&format!("oci:{}", layout.display()), "husk/big:1");
+    // 2 MiB/s: the 6 MiB layer takes 3 s, time enough to pull the plug.
+    let relay = Relay::start(&registry.addr, Meddle::Throttle(2 << 20));
+    let name = format!("{}/husk/big:1", relay.addr);
+    let pull = || {
+        let mut cmd = env.command(&["pull", "--insecure-registry", &relay.addr, &name]);
+        cmd.stdin(Stdio::null());
+        cmd
+    };
+    let first = process::Running::spawn(pull());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !env
+        .partials()
+        .iter()
+        .any(|p| p.metadata().is_ok_and(|m| m.len() > 512 << 10))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no download in progress after 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    registry.kill();
+    let first = first.finish(TIMEOUT);
+    assert_eq!(first.code, Some(1), "{}", first.describe());
+    assert!(first.stderr.contains("retrying"), "{}", first.describe());
+    let last = first.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!("husk: registry {}: blob sha256:", relay.addr))
+            && last.contains("gave up after 5 attempts"),
+        "{}",
+        first.describe()
+    );
+    assert!(ImageStore::open(env.store())
+        .unwrap()
+        .images()
+        .unwrap()
+        .is_empty());
+
+    registry.restart();
+    let second = process::run(pull(), TIMEOUT);
+    ok(&second, "the pull after the registry came back");
+    assert!(
+        second
+            .stderr
+            .contains("resuming an interrupted download at"),
+        "{}",
+        second.describe()
+    );
+    stored_image_is(&env, &name, &layout);
+    assert!(env.partials().is_empty(), "{:?}", env.partials());
+}
+
+#[test]
+fn a_tampered_blob_is_refused_and_not_kept() {
+    let Some(env) = Env::new() else { return };
+    let registry = env.registry(Setup::default());
+    let layout = env.layout("layout", 1 << 20);
+    registry.push_with_skopeo(&format!("oci:{}", layout.display()), "husk/t:1");
+    let relay = Relay::start(&registry.addr, Meddle::Tamper(256 << 10));
+    let name = format!("{}/husk/t:1", relay.addr);
+    let run = env.husk(&["pull", "--insecure-registry", &relay.addr, &name]);
+    one_line_error(&run, &relay.addr, "is corrupt");
+    assert!(ImageStore::open(env.store())
+        .unwrap()
+        .images()
+        .unwrap()
+        .is_empty());
+    // "husk: registry ADDR: blob sha256:HEX is corrupt: ..."
+    let hex = run
+        .stderr
+        .split("blob sha256:")
+        .nth(1)
+        .and_then(|t| t.get(..64))
+        .unwrap_or_else(|| panic!("the blob's digest: {}", run.describe()));
+    assert!(
+        !env.blobs().iter().any(|b| b == hex),
+        "the wrong blob is not stored"
+    );
+    let partial = env.store().join(format!("tmp/{hex}.partial"));
+    assert!(!partial.exists(), "a wrong blob is not kept to resume from");
+    // The blobs that arrived whole are kept and serve the next pull.
+    let untampered = env.husk(&[
+        "pull",
+        "--insecure-registry",
+        &registry.addr,
+        &format!("{}/husk/t:1", registry.addr),
+    ]);
+    ok(&untampered, "the same image without the relay");
+}
+
+#[test]
+fn two_pulls_at_once_fetch_each_blob_once() {
+    let Some(env) = Env::new() else { return };
+    let registry = env.registry(Setup::default());
+    let layout = env.layout("layout", 4 << 20);
+    registry.push_with_skopeo(&format!("oci:{}", layout.display()), "husk/p:1");
+    let relay = Relay::start(&registry.addr, Meddle::Throttle(8 << 20));
+    let name = format!("{}/husk/p:1", relay.addr);
+    let pulls: Vec<_> = (0..2)
+        .map(|_| {
+            let cmd = env.command(&["pull", "--insecure-registry", &relay.addr, &name]);
+            std::thread::spawn(move || process::run(cmd, TIMEOUT))
+        })
+        .collect();
+    let runs: Vec<Finished> = pulls.into_iter().map(|p| p.join().unwrap()).collect();
+    let mut fetched = 0;
+    for run in &runs {
+        ok(run, "a concurrent pull");
+        // "pulled NAME: N blobs fetched (SIZE), M already stored"
+        let count: usize = run
+            .stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("pulled ")?.split(": ").nth(1))
+            .and_then(|t| t.split(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("a fetched count: {}", run.describe()));
+        fetched += count;
+    }
+    let source = Image::open(&layout).unwrap();
+    assert_eq!(
+        fetched,
+        source.layer_count() + 1,
+        "config and layers, once each"
+    );
+    let store = ImageStore::open(env.store()).unwrap();
+    assert_eq!(store.images().unwrap().len(), 1);
+    assert!(env.partials().is_empty());
+    stored_image_is(&env, &name, &layout);
+}
+
+#[test]
+fn rmi_keeps_the_blobs_another_image_uses() {
+    let Some(env) = Env::new() else { return };
+    let registry = env.registry(Setup::default());
+    let small = env.layout("small", 0);
+    let big = env.layout("big", 64 << 10);
+    registry.push_with_skopeo(&format!("oci:{}", small.display()), "husk/a:1");
+    registry.push_with_skopeo(&format!("oci:{}", big.display()), "husk/b:1");
+    let (a, b) = (
+        format!("{}/husk/a:1", registry.addr),
+        format!("{}/husk/b:1", registry.addr),
+    );
+    for name in [&a, &b] {
+        ok(
+            &env.husk(&["pull", "--insecure-registry", &registry.addr, name]),
+            name,
+        );
+    }
+    let before = env.blobs();
+    // a: manifest, config, 2 layers; b: manifest, config, the same 2 + 1.
+    assert_eq!(before.len(), 7, "{before:?}");
+    let rmi = env.husk(&["rmi", &a]);
+    ok(&rmi, "rmi a");
+    assert!(rmi.stdout.contains("deleted 2 blobs"), "{}", rmi.describe());
+    stored_image_is(&env, &b, &big);
+    let unknown = env.husk(&["rmi", &a]);
+    assert_eq!(unknown.code, Some(1), "{}", unknown.describe());
+    assert!(unknown.stderr.contains(&format!("no image {a}")));
+    ok(&env.husk(&["rmi", &b]), "rmi b");
+    assert!(env.blobs().is_empty(), "{:?}", env.blobs());
+}
