@@ -201,6 +201,24 @@ fn pulls_by_tag_and_digest_over_tls_with_a_login() {
     let unknown = env.husk(&["pull", "--tls-ca", ca, &format!("{addr}/husk/test:nope")]);
     one_line_error(&unknown, addr, "husk/test:nope: not found");
 
+    // A system without CA certificates: the error says what is missing.
+    let no_roots = |args: &[&str]| {
+        let mut cmd = env.command(args);
+        cmd.env("SSL_CERT_FILE", "/nonexistent")
+            .env("SSL_CERT_DIR", "/nonexistent");
+        process::run(cmd, TIMEOUT)
+    };
+    one_line_error(
+        &no_roots(&["pull", &name]),
+        addr,
+        "apt-get install ca-certificates",
+    );
+    one_line_error(
+        &no_roots(&["pull", "--tls-ca", ca, &name]),
+        addr,
+        "apt-get install ca-certificates",
+    );
+
     let pulled = env.husk(&["pull", "--tls-ca", ca, &name]);
     ok(&pulled, "pull by tag");
     let digest = pulled

@@ -132,9 +132,9 @@ impl Session {
                 data,
             });
         }
-        let config = ClientConfig {
+        let config = |extra: Vec<Certificate>| ClientConfig {
             protocol: ClientProtocol::HttpsExcept(options.insecure.clone()),
-            extra_root_certificates: certs,
+            extra_root_certificates: extra,
             platform_resolver: Some(Box::new(oci_client::client::linux_amd64_resolver)),
             connect_timeout: Some(Duration::from_secs(15)),
             // A registry that stops sending mid-blob is a broken
@@ -142,7 +142,17 @@ impl Session {
             read_timeout: Some(Duration::from_secs(60)),
             ..ClientConfig::default()
         };
-        let client = Client::try_from(config).map_err(|e| fail(one_line(&e)))?;
+        // Without system roots reqwest cannot build a client, and
+        // oci-client 0.18 panics then (its struct update makes a default
+        // reqwest client) even when it was given a CA: so look first.
+        if rustls_native_certs::load_native_certs().certs.is_empty() {
+            return Err(fail(
+                "no CA certificates on this system to check TLS with \
+                 (apt-get install ca-certificates)"
+                    .into(),
+            ));
+        }
+        let client = Client::try_from(config(certs)).map_err(|e| fail(one_line(&e)))?;
         let files = auth::auth_files(options.auth_file.as_deref());
         let found = auth::lookup(reference.registry(), &files)?;
         let (auth, auth_from) = match found {
