@@ -43,6 +43,10 @@ enum Command {
     Run(run::RunArgs),
     /// Pull an image from a registry into the image store.
     Pull(registry_cmd::PullArgs),
+    /// Push a stored image to a registry.
+    Push(registry_cmd::PushArgs),
+    /// Give a stored image another name.
+    Tag(registry_cmd::TagArgs),
     /// List the image store's images.
     Images(registry_cmd::ImagesArgs),
     /// Remove images from the store (blobs another image uses stay).
@@ -177,6 +181,8 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Pull(args) => registry_cmd::pull(args),
         Command::Images(args) => registry_cmd::images(args),
+        Command::Push(args) => registry_cmd::push(args),
+        Command::Tag(args) => registry_cmd::tag(args),
         Command::Rmi(args) => registry_cmd::rmi(args),
         Command::Login(args) => registry_cmd::login(args),
         Command::Logout(args) => registry_cmd::logout(args),

@@ -62,6 +62,27 @@ pub enum PullPolicy {
 }
 
 #[derive(Args)]
+pub struct PushArgs {
+    #[command(flatten)]
+    registry: RegistryFlags,
+    /// No progress, only the pushed name and digest.
+    #[arg(short, long)]
+    quiet: bool,
+    /// The stored image.
+    name: String,
+    /// Where to push it (default: its own name).
+    target: Option<String>,
+}
+
+#[derive(Args)]
+pub struct TagArgs {
+    /// A stored image.
+    source: String,
+    /// Another name for it.
+    target: String,
+}
+
+#[derive(Args)]
 pub struct ImagesArgs {
     /// Only the names.
     #[arg(short, long)]
@@ -173,6 +194,50 @@ pub fn open_for_run(
     let image = Image::open_named(store.dir(), &name)
         .map_err(|e| Failure::runtime(format!("image {name}: {e}")))?;
     Ok((image, name))
+}
+
+pub fn push(args: PushArgs) -> Result<u8, Failure> {
+    let store = store()?;
+    let image = stored(&store, &args.name)?;
+    let target = full_name(args.target.as_deref().unwrap_or(&args.name))?;
+    let mut display = Display::new(args.quiet);
+    let pushed = registry::push(
+        &store,
+        &image,
+        &target,
+        &args.registry.options(),
+        &mut |e| display.event_as(e, "pushed", "already there"),
+    )
+    .map_err(|e| Failure::runtime(e.to_string()))?;
+    display.done();
+    if !args.quiet {
+        eprintln!(
+            "pushed {target}: {} blobs uploaded ({}), the rest already there",
+            pushed.uploaded,
+            human(pushed.uploaded_bytes)
+        );
+    }
+    println!("{target} {}", pushed.digest);
+    Ok(0)
+}
+
+pub fn tag(args: TagArgs) -> Result<u8, Failure> {
+    let store = store()?;
+    let mut image = stored(&store, &args.source)?;
+    image.name = full_name(&args.target)?;
+    store
+        .tag(&image)
+        .map_err(|e| Failure::runtime(e.to_string()))?;
+    Ok(0)
+}
+
+/// The stored image a name the user typed names.
+fn stored(store: &ImageStore, name: &str) -> Result<husk_image::StoredImage, Failure> {
+    let full = full_name(name)?;
+    store
+        .find(&full)
+        .map_err(|e| Failure::runtime(e.to_string()))?
+        .ok_or_else(|| Failure::runtime(format!("no image {full} in {}", store.dir().display())))
 }
 
 pub fn images(args: ImagesArgs) -> Result<u8, Failure> {
@@ -314,6 +379,11 @@ impl Display {
     }
 
     fn event(&mut self, event: Event) {
+        self.event_as(event, "fetched", "already stored")
+    }
+
+    /// `moved` and `kept` say what became of a blob that was (not) sent.
+    fn event_as(&mut self, event: Event, moved: &str, kept: &str) {
         match event {
             Event::Manifest { blobs, .. } => self.blobs = blobs,
             Event::Progress { digest, done, size } => {
@@ -343,7 +413,7 @@ impl Display {
                     bar.finish();
                 }
                 if self.bars.is_none() && !self.quiet {
-                    let how = if fetched { "fetched" } else { "already stored" };
+                    let how = if fetched { moved } else { kept };
                     eprintln!("{}: {how} ({})", short(digest), human(size));
                 }
             }

@@ -131,10 +131,14 @@ impl ImageStore {
         Ok(data)
     }
 
-    /// The bytes an image's blobs take (config and layers, as stored; for
-    /// an index, of its linux/amd64 image).
-    pub fn image_size(&self, image: &StoredImage) -> Result<u64, Error> {
-        let mut data = self.read_manifest(&image.digest)?;
+    /// The image manifest of a stored image (for an index, of its
+    /// linux/amd64 image): its digest, bytes and parsed form.
+    pub fn image_manifest(
+        &self,
+        image: &StoredImage,
+    ) -> Result<(Digest, Vec<u8>, ImageManifest), Error> {
+        let mut digest = image.digest.clone();
+        let mut data = self.read_manifest(&digest)?;
         if let Ok(index) = serde_json::from_slice::<ImageIndex>(&data) {
             let chosen = index
                 .manifests()
@@ -148,10 +152,17 @@ impl ImageStore {
                 .ok_or_else(|| {
                     Error::malformed(format!("index {}", image.digest), "no linux/amd64 image")
                 })?;
-            data = self.read_manifest(&Digest::parse(chosen.digest().as_ref())?)?;
+            digest = Digest::parse(chosen.digest().as_ref())?;
+            data = self.read_manifest(&digest)?;
         }
         let manifest: ImageManifest = serde_json::from_slice(&data)
             .map_err(|e| Error::malformed(format!("manifest of {}", image.name), e))?;
+        Ok((digest, data, manifest))
+    }
+
+    /// The bytes an image's blobs take (config and layers, as stored).
+    pub fn image_size(&self, image: &StoredImage) -> Result<u64, Error> {
+        let (_, _, manifest) = self.image_manifest(image)?;
         Ok(manifest.config().size() + manifest.layers().iter().map(|l| l.size()).sum::<u64>())
     }
 

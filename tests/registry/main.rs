@@ -410,3 +410,54 @@ fn rmi_keeps_the_blobs_another_image_uses() {
     ok(&env.husk(&["rmi", &b]), "rmi b");
     assert!(env.blobs().is_empty(), "{:?}", env.blobs());
 }
+
+#[test]
+fn push_sends_what_the_registry_lacks_and_the_image_pulls_back_the_same() {
+    let Some(env) = Env::new() else { return };
+    let registry = env.registry(Setup {
+        tls: true,
+        login: Some(("bob".into(), "hunter2".into())),
+    });
+    let layout = env.layout("layout", 256 << 10);
+    registry.push_with_skopeo(&format!("oci:{}", layout.display()), "husk/src:1");
+    let (addr, ca) = (registry.addr.as_str(), registry.ca());
+    let ca = ca.to_str().unwrap();
+    let (source, target) = (format!("{addr}/husk/src:1"), format!("{addr}/husk/dst:2"));
+    ok(&env.login(&registry, "bob", "hunter2"), "login");
+    ok(&env.husk(&["pull", "-q", "--tls-ca", ca, &source]), "pull");
+
+    let pushed = env.husk(&["push", "--tls-ca", ca, &source, &target]);
+    ok(&pushed, "push");
+    // A new repository: the registry mounts nothing across, every blob goes.
+    assert!(
+        pushed.stderr.contains("4 blobs uploaded"),
+        "{}",
+        pushed.describe()
+    );
+    let again = env.husk(&["push", "--tls-ca", ca, &source, &target]);
+    ok(&again, "push again");
+    assert!(
+        again.stderr.contains("0 blobs uploaded"),
+        "{}",
+        again.describe()
+    );
+    let digest = pushed.stdout.split_whitespace().nth(1).unwrap().to_string();
+
+    ok(&env.husk(&["rmi", &source]), "rmi");
+    assert!(env.blobs().is_empty());
+    let back = env.husk(&["pull", "--tls-ca", ca, &target]);
+    ok(&back, "pull what was pushed");
+    assert_eq!(back.stdout.trim(), format!("{target} {digest}"));
+    stored_image_is(&env, &target, &layout);
+
+    let logout = env.husk(&["logout", addr]);
+    ok(&logout, "logout");
+    let denied = env.husk(&[
+        "push",
+        "--tls-ca",
+        ca,
+        &target,
+        &format!("{addr}/husk/dst:3"),
+    ]);
+    one_line_error(&denied, addr, "wants a login");
+}

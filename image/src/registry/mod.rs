@@ -5,6 +5,7 @@
 
 pub mod auth;
 mod pull;
+mod push;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use oci_client::{Client, Reference};
 use crate::Error;
 
 pub use pull::{pull, Event, Pulled};
+pub use push::{push, Pushed};
 
 /// How to reach registries.
 #[derive(Clone, Debug)]
@@ -69,11 +71,7 @@ pub fn login(server: &str, user: &str, password: &str, options: &Options) -> Res
     let mut session = Session::new(&reference, options)?;
     session.auth = RegistryAuth::Basic(user.to_string(), password.to_string());
     session.auth_from = Some("the login".to_string());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::io("tokio runtime", e))?;
-    runtime.block_on(async {
+    runtime()?.block_on(async {
         let token = session
             .client
             .auth(
@@ -106,6 +104,15 @@ pub fn login(server: &str, user: &str, password: &str, options: &Options) -> Res
             }
         }
     })
+}
+
+/// A runtime for one command's requests: one thread is enough, the
+/// downloads wait on the network, not on each other.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("tokio runtime", e))
 }
 
 /// A connection to one registry: the client and the credentials for it.
@@ -174,6 +181,12 @@ impl Session {
             OciDistributionError::UnauthorizedError { .. }
             | OciDistributionError::AuthenticationFailure(_) => self.denied(),
             OciDistributionError::ImageManifestNotFoundError(_) => format!("{what}: not found"),
+            OciDistributionError::RequestError(e)
+                if e.status()
+                    .is_some_and(|s| s.as_u16() == 401 || s.as_u16() == 403) =>
+            {
+                self.denied()
+            }
             OciDistributionError::RegistryError { envelope, .. } => {
                 let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
                 let unknown = codes.iter().any(|c| {

@@ -69,10 +69,7 @@ pub fn pull(
 ) -> Result<Pulled, Error> {
     let reference = super::parse_reference(name)?;
     let session = Session::new(&reference, options)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::io("tokio runtime", e))?;
+    let runtime = super::runtime()?;
     let progress = RefCell::new(progress);
     runtime.block_on(pull_async(store, &session, &reference, options, &progress))
 }
