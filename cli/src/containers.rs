@@ -13,12 +13,12 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 /// The container's id inside its guest (one container per VM).
-const CONTAINER_ID: &str = "main";
+pub(crate) const CONTAINER_ID: &str = "main";
 /// The exec'd process's stream on its own connection (ids are per
 /// connection, so every client can use the same one).
 const EXEC_STREAM: u32 = 1;
 /// How long a running guest's agent gets to answer.
-const AGENT_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const AGENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Args)]
 pub struct PsArgs {
@@ -176,7 +176,7 @@ pub fn oci_exec(g: &crate::oci::Global, e: &ExecArgs) -> Result<u8, Failure> {
     )
 }
 
-fn running(id: &str) -> Result<Found, Failure> {
+pub(crate) fn running(id: &str) -> Result<Found, Failure> {
     let found = state::find(&runtime_root(), id).map_err(Failure::runtime)?;
     if !found.running() {
         return Err(Failure::runtime(format!(
@@ -189,7 +189,7 @@ fn running(id: &str) -> Result<Found, Failure> {
 }
 
 /// A connection to a run's agent, past the version handshake.
-fn connect(found: &Found, sinks: Sinks) -> Result<Client, String> {
+pub(crate) fn connect(found: &Found, sinks: Sinks) -> Result<Client, String> {
     let uds = found.dir.join(state::VSOCK_SOCKET);
     let deadline = Instant::now() + Duration::from_secs(10);
     Client::open(&uds, deadline, &|| true, sinks)

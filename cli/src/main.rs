@@ -2,6 +2,7 @@
 
 mod agent;
 mod boot;
+mod commit_cmd;
 mod compare_cmd;
 mod containers;
 mod controller;
@@ -43,6 +44,8 @@ enum Command {
     Run(run::RunArgs),
     /// Pull an image from a registry into the image store.
     Pull(registry_cmd::PullArgs),
+    /// Store a running container's changes as a new image.
+    Commit(commit_cmd::CommitArgs),
     /// Push a stored image to a registry.
     Push(registry_cmd::PushArgs),
     /// Give a stored image another name.
@@ -182,6 +185,7 @@ fn main() -> ExitCode {
         Command::Pull(args) => registry_cmd::pull(args),
         Command::Images(args) => registry_cmd::images(args),
         Command::Push(args) => registry_cmd::push(args),
+        Command::Commit(args) => commit_cmd::commit(args),
         Command::Tag(args) => registry_cmd::tag(args),
         Command::Rmi(args) => registry_cmd::rmi(args),
         Command::Login(args) => registry_cmd::login(args),

@@ -117,7 +117,7 @@ pub struct LogoutArgs {
     server: String,
 }
 
-fn store() -> Result<ImageStore, Failure> {
+pub(crate) fn store() -> Result<ImageStore, Failure> {
     let dir = ImageStore::default_dir();
     ImageStore::open(dir.clone())
         .map_err(|e| Failure::runtime(format!("image store {}: {e}", dir.display())))

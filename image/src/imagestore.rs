@@ -312,6 +312,59 @@ impl ImageStore {
     }
 }
 
+/// A blob whose digest is known only once it is written (a committed
+/// layer, an imported one): hashed on the way into `tmp/`, renamed into
+/// the store by [`NewBlob::finish`]. Write it under a [`Hold`].
+pub struct NewBlob {
+    store: ImageStore,
+    file: tempfile::NamedTempFile,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl ImageStore {
+    pub fn new_blob(&self) -> Result<NewBlob, Error> {
+        let tmp = self.dir.join("tmp");
+        Ok(NewBlob {
+            store: self.clone(),
+            file: tempfile::NamedTempFile::new_in(&tmp).map_err(|e| Error::io(&tmp, e))?,
+            hasher: Sha256::new(),
+            len: 0,
+        })
+    }
+}
+
+impl Write for NewBlob {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl NewBlob {
+    /// Syncs the blob and moves it into the store; its digest and size.
+    pub fn finish(self) -> Result<(Digest, u64), Error> {
+        let digest = Digest::from_hex(&format!("{:x}", self.hasher.finalize()))
+            .expect("sha256 hex is a digest");
+        let path = self.file.path().to_path_buf();
+        self.file
+            .as_file()
+            .sync_all()
+            .map_err(|e| Error::io(&path, e))?;
+        let target = self.store.blob_path(&digest);
+        self.file
+            .persist(&target)
+            .map_err(|e| Error::io(&target, e.error))?;
+        Ok((digest, self.len))
+    }
+}
+
 /// A blob being downloaded: hashed as it is written, renamed into the
 /// store only if it is whole and right.
 #[derive(Debug)]

@@ -14,6 +14,7 @@
 //! ```
 
 mod cache;
+pub mod compose;
 mod decompress;
 mod digest;
 mod error;
@@ -65,6 +66,8 @@ pub struct ImageDefaults {
 #[derive(Debug)]
 pub struct Image {
     store: Store,
+    manifest_json: Option<Vec<u8>>,
+    config_json: Vec<u8>,
     manifest_digest: String,
     config_digest: String,
     defaults: ImageDefaults,
@@ -114,6 +117,8 @@ impl Image {
         );
         Ok(Image {
             store,
+            manifest_json: opened.manifest_json,
+            config_json: opened.config_json,
             manifest_digest: opened.manifest_digest.to_string(),
             config_digest: opened.config_digest.to_string(),
             defaults,

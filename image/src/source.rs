@@ -67,6 +67,9 @@ pub struct LayerRef {
 
 #[derive(Debug)]
 pub struct Opened {
+    /// The manifest as stored, where the format has one (not docker save).
+    pub manifest_json: Option<Vec<u8>>,
+    pub config_json: Vec<u8>,
     pub manifest_digest: Digest,
     pub config_digest: Digest,
     pub config: ImageConfiguration,
@@ -176,6 +179,8 @@ fn open_oci(store: &Store, name: Option<&str>) -> Result<Opened, Error> {
         });
     }
     Ok(Opened {
+        manifest_json: Some(manifest_json),
+        config_json,
         manifest_digest,
         config_digest,
         config,
@@ -346,6 +351,8 @@ fn open_docker(store: &Store) -> Result<Opened, Error> {
         });
     }
     Ok(Opened {
+        manifest_json: None,
+        config_json,
         // Without a manifest, the config digest (Docker's image ID) is what
         // names the image's content.
         manifest_digest: config_digest.clone(),

@@ -20,8 +20,8 @@ pub use crate::status::ExitStatus;
 /// Protocol version; bumped on any incompatible change. 2: typed specs,
 /// disks named by their serial, stream ids scoped to their connection.
 /// 3: a volume is a disk or a virtio-fs share. 4: the root is an image
-/// disk or a virtio-fs share.
-pub const VERSION: u32 = 5;
+/// disk or a virtio-fs share. 5: update, pids. 6: export_changes.
+pub const VERSION: u32 = 6;
 /// The vsock port the agent listens on.
 pub const AGENT_PORT: u32 = 1024;
 /// Largest frame body accepted: a runtime spec is a few KiB, stream chunks
@@ -178,6 +178,13 @@ pub enum Request {
     /// (`runc ps`).
     Pids {
         id: String,
+    },
+    /// Writes the container's changes from its image as a tar (OCI
+    /// whiteouts) on `stream`'s stdout, the container frozen meanwhile;
+    /// the `exited` event for `stream` says whether it all went.
+    ExportChanges {
+        id: String,
+        stream: u32,
     },
     /// Kills what is left of the container, unmounts and forgets it.
     DestroyContainer {

@@ -88,6 +88,7 @@ pub fn launch(
     args: &RunArgs,
     plan: &Plan,
     image: ReadyDisk,
+    origin: &Origin,
     detached: bool,
 ) -> Result<Launched, Failure> {
     let root = super::runtime_root();
@@ -99,7 +100,7 @@ pub fn launch(
     };
     std::fs::create_dir_all(&dir.path)
         .map_err(|e| Failure::runtime(format!("runtime dir {}: {e}", dir.path.display())))?;
-    let record = record(args, plan, detached);
+    let record = record(origin, plan, detached);
     record.save(&dir.path).map_err(Failure::runtime)?;
     let sinks = sinks(detached.then_some(dir.path.as_path())).map_err(Failure::runtime)?;
     let guest = crate::boot::guest_dir();
@@ -194,12 +195,19 @@ fn prepare_volumes(
     Ok((ready, backends))
 }
 
-fn record(args: &RunArgs, plan: &Plan, detached: bool) -> State {
+/// Which image a run runs: its name (full, or the path given) and digest.
+pub struct Origin {
+    pub name: String,
+    pub digest: String,
+}
+
+fn record(origin: &Origin, plan: &Plan, detached: bool) -> State {
     let me = std::process::id() as i32;
     let s = &plan.settings;
     State {
         id: plan.id.clone(),
-        image: args.image.clone(),
+        image: origin.name.clone(),
+        image_digest: Some(origin.digest.clone()),
         command: s.args.clone(),
         created: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

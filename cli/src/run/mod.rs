@@ -140,7 +140,11 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     mark("start");
     let detached = monitor_id.is_some();
     let id = monitor_id.unwrap_or_else(new_id);
-    let (image, _) = crate::registry_cmd::open_for_run(&args.image, args.pull, &args.registry)?;
+    let (image, name) = crate::registry_cmd::open_for_run(&args.image, args.pull, &args.registry)?;
+    let origin = launch::Origin {
+        name,
+        digest: image.manifest_digest().to_string(),
+    };
     let plan = plan::plan(&args, image.defaults(), &id)?;
     // Before the image is converted or anything started: a directory
     // volume needs virtiofsd.
@@ -156,7 +160,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     if args.process.tty {
         crate::agent::tty::block_winch().map_err(Failure::runtime)?;
     }
-    let launched = launch::launch(&args, &plan, image_disk, detached)?;
+    let launched = launch::launch(&args, &plan, image_disk, &origin, detached)?;
     let launch::Launched {
         dir,
         mut record,

@@ -33,7 +33,12 @@ pub struct ProcessDefaults {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub id: String,
+    /// The image's full name in the store, or its path as given.
     pub image: String,
+    /// The manifest digest of the image it runs (what `husk commit` builds
+    /// on, whatever the name points at by then).
+    #[serde(default)]
+    pub image_digest: Option<String>,
     pub command: Vec<String>,
     /// Seconds since the epoch.
     pub created: u64,
@@ -167,6 +172,7 @@ mod tests {
         State {
             id: id.into(),
             image: "img".into(),
+            image_digest: None,
             command: vec!["true".into()],
             created: 1,
             detached,

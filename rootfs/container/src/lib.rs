@@ -27,6 +27,7 @@
 //! reports failures through a `SOCK_SEQPACKET` socket (`sys.rs`).
 
 mod cgroup;
+pub mod changes;
 mod child;
 mod error;
 mod plan;

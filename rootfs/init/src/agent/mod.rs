@@ -3,6 +3,7 @@
 //! of running one command. One thread, one poll loop: the host connection,
 //! the processes' pipes, and the signalfd that reports their deaths.
 
+mod export;
 mod streams;
 
 use husk_container::{Container, Rootfs, Stdio};
@@ -49,6 +50,8 @@ struct Entry {
     container: Container,
     /// Mount points to undo on destroy, innermost first.
     mounts: Vec<PathBuf>,
+    /// The image tree under a layered root (what a commit compares with).
+    lower: Option<PathBuf>,
 }
 
 /// A host connection and what it has not yet taken. Several may be open:
@@ -461,6 +464,25 @@ impl Agent {
                     pids: e.container.pids(),
                 })
             }
+            Request::ExportChanges { id, stream } => {
+                let stdio = StdioSpec {
+                    stream,
+                    tty: false,
+                    stdin: false,
+                };
+                self.check_stream(&stdio)?;
+                let e = self.entry(&id)?;
+                let lower = e.lower.clone().ok_or_else(|| {
+                    format!("container {id} has no image layer to compare with (its root is a shared directory)")
+                })?;
+                let (pid, cgroup) = (
+                    e.container.init_pid(),
+                    e.container.cgroup_path().map(Path::to_path_buf),
+                );
+                let (child, io) = export::spawn(lower, pid, cgroup)?;
+                self.add_stream(child, &stdio, io, id, Some(format!("export-{stream}")));
+                Ok(Response::Ok)
+            }
             Request::DestroyContainer { id } => {
                 let e = self
                     .containers
@@ -527,15 +549,26 @@ impl Agent {
                 }
                 mounts.push(at);
             }
+            let lower = match &root {
+                Rootfs::Layered { lower, .. } => Some(lower.clone()),
+                Rootfs::Dir(_) => None,
+            };
             Container::create(&id, &spec, &root, Path::new(STATE_DIR), stdio_of(&stdio))
+                .map(|made| (made, lower))
                 .map_err(|e| e.to_string())
         })();
         mounts.reverse();
         match result {
-            Ok((container, io)) => {
+            Ok(((container, io), lower)) => {
                 let pid = container.init_pid();
-                self.containers
-                    .insert(id.clone(), Entry { container, mounts });
+                self.containers.insert(
+                    id.clone(),
+                    Entry {
+                        container,
+                        mounts,
+                        lower,
+                    },
+                );
                 self.add_stream(pid, &stdio, io, id, None);
                 Ok(Response::Ok)
             }
