@@ -48,6 +48,10 @@ enum Command {
     Commit(commit_cmd::CommitArgs),
     /// Push a stored image to a registry.
     Push(registry_cmd::PushArgs),
+    /// Write a stored image as an archive (OCI and docker save at once).
+    Save(registry_cmd::SaveArgs),
+    /// Store an image from an archive (OCI, docker save) or layout.
+    Load(registry_cmd::LoadArgs),
     /// Give a stored image another name.
     Tag(registry_cmd::TagArgs),
     /// List the image store's images.
@@ -187,6 +191,8 @@ fn main() -> ExitCode {
         Command::Push(args) => registry_cmd::push(args),
         Command::Commit(args) => commit_cmd::commit(args),
         Command::Tag(args) => registry_cmd::tag(args),
+        Command::Save(args) => registry_cmd::save(args),
+        Command::Load(args) => registry_cmd::load(args),
         Command::Rmi(args) => registry_cmd::rmi(args),
         Command::Login(args) => registry_cmd::login(args),
         Command::Logout(args) => registry_cmd::logout(args),

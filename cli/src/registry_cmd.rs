@@ -83,6 +83,25 @@ pub struct TagArgs {
 }
 
 #[derive(Args)]
+pub struct SaveArgs {
+    /// Write here instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// The stored image.
+    name: String,
+}
+
+#[derive(Args)]
+pub struct LoadArgs {
+    /// Read this archive instead of standard input (an OCI layout
+    /// directory works too).
+    #[arg(short, long, value_name = "FILE")]
+    input: Option<PathBuf>,
+    /// The name to store it under (default: the one the archive gives).
+    name: Option<String>,
+}
+
+#[derive(Args)]
 pub struct ImagesArgs {
     /// Only the names.
     #[arg(short, long)]
@@ -228,6 +247,87 @@ pub fn tag(args: TagArgs) -> Result<u8, Failure> {
     store
         .tag(&image)
         .map_err(|e| Failure::runtime(e.to_string()))?;
+    Ok(0)
+}
+
+pub fn save(args: SaveArgs) -> Result<u8, Failure> {
+    let store = store()?;
+    let image = stored(&store, &args.name)?;
+    let name = full_name(&args.name)?;
+    let fail = |e: husk_image::Error| Failure::runtime(e.to_string());
+    match &args.output {
+        Some(path) => {
+            // Written beside, renamed when whole: no half archive under the name.
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(".".as_ref());
+            let mut tmp = tempfile::NamedTempFile::new_in(dir)
+                .map_err(|e| Failure::runtime(format!("{}: {e}", dir.display())))?;
+            husk_image::compose::save(
+                &store,
+                &image,
+                &name,
+                std::io::BufWriter::new(tmp.as_file_mut()),
+            )
+            .map_err(fail)?;
+            tmp.persist(path)
+                .map_err(|e| Failure::runtime(format!("{}: {}", path.display(), e.error)))?;
+        }
+        None if std::io::stdout().is_terminal() => {
+            return Err(Failure::usage(
+                "refusing to write an archive to a terminal: use -o FILE or a pipe",
+            ))
+        }
+        None => husk_image::compose::save(&store, &image, &name, std::io::stdout().lock())
+            .map_err(fail)?,
+    }
+    Ok(0)
+}
+
+pub fn load(args: LoadArgs) -> Result<u8, Failure> {
+    let store = store()?;
+    let fail = |e: husk_image::Error| Failure::runtime(e.to_string());
+    let _hold = store.hold().map_err(fail)?;
+    // An archive is read by seeking: standard input is spooled first.
+    let spooled;
+    let path = match &args.input {
+        Some(p) => p.clone(),
+        None => {
+            let mut tmp = tempfile::NamedTempFile::new_in(store.dir().join("tmp"))
+                .map_err(|e| Failure::runtime(format!("spooling stdin: {e}")))?;
+            std::io::copy(&mut std::io::stdin().lock(), tmp.as_file_mut())
+                .map_err(|e| Failure::runtime(format!("reading stdin: {e}")))?;
+            spooled = tmp;
+            spooled.path().to_path_buf()
+        }
+    };
+    let shown = args
+        .input
+        .as_ref()
+        .map_or("stdin".into(), |p| p.display().to_string());
+    let image = Image::open(&path).map_err(|e| Failure::runtime(format!("{shown}: {e}")))?;
+    let name = match (&args.name, image.names()) {
+        (Some(n), _) => full_name(n)?,
+        (None, [one]) if one.contains(['/', ':']) => full_name(one)?,
+        (None, names) => {
+            return Err(Failure::usage(format!(
+                "{shown} names no single image ({names:?}): give the name to load it as"
+            )))
+        }
+    };
+    let base = husk_image::compose::import(&store, &image).map_err(fail)?;
+    let stored = husk_image::StoredImage {
+        name: name.clone(),
+        digest: base.manifest_digest.clone(),
+        media_type: serde_json::from_slice::<serde_json::Value>(&base.manifest_json)
+            .ok()
+            .and_then(|m| m["mediaType"].as_str().map(str::to_string))
+            .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into()),
+        size: base.manifest_json.len() as u64,
+    };
+    store.tag(&stored).map_err(fail)?;
+    println!("{name} {}", base.manifest_digest);
     Ok(0)
 }
 

@@ -95,6 +95,93 @@ pub fn import(store: &ImageStore, image: &Image) -> Result<Base, Error> {
     })
 }
 
+/// Writes the stored image `image` as one tar that is both an OCI archive
+/// (oci-layout, index.json naming it `name`) and a `docker save` archive
+/// (manifest.json with RepoTags), as Docker 25 writes them: `docker load`,
+/// `podman load`, skopeo's oci-archive: and docker-archive: all read it.
+pub fn save(
+    store: &ImageStore,
+    image: &StoredImage,
+    name: &str,
+    out: impl Write,
+) -> Result<(), Error> {
+    let (digest, manifest_json, manifest) = store.image_manifest(image)?;
+    let mut tar = tar::Builder::new(out);
+    let io_err = |e: io::Error| Error::io("the archive", e);
+    let add = |tar: &mut tar::Builder<_>, path: &str, data: &mut dyn io::Read, len: u64| {
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(0o644);
+        h.set_size(len);
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut h, path, data).map_err(io_err)
+    };
+    let blob_name = |d: &str| format!("blobs/sha256/{}", d.trim_start_matches("sha256:"));
+    let mut blobs: Vec<(String, u64)> = vec![(
+        manifest.config().digest().to_string(),
+        manifest.config().size(),
+    )];
+    blobs.extend(
+        manifest
+            .layers()
+            .iter()
+            .map(|l| (l.digest().to_string(), l.size())),
+    );
+    for (d, size) in &blobs {
+        let path = store.blob_path(&Digest::parse(d)?);
+        let mut f = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        add(&mut tar, &blob_name(d), &mut f, *size)?;
+    }
+    add(
+        &mut tar,
+        &blob_name(&digest.to_string()),
+        &mut &manifest_json[..],
+        manifest_json.len() as u64,
+    )?;
+    let media_type = manifest
+        .media_type()
+        .as_ref()
+        .map(|m| m.to_string())
+        .unwrap_or_else(|| OCI_MANIFEST.into());
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": media_type,
+            "digest": digest.to_string(),
+            "size": manifest_json.len(),
+            "annotations": {
+                "io.containerd.image.name": name,
+                crate::imagestore::REF_NAME: name.rsplit_once(':').map_or("latest", |(_, t)| t),
+            },
+        }],
+    }))
+    .expect("JSON serialises");
+    let docker = serde_json::to_vec(&json!([{
+        "Config": blob_name(&blobs[0].0),
+        "RepoTags": [name],
+        "Layers": blobs[1..].iter().map(|(d, _)| blob_name(d)).collect::<Vec<_>>(),
+    }]))
+    .expect("JSON serialises");
+    let layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
+    add(
+        &mut tar,
+        "oci-layout",
+        &mut &layout[..],
+        layout.len() as u64,
+    )?;
+    add(&mut tar, "index.json", &mut &index[..], index.len() as u64)?;
+    add(
+        &mut tar,
+        "manifest.json",
+        &mut &docker[..],
+        docker.len() as u64,
+    )?;
+    tar.into_inner().map_err(io_err)?.flush().map_err(io_err)
+}
+
 /// A layer being written into the store: gzip-compressed on the way, the
 /// uncompressed tar hashed for its diff_id.
 pub struct LayerWriter {

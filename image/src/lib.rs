@@ -66,6 +66,7 @@ pub struct ImageDefaults {
 #[derive(Debug)]
 pub struct Image {
     store: Store,
+    names: Vec<String>,
     manifest_json: Option<Vec<u8>>,
     config_json: Vec<u8>,
     manifest_digest: String,
@@ -117,6 +118,7 @@ impl Image {
         );
         Ok(Image {
             store,
+            names: opened.names,
             manifest_json: opened.manifest_json,
             config_json: opened.config_json,
             manifest_digest: opened.manifest_digest.to_string(),
@@ -131,6 +133,13 @@ impl Image {
     /// the image's content, so it keys the block image cache.
     pub fn manifest_digest(&self) -> &str {
         &self.manifest_digest
+    }
+
+    /// The names the file gives the image, as written (an OCI layout's
+    /// `io.containerd.image.name` or `org.opencontainers.image.ref.name`
+    /// annotations, which may be a bare tag; a docker save's RepoTags).
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// `sha256:<hex>` of the image config.

@@ -67,6 +67,9 @@ pub struct LayerRef {
 
 #[derive(Debug)]
 pub struct Opened {
+    /// The names the file gives the image (an OCI layout's annotations,
+    /// a docker save archive's RepoTags), as written.
+    pub names: Vec<String>,
     /// The manifest as stored, where the format has one (not docker save).
     pub manifest_json: Option<Vec<u8>>,
     pub config_json: Vec<u8>,
@@ -143,6 +146,16 @@ fn open_oci(store: &Store, name: Option<&str>) -> Result<Opened, Error> {
         }
         index.set_manifests(named);
     }
+    let names = index
+        .manifests()
+        .iter()
+        .filter_map(|d| {
+            let a = d.annotations().as_ref()?;
+            a.get("io.containerd.image.name")
+                .or_else(|| a.get(crate::imagestore::REF_NAME))
+                .cloned()
+        })
+        .collect();
     let manifest_desc = select_manifest(store, &index, &what, 0)?;
     let manifest_digest = descriptor_digest(&manifest_desc)?;
     let manifest_json = read_blob(store, &manifest_digest, manifest_desc.size())?;
@@ -179,6 +192,7 @@ fn open_oci(store: &Store, name: Option<&str>) -> Result<Opened, Error> {
         });
     }
     Ok(Opened {
+        names,
         manifest_json: Some(manifest_json),
         config_json,
         manifest_digest,
@@ -350,7 +364,16 @@ fn open_docker(store: &Store) -> Result<Opened, Error> {
             diff_id: Some(diff_id),
         });
     }
+    let names = image["RepoTags"]
+        .as_array()
+        .map(|tags| {
+            tags.iter()
+                .filter_map(|t| t.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(Opened {
+        names,
         manifest_json: None,
         config_json,
         // Without a manifest, the config digest (Docker's image ID) is what

@@ -461,3 +461,84 @@ fn push_sends_what_the_registry_lacks_and_the_image_pulls_back_the_same() {
     ]);
     one_line_error(&denied, addr, "wants a login");
 }
+
+#[test]
+fn save_and_load_round_trip_and_skopeo_reads_the_archive_both_ways() {
+    let Some(env) = Env::new() else { return };
+    let layout = env.layout("layout", 0);
+    let layout_digest = Image::open(&layout).unwrap().manifest_digest().to_string();
+    let docker_tar = env.path("docker.tar");
+    husk_image::testimage::write_docker_archive(Path::new("/bin/busybox"), &docker_tar).unwrap();
+
+    let nameless = env.husk(&["load", "-i", layout.to_str().unwrap()]);
+    assert_eq!(nameless.code, Some(2), "{}", nameless.describe());
+    assert!(
+        nameless.stderr.contains("give the name"),
+        "{}",
+        nameless.describe()
+    );
+    let loaded = env.husk(&["load", "-i", layout.to_str().unwrap(), "localhost/husk/l:1"]);
+    ok(&loaded, "load a layout");
+    assert_eq!(
+        loaded.stdout.trim(),
+        format!("localhost/husk/l:1 {layout_digest}")
+    );
+    ok(
+        &env.husk(&[
+            "load",
+            "-i",
+            docker_tar.to_str().unwrap(),
+            "localhost/husk/d:1",
+        ]),
+        "load a docker save",
+    );
+    stored_image_is_loaded(&env, "localhost/husk/d:1");
+
+    let archive = env.path("saved.tar");
+    ok(
+        &env.husk(&[
+            "save",
+            "-o",
+            archive.to_str().unwrap(),
+            "localhost/husk/l:1",
+        ]),
+        "save",
+    );
+    // skopeo copies (and so checks every blob of) the archive either way.
+    for transport in ["oci-archive", "docker-archive"] {
+        let out = Command::new(SKOPEO)
+            .args(["--insecure-policy", "copy", "--quiet"])
+            .arg(format!("{transport}:{}", archive.display()))
+            .arg(format!("oci:{}:x", env.path(transport).display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "skopeo {transport}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    ok(&env.husk(&["rmi", "localhost/husk/l:1"]), "rmi");
+    let mut cmd = env.command(&["load"]);
+    cmd.stdin(std::fs::File::open(&archive).unwrap());
+    let back = cmd.output().unwrap();
+    assert!(
+        back.status.success(),
+        "{}",
+        String::from_utf8_lossy(&back.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&back.stdout).trim(),
+        format!("localhost/husk/l:1 {layout_digest}"),
+        "the archive's own name and the same manifest"
+    );
+    stored_image_is(&env, "localhost/husk/l:1", &layout);
+}
+
+/// A loaded image opens from the store and unpacks whole.
+fn stored_image_is_loaded(env: &Env, name: &str) {
+    let stored = Image::open_named(&env.store(), name).unwrap();
+    let tree = env.path(&format!("unpacked-{}", stored.manifest_digest()));
+    stored.unpack(&tree, &mut |_| {}).unwrap();
+    assert!(tree.join("bin/busybox").is_file());
+}
