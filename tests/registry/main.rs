@@ -542,3 +542,130 @@ fn stored_image_is_loaded(env: &Env, name: &str) {
     stored.unpack(&tree, &mut |_| {}).unwrap();
     assert!(tree.join("bin/busybox").is_file());
 }
+
+/// An OCI layout whose index lists `amd64` as linux/amd64 and `other` as
+/// `other_platform` (a nested index, as multi-arch images are pushed).
+fn multi_arch(env: &Env, amd64: Option<&Path>, other: &Path, other_platform: &str) -> PathBuf {
+    let dir = env.path(&format!("multi-{}", amd64.is_some()));
+    let mut entries = Vec::new();
+    let (os, arch) = other_platform.split_once('/').unwrap();
+    for (layout, os, arch) in [(amd64, "linux", "amd64"), (Some(other), os, arch)] {
+        let Some(layout) = layout else { continue };
+        let digest = Image::open(layout).unwrap().manifest_digest().to_string();
+        std::fs::create_dir_all(&dir).unwrap();
+        let copied = Command::new("cp")
+            .arg("-r")
+            .arg(format!("{}/.", layout.display()))
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(copied.success());
+        let size = std::fs::metadata(dir.join("blobs/sha256").join(&digest[7..]))
+            .unwrap()
+            .len();
+        entries.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest, "size": size,
+            "platform": {"os": os, "architecture": arch},
+        }));
+    }
+    let nested = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    }))
+    .unwrap();
+    let digest = husk_image::Digest::of(&nested);
+    std::fs::write(dir.join("blobs/sha256").join(digest.hex()), &nested).unwrap();
+    let top = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": digest.to_string(), "size": nested.len(),
+        }],
+    });
+    std::fs::write(dir.join("index.json"), top.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn a_multi_arch_image_pulls_as_its_linux_amd64_image_only() {
+    let Some(env) = Env::new() else { return };
+    let registry = env.registry(Setup::default());
+    let (amd64, other) = (env.layout("amd64", 0), env.layout("other", 64 << 10));
+    let multi = multi_arch(&env, Some(&amd64), &other, "linux/arm64");
+    let push_all = |layout: &Path, repo: &str| {
+        let out = Command::new(SKOPEO)
+            .args([
+                "--insecure-policy",
+                "copy",
+                "--all",
+                "--quiet",
+                "--dest-tls-verify=false",
+            ])
+            .arg(format!("oci:{}", layout.display()))
+            .arg(format!("docker://{}/{repo}", registry.addr))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    push_all(&multi, "husk/multi:1");
+    let name = format!("{}/husk/multi:1", registry.addr);
+    let pulled = env.husk(&["pull", "--insecure-registry", &registry.addr, &name]);
+    ok(&pulled, "pull a multi-arch image");
+    stored_image_is(&env, &name, &amd64);
+    // The index, the amd64 manifest, its config and its two layers: none
+    // of the arm64 image's blobs.
+    assert_eq!(env.blobs().len(), 5, "{:?}", env.blobs());
+
+    let arm_only = multi_arch(&env, None, &other, "linux/arm64");
+    push_all(&arm_only, "husk/arm:1");
+    let arm = format!("{}/husk/arm:1", registry.addr);
+    let refused = env.husk(&["pull", "--insecure-registry", &registry.addr, &arm]);
+    one_line_error(
+        &refused,
+        &registry.addr,
+        "has no linux/amd64 image (it has linux/arm64)",
+    );
+}
+
+#[test]
+fn prune_drops_interrupted_downloads_and_block_images_of_unstored_images() {
+    let Some(env) = Env::new() else { return };
+    let registry = env.registry(Setup::default());
+    let layout = env.layout("layout", 0);
+    registry.push_with_skopeo(&format!("oci:{}", layout.display()), "husk/p:1");
+    let name = format!("{}/husk/p:1", registry.addr);
+    ok(
+        &env.husk(&["pull", "--insecure-registry", &registry.addr, &name]),
+        "pull",
+    );
+    ok(&env.husk(&["tag", &name, "localhost/kept:1"]), "tag");
+    ok(&env.husk(&["rmi", &name]), "rmi the first name");
+    stored_image_is(&env, "localhost/kept:1", &layout);
+    let blobs = env.blobs();
+
+    let cache = env.path("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let kept = Image::open(&layout).unwrap().manifest_digest()[7..].to_string();
+    let stale = "0".repeat(64);
+    for hex in [&kept, &stale] {
+        std::fs::write(cache.join(format!("{hex}.erofs")), "block image").unwrap();
+    }
+    std::fs::write(env.store().join(format!("tmp/{stale}.partial")), "half").unwrap();
+    let prune = env.husk(&["image", "prune"]);
+    ok(&prune, "prune");
+    assert!(
+        prune.stdout.contains("deleted 0 blobs") && prune.stdout.contains("1 block images"),
+        "{}",
+        prune.describe()
+    );
+    assert!(cache.join(format!("{kept}.erofs")).exists());
+    assert!(!cache.join(format!("{stale}.erofs")).exists());
+    assert!(env.partials().is_empty());
+    assert_eq!(env.blobs(), blobs);
+}
