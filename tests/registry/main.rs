@@ -86,18 +86,22 @@ impl Env {
         cmd
     }
 
-    /// `husk login`, the password on stdin.
+    /// `husk login` (with --tls-ca for a TLS registry, else
+    /// --insecure-registry), the password on stdin.
     fn login(&self, registry: &Registry, user: &str, password: &str) -> Finished {
         let ca = registry.ca();
-        let mut cmd = self.command(&[
-            "login",
-            "--tls-ca",
-            ca.to_str().unwrap(),
-            "-u",
-            user,
-            "--password-stdin",
-            &registry.addr,
-        ]);
+        let reach = match registry.setup.tls {
+            true => ["--tls-ca", ca.to_str().unwrap()],
+            false => ["--insecure-registry", registry.addr.as_str()],
+        };
+        let mut cmd = self.command(
+            &[
+                &["login"],
+                &reach[..],
+                &["-u", user, "--password-stdin", &registry.addr],
+            ]
+            .concat(),
+        );
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -175,6 +179,7 @@ fn pulls_by_tag_and_digest_over_tls_with_a_login() {
     let registry = env.registry(Setup {
         tls: true,
         login: Some(("alice".into(), "s3cret".into())),
+        token: false,
     });
     let layout = env.layout("layout", 0);
     registry.push_with_skopeo(&format!("oci:{}", layout.display()), "husk/test:1");
@@ -417,6 +422,7 @@ fn push_sends_what_the_registry_lacks_and_the_image_pulls_back_the_same() {
     let registry = env.registry(Setup {
         tls: true,
         login: Some(("bob".into(), "hunter2".into())),
+        token: false,
     });
     let layout = env.layout("layout", 256 << 10);
     registry.push_with_skopeo(&format!("oci:{}", layout.display()), "husk/src:1");
@@ -668,4 +674,40 @@ fn prune_drops_interrupted_downloads_and_block_images_of_unstored_images() {
     assert!(!cache.join(format!("{stale}.erofs")).exists());
     assert!(env.partials().is_empty());
     assert_eq!(env.blobs(), blobs);
+}
+
+#[test]
+fn a_token_auth_registry_as_docker_hub_runs_it() {
+    let Some(env) = Env::new() else { return };
+    let registry = env.registry(Setup {
+        tls: false,
+        login: Some(("carol".into(), "t0ken".into())),
+        token: true,
+    });
+    let layout = env.layout("layout", 0);
+    registry.push_with_skopeo(&format!("oci:{}", layout.display()), "husk/tok:1");
+    let addr = registry.addr.as_str();
+    let name = format!("{addr}/husk/tok:1");
+    let insecure = ["--insecure-registry", addr];
+
+    let anonymous = env.husk(&[&["pull"], &insecure[..], &[&name]].concat());
+    one_line_error(&anonymous, addr, "wants a login");
+    let wrong = env.login(&registry, "carol", "guess");
+    one_line_error(&wrong, addr, "wrong user name or password");
+    ok(&env.login(&registry, "carol", "t0ken"), "login");
+
+    ok(
+        &env.husk(&[&["pull"], &insecure[..], &[&name]].concat()),
+        "pull with a token",
+    );
+    stored_image_is(&env, &name, &layout);
+    let pushed = env.husk(
+        &[
+            &["push"],
+            &insecure[..],
+            &[&name, &format!("{addr}/husk/tok2:1")],
+        ]
+        .concat(),
+    );
+    ok(&pushed, "push with a token");
 }

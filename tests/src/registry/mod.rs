@@ -5,6 +5,8 @@
 //! content. Plus a TCP relay in front of it that can slow the stream down
 //! or change a byte of it, for the broken-connection and tampering tests.
 
+pub mod token;
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -22,6 +24,9 @@ pub struct Setup {
     pub tls: bool,
     /// A user and password it requires (htpasswd, bcrypt).
     pub login: Option<(String, String)>,
+    /// Ask for the login through a token server (Docker's token auth, as
+    /// Docker Hub does) instead of HTTP basic auth.
+    pub token: bool,
 }
 
 pub struct Registry {
@@ -51,7 +56,16 @@ impl Registry {
                 dir.join("server.key").display()
             );
         }
-        if let Some((user, password)) = &setup.login {
+        if let (Some((user, password)), true) = (&setup.login, setup.token) {
+            let cert = dir.join("token.pem");
+            let realm = token::start(user, password, &cert);
+            config += &format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                token::SERVICE,
+                token::ISSUER,
+                cert.display()
+            );
+        } else if let Some((user, password)) = &setup.login {
             let hash = bcrypt::hash(password, 5).unwrap();
             std::fs::write(dir.join("htpasswd"), format!("{user}:{hash}\n")).unwrap();
             config += &format!(
