@@ -18,7 +18,8 @@ fuzz_target!(|data: &[u8]| {
     let (avail, bufs) = rest.split_at(rest.len().min(4 + 2 * usize::from(QUEUE_SIZE)));
     mem.write_slice(table, GuestAddress(0)).unwrap();
     mem.write_slice(avail, GuestAddress(0x1000)).unwrap();
-    mem.write_slice(&bufs[..bufs.len().min(0x8000)], GuestAddress(0x3000)).unwrap();
+    mem.write_slice(&bufs[..bufs.len().min(0x8000)], GuestAddress(0x3000))
+        .unwrap();
     let mut queue = Queue::new(QUEUE_SIZE).unwrap();
     queue.set_desc_table_address(Some(0), Some(0));
     queue.set_avail_ring_address(Some(0x1000), Some(0));
@@ -30,5 +31,11 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut disk = DiskFile::open(&image, false).unwrap();
     let metrics = BlockMetrics::default();
-    let _ = process_queue(&mem, &mut queue, &mut disk, b"husk-fuzz-disk-id\0\0\0", &metrics);
+    let _ = process_queue(
+        &mem,
+        &mut queue,
+        &mut disk,
+        b"husk-fuzz-disk-id\0\0\0",
+        &metrics,
+    );
 });

@@ -138,6 +138,14 @@ fn from_helper(helper: &str, registry: &str, from: &str) -> Result<Option<Creden
         registry: registry.to_string(),
         reason: format!("credential helper {program} (named in {from}): {why}"),
     };
+    // A program looked up on PATH, never a path: `../x` would run
+    // whatever lies there.
+    let plain = helper
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !plain || helper.starts_with('.') {
+        return Err(failed("not a plain helper name".into()));
+    }
     let mut child = Command::new(&program)
         .arg("get")
         .stdin(Stdio::piped())
@@ -300,6 +308,25 @@ mod tests {
         assert!(remove(&file, "127.0.0.1:5000").unwrap());
         assert!(!remove(&file, "127.0.0.1:5000").unwrap());
         assert!(lookup("127.0.0.1:5000", &files).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_helper_is_a_name_on_path_never_a_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.json");
+        std::fs::write(&file, r#"{"credsStore": "x/../../bin/true"}"#).unwrap();
+        let err = lookup("r", std::slice::from_ref(&file))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a plain helper name"), "{err}");
+        std::fs::write(&file, r#"{"credHelpers": {"r": "husk-no-such-helper"}}"#).unwrap();
+        let err = lookup("r", std::slice::from_ref(&file))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("docker-credential-husk-no-such-helper"),
+            "{err}"
+        );
     }
 
     #[test]
