@@ -8,6 +8,7 @@ mod containers;
 mod controller;
 mod image_cmd;
 mod logger;
+mod netlink;
 mod oci;
 mod registry_cmd;
 mod run;

@@ -6,6 +6,7 @@
 
 mod api;
 mod boot;
+mod bridge;
 mod compare;
 mod containerd;
 mod docker;

@@ -103,14 +103,7 @@ struct Interface {
 /// hooks, which may have put it there) into the VM; a namespace with only
 /// loopback gives a VM with only loopback.
 pub fn wire() -> Result<Wiring, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .map_err(|e| format!("netlink: {e}"))?;
-    rt.block_on(async {
-        let (conn, handle, _) =
-            rtnetlink::new_connection().map_err(|e| format!("netlink socket: {e}"))?;
-        tokio::spawn(conn);
+    crate::netlink::run(|handle| async move {
         let found = interfaces(&handle).await?;
         let Some(iface) = only_one(found)? else {
             return Ok(Wiring::default());
@@ -291,7 +284,7 @@ fn connected(addr: Option<(Ipv4Addr, u8)>, dest: Option<Ipv4Addr>, prefix: u8) -
 /// both ways.
 async fn redirect(h: &Handle, i: &Interface) -> Result<(), String> {
     husk_vmm::virtio::create_tap(TAP).map_err(|e| format!("{TAP}: {e}"))?;
-    let tap = index_of(h, TAP).await?;
+    let tap = crate::netlink::index_of(h, TAP).await?;
     let e = |what: &'static str| move |e: rtnetlink::Error| format!("netlink: {what}: {e}");
     h.link()
         .set(LinkUnspec::new_with_index(tap).mtu(i.mtu).up().build())
@@ -317,15 +310,6 @@ async fn redirect(h: &Handle, i: &Interface) -> Result<(), String> {
             .map_err(e("adding the redirect filter"))?;
     }
     Ok(())
-}
-
-async fn index_of(h: &Handle, name: &str) -> Result<u32, String> {
-    let mut links = h.link().get().match_name(name.to_string()).execute();
-    match links.try_next().await {
-        Ok(Some(m)) => Ok(m.header.index),
-        Ok(None) => Err(format!("{name}: not found after creating it")),
-        Err(e) => Err(format!("netlink: {name}: {e}")),
-    }
 }
 
 /// The spec for the guest: the container shares the VM's network (its NIC

@@ -6,9 +6,11 @@
 //! gone, one error). Everything the run made (VM, sockets, console log) is gone at
 //! the end, except a detached run's record and logs.
 
+mod bridge;
 mod detach;
 pub(crate) mod launch;
 mod plan;
+mod publish;
 pub(crate) mod session;
 pub(crate) mod spec;
 pub mod state;
@@ -67,6 +69,17 @@ pub struct RunArgs {
     /// Guest kernel (default: the project's build).
     #[arg(long, value_name = "PATH", hide = true)]
     kernel: Option<PathBuf>,
+    /// The container's network: `none` (only loopback) or `bridge`
+    /// (husk's bridge huskbr0, an address of its own, `-p`).
+    #[arg(long, value_enum, default_value_t = NetworkMode::None)]
+    network: NetworkMode,
+    /// Publish a container port on the host (with --network bridge).
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "[IP:]HOST:CONTAINER[/tcp]"
+    )]
+    publish: Vec<String>,
     /// When to pull the image from its registry.
     #[arg(long, value_enum, default_value_t = PullPolicy::Missing)]
     pull: PullPolicy,
@@ -126,6 +139,44 @@ pub fn random_hex(bytes: usize) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// `--network`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum NetworkMode {
+    None,
+    Bridge,
+}
+
+/// The run's place on the bridge and its published ports' listeners, made
+/// before anything boots (a port in use fails the run here).
+fn network(
+    args: &RunArgs,
+    id: &str,
+) -> Result<(Option<bridge::Attachment>, publish::Listeners), Failure> {
+    let ports = args
+        .publish
+        .iter()
+        .map(|p| publish::parse(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Failure::usage)?;
+    match args.network {
+        NetworkMode::None if !ports.is_empty() => {
+            return Err(Failure::usage(
+                "-p publishes a port of a container on the bridge: add --network bridge",
+            ))
+        }
+        NetworkMode::Bridge if args.net.is_some() => {
+            return Err(Failure::usage(
+                "--net and --network bridge both give the VM its NIC: choose one",
+            ))
+        }
+        NetworkMode::None => return Ok((None, Vec::new())),
+        NetworkMode::Bridge => {}
+    }
+    let listeners = publish::bind(&ports).map_err(Failure::runtime)?;
+    let attachment = bridge::attach(id).map_err(Failure::runtime)?;
+    Ok((Some(attachment), listeners))
+}
+
 fn new_id() -> String {
     random_hex(6)
 }
@@ -145,7 +196,14 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         name,
         digest: image.manifest_digest().to_string(),
     };
-    let plan = plan::plan(&args, image.defaults(), &id)?;
+    // Dropped after the teardown below: the TAP goes once the VM is gone.
+    let (attachment, listeners) = network(&args, &id)?;
+    let plan = plan::plan(
+        &args,
+        image.defaults(),
+        &id,
+        attachment.as_ref().map(|a| a.net()),
+    )?;
     // Before the image is converted or anything started: a directory
     // volume needs virtiofsd.
     if plan.volumes.iter().any(|v| v.source.is_dir()) {
@@ -171,6 +229,9 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         sinks,
     } = launched;
     let controls = vm.controls();
+    if let Some(a) = &attachment {
+        publish::serve(listeners, a.ip);
+    }
     let (vm_thread, vm_done) = wait_on_a_thread(vm);
     let (rootfs, volume_specs) = plan.agent_disks(&disks);
     let container = session::Container {

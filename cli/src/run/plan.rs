@@ -89,7 +89,13 @@ fn volume_mount_point(i: usize) -> String {
 }
 
 /// Flags + image defaults → the plan; every flag error is a usage error.
-pub fn plan(args: &RunArgs, defaults: &ImageDefaults, id: &str) -> Result<Plan, Failure> {
+/// `bridged` is the NIC `--network bridge` attached, if it did.
+pub fn plan(
+    args: &RunArgs,
+    defaults: &ImageDefaults,
+    id: &str,
+    bridged: Option<Net>,
+) -> Result<Plan, Failure> {
     let memory = args
         .memory
         .as_deref()
@@ -115,12 +121,15 @@ pub fn plan(args: &RunArgs, defaults: &ImageDefaults, id: &str) -> Result<Plan, 
     if scratch.is_some_and(|b| b < MIN_SCRATCH) {
         return Err(Failure::usage("--scratch: at least 16m"));
     }
-    let net = args
-        .net
-        .as_deref()
-        .map(spec::net)
-        .transpose()
-        .map_err(Failure::usage)?;
+    let net = match bridged {
+        Some(net) => Some(net),
+        None => args
+            .net
+            .as_deref()
+            .map(spec::net)
+            .transpose()
+            .map_err(Failure::usage)?,
+    };
     let argv = spec::args(&defaults.entrypoint, &defaults.cmd, &args.command);
     if argv.is_empty() {
         return Err(Failure::usage(
@@ -315,6 +324,7 @@ mod tests {
             ]),
             &defaults(),
             "abc",
+            None,
         )
         .unwrap();
         assert_eq!(p.vcpus, 2);
@@ -329,7 +339,7 @@ mod tests {
         assert!(p.cmdline().starts_with(cmdline::BASE));
         assert!(p.cmdline().ends_with("husk.agent husk.hostname=husk-abc"));
 
-        let p = plan(&args(&["img"]), &defaults(), "x").unwrap();
+        let p = plan(&args(&["img"]), &defaults(), "x", None).unwrap();
         assert_eq!((p.vcpus, p.mem_mib), (1, DEFAULT_VM_MIB));
     }
 
@@ -342,6 +352,7 @@ mod tests {
             &args(&["-v", &vol, "-v", &vol2, "--scratch", "64m", "img"]),
             &defaults(),
             "x",
+            None,
         )
         .unwrap();
         assert_eq!(p.scratch, Some(64 << 20));
@@ -411,7 +422,7 @@ mod tests {
     #[test]
     fn bad_flags_are_usage_errors() {
         let d = defaults();
-        let bad = |line: &[&str]| plan(&args(line), &d, "x").unwrap_err();
+        let bad = |line: &[&str]| plan(&args(line), &d, "x", None).unwrap_err();
         assert!(bad(&["--cpus", "0", "img"]).message.contains("--cpus"));
         assert!(bad(&["--memory", "lots", "img"])
             .message
@@ -436,7 +447,7 @@ mod tests {
             cmd: vec![],
             ..defaults()
         };
-        let e = plan(&args(&["img"]), &no_cmd, "x").unwrap_err();
+        let e = plan(&args(&["img"]), &no_cmd, "x", None).unwrap_err();
         assert_eq!(e.code, 2);
         assert!(e.message.contains("no command"));
     }
@@ -447,6 +458,7 @@ mod tests {
             &args(&["--net", "tap=t0,ip=10.0.0.2/24", "img"]),
             &defaults(),
             "x",
+            None,
         )
         .unwrap();
         assert!(p.settings.vm_network);

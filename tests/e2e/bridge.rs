@@ -1,0 +1,134 @@
+//! `husk run --network bridge`: each container's VM on husk's bridge with
+//! an address of its own, reachable from the host and from other
+//! containers; `-p` publishes a port on the host; nothing stays behind,
+//! not even after a `kill -9`.
+
+use husk_tests::http::{get_tcp, HTTPD_SCRIPT, SERVED};
+use husk_tests::require_linux_kvm;
+use std::net::TcpListener;
+
+use crate::run::{husk, wait_status, Run};
+
+const LEASES: &str = "/run/husk/network/leases";
+
+/// The tests here look at the host's whole bridge (every TAP, every
+/// lease): one at a time.
+static BRIDGE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The TAPs husk made for runs (`hk<id>`) that exist now.
+fn husk_taps() -> Vec<String> {
+    std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("hk"))
+        .collect()
+}
+
+fn leases() -> Vec<String> {
+    std::fs::read_dir(LEASES)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// eth0's IPv4 address in the container `id`.
+fn address_of(r: &Run, id: &str) -> String {
+    let out = husk(r, &["exec", id, "ip", "-4", "-o", "addr", "show", "eth0"]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    out.stdout
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("no address: {}", out.describe()))
+        .to_string()
+}
+
+#[test]
+fn the_bridge_gives_each_container_an_address_and_p_reaches_its_server() {
+    require_linux_kvm();
+    let _one = BRIDGE.lock().unwrap_or_else(|p| p.into_inner());
+    let r = Run::new();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().port();
+    let refused = r.run(
+        &[
+            "--rm",
+            "--network",
+            "bridge",
+            "-p",
+            &format!("127.0.0.1:{busy}:80"),
+        ],
+        &["true"],
+    );
+    assert_eq!(refused.code, Some(1), "{}", refused.describe());
+    assert_eq!(refused.stderr.lines().count(), 1, "{}", refused.describe());
+    assert!(refused
+        .stderr
+        .contains(&format!("cannot listen on 127.0.0.1:{busy}")));
+    let unbridged = r.run(&["--rm", "-p", "5000:80"], &["true"]);
+    assert_eq!(unbridged.code, Some(2), "{}", unbridged.describe());
+
+    let started = r.run(
+        &["-d", "--network", "bridge", "-p", "5000:80"],
+        &["sh", "-c", HTTPD_SCRIPT],
+    );
+    assert_eq!(started.code, Some(0), "{}", started.describe());
+    let id = started.stdout.trim().to_string();
+    let body = get_tcp("127.0.0.1:5000").unwrap_or_else(|e| panic!("{e}"));
+    assert!(body.ends_with(SERVED), "{body}");
+    let first = address_of(&r, &id);
+    assert!(first.starts_with("10.90.0."), "{first}");
+
+    // Another container: an address of its own, and it reaches the first.
+    let script = format!("ip -4 -o addr show eth0; wget -q -O - http://{first}/");
+    let second = r.run(&["--rm", "--network", "bridge"], &["sh", "-c", &script]);
+    assert_eq!(second.code, Some(0), "{}", second.describe());
+    assert!(
+        second.stdout.contains("inet 10.90.0.")
+            && !second.stdout.contains(&format!("inet {first}/")),
+        "{}",
+        second.describe()
+    );
+    assert!(second.stdout.ends_with(SERVED), "{}", second.describe());
+
+    assert_eq!(husk(&r, &["rm", "-f", &id]).code, Some(0));
+    assert!(husk_taps().is_empty(), "{:?}", husk_taps());
+    assert!(leases().is_empty(), "{:?}", leases());
+}
+
+#[test]
+fn a_killed_husk_leaves_no_address_taken_and_no_tap_after_the_next_run() {
+    require_linux_kvm();
+    let _one = BRIDGE.lock().unwrap_or_else(|p| p.into_inner());
+    let r = Run::new();
+    let started = r.run(&["-d", "--network", "bridge"], &["sleep", "600"]);
+    assert_eq!(started.code, Some(0), "{}", started.describe());
+    let id = started.stdout.trim().to_string();
+    let address = address_of(&r, &id);
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(r.runtime.path().join(&id).join("state.json")).unwrap(),
+    )
+    .unwrap();
+    let owner = record["owner_pid"].as_i64().unwrap() as i32;
+    // SAFETY: kill(2) on the pid of the run's own husk process.
+    assert_eq!(unsafe { libc::kill(owner, libc::SIGKILL) }, 0);
+    wait_status(&r, &id, "Dead (its husk process is gone)");
+    assert!(
+        leases().contains(&address),
+        "the dead run's lease is still there"
+    );
+
+    // The next run reclaims the address (no duplicate: its owner is gone)
+    // and deletes the dead run's TAP.
+    let next = r.run(
+        &["--rm", "--network", "bridge"],
+        &["ip", "-4", "-o", "addr", "show", "eth0"],
+    );
+    assert_eq!(next.code, Some(0), "{}", next.describe());
+    assert!(husk_taps().is_empty(), "{:?}", husk_taps());
+    assert!(leases().is_empty(), "{:?}", leases());
+    assert_eq!(husk(&r, &["rm", &id]).code, Some(0));
+}
