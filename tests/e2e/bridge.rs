@@ -97,6 +97,7 @@ fn the_bridge_gives_each_container_an_address_and_p_reaches_its_server() {
     assert_eq!(husk(&r, &["rm", "-f", &id]).code, Some(0));
     assert!(husk_taps().is_empty(), "{:?}", husk_taps());
     assert!(leases().is_empty(), "{:?}", leases());
+    assert!(!husk_table_exists(), "table ip husk outlived the last run");
 }
 
 #[test]
@@ -130,5 +131,105 @@ fn a_killed_husk_leaves_no_address_taken_and_no_tap_after_the_next_run() {
     assert_eq!(next.code, Some(0), "{}", next.describe());
     assert!(husk_taps().is_empty(), "{:?}", husk_taps());
     assert!(leases().is_empty(), "{:?}", leases());
+    assert!(!husk_table_exists(), "table ip husk outlived the last run");
     assert_eq!(husk(&r, &["rm", &id]).code, Some(0));
+}
+
+/// Another host for the containers to reach: a network namespace behind a
+/// veth (10.91.0.1 here, 10.91.0.2 there) with an HTTP server that answers
+/// with the address it saw the request come from. Removed when dropped.
+struct Outside {
+    ns: &'static str,
+}
+
+impl Outside {
+    fn start() -> Outside {
+        let ns = "husk-test-out";
+        let ip = |args: &str| {
+            let ok = std::process::Command::new("/usr/sbin/ip")
+                .args(args.split_whitespace())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "ip {args}");
+        };
+        // What an earlier, killed run may have left.
+        let _ = std::process::Command::new("/usr/sbin/ip")
+            .args(["netns", "del", ns])
+            .stderr(std::process::Stdio::null())
+            .status();
+        ip(&format!("netns add {ns}"));
+        ip(&format!(
+            "link add hkt0 type veth peer name hkt1 netns {ns}"
+        ));
+        ip("addr add 10.91.0.1/24 dev hkt0");
+        ip("link set hkt0 up");
+        ip(&format!("-n {ns} addr add 10.91.0.2/24 dev hkt1"));
+        ip(&format!("-n {ns} link set hkt1 up"));
+        ip(&format!("-n {ns} link set lo up"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+            // Only this thread enters the namespace: its listener is there.
+            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let listener = TcpListener::bind("10.91.0.2:8000").unwrap();
+            tx.send(()).unwrap();
+            for conn in listener.incoming().flatten() {
+                let peer = conn.peer_addr().unwrap().ip();
+                let mut conn = conn;
+                let mut buf = [0u8; 1024];
+                let _ = std::io::Read::read(&mut conn, &mut buf);
+                let body = format!("peer={peer}\n");
+                let reply = format!(
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = std::io::Write::write_all(&mut conn, reply.as_bytes());
+            }
+        });
+        rx.recv().unwrap();
+        Outside { ns }
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("/usr/sbin/ip")
+            .args(["netns", "del", self.ns])
+            .status();
+        // Gone with the namespace (its peer was there); if not, now.
+        let _ = std::process::Command::new("/usr/sbin/ip")
+            .args(["link", "del", "hkt0"])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+fn husk_table_exists() -> bool {
+    let out = std::process::Command::new("/usr/sbin/nft")
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == "table ip husk")
+}
+
+#[test]
+fn outbound_traffic_leaves_masqueraded_and_the_last_run_takes_the_rules_with_it() {
+    require_linux_kvm();
+    let _one = BRIDGE.lock().unwrap_or_else(|p| p.into_inner());
+    let _forwarding = crate::FORWARDING.lock().unwrap_or_else(|p| p.into_inner());
+    let _outside = Outside::start();
+    let r = Run::new();
+    let out = r.run(
+        &["--rm", "--network", "bridge"],
+        &["wget", "-q", "-O", "-", "http://10.91.0.2:8000/"],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    // The other host saw the host's address on its link, not the
+    // container's: masqueraded.
+    assert_eq!(out.stdout, "peer=10.91.0.1\n", "{}", out.describe());
+    assert!(!husk_table_exists(), "table ip husk outlived the last run");
+    assert!(!std::path::Path::new("/sys/class/net/huskbr0").exists());
 }

@@ -117,6 +117,8 @@ fn dockers_bridge_and_a_published_port_reach_the_vm() {
     require_linux_kvm();
     // Docker's default network: docker0, a veth its prestart hook moves
     // into the monitor's namespace, NAT and docker-proxy for -p.
+    let _forwarding = crate::FORWARDING.lock().unwrap_or_else(|p| p.into_inner());
+    let _policy = ForwardPolicyBack;
     let Some(d) = Dockerd::start(&[]) else { return };
     let tar = husk_tests::guest_dir().join("husk-test-image.docker.tar");
     let out = d.docker(&["load", "-q", "-i", &tar.display().to_string()]);
@@ -141,4 +143,16 @@ fn dockers_bridge_and_a_published_port_reach_the_vm() {
     let body = got.unwrap_or_else(|e| panic!("{e}; {}", logs.describe()));
     assert!(body.ends_with(husk_tests::http::SERVED), "{body}");
     assert_eq!(d.docker(&["rm", "-f", &id]).code, Some(0));
+}
+
+/// Puts iptables' FORWARD policy back to ACCEPT when the test ends, as it
+/// was before dockerd set it to DROP (which dockerd leaves behind).
+struct ForwardPolicyBack;
+
+impl Drop for ForwardPolicyBack {
+    fn drop(&mut self) {
+        let _ = Command::new("/usr/sbin/iptables")
+            .args(["-P", "FORWARD", "ACCEPT"])
+            .status();
+    }
 }

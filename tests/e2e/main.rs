@@ -20,3 +20,8 @@ mod run;
 mod session;
 mod validation;
 mod vsock;
+
+/// Tests that change or depend on the host's IPv4 forwarding take turns:
+/// Docker's bridge sets iptables' FORWARD policy to DROP, which drops what
+/// husk's bridge forwards (see cli/src/run/nat.rs).
+pub(crate) static FORWARDING: std::sync::Mutex<()> = std::sync::Mutex::new(());

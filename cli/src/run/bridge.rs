@@ -54,14 +54,31 @@ impl Attachment {
 }
 
 impl Drop for Attachment {
+    /// Deletes the TAP and the lease; the last run to leave takes the
+    /// bridge and the NAT table with it.
     fn drop(&mut self) {
+        let lock = lock(&Path::new(IPAM_DIR).join("lock"));
         let tap = self.tap.clone();
-        if let Err(e) =
-            crate::netlink::run(|h| async move { crate::netlink::delete(&h, &tap).await })
-        {
-            log::warn!("deleting {}: {e}", self.tap);
-        }
         let _ = fs::remove_file(&self.lease);
+        let last = fs::read_dir(self.lease.parent().unwrap_or(Path::new(IPAM_DIR)))
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true);
+        if last {
+            if let Err(e) = super::nat::remove() {
+                log::warn!("{e}");
+            }
+        }
+        let done = crate::netlink::run(|h| async move {
+            crate::netlink::delete(&h, &tap).await?;
+            if last {
+                crate::netlink::delete(&h, BRIDGE).await?;
+            }
+            Ok(())
+        });
+        if let Err(e) = done {
+            log::warn!("leaving {BRIDGE}: {e}");
+        }
+        drop(lock);
     }
 }
 
@@ -79,7 +96,7 @@ pub fn attach(id: &str) -> Result<Attachment, String> {
         tap: tap.clone(),
         lease: dir.join(ip.to_string()),
     };
-    crate::netlink::run(|h| async move {
+    let wired = crate::netlink::run(|h| async move {
         for old in &stale {
             crate::netlink::delete(&h, old).await?;
         }
@@ -99,9 +116,13 @@ pub fn attach(id: &str) -> Result<Attachment, String> {
             .execute()
             .await
             .map_err(|e| format!("netlink: plugging {tap} into {BRIDGE}: {e}"))
-    })?;
+    })
+    .and_then(|()| super::nat::install());
+    // Unlocked before a failed attachment is dropped: its drop takes the
+    // lock again (through another open file, which flock would make wait
+    // for this one forever).
     drop(lock);
-    Ok(attachment)
+    wired.map(|()| attachment)
 }
 
 /// Takes the first free address, reclaiming those of dead owners; returns

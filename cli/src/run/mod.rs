@@ -9,6 +9,7 @@
 mod bridge;
 mod detach;
 pub(crate) mod launch;
+mod nat;
 mod plan;
 mod publish;
 pub(crate) mod session;
