@@ -71,13 +71,20 @@ fn the_bridge_gives_each_container_an_address_and_p_reaches_its_server() {
     let unbridged = r.run(&["--rm", "-p", "5000:80"], &["true"]);
     assert_eq!(unbridged.code, Some(2), "{}", unbridged.describe());
 
+    // A port free now (5000, the seeds' port, may be a registry's here).
+    let port = TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let publish = format!("{port}:80");
     let started = r.run(
-        &["-d", "--network", "bridge", "-p", "5000:80"],
+        &["-d", "--network", "bridge", "-p", &publish],
         &["sh", "-c", HTTPD_SCRIPT],
     );
     assert_eq!(started.code, Some(0), "{}", started.describe());
     let id = started.stdout.trim().to_string();
-    let body = get_tcp("127.0.0.1:5000").unwrap_or_else(|e| panic!("{e}"));
+    let body = get_tcp(&format!("127.0.0.1:{port}")).unwrap_or_else(|e| panic!("{e}"));
     assert!(body.ends_with(SERVED), "{body}");
     let first = address_of(&r, &id);
     assert!(first.starts_with("10.90.0."), "{first}");
@@ -221,6 +228,8 @@ fn outbound_traffic_leaves_masqueraded_and_the_last_run_takes_the_rules_with_it(
     let _one = BRIDGE.lock().unwrap_or_else(|p| p.into_inner());
     let _forwarding = crate::FORWARDING.lock().unwrap_or_else(|p| p.into_inner());
     let _outside = Outside::start();
+    let forwarding = || std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+    let before = forwarding();
     let r = Run::new();
     let out = r.run(
         &["--rm", "--network", "bridge"],
@@ -232,4 +241,5 @@ fn outbound_traffic_leaves_masqueraded_and_the_last_run_takes_the_rules_with_it(
     assert_eq!(out.stdout, "peer=10.91.0.1\n", "{}", out.describe());
     assert!(!husk_table_exists(), "table ip husk outlived the last run");
     assert!(!std::path::Path::new("/sys/class/net/huskbr0").exists());
+    assert_eq!(forwarding(), before, "IPv4 forwarding as it was found");
 }

@@ -30,7 +30,7 @@ pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 90, 0, 1);
 pub const PREFIX: u8 = 24;
 /// The leases: one directory per host, like the bridge itself, whatever
 /// runtime directory a run uses.
-const IPAM_DIR: &str = "/run/husk/network";
+pub(super) const IPAM_DIR: &str = "/run/husk/network";
 
 /// A VM's place on the bridge; dropping it deletes the TAP and releases
 /// the address.

@@ -70,14 +70,39 @@ pub fn install() -> Result<(), String> {
     }
     nftables::helper::apply_ruleset(&batch.to_nftables())
         .map_err(|e| format!("nftables: making table ip {TABLE}: {e}"))?;
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-        .map_err(|e| format!("turning on IPv4 forwarding: {e}"))
+    forwarding_on()
 }
 
-/// Deletes the table (when the last run leaves the bridge).
+/// Deletes the table (when the last run leaves the bridge), and turns
+/// IPv4 forwarding back off if it was off before husk turned it on.
 pub fn remove() -> Result<(), String> {
     nftables::helper::apply_ruleset(&without_table().to_nftables())
-        .map_err(|e| format!("nftables: deleting table ip {TABLE}: {e}"))
+        .map_err(|e| format!("nftables: deleting table ip {TABLE}: {e}"))?;
+    let marker = forwarding_marker();
+    if marker.exists() {
+        std::fs::write(IP_FORWARD, "0")
+            .map_err(|e| format!("turning IPv4 forwarding back off: {e}"))?;
+        let _ = std::fs::remove_file(marker);
+    }
+    Ok(())
+}
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// Says that forwarding was off before husk turned it on, so the last run
+/// leaves the host as it found it (Docker leaves it on).
+fn forwarding_marker() -> std::path::PathBuf {
+    std::path::Path::new(super::bridge::IPAM_DIR).join("ip_forward-was-off")
+}
+
+fn forwarding_on() -> Result<(), String> {
+    let was = std::fs::read_to_string(IP_FORWARD).map_err(|e| format!("{IP_FORWARD}: {e}"))?;
+    if was.trim() == "1" {
+        return Ok(());
+    }
+    let marker = forwarding_marker();
+    std::fs::write(&marker, "").map_err(|e| format!("{}: {e}", marker.display()))?;
+    std::fs::write(IP_FORWARD, "1").map_err(|e| format!("turning on IPv4 forwarding: {e}"))
 }
 
 fn rules() -> Vec<(&'static str, Vec<Statement<'static>>)> {
