@@ -6,7 +6,6 @@
 
 mod api;
 mod boot;
-mod bridge;
 mod compare;
 mod containerd;
 mod docker;
@@ -20,6 +19,11 @@ mod run;
 mod session;
 mod validation;
 mod vsock;
+// Last in the run's order (libtest runs tests by name, one at a time in
+// the testbed): the netfilter state the bridge tests leave in L1 (the NAT
+// and conntrack modules, loaded for good) went with every later failure of
+// compare's quick run in today's full runs (issue 18 will say why).
+mod z_bridge;
 
 /// Tests that change or depend on the host's IPv4 forwarding take turns:
 /// Docker's bridge sets iptables' FORWARD policy to DROP, which drops what
