@@ -143,12 +143,7 @@ impl ImageStore {
             let chosen = index
                 .manifests()
                 .iter()
-                .find(|d| {
-                    d.platform().as_ref().is_some_and(|p| {
-                        *p.os() == oci_spec::image::Os::Linux
-                            && *p.architecture() == oci_spec::image::Arch::Amd64
-                    })
-                })
+                .find(|d| crate::source::is_linux_amd64(d))
                 .ok_or_else(|| {
                     Error::malformed(format!("index {}", image.digest), "no linux/amd64 image")
                 })?;

@@ -245,11 +245,7 @@ fn select_manifest(
             format!("it lists no supported image manifest (media types: {types:?})"),
         ));
     }
-    let amd64 = candidates.iter().find(|d| {
-        d.platform()
-            .as_ref()
-            .is_some_and(|p| *p.os() == Os::Linux && *p.architecture() == Arch::Amd64)
-    });
+    let amd64 = candidates.iter().find(|d| is_linux_amd64(d));
     let chosen = match amd64 {
         Some(d) => *d,
         None if candidates.len() == 1 => candidates[0],
@@ -420,6 +416,13 @@ fn layer_compression(media_type: &MediaType) -> Option<Compression> {
         },
         _ => None,
     }
+}
+
+/// Whether an index entry is the image husk runs.
+pub fn is_linux_amd64(d: &Descriptor) -> bool {
+    d.platform()
+        .as_ref()
+        .is_some_and(|p| *p.os() == Os::Linux && *p.architecture() == Arch::Amd64)
 }
 
 pub fn blob_path(digest: &Digest) -> String {

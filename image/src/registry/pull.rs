@@ -10,7 +10,7 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 use oci_client::client::BlobResponse;
 use oci_client::manifest::OciDescriptor;
 use oci_client::Reference;
-use oci_spec::image::{Arch, ImageIndex, ImageManifest, Os};
+use oci_spec::image::{ImageIndex, ImageManifest};
 use serde_json::Value;
 
 use super::{one_line, transient, Options, Session};
@@ -193,11 +193,10 @@ async fn fetch_manifest(
 fn choose_amd64(session: &Session, index: &[u8], digest: &Digest) -> Result<Digest, Error> {
     let index: ImageIndex = serde_json::from_slice(index)
         .map_err(|e| session_error(session, format!("index {digest} is malformed: {e}")))?;
-    let chosen = index.manifests().iter().find(|d| {
-        d.platform()
-            .as_ref()
-            .is_some_and(|p| *p.os() == Os::Linux && *p.architecture() == Arch::Amd64)
-    });
+    let chosen = index
+        .manifests()
+        .iter()
+        .find(|d| crate::source::is_linux_amd64(d));
     match chosen {
         Some(d) => Digest::parse(d.digest().as_ref()),
         None => {
