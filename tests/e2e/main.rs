@@ -22,10 +22,23 @@ mod vsock;
 // Last in the run's order (libtest runs tests by name, one at a time in
 // the testbed): the netfilter state the bridge tests leave in L1 (the NAT
 // and conntrack modules, loaded for good) went with every later failure of
-// compare's quick run in today's full runs (issue 18 will say why).
+// compare's quick run in a day's full runs (issue 18 will say why).
 mod z_bridge;
+
+/// Before main: each failure is on stderr at once (see
+/// `report_panics_at_once`). A constructor, since libtest has no hook for
+/// "before the tests"; it only installs a panic hook, which needs nothing
+/// main sets up.
+#[used]
+#[link_section = ".init_array"]
+static REPORT_PANICS: extern "C" fn() = {
+    extern "C" fn install() {
+        husk_tests::report_panics_at_once();
+    }
+    install
+};
 
 /// Tests that change or depend on the host's IPv4 forwarding take turns:
 /// Docker's bridge sets iptables' FORWARD policy to DROP, which drops what
-/// husk's bridge forwards (see cli/src/run/nat.rs).
+/// husk's bridge forwards (see cli/src/network/nat.rs).
 pub(crate) static FORWARDING: std::sync::Mutex<()> = std::sync::Mutex::new(());

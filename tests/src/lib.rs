@@ -3,6 +3,7 @@
 //! under test (QEMU `-M microvm` is the peer every husk figure is compared
 //! against).
 
+pub mod dns;
 pub mod hostile_guest;
 pub mod http;
 pub mod husk;
@@ -70,6 +71,24 @@ pub fn scratch_rootfs(dir: &std::path::Path, name: &str) -> PathBuf {
 pub fn require_linux_kvm() {
     let kind = kvm::detect();
     assert!(kind.runs_linux(), "{kind}");
+}
+
+/// Prints a test's panic on stderr the moment it happens, beside the
+/// report libtest prints at the end of the run: when the testbed's L1 dies
+/// later in the run, that report never comes, and neither would the reason.
+pub fn report_panics_at_once() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        let line = format!(
+            "\n[e2e] panic in {}: {info}\n",
+            thread.name().unwrap_or("a thread")
+        );
+        // SAFETY: write(2) of a live buffer to fd 2, past libtest's
+        // capture of print!.
+        unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
+        previous(info);
+    }));
 }
 
 /// Whether this machine is itself a virtual machine (the `hypervisor` CPU
