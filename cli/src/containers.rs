@@ -212,14 +212,19 @@ pub fn ps(args: PsArgs) -> Result<u8, Failure> {
         }
         return Ok(0);
     }
-    let _ = writeln!(out, "{:<14}{:<32}{:<28}STATUS", "ID", "IMAGE", "COMMAND");
+    let _ = writeln!(
+        out,
+        "{:<14}{:<32}{:<28}{:<16}STATUS",
+        "ID", "IMAGE", "COMMAND", "NAME"
+    );
     for f in &runs {
         let _ = writeln!(
             out,
-            "{:<14}{:<32}{:<28}{}",
+            "{:<14}{:<32}{:<28}{:<16}{}",
             f.state.id,
             shorten(&f.state.image, 30),
             shorten(&f.state.command.join(" "), 26),
+            shorten(f.state.name.as_deref().unwrap_or(""), 14),
             f.describe_status()
         );
     }

@@ -7,8 +7,11 @@ mod compare_cmd;
 mod containers;
 mod controller;
 mod image_cmd;
+mod lockfile;
 mod logger;
 mod netlink;
+mod network;
+mod network_cmd;
 mod oci;
 mod registry_cmd;
 mod run;
@@ -42,7 +45,7 @@ enum Command {
     /// Image tools (prune the store; the project's test image).
     Image(image_cmd::ImageArgs),
     /// Run a container from an image in its own microVM.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Pull an image from a registry into the image store.
     Pull(registry_cmd::PullArgs),
     /// Store a running container's changes as a new image.
@@ -63,6 +66,8 @@ enum Command {
     Login(registry_cmd::LoginArgs),
     /// Forget a registry's credentials.
     Logout(registry_cmd::LogoutArgs),
+    /// Named networks, whose containers find each other by name.
+    Network(network_cmd::NetworkArgs),
     /// Run one VMM driven by the Firecracker-compatible API (or a config file).
     Vmm(vmm_cmd::VmmArgs),
     /// List containers (running; -a for all).
@@ -186,7 +191,7 @@ fn main() -> ExitCode {
         Command::Boot(args) => boot::run(args),
         Command::Compare(args) => compare_cmd::run(args),
         Command::Vmm(args) => vmm_cmd::run(args),
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Pull(args) => registry_cmd::pull(args),
         Command::Images(args) => registry_cmd::images(args),
         Command::Push(args) => registry_cmd::push(args),
@@ -198,6 +203,7 @@ fn main() -> ExitCode {
         Command::Login(args) => registry_cmd::login(args),
         Command::Logout(args) => registry_cmd::logout(args),
         Command::Image(args) => image_cmd::run(args),
+        Command::Network(args) => network_cmd::run(args),
         Command::Ps(args) => containers::ps(args),
         Command::Exec(args) => containers::exec(args),
         Command::Kill(args) => containers::kill(args),

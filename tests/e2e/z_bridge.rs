@@ -9,7 +9,7 @@ use std::net::TcpListener;
 
 use crate::run::{husk, wait_status, Run};
 
-const LEASES: &str = "/run/husk/network/leases";
+const LEASES: &str = "/run/husk/network/bridge/leases";
 
 /// The tests here look at the host's whole bridge (every TAP, every
 /// lease): one at a time.
@@ -104,7 +104,10 @@ fn the_bridge_gives_each_container_an_address_and_p_reaches_its_server() {
     assert_eq!(husk(&r, &["rm", "-f", &id]).code, Some(0));
     assert!(husk_taps().is_empty(), "{:?}", husk_taps());
     assert!(leases().is_empty(), "{:?}", leases());
-    assert!(!husk_table_exists(), "table ip husk outlived the last run");
+    assert!(
+        !husk_table_exists(),
+        "table ip huskbr0 outlived the last run"
+    );
 }
 
 #[test]
@@ -138,13 +141,20 @@ fn a_killed_husk_leaves_no_address_taken_and_no_tap_after_the_next_run() {
     assert_eq!(next.code, Some(0), "{}", next.describe());
     assert!(husk_taps().is_empty(), "{:?}", husk_taps());
     assert!(leases().is_empty(), "{:?}", leases());
-    assert!(!husk_table_exists(), "table ip husk outlived the last run");
+    assert!(
+        !husk_table_exists(),
+        "table ip huskbr0 outlived the last run"
+    );
     assert_eq!(husk(&r, &["rm", &id]).code, Some(0));
 }
 
+/// The name the other host's DNS server knows (as itself).
+const OUTSIDE_NAME: &str = "files.outside.test";
+
 /// Another host for the containers to reach: a network namespace behind a
 /// veth (10.91.0.1 here, 10.91.0.2 there) with an HTTP server that answers
-/// with the address it saw the request come from. Removed when dropped.
+/// with the address it saw the request come from, and a DNS server that
+/// knows [`OUTSIDE_NAME`]. Removed when dropped.
 struct Outside {
     ns: &'static str,
 }
@@ -167,14 +177,15 @@ impl Outside {
             .status();
         ip(&format!("netns add {ns}"));
         ip(&format!(
-            "link add hkt0 type veth peer name hkt1 netns {ns}"
+            "link add outv0 type veth peer name outv1 netns {ns}"
         ));
-        ip("addr add 10.91.0.1/24 dev hkt0");
-        ip("link set hkt0 up");
-        ip(&format!("-n {ns} addr add 10.91.0.2/24 dev hkt1"));
-        ip(&format!("-n {ns} link set hkt1 up"));
+        ip("addr add 10.91.0.1/24 dev outv0");
+        ip("link set outv0 up");
+        ip(&format!("-n {ns} addr add 10.91.0.2/24 dev outv1"));
+        ip(&format!("-n {ns} link set outv1 up"));
         ip(&format!("-n {ns} link set lo up"));
         let (tx, rx) = std::sync::mpsc::channel();
+        let (dns_tx, dns_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
             // Only this thread enters the namespace: its listener is there.
@@ -195,6 +206,15 @@ impl Outside {
             }
         });
         rx.recv().unwrap();
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let socket = std::net::UdpSocket::bind("10.91.0.2:53").unwrap();
+            let zone = [(OUTSIDE_NAME.to_string(), "10.91.0.2".parse().unwrap())];
+            dns_tx.send(()).unwrap();
+            husk_tests::dns::serve(socket, &zone);
+        });
+        dns_rx.recv().unwrap();
         Outside { ns }
     }
 }
@@ -206,7 +226,7 @@ impl Drop for Outside {
             .status();
         // Gone with the namespace (its peer was there); if not, now.
         let _ = std::process::Command::new("/usr/sbin/ip")
-            .args(["link", "del", "hkt0"])
+            .args(["link", "del", "outv0"])
             .stderr(std::process::Stdio::null())
             .status();
     }
@@ -219,7 +239,7 @@ fn husk_table_exists() -> bool {
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .any(|l| l.trim() == "table ip husk")
+        .any(|l| l.trim() == "table ip huskbr0")
 }
 
 #[test]
@@ -239,7 +259,249 @@ fn outbound_traffic_leaves_masqueraded_and_the_last_run_takes_the_rules_with_it(
     // The other host saw the host's address on its link, not the
     // container's: masqueraded.
     assert_eq!(out.stdout, "peer=10.91.0.1\n", "{}", out.describe());
-    assert!(!husk_table_exists(), "table ip husk outlived the last run");
+    assert!(
+        !husk_table_exists(),
+        "table ip huskbr0 outlived the last run"
+    );
     assert!(!std::path::Path::new("/sys/class/net/huskbr0").exists());
     assert_eq!(forwarding(), before, "IPv4 forwarding as it was found");
+}
+
+/// `cmd` run in a mount namespace of its own where the host's
+/// /etc/resolv.conf reads `text` (bind-mounted over it; the real file is
+/// untouched). A host without one (L1) gets an empty one for the test.
+fn with_host_resolv_conf(
+    mut cmd: std::process::Command,
+    text: &str,
+) -> husk_tests::process::Finished {
+    use std::os::unix::process::CommandExt;
+    let etc = std::path::Path::new("/etc/resolv.conf");
+    let made = !etc.exists() && !etc.is_symlink();
+    if made {
+        std::fs::write(etc, "").unwrap();
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), text).unwrap();
+    let source = std::ffi::CString::new(file.path().as_os_str().as_encoded_bytes()).unwrap();
+    let target = std::ffi::CString::new("/etc/resolv.conf").unwrap();
+    let root = std::ffi::CString::new("/").unwrap();
+    // SAFETY: between fork and exec only the unshare and mount system
+    // calls run, on strings made before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fail = || Err(std::io::Error::last_os_error());
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return fail();
+            }
+            let private = libc::MS_REC | libc::MS_PRIVATE;
+            if libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                private,
+                std::ptr::null(),
+            ) != 0
+            {
+                return fail();
+            }
+            if libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ) != 0
+            {
+                return fail();
+            }
+            Ok(())
+        })
+    };
+    let out = husk_tests::process::run(cmd, crate::run::TIMEOUT);
+    if made {
+        let _ = std::fs::remove_file(etc);
+    }
+    out
+}
+
+#[test]
+fn the_container_resolves_names_with_the_hosts_nameservers_and_its_hosts_file() {
+    require_linux_kvm();
+    let _one = BRIDGE.lock().unwrap_or_else(|p| p.into_inner());
+    let _forwarding = crate::FORWARDING.lock().unwrap_or_else(|p| p.into_inner());
+    let _outside = Outside::start();
+    let r = Run::new();
+    // busybox's nslookup reads resolv.conf itself (its wget would need
+    // glibc's NSS modules, which the busybox image has not).
+    let script = "cat /etc/resolv.conf; echo ---; cat /etc/hosts; echo ---; \
+                  cat /etc/hostname; hostname; echo ---; nslookup files";
+    let cmd = r.command(
+        &[
+            "--rm",
+            "--network",
+            "bridge",
+            "--hostname",
+            "web",
+            "--add-host",
+            "db:192.0.2.7",
+            "--add-host",
+            "gw:host-gateway",
+        ],
+        &["sh", "-c", script],
+    );
+    // A local stub (the host's, not the VM's: dropped) and the other
+    // host's server, with a search domain.
+    let host = "nameserver 127.0.0.53\nnameserver 10.91.0.2\nsearch outside.test\noptions edns0\n";
+    let out = with_host_resolv_conf(cmd, host);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let parts: Vec<&str> = out.stdout.split("---\n").collect();
+    assert_eq!(parts.len(), 4, "{}", out.describe());
+    let resolv: Vec<&str> = parts[0].lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(
+        resolv,
+        [
+            "nameserver 10.91.0.2",
+            "search outside.test",
+            "options edns0"
+        ],
+        "{}",
+        out.describe()
+    );
+    let hosts = parts[1];
+    assert!(hosts.starts_with("127.0.0.1\tlocalhost\n"), "{hosts}");
+    assert!(hosts.contains("192.0.2.7\tdb\n"), "{hosts}");
+    assert!(hosts.contains("10.90.0.1\tgw\n"), "{hosts}");
+    let own = hosts.lines().last().unwrap();
+    assert!(
+        own.starts_with("10.90.0.") && own.ends_with("\tweb"),
+        "{hosts}"
+    );
+    assert_eq!(parts[2], "web\nweb\n", "{}", out.describe());
+    // The search domain made the short name whole, and the answer came
+    // from the other host's server through the NAT.
+    assert!(
+        parts[3].contains(&format!("Name:\t{OUTSIDE_NAME}"))
+            && parts[3].contains("Address: 10.91.0.2"),
+        "{}",
+        out.describe()
+    );
+    assert!(!out.stderr.contains("8.8.8.8"), "{}", out.describe());
+
+    // --dns and --dns-search replace the host's; no nameserver a container
+    // reaches on the host means 8.8.8.8, said on stderr.
+    let cmd = r.command(
+        &[
+            "--rm",
+            "--network",
+            "bridge",
+            "--dns",
+            "10.91.0.2",
+            "--dns-search",
+            "outside.test",
+        ],
+        &["nslookup", "files"],
+    );
+    let out = with_host_resolv_conf(cmd, "nameserver 127.0.0.1\n");
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert!(
+        out.stdout.contains("Address: 10.91.0.2"),
+        "{}",
+        out.describe()
+    );
+    let cmd = r.command(
+        &["--rm", "--network", "bridge"],
+        &["grep", "nameserver", "/etc/resolv.conf"],
+    );
+    let out = with_host_resolv_conf(cmd, "nameserver 127.0.0.1\n");
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(
+        out.stdout,
+        "nameserver 8.8.8.8\nnameserver 8.8.4.4\n",
+        "{}",
+        out.describe()
+    );
+    let warned = out.stderr.lines().filter(|l| l.contains("8.8.8.8")).count();
+    assert_eq!(warned, 1, "{}", out.describe());
+}
+
+/// The last `Address:` line of busybox nslookup's answer.
+const LOOKUP: &str = "nslookup \"$1\" | awk '/^Address: /{a=$2} END{print a}'";
+
+#[test]
+fn containers_on_a_named_network_find_each_other_by_name_and_no_other_network() {
+    require_linux_kvm();
+    let _one = BRIDGE.lock().unwrap_or_else(|p| p.into_inner());
+    let _forwarding = crate::FORWARDING.lock().unwrap_or_else(|p| p.into_inner());
+    let _outside = Outside::start();
+    let r = Run::new();
+    let net = "e2e-net";
+    let _ = husk(&r, &["network", "rm", net]);
+    let made = husk(&r, &["network", "create", net]);
+    assert_eq!(made.code, Some(0), "{}", made.describe());
+    let ls = husk(&r, &["network", "ls"]);
+    assert!(
+        ls.stdout
+            .lines()
+            .any(|l| l.starts_with(&format!("{net}\t"))),
+        "{}",
+        ls.describe()
+    );
+
+    let web = r.run(
+        &["-d", "--network", net, "--name", "web"],
+        &["sh", "-c", HTTPD_SCRIPT],
+    );
+    assert_eq!(web.code, Some(0), "{}", web.describe());
+    let taken = r.run(&["--rm", "--network", net, "--name", "web"], &["true"]);
+    assert_ne!(taken.code, Some(0), "{}", taken.describe());
+    assert!(
+        taken.stderr.contains("the name \"web\" is container"),
+        "{}",
+        taken.describe()
+    );
+    // exec takes the name for the id.
+    let address = address_of(&r, "web");
+
+    // By name from another container on the network, then a name from
+    // outside it through the container's own --dns.
+    let script = format!(
+        "lookup() {{ {LOOKUP}; }}; a=$(lookup web); echo web=$a; wget -q -O - http://$a/; \
+         echo; echo outside=$(lookup {OUTSIDE_NAME})"
+    );
+    let peer = r.run(
+        &["--rm", "--network", net, "--dns", "10.91.0.2"],
+        &["sh", "-c", &script],
+    );
+    assert_eq!(peer.code, Some(0), "{}", peer.describe());
+    assert!(
+        peer.stdout.starts_with(&format!("web={address}\n")),
+        "{}",
+        peer.describe()
+    );
+    assert!(peer.stdout.contains(SERVED), "{}", peer.describe());
+    assert!(
+        peer.stdout.ends_with("outside=10.91.0.2\n"),
+        "{}",
+        peer.describe()
+    );
+
+    // The default bridge is another network: web is out of its reach, by
+    // address and by name.
+    let script = format!("echo name=$(timeout 8 nslookup web >/dev/null 2>&1 && echo found); wget -T 5 -q -O - http://{address}/ || echo unreachable");
+    let stranger = r.run(&["--rm", "--network", "bridge"], &["sh", "-c", &script]);
+    assert_eq!(
+        stranger.stdout,
+        "name=\nunreachable\n",
+        "{}",
+        stranger.describe()
+    );
+
+    let busy = husk(&r, &["network", "rm", net]);
+    assert_ne!(busy.code, Some(0), "{}", busy.describe());
+    assert!(busy.stderr.contains("in use"), "{}", busy.describe());
+    assert_eq!(husk(&r, &["rm", "-f", "web"]).code, Some(0));
+    let removed = husk(&r, &["network", "rm", net]);
+    assert_eq!(removed.code, Some(0), "{}", removed.describe());
+    assert!(husk_taps().is_empty(), "{:?}", husk_taps());
+    assert!(!std::path::Path::new("/sys/class/net/huskbr1").exists());
 }

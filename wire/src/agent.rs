@@ -13,6 +13,7 @@
 
 use oci_spec::runtime::{LinuxResources, Process, Spec};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
 pub use crate::status::ExitStatus;
@@ -20,8 +21,9 @@ pub use crate::status::ExitStatus;
 /// Protocol version; bumped on any incompatible change. 2: typed specs,
 /// disks named by their serial, stream ids scoped to their connection.
 /// 3: a volume is a disk or a virtio-fs share. 4: the root is an image
-/// disk or a virtio-fs share. 5: update, pids. 6: export_changes.
-pub const VERSION: u32 = 6;
+/// disk or a virtio-fs share. 5: update, pids. 6: export_changes. 7: a
+/// volume of files the host composed.
+pub const VERSION: u32 = 7;
 /// The vsock port the agent listens on.
 pub const AGENT_PORT: u32 = 1024;
 /// Largest frame body accepted: a runtime spec is a few KiB, stream chunks
@@ -122,6 +124,32 @@ pub enum VolumeSource {
     Disk { serial: String, fs_type: String },
     /// A host directory shared live through virtio-fs, by its mount tag.
     Shared { tag: String },
+    /// A few small files the host composed (the container's
+    /// `/etc/resolv.conf`, `/etc/hosts`, `/etc/hostname`): the agent writes
+    /// them, by plain file name, into a tmpfs of their own. Not worth a
+    /// virtio-fs share each, and the container gets its own copy to edit,
+    /// as with Docker.
+    Files { files: BTreeMap<String, String> },
+}
+
+/// The most a [`VolumeSource::Files`] volume holds, in bytes of content.
+pub const MAX_FILES_BYTES: usize = 64 * 1024;
+
+impl VolumeSource {
+    /// Why a [`VolumeSource::Files`] cannot be written as it is: a name
+    /// that is not a plain file name, or too much content.
+    pub fn check_files(files: &BTreeMap<String, String>) -> Result<(), String> {
+        for name in files.keys() {
+            if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+                return Err(format!("file name {name:?} is not a plain file name"));
+            }
+        }
+        let total: usize = files.values().map(String::len).sum();
+        if total > MAX_FILES_BYTES {
+            return Err(format!("{total} bytes of files: at most {MAX_FILES_BYTES}"));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -485,6 +513,19 @@ mod tests {
     }
 
     #[test]
+    fn files_volumes_take_plain_names_and_little_content() {
+        let files = |name: &str, len: usize| BTreeMap::from([(name.to_string(), "x".repeat(len))]);
+        assert!(VolumeSource::check_files(&files("resolv.conf", 100)).is_ok());
+        for bad in ["", ".", "..", "../x", "a/b", "a\0"] {
+            assert!(
+                VolumeSource::check_files(&files(bad, 1)).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(VolumeSource::check_files(&files("big", MAX_FILES_BYTES + 1)).is_err());
+    }
+
+    #[test]
     fn every_frame_kind_round_trips() {
         round_trip(Frame::Request {
             seq: 7,
@@ -508,6 +549,14 @@ mod tests {
                     VolumeSpec {
                         source: VolumeSource::Shared { tag: "vol1".into() },
                         mount_point: "/run/husk/volumes/1".into(),
+                        read_only: false,
+                    },
+                    VolumeSpec {
+                        source: VolumeSource::Files {
+                            files: [("hosts".to_string(), "127.0.0.1 localhost\n".to_string())]
+                                .into(),
+                        },
+                        mount_point: "/run/husk/etc".into(),
                         read_only: false,
                     },
                 ],

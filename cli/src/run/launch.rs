@@ -100,7 +100,8 @@ pub fn launch(
     };
     std::fs::create_dir_all(&dir.path)
         .map_err(|e| Failure::runtime(format!("runtime dir {}: {e}", dir.path.display())))?;
-    let record = record(origin, plan, detached);
+    let mut record = record(origin, plan, detached);
+    record.name = args.name.clone();
     record.save(&dir.path).map_err(Failure::runtime)?;
     let sinks = sinks(detached.then_some(dir.path.as_path())).map_err(Failure::runtime)?;
     let guest = crate::boot::guest_dir();
@@ -206,6 +207,7 @@ fn record(origin: &Origin, plan: &Plan, detached: bool) -> State {
     let s = &plan.settings;
     State {
         id: plan.id.clone(),
+        name: None,
         image: origin.name.clone(),
         image_digest: Some(origin.digest.clone()),
         command: s.args.clone(),

@@ -6,10 +6,10 @@
 //! gone, one error). Everything the run made (VM, sockets, console log) is gone at
 //! the end, except a detached run's record and logs.
 
-mod bridge;
 mod detach;
+mod etc;
 pub(crate) mod launch;
-mod nat;
+mod names;
 mod plan;
 mod publish;
 pub(crate) mod session;
@@ -70,17 +70,27 @@ pub struct RunArgs {
     /// Guest kernel (default: the project's build).
     #[arg(long, value_name = "PATH", hide = true)]
     kernel: Option<PathBuf>,
-    /// The container's network: `none` (only loopback) or `bridge`
-    /// (husk's bridge huskbr0, an address of its own, `-p`).
-    #[arg(long, value_enum, default_value_t = NetworkMode::None)]
-    network: NetworkMode,
-    /// Publish a container port on the host (with --network bridge).
+    /// The container's network: `none` (only loopback), `bridge` (husk's
+    /// default bridge: an address of its own, outbound NAT, `-p`), the
+    /// name of a network (`husk network create`: the same, and the
+    /// containers on it find each other by name), or `tap=...` (as
+    /// `--net`).
+    #[arg(long, value_name = "none|bridge|NAME|tap=...", default_value = "none")]
+    network: String,
+    /// The container's name: `husk exec/kill/logs/rm` take it for the id,
+    /// and containers on the same named network resolve it.
+    #[arg(long)]
+    name: Option<String>,
+    /// Publish a container port on the host (with --network bridge or a
+    /// named network).
     #[arg(
         short = 'p',
         long = "publish",
         value_name = "[IP:]HOST:CONTAINER[/tcp]"
     )]
     publish: Vec<String>,
+    #[command(flatten)]
+    dns: etc::DnsFlags,
     /// When to pull the image from its registry.
     #[arg(long, value_enum, default_value_t = PullPolicy::Missing)]
     pull: PullPolicy,
@@ -140,42 +150,101 @@ pub fn random_hex(bytes: usize) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// `--network`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum NetworkMode {
+/// Where `--network` and `--net` put the container.
+enum Choice {
+    /// Loopback only.
     None,
-    Bridge,
+    /// An existing TAP (`--net`, `--network tap=...`).
+    Tap(String),
+    /// A husk network: the default bridge or a named one.
+    Network(crate::network::Network),
 }
 
-/// The run's place on the bridge and its published ports' listeners, made
-/// before anything boots (a port in use fails the run here).
-fn network(
-    args: &RunArgs,
-    id: &str,
-) -> Result<(Option<bridge::Attachment>, publish::Listeners), Failure> {
+fn choose_network(args: &RunArgs) -> Result<Choice, Failure> {
+    let tap = args
+        .network
+        .starts_with("tap=")
+        .then(|| args.network.clone());
+    match (args.network.as_str(), &args.net) {
+        (_, Some(_)) if tap.is_some() => Err(Failure::usage(
+            "--net and --network tap=... both give the VM its NIC: choose one",
+        )),
+        ("none", net) => Ok(net.clone().map_or(Choice::None, Choice::Tap)),
+        (_, Some(_)) => Err(Failure::usage(format!(
+            "--net and --network {} both give the VM its NIC: choose one",
+            args.network
+        ))),
+        _ => match tap {
+            Some(t) => Ok(Choice::Tap(t)),
+            None => crate::network::lookup(&args.network)
+                .map(Choice::Network)
+                .map_err(Failure::usage),
+        },
+    }
+}
+
+/// The run's place on its network, its share of the network's DNS
+/// service, and its published ports' listeners: made before anything
+/// boots (a port in use fails the run here).
+struct Networking {
+    attachment: Option<crate::network::bridge::Attachment>,
+    _dns: Option<crate::network::dns::Server>,
+    listeners: publish::Listeners,
+    /// `tap=...` for `--net`'s part of the plan.
+    tap: Option<String>,
+}
+
+fn network(args: &RunArgs, id: &str) -> Result<Networking, Failure> {
     let ports = args
         .publish
         .iter()
         .map(|p| publish::parse(p))
         .collect::<Result<Vec<_>, _>>()
         .map_err(Failure::usage)?;
-    match args.network {
-        NetworkMode::None if !ports.is_empty() => {
-            return Err(Failure::usage(
-                "-p publishes a port of a container on the bridge: add --network bridge",
-            ))
+    let network = match choose_network(args)? {
+        Choice::Network(n) => n,
+        other => {
+            if !ports.is_empty() {
+                return Err(Failure::usage(
+                    "-p publishes a port of a container on a husk network: add --network bridge (or a network's name)",
+                ));
+            }
+            let tap = match other {
+                Choice::Tap(t) => Some(t),
+                _ => None,
+            };
+            return Ok(Networking {
+                attachment: None,
+                _dns: None,
+                listeners: Vec::new(),
+                tap,
+            });
         }
-        NetworkMode::Bridge if args.net.is_some() => {
-            return Err(Failure::usage(
-                "--net and --network bridge both give the VM its NIC: choose one",
-            ))
-        }
-        NetworkMode::None => return Ok((None, Vec::new())),
-        NetworkMode::Bridge => {}
-    }
+    };
     let listeners = publish::bind(&ports).map_err(Failure::runtime)?;
-    let attachment = bridge::attach(id).map_err(Failure::runtime)?;
-    Ok((Some(attachment), listeners))
+    let hostname = args.hostname.clone().unwrap_or_else(|| id.to_owned());
+    let mut names: Vec<String> = args.name.iter().cloned().collect();
+    for n in [hostname, id.to_owned()] {
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    let attachment = crate::network::bridge::attach(&network, id, names, args.dns.dns.clone())
+        .map_err(Failure::runtime)?;
+    let dns = if network.has_dns() {
+        Some(
+            crate::network::dns::serve(&network, etc::host_nameservers())
+                .map_err(Failure::runtime)?,
+        )
+    } else {
+        None
+    };
+    Ok(Networking {
+        attachment: Some(attachment),
+        _dns: dns,
+        listeners,
+        tap: None,
+    })
 }
 
 fn new_id() -> String {
@@ -197,14 +266,29 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         name,
         digest: image.manifest_digest().to_string(),
     };
+    if let Some(name) = &args.name {
+        names::claim(&runtime_root(), name, &id).map_err(Failure::usage)?;
+    }
     // Dropped after the teardown below: the TAP goes once the VM is gone.
-    let (attachment, listeners) = network(&args, &id)?;
+    let networking = network(&args, &id)?;
     let plan = plan::plan(
         &args,
         image.defaults(),
         &id,
-        attachment.as_ref().map(|a| a.net()),
+        &plan::Network {
+            bridged: networking.attachment.as_ref().map(|a| a.net()),
+            tap: networking.tap.clone(),
+            dns: networking
+                .attachment
+                .as_ref()
+                .filter(|a| a.network.has_dns())
+                .map(|a| a.network.gateway()),
+        },
+        &etc::host_resolv_conf(),
     )?;
+    if let Some(w) = &plan.etc_warning {
+        eprintln!("husk: {w}");
+    }
     // Before the image is converted or anything started: a directory
     // volume needs virtiofsd.
     if plan.volumes.iter().any(|v| v.source.is_dir()) {
@@ -230,8 +314,8 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         sinks,
     } = launched;
     let controls = vm.controls();
-    if let Some(a) = &attachment {
-        publish::serve(listeners, a.ip);
+    if let Some(a) = &networking.attachment {
+        publish::serve(networking.listeners, a.ip);
     }
     let (vm_thread, vm_done) = wait_on_a_thread(vm);
     let (rootfs, volume_specs) = plan.agent_disks(&disks);

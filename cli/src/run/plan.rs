@@ -2,6 +2,7 @@
 //! the runtime spec, the VM's size and command line, and the disks the VM
 //! gets and the agent mounts. No VM, no files written; `launch` does that.
 
+use super::etc;
 use super::spec::{self, Net, Settings};
 use super::volume::{self, VolumeArg};
 use super::RunArgs;
@@ -11,6 +12,7 @@ use husk_vmm::{DiskConfig, FsConfig};
 use husk_wire::agent::{RootfsSpec, StdioSpec, VolumeSource, VolumeSpec};
 use husk_wire::cmdline;
 use husk_wire::oci_spec::runtime::Spec;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Memory the guest itself needs beside the container's limit: kernel,
@@ -54,6 +56,11 @@ pub struct Plan {
     pub vcpus: u8,
     pub mem_mib: u64,
     pub stdio: StdioSpec,
+    /// The container's resolv.conf, hosts and hostname (those no volume
+    /// covers), for a `files` volume.
+    pub etc_files: BTreeMap<String, String>,
+    /// What to tell the user about them (the fallback nameservers).
+    pub etc_warning: Option<String>,
 }
 
 /// A disk made ready on the host: where it is and what is on it.
@@ -88,13 +95,25 @@ fn volume_mount_point(i: usize) -> String {
     format!("/run/husk/volumes/{i}")
 }
 
+/// What the run's network gives the plan.
+#[derive(Debug, Default)]
+pub struct Network {
+    /// The NIC a husk network attached, if it did.
+    pub bridged: Option<Net>,
+    /// `tap=...` (`--net`, `--network tap=...`), parsed here.
+    pub tap: Option<String>,
+    /// The named network's DNS server.
+    pub dns: Option<std::net::Ipv4Addr>,
+}
+
 /// Flags + image defaults → the plan; every flag error is a usage error.
-/// `bridged` is the NIC `--network bridge` attached, if it did.
+/// `host_resolv` is the host's resolv.conf ([`etc::host_resolv_conf`]).
 pub fn plan(
     args: &RunArgs,
     defaults: &ImageDefaults,
     id: &str,
-    bridged: Option<Net>,
+    network: &Network,
+    host_resolv: &str,
 ) -> Result<Plan, Failure> {
     let memory = args
         .memory
@@ -121,10 +140,10 @@ pub fn plan(
     if scratch.is_some_and(|b| b < MIN_SCRATCH) {
         return Err(Failure::usage("--scratch: at least 16m"));
     }
-    let net = match bridged {
-        Some(net) => Some(net),
-        None => args
-            .net
+    let net = match &network.bridged {
+        Some(net) => Some(net.clone()),
+        None => network
+            .tap
             .as_deref()
             .map(spec::net)
             .transpose()
@@ -136,6 +155,27 @@ pub fn plan(
             "no command: the image has no Entrypoint or Cmd, give one after the image",
         ));
     }
+    let hostname = args.hostname.clone().unwrap_or_else(|| id.to_owned());
+    let (etc_files, etc_warning) = etc_files(
+        args,
+        &volumes,
+        &hostname,
+        net.as_ref(),
+        network.dns,
+        host_resolv,
+    )?;
+    let mut binds: Vec<(String, String, bool)> = volumes
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (volume_mount_point(i), v.target.clone(), v.read_only))
+        .collect();
+    binds.extend(etc_files.keys().map(|name| {
+        (
+            format!("{}/{name}", etc::MOUNT_POINT),
+            format!("/etc/{name}"),
+            false,
+        )
+    }));
     let settings = Settings {
         args: argv,
         env: spec::env(&defaults.env, &args.process.env).map_err(Failure::usage)?,
@@ -148,16 +188,12 @@ pub fn plan(
             .unwrap_or_else(|| "/".into()),
         uid,
         gid,
-        hostname: args.hostname.clone().unwrap_or_else(|| id.to_owned()),
+        hostname,
         terminal: args.process.tty,
         memory,
         cpus: args.cpus,
         pids: args.pids_limit,
-        binds: volumes
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (volume_mount_point(i), v.target.clone(), v.read_only))
-            .collect(),
+        binds,
         vm_network: net.is_some(),
     };
     Ok(Plan {
@@ -174,7 +210,37 @@ pub fn plan(
             tty: args.process.tty,
             stdin: args.process.interactive,
         },
+        etc_files,
+        etc_warning,
     })
+}
+
+/// The container's /etc files, but for those a volume covers.
+fn etc_files(
+    args: &RunArgs,
+    volumes: &[VolumeArg],
+    hostname: &str,
+    net: Option<&Net>,
+    network_dns: Option<std::net::Ipv4Addr>,
+    host_resolv: &str,
+) -> Result<(BTreeMap<String, String>, Option<String>), Failure> {
+    let covered = |name: &str| {
+        let path = format!("/etc/{name}");
+        volumes
+            .iter()
+            .any(|v| v.target.trim_end_matches('/') == "/etc" || v.target == path)
+    };
+    let skip: Vec<&str> = [etc::RESOLV_CONF, etc::HOSTS, etc::HOSTNAME]
+        .into_iter()
+        .filter(|n| covered(n))
+        .collect();
+    let me = etc::Identity {
+        hostname,
+        addr: net.and_then(|n| n.addr).map(|(a, _)| a),
+        gateway: net.and_then(|n| n.gateway),
+        network_dns,
+    };
+    etc::compose(&args.dns, host_resolv, me, &skip).map_err(Failure::usage)
 }
 
 fn volumes(args: &[String]) -> Result<Vec<VolumeArg>, Failure> {
@@ -277,6 +343,13 @@ impl Plan {
                 mount_point: volume_mount_point(i),
                 read_only: v.read_only,
             })
+            .chain((!self.etc_files.is_empty()).then(|| VolumeSpec {
+                source: VolumeSource::Files {
+                    files: self.etc_files.clone(),
+                },
+                mount_point: etc::MOUNT_POINT.into(),
+                read_only: false,
+            }))
             .collect();
         (rootfs, volumes)
     }
@@ -324,7 +397,8 @@ mod tests {
             ]),
             &defaults(),
             "abc",
-            None,
+            &Network::default(),
+            "",
         )
         .unwrap();
         assert_eq!(p.vcpus, 2);
@@ -339,7 +413,7 @@ mod tests {
         assert!(p.cmdline().starts_with(cmdline::BASE));
         assert!(p.cmdline().ends_with("husk.agent husk.hostname=husk-abc"));
 
-        let p = plan(&args(&["img"]), &defaults(), "x", None).unwrap();
+        let p = plan(&args(&["img"]), &defaults(), "x", &Network::default(), "").unwrap();
         assert_eq!((p.vcpus, p.mem_mib), (1, DEFAULT_VM_MIB));
     }
 
@@ -352,7 +426,8 @@ mod tests {
             &args(&["-v", &vol, "-v", &vol2, "--scratch", "64m", "img"]),
             &defaults(),
             "x",
-            None,
+            &Network::default(),
+            "",
         )
         .unwrap();
         assert_eq!(p.scratch, Some(64 << 20));
@@ -422,7 +497,7 @@ mod tests {
     #[test]
     fn bad_flags_are_usage_errors() {
         let d = defaults();
-        let bad = |line: &[&str]| plan(&args(line), &d, "x", None).unwrap_err();
+        let bad = |line: &[&str]| plan(&args(line), &d, "x", &Network::default(), "").unwrap_err();
         assert!(bad(&["--cpus", "0", "img"]).message.contains("--cpus"));
         assert!(bad(&["--memory", "lots", "img"])
             .message
@@ -431,9 +506,12 @@ mod tests {
             .message
             .contains("at least 16m"));
         assert!(bad(&["-u", "root", "img"]).message.contains("numeric"));
-        assert!(bad(&["--net", "tap=t0,gw=1.2.3.4", "img"])
-            .message
-            .contains("needs ip="));
+        let tap = |t: &str| Network {
+            tap: Some(t.into()),
+            ..Network::default()
+        };
+        let e = plan(&args(&["img"]), &d, "x", &tap("tap=t0,gw=1.2.3.4"), "").unwrap_err();
+        assert!(e.message.contains("needs ip="));
         let tmp = std::env::temp_dir().display().to_string();
         let twice = bad(&[
             "-v",
@@ -447,7 +525,7 @@ mod tests {
             cmd: vec![],
             ..defaults()
         };
-        let e = plan(&args(&["img"]), &no_cmd, "x", None).unwrap_err();
+        let e = plan(&args(&["img"]), &no_cmd, "x", &Network::default(), "").unwrap_err();
         assert_eq!(e.code, 2);
         assert!(e.message.contains("no command"));
     }
@@ -455,15 +533,58 @@ mod tests {
     #[test]
     fn the_network_flag_shares_the_vm_network_and_configures_the_guest() {
         let p = plan(
-            &args(&["--net", "tap=t0,ip=10.0.0.2/24", "img"]),
+            &args(&["--add-host", "db:192.0.2.9", "img"]),
             &defaults(),
             "x",
-            None,
+            &Network {
+                tap: Some("tap=t0,ip=10.0.0.2/24".into()),
+                ..Network::default()
+            },
+            "nameserver 192.0.2.53\n",
         )
         .unwrap();
         assert!(p.settings.vm_network);
         assert!(p
             .cmdline()
             .ends_with(" ip=10.0.0.2:::255.255.255.0::eth0:off"));
+        // The container's /etc files: composed, sent as a files volume,
+        // bind-mounted over the image's.
+        assert!(p.etc_files["hosts"].ends_with("192.0.2.9\tdb\n10.0.0.2\tx\n"));
+        assert!(p.etc_files["resolv.conf"].contains("nameserver 192.0.2.53\n"));
+        let mounts = p.spec.mounts().as_ref().unwrap();
+        for name in ["resolv.conf", "hosts", "hostname"] {
+            let dest = format!("/etc/{name}");
+            let m = mounts
+                .iter()
+                .find(|m| m.destination() == std::path::Path::new(&dest))
+                .unwrap();
+            let source = format!("{}/{name}", etc::MOUNT_POINT);
+            assert_eq!(m.source().as_deref(), Some(std::path::Path::new(&source)));
+        }
+        let disks = Disks {
+            rootfs: "/g/rootfs.ext4".into(),
+            image: ready("/c/img.erofs", "erofs"),
+            volumes: vec![],
+            scratch: None,
+        };
+        let (_, volumes) = p.agent_disks(&disks);
+        assert_eq!(volumes.len(), 1);
+        assert_eq!(volumes[0].mount_point, etc::MOUNT_POINT);
+        assert!(matches!(&volumes[0].source, VolumeSource::Files { files } if files.len() == 3));
+    }
+
+    #[test]
+    fn a_volume_over_an_etc_file_wins() {
+        let dir = std::env::temp_dir().display().to_string();
+        let p = plan(
+            &args(&["-v", &format!("{dir}:/etc/hosts"), "img"]),
+            &defaults(),
+            "x",
+            &Network::default(),
+            "",
+        )
+        .unwrap();
+        assert!(!p.etc_files.contains_key("hosts"));
+        assert!(p.etc_files.contains_key("resolv.conf"));
     }
 }

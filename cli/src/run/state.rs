@@ -33,6 +33,9 @@ pub struct ProcessDefaults {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub id: String,
+    /// `--name`, which finds the container as its id does.
+    #[serde(default)]
+    pub name: Option<String>,
     /// The image's full name in the store, or its path as given.
     pub image: String,
     /// The manifest digest of the image it runs (what `husk commit` builds
@@ -131,12 +134,20 @@ pub fn list(root: &Path) -> Vec<Found> {
     out
 }
 
-/// The run whose id is `id` or starts with it (docker accepts a prefix).
+/// The run named `id`, or whose id is `id` or starts with it (docker
+/// accepts a prefix).
 pub fn find(root: &Path, id: &str) -> Result<Found, String> {
     if id.is_empty() {
         return Err("no container id given".into());
     }
-    let mut hits: Vec<Found> = list(root)
+    let runs = list(root);
+    if runs.iter().any(|f| f.state.name.as_deref() == Some(id)) {
+        return Ok(runs
+            .into_iter()
+            .find(|f| f.state.name.as_deref() == Some(id))
+            .expect("just seen"));
+    }
+    let mut hits: Vec<Found> = runs
         .into_iter()
         .filter(|f| f.state.id.starts_with(id))
         .collect();
@@ -171,6 +182,7 @@ mod tests {
     fn state(id: &str, pid: i32, start: u64, status: Status, detached: bool) -> State {
         State {
             id: id.into(),
+            name: None,
             image: "img".into(),
             image_digest: None,
             command: vec!["true".into()],
@@ -239,6 +251,10 @@ mod tests {
         assert!(!root.path().join("bbb333").exists());
         assert_eq!(found[2].describe_status(), "Exited (3)");
         assert_eq!(find(root.path(), "c").unwrap().state.id, "ccc444");
+        let mut named = runs[0].clone();
+        named.name = Some("web".into());
+        named.save(&root.path().join("aaa111")).unwrap();
+        assert_eq!(find(root.path(), "web").unwrap().state.id, "aaa111");
         assert!(find(root.path(), "aaa")
             .unwrap_err()
             .contains("2 containers"));

@@ -546,6 +546,7 @@ impl Agent {
                         mount_disk(serial, &at, fs_type, v.read_only)?
                     }
                     VolumeSource::Shared { tag } => mount_shared(tag, &at, v.read_only)?,
+                    VolumeSource::Files { files } => mount_files(files, &at, v.read_only)?,
                 }
                 mounts.push(at);
             }
@@ -741,6 +742,38 @@ fn mount_shared(tag: &str, at: &Path, read_only: bool) -> Result<(), String> {
         flags |= MsFlags::MS_RDONLY;
     }
     mount_virtiofs(tag, at, flags)
+}
+
+/// A tmpfs of its own at `at` holding `files` (plain names, 0644): the
+/// files the host composed for the container.
+fn mount_files(files: &BTreeMap<String, String>, at: &Path, read_only: bool) -> Result<(), String> {
+    VolumeSource::check_files(files)?;
+    std::fs::create_dir_all(at).map_err(|e| format!("mkdir {}: {e}", at.display()))?;
+    let flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+    let size = format!("size={},mode=0755", husk_wire::agent::MAX_FILES_BYTES * 2);
+    mount(Some("tmpfs"), at, Some("tmpfs"), flags, Some(size.as_str()))
+        .map_err(|e| format!("mount tmpfs on {}: {e}", at.display()))?;
+    let written = (|| {
+        for (name, content) in files {
+            let path = at.join(name);
+            std::fs::write(&path, content).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        if read_only {
+            mount(
+                None::<&str>,
+                at,
+                None::<&str>,
+                flags | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+            .map_err(|e| format!("remount {} read-only: {e}", at.display()))?;
+        }
+        Ok(())
+    })();
+    if written.is_err() {
+        let _ = umount2(at, MntFlags::MNT_DETACH);
+    }
+    written
 }
 
 fn mount_virtiofs(tag: &str, at: &Path, flags: MsFlags) -> Result<(), String> {
