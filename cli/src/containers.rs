@@ -54,7 +54,7 @@ pub fn oci_ps(g: &crate::oci::Global, p: &PsArgs) -> Result<u8, Failure> {
 
 #[derive(Args)]
 pub struct IdArgs {
-    /// The container's id (or a unique prefix of it).
+    /// The container's id (a unique prefix of it, or its name).
     id: String,
 }
 
@@ -244,6 +244,16 @@ fn shorten(s: &str, n: usize) -> String {
         .rev()
         .collect();
     format!("…{tail}")
+}
+
+/// `husk port ID`: the container's published ports, as `docker port`.
+pub fn port(args: IdArgs) -> Result<u8, Failure> {
+    let found = state::find(&runtime_root(), &args.id).map_err(Failure::runtime)?;
+    let mut out = std::io::stdout().lock();
+    for p in &found.state.ports {
+        let _ = writeln!(out, "{p}");
+    }
+    Ok(0)
 }
 
 pub fn logs(args: IdArgs) -> Result<u8, Failure> {

@@ -29,6 +29,10 @@ enum ImageCommand {
         /// `HOSTFILE:/PATH/IN/IMAGE` (repeatable; e.g. the bench tool).
         #[arg(long = "add", value_name = "HOSTFILE:/PATH")]
         add: Vec<String>,
+        /// A port the image exposes, `PORT[/tcp|/udp]` (repeatable; what
+        /// `husk run -P` publishes).
+        #[arg(long = "expose", value_name = "PORT[/PROTO]")]
+        expose: Vec<String>,
     },
 }
 
@@ -50,6 +54,7 @@ pub fn run(args: ImageArgs) -> Result<u8, Failure> {
             busybox,
             format,
             add,
+            expose,
         } => {
             use husk_image::testimage;
             // The image is deterministic: rewriting it is cheap and keeps
@@ -65,6 +70,16 @@ pub fn run(args: ImageArgs) -> Result<u8, Failure> {
             if !add.is_empty() {
                 image.layers.push(extra_layer(&add)?);
             }
+            for e in expose {
+                let (port, proto) = e.split_once('/').unwrap_or((&e, "tcp"));
+                if port.parse::<u16>().map_or(true, |p| p == 0) || !matches!(proto, "tcp" | "udp") {
+                    return Err(Failure::usage(format!(
+                        "--expose {e}: expected PORT[/tcp|/udp]"
+                    )));
+                }
+                image.defaults.exposed_ports.push(format!("{port}/{proto}"));
+            }
+            image.defaults.exposed_ports.sort();
             let built = image.build().map_err(fail)?;
             match format {
                 Format::Layout => built.write_layout(&out),

@@ -78,6 +78,8 @@ enum Command {
     Kill(containers::KillArgs),
     /// Print a detached container's output.
     Logs(containers::IdArgs),
+    /// Print a container's published ports.
+    Port(containers::IdArgs),
     /// Remove stopped containers' records (-f: running ones too).
     Rm(containers::RmArgs),
     /// OCI runtime: create a container from a bundle (runc's `create`).
@@ -208,6 +210,7 @@ fn main() -> ExitCode {
         Command::Exec(args) => containers::exec(args),
         Command::Kill(args) => containers::kill(args),
         Command::Logs(args) => containers::logs(args),
+        Command::Port(args) => containers::port(args),
         Command::Rm(args) => containers::rm(args),
     };
     match result {

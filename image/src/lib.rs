@@ -59,6 +59,9 @@ pub struct ImageDefaults {
     pub working_dir: Option<String>,
     /// As written: `user`, `uid`, `user:group`, `uid:gid`...
     pub user: Option<String>,
+    /// `ExposedPorts`: `PORT/tcp`, `PORT/udp` (what `husk run -P`
+    /// publishes), sorted.
+    pub exposed_ports: Vec<String>,
 }
 
 /// An opened image: its manifest and config are read and verified, its
@@ -107,6 +110,11 @@ impl Image {
                     env: c.env().clone().unwrap_or_default(),
                     working_dir: nonempty(c.working_dir()),
                     user: nonempty(c.user()),
+                    exposed_ports: {
+                        let mut p = c.exposed_ports().clone().unwrap_or_default();
+                        p.sort();
+                        p
+                    },
                 }
             })
             .unwrap_or_default();

@@ -378,6 +378,14 @@ impl ImageSpec {
         if let Some(user) = &d.user {
             set("User", json!(user));
         }
+        if !d.exposed_ports.is_empty() {
+            let ports: serde_json::Map<String, serde_json::Value> = d
+                .exposed_ports
+                .iter()
+                .map(|p| (p.clone(), json!({})))
+                .collect();
+            set("ExposedPorts", serde_json::Value::Object(ports));
+        }
         // One history entry per layer, as every builder writes: buildah
         // checks the count against the layers when it builds on this image.
         let history: Vec<serde_json::Value> = (1..=diff_ids.len())

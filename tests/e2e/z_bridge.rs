@@ -505,3 +505,96 @@ fn containers_on_a_named_network_find_each_other_by_name_and_no_other_network() 
     assert!(husk_taps().is_empty(), "{:?}", husk_taps());
     assert!(!std::path::Path::new("/sys/class/net/huskbr1").exists());
 }
+
+#[test]
+fn a_udp_port_is_published_and_each_client_hears_its_own_replies() {
+    require_linux_kvm();
+    let _one = BRIDGE.lock().unwrap_or_else(|p| p.into_inner());
+    let r = Run::new();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // The bench image has a UDP echo server (busybox has none).
+    let bench = husk_tests::guest_dir().join("husk-bench-image");
+    let publish = format!("127.0.0.1:{port}:7/udp");
+    let mut cmd = std::process::Command::new(husk_tests::husk::binary());
+    cmd.args(["run", "-d", "--network", "bridge", "-p", &publish])
+        .arg(&bench)
+        .args(["husk-bench", "udp-echo", "7", "1000"])
+        .env("HUSK_IMAGE_CACHE", r.cache.path())
+        .env("HUSK_RUNTIME_DIR", r.runtime.path());
+    let started = husk_tests::process::run(cmd, crate::run::TIMEOUT);
+    assert_eq!(started.code, Some(0), "{}", started.describe());
+    let id = started.stdout.trim().to_string();
+    // Until the server listens, the guest refuses the port and the flow
+    // starts over: ask again until an answer comes.
+    let clients: Vec<std::net::UdpSocket> = (0..2)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    for (i, c) in clients.iter().enumerate() {
+        c.set_read_timeout(Some(std::time::Duration::from_millis(500)))
+            .unwrap();
+        let msg = format!("ping{i}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let got = loop {
+            c.send_to(msg.as_bytes(), ("127.0.0.1", port)).unwrap();
+            let mut buf = [0u8; 64];
+            if let Ok(n) = c.recv(&mut buf) {
+                break String::from_utf8_lossy(&buf[..n]).into_owned();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no echo on udp {port}"
+            );
+        };
+        assert_eq!(got, msg);
+    }
+    assert_eq!(husk(&r, &["rm", "-f", &id]).code, Some(0));
+    assert!(husk_taps().is_empty(), "{:?}", husk_taps());
+}
+
+#[test]
+fn publish_all_publishes_what_the_image_exposes_and_port_says_where() {
+    require_linux_kvm();
+    let _one = BRIDGE.lock().unwrap_or_else(|p| p.into_inner());
+    let r = Run::new();
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("exposing");
+    // The static busybox, wherever PATH has it (L1 keeps it in its own
+    // bin directory).
+    let busybox = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("busybox"))
+        .find(|p| p.is_file())
+        .expect("busybox on PATH");
+    let built = std::process::Command::new(husk_tests::husk::binary())
+        .args(["image", "build-test"])
+        .arg(&image)
+        .arg("--busybox")
+        .arg(&busybox)
+        .args(["--expose", "80/tcp"])
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{built:?}");
+    let mut cmd = std::process::Command::new(husk_tests::husk::binary());
+    cmd.args(["run", "-d", "--network", "bridge", "-P"])
+        .arg(&image)
+        .args(["sh", "-c", HTTPD_SCRIPT])
+        .env("HUSK_IMAGE_CACHE", r.cache.path())
+        .env("HUSK_RUNTIME_DIR", r.runtime.path());
+    let started = husk_tests::process::run(cmd, crate::run::TIMEOUT);
+    assert_eq!(started.code, Some(0), "{}", started.describe());
+    let id = started.stdout.trim().to_string();
+    let port = husk(&r, &["port", &id]);
+    assert_eq!(port.code, Some(0), "{}", port.describe());
+    let at = port
+        .stdout
+        .trim()
+        .strip_prefix("80/tcp -> 0.0.0.0:")
+        .unwrap_or_else(|| panic!("{}", port.describe()))
+        .to_string();
+    let body = get_tcp(&format!("127.0.0.1:{at}")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(body.ends_with(SERVED), "{body}");
+    assert_eq!(husk(&r, &["rm", "-f", &id]).code, Some(0));
+}

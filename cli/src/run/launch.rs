@@ -224,6 +224,7 @@ fn record(origin: &Origin, plan: &Plan, detached: bool) -> State {
             uid: s.uid,
             gid: s.gid,
         },
+        ports: Vec::new(),
     }
 }
 

@@ -81,6 +81,10 @@ pub struct RunArgs {
     /// and containers on the same named network resolve it.
     #[arg(long)]
     name: Option<String>,
+    /// Publish every port the image exposes on a free host port (`husk
+    /// port` says which).
+    #[arg(short = 'P', long = "publish-all")]
+    publish_all: bool,
     /// Publish a container port on the host (with --network bridge or a
     /// named network).
     #[arg(
@@ -194,19 +198,23 @@ struct Networking {
     tap: Option<String>,
 }
 
-fn network(args: &RunArgs, id: &str) -> Result<Networking, Failure> {
-    let ports = args
+fn network(args: &RunArgs, id: &str, exposed: &[String]) -> Result<Networking, Failure> {
+    let mut ports = args
         .publish
         .iter()
         .map(|p| publish::parse(p))
         .collect::<Result<Vec<_>, _>>()
         .map_err(Failure::usage)?;
+    if args.publish_all {
+        let more = publish::exposed(exposed, &ports).map_err(Failure::usage)?;
+        ports.extend(more);
+    }
     let network = match choose_network(args)? {
         Choice::Network(n) => n,
         other => {
-            if !ports.is_empty() {
+            if !ports.is_empty() || args.publish_all {
                 return Err(Failure::usage(
-                    "-p publishes a port of a container on a husk network: add --network bridge (or a network's name)",
+                    "-p and -P publish ports of a container on a husk network: add --network bridge (or a network's name)",
                 ));
             }
             let tap = match other {
@@ -270,7 +278,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         names::claim(&runtime_root(), name, &id).map_err(Failure::usage)?;
     }
     // Dropped after the teardown below: the TAP goes once the VM is gone.
-    let networking = network(&args, &id)?;
+    let networking = network(&args, &id, &image.defaults().exposed_ports)?;
     let plan = plan::plan(
         &args,
         image.defaults(),
@@ -314,6 +322,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         sinks,
     } = launched;
     let controls = vm.controls();
+    record.ports = publish::describe(&networking.listeners);
     if let Some(a) = &networking.attachment {
         publish::serve(networking.listeners, a.ip);
     }

@@ -379,6 +379,7 @@ mod tests {
             env: vec!["PATH=/bin".into(), "A=1".into()],
             working_dir: Some("/srv".into()),
             user: Some("5:6".into()),
+            exposed_ports: vec![],
         }
     }
 

@@ -52,6 +52,9 @@ pub struct State {
     pub owner_start: u64,
     pub status: Status,
     pub process: ProcessDefaults,
+    /// Published ports, `80/tcp -> 0.0.0.0:32768` (`husk port`).
+    #[serde(default)]
+    pub ports: Vec<String>,
 }
 
 /// A run directory read back, and whether its owner still lives.
@@ -192,6 +195,7 @@ mod tests {
             owner_start: start,
             status,
             process: ProcessDefaults::default(),
+            ports: Vec::new(),
         }
     }
 

@@ -53,6 +53,7 @@ fn rich_spec() -> ImageSpec {
             env: vec!["PATH=/usr/bin".into(), "A=b=c".into()],
             working_dir: Some("/data".into()),
             user: Some("1000:1000".into()),
+            exposed_ports: vec!["53/udp".into(), "80/tcp".into()],
         },
         ..ImageSpec::default()
     }

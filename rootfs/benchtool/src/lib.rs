@@ -49,6 +49,8 @@ Prints one line of space-separated key=value pairs (MB = 10^6 bytes).
   tcp-sink PORT                          accept one connection on 0.0.0.0:PORT, read to EOF
   tcp-send HOST:PORT MIB                 send MIB MiB, shut down writing, wait for close
   tcp-echo PORT                          accept one connection, echo until EOF
+  udp-echo PORT COUNT                    answer COUNT datagrams on 0.0.0.0:PORT with
+                                         their own bytes, each to its sender
   tcp-rr HOST:PORT COUNT                 COUNT round trips of a 64-byte message
   hold MIB SECS|stdin                    allocate and touch MIB MiB, print a ready line,
                                          sleep SECS s (or until stdin reaches EOF)
@@ -140,6 +142,10 @@ pub enum Command {
     TcpEcho {
         port: u16,
     },
+    UdpEcho {
+        port: u16,
+        count: u64,
+    },
     TcpRr {
         addr: String,
         count: u64,
@@ -230,6 +236,13 @@ pub fn parse_args(args: &[String]) -> Result<Command, Error> {
                 Command::TcpSink { port }
             } else {
                 Command::TcpEcho { port }
+            })
+        }
+        "udp-echo" => {
+            arity(&["PORT", "COUNT"])?;
+            Ok(Command::UdpEcho {
+                port: parse_port(sub, pos[0])?,
+                count: parse_count(sub, pos[1])?,
             })
         }
         "tcp-send" => {
@@ -445,6 +458,11 @@ pub fn run(cmd: &Command, input: &mut dyn Read, out: &mut dyn Write) -> Result<(
         } => rand(*write, path, *mib, *secs, *buffered)?,
         Command::TcpSink { port } => tcp_sink(&listen(*port)?)?,
         Command::TcpEcho { port } => tcp_echo(&listen(*port)?)?,
+        Command::UdpEcho { port, count } => {
+            let socket = std::net::UdpSocket::bind(("0.0.0.0", *port))
+                .map_err(|e| io_fail(format!("0.0.0.0:{port}"), "bind", e))?;
+            udp_echo(&socket, *count)?
+        }
         Command::TcpSend { addr, mib } => tcp_send(addr, *mib)?,
         Command::TcpRr { addr, count } => tcp_rr(addr, *count)?,
         Command::Hold { mib, wait } => return hold(*mib, *wait, input, out),
@@ -875,6 +893,29 @@ pub fn tcp_echo(listener: &TcpListener) -> Result<Report, Error> {
     Ok(Report::new("tcp-echo").int("bytes", bytes))
 }
 
+/// `udp-echo`: sends `count` datagrams back to whoever sent them.
+pub fn udp_echo(socket: &std::net::UdpSocket, count: u64) -> Result<Report, Error> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut bytes = 0u64;
+    for _ in 0..count {
+        let (n, from) = socket
+            .recv_from(&mut buf)
+            .map_err(|e| io_fail(local_udp(socket), "recv", e))?;
+        socket
+            .send_to(&buf[..n], from)
+            .map_err(|e| io_fail(from, "send", e))?;
+        bytes += n as u64;
+    }
+    Ok(Report::new("udp-echo")
+        .int("datagrams", count)
+        .int("bytes", bytes))
+}
+
+fn local_udp(s: &std::net::UdpSocket) -> String {
+    s.local_addr()
+        .map_or_else(|_| "udp socket".into(), |a| a.to_string())
+}
+
 /// `tcp-rr`: `count` round trips of a [`RR_MSG`]-byte message with
 /// `TCP_NODELAY`, each waiting for the complete echo.
 pub fn tcp_rr(addr: &str, count: u64) -> Result<Report, Error> {
@@ -1235,6 +1276,23 @@ mod tests {
         let p99 = rr.get_f64("rtt_us_p99").unwrap();
         assert!(med > 0.0 && p99 >= med, "{rr}");
         roundtrip(&rr);
+    }
+
+    #[test]
+    fn udp_echo_answers_each_sender() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let at = socket.local_addr().unwrap();
+        let echo = std::thread::spawn(move || udp_echo(&socket, 2));
+        for msg in [&b"one"[..], b"two!"] {
+            let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            c.send_to(msg, at).unwrap();
+            let mut buf = [0u8; 16];
+            let n = c.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], msg);
+        }
+        let r = echo.join().unwrap().unwrap();
+        assert_eq!(r.to_string(), "op=udp-echo datagrams=2 bytes=7");
+        assert!(parse_args(&["udp-echo".into(), "7".into()]).is_err());
     }
 
     #[test]
