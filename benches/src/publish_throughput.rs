@@ -1,0 +1,264 @@
+//! A published port under load: TCP request rate and throughput from the
+//! host to a container's echo server through `-p 127.0.0.1:P:7`, for
+//!
+//! - `husk run --network bridge -p` (husk's userspace proxy, then the
+//!   microVM's virtio-net on husk's bridge),
+//! - `podman --runtime crun run -p` (netavark's bridge and DNAT, a plain
+//!   container: the peer),
+//! - `podman --runtime husk run -p` (the same DNAT into the container's
+//!   network namespace, then tc redirects into the microVM),
+//!
+//! interleaved, one fresh container per runtime and run, medians. Per
+//! container: 64-byte round trips one at a time (request rate), then MiB
+//! written while their echo is read back (throughput, each byte crossing
+//! the path both ways). Inside the testbed: `benches/run
+//! publish-throughput`.
+//!
+//! Usage: publish-throughput [--runs N] [--mib M] [--rr COUNT] [--husk PATH]
+
+use husk_benches::{median, spread};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The echo server's port in the container.
+const PORT: u16 = 7;
+const RR_MSG: usize = 64;
+
+/// A path under test: its name and how to start its echo container on a
+/// host port.
+type Setup = (&'static str, Box<dyn Fn(u16) -> Command>);
+
+struct Figures {
+    rr_us: f64,
+    mb_s: f64,
+}
+
+fn main() {
+    let (mut runs, mut mib, mut rr) = (5usize, 64u64, 2000u64);
+    let mut husk = PathBuf::from("target/release/husk");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .unwrap_or_else(|| panic!("{a} needs a value"))
+        };
+        match a.as_str() {
+            "--runs" => runs = value().parse().expect("--runs N"),
+            "--mib" => mib = value().parse().expect("--mib M"),
+            "--rr" => rr = value().parse().expect("--rr COUNT"),
+            "--husk" => husk = PathBuf::from(value()),
+            other => panic!(
+                "unknown argument {other} (usage: publish-throughput [--runs N] [--mib M] [--rr COUNT] [--husk PATH])"
+            ),
+        }
+    }
+    husk_tests::require_linux_kvm();
+    husk_compare::runner::ensure_cgroup2();
+    let work = tempfile::tempdir().unwrap();
+    let bench_image = husk_tests::guest_dir().join("husk-bench-image");
+    let mut setups: Vec<Setup> = Vec::new();
+    let (cache, runtime) = (work.path().join("cache"), work.path().join("run"));
+    let husk_path = husk.clone();
+    setups.push((
+        "husk run -p (proxy)",
+        Box::new(move |port| {
+            let mut c = Command::new(&husk_path);
+            c.args(["run", "-d", "--rm", "--network", "bridge", "-p"])
+                .arg(format!("127.0.0.1:{port}:{PORT}"))
+                .arg(&bench_image)
+                .args(["husk-bench", "tcp-echo", &PORT.to_string()])
+                .env("HUSK_IMAGE_CACHE", &cache)
+                .env("HUSK_RUNTIME_DIR", &runtime);
+            c
+        }),
+    ));
+    if Path::new(husk_tests::podman::PROGRAM).is_file() {
+        let store = work.path().join("podman");
+        std::fs::create_dir_all(store.join("tmp")).unwrap();
+        load_bench_image(&store, &husk, work.path());
+        for (name, runtime) in [
+            (
+                "podman --runtime crun -p (DNAT)",
+                PathBuf::from("/usr/bin/crun"),
+            ),
+            ("podman --runtime husk -p (DNAT)", husk.clone()),
+        ] {
+            if !runtime.is_file() {
+                println!("{name}: not installed ({})", runtime.display());
+                continue;
+            }
+            let store = store.clone();
+            setups.push((
+                name,
+                Box::new(move |port| {
+                    let mut c = husk_tests::podman::command(&store, &runtime);
+                    c.args(["run", "-d", "--rm", "--network", "bridge", "-p"])
+                        .arg(format!("127.0.0.1:{port}:{PORT}"))
+                        .arg(husk_tests::podman::IMAGE)
+                        .args(["husk-bench", "tcp-echo", &PORT.to_string()]);
+                    c
+                }),
+            ));
+        }
+    } else {
+        println!("podman: not installed (no crun peer)");
+    }
+    let mut figures: Vec<Vec<Figures>> = (0..setups.len()).map(|_| Vec::new()).collect();
+    // Run 0 warms up (image conversion, podman's first container).
+    for run in 0..=runs {
+        for (i, (name, start)) in setups.iter().enumerate() {
+            let port = free_port();
+            let out = start(port)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(
+                out.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let f = measure(port, rr, mib).unwrap_or_else(|e| panic!("{name}: {e}"));
+            if run > 0 {
+                figures[i].push(f);
+            }
+        }
+        eprintln!("run {run} done");
+    }
+    println!(
+        "TCP from the host to a container's echo server through -p 127.0.0.1:P:{PORT}; \
+         {runs} interleaved runs after a warm-up, medians (min–max)"
+    );
+    println!("| path | round trip, µs ({rr} × {RR_MSG} B) | requests/s | echo throughput, MB/s ({mib} MiB each way) |");
+    println!("|---|---|---|---|");
+    let mut medians = Vec::new();
+    for (i, (name, _)) in setups.iter().enumerate() {
+        let rtt: Vec<f64> = figures[i].iter().map(|f| f.rr_us).collect();
+        let tput: Vec<f64> = figures[i].iter().map(|f| f.mb_s).collect();
+        let (rlo, rhi) = spread(&rtt);
+        let (tlo, thi) = spread(&tput);
+        let (r, t) = (median(rtt), median(tput));
+        medians.push((r, t));
+        println!(
+            "| {name} | {r:.0} ({rlo:.0}–{rhi:.0}) | {:.0} | {t:.1} ({tlo:.1}–{thi:.1}) |",
+            1e6 / r
+        );
+    }
+    if medians.len() > 1 {
+        let (hr, ht) = medians[0];
+        let (cr, ct) = medians[1];
+        println!(
+            "husk run -p / crun under podman: round trip {:.1}×, throughput {:.2}×",
+            hr / cr,
+            ht / ct
+        );
+    }
+}
+
+/// Loads the bench image (busybox and husk-bench) into podman's store as
+/// the tests' image name.
+fn load_bench_image(store: &Path, husk: &Path, work: &Path) {
+    let busybox = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("busybox"))
+        .find(|p| p.is_file())
+        .expect("a static busybox on PATH");
+    let tar = work.join("bench.tar");
+    let tool = husk_tests::guest_dir().join("husk-bench");
+    let built = Command::new(husk)
+        .args(["image", "build-test"])
+        .arg(&tar)
+        .arg("--busybox")
+        .arg(&busybox)
+        .args(["--format", "docker-archive", "--add"])
+        .arg(format!("{}:/usr/bin/husk-bench", tool.display()))
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{built:?}");
+    let loaded = husk_tests::podman::command(store, Path::new("/usr/bin/crun"))
+        .args(["load", "-q", "-i"])
+        .arg(&tar)
+        .output()
+        .unwrap();
+    assert!(loaded.status.success(), "podman load: {loaded:?}");
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Waits for the echo to answer, then measures: round trips, then
+/// throughput; closing the connection ends the container.
+fn measure(port: u16, rr: u64, mib: u64) -> Result<Figures, String> {
+    let mut s = connect_echoing(port)?;
+    let mut msg = [0x5au8; RR_MSG];
+    let mut rtts = Vec::with_capacity(rr as usize);
+    for i in 0..rr {
+        msg[0] = i as u8;
+        let t = Instant::now();
+        s.write_all(&msg).map_err(|e| format!("write: {e}"))?;
+        let mut back = [0u8; RR_MSG];
+        s.read_exact(&mut back).map_err(|e| format!("read: {e}"))?;
+        rtts.push(t.elapsed().as_secs_f64() * 1e6);
+        if back != msg {
+            return Err("the echo differs".into());
+        }
+    }
+    let total = mib << 20;
+    let mut writer = s.try_clone().map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    let send = std::thread::spawn(move || {
+        let chunk = vec![0xa5u8; 64 << 10];
+        let mut left = total;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            writer.write_all(&chunk[..n])?;
+            left -= n as u64;
+        }
+        writer.shutdown(Shutdown::Write)
+    });
+    let mut buf = vec![0u8; 64 << 10];
+    let mut got = 0u64;
+    while got < total {
+        let n = s.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err(format!("the echo ended after {got} of {total} bytes"));
+        }
+        got += n as u64;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    send.join()
+        .map_err(|_| "sender panicked".to_string())?
+        .map_err(|e| format!("write: {e}"))?;
+    Ok(Figures {
+        rr_us: median(rtts),
+        mb_s: total as f64 / secs / 1e6,
+    })
+}
+
+/// A connection whose one-byte probe comes back: before the server
+/// listens, DNAT refuses and husk's proxy accepts and then closes.
+fn connect_echoing(port: u16) -> Result<TcpStream, String> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_nodelay(true);
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut b = [0u8; 1];
+            if s.write_all(b"p").is_ok() && s.read_exact(&mut b).is_ok() && b == *b"p" {
+                let _ = s.set_read_timeout(None);
+                return Ok(s);
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("nothing echoes on 127.0.0.1:{port} after 120 s"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
