@@ -239,10 +239,15 @@ pub fn launch(s: &Setup, env: Env, id: &str, script: &str, needs: &Needs) -> Res
             if let Some(d) = &needs.disk {
                 c.arg("-v").arg(format!("{}:/work", d.display()));
             }
-            if let Some(t) = &needs.tap {
-                c.arg("--net")
-                    .arg(format!("tap={},ip={}/24", t.name, t.guest_ip));
-            }
+            // Only the TAP the workload asks for, as crun's container has
+            // only what its config gives it (husk's default network would
+            // add a bridge, a TAP and NAT to every figure).
+            match &needs.tap {
+                Some(t) => c
+                    .arg("--net")
+                    .arg(format!("tap={},ip={}/24", t.name, t.guest_ip)),
+                None => c.args(["--network", "none"]),
+            };
             c.arg(&s.image)
                 .args(["sh", "-c", script])
                 .env("HUSK_IMAGE_CACHE", s.work.join("image-cache"))

@@ -262,7 +262,20 @@ fn twenty_runs_convert_once_and_leave_nothing_behind() {
     );
     assert_eq!(entries(r.cache.path()), cache_after_first, "cache grew");
     assert_eq!(husk_processes(&r), Vec::<i32>::new(), "husk processes left");
+    // Each run was on the default network (root's default): no TAP, bridge,
+    // lease or nftables table of it stays.
     assert_eq!(entries(std::path::Path::new("/sys/class/net")), nets_before);
+    assert_eq!(
+        entries(std::path::Path::new("/run/husk/network/bridge/leases")),
+        Vec::<String>::new(),
+        "leases left"
+    );
+    let tables = std::process::Command::new("/usr/sbin/nft")
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    let tables = String::from_utf8_lossy(&tables.stdout);
+    assert!(!tables.contains("huskbr"), "tables left: {tables}");
     assert_eq!(
         entries(&std::env::temp_dir()),
         tmp_before,

@@ -68,8 +68,25 @@ fn the_bridge_gives_each_container_an_address_and_p_reaches_its_server() {
     assert!(refused
         .stderr
         .contains(&format!("cannot listen on 127.0.0.1:{busy}")));
-    let unbridged = r.run(&["--rm", "-p", "5000:80"], &["true"]);
+    let unbridged = r.run(&["--rm", "--network", "none", "-p", "5000:80"], &["true"]);
     assert_eq!(unbridged.code, Some(2), "{}", unbridged.describe());
+    // Root's default is the bridge; `none` is loopback only.
+    let default = r.run(&["--rm"], &["ip", "-4", "-o", "addr", "show", "eth0"]);
+    assert_eq!(default.code, Some(0), "{}", default.describe());
+    assert!(
+        default.stdout.contains("inet 10.90.0."),
+        "{}",
+        default.describe()
+    );
+    let none = r.run(&["--rm", "--network", "none"], &["ls", "/sys/class/net"]);
+    assert_eq!(none.stdout, "lo\n", "{}", none.describe());
+    let host = r.run(&["--rm", "--network", "host"], &["true"]);
+    assert_eq!(host.code, Some(2), "{}", host.describe());
+    assert!(
+        host.stderr.contains("cannot share the host's network"),
+        "{}",
+        host.describe()
+    );
 
     // A port free now (5000, the seeds' port, may be a registry's here).
     let port = TcpListener::bind("0.0.0.0:0")

@@ -60,8 +60,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE")]
     scratch: Option<String>,
     /// Give the VM a network interface on an existing host TAP, with an
-    /// address; the container then shares the VM's network (without it,
-    /// the container has only loopback).
+    /// address, instead of a husk network; the container shares the VM's
+    /// network.
     #[arg(long, value_name = "tap=NAME[,mac=MAC][,ip=ADDR/PREFIX][,gw=GW]")]
     net: Option<String>,
     /// Limit on the container's number of processes.
@@ -70,13 +70,14 @@ pub struct RunArgs {
     /// Guest kernel (default: the project's build).
     #[arg(long, value_name = "PATH", hide = true)]
     kernel: Option<PathBuf>,
-    /// The container's network: `none` (only loopback), `bridge` (husk's
-    /// default bridge: an address of its own, outbound NAT, `-p`), the
-    /// name of a network (`husk network create`: the same, and the
-    /// containers on it find each other by name), or `tap=...` (as
-    /// `--net`).
-    #[arg(long, value_name = "none|bridge|NAME|tap=...", default_value = "none")]
-    network: String,
+    /// The container's network: `bridge` (husk's default bridge: an
+    /// address of its own, outbound NAT, `-p`; the default as root),
+    /// `none` (only loopback; the default otherwise, as rootless
+    /// networking is not there yet), the name of a network (`husk network
+    /// create`: as bridge, and the containers on it find each other by
+    /// name), or `tap=...` (as `--net`).
+    #[arg(long, value_name = "bridge|none|NAME|tap=...")]
+    network: Option<String>,
     /// The container's name: `husk exec/kill/logs/rm` take it for the id,
     /// and containers on the same named network resolve it.
     #[arg(long)]
@@ -165,26 +166,42 @@ enum Choice {
 }
 
 fn choose_network(args: &RunArgs) -> Result<Choice, Failure> {
-    let tap = args
-        .network
-        .starts_with("tap=")
-        .then(|| args.network.clone());
-    match (args.network.as_str(), &args.net) {
-        (_, Some(_)) if tap.is_some() => Err(Failure::usage(
-            "--net and --network tap=... both give the VM its NIC: choose one",
-        )),
-        ("none", net) => Ok(net.clone().map_or(Choice::None, Choice::Tap)),
-        (_, Some(_)) => Err(Failure::usage(format!(
-            "--net and --network {} both give the VM its NIC: choose one",
-            args.network
-        ))),
-        _ => match tap {
-            Some(t) => Ok(Choice::Tap(t)),
-            None => crate::network::lookup(&args.network)
-                .map(Choice::Network)
-                .map_err(Failure::usage),
-        },
+    let root = {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        unsafe { libc::geteuid() == 0 }
+    };
+    let network = match (args.network.as_deref(), &args.net) {
+        (None, Some(net)) => return Ok(Choice::Tap(net.clone())),
+        (Some(n), Some(_)) => {
+            return Err(Failure::usage(format!(
+                "--net and --network {n} both say what the VM's network is: choose one"
+            )))
+        }
+        // Docker's default, where husk can make bridges; rootless
+        // networking is not there yet.
+        (None, None) if root => crate::network::DEFAULT,
+        (None, None) => return Ok(Choice::None),
+        (Some(n), None) => n,
+    };
+    if network == "none" {
+        return Ok(Choice::None);
     }
+    if let Some(tap) = network.strip_prefix("tap=") {
+        return Ok(Choice::Tap(format!("tap={tap}")));
+    }
+    if network == "host" {
+        return Err(Failure::usage(
+            "--network host: a microVM cannot share the host's network; publish ports with -p",
+        ));
+    }
+    if !root {
+        return Err(Failure::usage(format!(
+            "--network {network} needs root (husk makes the bridge and a TAP); without root there is only --network none for now"
+        )));
+    }
+    crate::network::lookup(network)
+        .map(Choice::Network)
+        .map_err(Failure::usage)
 }
 
 /// The run's place on its network, its share of the network's DNS
@@ -294,9 +311,6 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         },
         &etc::host_resolv_conf(),
     )?;
-    if let Some(w) = &plan.etc_warning {
-        eprintln!("husk: {w}");
-    }
     // Before the image is converted or anything started: a directory
     // volume needs virtiofsd.
     if plan.volumes.iter().any(|v| v.source.is_dir()) {
@@ -312,6 +326,10 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         crate::agent::tty::block_winch().map_err(Failure::runtime)?;
     }
     let launched = launch::launch(&args, &plan, image_disk, &origin, detached)?;
+    // Once the VM is up: a run that fails before says only why.
+    if let Some(w) = &plan.etc_warning {
+        eprintln!("husk: {w}");
+    }
     let launch::Launched {
         dir,
         mut record,
