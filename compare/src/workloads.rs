@@ -163,9 +163,14 @@ impl Running {
                     )));
                 }
                 None => {
+                    // The console's end says how the guest ended (a panic,
+                    // a reset, an init that never ran the command).
+                    let tail: Vec<&String> = self.seen.iter().rev().take(12).rev().collect();
                     return Err(Error::Workload(format!(
-                        "{what}: the guest reported no exit status"
-                    )))
+                        "{what}: the guest reported no exit status; {} console lines, ending {tail:?}; stderr: {:?}",
+                        self.seen.len(),
+                        stderr.lines().rev().take(3).collect::<Vec<_>>()
+                    )));
                 }
             }
         }

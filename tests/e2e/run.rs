@@ -773,9 +773,10 @@ fn net_gives_the_container_the_vms_interface() {
     assert!(!report.contains("tx avail=0 "), "{report}");
     let rx = report.split("; ").next().unwrap_or_default();
     assert!(!rx.ends_with("interrupts=0"), "{report}");
-    // Without --net: the container's own namespace, with no NIC of the VM.
+    // With --network none: the container's own namespace, with no NIC of
+    // the VM.
     let out = r.run(
-        &["--rm"],
+        &["--rm", "--network", "none"],
         &[
             "sh",
             "-c",
