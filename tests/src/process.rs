@@ -22,10 +22,16 @@ fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
     })
 }
 
-/// Spawns `cmd` (stdin closed), waits at most `timeout`, kills it after.
+/// Spawns `cmd` (stdin closed) in a process group of its own, waits at
+/// most `timeout`, then kills the whole group: whatever the command
+/// started (a nested VM, a helper) holds its pipes too, and would keep the
+/// test waiting for their end long after the timeout (a QEMU peer under
+/// `husk compare` did, until the testbed's own timeout).
 pub fn run(mut cmd: Command, timeout: Duration) -> Finished {
+    use std::os::unix::process::CommandExt;
     let start = Instant::now();
     let mut child = cmd
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -40,6 +46,8 @@ pub fn run(mut cmd: Command, timeout: Duration) -> Finished {
         }
         if start.elapsed() > timeout {
             timed_out = true;
+            // SAFETY: kill(2) on the process group this function made.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
             let _ = child.kill();
             let _ = child.wait();
             break None;
@@ -199,5 +207,22 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_ends_the_command_and_what_it_started() {
+        // The background sleep holds stdout and stderr: without the group
+        // kill, reading them would wait for it.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "sleep 30 & echo started; sleep 30"]);
+        let out = run(cmd, Duration::from_millis(500));
+        assert!(out.timed_out && out.code.is_none());
+        assert_eq!(out.stdout, "started\n");
+        assert!(out.elapsed < Duration::from_secs(10), "{:?}", out.elapsed);
     }
 }
