@@ -54,10 +54,25 @@ pub fn run(mut cmd: Command, timeout: Duration) -> Finished {
         }
         std::thread::sleep(Duration::from_millis(5));
     };
+    // After a timeout, a descendant in a session of its own (a sandboxed
+    // virtiofsd) may still hold the pipes: their end is waited for only so
+    // long.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let collect = |h: std::thread::JoinHandle<String>| {
+        while timed_out && !h.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if h.is_finished() || !timed_out {
+            h.join().unwrap()
+        } else {
+            "(its output never closed: a process it started still holds it)".to_string()
+        }
+    };
+    let (stdout, stderr) = (collect(out).replace('\r', ""), collect(err));
     Finished {
         elapsed: start.elapsed(),
-        stdout: out.join().unwrap().replace('\r', ""),
-        stderr: err.join().unwrap(),
+        stdout,
+        stderr,
         code,
         timed_out,
     }
@@ -223,6 +238,13 @@ mod tests {
         let out = run(cmd, Duration::from_millis(500));
         assert!(out.timed_out && out.code.is_none());
         assert_eq!(out.stdout, "started\n");
+        assert!(out.elapsed < Duration::from_secs(10), "{:?}", out.elapsed);
+        // One in a session of its own escapes the group kill: the wait for
+        // the output's end is bounded all the same.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "setsid sleep 60 & sleep 30"]);
+        let out = run(cmd, Duration::from_millis(500));
+        assert!(out.timed_out);
         assert!(out.elapsed < Duration::from_secs(10), "{:?}", out.elapsed);
     }
 }
