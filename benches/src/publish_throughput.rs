@@ -162,10 +162,7 @@ fn main() {
 /// Loads the bench image (busybox and husk-bench) into podman's store as
 /// the tests' image name.
 fn load_bench_image(store: &Path, husk: &Path, work: &Path) {
-    let busybox = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|d| d.join("busybox"))
-        .find(|p| p.is_file())
-        .expect("a static busybox on PATH");
+    let busybox = husk_tests::busybox_on_path();
     let tar = work.join("bench.tar");
     let tool = husk_tests::guest_dir().join("husk-bench");
     let built = Command::new(husk)

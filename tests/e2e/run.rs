@@ -36,10 +36,20 @@ impl Run {
     }
 
     pub(crate) fn command(&self, flags: &[&str], cmd: &[&str]) -> Command {
+        self.command_with_image(&image(), flags, cmd)
+    }
+
+    /// `husk run FLAGS IMAGE CMD` for another image than the test image.
+    pub(crate) fn command_with_image(
+        &self,
+        image: &std::path::Path,
+        flags: &[&str],
+        cmd: &[&str],
+    ) -> Command {
         let mut c = Command::new(husk_tests::husk::binary());
         c.arg("run")
             .args(flags)
-            .arg(image())
+            .arg(image)
             .args(cmd)
             .env("HUSK_IMAGE_CACHE", self.cache.path())
             .env("HUSK_RUNTIME_DIR", self.runtime.path());

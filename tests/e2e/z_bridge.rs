@@ -540,12 +540,11 @@ fn a_udp_port_is_published_and_each_client_hears_its_own_replies() {
     // The bench image has a UDP echo server (busybox has none).
     let bench = husk_tests::guest_dir().join("husk-bench-image");
     let publish = format!("127.0.0.1:{port}:7/udp");
-    let mut cmd = std::process::Command::new(husk_tests::husk::binary());
-    cmd.args(["run", "-d", "--network", "bridge", "-p", &publish])
-        .arg(&bench)
-        .args(["husk-bench", "udp-echo", "7", "1000"])
-        .env("HUSK_IMAGE_CACHE", r.cache.path())
-        .env("HUSK_RUNTIME_DIR", r.runtime.path());
+    let cmd = r.command_with_image(
+        &bench,
+        &["-d", "--network", "bridge", "-p", &publish],
+        &["husk-bench", "udp-echo", "7", "1000"],
+    );
     let started = husk_tests::process::run(cmd, crate::run::TIMEOUT);
     assert_eq!(started.code, Some(0), "{}", started.describe());
     let id = started.stdout.trim().to_string();
@@ -583,12 +582,7 @@ fn publish_all_publishes_what_the_image_exposes_and_port_says_where() {
     let r = Run::new();
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("exposing");
-    // The static busybox, wherever PATH has it (L1 keeps it in its own
-    // bin directory).
-    let busybox = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|d| d.join("busybox"))
-        .find(|p| p.is_file())
-        .expect("busybox on PATH");
+    let busybox = husk_tests::busybox_on_path();
     let built = std::process::Command::new(husk_tests::husk::binary())
         .args(["image", "build-test"])
         .arg(&image)
@@ -598,12 +592,11 @@ fn publish_all_publishes_what_the_image_exposes_and_port_says_where() {
         .output()
         .unwrap();
     assert!(built.status.success(), "{built:?}");
-    let mut cmd = std::process::Command::new(husk_tests::husk::binary());
-    cmd.args(["run", "-d", "--network", "bridge", "-P"])
-        .arg(&image)
-        .args(["sh", "-c", HTTPD_SCRIPT])
-        .env("HUSK_IMAGE_CACHE", r.cache.path())
-        .env("HUSK_RUNTIME_DIR", r.runtime.path());
+    let cmd = r.command_with_image(
+        &image,
+        &["-d", "--network", "bridge", "-P"],
+        &["sh", "-c", HTTPD_SCRIPT],
+    );
     let started = husk_tests::process::run(cmd, crate::run::TIMEOUT);
     assert_eq!(started.code, Some(0), "{}", started.describe());
     let id = started.stdout.trim().to_string();

@@ -91,6 +91,15 @@ pub fn report_panics_at_once() {
     }));
 }
 
+/// The static busybox wherever PATH has it (L1 keeps it in its own bin
+/// directory), for tests and benches that build an image.
+pub fn busybox_on_path() -> PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("busybox"))
+        .find(|p| p.is_file())
+        .expect("a static busybox on PATH")
+}
+
 /// Whether this machine is itself a virtual machine (the `hypervisor` CPU
 /// flag): tests then size their workloads for nested virtualization.
 pub fn host_is_a_guest() -> bool {

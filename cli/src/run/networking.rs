@@ -125,19 +125,9 @@ pub(super) fn network(args: &RunArgs, id: &str, exposed: &[String]) -> Result<Ne
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        run: RunArgs,
-    }
 
     fn choice(line: &[&str]) -> Result<Choice, Failure> {
-        let args = Cli::try_parse_from(std::iter::once("husk-run").chain(line.iter().copied()))
-            .unwrap()
-            .run;
-        choose_network(&args)
+        choose_network(&crate::run::plan::tests::args(line))
     }
 
     #[test]

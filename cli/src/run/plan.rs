@@ -356,7 +356,7 @@ impl Plan {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use clap::Parser;
 
@@ -366,7 +366,8 @@ mod tests {
         run: RunArgs,
     }
 
-    fn args(line: &[&str]) -> RunArgs {
+    /// `husk run` flags parsed as clap does (shared with networking's tests).
+    pub(in crate::run) fn args(line: &[&str]) -> RunArgs {
         Cli::try_parse_from(std::iter::once("husk-run").chain(line.iter().copied()))
             .unwrap()
             .run
