@@ -269,7 +269,7 @@ pub fn net_spec(spec: &str, n: usize) -> Result<NetConfig, Failure> {
     let tap_name =
         tap.ok_or_else(|| Failure::usage(format!("--net {spec}: tap=NAME is required")))?;
     Ok(NetConfig {
-        tap_name,
+        host: husk_vmm::NetHost::Tap(tap_name),
         mac,
         id: format!("eth{n}"),
     })

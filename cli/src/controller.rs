@@ -334,7 +334,7 @@ impl Controller {
             .network_interfaces
             .iter()
             .map(|n| NetConfig {
-                tap_name: n.host_dev_name.clone(),
+                host: husk_vmm::NetHost::Tap(n.host_dev_name.clone()),
                 mac: n.guest_mac.map(|m| m.0),
                 id: n.iface_id.clone(),
             })

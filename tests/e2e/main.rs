@@ -24,6 +24,7 @@ mod vsock;
 // and conntrack modules, loaded for good) went with every later failure of
 // compare's quick run in a day's full runs (issue 18 will say why).
 mod z_bridge;
+mod z_passt;
 
 /// Before main: each failure is on stderr at once (see
 /// `report_panics_at_once`). A constructor, since libtest has no hook for

@@ -13,7 +13,7 @@ const LEASES: &str = "/run/husk/network/bridge/leases";
 
 /// The tests here look at the host's whole bridge (every TAP, every
 /// lease): one at a time.
-static BRIDGE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+pub(crate) static BRIDGE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The TAPs husk made for runs (`hk<id>`) that exist now.
 fn husk_taps() -> Vec<String> {
@@ -176,12 +176,12 @@ const OUTSIDE_NAME: &str = "files.outside.test";
 /// veth (10.91.0.1 here, 10.91.0.2 there) with an HTTP server that answers
 /// with the address it saw the request come from, and a DNS server that
 /// knows [`OUTSIDE_NAME`]. Removed when dropped.
-struct Outside {
+pub(crate) struct Outside {
     ns: &'static str,
 }
 
 impl Outside {
-    fn start() -> Outside {
+    pub(crate) fn start() -> Outside {
         let ns = "husk-test-out";
         let ip = |args: &str| {
             let ok = std::process::Command::new("/usr/sbin/ip")

@@ -34,7 +34,7 @@ use x86_64::layout::{KEYBOARD_IRQ, SERIAL_IRQ};
 
 pub use console::Console;
 pub use report::REPORT_SIGNAL;
-pub use virtio::{DiskConfig, FsConfig, NetConfig, VsockConfig};
+pub use virtio::{DiskConfig, FsConfig, NetConfig, NetHost, VsockConfig};
 
 /// Where KVM keeps its real-mode TSS (Intel needs three pages below 4 GiB
 /// that nothing else uses; this is in the MMIO gap, above all devices).

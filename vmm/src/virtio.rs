@@ -9,8 +9,8 @@ use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use husk_devices::virtio::block::{Block, BlockConfig, BlockMetrics, Budget};
 use husk_devices::virtio::fs::Fs;
 pub use husk_devices::virtio::fs::FsConfig;
-pub use husk_devices::virtio::net::{create_persistent as create_tap, NetConfig};
-use husk_devices::virtio::net::{Net, NetMetrics};
+pub use husk_devices::virtio::net::{create_persistent as create_tap, NetConfig, NetHost};
+use husk_devices::virtio::net::{Net, NetError, NetMetrics};
 use husk_devices::virtio::transport::{
     cmdline_token, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
 };
@@ -36,7 +36,7 @@ pub struct DiskConfig {
 pub enum Error {
     #[error("disk {0}: {1}")]
     Disk(String, String),
-    #[error("network interface on TAP {0}: {1}")]
+    #[error("network interface on {0}: {1}")]
     Net(String, String),
     #[error("vsock on {0}: {1}")]
     Vsock(String, String),
@@ -162,7 +162,8 @@ impl Attacher {
         self.attach(vm, mem, bus, events, Arc::new(Mutex::new(device)))
     }
 
-    /// Opens the TAP and attaches a virtio-net device on it.
+    /// Opens the host side (a TAP or a stream socket) and attaches a
+    /// virtio-net device on it.
     pub fn attach_net(
         &mut self,
         vm: &VmFd,
@@ -171,10 +172,21 @@ impl Attacher {
         events: &mut EventLoop,
         net: &NetConfig,
     ) -> Result<(), Error> {
-        let device = Net::new(net).map_err(|e| Error::Net(net.tap_name.clone(), chain(&e)))?;
-        self.net_metrics
-            .push((net.id.clone(), device.metrics().clone()));
-        self.attach(vm, mem, bus, events, Arc::new(Mutex::new(device)))
+        let failed = |e: NetError| Error::Net(net.host.to_string(), chain(&e));
+        match &net.host {
+            NetHost::Tap(name) => {
+                let device = Net::new(name, net).map_err(failed)?;
+                self.net_metrics
+                    .push((net.id.clone(), device.metrics().clone()));
+                self.attach(vm, mem, bus, events, Arc::new(Mutex::new(device)))
+            }
+            NetHost::Stream(socket) => {
+                let device = Net::over_stream(socket, net).map_err(failed)?;
+                self.net_metrics
+                    .push((net.id.clone(), device.metrics().clone()));
+                self.attach(vm, mem, bus, events, Arc::new(Mutex::new(device)))
+            }
+        }
     }
 
     /// Binds the host socket and attaches a virtio-vsock device.

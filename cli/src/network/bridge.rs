@@ -73,6 +73,7 @@ impl Attachment {
                 "tap={},mac=02:68:{b:02x}:{c:02x}:{d:02x}:{:02x}",
                 self.tap, self.network.index
             ),
+            stream: None,
             addr: Some((self.ip, self.network.prefix)),
             gateway: Some(self.network.gateway()),
         }

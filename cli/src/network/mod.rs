@@ -16,6 +16,7 @@
 pub mod bridge;
 pub mod dns;
 pub mod nat;
+pub mod passt;
 
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -31,7 +32,7 @@ pub const RUNTIME_DIR: &str = "/run/husk/network";
 /// Bridges are `huskbr<index>`: 15 bytes at most for any index.
 const BRIDGE_PREFIX: &str = "huskbr";
 /// Names `--network` gives another meaning to.
-const RESERVED: [&str; 3] = [DEFAULT, "none", "host"];
+const RESERVED: [&str; 4] = [DEFAULT, "none", "host", passt::NAME];
 
 /// One network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -111,7 +111,7 @@ pub fn wire() -> Result<Wiring, String> {
         redirect(&handle, &iface).await?;
         Ok(Wiring {
             nets: vec![NetConfig {
-                tap_name: TAP.into(),
+                host: husk_vmm::NetHost::Tap(TAP.into()),
                 mac: Some(iface.mac),
                 id: "eth0".into(),
             }],
@@ -125,6 +125,7 @@ pub fn wire() -> Result<Wiring, String> {
 fn kernel_ip(i: &Interface) -> String {
     crate::run::spec::Net {
         device: String::new(),
+        stream: None,
         addr: i.addr,
         gateway: i.gateway,
     }

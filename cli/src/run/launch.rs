@@ -143,7 +143,7 @@ pub fn launch(
         nets: plan
             .net
             .as_ref()
-            .map(|n| crate::boot::net_spec(&n.device, 0))
+            .map(nic)
             .transpose()?
             .into_iter()
             .collect(),
@@ -168,6 +168,18 @@ pub fn launch(
         uds,
         sinks,
     })
+}
+
+/// The VM's NIC: on passt's socket, or `--net`'s TAP.
+fn nic(net: &super::spec::Net) -> Result<husk_vmm::NetConfig, Failure> {
+    match &net.stream {
+        Some(socket) => Ok(husk_vmm::NetConfig {
+            host: husk_vmm::NetHost::Stream(socket.clone()),
+            mac: None,
+            id: "eth0".into(),
+        }),
+        None => crate::boot::net_spec(&net.device, 0),
+    }
 }
 
 /// Disk image volumes as they are; a virtiofsd for each directory.

@@ -12,7 +12,7 @@ pub(crate) mod launch;
 mod names;
 mod networking;
 mod plan;
-mod publish;
+pub(crate) mod publish;
 pub(crate) mod session;
 pub(crate) mod spec;
 pub mod state;
@@ -73,11 +73,12 @@ pub struct RunArgs {
     kernel: Option<PathBuf>,
     /// The container's network: `bridge` (husk's default bridge: an
     /// address of its own, outbound NAT, `-p`; the default as root),
-    /// `none` (only loopback; the default otherwise, as rootless
-    /// networking is not there yet), the name of a network (`husk network
-    /// create`: as bridge, and the containers on it find each other by
-    /// name), or `tap=...` (as `--net`).
-    #[arg(long, value_name = "bridge|none|NAME|tap=...")]
+    /// `passt` (a userspace network stack: outbound traffic and `-p`
+    /// without root; the default when not root), `none` (only loopback),
+    /// the name of a network (`husk network create`: as bridge, and the
+    /// containers on it find each other by name), or `tap=...` (as
+    /// `--net`).
+    #[arg(long, value_name = "bridge|passt|none|NAME|tap=...")]
     network: Option<String>,
     /// The container's name: `husk exec/kill/logs/rm` take it for the id,
     /// and containers on the same named network resolve it.
@@ -185,7 +186,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         image.defaults(),
         &id,
         &plan::Network {
-            bridged: networking.attachment.as_ref().map(|a| a.net()),
+            bridged: networking.nic(),
             tap: networking.tap.clone(),
             dns: networking
                 .attachment
@@ -211,7 +212,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     }
     let launched = launch::launch(&args, &plan, image_disk, &origin, detached)?;
     // Once the VM is up: a run that fails before says only why.
-    if let Some(w) = &plan.etc_warning {
+    for w in plan.etc_warning.iter().chain(&networking.notice) {
         eprintln!("husk: {w}");
     }
     let launch::Launched {
@@ -224,7 +225,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         sinks,
     } = launched;
     let controls = vm.controls();
-    record.ports = publish::describe(&networking.listeners);
+    record.ports = networking.ports.clone();
     if let Some(a) = &networking.attachment {
         publish::serve(networking.listeners, a.ip);
     }

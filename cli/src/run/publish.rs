@@ -84,6 +84,15 @@ pub enum Listener {
 }
 
 /// Each published port with its socket.
+impl Listener {
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Listener::Tcp(t) => t.local_addr(),
+            Listener::Udp(u) => u.local_addr(),
+        }
+    }
+}
+
 pub type Listeners = Vec<(Port, Listener)>;
 
 /// The sockets, bound now: a port in use is an error before the VM
@@ -148,11 +157,9 @@ pub fn describe(listeners: &Listeners) -> Vec<String> {
     listeners
         .iter()
         .map(|(p, l)| {
-            let at = match l {
-                Listener::Tcp(t) => t.local_addr(),
-                Listener::Udp(u) => u.local_addr(),
-            };
-            let at = at.map_or_else(|_| "?".into(), |a| a.to_string());
+            let at = l
+                .local_addr()
+                .map_or_else(|_| "?".into(), |a| a.to_string());
             let proto = if p.proto == Proto::Udp { "udp" } else { "tcp" };
             format!("{}/{proto} -> {at}", p.container_port)
         })

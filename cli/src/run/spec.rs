@@ -107,10 +107,12 @@ fn resources(s: &Settings) -> Option<husk_wire::oci_spec::runtime::LinuxResource
 
 /// `--net`: the device part for the VMM, the address part for the guest
 /// kernel's `ip=` autoconfiguration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Net {
-    /// `tap=NAME[,mac=MAC]`.
+    /// `tap=NAME[,mac=MAC]`; unused with `stream`.
     pub device: String,
+    /// A userspace network's socket (passt) instead of a TAP.
+    pub stream: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
     pub addr: Option<(std::net::Ipv4Addr, u8)>,
     pub gateway: Option<std::net::Ipv4Addr>,
 }
@@ -159,6 +161,7 @@ pub fn net(spec: &str) -> Result<Net, String> {
     }
     Ok(Net {
         device: device.join(","),
+        stream: None,
         addr,
         gateway,
     })

@@ -23,6 +23,7 @@
 //! buffers is dropped.
 
 use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use log::{error, warn};
@@ -38,6 +39,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::handler::{self, check_rx_header, RxBuffers, RxDelivery, TxOutcome};
 use super::metrics::NetMetrics;
+use super::stream::Stream;
 use super::tap::{tap_offload_flags, NetBackend, Tap, TapError};
 use super::{ETH_HLEN, MAX_PACKET_LEN, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VNET_HDR_LEN};
 use crate::virtio::{ActivateError, IrqTrigger, IrqType, VirtioDevice, VIRTIO_F_VERSION_1};
@@ -60,13 +62,9 @@ pub const TX_BUDGET: u32 = QUEUE_SIZE as u32;
 /// offer (MQ, MTU, SPEED_DUPLEX, RSS).
 const CONFIG_SPACE_SIZE: usize = 8;
 
-/// Features offered: virtio 1.x, a MAC, link status, mergeable rx buffers,
-/// and checksum/segmentation offloads both ways (the TAP implements them).
-const AVAIL_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
-    | (1 << VIRTIO_NET_F_MAC)
-    | (1 << VIRTIO_NET_F_STATUS)
-    | (1 << VIRTIO_NET_F_MRG_RXBUF)
-    | (1 << VIRTIO_NET_F_CSUM)
+/// The checksum and segmentation offloads, both ways: only offered over a
+/// backend that carries the virtio-net header (the TAP implements them).
+const OFFLOAD_FEATURES: u64 = (1 << VIRTIO_NET_F_CSUM)
     | (1 << VIRTIO_NET_F_GUEST_CSUM)
     | (1 << VIRTIO_NET_F_GUEST_TSO4)
     | (1 << VIRTIO_NET_F_GUEST_TSO6)
@@ -75,15 +73,54 @@ const AVAIL_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
     | (1 << VIRTIO_NET_F_HOST_TSO6)
     | (1 << VIRTIO_NET_F_HOST_UFO);
 
+/// Features offered: virtio 1.x, a MAC, link status, mergeable rx buffers,
+/// and the offloads where the backend has them.
+const AVAIL_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
+    | (1 << VIRTIO_NET_F_MAC)
+    | (1 << VIRTIO_NET_F_STATUS)
+    | (1 << VIRTIO_NET_F_MRG_RXBUF)
+    | OFFLOAD_FEATURES;
+
 /// What the VMM configures for a network interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConfig {
-    /// Name of an existing TAP interface on the host.
-    pub tap_name: String,
+    /// The host side.
+    pub host: NetHost,
     /// The guest's MAC; a random locally administered one if `None`.
     pub mac: Option<[u8; 6]>,
     /// Interface id (for logs and metrics).
     pub id: String,
+}
+
+/// The host side of a network interface.
+#[derive(Debug, Clone)]
+pub enum NetHost {
+    /// An existing TAP interface, by name.
+    Tap(String),
+    /// A connected stream socket to a userspace network stack (passt),
+    /// framed as QEMU's `-netdev stream`; the device uses a duplicate.
+    Stream(Arc<OwnedFd>),
+}
+
+impl PartialEq for NetHost {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (NetHost::Tap(a), NetHost::Tap(b)) => a == b,
+            (NetHost::Stream(a), NetHost::Stream(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for NetHost {}
+
+impl std::fmt::Display for NetHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NetHost::Tap(name) => write!(f, "TAP {name}"),
+            NetHost::Stream(fd) => write!(f, "stream socket (fd {})", fd.as_raw_fd()),
+        }
+    }
 }
 
 /// Errors creating a network device.
@@ -92,6 +129,9 @@ pub enum NetError {
     /// The TAP cannot be used.
     #[error("cannot attach the TAP backend")]
     Tap(#[source] TapError),
+    /// The stream socket cannot be used.
+    #[error("cannot use the network stream socket")]
+    Stream(#[source] io::Error),
     /// The MAC cannot be a station address.
     #[error("invalid guest MAC address {mac}: {reason}")]
     InvalidMac {
@@ -208,10 +248,19 @@ impl<B: NetBackend> std::fmt::Debug for Net<B> {
 }
 
 impl Net<Tap> {
-    /// Attaches to the configured TAP and builds the (inactive) device.
-    pub fn new(config: &NetConfig) -> Result<Self, NetError> {
-        let tap = Tap::open(&config.tap_name).map_err(NetError::Tap)?;
+    /// Attaches to a TAP and builds the (inactive) device.
+    pub fn new(tap_name: &str, config: &NetConfig) -> Result<Self, NetError> {
+        let tap = Tap::open(tap_name).map_err(NetError::Tap)?;
         Net::with_backend(tap, config.mac, config.id.clone())
+    }
+}
+
+impl Net<Stream> {
+    /// Builds the (inactive) device on a duplicate of a stream socket.
+    pub fn over_stream(socket: &OwnedFd, config: &NetConfig) -> Result<Self, NetError> {
+        let socket = socket.try_clone().map_err(NetError::Stream)?;
+        let stream = Stream::new(socket).map_err(NetError::Stream)?;
+        Net::with_backend(stream, config.mac, config.id.clone())
     }
 }
 
@@ -483,11 +532,15 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     }
 
     fn avail_features(&self) -> u64 {
-        AVAIL_FEATURES
+        if self.backend.offloads() {
+            AVAIL_FEATURES
+        } else {
+            AVAIL_FEATURES & !OFFLOAD_FEATURES
+        }
     }
 
     fn ack_features(&mut self, features: u64) {
-        self.acked_features = features & AVAIL_FEATURES;
+        self.acked_features = features & self.avail_features();
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {

@@ -10,6 +10,8 @@
 //!   the backend's, no event loop;
 //! - `tap` is the TAP backend (the ioctls) and the [`NetBackend`] trait that
 //!   lets tests use a socketpair instead;
+//! - `stream` is the backend for a userspace network (passt): frames with
+//!   a length prefix on a stream socket, no header, so no offloads;
 //! - `device` holds [`Net`], the [`VirtioDevice`](super::VirtioDevice) impl,
 //!   features and config space, and the rx state machine;
 //! - `event_handler` is the `event-manager` subscriber: queue eventfds and the
@@ -27,7 +29,8 @@
 //! and names it.
 //!
 //! ```text
-//! let net = Net::new(&NetConfig { tap_name: "tap0".into(), mac: None, id: "eth0".into() })?;
+//! let config = NetConfig { host: NetHost::Tap("tap0".into()), mac: None, id: "eth0".into() };
+//! let net = Net::new("tap0", &config)?;
 //! let metrics: Arc<NetMetrics> = net.metrics().clone();
 //! let net = Arc::new(Mutex::new(net));
 //! // transport, one ioeventfd per queue (2: rx = 0, tx = 1, datamatch =
@@ -46,6 +49,7 @@ pub mod device;
 pub mod event_handler;
 pub mod handler;
 pub mod metrics;
+pub mod stream;
 pub mod tap;
 
 #[cfg(test)]
@@ -53,11 +57,12 @@ mod tests;
 
 pub use chain::{read_tx_frame, ChainError, RxChain};
 pub use device::{
-    format_mac, locally_administered_mac, Net, NetConfig, NetError, RxState, BACKEND_TOKEN,
-    RX_BUDGET, RX_QUEUE_TOKEN, TX_BUDGET, TX_QUEUE_TOKEN,
+    format_mac, locally_administered_mac, Net, NetConfig, NetError, NetHost, RxState,
+    BACKEND_TOKEN, RX_BUDGET, RX_QUEUE_TOKEN, TX_BUDGET, TX_QUEUE_TOKEN,
 };
 pub use handler::{process_tx, RxBuffers, RxDelivery, TxOutcome};
 pub use metrics::NetMetrics;
+pub use stream::Stream;
 pub use tap::{create_persistent, tap_offload_flags, NetBackend, Tap, TapError};
 
 /// Size of `struct virtio_net_hdr_v1` (with `num_buffers`): what the guest

@@ -98,6 +98,12 @@ pub trait NetBackend: AsRawFd + Send {
     /// Sets which offloads the host may use in packets it hands us
     /// (`TUN_F_*`, see [`tap_offload_flags`]).
     fn set_offload(&mut self, flags: u32) -> io::Result<()>;
+
+    /// Whether packets cross with their virtio-net header, so checksum and
+    /// segmentation offloads can be offered to the guest.
+    fn offloads(&self) -> bool {
+        true
+    }
 }
 
 /// The `TUN_F_*` offloads a TAP may use towards a guest that acked

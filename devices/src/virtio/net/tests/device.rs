@@ -503,3 +503,31 @@ fn net_device_end_to_end_through_the_mmio_registers() {
     assert_eq!(host.offload(), 0);
     assert_eq!(h.state().0, RxState::Inactive);
 }
+
+#[test]
+fn a_stream_backend_offers_no_offloads() {
+    let (socket, _peer) = UnixStream::pair().unwrap();
+    let config = super::super::NetConfig {
+        host: super::super::NetHost::Stream(std::sync::Arc::new(socket.into())),
+        mac: None,
+        id: "eth0".into(),
+    };
+    let super::super::NetHost::Stream(fd) = &config.host else {
+        unreachable!()
+    };
+    let mut net = Net::over_stream(fd, &config).unwrap();
+    let offloads = [
+        VIRTIO_NET_F_CSUM,
+        VIRTIO_NET_F_GUEST_CSUM,
+        VIRTIO_NET_F_GUEST_TSO4,
+        VIRTIO_NET_F_HOST_TSO4,
+        VIRTIO_NET_F_HOST_UFO,
+    ];
+    for f in offloads {
+        assert_eq!(net.avail_features() & bit(f), 0, "feature {f} offered");
+    }
+    assert_ne!(net.avail_features() & bit(VIRTIO_NET_F_MRG_RXBUF), 0);
+    // A driver acking offloads anyway gets none of them.
+    net.ack_features(u64::MAX);
+    assert_eq!(net.acked_features() & bit(VIRTIO_NET_F_CSUM), 0);
+}

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use super::super::device::{Net, NetConfig, NetError};
+use super::super::device::{Net, NetConfig, NetError, NetHost};
 use super::super::tap::{Tap, TapError};
 use super::*;
 
@@ -91,11 +91,11 @@ fn a_missing_tap_is_a_clear_error_and_is_not_created() {
 
     // Through the device constructor, with the cause kept for the VMM.
     let config = NetConfig {
-        tap_name: name.clone(),
+        host: NetHost::Tap(name.clone()),
         mac: None,
         id: "eth0".into(),
     };
-    let err = Net::new(&config).unwrap_err();
+    let err = Net::new(&name, &config).unwrap_err();
     assert!(matches!(err, NetError::Tap(TapError::NotFound(_))));
     let cause = std::error::Error::source(&err).unwrap().to_string();
     assert_eq!(cause, format!("TAP device {name} does not exist"));
@@ -199,20 +199,26 @@ fn net_new_attaches_to_an_existing_tap() {
     let Some(tap) = TestInterface::create("nw", "tap", &[]) else {
         return;
     };
-    let net = Net::new(&NetConfig {
-        tap_name: tap.name.clone(),
-        mac: Some([0x06, 0, 0xac, 0x10, 0, 2]),
-        id: "eth0".into(),
-    })
+    let net = Net::new(
+        &tap.name,
+        &NetConfig {
+            host: NetHost::Tap(tap.name.clone()),
+            mac: Some([0x06, 0, 0xac, 0x10, 0, 2]),
+            id: "eth0".into(),
+        },
+    )
     .unwrap();
     assert_eq!(net.mac(), [0x06, 0, 0xac, 0x10, 0, 2]);
     assert_eq!(net.backend().name(), tap.name);
     // The fd holds the TAP: a second device on it is refused.
-    let err = Net::new(&NetConfig {
-        tap_name: tap.name.clone(),
-        mac: None,
-        id: "eth1".into(),
-    })
+    let err = Net::new(
+        &tap.name,
+        &NetConfig {
+            host: NetHost::Tap(tap.name.clone()),
+            mac: None,
+            id: "eth1".into(),
+        },
+    )
     .unwrap_err();
     assert!(matches!(err, NetError::Tap(TapError::Busy(_))));
 }
@@ -222,11 +228,14 @@ fn host_traffic_reaches_guest_buffers_through_a_real_tap() {
     let Some(tap) = TestInterface::create("rx", "tap", &[]) else {
         return;
     };
-    let net = Net::new(&NetConfig {
-        tap_name: tap.name.clone(),
-        mac: None,
-        id: "eth0".into(),
-    })
+    let net = Net::new(
+        &tap.name,
+        &NetConfig {
+            host: NetHost::Tap(tap.name.clone()),
+            mac: None,
+            id: "eth0".into(),
+        },
+    )
     .unwrap();
     let mut h = loop_harness(net);
     h.activate(BASE_FEATURES | bit(VIRTIO_NET_F_MRG_RXBUF));
