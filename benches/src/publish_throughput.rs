@@ -7,6 +7,8 @@
 //!   container: the peer),
 //! - `podman --runtime husk run -p` (the same DNAT into the container's
 //!   network namespace, then tc redirects into the microVM),
+//! - `husk run --network passt -p` (the network without root: passt's
+//!   userspace stack on a socket to the microVM's NIC),
 //!
 //! interleaved, one fresh container per runtime and run, medians. Per
 //! container: 64-byte round trips one at a time (request rate), then MiB
@@ -63,14 +65,14 @@ fn main() {
     let bench_image = husk_tests::guest_dir().join("husk-bench-image");
     let mut setups: Vec<Setup> = Vec::new();
     let (cache, runtime) = (work.path().join("cache"), work.path().join("run"));
-    let husk_path = husk.clone();
+    let (husk_path, image) = (husk.clone(), bench_image.clone());
     setups.push((
         "husk run -p (proxy)",
         Box::new(move |port| {
             let mut c = Command::new(&husk_path);
             c.args(["run", "-d", "--rm", "--network", "bridge", "-p"])
                 .arg(format!("127.0.0.1:{port}:{PORT}"))
-                .arg(&bench_image)
+                .arg(&image)
                 .args(["husk-bench", "tcp-echo", &PORT.to_string()])
                 .env("HUSK_IMAGE_CACHE", &cache)
                 .env("HUSK_RUNTIME_DIR", &runtime);
@@ -107,6 +109,26 @@ fn main() {
         }
     } else {
         println!("podman: not installed (no crun peer)");
+    }
+    match passt_here() {
+        Ok(()) => {
+            let (husk_path, bench_image) = (husk.clone(), bench_image.clone());
+            let (cache, runtime) = (work.path().join("cache"), work.path().join("run"));
+            setups.push((
+                "husk run -p (passt, no root needed)",
+                Box::new(move |port| {
+                    let mut c = Command::new(&husk_path);
+                    c.args(["run", "-d", "--rm", "--network", "passt", "-p"])
+                        .arg(format!("127.0.0.1:{port}:{PORT}"))
+                        .arg(&bench_image)
+                        .args(["husk-bench", "tcp-echo", &PORT.to_string()])
+                        .env("HUSK_IMAGE_CACHE", &cache)
+                        .env("HUSK_RUNTIME_DIR", &runtime);
+                    c
+                }),
+            ));
+        }
+        Err(why) => println!("husk run --network passt: {why}"),
     }
     let mut figures: Vec<Vec<Figures>> = (0..setups.len()).map(|_| Vec::new()).collect();
     // Run 0 warms up (image conversion, podman's first container).
@@ -148,15 +170,58 @@ fn main() {
             1e6 / r
         );
     }
-    if medians.len() > 1 {
-        let (hr, ht) = medians[0];
-        let (cr, ct) = medians[1];
-        println!(
-            "husk run -p / crun under podman: round trip {:.1}×, throughput {:.2}×",
-            hr / cr,
-            ht / ct
-        );
+    let crun = setups.iter().position(|(n, _)| n.contains("crun"));
+    if let Some(c) = crun {
+        let (cr, ct) = medians[c];
+        for (i, (name, _)) in setups.iter().enumerate() {
+            if i != c {
+                let (r, t) = medians[i];
+                println!(
+                    "{name} / crun under podman: round trip {:.1}×, throughput {:.2}×",
+                    r / cr,
+                    t / ct
+                );
+            }
+        }
     }
+}
+
+/// Whether passt can run here; in the testbed's L1, which has no network,
+/// a veth pair gives it the default route it insists on.
+fn passt_here() -> Result<(), String> {
+    let on_path = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .any(|d| d.join("passt").is_file());
+    if !on_path {
+        return Err("not installed (passt)".into());
+    }
+    let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    let default = routes.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(1) == Some(&"00000000") && f.get(7) == Some(&"00000000")
+    });
+    if default {
+        return Ok(());
+    }
+    if std::env::var_os("HUSK_TESTBED").is_none() {
+        return Err("not measured: no IPv4 default route for passt".into());
+    }
+    for args in [
+        "link add husk-bench0 type veth peer name husk-bench1",
+        "addr add 10.93.0.1/24 dev husk-bench0",
+        "link set husk-bench0 up",
+        "link set husk-bench1 up",
+        "route add default via 10.93.0.2 dev husk-bench0",
+    ] {
+        let ok = Command::new("/usr/sbin/ip")
+            .args(args.split_whitespace())
+            .status()
+            .map_err(|e| e.to_string())?
+            .success();
+        if !ok {
+            return Err(format!("not measured: ip {args} failed"));
+        }
+    }
+    Ok(())
 }
 
 /// Loads the bench image (busybox and husk-bench) into podman's store as

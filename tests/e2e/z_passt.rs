@@ -159,6 +159,14 @@ fn without_root_passt_gives_outbound_traffic_and_published_ports() {
         out.describe()
     );
 
+    // Root may ask for it too (passt then runs as nobody).
+    let as_root = user.r.run(
+        &["--rm", "--network", "passt"],
+        &["wget", "-q", "-O", "-", "http://10.91.0.2:8000/"],
+    );
+    assert_eq!(as_root.code, Some(0), "{}", as_root.describe());
+    assert_eq!(as_root.stdout, "peer=10.91.0.1\n", "{}", as_root.describe());
+
     // A port in use: one line, before boot.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy = taken.local_addr().unwrap().port();

@@ -39,6 +39,10 @@ pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 const PREFIX: u8 = 24;
 /// How long passt may take to bind its ports and say it is ready.
 const READY: Duration = Duration::from_secs(10);
+/// Who passt runs as when started by root (it will not keep root):
+/// nobody, as passt's own default, by number so the pid file's directory
+/// can be given to it.
+const RUN_AS: u32 = 65534;
 /// The socket's number in passt's fd table.
 const PASST_FD: i32 = 3;
 
@@ -122,6 +126,14 @@ pub fn start(ports: &[(Port, SocketAddr)]) -> Result<Passt, String> {
     let (ours, theirs) =
         UnixStream::pair().map_err(|e| format!("passt: cannot make a socketpair: {e}"))?;
     let pid_dir = tempfile::tempdir().map_err(|e| format!("passt: temporary dir: {e}"))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        // passt refuses to keep root and writes its pid file as the user
+        // it becomes: that user must own the directory.
+        std::os::unix::fs::chown(pid_dir.path(), Some(RUN_AS), Some(RUN_AS))
+            .map_err(|e| format!("passt: temporary dir: {e}"))?;
+    }
     let pid_file = pid_dir.path().join("passt.pid");
     let log = tempfile::tempfile().map_err(|e| format!("passt: log file: {e}"))?;
     let mut command = Command::new(&program);
@@ -134,6 +146,11 @@ pub fn start(ports: &[(Port, SocketAddr)]) -> Result<Passt, String> {
         .args(["--netmask", &PREFIX.to_string()])
         .args(["--gateway", &GATEWAY.to_string()])
         .args(ports.iter().flat_map(|(p, at)| forward(p, *at)))
+        .args(
+            root.then(|| ["--runas".to_string(), format!("{RUN_AS}:{RUN_AS}")])
+                .into_iter()
+                .flatten(),
+        )
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| format!("passt: {e}"))?)
         .stderr(log.try_clone().map_err(|e| format!("passt: {e}"))?);
@@ -273,5 +290,28 @@ mod tests {
         assert!(err.starts_with("passt failed"), "{err}");
         assert!(err.contains("bind"), "{err}");
         assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn passt_starts_listens_and_goes_with_its_handle() {
+        if let Some(why) = unusable() {
+            return husk_skip::skip(&why);
+        }
+        let at = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let port = Port {
+            host_ip: Ipv4Addr::LOCALHOST,
+            host_port: at.port(),
+            container_port: 80,
+            proto: Proto::Tcp,
+        };
+        let passt = start(&[(port, at)]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(std::net::TcpStream::connect(at).is_ok(), "passt listens");
+        let pid = passt.child.id() as i32;
+        drop(passt);
+        // SAFETY: kill with signal 0 only checks that the pid exists.
+        assert_ne!(unsafe { libc::kill(pid, 0) }, 0, "passt outlived its handle");
     }
 }
