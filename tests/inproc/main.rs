@@ -64,22 +64,8 @@ fn secondary_vcpus_are_torn_down() {
 fn pause_stops_progress_and_resume_continues() {
     use std::time::Duration;
     let dir = tempfile::tempdir().unwrap();
-    let kernel = dir.path().join("ticker.elf");
-    std::fs::write(&kernel, null_guest::ticker_elf(true)).unwrap();
     let console = dir.path().join("console");
-    let config = VmConfig {
-        kernel,
-        vcpus: 1,
-        mem_mib: 128,
-        cmdline: String::new(),
-        disks: vec![],
-        nets: vec![],
-        vsock: None,
-        fs: vec![],
-        console: Console::File(console.clone()),
-        stdin: false,
-        allow_pvm: true,
-    };
+    let config = elf_config(dir.path(), null_guest::ticker_elf(true), &console);
     let vm = husk_vmm::start(&config, None).expect("the VM starts");
     let controls = vm.controls();
     let size = move || std::fs::metadata(&console).map(|m| m.len()).unwrap_or(0);
@@ -111,4 +97,165 @@ fn pause_stops_progress_and_resume_continues() {
     let out = vm.wait();
     driver.join().expect("the checks passed");
     assert_eq!(out.exit, Exit::Stopped(0));
+}
+
+/// A 1-vCPU, 128 MiB VM of `elf` printing to `console`.
+fn elf_config(dir: &std::path::Path, elf: Vec<u8>, console: &std::path::Path) -> VmConfig {
+    let kernel = dir.join("guest.elf");
+    std::fs::write(&kernel, elf).unwrap();
+    VmConfig {
+        kernel,
+        vcpus: 1,
+        mem_mib: 128,
+        cmdline: String::new(),
+        disks: vec![],
+        nets: vec![],
+        vsock: None,
+        fs: vec![],
+        console: Console::File(console.to_owned()),
+        stdin: false,
+        allow_pvm: true,
+    }
+}
+
+/// The counter guest's VM on `console`.
+fn counter_config(dir: &std::path::Path, console: &std::path::Path, limit: u32) -> VmConfig {
+    elf_config(dir, null_guest::counter_elf(limit), console)
+}
+
+fn wait_for_bytes(path: &std::path::Path, n: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest printed fewer than {n} bytes in 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_restored_snapshot_goes_on_counting_where_it_stopped() {
+    use husk_vmm::snapshot::{RestoreConfig, SnapshotPaths};
+    const LIMIT: u8 = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let before = dir.path().join("before");
+    let config = counter_config(dir.path(), &before, u32::from(LIMIT));
+    let vm = husk_vmm::start(&config, None).expect("the VM starts");
+    let controls = vm.controls();
+    let waiter = std::thread::spawn(move || vm.wait());
+    wait_for_bytes(&before, 20);
+    controls.pause();
+    let paths = SnapshotPaths {
+        state: dir.path().join("vm.snap"),
+        mem: dir.path().join("vm.mem"),
+    };
+    let made = controls.snapshot(&paths);
+    controls.stop(Exit::Stopped(0));
+    assert_eq!(waiter.join().unwrap().exit, Exit::Stopped(0));
+    made.unwrap_or_else(|e| panic!("snapshot: {e}"));
+    let printed = std::fs::read(&before).unwrap();
+    let k = printed.len();
+    let expected: Vec<u8> = (1..=k as u8).collect();
+    assert_eq!(printed, expected, "the counter before the snapshot");
+
+    // A new VM from the files, on another console: it prints the counts
+    // after K, not from 1, and reports its status at the limit.
+    let after = dir.path().join("after");
+    let restore = RestoreConfig {
+        snapshot: paths.clone(),
+        console: Console::File(after.clone()),
+        stdin: false,
+        allow_pvm: true,
+        resume: true,
+    };
+    let out = husk_vmm::restore(&restore, None)
+        .unwrap_or_else(|e| panic!("restore: {e}"))
+        .wait();
+    assert_eq!(out.guest_status, Some(0));
+    assert_eq!(out.exit, Exit::Reset);
+    let rest: Vec<u8> = (k as u8 + 1..=LIMIT).collect();
+    assert_eq!(
+        std::fs::read(&after).unwrap(),
+        rest,
+        "the counter after the restore"
+    );
+
+    // The memory file is private to the restored VM: a second restore
+    // starts from the same point.
+    let again = dir.path().join("again");
+    let out = husk_vmm::restore(
+        &RestoreConfig {
+            console: Console::File(again.clone()),
+            ..restore
+        },
+        None,
+    )
+    .unwrap()
+    .wait();
+    assert_eq!(out.guest_status, Some(0));
+    assert_eq!(std::fs::read(&again).unwrap(), rest);
+}
+
+#[test]
+fn snapshots_need_a_paused_vm_and_bad_files_are_refused() {
+    use husk_vmm::snapshot::{RestoreConfig, SnapshotPaths};
+    let dir = tempfile::tempdir().unwrap();
+    let console = dir.path().join("console");
+    let vm = husk_vmm::start(&counter_config(dir.path(), &console, 250), None).unwrap();
+    let controls = vm.controls();
+    let waiter = std::thread::spawn(move || vm.wait());
+    let paths = SnapshotPaths {
+        state: dir.path().join("vm.snap"),
+        mem: dir.path().join("vm.mem"),
+    };
+    let running = controls.snapshot(&paths);
+    controls.pause();
+    let made = controls.snapshot(&paths);
+    controls.stop(Exit::Stopped(0));
+    waiter.join().unwrap();
+    assert_eq!(
+        running.unwrap_err().to_string(),
+        "the VM must be paused for a snapshot"
+    );
+    made.unwrap();
+
+    let restore = |state: &std::path::Path| {
+        husk_vmm::restore(
+            &RestoreConfig {
+                snapshot: SnapshotPaths {
+                    state: state.to_owned(),
+                    mem: paths.mem.clone(),
+                },
+                console: Console::File(dir.path().join("unused")),
+                stdin: false,
+                allow_pvm: true,
+                resume: false,
+            },
+            None,
+        )
+        .err()
+        .expect("refused")
+        .to_string()
+    };
+    let data = std::fs::read(&paths.state).unwrap();
+    let short = dir.path().join("short.snap");
+    std::fs::write(&short, &data[..data.len() / 2]).unwrap();
+    let e = restore(&short);
+    assert!(e.contains("is truncated"), "{e}");
+    let garbage = dir.path().join("garbage.snap");
+    std::fs::write(&garbage, b"not a snapshot\n").unwrap();
+    assert!(restore(&garbage).contains("is not a husk snapshot"));
+    // A memory file of the wrong size.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&paths.mem)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    let e = restore(&paths.state);
+    assert!(
+        e.contains("memory file") && e.contains("has 4096 bytes"),
+        "{e}"
+    );
 }

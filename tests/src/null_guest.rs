@@ -40,6 +40,38 @@ fn ticker_code() -> Vec<u8> {
     ]
 }
 
+/// Where the counter guest keeps its count (guest-physical; paging is
+/// off in the PVH entry's protected mode, and RAM starts zeroed).
+pub const COUNTER_ADDR: u32 = 0x20_0000;
+
+/// 32-bit code (PVH entry only) that counts in memory at
+/// [`COUNTER_ADDR`], printing each count's low byte to COM1 with a busy
+/// wait between them, and at `limit` reports status 0 and resets. Its
+/// state is its memory and its registers: what a snapshot must carry.
+fn counter_code(limit: u32) -> Vec<u8> {
+    let addr = COUNTER_ADDR.to_le_bytes();
+    let mut c = vec![0x66, 0xba, 0xf8, 0x03]; // mov dx, 0x3f8
+    c.extend_from_slice(&[0xff, 0x05]); // L: inc dword [addr]
+    c.extend_from_slice(&addr);
+    c.push(0xa1); // mov eax, [addr]
+    c.extend_from_slice(&addr);
+    c.push(0xee); // out dx, al
+    c.extend_from_slice(&[0xb9, 0x00, 0x20, 0x00, 0x00]); // mov ecx, 0x2000
+    c.extend_from_slice(&[0xff, 0xc9, 0x75, 0xfc]); // D: dec ecx; jnz D
+    c.push(0x3d); // cmp eax, limit
+    c.extend_from_slice(&limit.to_le_bytes());
+    c.extend_from_slice(&[0x72, 0xe4]); // jb L (back 28 bytes)
+    c.extend_from_slice(&[0xb0, 0x00, 0xe6, 0xf4]); // mov al, 0; out 0xf4, al
+    c.extend_from_slice(&[0xb0, 0xfe, 0xe6, 0x64]); // reset
+    c.extend_from_slice(&[0xf4, 0xeb, 0xfd]); // hlt; jmp back to hlt
+    c
+}
+
+/// The counter guest (see `counter_code`) as an ELF with a PVH note.
+pub fn counter_elf(limit: u32) -> Vec<u8> {
+    elf_with(true, counter_code(limit))
+}
+
 /// An x86-64 ELF that prints [`LINE`], optionally reports `status` on the
 /// status port, and resets. With `pvh`, a Xen PVH note points at the code.
 pub fn elf(pvh: bool, status: Option<u8>) -> Vec<u8> {

@@ -15,6 +15,7 @@ pub mod mmio;
 pub mod pio;
 mod report;
 mod signals;
+pub mod snapshot;
 mod vcpu;
 pub mod virtio;
 pub mod x86_64;
@@ -111,6 +112,8 @@ pub enum Error {
     Device(#[from] virtio::Error),
     #[error("{0} failed: {1}")]
     Setup(&'static str, String),
+    #[error("cannot restore the snapshot: {0}")]
+    Restore(String),
 }
 
 fn setup<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> Error {
@@ -136,6 +139,18 @@ pub struct Shared {
     /// Exits handled by the vCPU threads (port and MMIO accesses).
     exits: std::sync::atomic::AtomicU64,
     disk_metrics: Vec<(String, Arc<husk_devices::virtio::block::BlockMetrics>)>,
+    /// What a snapshot reads besides the vCPUs; taken out when the VM
+    /// ends, so the VM fd and memory go in their order (RunningVm).
+    source: Mutex<Option<Source>>,
+    /// The MSRs a vCPU's snapshot saves.
+    msr_indices: Vec<u32>,
+}
+
+/// The VM and its memory, for a snapshot.
+struct Source {
+    vm: Arc<VmFd>,
+    mem: memory::GuestMemory,
+    mem_mib: u64,
 }
 
 /// Counters of a running VM, for metrics.
@@ -161,6 +176,12 @@ pub struct DiskStats {
 struct PauseState {
     paused: bool,
     parked: usize,
+    /// Bumped to ask every parked vCPU thread for its state.
+    save_gen: u64,
+    /// Per vCPU: the last generation it answered.
+    answered: Vec<u64>,
+    /// Per vCPU: its state, until the snapshot takes it.
+    saved: Vec<Option<snapshot::cpu::Result<snapshot::cpu::VcpuState>>>,
 }
 
 /// How long a guest gets to stop cleanly after Ctrl-Alt-Del (its init gives
@@ -215,17 +236,72 @@ impl Shared {
         }
     }
 
-    /// Called by a vCPU thread outside KVM_RUN: blocks while paused.
-    fn park_if_paused(&self) {
+    /// Called by a vCPU thread outside KVM_RUN: blocks while paused, and
+    /// saves the vCPU's state when a snapshot asks (only this thread may
+    /// touch its vCPU, and it is out of KVM_RUN for as long as it is
+    /// parked).
+    fn park_if_paused(&self, vcpu: &kvm_ioctls::VcpuFd, id: usize) {
         let mut st = pio::lock(&self.pause);
         if !st.paused {
             return;
         }
         st.parked += 1;
+        if st.answered.len() <= id {
+            st.answered.resize(id + 1, 0);
+            st.saved.resize_with(id + 1, || None);
+        }
         while st.paused && !self.stopping() {
+            // Also a request made before this vCPU parked.
+            if st.save_gen != st.answered[id] {
+                let gen = st.save_gen;
+                drop(st);
+                let state = snapshot::cpu::save_vcpu(vcpu, &self.msr_indices);
+                st = pio::lock(&self.pause);
+                st.answered[id] = gen;
+                st.saved[id] = Some(state);
+                self.unpause.notify_all();
+                continue;
+            }
             st = self.unpause.wait(st).unwrap_or_else(|p| p.into_inner());
         }
         st.parked -= 1;
+    }
+
+    /// Asks every parked vCPU for its state and waits for all of them.
+    fn save_vcpus(&self) -> Result<Vec<snapshot::cpu::VcpuState>, snapshot::Error> {
+        let count = self.vcpu_count();
+        let mut st = pio::lock(&self.pause);
+        if !st.paused {
+            return Err(snapshot::Error::NotPaused);
+        }
+        st.save_gen += 1;
+        let gen = st.save_gen;
+        self.unpause.notify_all();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let waiting = |st: &PauseState| (0..count).find(|&i| st.answered.get(i) != Some(&gen));
+        while let Some(busy) = waiting(&st) {
+            if self.stopping() {
+                return Err(snapshot::Error::Stopped);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(snapshot::Error::VcpuBusy(busy));
+            }
+            st = self
+                .unpause
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        let mut states = Vec::with_capacity(count);
+        for (i, slot) in st.saved.iter_mut().take(count).enumerate() {
+            match slot.take() {
+                Some(Ok(state)) => states.push(state),
+                Some(Err(e)) => return Err(snapshot::Error::Vcpu(i, e)),
+                None => return Err(snapshot::Error::VcpuBusy(i)),
+            }
+        }
+        Ok(states)
     }
 
     fn stopping(&self) -> bool {
@@ -365,8 +441,9 @@ pub struct RunningVm {
     input: Option<console::StdinPump>,
     watcher: Option<signals::Watcher>,
     // Declared last: dropped after the vCPU threads are joined, so no vCPU
-    // runs on unmapped memory or a closed VM.
-    _vm: VmFd,
+    // runs on unmapped memory or a closed VM. (Shared's copies are taken
+    // out when the VM ends.)
+    _vm: Arc<VmFd>,
     _mem: memory::GuestMemory,
 }
 
@@ -401,6 +478,36 @@ impl VmControls {
 
     pub fn is_paused(&self) -> bool {
         pio::lock(&self.shared.pause).paused
+    }
+
+    /// Writes a Full snapshot of the paused VM: its state, then its
+    /// memory.
+    pub fn snapshot(&self, to: &snapshot::SnapshotPaths) -> Result<(), snapshot::Error> {
+        if !self.is_paused() {
+            return Err(snapshot::Error::NotPaused);
+        }
+        let devices = self.shared.mmio.len();
+        if devices > 0 {
+            return Err(snapshot::Error::Devices(devices));
+        }
+        let (vm, mem, mem_mib) = {
+            let source = pio::lock(&self.shared.source);
+            let s = source.as_ref().ok_or(snapshot::Error::Stopped)?;
+            (s.vm.clone(), s.mem.clone(), s.mem_mib)
+        };
+        let vcpus = self.shared.save_vcpus()?;
+        let kvm = snapshot::cpu::save_vm(&vm).map_err(snapshot::Error::Kvm)?;
+        let ram = snapshot::memory::dump(&mem, &to.mem)
+            .map_err(|e| snapshot::Error::Memory(to.mem.clone(), e))?;
+        let state = snapshot::VmState {
+            mem_mib,
+            ram,
+            kvm,
+            vcpus,
+            pio: self.shared.pio.state(),
+        };
+        snapshot::file::write(&to.state, &state)?;
+        Ok(())
     }
 
     /// Types Ctrl-Alt-Del into the guest's keyboard.
@@ -445,12 +552,7 @@ pub fn start(
 ) -> Result<RunningVm, Error> {
     // 1. KVM and vCPU limits.
     let kvm = open_kvm(config.allow_pvm)?;
-    let max_vcpus = kvm
-        .get_max_vcpus()
-        .min(usize::from(x86_64::mptable::MAX_VCPUS));
-    if config.vcpus == 0 || usize::from(config.vcpus) > max_vcpus {
-        return Err(Error::Vcpus(config.vcpus, max_vcpus));
-    }
+    check_vcpus(&kvm, config.vcpus)?;
 
     // 2. Guest memory and the VM.
     let mem = memory::create(config.mem_mib, !config.fs.is_empty())?;
@@ -458,13 +560,7 @@ pub fn start(
 
     // 3. Devices, so their command-line tokens are known before the kernel
     //    command line is written.
-    let reset_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(setup("eventfd"))?;
-    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(setup("eventfd"))?;
-    vm.register_irqfd(&serial_irq, SERIAL_IRQ)
-        .map_err(setup("KVM_IRQFD (serial)"))?;
-    let keyboard_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(setup("eventfd"))?;
-    vm.register_irqfd(&keyboard_irq, KEYBOARD_IRQ)
-        .map_err(setup("KVM_IRQFD (keyboard)"))?;
+    let frame = Frame::new(&vm)?;
     let out = config.console.writer()?;
     let mut events: virtio::EventLoop =
         EventManager::new().map_err(|e| Error::Setup("epoll", format!("{e:?}")))?;
@@ -482,24 +578,12 @@ pub fn start(
     for fs in &config.fs {
         attacher.attach_fs(&vm, &mem, &mut mmio_bus, &mut events, fs)?;
     }
-    let shared = Arc::new(Shared {
-        pio: pio::PioDevices::new(
-            out,
-            serial_irq,
-            keyboard_irq,
-            reset_evt.try_clone().map_err(setup("eventfd"))?,
-        ),
-        mmio: mmio_bus,
-        stop: AtomicBool::new(false),
-        exit: Mutex::new(None),
-        exit_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(setup("eventfd"))?,
-        stop_request: Mutex::new(None),
-        pause: Mutex::new(PauseState::default()),
-        unpause: std::sync::Condvar::new(),
-        vcpu_threads: Mutex::new(Vec::new()),
-        exits: std::sync::atomic::AtomicU64::new(0),
-        disk_metrics: attacher.disk_metrics.clone(),
-    });
+    let pio = pio::PioDevices::new(
+        out,
+        frame.serial_irq.try_clone().map_err(setup("eventfd"))?,
+        frame.keyboard_irq.try_clone().map_err(setup("eventfd"))?,
+        frame.reset_evt.try_clone().map_err(setup("eventfd"))?,
+    );
 
     // 4. Kernel, command line, boot structures.
     let entry = loader::load_kernel(&mem, &config.kernel)?;
@@ -543,41 +627,214 @@ pub fn start(
     );
 
     // 6. Start: vCPU threads and console input; the caller runs the loop.
-    register_signal_handler(kick_signal(), kick_handler).map_err(setup("sigaction"))?;
-    report::watch(&attacher.net_metrics);
-    events.add_subscriber(Arc::new(Mutex::new(Lifecycle {
-        shared: shared.clone(),
-        reset_evt,
-        fatal: attacher.fatal.clone(),
-    })));
-    let watcher = signals
-        .map(|s| signals::Watcher::start(shared.clone(), s))
-        .transpose()
-        .map_err(setup("spawning the signal thread"))?;
-    let input = if config.stdin {
-        Some(console::StdinPump::start(shared.clone())?)
-    } else {
-        None
-    };
-    let mut threads = Vec::new();
-    for (id, fd) in vcpus.into_iter().enumerate() {
-        let for_vcpu = shared.clone();
-        let t = std::thread::Builder::new()
-            .name(format!("vcpu{id}"))
-            .spawn(move || vcpu::run(fd, id as u8, for_vcpu))
-            .map_err(setup("spawning a vCPU thread"))?;
-        pio::lock(&shared.vcpu_threads).push(t.as_pthread_t() as usize);
-        threads.push(t);
-    }
-    Ok(RunningVm {
+    let shared = Shared::new(
+        pio,
+        mmio_bus,
+        attacher.disk_metrics.clone(),
+        Source {
+            vm: Arc::new(vm),
+            mem,
+            mem_mib: config.mem_mib,
+        },
+        snapshot::cpu::msr_indices(&kvm).unwrap_or_default(),
+    )?;
+    Launch {
         shared,
+        vcpus,
         events,
-        threads,
-        input,
-        watcher,
-        _vm: vm,
-        _mem: mem,
-    })
+        frame,
+        attacher: Some(attacher),
+        signals,
+        stdin: config.stdin,
+    }
+    .go()
+}
+
+fn check_vcpus(kvm: &Kvm, vcpus: u8) -> Result<(), Error> {
+    let max_vcpus = kvm
+        .get_max_vcpus()
+        .min(usize::from(x86_64::mptable::MAX_VCPUS));
+    if vcpus == 0 || usize::from(vcpus) > max_vcpus {
+        return Err(Error::Vcpus(vcpus, max_vcpus));
+    }
+    Ok(())
+}
+
+/// The eventfds the port devices signal through: their interrupts
+/// (irqfds) and the reset the event loop waits for.
+struct Frame {
+    reset_evt: EventFd,
+    serial_irq: EventFd,
+    keyboard_irq: EventFd,
+}
+
+impl Frame {
+    fn new(vm: &VmFd) -> Result<Frame, Error> {
+        let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(setup("eventfd"));
+        let frame = Frame {
+            reset_evt: evt()?,
+            serial_irq: evt()?,
+            keyboard_irq: evt()?,
+        };
+        vm.register_irqfd(&frame.serial_irq, SERIAL_IRQ)
+            .map_err(setup("KVM_IRQFD (serial)"))?;
+        vm.register_irqfd(&frame.keyboard_irq, KEYBOARD_IRQ)
+            .map_err(setup("KVM_IRQFD (keyboard)"))?;
+        Ok(frame)
+    }
+}
+
+impl Shared {
+    fn new(
+        pio: pio::PioDevices,
+        mmio: mmio::MmioBus,
+        disk_metrics: Vec<(String, Arc<husk_devices::virtio::block::BlockMetrics>)>,
+        source: Source,
+        msr_indices: Vec<u32>,
+    ) -> Result<Arc<Shared>, Error> {
+        Ok(Arc::new(Shared {
+            pio,
+            mmio,
+            stop: AtomicBool::new(false),
+            exit: Mutex::new(None),
+            exit_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(setup("eventfd"))?,
+            stop_request: Mutex::new(None),
+            pause: Mutex::new(PauseState::default()),
+            unpause: std::sync::Condvar::new(),
+            vcpu_threads: Mutex::new(Vec::new()),
+            exits: std::sync::atomic::AtomicU64::new(0),
+            disk_metrics,
+            source: Mutex::new(Some(source)),
+            msr_indices,
+        }))
+    }
+}
+
+/// What starting a built VM takes: its vCPU threads, the lifecycle
+/// subscriber, the signal watcher and console input.
+struct Launch {
+    shared: Arc<Shared>,
+    vcpus: Vec<kvm_ioctls::VcpuFd>,
+    events: virtio::EventLoop,
+    frame: Frame,
+    attacher: Option<virtio::Attacher>,
+    signals: Option<nix::sys::signalfd::SignalFd>,
+    stdin: bool,
+}
+
+impl Launch {
+    fn go(mut self) -> Result<RunningVm, Error> {
+        let shared = self.shared;
+        register_signal_handler(kick_signal(), kick_handler).map_err(setup("sigaction"))?;
+        let fatal = self.attacher.as_ref().and_then(|a| a.fatal.clone());
+        if let Some(a) = &self.attacher {
+            report::watch(&a.net_metrics);
+        }
+        self.events.add_subscriber(Arc::new(Mutex::new(Lifecycle {
+            shared: shared.clone(),
+            reset_evt: self.frame.reset_evt,
+            fatal,
+        })));
+        let watcher = self
+            .signals
+            .map(|s| signals::Watcher::start(shared.clone(), s))
+            .transpose()
+            .map_err(setup("spawning the signal thread"))?;
+        let input = if self.stdin {
+            Some(console::StdinPump::start(shared.clone())?)
+        } else {
+            None
+        };
+        let (vm, mem) = {
+            let source = pio::lock(&shared.source);
+            let source = source.as_ref().expect("a new VM has its source");
+            (source.vm.clone(), source.mem.clone())
+        };
+        let mut threads = Vec::new();
+        for (id, fd) in self.vcpus.into_iter().enumerate() {
+            let for_vcpu = shared.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || vcpu::run(fd, id as u8, for_vcpu))
+                .map_err(setup("spawning a vCPU thread"))?;
+            pio::lock(&shared.vcpu_threads).push(t.as_pthread_t() as usize);
+            threads.push(t);
+        }
+        Ok(RunningVm {
+            shared,
+            events: self.events,
+            threads,
+            input,
+            watcher,
+            _vm: vm,
+            _mem: mem,
+        })
+    }
+}
+
+/// Builds a VM from a snapshot and starts it, paused unless
+/// `config.resume`.
+pub fn restore(
+    config: &snapshot::RestoreConfig,
+    signals: Option<nix::sys::signalfd::SignalFd>,
+) -> Result<RunningVm, Error> {
+    let kvm = open_kvm(config.allow_pvm)?;
+    let state: snapshot::VmState =
+        snapshot::file::read(&config.snapshot.state).map_err(|e| Error::Restore(e.to_string()))?;
+    let vcpu_count = u8::try_from(state.vcpus.len())
+        .map_err(|_| Error::Restore(format!("{} vCPUs in the snapshot", state.vcpus.len())))?;
+    check_vcpus(&kvm, vcpu_count)?;
+    let mem = snapshot::memory::map(&config.snapshot.mem, &state.ram).map_err(Error::Restore)?;
+    let vm = create_vm(&kvm, &mem)?;
+    let frame = Frame::new(&vm)?;
+    let pio = pio::PioDevices::restored(
+        &state.pio,
+        config.console.writer()?,
+        frame.serial_irq.try_clone().map_err(setup("eventfd"))?,
+        frame.keyboard_irq.try_clone().map_err(setup("eventfd"))?,
+        frame.reset_evt.try_clone().map_err(setup("eventfd"))?,
+    )
+    .map_err(Error::Restore)?;
+    snapshot::cpu::restore_vm(&vm, &state.kvm).map_err(Error::Restore)?;
+    let mut vcpus = Vec::with_capacity(state.vcpus.len());
+    for (id, saved) in state.vcpus.iter().enumerate() {
+        let fd = vm
+            .create_vcpu(id as u64)
+            .map_err(setup("KVM_CREATE_VCPU"))?;
+        snapshot::cpu::restore_vcpu(&fd, saved)
+            .map_err(|e| Error::Restore(format!("vCPU {id}: {e}")))?;
+        vcpus.push(fd);
+    }
+    let events: virtio::EventLoop =
+        EventManager::new().map_err(|e| Error::Setup("epoll", format!("{e:?}")))?;
+    let shared = Shared::new(
+        pio,
+        mmio::MmioBus::default(),
+        Vec::new(),
+        Source {
+            vm: Arc::new(vm),
+            mem,
+            mem_mib: state.mem_mib,
+        },
+        snapshot::cpu::msr_indices(&kvm).unwrap_or_default(),
+    )?;
+    pio::lock(&shared.pause).paused = !config.resume;
+    log::info!(
+        "restored a VM from {}: {} vCPU(s), {} MiB",
+        config.snapshot.state.display(),
+        vcpu_count,
+        state.mem_mib
+    );
+    Launch {
+        shared,
+        vcpus,
+        events,
+        frame,
+        attacher: None,
+        signals,
+        stdin: config.stdin,
+    }
+    .go()
 }
 
 impl RunningVm {
@@ -615,6 +872,8 @@ impl RunningVm {
             }
             let _ = t.join();
         }
+        // The VM fd and memory are this struct's alone from now on.
+        pio::lock(&shared.source).take();
         if let Some(input) = self.input.take() {
             input.stop();
         }

@@ -30,6 +30,31 @@ impl Trigger for EventTrigger {
 
 pub type SerialDevice = Serial<EventTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>;
 
+/// The port devices' registers in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PioState {
+    pub serial: SerialRegs,
+    pub i8042_ctr: u8,
+    pub i8042_output: Vec<u8>,
+    pub i8042_pending: Option<u8>,
+    /// What the guest reported on the status port, if it did.
+    pub status: Option<u8>,
+}
+
+/// The 8250's registers (vm-superio's `SerialState`, which has no serde).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialRegs {
+    pub divisor: [u8; 2],
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
 /// No status reported yet.
 const NO_STATUS: u16 = u16::MAX;
 
@@ -59,6 +84,72 @@ impl PioDevices {
             done,
             status: AtomicU16::new(NO_STATUS),
         }
+    }
+
+    /// The devices' registers, for a snapshot (the VM is paused).
+    pub fn state(&self) -> PioState {
+        let s = lock(&self.serial).state();
+        let k = lock(&self.i8042).state();
+        PioState {
+            serial: SerialRegs {
+                divisor: [s.baud_divisor_low, s.baud_divisor_high],
+                interrupt_enable: s.interrupt_enable,
+                interrupt_identification: s.interrupt_identification,
+                line_control: s.line_control,
+                line_status: s.line_status,
+                modem_control: s.modem_control,
+                modem_status: s.modem_status,
+                scratch: s.scratch,
+                in_buffer: s.in_buffer,
+            },
+            i8042_ctr: k.ctr,
+            i8042_output: k.output,
+            i8042_pending: k.pending,
+            status: self.reported_status(),
+        }
+    }
+
+    /// The devices in a saved state, wired as [`PioDevices::new`] wires
+    /// them.
+    pub fn restored(
+        state: &PioState,
+        out: Box<dyn Write + Send>,
+        serial_irq: EventFd,
+        keyboard_irq: EventFd,
+        done: EventFd,
+    ) -> Result<Self, String> {
+        let r = &state.serial;
+        let serial = vm_superio::serial::SerialState {
+            baud_divisor_low: r.divisor[0],
+            baud_divisor_high: r.divisor[1],
+            interrupt_enable: r.interrupt_enable,
+            interrupt_identification: r.interrupt_identification,
+            line_control: r.line_control,
+            line_status: r.line_status,
+            modem_control: r.modem_control,
+            modem_status: r.modem_status,
+            scratch: r.scratch,
+            in_buffer: r.in_buffer.clone(),
+        };
+        let serial = Serial::from_state(
+            &serial,
+            EventTrigger(serial_irq),
+            vm_superio::serial::NoEvents,
+            out,
+        )
+        .map_err(|e| format!("serial port state: {e:?}"))?;
+        let i8042 = I8042::from_state(&husk_devices::legacy::i8042::I8042State {
+            ctr: state.i8042_ctr,
+            output: state.i8042_output.clone(),
+            pending: state.i8042_pending,
+        });
+        Ok(PioDevices {
+            serial: Mutex::new(serial),
+            i8042: Mutex::new(i8042),
+            keyboard_irq,
+            done,
+            status: AtomicU16::new(state.status.map_or(NO_STATUS, u16::from)),
+        })
     }
 
     fn apply(&self, fx: Effects) {

@@ -79,7 +79,7 @@ pub fn run(mut vcpu: VcpuFd, id: u8, shared: Arc<Shared>) {
 
 fn run_loop(vcpu: &mut VcpuFd, id: u8, shared: &Shared) {
     loop {
-        shared.park_if_paused();
+        shared.park_if_paused(vcpu, usize::from(id));
         if shared.stopping() {
             return;
         }

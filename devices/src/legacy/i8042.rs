@@ -69,7 +69,37 @@ impl Default for I8042 {
     }
 }
 
+/// The controller's registers, for a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct I8042State {
+    /// The controller configuration byte.
+    pub ctr: u8,
+    /// Bytes waiting for the guest to read them.
+    pub output: Vec<u8>,
+    /// A controller command waiting for its argument.
+    pub pending: Option<u8>,
+}
+
 impl I8042 {
+    /// The registers as they are.
+    pub fn state(&self) -> I8042State {
+        I8042State {
+            ctr: self.ctr,
+            output: self.output.iter().copied().collect(),
+            pending: self.pending,
+        }
+    }
+
+    /// A controller in a saved state (the output queue bounded as a
+    /// running one's is).
+    pub fn from_state(state: &I8042State) -> Self {
+        I8042 {
+            ctr: state.ctr,
+            output: state.output.iter().copied().take(64).collect(),
+            pending: state.pending,
+        }
+    }
+
     fn reply(&mut self, bytes: &[u8]) -> Effects {
         // A real controller holds one byte; a queue keeps multi-byte
         // replies and key sequences intact. Bound it against a guest that

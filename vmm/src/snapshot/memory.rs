@@ -1,0 +1,138 @@
+//! Guest memory in a snapshot: a raw file, region after region, written
+//! sparse (pages of zeros are holes), and mapped back private so a
+//! restored guest reads pages from the file as it touches them and its
+//! writes stay its own (Firecracker's `File` backend).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap};
+
+use crate::memory::GuestMemory;
+
+const PAGE: usize = 4096;
+
+/// Writes every region of `mem` to `path` in order; returns the regions
+/// as (guest address, length).
+pub fn dump(mem: &GuestMemory, path: &Path) -> std::io::Result<Vec<(u64, u64)>> {
+    let file = File::create(path)?;
+    let mut ranges = Vec::new();
+    let mut offset = 0u64;
+    for region in mem.iter() {
+        let len = region.len();
+        // SAFETY: the region is a live mapping of `len` bytes owned by
+        // `mem`, borrowed for this loop; the vCPUs are paused, so nothing
+        // writes it while it is read.
+        let bytes = unsafe { std::slice::from_raw_parts(region.as_ptr(), len as usize) };
+        write_sparse(&file, bytes, offset)?;
+        ranges.push((region.start_addr().0, len));
+        offset += len;
+    }
+    file.set_len(offset)?;
+    file.sync_all()?;
+    Ok(ranges)
+}
+
+/// Writes the non-zero pages of `bytes` at `base`, runs of them at once.
+fn write_sparse(file: &File, bytes: &[u8], base: u64) -> std::io::Result<()> {
+    let mut run: Option<usize> = None;
+    for (i, page) in bytes.chunks(PAGE).enumerate() {
+        let zero = page.iter().all(|&b| b == 0);
+        match (zero, run) {
+            (false, None) => run = Some(i),
+            (true, Some(start)) => {
+                file.write_all_at(&bytes[start * PAGE..i * PAGE], base + (start * PAGE) as u64)?;
+                run = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(start) = run {
+        file.write_all_at(&bytes[start * PAGE..], base + (start * PAGE) as u64)?;
+    }
+    Ok(())
+}
+
+/// Maps a memory file as guest memory, private: pages load as the guest
+/// touches them, and what it writes never reaches the file.
+pub fn map(path: &Path, ranges: &[(u64, u64)]) -> Result<GuestMemory, String> {
+    let file = File::open(path).map_err(|e| format!("memory file {}: {e}", path.display()))?;
+    let want: u64 = ranges.iter().map(|(_, len)| len).sum();
+    let have = file
+        .metadata()
+        .map_err(|e| format!("memory file {}: {e}", path.display()))?
+        .len();
+    if have != want {
+        return Err(format!(
+            "memory file {} has {have} bytes, the snapshot's guest has {want}",
+            path.display()
+        ));
+    }
+    let file = Arc::new(file);
+    let mut offset = 0u64;
+    let mut regions = Vec::with_capacity(ranges.len());
+    for &(addr, len) in ranges {
+        let mapping = MmapRegionBuilder::new(len as usize)
+            .with_file_offset(FileOffset::from_arc(file.clone(), offset))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|e| format!("mapping the memory file: {e}"))?;
+        let region = GuestRegionMmap::new(mapping, GuestAddress(addr))
+            .ok_or_else(|| format!("memory region at {addr:#x} wraps around"))?;
+        regions.push(region);
+        offset += len;
+    }
+    GuestMemory::from_regions(regions).map_err(|e| format!("guest memory layout: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::Bytes;
+
+    #[test]
+    fn memory_round_trips_sparse_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mem");
+        let mem = crate::memory::create(32, false).unwrap();
+        mem.write_obj(0xdead_beef_u32, GuestAddress(0x1000))
+            .unwrap();
+        mem.write_obj(0x1234_u16, GuestAddress((31 << 20) + 8))
+            .unwrap();
+        let ranges = dump(&mem, &path).unwrap();
+        assert_eq!(ranges, vec![(0, 32 << 20)]);
+        // Two pages of data in a 32 MiB file.
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), 32 << 20);
+        use std::os::unix::fs::MetadataExt;
+        assert!(meta.blocks() * 512 <= 64 * 1024, "{} blocks", meta.blocks());
+
+        let back = map(&path, &ranges).unwrap();
+        assert_eq!(
+            back.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+            0xdead_beef
+        );
+        assert_eq!(
+            back.read_obj::<u16>(GuestAddress((31 << 20) + 8)).unwrap(),
+            0x1234
+        );
+        back.write_obj(1u32, GuestAddress(0x1000)).unwrap();
+        let mut word = [0u8; 4];
+        std::fs::File::open(&path)
+            .unwrap()
+            .read_exact_at(&mut word, 0x1000)
+            .unwrap();
+        assert_eq!(
+            u32::from_le_bytes(word),
+            0xdead_beef,
+            "a private write reached the file"
+        );
+        assert!(map(&path, &[(0, 16 << 20)])
+            .unwrap_err()
+            .contains("has 33554432 bytes"));
+    }
+}
