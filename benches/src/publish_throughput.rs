@@ -17,6 +17,8 @@
 //! publish-throughput`.
 //!
 //! Usage: publish-throughput [--runs N] [--mib M] [--rr COUNT] [--husk PATH]
+//! [--only TEXT] (only the paths whose name has TEXT) [--port P] (one
+//! measurement of an echo server already listening on 127.0.0.1:P)
 
 use husk_benches::{median, spread};
 use std::io::{Read, Write};
@@ -40,6 +42,8 @@ struct Figures {
 
 fn main() {
     let (mut runs, mut mib, mut rr) = (5usize, 64u64, 2000u64);
+    let mut only: Option<String> = None;
+    let mut port_only: Option<u16> = None;
     let mut husk = PathBuf::from("target/release/husk");
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
@@ -54,10 +58,18 @@ fn main() {
             "--mib" => mib = value().parse().expect("--mib M"),
             "--rr" => rr = value().parse().expect("--rr COUNT"),
             "--husk" => husk = PathBuf::from(value()),
+            "--only" => only = Some(value()),
+            "--port" => port_only = Some(value().parse().expect("--port PORT")),
             other => panic!(
-                "unknown argument {other} (usage: publish-throughput [--runs N] [--mib M] [--rr COUNT] [--husk PATH])"
+                "unknown argument {other} (usage: publish-throughput [--runs N] [--mib M] [--rr COUNT] [--husk PATH] [--only TEXT])"
             ),
         }
+    }
+    if let Some(port) = port_only {
+        // An echo server already running: one measurement, no container.
+        let f = measure(port, rr, mib).unwrap_or_else(|e| panic!("{e}"));
+        println!("round trip {:.0} µs, echo {:.1} MB/s", f.rr_us, f.mb_s);
+        return;
     }
     husk_tests::require_linux_kvm();
     husk_compare::runner::ensure_cgroup2();
@@ -130,10 +142,19 @@ fn main() {
         }
         Err(why) => println!("husk run --network passt: {why}"),
     }
+    if let Some(text) = &only {
+        setups.retain(|(name, _)| name.contains(text.as_str()));
+    }
     let mut figures: Vec<Vec<Figures>> = (0..setups.len()).map(|_| Vec::new()).collect();
+    // A path that fails once is reported as failed, with why, and left
+    // out of the later runs.
+    let mut failed: Vec<Option<String>> = vec![None; setups.len()];
     // Run 0 warms up (image conversion, podman's first container).
     for run in 0..=runs {
         for (i, (name, start)) in setups.iter().enumerate() {
+            if failed[i].is_some() {
+                continue;
+            }
             let port = free_port();
             let out = start(port)
                 .stdin(Stdio::null())
@@ -144,9 +165,13 @@ fn main() {
                 "{name}: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            let f = measure(port, rr, mib).unwrap_or_else(|e| panic!("{name}: {e}"));
-            if run > 0 {
-                figures[i].push(f);
+            match measure(port, rr, mib) {
+                Ok(f) if run > 0 => figures[i].push(f),
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("{name}: run {run}: {e}");
+                    failed[i] = Some(format!("run {run}: {e}"));
+                }
             }
         }
         eprintln!("run {run} done");
@@ -159,6 +184,11 @@ fn main() {
     println!("|---|---|---|---|");
     let mut medians = Vec::new();
     for (i, (name, _)) in setups.iter().enumerate() {
+        if let Some(why) = &failed[i] {
+            println!("| {name} | failed: {why} | | |");
+            medians.push((f64::NAN, f64::NAN));
+            continue;
+        }
         let rtt: Vec<f64> = figures[i].iter().map(|f| f.rr_us).collect();
         let tput: Vec<f64> = figures[i].iter().map(|f| f.mb_s).collect();
         let (rlo, rhi) = spread(&rtt);
@@ -171,10 +201,10 @@ fn main() {
         );
     }
     let crun = setups.iter().position(|(n, _)| n.contains("crun"));
-    if let Some(c) = crun {
+    if let Some(c) = crun.filter(|&c| failed[c].is_none()) {
         let (cr, ct) = medians[c];
         for (i, (name, _)) in setups.iter().enumerate() {
-            if i != c {
+            if i != c && failed[i].is_none() {
                 let (r, t) = medians[i];
                 println!(
                     "{name} / crun under podman: round trip {:.1}×, throughput {:.2}×",

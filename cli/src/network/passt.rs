@@ -24,6 +24,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,8 @@ pub const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
 /// The gateway: the host, as passt maps it.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 const PREFIX: u8 = 24;
+/// The guest NIC's MTU.
+const MTU: u16 = 1500;
 /// How long passt may take to bind its ports and say it is ready.
 const READY: Duration = Duration::from_secs(10);
 /// Who passt runs as when started by root (it will not keep root):
@@ -48,7 +51,10 @@ const PASST_FD: i32 = 3;
 
 /// A running passt serving one VM; stopped on drop.
 pub struct Passt {
-    child: Child,
+    pid: libc::pid_t,
+    /// Reaps passt and says so if it dies before the run ends.
+    watcher: Option<std::thread::JoinHandle<()>>,
+    stopping: Arc<AtomicBool>,
     socket: Arc<OwnedFd>,
     _pid_dir: tempfile::TempDir,
 }
@@ -67,8 +73,14 @@ impl Passt {
 
 impl Drop for Passt {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stopping.store(true, Ordering::Release);
+        // SAFETY: kill(2) on our own child, which the watcher has not
+        // reaped yet unless it died (then the pid may only be reused once
+        // the watcher, joined below, reaped it: kill is sent first).
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        if let Some(w) = self.watcher.take() {
+            let _ = w.join();
+        }
     }
 }
 
@@ -108,6 +120,17 @@ fn has_default_route(routes: &str) -> bool {
     })
 }
 
+/// `$HUSK_PASST_LOG`: where passt writes its log (for a data path under
+/// investigation; passt's errors reach the user either way). Not with
+/// `--debug`: Debian 12's passt crashes logging a connection to a
+/// forwarded port that comes before the guest has sent anything.
+fn debug_log() -> Vec<std::ffi::OsString> {
+    match std::env::var_os("HUSK_PASST_LOG") {
+        Some(path) => vec!["--log-file".into(), path],
+        None => Vec::new(),
+    }
+}
+
 /// passt's `-t`/`-u` for one published port bound at `at`.
 fn forward(port: &Port, at: SocketAddr) -> [String; 2] {
     let flag = if port.proto == Proto::Udp { "-u" } else { "-t" };
@@ -138,14 +161,23 @@ pub fn start(ports: &[(Port, SocketAddr)]) -> Result<Passt, String> {
     let log = tempfile::tempfile().map_err(|e| format!("passt: log file: {e}"))?;
     let mut command = Command::new(&program);
     command
-        .args(["--foreground", "--quiet", "--ipv4-only"])
+        .args(["--foreground", "--ipv4-only"])
+        .args(
+            std::env::var_os("HUSK_PASST_LOG")
+                .is_none()
+                .then_some("--quiet"),
+        )
         .args(["--fd", &PASST_FD.to_string()])
         .arg("--pid")
         .arg(&pid_file)
         .args(["--address", &GUEST.to_string()])
         .args(["--netmask", &PREFIX.to_string()])
         .args(["--gateway", &GATEWAY.to_string()])
+        // The guest's MTU (its kernel's default; husk's ip= sets none):
+        // passt would otherwise size what it sends for 65520.
+        .args(["--mtu", &MTU.to_string()])
         .args(ports.iter().flat_map(|(p, at)| forward(p, *at)))
+        .args(debug_log())
         .args(
             root.then(|| ["--runas".to_string(), format!("{RUN_AS}:{RUN_AS}")])
                 .into_iter()
@@ -174,13 +206,31 @@ pub fn start(ports: &[(Port, SocketAddr)]) -> Result<Passt, String> {
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
     drop(theirs);
-    let mut passt = Passt {
-        child,
+    let mut child = child;
+    if let Err(e) = wait_ready(&mut child, &pid_file, log) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
+    }
+    let stopping = Arc::new(AtomicBool::new(false));
+    let pid = child.id() as libc::pid_t;
+    let watcher = {
+        let stopping = stopping.clone();
+        std::thread::spawn(move || {
+            let status = child.wait();
+            if !stopping.load(Ordering::Acquire) {
+                let how = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+                log::error!("passt, the container's network, stopped ({how}): the container has no network now");
+            }
+        })
+    };
+    Ok(Passt {
+        pid,
+        watcher: Some(watcher),
+        stopping,
         socket: Arc::new(OwnedFd::from(ours)),
         _pid_dir: pid_dir,
-    };
-    wait_ready(&mut passt.child, &pid_file, log)?;
-    Ok(passt)
+    })
 }
 
 /// Waits until passt writes its pid file (it does once its ports are
@@ -308,8 +358,15 @@ mod tests {
             proto: Proto::Tcp,
         };
         let passt = start(&[(port, at)]).unwrap_or_else(|e| panic!("{e}"));
-        assert!(std::net::TcpStream::connect(at).is_ok(), "passt listens");
-        let pid = passt.child.id() as i32;
+        // A client before the guest has said anything.
+        let client = std::net::TcpStream::connect(at);
+        assert!(client.is_ok(), "passt listens");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        // SAFETY: kill with signal 0 only checks that the pid exists.
+        let alive = unsafe { libc::kill(passt.pid, 0) } == 0;
+        let reaped = passt.watcher.as_ref().is_some_and(|w| w.is_finished());
+        assert!(alive && !reaped, "passt died on an early client");
+        let pid = passt.pid;
         drop(passt);
         // SAFETY: kill with signal 0 only checks that the pid exists.
         let alive = unsafe { libc::kill(pid, 0) } == 0;

@@ -230,8 +230,12 @@ pub struct Net<B: NetBackend = Tap> {
     rx_pending: Option<usize>,
     /// Host buffer for the packet being sent.
     tx_buf: Vec<u8>,
-    /// Whether the backend fd is in the event loop's epoll set.
-    pub(crate) polling_backend: bool,
+    /// Whether the backend fd is in the event loop's epoll set, and for
+    /// what.
+    pub(crate) backend_interest: Option<event_manager::EventSet>,
+    /// Sending waits for the backend to be writable (a stream backend
+    /// with a full socket).
+    pub(crate) tx_blocked: bool,
     backend_failed: bool,
     metrics: Arc<NetMetrics>,
 }
@@ -296,7 +300,8 @@ impl<B: NetBackend> Net<B> {
             rx_buf: vec![0; MAX_PACKET_LEN + 1],
             rx_pending: None,
             tx_buf: vec![0; MAX_PACKET_LEN],
-            polling_backend: false,
+            backend_interest: None,
+            tx_blocked: false,
             backend_failed: false,
             metrics: Arc::new(NetMetrics::default()),
         })
@@ -342,7 +347,8 @@ impl<B: NetBackend> Net<B> {
 
     /// Whether the event loop currently polls the backend fd.
     pub fn is_polling_backend(&self) -> bool {
-        self.polling_backend
+        self.backend_interest
+            .is_some_and(|i| i.contains(event_manager::EventSet::IN))
     }
 
     fn acked(&self, bit: u32) -> bool {
@@ -355,6 +361,13 @@ impl<B: NetBackend> Net<B> {
         let Some(active) = self.active.as_mut() else {
             return TxOutcome::default();
         };
+        if self.tx_blocked {
+            // The backend's writability resumes sending.
+            return TxOutcome {
+                blocked: true,
+                ..TxOutcome::default()
+            };
+        }
         let outcome = handler::process_tx(
             &active.mem,
             &mut active.tx_queue,
@@ -370,7 +383,8 @@ impl<B: NetBackend> Net<B> {
             }
         }
         snapshot(&self.metrics.tx_queue, &active.tx_queue, &active.mem);
-        if outcome.more {
+        self.tx_blocked = outcome.blocked;
+        if outcome.more && !outcome.blocked {
             // Come back after the event loop has served everyone else.
             if let Err(e) = self.queue_evts[TX_QUEUE].write(1) {
                 error!("virtio-net {}: cannot re-kick the tx queue: {e}", self.id);
@@ -451,6 +465,31 @@ impl<B: NetBackend> Net<B> {
         }
         snapshot(&metrics.rx_queue, &active.rx_queue, &active.mem);
         poll
+    }
+
+    /// The backend is writable again: sends what it left pending, then
+    /// the chains waiting in the tx queue.
+    pub(crate) fn backend_writable(&mut self) {
+        if !self.tx_blocked {
+            return;
+        }
+        match self.backend.flush() {
+            Ok(true) => {
+                self.tx_blocked = false;
+                self.process_tx_queue_event();
+            }
+            Ok(false) => {}
+            Err(e) => {
+                if let Some(n) = NetMetrics::inc_and_log(&self.metrics.tx_errors) {
+                    warn!(
+                        "virtio-net {}: backend refused a tx frame: {e} ({n} errors so far)",
+                        self.id
+                    );
+                }
+                self.tx_blocked = false;
+                self.process_tx_queue_event();
+            }
+        }
     }
 
     /// The backend reported an error condition: stop receiving for good.

@@ -39,27 +39,41 @@ impl<B: NetBackend> Net<B> {
         }
     }
 
-    /// Adds the backend fd to, or removes it from, the epoll set.
-    fn poll_backend(&mut self, ops: &mut EventOps, poll: bool) {
-        if poll == self.polling_backend {
-            return;
+    /// Puts the backend fd in the epoll set for what the device waits
+    /// for: packets to read (`rx`), room to write (a blocked tx), both,
+    /// or neither (then it leaves the set).
+    fn poll_backend(&mut self, ops: &mut EventOps, rx: bool) {
+        let mut want = EventSet::empty();
+        if rx {
+            want |= EventSet::IN;
         }
-        let events = Events::with_data_raw(self.backend().as_raw_fd(), BACKEND_TOKEN, EventSet::IN);
-        let result = if poll {
-            ops.add(events)
-        } else {
-            ops.remove(events)
+        if self.tx_blocked {
+            want |= EventSet::OUT;
+        }
+        let fd = self.backend().as_raw_fd();
+        let result = match self.backend_interest {
+            Some(have) if have == want => return,
+            None if want.is_empty() => return,
+            Some(have) if want.is_empty() => {
+                ops.remove(Events::with_data_raw(fd, BACKEND_TOKEN, have))
+            }
+            Some(_) => ops.modify(Events::with_data_raw(fd, BACKEND_TOKEN, want)),
+            None => ops.add(Events::with_data_raw(fd, BACKEND_TOKEN, want)),
         };
         match result {
-            Ok(()) => self.polling_backend = poll,
-            // Adding is retried on the next rx queue event; a failed remove
-            // leaves level-triggered readiness to call us again.
+            Ok(()) => self.backend_interest = (!want.is_empty()).then_some(want),
+            // Retried on the next queue event; a failed remove leaves
+            // level-triggered readiness to call us again.
             Err(e) => error!(
-                "virtio-net {}: cannot {} the backend fd: {e}",
-                self.id(),
-                if poll { "poll" } else { "stop polling" }
+                "virtio-net {}: cannot poll the backend fd for {want:?}: {e}",
+                self.id()
             ),
         }
+    }
+
+    /// Whether the backend fd is polled for packets now.
+    fn polling_rx(&self) -> bool {
+        self.is_polling_backend()
     }
 }
 
@@ -87,14 +101,16 @@ impl<B: NetBackend> MutEventSubscriber for Net<B> {
                 self.drain_queue_event(RX_QUEUE);
                 // The guest posted rx buffers: offer the pending packet, and
                 // read on while there is room.
-                let poll = self.process_rx();
-                self.poll_backend(ops, poll);
+                let rx = self.process_rx();
+                self.poll_backend(ops, rx);
             }
             TX_QUEUE_TOKEN => {
                 NetMetrics::inc(&self.metrics().queue_events);
                 NetMetrics::inc(&self.metrics().tx_queue.notifications);
                 self.drain_queue_event(TX_QUEUE);
                 self.process_tx_queue_event();
+                let rx = self.polling_rx();
+                self.poll_backend(ops, rx);
             }
             BACKEND_TOKEN => {
                 NetMetrics::inc(&self.metrics().backend_events);
@@ -103,11 +119,19 @@ impl<B: NetBackend> MutEventSubscriber for Net<B> {
                     // polls EPOLLERR forever): stop watching it, or the
                     // event loop would spin.
                     self.fail_backend();
+                    self.tx_blocked = false;
                     self.poll_backend(ops, false);
                     return;
                 }
-                let poll = self.process_rx();
-                self.poll_backend(ops, poll);
+                if event_set.contains(EventSet::OUT) {
+                    self.backend_writable();
+                }
+                let rx = if event_set.contains(EventSet::IN) {
+                    self.process_rx()
+                } else {
+                    self.polling_rx()
+                };
+                self.poll_backend(ops, rx);
             }
             other => warn!("virtio-net {}: event with unknown token {other}", self.id()),
         }

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 
 use crate::virtio::queue::{pop, Popped};
 use log::warn;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::chain::{read_tx_frame, RxChain};
@@ -31,6 +31,9 @@ pub struct TxOutcome {
     pub notify: bool,
     /// The pass stopped at its budget; chains may be left.
     pub more: bool,
+    /// The backend cannot take more now and wants the device to wait for
+    /// it ([`NetBackend::backpressure`]): chains are left in the ring.
+    pub blocked: bool,
 }
 
 /// Sends every chain available in the tx queue (at most `budget`) through
@@ -68,7 +71,14 @@ pub fn process_tx<B: NetBackend>(
             Some(Popped::Refused { head, why }) => (head, Err(why.to_owned())),
         };
         match frame {
-            Ok(len) => send(backend, &buf[..len], metrics),
+            Ok(len) => {
+                if send(backend, &buf[..len], metrics) == Sent::Blocked {
+                    // Taken again when the backend is writable.
+                    queue.go_to_previous_position();
+                    outcome.blocked = true;
+                    break;
+                }
+            }
             Err(e) => {
                 if let Some(n) = NetMetrics::inc_and_log(&metrics.tx_malformed) {
                     warn!("virtio-net: malformed tx chain {head}: {e} ({n} so far)");
@@ -82,12 +92,32 @@ pub fn process_tx<B: NetBackend>(
             Err(e) => warn!("virtio-net: cannot return tx descriptor {head}: {e}"),
         }
     }
+    if backend.backpressure() && !outcome.blocked {
+        // The end of the last frame may still be waiting to go.
+        match backend.flush() {
+            Ok(done) => outcome.blocked = !done,
+            Err(e) => {
+                if let Some(n) = NetMetrics::inc_and_log(&metrics.tx_errors) {
+                    warn!("virtio-net: backend refused a tx frame: {e} ({n} errors so far)");
+                }
+            }
+        }
+    }
     outcome.notify = outcome.completed > 0 && needs_notification(mem, queue);
     outcome
 }
 
+/// What became of a packet offered to the backend.
+#[derive(Debug, PartialEq, Eq)]
+enum Sent {
+    /// Sent, or dropped and counted.
+    Done,
+    /// Not taken; the backend wants it offered again later.
+    Blocked,
+}
+
 /// Writes one packet to the backend and accounts for it.
-fn send<B: NetBackend>(backend: &mut B, packet: &[u8], metrics: &NetMetrics) {
+fn send<B: NetBackend>(backend: &mut B, packet: &[u8], metrics: &NetMetrics) -> Sent {
     match backend.write_packet(packet) {
         Ok(n) if n == packet.len() => {
             NetMetrics::inc(&metrics.tx_packets);
@@ -102,6 +132,10 @@ fn send<B: NetBackend>(backend: &mut B, packet: &[u8], metrics: &NetMetrics) {
             }
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            if backend.backpressure() {
+                NetMetrics::inc(&metrics.tx_blocked);
+                return Sent::Blocked;
+            }
             NetMetrics::inc(&metrics.tx_dropped);
         }
         Err(e) => {
@@ -110,6 +144,7 @@ fn send<B: NetBackend>(backend: &mut B, packet: &[u8], metrics: &NetMetrics) {
             }
         }
     }
+    Sent::Done
 }
 
 /// Whether the driver wants an interrupt for what was just published.

@@ -18,6 +18,9 @@ pub struct NetMetrics {
     /// Guest frames the TAP could not take right now (`EAGAIN`): dropped,
     /// as a full NIC queue would.
     pub tx_dropped: AtomicU64,
+    /// Times sending stopped until the backend could take more (a stream
+    /// backend, which makes the guest wait instead of dropping).
+    pub tx_blocked: AtomicU64,
     /// Guest frames the TAP refused with an error (e.g. a header it rejects,
     /// the interface gone).
     pub tx_errors: AtomicU64,
@@ -96,11 +99,12 @@ impl NetMetrics {
     pub fn report(&self, id: &str) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "virtio-net {id}: {}; {}; tx packets={} dropped(EAGAIN)={} errors={}; rx packets={} dropped={} errors={} paused={}; queue events={} backend events={}",
+            "virtio-net {id}: {}; {}; tx packets={} dropped(EAGAIN)={} blocked={} errors={}; rx packets={} dropped={} errors={} paused={}; queue events={} backend events={}",
             self.rx_queue.line("rx"),
             self.tx_queue.line("tx"),
             g(&self.tx_packets),
             g(&self.tx_dropped),
+            g(&self.tx_blocked),
             g(&self.tx_errors),
             g(&self.rx_packets),
             g(&self.rx_dropped),

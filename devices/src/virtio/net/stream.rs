@@ -13,21 +13,24 @@
 //! Reading never takes more from the socket than the frame in progress,
 //! so a frame the device has no room for stays in the socket and the fd's
 //! level-triggered readiness still says so.
+//!
+//! Writing never blocks and never drops: a frame the socket takes only
+//! part of is kept and finished before any other, and one it cannot take
+//! at all is refused, so the device waits for the socket to be writable
+//! ([`NetBackend::backpressure`]) with the guest's frames in its ring. A
+//! dropped frame would be recovered by TCP in the guest, but a userspace
+//! stack such as Debian 12's passt mishandles the reordering: a FIN that
+//! overtakes a dropped segment ends the connection early.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant};
 
 use super::tap::NetBackend;
 use super::{ETH_HLEN, MAX_FRAME_LEN, VNET_HDR_LEN};
 
 /// Bytes of the length that precedes each frame.
 const LEN_BYTES: usize = 4;
-/// How long a write may wait for the peer to take the rest of a frame it
-/// took the start of. The stream must not be left mid-frame, and passt
-/// reads as fast as the host runs.
-const FINISH_WRITE: Duration = Duration::from_millis(100);
 
 /// The frame being read.
 #[derive(Debug)]
@@ -83,49 +86,21 @@ impl Stream {
         }
     }
 
-    /// Sends what is left of the last frame, waiting at most `wait` for
-    /// room. Returns whether all of it went.
-    fn flush_rest(&mut self, wait: Duration) -> io::Result<bool> {
-        let deadline = Instant::now() + wait;
+    /// Sends what is left of the last frame, as much as the socket takes
+    /// now. Returns whether all of it went.
+    fn flush_rest(&mut self) -> io::Result<bool> {
         while !self.tx_rest.is_empty() {
             match self.socket.write(&self.tx_rest) {
                 Ok(n) => {
                     self.tx_rest.drain(..n);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() || !writable(self.socket.as_raw_fd(), left)? {
-                        return Ok(false);
-                    }
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
         Ok(true)
     }
-}
-
-/// Waits up to `wait` for `fd` to take writes.
-fn writable(fd: RawFd, wait: Duration) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    let ms = wait.as_millis().clamp(1, 1000) as libc::c_int;
-    // SAFETY: `pfd` is a live pollfd on our stack and the count is 1; poll
-    // keeps no reference past the call.
-    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::Interrupted {
-            Ok(true)
-        } else {
-            Err(e)
-        };
-    }
-    Ok(n > 0)
 }
 
 impl AsRawFd for Stream {
@@ -187,7 +162,7 @@ impl NetBackend for Stream {
     }
 
     fn write_packet(&mut self, packet: &[u8]) -> io::Result<usize> {
-        if !self.flush_rest(Duration::ZERO)? {
+        if !self.flush_rest()? {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let frame = packet.get(VNET_HDR_LEN..).unwrap_or_default();
@@ -200,8 +175,8 @@ impl NetBackend for Stream {
             {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // Nothing of this frame went: dropping it keeps the stream
-                // whole.
+                // Nothing of this frame went: refusing it keeps the
+                // stream whole.
                 Err(e) => return Err(e),
             }
         };
@@ -209,10 +184,9 @@ impl NetBackend for Stream {
             let mut rest = Vec::with_capacity(total - sent);
             rest.extend_from_slice(length.get(sent..).unwrap_or_default());
             rest.extend_from_slice(&frame[sent.saturating_sub(LEN_BYTES)..]);
+            // The frame is committed: the rest goes before anything else
+            // (flush, or the next write).
             self.tx_rest = rest;
-            // The frame is committed; what did not go now goes before the
-            // next one if the wait runs out.
-            self.flush_rest(FINISH_WRITE)?;
         }
         Ok(packet.len())
     }
@@ -223,6 +197,14 @@ impl NetBackend for Stream {
 
     fn offloads(&self) -> bool {
         false
+    }
+
+    fn backpressure(&self) -> bool {
+        true
+    }
+
+    fn flush(&mut self) -> io::Result<bool> {
+        self.flush_rest()
     }
 }
 
@@ -331,7 +313,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_socket_drops_whole_frames_only() {
+    fn a_full_socket_refuses_whole_frames_only() {
         let (mut s, mut peer) = pair();
         let mut packet = vec![0u8; VNET_HDR_LEN];
         packet.extend_from_slice(&frame(9000, 1));
@@ -344,22 +326,26 @@ mod tests {
             }
         }
         assert!(dropped > 0, "the socket never filled");
+        assert!(!s.flush().unwrap() || s.tx_rest.is_empty());
         // Whatever was accepted arrives whole, in order, nothing else.
         peer.set_nonblocking(true).unwrap();
-        s.flush_rest(Duration::from_secs(1)).unwrap();
         let mut wire = Vec::new();
         loop {
             let mut chunk = vec![0; 1 << 16];
             match peer.read(&mut chunk) {
                 Ok(n) => wire.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if !s.flush_rest(Duration::from_millis(10)).unwrap() || !s.tx_rest.is_empty() {
-                        continue;
+                    if s.flush().unwrap() {
+                        break;
                     }
-                    break;
                 }
                 Err(e) => panic!("{e}"),
             }
+        }
+        // One more read for what the last flush sent.
+        let mut chunk = vec![0; 1 << 16];
+        while let Ok(n) = peer.read(&mut chunk) {
+            wire.extend_from_slice(&chunk[..n]);
         }
         assert_eq!(wire.len(), accepted * (LEN_BYTES + 9000));
         for chunk in wire.chunks(LEN_BYTES + 9000) {
@@ -371,8 +357,86 @@ mod tests {
     fn a_closed_peer_is_an_error_not_the_end_of_a_frame() {
         let (mut s, peer) = pair();
         drop(peer);
+        // A test spawning a program at the same time may hold a copy of
+        // the peer between its fork and exec: wait for the hang-up.
+        let mut pfd = libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd on the stack; poll keeps no reference.
+        let ready = unsafe { libc::poll(&mut pfd, 1, 5000) };
+        assert_eq!(ready, 1);
         let mut buf = vec![0; 64];
         let e = s.read_packet(&mut buf).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    }
+}
+
+#[cfg(test)]
+mod passt_tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+    use std::time::{Duration, Instant};
+
+    /// An ARP request from 10.0.2.100 (MAC 02:..:01) for 10.0.2.2.
+    fn arp_request() -> Vec<u8> {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+        f.extend_from_slice(&[0x08, 0x06]); // ARP
+        f.extend_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 1]); // Ethernet/IPv4, request
+        f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 10, 0, 2, 100]);
+        f.extend_from_slice(&[0; 6]);
+        f.extend_from_slice(&[10, 0, 2, 2]);
+        f.resize(60, 0);
+        f
+    }
+
+    #[test]
+    fn passt_answers_an_arp_request_over_the_stream() {
+        let Some(passt) = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .map(|d| d.join("passt"))
+            .find(|p| p.is_file())
+        else {
+            return husk_skip::skip("passt is not installed");
+        };
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let fd = theirs.as_raw_fd();
+        let mut cmd = std::process::Command::new(passt);
+        cmd.args(["-f", "-q", "-4", "-F", "3", "-a", "10.0.2.100", "-n", "24"])
+            .args(["-g", "10.0.2.2"])
+            .stderr(std::process::Stdio::null());
+        // SAFETY: dup2 is async-signal-safe; `fd` stays open until spawn
+        // returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(fd, 3) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
+        drop(theirs);
+        let mut s = Stream::new(ours.into()).unwrap();
+        let mut packet = vec![0u8; VNET_HDR_LEN];
+        packet.extend_from_slice(&arp_request());
+        let mut buf = vec![0u8; VNET_HDR_LEN + MAX_FRAME_LEN + 1];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let reply = loop {
+            let _ = s.write_packet(&packet);
+            std::thread::sleep(Duration::from_millis(50));
+            match s.read_packet(&mut buf) {
+                Ok(n) => break buf[VNET_HDR_LEN..n].to_vec(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+            assert!(Instant::now() < deadline, "no answer from passt");
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(&reply[12..14], &[0x08, 0x06], "an ARP frame: {reply:02x?}");
+        assert_eq!(&reply[20..22], &[0, 2], "a reply");
+        assert_eq!(&reply[28..32], &[10, 0, 2, 2]);
     }
 }

@@ -104,6 +104,21 @@ pub trait NetBackend: AsRawFd + Send {
     fn offloads(&self) -> bool {
         true
     }
+
+    /// Whether a packet the backend cannot take now must wait (the device
+    /// stops sending until the fd is writable) instead of being dropped.
+    /// A TAP drops, as a NIC with a full queue does; a stream to a
+    /// userspace stack waits: a frame dropped there can reorder a
+    /// connection's segments, which such a stack may not put back.
+    fn backpressure(&self) -> bool {
+        false
+    }
+
+    /// Sends what an earlier write left pending; `Ok(true)` once nothing
+    /// is.
+    fn flush(&mut self) -> io::Result<bool> {
+        Ok(true)
+    }
 }
 
 /// The `TUN_F_*` offloads a TAP may use towards a guest that acked

@@ -89,6 +89,8 @@ struct Knobs {
     offload: Arc<AtomicU32>,
     /// Make writes fail with this kind.
     write_error: Arc<Mutex<Option<io::ErrorKind>>>,
+    /// Ask the device to wait instead of dropping (as a stream does).
+    backpressure: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// One end of a datagram socketpair standing in for the TAP.
@@ -118,6 +120,10 @@ impl NetBackend for FakeBackend {
     fn set_offload(&mut self, flags: u32) -> io::Result<()> {
         self.knobs.offload.store(flags, Ordering::SeqCst);
         Ok(())
+    }
+
+    fn backpressure(&self) -> bool {
+        self.knobs.backpressure.load(Ordering::SeqCst)
     }
 }
 

@@ -17,7 +17,8 @@ fn tx_frame_reaches_the_backend_byte_exact() {
         TxOutcome {
             completed: 1,
             notify: true,
-            more: false
+            more: false,
+            blocked: false,
         }
     );
     assert_eq!(h.host.recv().unwrap(), packet);
@@ -207,6 +208,37 @@ fn backend_failures_drop_the_frame_and_return_the_chain() {
     assert_eq!(h.metric(|m| &m.tx_dropped), 1);
     assert_eq!(h.metric(|m| &m.tx_errors), 1);
     assert_eq!(h.metric(|m| &m.tx_packets), 1);
+}
+
+#[test]
+fn a_backend_that_asks_to_wait_gets_every_frame_in_order() {
+    let mut h = harness(BASE_FEATURES);
+    h.host.knobs.backpressure.store(true, Ordering::SeqCst);
+    let ps: Vec<Vec<u8>> = (1..=3).map(|i| packet(&frame(64, i))).collect();
+
+    h.host.fail_writes(Some(io::ErrorKind::WouldBlock));
+    let a = h.driver.post_tx(&ps[0], &[]);
+    let b = h.driver.post_tx(&ps[1], &[]);
+    let out = h.run_tx();
+    assert!(out.blocked && out.completed == 0, "{out:?}");
+    assert_eq!(h.driver.txq.pop_used(), None, "the chains wait in the ring");
+    // Notifications while blocked send nothing.
+    let c = h.driver.post_tx(&ps[2], &[]);
+    assert!(h.run_tx().blocked);
+    assert_eq!(h.host.recv(), None);
+
+    h.host.fail_writes(None);
+    h.net.backend_writable();
+    for head in [a, b, c] {
+        assert_eq!(h.driver.txq.pop_used(), Some((u32::from(head), 0)));
+    }
+    for p in &ps {
+        assert_eq!(h.host.recv().as_ref(), Some(p));
+    }
+    assert_eq!(h.metric(|m| &m.tx_dropped), 0);
+    assert_eq!(h.metric(|m| &m.tx_blocked), 1);
+    assert_eq!(h.metric(|m| &m.tx_packets), 3);
+    assert!(!h.run_tx().blocked);
 }
 
 #[test]
