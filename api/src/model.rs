@@ -536,6 +536,115 @@ pub struct Vm {
     pub state: VmStateChange,
 }
 
+/// `snapshot_type` of `PUT /snapshot/create`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum SnapshotType {
+    /// All of guest memory.
+    #[default]
+    Full,
+    /// Only the pages written since the last snapshot.
+    Diff,
+}
+
+/// `PUT /snapshot/create` body (Firecracker's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotCreate {
+    /// Full (the default) or Diff.
+    #[serde(default)]
+    pub snapshot_type: SnapshotType,
+    /// Where the VM's state goes.
+    pub snapshot_path: String,
+    /// Where guest memory goes.
+    pub mem_file_path: String,
+}
+
+impl SnapshotCreate {
+    /// Checks what the body alone can tell.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.snapshot_type == SnapshotType::Diff {
+            return Err("Diff snapshots are not supported yet; take a Full one".into());
+        }
+        if self.snapshot_path.is_empty() || self.mem_file_path.is_empty() {
+            return Err("snapshot_path and mem_file_path must not be empty".into());
+        }
+        if self.snapshot_path == self.mem_file_path {
+            return Err("snapshot_path and mem_file_path must be different files".into());
+        }
+        Ok(())
+    }
+}
+
+/// `backend_type` of a snapshot's memory backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemBackendType {
+    /// A memory file, mapped private.
+    File,
+    /// A userfaultfd handler's socket.
+    Uffd,
+}
+
+/// `mem_backend` of `PUT /snapshot/load`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemBackend {
+    pub backend_type: MemBackendType,
+    pub backend_path: String,
+}
+
+/// `PUT /snapshot/load` body (Firecracker's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotLoad {
+    /// The state file.
+    pub snapshot_path: String,
+    /// The memory file (deprecated by Firecracker for `mem_backend`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_file_path: Option<String>,
+    /// Where guest memory comes from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_backend: Option<MemBackend>,
+    /// Deprecated name of `track_dirty_pages`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_diff_snapshots: Option<bool>,
+    /// Track dirty pages for a later Diff snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub track_dirty_pages: Option<bool>,
+    /// Run the VM once loaded (otherwise it waits, paused).
+    #[serde(default)]
+    pub resume_vm: bool,
+}
+
+impl SnapshotLoad {
+    /// The memory file, once the body is known to be valid.
+    pub fn mem_file(&self) -> &str {
+        match (&self.mem_backend, &self.mem_file_path) {
+            (Some(b), _) => &b.backend_path,
+            (None, Some(p)) => p,
+            (None, None) => "",
+        }
+    }
+
+    /// Checks what the body alone can tell.
+    pub fn validate(&self) -> Result<(), String> {
+        match (&self.mem_backend, &self.mem_file_path) {
+            (Some(_), Some(_)) => return Err("give mem_backend or mem_file_path, not both".into()),
+            (None, None) => return Err("mem_backend (or mem_file_path) is required".into()),
+            (Some(b), None) if b.backend_type == MemBackendType::Uffd => {
+                return Err("the Uffd memory backend is not supported; use File".into())
+            }
+            _ => {}
+        }
+        if self.track_dirty_pages == Some(true) || self.enable_diff_snapshots == Some(true) {
+            return Err("dirty page tracking (for Diff snapshots) is not supported yet".into());
+        }
+        if self.snapshot_path.is_empty() || self.mem_file().is_empty() {
+            return Err("snapshot_path and the memory file must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
 /// The VM's state as `GET /` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InstanceState {

@@ -10,7 +10,8 @@
 
 use crate::model::{
     check_id, from_json, Action, ActionType, BootSource, Drive, DrivePatch, Logger, MachineConfig,
-    MachineConfigPatch, Metrics, NetworkInterface, SharedFs, Vm, VmStateChange, Vsock,
+    MachineConfigPatch, Metrics, NetworkInterface, SharedFs, SnapshotCreate, SnapshotLoad, Vm,
+    VmStateChange, Vsock,
 };
 use crate::response::Response;
 
@@ -49,6 +50,10 @@ pub enum Request {
     Action(ActionType),
     /// `PATCH /vm`.
     PatchVm(VmStateChange),
+    /// `PUT /snapshot/create`.
+    CreateSnapshot(SnapshotCreate),
+    /// `PUT /snapshot/load`.
+    LoadSnapshot(SnapshotLoad),
 }
 
 /// One (method, path) that the API serves. `path` is written as in the
@@ -83,6 +88,8 @@ pub const ROUTES: &[Route] = &[
     route("PUT", "/metrics"),
     route("PUT", "/actions"),
     route("PATCH", "/vm"),
+    route("PUT", "/snapshot/create"),
+    route("PUT", "/snapshot/load"),
 ];
 
 /// Firecracker endpoints husk does not serve (yet): a 404 that says so.
@@ -94,7 +101,6 @@ const NOT_IMPLEMENTED: &[&str] = &[
     "mmds",
     "pmem",
     "serial",
-    "snapshot",
 ];
 
 /// A resource, once the path is known.
@@ -113,6 +119,8 @@ pub(crate) enum Endpoint {
     Metrics,
     Actions,
     Vm,
+    SnapshotCreate,
+    SnapshotLoad,
 }
 
 impl Endpoint {
@@ -132,6 +140,8 @@ impl Endpoint {
             Endpoint::Metrics => "/metrics".into(),
             Endpoint::Actions => "/actions".into(),
             Endpoint::Vm => "/vm".into(),
+            Endpoint::SnapshotCreate => "/snapshot/create".into(),
+            Endpoint::SnapshotLoad => "/snapshot/load".into(),
         }
     }
 
@@ -148,7 +158,9 @@ impl Endpoint {
             | Endpoint::Fs(_)
             | Endpoint::Logger
             | Endpoint::Metrics
-            | Endpoint::Actions => &["PUT"],
+            | Endpoint::Actions
+            | Endpoint::SnapshotCreate
+            | Endpoint::SnapshotLoad => &["PUT"],
         }
     }
 }
@@ -185,6 +197,8 @@ pub(crate) fn route_request(method: &str, path: &str) -> Result<Routed, Response
         ("logger", None, false) => Endpoint::Logger,
         ("metrics", None, false) => Endpoint::Metrics,
         ("actions", None, false) => Endpoint::Actions,
+        ("snapshot", Some("create"), false) => Endpoint::SnapshotCreate,
+        ("snapshot", Some("load"), false) => Endpoint::SnapshotLoad,
         ("drives", None, false) => {
             return Err(Response::NotFound(format!(
                 "no such path: {path} (a drive is /drives/{{drive_id}})"
@@ -298,6 +312,16 @@ impl Routed {
             ("PATCH", Endpoint::Vm) => {
                 let vm: Vm = from_json(body).map_err(bad)?;
                 Request::PatchVm(vm.state)
+            }
+            ("PUT", Endpoint::SnapshotCreate) => {
+                let create: SnapshotCreate = from_json(body).map_err(bad)?;
+                create.validate().map_err(Response::BadRequest)?;
+                Request::CreateSnapshot(create)
+            }
+            ("PUT", Endpoint::SnapshotLoad) => {
+                let load: SnapshotLoad = from_json(body).map_err(bad)?;
+                load.validate().map_err(Response::BadRequest)?;
+                Request::LoadSnapshot(load)
             }
             // `route_request` only lets through the methods in `allowed()`,
             // and every one of them has an arm above.

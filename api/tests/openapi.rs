@@ -183,6 +183,9 @@ fn as_model(name: &str, v: &Value) -> Result<Value, String> {
         "Metrics" => round_trip::<Metrics>(v),
         "Action" => round_trip::<Action>(v),
         "Vm" => round_trip::<Vm>(v),
+        "SnapshotCreate" => round_trip::<SnapshotCreate>(v),
+        "SnapshotLoad" => round_trip::<SnapshotLoad>(v),
+        "MemBackend" => round_trip::<MemBackend>(v),
         "VmConfig" => round_trip::<VmConfigFile>(v),
         other => panic!("schema {other} has no model type in this test"),
     }

@@ -595,7 +595,7 @@ fn unknown_path_is_404() {
         "/drives/a/b",
         "/network-interfaces",
         "/versions",
-        "/snapshot/create",
+        "/snapshot/nope",
         "/balloon",
         "/mmds",
     ] {
@@ -603,7 +603,7 @@ fn unknown_path_is_404() {
         assert_eq!(e.status(), 404, "{path}: {e:?}");
         assert!(e.fault_message().unwrap().contains(path), "{e:?}");
     }
-    let e = error("PUT", "/snapshot/create", "{}");
+    let e = error("PUT", "/balloon", "{}");
     assert!(
         e.fault_message()
             .unwrap()
@@ -754,5 +754,89 @@ fn mutated_requests_never_panic_or_5xx() {
             assert!(e.status().as_u16() < 500, "{e:?}");
             assert!(e.fault_message().is_some());
         }
+    }
+}
+
+#[test]
+fn snapshot_bodies_are_firecrackers_and_unsupported_settings_are_refused() {
+    use husk_api::model::{MemBackendType, SnapshotType};
+    let create = parse(
+        "PUT",
+        "/snapshot/create",
+        br#"{"snapshot_path": "/s", "mem_file_path": "/m"}"#,
+    )
+    .unwrap();
+    match create {
+        Request::CreateSnapshot(c) => {
+            assert_eq!(c.snapshot_type, SnapshotType::Full);
+            assert_eq!(
+                (c.snapshot_path.as_str(), c.mem_file_path.as_str()),
+                ("/s", "/m")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let load = parse(
+        "PUT",
+        "/snapshot/load",
+        br#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "File", "backend_path": "/m"}}"#,
+    )
+    .unwrap();
+    match load {
+        Request::LoadSnapshot(l) => {
+            assert_eq!(l.mem_file(), "/m");
+            assert!(!l.resume_vm);
+            assert_eq!(l.mem_backend.unwrap().backend_type, MemBackendType::File);
+        }
+        other => panic!("{other:?}"),
+    }
+    let old_style = parse(
+        "PUT",
+        "/snapshot/load",
+        br#"{"snapshot_path": "/s", "mem_file_path": "/m", "resume_vm": true}"#,
+    );
+    assert!(
+        matches!(old_style, Ok(Request::LoadSnapshot(l)) if l.mem_file() == "/m" && l.resume_vm)
+    );
+    for (path, body, says) in [
+        (
+            "/snapshot/create",
+            r#"{"snapshot_type": "Diff", "snapshot_path": "/s", "mem_file_path": "/m"}"#,
+            "Diff snapshots are not supported",
+        ),
+        (
+            "/snapshot/create",
+            r#"{"snapshot_path": "/s", "mem_file_path": "/s"}"#,
+            "must be different",
+        ),
+        (
+            "/snapshot/create",
+            r#"{"snapshot_path": "/s", "mem_file_path": "/m", "version": "1.0"}"#,
+            "unknown field",
+        ),
+        (
+            "/snapshot/load",
+            r#"{"snapshot_path": "/s"}"#,
+            "mem_backend (or mem_file_path) is required",
+        ),
+        (
+            "/snapshot/load",
+            r#"{"snapshot_path": "/s", "mem_file_path": "/m", "mem_backend": {"backend_type": "File", "backend_path": "/m"}}"#,
+            "not both",
+        ),
+        (
+            "/snapshot/load",
+            r#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "Uffd", "backend_path": "/u"}}"#,
+            "Uffd memory backend is not supported",
+        ),
+        (
+            "/snapshot/load",
+            r#"{"snapshot_path": "/s", "mem_file_path": "/m", "track_dirty_pages": true}"#,
+            "dirty page tracking",
+        ),
+    ] {
+        let e = error("PUT", path, body);
+        assert_eq!(e.status(), 400, "{body}: {e:?}");
+        assert!(e.fault_message().unwrap().contains(says), "{body}: {e:?}");
     }
 }

@@ -29,6 +29,8 @@ pub enum Effect {
     /// Configure the logger / metrics sink (files are opened by the caller).
     Logger(Logger),
     Metrics(Metrics),
+    /// Write a snapshot of the paused VM.
+    CreateSnapshot(husk_vmm::snapshot::SnapshotPaths),
 }
 
 #[derive(Debug, Default)]
@@ -98,6 +100,7 @@ impl Controller {
                 | R::PutNetworkInterface(_)
                 | R::PutVsock(_)
                 | R::PutFs(_)
+                | R::LoadSnapshot(_)
         );
         if pre_boot_only && self.started() {
             return (bad(AFTER_BOOT), Effect::None);
@@ -143,8 +146,8 @@ impl Controller {
                 self.config.metrics = Some(m.clone());
                 Ok((Response::NoContent, Effect::Metrics(m)))
             }
-            R::Action(ActionType::InstanceStart) => Err(bad(
-                "InstanceStart is handled by the VMM loop (internal routing error)",
+            R::Action(ActionType::InstanceStart) | R::LoadSnapshot(_) => Err(bad(
+                "InstanceStart and snapshot loads are handled by the VMM loop (internal routing error)",
             )),
             R::Action(ActionType::SendCtrlAltDel) if self.started() => {
                 Ok((Response::NoContent, Effect::CtrlAltDel))
@@ -156,7 +159,19 @@ impl Controller {
                     Ok((Response::NoContent, Effect::FlushMetrics))
                 }
             }
-            R::Action(_) | R::PatchVm(_) if !self.started() => Err(bad(BEFORE_BOOT)),
+            R::Action(_) | R::PatchVm(_) | R::CreateSnapshot(_) if !self.started() => {
+                Err(bad(BEFORE_BOOT))
+            }
+            R::CreateSnapshot(_) if self.state != Some(InstanceState::Paused) => Err(bad(
+                "the microVM must be paused for a snapshot (PATCH /vm with state Paused)",
+            )),
+            R::CreateSnapshot(c) => Ok((
+                Response::NoContent,
+                Effect::CreateSnapshot(husk_vmm::snapshot::SnapshotPaths {
+                    state: c.snapshot_path.into(),
+                    mem: c.mem_file_path.into(),
+                }),
+            )),
             R::PatchVm(VmStateChange::Paused) => {
                 self.state = Some(InstanceState::Paused);
                 Ok((Response::NoContent, Effect::Pause))
@@ -168,6 +183,41 @@ impl Controller {
             R::Action(_) => Err(bad(AFTER_BOOT)),
         };
         result.unwrap_or_else(|e| (e, Effect::None))
+    }
+
+    /// What loading `load` restores, if nothing is configured yet (a
+    /// snapshot brings its own machine, as in Firecracker).
+    pub fn restore_config(
+        &self,
+        load: &husk_api::model::SnapshotLoad,
+    ) -> Result<husk_vmm::snapshot::RestoreConfig, Response> {
+        if self.started() {
+            return Err(bad(AFTER_BOOT));
+        }
+        let c = &self.config;
+        let configured = c.boot_source.is_some()
+            || c.machine_config.is_some()
+            || !c.drives.is_empty()
+            || !c.network_interfaces.is_empty()
+            || c.vsock.is_some()
+            || !c.fs.is_empty();
+        if configured {
+            return Err(bad(
+                "a snapshot can only be loaded before anything is configured (it brings its own VM)",
+            ));
+        }
+        readable_file("snapshot_path", &load.snapshot_path)?;
+        readable_file("the memory file", load.mem_file())?;
+        Ok(husk_vmm::snapshot::RestoreConfig {
+            snapshot: husk_vmm::snapshot::SnapshotPaths {
+                state: load.snapshot_path.clone().into(),
+                mem: load.mem_file().into(),
+            },
+            console: Console::Stdio,
+            stdin: true,
+            allow_pvm: self.allow_pvm,
+            resume: load.resume_vm,
+        })
     }
 
     fn put_boot_source(&mut self, b: BootSource) -> Result<(), Response> {
@@ -510,6 +560,61 @@ mod tests {
             r#"{"action_type":"SendCtrlAltDel"}"#,
         ));
         assert_eq!((r, fx), (Response::NoContent, Effect::CtrlAltDel));
+    }
+
+    #[test]
+    fn snapshots_are_made_paused_and_loaded_before_anything_is_configured() {
+        let create = r#"{"snapshot_path":"/tmp/s","mem_file_path":"/tmp/m"}"#;
+        let mut c = Controller::new("vm1".into());
+        let (r, _) = c.handle(req("PUT", "/snapshot/create", create));
+        assert!(fault(&r).contains("before starting"), "{r:?}");
+        c.state = Some(InstanceState::Running);
+        let (r, _) = c.handle(req("PUT", "/snapshot/create", create));
+        assert!(fault(&r).contains("must be paused"), "{r:?}");
+        c.state = Some(InstanceState::Paused);
+        let (r, fx) = c.handle(req("PUT", "/snapshot/create", create));
+        assert_eq!(r, Response::NoContent);
+        assert_eq!(
+            fx,
+            Effect::CreateSnapshot(husk_vmm::snapshot::SnapshotPaths {
+                state: "/tmp/s".into(),
+                mem: "/tmp/m".into()
+            })
+        );
+        let (r, _) = c.handle(req(
+            "PUT",
+            "/snapshot/load",
+            r#"{"snapshot_path":"/tmp/s","mem_file_path":"/tmp/m"}"#,
+        ));
+        assert!(fault(&r).contains("after starting"), "{r:?}");
+
+        let (state, mem) = (file(), file());
+        let load = |s: &str, m: &str| husk_api::model::SnapshotLoad {
+            snapshot_path: s.into(),
+            mem_file_path: Some(m.into()),
+            mem_backend: None,
+            enable_diff_snapshots: None,
+            track_dirty_pages: None,
+            resume_vm: true,
+        };
+        let paths =
+            |l: &husk_api::model::SnapshotLoad| (l.snapshot_path.clone(), l.mem_file().to_owned());
+        let good = load(state.path().to_str().unwrap(), mem.path().to_str().unwrap());
+        let mut c = Controller::new("vm2".into());
+        let cfg = c.restore_config(&good).unwrap();
+        assert!(cfg.resume);
+        assert_eq!(
+            (cfg.snapshot.state, cfg.snapshot.mem),
+            (paths(&good).0.into(), paths(&good).1.into())
+        );
+        let missing = c.restore_config(&load("/no/such", "/no/mem")).unwrap_err();
+        assert!(
+            fault(&missing).contains("snapshot_path /no/such"),
+            "{missing:?}"
+        );
+        c.config.machine_config = Some(MachineConfig::default());
+        let configured = c.restore_config(&good).unwrap_err();
+        assert!(fault(&configured).contains("before anything is configured"));
     }
 
     #[test]

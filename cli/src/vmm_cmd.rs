@@ -118,6 +118,15 @@ fn apply(effect: Effect, vm: Option<&VmControls>, metrics: &mut MetricsSink) -> 
             metrics.flush(vm);
             None
         }
+        Effect::CreateSnapshot(paths) => match vm {
+            Some(vm) => vm
+                .snapshot(&paths)
+                .err()
+                .map(|e| Response::BadRequest(format!("snapshot: {e}"))),
+            None => Some(Response::BadRequest(
+                "the requested operation is not supported before starting the microVM".into(),
+            )),
+        },
         Effect::Metrics(m) => metrics
             .open(&m.metrics_path)
             .err()
@@ -287,6 +296,16 @@ pub fn run(args: VmmArgs) -> Result<u8, Failure> {
         husk_vmm::start(&cfg, Some(signals))
             .map_err(|e| Response::BadRequest(format!("InstanceStart: {e}")))
     };
+    let try_restore = |controller: &Controller,
+                       load: &husk_api::model::SnapshotLoad|
+     -> Result<husk_vmm::RunningVm, Response> {
+        let cfg = controller.restore_config(load)?;
+        let signals = husk_vmm::take_stop_signals()
+            .map_err(|e| Response::BadRequest(format!("snapshot load: signals: {e}")))?;
+        husk_vmm::restore(&cfg, Some(signals))
+            .map_err(|e| Response::BadRequest(format!("snapshot load: {e}")))
+    };
+    let mut state = InstanceState::Running;
     let mut vm = if args.config_file.is_some() {
         try_start(&controller)
             .map_err(|r| Failure::runtime(r.fault_message().unwrap_or_default().to_owned()))?
@@ -310,25 +329,37 @@ pub fn run(args: VmmArgs) -> Result<u8, Failure> {
             let _ = wake.read();
             let mut m = metrics.lock().unwrap();
             while let Ok(ApiRequest { request, reply }) = rx.try_recv() {
-                let response = if request == Request::Action(ActionType::InstanceStart) {
-                    match try_start(&controller) {
-                        Ok(vm) => {
-                            m.count(&Response::NoContent);
-                            let _ = reply.send(Response::NoContent);
-                            break 'preboot vm;
+                let started = match &request {
+                    Request::Action(ActionType::InstanceStart) => Some(try_start(&controller)),
+                    Request::LoadSnapshot(load) => {
+                        if !load.resume_vm {
+                            state = InstanceState::Paused;
                         }
-                        Err(r) => r,
+                        Some(try_restore(&controller, load))
                     }
-                } else {
-                    let (response, effect) = controller.handle(request);
-                    apply(effect, None, &mut m).unwrap_or(response)
+                    _ => None,
+                };
+                let response = match started {
+                    Some(Ok(vm)) => {
+                        m.count(&Response::NoContent);
+                        let _ = reply.send(Response::NoContent);
+                        break 'preboot vm;
+                    }
+                    Some(Err(r)) => {
+                        state = InstanceState::Running;
+                        r
+                    }
+                    None => {
+                        let (response, effect) = controller.handle(request);
+                        apply(effect, None, &mut m).unwrap_or(response)
+                    }
                 };
                 m.count(&response);
                 let _ = reply.send(response);
             }
         }
     };
-    controller.state = Some(InstanceState::Running);
+    controller.state = Some(state);
     let controls = vm.controls();
     let timer = TimerFd::new().map_err(|e| Failure::runtime(format!("timerfd: {e}")))?;
     let mut timer = timer;

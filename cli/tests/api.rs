@@ -295,3 +295,65 @@ fn live_socket_is_refused_stale_one_replaced() {
     unsafe { libc::kill(second.id() as i32, libc::SIGTERM) };
     assert_eq!(second.wait().unwrap().code(), Some(143));
 }
+
+/// The counter guest's bytes as `output()` shows them (no `\r`).
+fn counts(from: u8, to: u8) -> String {
+    (from..=to)
+        .filter(|b| *b != b'\r')
+        .map(char::from)
+        .collect()
+}
+
+#[test]
+fn a_snapshot_made_through_the_api_loads_in_another_vmm_and_goes_on() {
+    const LIMIT: u8 = 120;
+    let a = Vmm::start(null_guest::counter_elf(u32::from(LIMIT)));
+    let k = serde_json::json!({"kernel_image_path": a.kernel, "boot_args": ""});
+    assert_eq!(a.req("PUT", "/boot-source", &k.to_string()).0, 204);
+    assert_eq!(a.start_instance().0, 204);
+    let snap = a.dir.path().join("vm.snap");
+    let mem = a.dir.path().join("vm.mem");
+    let create =
+        serde_json::json!({"snapshot_type": "Full", "snapshot_path": snap, "mem_file_path": mem})
+            .to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while a.output_len() < 20 {
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (s, v) = a.req("PUT", "/snapshot/create", &create);
+    assert_eq!(s, 400);
+    assert!(fault(&v).contains("must be paused"), "{v}");
+    assert_eq!(a.req("PATCH", "/vm", r#"{"state":"Paused"}"#).0, 204);
+    let (s, v) = a.req("PUT", "/snapshot/create", &create);
+    assert_eq!(s, 204, "{v}");
+    std::thread::sleep(Duration::from_millis(200));
+    let before = a.p.output();
+    let last = *before.as_bytes().last().unwrap();
+    assert_eq!(before, counts(1, last));
+    // The first VMM goes; its directory (the snapshot) stays.
+    let Vmm { p, dir: _kept, .. } = a;
+    drop(p);
+
+    // Another husk vmm, nothing configured: the snapshot brings its VM.
+    let b = Vmm::start(Vec::new());
+    let bad = b.dir.path().join("short.snap");
+    let whole = std::fs::read(&snap).unwrap();
+    std::fs::write(&bad, &whole[..whole.len() - 100]).unwrap();
+    let load = |state: &Path| {
+        serde_json::json!({"snapshot_path": state,
+            "mem_backend": {"backend_type": "File", "backend_path": mem}, "resume_vm": true})
+        .to_string()
+    };
+    let (s, v) = b.req("PUT", "/snapshot/load", &load(&bad));
+    assert_eq!(s, 400);
+    assert!(fault(&v).contains("truncated"), "{v}");
+    let (s, v) = b.req("PUT", "/snapshot/load", &load(&snap));
+    assert_eq!(s, 204, "{v}");
+    let (_, info) = b.req("GET", "/", "");
+    assert_eq!(info["state"], "Running");
+    let (code, out) = b.wait(Duration::from_secs(30));
+    assert_eq!(code, Some(0));
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(out, counts(last + 1, LIMIT));
+}
