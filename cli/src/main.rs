@@ -15,6 +15,7 @@ mod network_cmd;
 mod oci;
 mod registry_cmd;
 mod run;
+mod snapshot_cmd;
 mod virtiofsd;
 mod vmm_cmd;
 
@@ -70,6 +71,10 @@ enum Command {
     Network(network_cmd::NetworkArgs),
     /// Run one VMM driven by the Firecracker-compatible API (or a config file).
     Vmm(vmm_cmd::VmmArgs),
+    /// Snapshots of a raw VM: create one from a `husk vmm`, or run a VM
+    /// from one.
+    #[command(subcommand)]
+    Snapshot(snapshot_cmd::SnapshotCommand),
     /// List containers (running; -a for all).
     Ps(containers::PsArgs),
     /// Run a command in a running container.
@@ -193,6 +198,7 @@ fn main() -> ExitCode {
         Command::Boot(args) => boot::run(args),
         Command::Compare(args) => compare_cmd::run(args),
         Command::Vmm(args) => vmm_cmd::run(args),
+        Command::Snapshot(c) => snapshot_cmd::run(c),
         Command::Run(args) => run::run(*args),
         Command::Pull(args) => registry_cmd::pull(args),
         Command::Images(args) => registry_cmd::images(args),

@@ -255,6 +255,30 @@ fn exit_code(outcome: husk_vmm::Outcome) -> Result<u8, Failure> {
 }
 
 pub fn run(args: VmmArgs) -> Result<u8, Failure> {
+    serve(args, None)
+}
+
+/// `husk snapshot restore`: a VMM that starts by loading `load`, with the
+/// API on `api_sock` if given.
+pub fn run_restored(
+    api_sock: Option<PathBuf>,
+    allow_kvm_pvm: bool,
+    load: husk_api::model::SnapshotLoad,
+) -> Result<u8, Failure> {
+    let args = VmmArgs {
+        no_api: api_sock.is_none(),
+        api_sock,
+        config_file: None,
+        id: "husk-vm".into(),
+        allow_kvm_pvm,
+    };
+    serve(args, Some(load))
+}
+
+fn serve(
+    args: VmmArgs,
+    initial_load: Option<husk_api::model::SnapshotLoad>,
+) -> Result<u8, Failure> {
     let signals = husk_vmm::take_stop_signals()
         .map_err(|e| Failure::runtime(format!("cannot take over SIGINT/SIGTERM: {e}")))?;
     let mut controller = Controller::new(args.id.clone());
@@ -306,9 +330,14 @@ pub fn run(args: VmmArgs) -> Result<u8, Failure> {
             .map_err(|e| Response::BadRequest(format!("snapshot load: {e}")))
     };
     let mut state = InstanceState::Running;
-    let mut vm = if args.config_file.is_some() {
-        try_start(&controller)
-            .map_err(|r| Failure::runtime(r.fault_message().unwrap_or_default().to_owned()))?
+    let fail = |r: Response| Failure::runtime(r.fault_message().unwrap_or_default().to_owned());
+    let mut vm = if let Some(load) = &initial_load {
+        if !load.resume_vm {
+            state = InstanceState::Paused;
+        }
+        try_restore(&controller, load).map_err(fail)?
+    } else if args.config_file.is_some() {
+        try_start(&controller).map_err(fail)?
     } else {
         'preboot: loop {
             let (woken, signalled) =

@@ -304,23 +304,30 @@ fn counts(from: u8, to: u8) -> String {
         .collect()
 }
 
-#[test]
-fn a_snapshot_made_through_the_api_loads_in_another_vmm_and_goes_on() {
-    const LIMIT: u8 = 120;
-    let a = Vmm::start(null_guest::counter_elf(u32::from(LIMIT)));
+/// A husk vmm booted (kernel only: no device) with the counter guest
+/// counting to `limit`, once it has printed `printed` counts.
+fn counting(limit: u8, printed: usize) -> Vmm {
+    let a = Vmm::start(null_guest::counter_elf(u32::from(limit)));
     let k = serde_json::json!({"kernel_image_path": a.kernel, "boot_args": ""});
     assert_eq!(a.req("PUT", "/boot-source", &k.to_string()).0, 204);
     assert_eq!(a.start_instance().0, 204);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while a.output_len() < printed {
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    a
+}
+
+#[test]
+fn a_snapshot_made_through_the_api_loads_in_another_vmm_and_goes_on() {
+    const LIMIT: u8 = 120;
+    let a = counting(LIMIT, 20);
     let snap = a.dir.path().join("vm.snap");
     let mem = a.dir.path().join("vm.mem");
     let create =
         serde_json::json!({"snapshot_type": "Full", "snapshot_path": snap, "mem_file_path": mem})
             .to_string();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while a.output_len() < 20 {
-        assert!(std::time::Instant::now() < deadline, "no progress");
-        std::thread::sleep(Duration::from_millis(10));
-    }
     let (s, v) = a.req("PUT", "/snapshot/create", &create);
     assert_eq!(s, 400);
     assert!(fault(&v).contains("must be paused"), "{v}");
@@ -355,5 +362,54 @@ fn a_snapshot_made_through_the_api_loads_in_another_vmm_and_goes_on() {
     let (code, out) = b.wait(Duration::from_secs(30));
     assert_eq!(code, Some(0));
     let out = String::from_utf8(out).unwrap();
+    assert_eq!(out, counts(last + 1, LIMIT));
+}
+
+#[test]
+fn husk_snapshot_create_and_restore_on_the_command_line() {
+    const LIMIT: u8 = 110;
+    let a = counting(LIMIT, 10);
+    let (snap, mem) = (a.dir.path().join("s"), a.dir.path().join("m"));
+    let husk = env!("CARGO_BIN_EXE_husk");
+    let create = Command::new(husk)
+        .args(["snapshot", "create", "--api-sock"])
+        .arg(&a.socket)
+        .arg("--state")
+        .arg(&snap)
+        .arg("--mem")
+        .arg(&mem)
+        .output()
+        .unwrap();
+    assert!(create.status.success(), "{create:?}");
+    let (_, info) = a.req("GET", "/", "");
+    assert_eq!(info["state"], "Paused", "no --resume: it stays paused");
+    std::thread::sleep(Duration::from_millis(200));
+    let last = *a.p.output().as_bytes().last().unwrap();
+    // A second snapshot to the same files over a missing directory: the
+    // VMM's error, on one line.
+    let refused = Command::new(husk)
+        .args(["snapshot", "create", "--api-sock"])
+        .arg(&a.socket)
+        .args(["--state", "/no/such/dir/s", "--mem", "/no/such/dir/m"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("PUT /snapshot/create: 400") && said.lines().count() == 1,
+        "{said}"
+    );
+    let Vmm { p, dir: _kept, .. } = a;
+    drop(p);
+
+    let restored = Command::new(husk)
+        .args(["snapshot", "restore", "--allow-kvm-pvm", "--state"])
+        .arg(&snap)
+        .arg("--mem")
+        .arg(&mem)
+        .output()
+        .unwrap();
+    assert_eq!(restored.status.code(), Some(0), "{restored:?}");
+    let out = String::from_utf8_lossy(&restored.stdout).replace('\r', "");
     assert_eq!(out, counts(last + 1, LIMIT));
 }
