@@ -86,6 +86,17 @@ impl IrqTrigger {
         self.vring_always.store(true, Ordering::SeqCst);
     }
 
+    /// Puts back a saved `InterruptStatus` and raises the line if any
+    /// reason is pending (a snapshot's restore; an interrupt the guest had
+    /// already taken is only a spurious one).
+    pub fn restore_status(&self, bits: u32) -> io::Result<()> {
+        self.status.store(bits, Ordering::SeqCst);
+        if bits != 0 {
+            self.evt.write(1)?;
+        }
+        Ok(())
+    }
+
     /// Clears the given bits (the driver's write to `InterruptACK`).
     pub fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);

@@ -142,6 +142,14 @@ pub trait VirtioDevice: Send {
     /// Whether `activate` succeeded and no reset happened since.
     fn is_activated(&self) -> bool;
 
+    /// Where each queue stands while the device is active (for a
+    /// snapshot: the driver's addresses and the device's ring positions),
+    /// or `None`: inactive, or a device whose queues another process
+    /// serves (vhost-user), which cannot be snapshotted.
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        None
+    }
+
     /// Returns the device to its pre-activation state: drops the queues, the
     /// memory and the interrupt, keeps the backend and the queue eventfds
     /// (the VMM registered those with KVM once, for the device's lifetime).

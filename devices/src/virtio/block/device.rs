@@ -257,6 +257,10 @@ impl VirtioDevice for Block {
         self.active.is_some()
     }
 
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        self.active.as_ref().map(|a| vec![a.queue.state()])
+    }
+
     fn reset(&mut self) {
         self.active = None;
         self.acked_features = 0;

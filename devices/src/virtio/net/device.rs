@@ -643,6 +643,12 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         self.active.is_some()
     }
 
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        self.active
+            .as_ref()
+            .map(|a| vec![a.rx_queue.state(), a.tx_queue.state()])
+    }
+
     fn reset(&mut self) {
         self.active = None;
         self.acked_features = 0;

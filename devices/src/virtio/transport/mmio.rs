@@ -230,6 +230,73 @@ impl MmioTransport {
         self.status
     }
 
+    /// The registers and the queues, for a snapshot: the device's live
+    /// queues while it is active, else what the driver configured so far.
+    /// Fails for an active device whose queues are not ours to save
+    /// (vhost-user).
+    pub fn state(&self) -> Result<MmioState, String> {
+        let live = lock(&self.device).queue_states();
+        let active = lock(&self.device).is_activated();
+        let queues = match (live, active) {
+            (Some(q), _) => q,
+            (None, false) => self.queues.iter().map(Queue::state).collect(),
+            (None, true) => {
+                return Err(format!(
+                    "device type {} cannot be snapshotted (its queues are served by another process)",
+                    self.device_type
+                ))
+            }
+        };
+        Ok(MmioState {
+            status: self.status,
+            device_features_select: self.device_features_select,
+            driver_features_select: self.driver_features_select,
+            driver_features: self.driver_features,
+            queue_select: self.queue_select,
+            config_generation: self.config_generation,
+            interrupt_status: self.interrupt.status(),
+            queues,
+        })
+    }
+
+    /// Puts a saved state back into a new transport (same device type and
+    /// queues): the registers, the queues, and, if the driver had started
+    /// the device, the device started again on those queues at their saved
+    /// positions.
+    pub fn restore(&mut self, state: &MmioState) -> Result<(), String> {
+        if state.queues.len() != self.queues.len() {
+            return Err(format!(
+                "the snapshot has {} queues for device type {}, which has {}",
+                state.queues.len(),
+                self.device_type,
+                self.queues.len()
+            ));
+        }
+        self.queues = state
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| Queue::try_from(*q).map_err(|e| format!("queue {i}: {e}")))
+            .collect::<Result<_, _>>()?;
+        self.status = state.status;
+        self.device_features_select = state.device_features_select;
+        self.driver_features_select = state.driver_features_select;
+        self.driver_features = state.driver_features;
+        self.queue_select = state.queue_select;
+        self.config_generation = state.config_generation;
+        if self.status & status::FEATURES_OK != 0 {
+            lock(&self.device).ack_features(self.driver_features);
+        }
+        let running = status::DRIVER_OK;
+        let stopped = status::FAILED | status::DEVICE_NEEDS_RESET;
+        if self.status & (running | stopped) == running {
+            self.activate().map_err(|e| e.to_string())?;
+        }
+        self.interrupt
+            .restore_status(state.interrupt_status)
+            .map_err(|e| format!("interrupt: {e}"))
+    }
+
     /// Handles a guest read of `data.len()` bytes at `offset` in the window.
     pub fn read(&mut self, offset: u64, data: &mut [u8]) {
         // Whatever goes wrong below, the guest must not see stale bytes of
@@ -527,6 +594,19 @@ impl MmioTransport {
         self.driver_features = 0;
         self.status = 0;
     }
+}
+
+/// A transport's registers and its queues, as a snapshot keeps them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MmioState {
+    pub status: u32,
+    pub device_features_select: u32,
+    pub driver_features_select: u32,
+    pub driver_features: u64,
+    pub queue_select: u32,
+    pub config_generation: u32,
+    pub interrupt_status: u32,
+    pub queues: Vec<virtio_queue::QueueState>,
 }
 
 /// Why DRIVER_OK did not start the device.

@@ -5,4 +5,6 @@
 
 pub mod mmio;
 
-pub use mmio::{cmdline_token, MmioError, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+pub use mmio::{
+    cmdline_token, MmioError, MmioState, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
+};

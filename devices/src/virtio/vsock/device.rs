@@ -393,6 +393,12 @@ impl VirtioDevice for Vsock {
         self.active.is_some()
     }
 
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        self.active
+            .as_ref()
+            .map(|a| a.queues.iter().map(|q| q.state()).collect())
+    }
+
     fn reset(&mut self) {
         self.active = None;
         self.acked_features = 0;

@@ -101,6 +101,9 @@ impl VirtioDevice for Dummy {
     fn is_activated(&self) -> bool {
         self.activated.is_some()
     }
+    fn queue_states(&self) -> Option<Vec<QueueState>> {
+        self.activated.clone()
+    }
     fn reset(&mut self) {
         self.activated = None;
         self.acked = None;
@@ -737,4 +740,57 @@ fn an_avail_ring_at_guest_address_0_is_served() {
         let at = usize::from(sector) * 512;
         assert_eq!(vq.read(data, 512), contents[at..at + 512]);
     }
+}
+
+#[test]
+fn a_saved_transport_restores_into_a_new_one_with_its_device_running() {
+    let mut b = bench();
+    let q0 = VirtQueueDriver::new(&b.mem, GuestAddress(0x1_0000), 16);
+    let q1 = VirtQueueDriver::new(&b.mem, GuestAddress(0x2_0000), 8);
+    b.negotiate(1 << HIGH_FEATURE);
+    b.setup_queue(0, &q0);
+    b.setup_queue(1, &q1);
+    b.set_status(Bench::ALL_OK);
+    // The device has moved on in its rings since activation.
+    {
+        let mut d = b.dummy.lock().unwrap();
+        let q = &mut d.activated.as_mut().unwrap()[0];
+        q.next_avail = 5;
+        q.next_used = 4;
+    }
+    b.mmio.interrupt().trigger(IrqType::Vring).unwrap();
+    b.write32(QUEUE_SEL, 1);
+    let saved = b.mmio.state().unwrap();
+    assert_eq!(saved.status, Bench::ALL_OK);
+    assert_eq!(saved.queues[0].next_avail, 5);
+
+    let mut fresh = bench_with(Dummy::new());
+    fresh.mmio.restore(&saved).unwrap();
+    assert_eq!(fresh.status(), Bench::ALL_OK);
+    assert_eq!(fresh.read32(QUEUE_READY), 1, "QueueSel came back (queue 1)");
+    assert_eq!(fresh.read32(INTERRUPT_STATUS), VIRTIO_MMIO_INT_VRING);
+    assert_eq!(fresh.mmio.interrupt().event().read().unwrap(), 1, "re-raised");
+    let d = fresh.dummy.lock().unwrap();
+    assert_eq!(
+        d.acked,
+        Some((1 << VIRTIO_F_VERSION_1) | (1 << HIGH_FEATURE))
+    );
+    let running = d.activated.as_ref().expect("started again");
+    assert_eq!((running[0].next_avail, running[0].next_used), (5, 4));
+    assert_eq!(running[1].desc_table, 0x2_0000);
+}
+
+#[test]
+fn a_transport_saved_before_driver_ok_restores_without_starting_the_device() {
+    let mut b = bench();
+    b.negotiate(0);
+    let saved = b.mmio.state().unwrap();
+    let mut fresh = bench();
+    fresh.mmio.restore(&saved).unwrap();
+    assert_eq!(fresh.status(), status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+    assert!(fresh.dummy.lock().unwrap().activated.is_none());
+    let mut wrong = saved.clone();
+    wrong.queues.pop();
+    let e = bench().mmio.restore(&wrong).unwrap_err();
+    assert!(e.contains("has 1 queues") && e.contains("which has 2"), "{e}");
 }
