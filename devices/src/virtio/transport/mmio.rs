@@ -240,12 +240,10 @@ impl MmioTransport {
         let queues = match (live, active) {
             (Some(q), _) => q,
             (None, false) => self.queues.iter().map(Queue::state).collect(),
-            (None, true) => {
-                return Err(format!(
-                    "device type {} cannot be snapshotted (its queues are served by another process)",
-                    self.device_type
-                ))
-            }
+            (None, true) => return Err(format!(
+                "device type {} cannot be snapshotted (its queues are served by another process)",
+                self.device_type
+            )),
         };
         Ok(MmioState {
             status: self.status,

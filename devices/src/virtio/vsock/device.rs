@@ -329,6 +329,62 @@ fn needs_notification(queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
     })
 }
 
+impl Vsock {
+    /// Tells the guest driver that every connection is gone, as
+    /// Firecracker does after restoring a snapshot (the host ends of the
+    /// guest's connections did not survive): a TRANSPORT_RESET event in
+    /// the event queue's first buffer. Returns whether it was delivered
+    /// (an inactive device or an empty event queue has no one to tell).
+    pub fn transport_reset(&mut self) -> bool {
+        self.muxer.reset();
+        // The host streams are closed once the event loop deregistered
+        // them; wake it.
+        if let Err(e) = self.queue_evts[EVENT_QUEUE].write(1) {
+            error!("virtio-vsock: cannot wake the event loop after a transport reset: {e}");
+        }
+        let Some(active) = self.active.as_mut() else {
+            return false;
+        };
+        let (mem, queue) = (&active.mem, &mut active.queues[EVENT_QUEUE]);
+        let (head, len) = match pop(queue, mem) {
+            None => {
+                warn!("virtio-vsock: no event buffer for the transport reset");
+                return false;
+            }
+            Some(Popped::Refused { head, why }) => {
+                warn!("virtio-vsock: refusing event chain {head}: {why}");
+                (head, 0)
+            }
+            Some(Popped::Chain(chain)) => {
+                let head = chain.head_index();
+                let event = VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.to_le_bytes();
+                let written = chain
+                    .writer(mem)
+                    .ok()
+                    .filter(|w| w.available_bytes() >= event.len())
+                    .is_some_and(|mut w| w.write_all(&event).is_ok());
+                if !written {
+                    warn!("virtio-vsock: event buffer {head} is unusable");
+                }
+                (head, if written { event.len() as u32 } else { 0 })
+            }
+        };
+        if let Err(e) = queue.add_used(mem, head, len) {
+            warn!("virtio-vsock: cannot return event descriptor {head}: {e}");
+            return false;
+        }
+        if needs_notification(queue, mem) {
+            if let Err(e) = active.interrupt.trigger(IrqType::Vring) {
+                error!("virtio-vsock: cannot interrupt the guest: {e}");
+            }
+        }
+        len > 0
+    }
+}
+
+/// `struct virtio_vsock_event`'s id for "all connections are gone".
+const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: u32 = 0;
+
 impl VirtioDevice for Vsock {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_VSOCK

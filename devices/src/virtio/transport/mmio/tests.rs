@@ -769,7 +769,11 @@ fn a_saved_transport_restores_into_a_new_one_with_its_device_running() {
     assert_eq!(fresh.status(), Bench::ALL_OK);
     assert_eq!(fresh.read32(QUEUE_READY), 1, "QueueSel came back (queue 1)");
     assert_eq!(fresh.read32(INTERRUPT_STATUS), VIRTIO_MMIO_INT_VRING);
-    assert_eq!(fresh.mmio.interrupt().event().read().unwrap(), 1, "re-raised");
+    assert_eq!(
+        fresh.mmio.interrupt().event().read().unwrap(),
+        1,
+        "re-raised"
+    );
     let d = fresh.dummy.lock().unwrap();
     assert_eq!(
         d.acked,
@@ -787,10 +791,16 @@ fn a_transport_saved_before_driver_ok_restores_without_starting_the_device() {
     let saved = b.mmio.state().unwrap();
     let mut fresh = bench();
     fresh.mmio.restore(&saved).unwrap();
-    assert_eq!(fresh.status(), status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+    assert_eq!(
+        fresh.status(),
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK
+    );
     assert!(fresh.dummy.lock().unwrap().activated.is_none());
     let mut wrong = saved.clone();
     wrong.queues.pop();
     let e = bench().mmio.restore(&wrong).unwrap_err();
-    assert!(e.contains("has 1 queues") && e.contains("which has 2"), "{e}");
+    assert!(
+        e.contains("has 1 queues") && e.contains("which has 2"),
+        "{e}"
+    );
 }

@@ -204,3 +204,31 @@ fn reset_closes_every_host_stream_and_the_device_starts_over() {
     h.refill_rx();
     h.assert_still_serving(3);
 }
+
+#[test]
+fn a_transport_reset_tells_the_guest_and_drops_every_connection() {
+    let mut h = Harness::new();
+    let (mut a, _) = h.connected(1);
+    assert_eq!(h.connection_count(), 1);
+    // No event buffer yet: nothing can be told.
+    assert!(!h.dev.lock().unwrap().transport_reset());
+    h.pump();
+    assert!(is_closed_without_data(&mut a));
+
+    let (mut b, _) = h.connected(2);
+    let buf = h.ev.alloc(8);
+    h.ev.write(buf, &[0xff; 8]);
+    let head = h.ev.add_chain(&[Buf::writable(buf, 8)]);
+    h.ev.publish(head);
+    assert!(h.dev.lock().unwrap().transport_reset());
+    assert_eq!(h.ev.pop_used(), Some((u32::from(head), 4)));
+    assert_eq!(
+        h.ev.read(buf, 4),
+        [0, 0, 0, 0],
+        "VIRTIO_VSOCK_EVENT_TRANSPORT_RESET"
+    );
+    assert_ne!(h.irq.status(), 0, "the guest was interrupted");
+    h.pump();
+    assert_eq!(h.connection_count(), 0);
+    assert!(is_closed_without_data(&mut b));
+}
