@@ -140,7 +140,21 @@ fn a_restored_snapshot_goes_on_counting_where_it_stopped() {
     const LIMIT: u8 = 200;
     let dir = tempfile::tempdir().unwrap();
     let before = dir.path().join("before");
-    let config = counter_config(dir.path(), &before, u32::from(LIMIT));
+    let mut config = counter_config(dir.path(), &before, u32::from(LIMIT));
+    // Devices the null guest never drives: the snapshot carries them and
+    // the restore attaches them again (the vsock socket path is reused).
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    config.disks.push(husk_vmm::DiskConfig {
+        path: disk,
+        read_only: true,
+        id: "data".into(),
+    });
+    config.vsock = Some(husk_vmm::VsockConfig {
+        guest_cid: 3,
+        uds_path: dir.path().join("v.sock"),
+        id: "vsock0".into(),
+    });
     let vm = husk_vmm::start(&config, None).expect("the VM starts");
     let controls = vm.controls();
     let waiter = std::thread::spawn(move || vm.wait());
@@ -153,6 +167,8 @@ fn a_restored_snapshot_goes_on_counting_where_it_stopped() {
     let made = controls.snapshot(&paths);
     controls.stop(Exit::Stopped(0));
     assert_eq!(waiter.join().unwrap().exit, Exit::Stopped(0));
+    // The last handle on the VM: its devices (the vsock socket) go with it.
+    drop(controls);
     made.unwrap_or_else(|e| panic!("snapshot: {e}"));
     let printed = std::fs::read(&before).unwrap();
     let k = printed.len();
@@ -169,9 +185,12 @@ fn a_restored_snapshot_goes_on_counting_where_it_stopped() {
         allow_pvm: true,
         resume: true,
     };
-    let out = husk_vmm::restore(&restore, None)
-        .unwrap_or_else(|e| panic!("restore: {e}"))
-        .wait();
+    let restored = husk_vmm::restore(&restore, None).unwrap_or_else(|e| panic!("restore: {e}"));
+    assert!(
+        std::os::unix::net::UnixStream::connect(dir.path().join("v.sock")).is_ok(),
+        "the vsock device listens again"
+    );
+    let out = restored.wait();
     assert_eq!(out.guest_status, Some(0));
     assert_eq!(out.exit, Exit::Reset);
     let rest: Vec<u8> = (k as u8 + 1..=LIMIT).collect();

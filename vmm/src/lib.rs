@@ -144,6 +144,8 @@ pub struct Shared {
     source: Mutex<Option<Source>>,
     /// The MSRs a vCPU's snapshot saves.
     msr_indices: Vec<u32>,
+    /// The virtio devices, in attachment order, for snapshots.
+    devices: Vec<virtio::Attached>,
 }
 
 /// The VM and its memory, for a snapshot.
@@ -486,10 +488,7 @@ impl VmControls {
         if !self.is_paused() {
             return Err(snapshot::Error::NotPaused);
         }
-        let devices = self.shared.mmio.len();
-        if devices > 0 {
-            return Err(snapshot::Error::Devices(devices));
-        }
+        let devices = self.device_states()?;
         let (vm, mem, mem_mib) = {
             let source = pio::lock(&self.shared.source);
             let s = source.as_ref().ok_or(snapshot::Error::Stopped)?;
@@ -505,9 +504,34 @@ impl VmControls {
             kvm,
             vcpus,
             pio: self.shared.pio.state(),
+            devices,
         };
         snapshot::file::write(&to.state, &state)?;
         Ok(())
+    }
+
+    /// Each virtio device's spec and transport state; a device that
+    /// cannot be snapshotted refuses the whole snapshot, before anything
+    /// is written.
+    fn device_states(&self) -> Result<Vec<snapshot::devices::DeviceState>, snapshot::Error> {
+        self.shared
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let spec = d
+                    .spec
+                    .clone()
+                    .map_err(|why| snapshot::Error::Device(i, why))?;
+                let state = pio::lock(&d.transport)
+                    .state()
+                    .map_err(|why| snapshot::Error::Device(i, why))?;
+                Ok(snapshot::devices::DeviceState {
+                    spec,
+                    transport: state,
+                })
+            })
+            .collect()
     }
 
     /// Types Ctrl-Alt-Del into the guest's keyboard.
@@ -637,6 +661,7 @@ pub fn start(
             mem_mib: config.mem_mib,
         },
         snapshot::cpu::msr_indices(&kvm).unwrap_or_default(),
+        std::mem::take(&mut attacher.devices),
     )?;
     Launch {
         shared,
@@ -691,6 +716,7 @@ impl Shared {
         disk_metrics: Vec<(String, Arc<husk_devices::virtio::block::BlockMetrics>)>,
         source: Source,
         msr_indices: Vec<u32>,
+        devices: Vec<virtio::Attached>,
     ) -> Result<Arc<Shared>, Error> {
         Ok(Arc::new(Shared {
             pio,
@@ -706,6 +732,7 @@ impl Shared {
             disk_metrics,
             source: Mutex::new(Some(source)),
             msr_indices,
+            devices,
         }))
     }
 }
@@ -796,6 +823,9 @@ pub fn restore(
     )
     .map_err(Error::Restore)?;
     snapshot::cpu::restore_vm(&vm, &state.kvm).map_err(Error::Restore)?;
+    let mut events: virtio::EventLoop =
+        EventManager::new().map_err(|e| Error::Setup("epoll", format!("{e:?}")))?;
+    let (mmio_bus, attacher) = restore_devices(&vm, &mem, &mut events, &state.devices)?;
     let mut vcpus = Vec::with_capacity(state.vcpus.len());
     for (id, saved) in state.vcpus.iter().enumerate() {
         let fd = vm
@@ -805,18 +835,18 @@ pub fn restore(
             .map_err(|e| Error::Restore(format!("vCPU {id}: {e}")))?;
         vcpus.push(fd);
     }
-    let events: virtio::EventLoop =
-        EventManager::new().map_err(|e| Error::Setup("epoll", format!("{e:?}")))?;
+    let mut attacher = attacher;
     let shared = Shared::new(
         pio,
-        mmio::MmioBus::default(),
-        Vec::new(),
+        mmio_bus,
+        attacher.disk_metrics.clone(),
         Source {
             vm: Arc::new(vm),
             mem,
             mem_mib: state.mem_mib,
         },
         snapshot::cpu::msr_indices(&kvm).unwrap_or_default(),
+        std::mem::take(&mut attacher.devices),
     )?;
     pio::lock(&shared.pause).paused = !config.resume;
     log::info!(
@@ -830,11 +860,41 @@ pub fn restore(
         vcpus,
         events,
         frame,
-        attacher: None,
+        attacher: Some(attacher),
         signals,
         stdin: config.stdin,
     }
     .go()
+}
+
+/// Attaches the snapshot's devices in their order (so each gets its
+/// window and IRQ back) and puts their transports' state back: a device
+/// the driver had started runs again on its queues. The vsock device's
+/// guest is told its connections are gone. Called after the VM-wide KVM
+/// state is back, so an interrupt a device raises lands in the restored
+/// IOAPIC.
+fn restore_devices(
+    vm: &VmFd,
+    mem: &memory::GuestMemory,
+    events: &mut virtio::EventLoop,
+    devices: &[snapshot::devices::DeviceState],
+) -> Result<(mmio::MmioBus, virtio::Attacher), Error> {
+    let mut bus = mmio::MmioBus::default();
+    let mut attacher = virtio::Attacher::default();
+    for (i, d) in devices.iter().enumerate() {
+        attacher.attach_spec(vm, mem, &mut bus, events, &d.spec)?;
+        let attached = attacher
+            .devices
+            .last()
+            .ok_or_else(|| Error::Restore(format!("device {i} was not attached")))?;
+        pio::lock(&attached.transport)
+            .restore(&d.transport)
+            .map_err(|e| Error::Restore(format!("device {i}: {e}")))?;
+        if let Some(vsock) = &attached.vsock {
+            pio::lock(vsock).transport_reset();
+        }
+    }
+    Ok((bus, attacher))
 }
 
 impl RunningVm {

@@ -23,16 +23,6 @@ impl MmioBus {
         self.devices.push((base, len, device));
     }
 
-    /// Devices mapped.
-    pub fn len(&self) -> usize {
-        self.devices.len()
-    }
-
-    /// Whether no device is mapped.
-    pub fn is_empty(&self) -> bool {
-        self.devices.is_empty()
-    }
-
     fn find(&self, addr: u64) -> Option<(u64, &SharedMmioDevice)> {
         self.devices
             .iter()

@@ -4,6 +4,7 @@
 
 use crate::memory::GuestMemory;
 use crate::mmio::{MmioBus, MmioDevice};
+use crate::snapshot::devices::DeviceSpec;
 use crate::x86_64::layout::{FIRST_DEVICE_IRQ, LAST_DEVICE_IRQ, VIRTIO_MMIO_START};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use husk_devices::virtio::block::{Block, BlockConfig, BlockMetrics, Budget};
@@ -103,6 +104,17 @@ pub struct Attacher {
     pub net_metrics: Vec<(String, Arc<NetMetrics>)>,
     /// Set once a device needs it (virtio-fs).
     pub fatal: Option<Arc<Fatal>>,
+    /// Every device, in attachment order, for snapshots.
+    pub devices: Vec<Attached>,
+}
+
+/// A device as a snapshot sees it.
+pub struct Attached {
+    /// What it was made from, or why it cannot be snapshotted.
+    pub spec: Result<DeviceSpec, String>,
+    pub transport: Arc<Mutex<MmioTransport>>,
+    /// The vsock device, told of the lost connections at restore.
+    pub vsock: Option<Arc<Mutex<Vsock>>>,
 }
 
 impl Attacher {
@@ -113,7 +125,7 @@ impl Attacher {
         bus: &mut MmioBus,
         events: &mut EventLoop,
         device: Arc<Mutex<impl VirtioDevice + MutEventSubscriber + 'static>>,
-    ) -> Result<(), Error> {
+    ) -> Result<Arc<Mutex<MmioTransport>>, Error> {
         let irq = FIRST_DEVICE_IRQ + self.next;
         if irq > LAST_DEVICE_IRQ {
             return Err(Error::OutOfIrqs(LAST_DEVICE_IRQ - FIRST_DEVICE_IRQ + 1));
@@ -133,11 +145,25 @@ impl Attacher {
         vm.register_irqfd(transport.interrupt().event(), irq)
             .map_err(attach("KVM_IRQFD"))?;
         events.add_subscriber(device);
-        bus.insert(base, MMIO_WINDOW_SIZE, Arc::new(Mutex::new(transport)));
+        let transport = Arc::new(Mutex::new(transport));
+        bus.insert(base, MMIO_WINDOW_SIZE, transport.clone());
         self.cmdline_tokens
             .push(cmdline_token(base, MMIO_WINDOW_SIZE, irq));
         self.next += 1;
-        Ok(())
+        Ok(transport)
+    }
+
+    fn record(
+        &mut self,
+        spec: Result<DeviceSpec, String>,
+        transport: Arc<Mutex<MmioTransport>>,
+        vsock: Option<Arc<Mutex<Vsock>>>,
+    ) {
+        self.devices.push(Attached {
+            spec,
+            transport,
+            vsock,
+        });
     }
 
     /// Connects to the vhost-user backend and attaches a virtio-fs device.
@@ -159,7 +185,10 @@ impl Attacher {
             }
         };
         device.on_backend_gone(Box::new(move |why| fatal.report(why)));
-        self.attach(vm, mem, bus, events, Arc::new(Mutex::new(device)))
+        let transport = self.attach(vm, mem, bus, events, Arc::new(Mutex::new(device)))?;
+        let why = "a shared directory (virtio-fs) cannot be snapshotted: virtiofsd holds its state";
+        self.record(Err(why.into()), transport, None);
+        Ok(())
     }
 
     /// Opens the host side (a TAP or a stream socket) and attaches a
@@ -176,17 +205,26 @@ impl Attacher {
         match &net.host {
             NetHost::Tap(name) => {
                 let device = Net::new(name, net).map_err(failed)?;
+                let spec = DeviceSpec::Net {
+                    tap: name.clone(),
+                    mac: device.mac(),
+                    id: net.id.clone(),
+                };
                 self.net_metrics
                     .push((net.id.clone(), device.metrics().clone()));
-                self.attach(vm, mem, bus, events, Arc::new(Mutex::new(device)))
+                let transport = self.attach(vm, mem, bus, events, Arc::new(Mutex::new(device)))?;
+                self.record(Ok(spec), transport, None);
             }
             NetHost::Stream(socket) => {
                 let device = Net::over_stream(socket, net).map_err(failed)?;
                 self.net_metrics
                     .push((net.id.clone(), device.metrics().clone()));
-                self.attach(vm, mem, bus, events, Arc::new(Mutex::new(device)))
+                let transport = self.attach(vm, mem, bus, events, Arc::new(Mutex::new(device)))?;
+                let why = "a NIC on a userspace network (passt) cannot be snapshotted yet";
+                self.record(Err(why.into()), transport, None);
             }
         }
+        Ok(())
     }
 
     /// Binds the host socket and attaches a virtio-vsock device.
@@ -200,7 +238,15 @@ impl Attacher {
     ) -> Result<(), Error> {
         let device = Vsock::new(vsock)
             .map_err(|e| Error::Vsock(vsock.uds_path.display().to_string(), chain(&e)))?;
-        self.attach(vm, mem, bus, events, Arc::new(Mutex::new(device)))
+        let device = Arc::new(Mutex::new(device));
+        let transport = self.attach(vm, mem, bus, events, device.clone())?;
+        let spec = DeviceSpec::Vsock {
+            guest_cid: vsock.guest_cid,
+            uds_path: vsock.uds_path.clone(),
+            id: vsock.id.clone(),
+        };
+        self.record(Ok(spec), transport, Some(device));
+        Ok(())
     }
 
     /// Opens and attaches a virtio-blk disk.
@@ -223,7 +269,59 @@ impl Attacher {
         }
         self.disk_metrics
             .push((disk.id.clone(), block.metrics().clone()));
-        self.attach(vm, mem, bus, events, Arc::new(Mutex::new(block)))
+        let transport = self.attach(vm, mem, bus, events, Arc::new(Mutex::new(block)))?;
+        let spec = DeviceSpec::Disk {
+            path: disk.path.clone(),
+            read_only: disk.read_only,
+            id: disk.id.clone(),
+        };
+        self.record(Ok(spec), transport, None);
+        Ok(())
+    }
+
+    /// Attaches the device a snapshot describes, as it was made.
+    pub fn attach_spec(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemory,
+        bus: &mut MmioBus,
+        events: &mut EventLoop,
+        spec: &DeviceSpec,
+    ) -> Result<(), Error> {
+        match spec {
+            DeviceSpec::Disk {
+                path,
+                read_only,
+                id,
+            } => {
+                let disk = DiskConfig {
+                    path: path.clone(),
+                    read_only: *read_only,
+                    id: id.clone(),
+                };
+                self.attach_disk(vm, mem, bus, events, &disk)
+            }
+            DeviceSpec::Net { tap, mac, id } => {
+                let net = NetConfig {
+                    host: NetHost::Tap(tap.clone()),
+                    mac: Some(*mac),
+                    id: id.clone(),
+                };
+                self.attach_net(vm, mem, bus, events, &net)
+            }
+            DeviceSpec::Vsock {
+                guest_cid,
+                uds_path,
+                id,
+            } => {
+                let vsock = VsockConfig {
+                    guest_cid: *guest_cid,
+                    uds_path: uds_path.clone(),
+                    id: id.clone(),
+                };
+                self.attach_vsock(vm, mem, bus, events, &vsock)
+            }
+        }
     }
 }
 

@@ -6,11 +6,17 @@
 //! - `file`: the state file's checked, versioned format;
 //! - `memory`: the memory file, written sparse and mapped back private.
 //!
+//! - `devices`: virtio devices: what each was made from (re-attached in
+//!   the same order at restore) and its transport's registers and queues.
+//!
 //! The port devices (serial, i8042, the status port) are saved with the
-//! VM. virtio devices are not yet: a VM with any is refused, with a reason
-//! (their queues and backends need their own state).
+//! VM. Disks, TAP NICs and the vsock device are saved; a shared directory
+//! (virtiofsd holds its state) and a NIC on passt are refused, with the
+//! reason. vsock connections do not survive a restore: the guest is told
+//! (TRANSPORT_RESET), as Firecracker does.
 
 pub mod cpu;
+pub mod devices;
 pub mod file;
 pub mod memory;
 
@@ -30,6 +36,8 @@ pub struct VmState {
     pub kvm: cpu::VmKvmState,
     pub vcpus: Vec<cpu::VcpuState>,
     pub pio: PioState,
+    /// virtio devices, in attachment order.
+    pub devices: Vec<devices::DeviceState>,
 }
 
 /// Why a snapshot could not be made or loaded.
@@ -39,8 +47,8 @@ pub enum Error {
     NotPaused,
     #[error("the VM has stopped")]
     Stopped,
-    #[error("snapshots of a VM with virtio devices are not supported yet (this one has {0})")]
-    Devices(usize),
+    #[error("device {0}: {1}")]
+    Device(usize, String),
     #[error("vCPU {0} did not stop to be saved")]
     VcpuBusy(usize),
     #[error("saving vCPU {0}: {1}")]

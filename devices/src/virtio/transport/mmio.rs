@@ -240,10 +240,12 @@ impl MmioTransport {
         let queues = match (live, active) {
             (Some(q), _) => q,
             (None, false) => self.queues.iter().map(Queue::state).collect(),
-            (None, true) => return Err(format!(
+            (None, true) => {
+                return Err(format!(
                 "device type {} cannot be snapshotted (its queues are served by another process)",
                 self.device_type
-            )),
+            ))
+            }
         };
         Ok(MmioState {
             status: self.status,
@@ -595,7 +597,7 @@ impl MmioTransport {
 }
 
 /// A transport's registers and its queues, as a snapshot keeps them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MmioState {
     pub status: u32,
     pub device_features_select: u32,
@@ -604,7 +606,46 @@ pub struct MmioState {
     pub queue_select: u32,
     pub config_generation: u32,
     pub interrupt_status: u32,
+    #[serde(with = "queue_states")]
     pub queues: Vec<virtio_queue::QueueState>,
+}
+
+/// serde for virtio-queue's `QueueState`, which has none (serde's remote
+/// derive: the fields are listed once, here).
+mod queue_states {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use virtio_queue::QueueState;
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(remote = "QueueState")]
+    struct Def {
+        max_size: u16,
+        next_avail: u16,
+        next_used: u16,
+        event_idx_enabled: bool,
+        size: u16,
+        ready: bool,
+        desc_table: u64,
+        avail_ring: u64,
+        used_ring: u64,
+    }
+
+    #[derive(Serialize)]
+    struct Out<'a>(#[serde(with = "Def")] &'a QueueState);
+
+    #[derive(Deserialize)]
+    struct In(#[serde(with = "Def")] QueueState);
+
+    pub fn serialize<S: Serializer>(queues: &[QueueState], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(queues.iter().map(Out))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<QueueState>, D::Error> {
+        Ok(Vec::<In>::deserialize(d)?
+            .into_iter()
+            .map(|In(q)| q)
+            .collect())
+    }
 }
 
 /// Why DRIVER_OK did not start the device.

@@ -1,0 +1,80 @@
+//! virtio devices in a snapshot: what each device was made from (so a
+//! restore attaches the same devices in the same order, at the same
+//! windows and IRQs) and its transport's state (registers and queues,
+//! `MmioState`, serialized where it is defined).
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+use husk_devices::virtio::transport::MmioState;
+
+/// What a device was made from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceSpec {
+    Disk {
+        path: PathBuf,
+        read_only: bool,
+        id: String,
+    },
+    /// A NIC on a host TAP (reopened by name at restore).
+    Net {
+        tap: String,
+        mac: [u8; 6],
+        id: String,
+    },
+    /// The vsock device; its connections do not survive (the guest is
+    /// told, as Firecracker does).
+    Vsock {
+        guest_cid: u64,
+        uds_path: PathBuf,
+        id: String,
+    },
+}
+
+/// One device in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceState {
+    pub spec: DeviceSpec,
+    pub transport: MmioState,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_queue::QueueState;
+
+    #[test]
+    fn a_device_state_round_trips_through_json() {
+        let d = DeviceState {
+            spec: DeviceSpec::Disk {
+                path: "/d.img".into(),
+                read_only: true,
+                id: "data".into(),
+            },
+            transport: MmioState {
+                status: 15,
+                device_features_select: 1,
+                driver_features_select: 0,
+                driver_features: 1 << 32,
+                queue_select: 1,
+                config_generation: 2,
+                interrupt_status: 1,
+                queues: vec![QueueState {
+                    max_size: 256,
+                    next_avail: 7,
+                    next_used: 6,
+                    event_idx_enabled: true,
+                    size: 128,
+                    ready: true,
+                    desc_table: 0x1000,
+                    avail_ring: 0x2000,
+                    used_ring: 0x3000,
+                }],
+            },
+        };
+        let json = serde_json::to_string(&d).unwrap();
+        assert!(json.contains("\"next_avail\":7"), "{json}");
+        let back: DeviceState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, d);
+    }
+}
