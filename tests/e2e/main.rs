@@ -17,6 +17,7 @@ mod podman;
 mod registry;
 mod run;
 mod session;
+mod snapshot;
 mod validation;
 mod vsock;
 // Last in the run's order (libtest runs tests by name, one at a time in
