@@ -781,6 +781,17 @@ fn net_gives_the_container_the_vms_interface() {
         .unwrap_or_else(|| panic!("no queue report: {}", out.describe()));
     // The ping went out on tx and its answer came in on rx.
     assert!(!report.contains("tx avail=0 "), "{report}");
+    // And the VM's own line: running, exits counted.
+    let vm = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("husk: vm: 1 vCPU(s), "))
+        .unwrap_or_else(|| panic!("no VM report: {}", out.describe()));
+    assert!(
+        vm.contains("paused false") && vm.contains("stopping false"),
+        "{vm}"
+    );
+    assert!(!vm.contains(", 0 exits handled"), "{vm}");
     let rx = report.split("; ").next().unwrap_or_default();
     assert!(!rx.ends_with("interrupts=0"), "{report}");
     // With --network none: the container's own namespace, with no NIC of

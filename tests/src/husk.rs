@@ -29,7 +29,8 @@ pub fn binary() -> PathBuf {
 pub fn run(args: &[&str], timeout: Duration) -> Finished {
     let mut cmd = Command::new(binary());
     cmd.args(args);
-    process::run(cmd, timeout)
+    // A husk that runs out of time says where its VM stood (SIGUSR1).
+    process::run_asking(cmd, timeout, Some(libc::SIGUSR1))
 }
 
 impl Finished {

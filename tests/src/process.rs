@@ -27,7 +27,14 @@ fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
 /// started (a nested VM, a helper) holds its pipes too, and would keep the
 /// test waiting for their end long after the timeout (a QEMU peer under
 /// `husk compare` did, until the testbed's own timeout).
-pub fn run(mut cmd: Command, timeout: Duration) -> Finished {
+pub fn run(cmd: Command, timeout: Duration) -> Finished {
+    run_asking(cmd, timeout, None)
+}
+
+/// [`run`], and on a timeout first sends `report` to the command (husk's
+/// SIGUSR1: where its VMs and queues stand) and gives it a second to say
+/// so on stderr, which the result then carries.
+pub fn run_asking(mut cmd: Command, timeout: Duration, report: Option<i32>) -> Finished {
     use std::os::unix::process::CommandExt;
     let start = Instant::now();
     let mut child = cmd
@@ -46,6 +53,11 @@ pub fn run(mut cmd: Command, timeout: Duration) -> Finished {
         }
         if start.elapsed() > timeout {
             timed_out = true;
+            if let Some(sig) = report {
+                // SAFETY: kill(2) on our own child, not reaped yet.
+                unsafe { libc::kill(child.id() as i32, sig) };
+                std::thread::sleep(Duration::from_secs(1));
+            }
             // SAFETY: kill(2) on the process group this function made.
             unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
             let _ = child.kill();

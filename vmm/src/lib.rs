@@ -221,6 +221,19 @@ impl Shared {
         }
     }
 
+    /// One line for the report on demand: is the guest running at all?
+    fn report(&self) -> String {
+        let pause = pio::lock(&self.pause);
+        format!(
+            "vm: {} vCPU(s), {} exits handled, paused {} ({} parked), stopping {}",
+            self.vcpu_count(),
+            self.exits.load(Ordering::Relaxed),
+            pause.paused,
+            pause.parked,
+            self.stopping()
+        )
+    }
+
     fn count_exit(&self) {
         self.exits.fetch_add(1, Ordering::Relaxed);
     }
@@ -754,9 +767,12 @@ impl Launch {
         let shared = self.shared;
         register_signal_handler(kick_signal(), kick_handler).map_err(setup("sigaction"))?;
         let fatal = self.attacher.as_ref().and_then(|a| a.fatal.clone());
-        if let Some(a) = &self.attacher {
-            report::watch(&a.net_metrics);
-        }
+        let nets = self
+            .attacher
+            .as_ref()
+            .map(|a| a.net_metrics.as_slice())
+            .unwrap_or_default();
+        report::watch(&shared, nets);
         self.events.add_subscriber(Arc::new(Mutex::new(Lifecycle {
             shared: shared.clone(),
             reset_evt: self.frame.reset_evt,

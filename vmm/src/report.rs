@@ -1,5 +1,7 @@
-//! Where the virtio-net queues stand, on demand: SIGUSR1 to the VMM's
-//! process prints one line per network interface on stderr (avail.idx the
+//! Where the VMs and their virtio-net queues stand, on demand: SIGUSR1 to
+//! the VMM's process prints a line per VM (vCPU exits so far, paused,
+//! stopping: is the guest running at all?) and one per network interface
+//! on stderr (avail.idx the
 //! guest posted, what the device took and completed, notifications and
 //! interrupts per queue, TAP EAGAINs and drops), so a stalled transfer
 //! shows which side stopped. The signal handler only writes to an eventfd
@@ -20,6 +22,8 @@ pub const REPORT_SIGNAL: libc::c_int = libc::SIGUSR1;
 static REPORT_FD: AtomicI32 = AtomicI32::new(-1);
 /// The interfaces of the VMs alive in this process.
 static NETS: Mutex<Vec<(String, Weak<NetMetrics>)>> = Mutex::new(Vec::new());
+/// The VMs alive in this process.
+static VMS: Mutex<Vec<Weak<crate::Shared>>> = Mutex::new(Vec::new());
 static STARTED: OnceLock<bool> = OnceLock::new();
 
 extern "C" fn on_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
@@ -35,10 +39,11 @@ extern "C" fn on_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c
 /// Adds a VM's interfaces to the report (dropped with the VM's devices),
 /// installing the handler and the thread the first time. Without them (no
 /// eventfd, no thread) there is no report, and nothing else changes.
-pub fn watch(nets: &[(String, Arc<NetMetrics>)]) {
-    if nets.is_empty() {
-        return;
-    }
+pub fn watch(vm: &Arc<crate::Shared>, nets: &[(String, Arc<NetMetrics>)]) {
+    let mut vms = VMS.lock().unwrap_or_else(|e| e.into_inner());
+    vms.retain(|v| v.strong_count() > 0);
+    vms.push(Arc::downgrade(vm));
+    drop(vms);
     let mut list = NETS.lock().unwrap_or_else(|e| e.into_inner());
     list.retain(|(_, m)| m.strong_count() > 0);
     list.extend(nets.iter().map(|(id, m)| (id.clone(), Arc::downgrade(m))));
@@ -59,6 +64,11 @@ fn start() -> bool {
         .spawn(move || {
             // Blocking reads: the thread sleeps until a report is asked for.
             while evt.read().is_ok() {
+                let vms = VMS.lock().unwrap_or_else(|e| e.into_inner());
+                for vm in vms.iter().filter_map(Weak::upgrade) {
+                    eprintln!("husk: {}", vm.report());
+                }
+                drop(vms);
                 let list = NETS.lock().unwrap_or_else(|e| e.into_inner());
                 for (id, m) in list.iter() {
                     if let Some(m) = m.upgrade() {
