@@ -52,8 +52,9 @@ const PASST_FD: i32 = 3;
 /// A running passt serving one VM; stopped on drop.
 pub struct Passt {
     pid: libc::pid_t,
-    /// Reaps passt and says so if it dies before the run ends.
-    watcher: Option<std::thread::JoinHandle<()>>,
+    /// Says so if passt ends before the run does; hands passt back to be
+    /// reaped.
+    watcher: Option<std::thread::JoinHandle<Child>>,
     stopping: Arc<AtomicBool>,
     socket: Arc<OwnedFd>,
     _pid_dir: tempfile::TempDir,
@@ -74,12 +75,12 @@ impl Passt {
 impl Drop for Passt {
     fn drop(&mut self) {
         self.stopping.store(true, Ordering::Release);
-        // SAFETY: kill(2) on our own child, which the watcher has not
-        // reaped yet unless it died (then the pid may only be reused once
-        // the watcher, joined below, reaped it: kill is sent first).
+        // SAFETY: kill(2) on our own child, which nothing has reaped yet
+        // (the watcher waits with WNOWAIT), so the pid is still passt's,
+        // alive or a zombie.
         unsafe { libc::kill(self.pid, libc::SIGKILL) };
-        if let Some(w) = self.watcher.take() {
-            let _ = w.join();
+        if let Some(mut child) = self.watcher.take().and_then(|w| w.join().ok()) {
+            let _ = child.wait();
         }
     }
 }
@@ -217,11 +218,33 @@ pub fn start(ports: &[(Port, SocketAddr)]) -> Result<Passt, String> {
     let watcher = {
         let stopping = stopping.clone();
         std::thread::spawn(move || {
-            let status = child.wait();
-            if !stopping.load(Ordering::Acquire) {
-                let how = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+            // Waits for passt's end without reaping it: its pid stays
+            // taken until Drop has sent its kill (`child` is reaped there).
+            // SAFETY: an all-zero siginfo_t is a valid value of the C
+            // struct.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: `info` is a live siginfo_t on this stack; waitid
+            // writes only into it, and `pid` is our unreaped child.
+            let ended = unsafe {
+                libc::waitid(
+                    libc::P_PID,
+                    pid as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | libc::WNOWAIT,
+                )
+            } == 0;
+            if ended && !stopping.load(Ordering::Acquire) {
+                // SAFETY: waitid filled `info` for a child's end, where
+                // si_status is the field in use.
+                let code = unsafe { info.si_status() };
+                let how = if info.si_code == libc::CLD_EXITED {
+                    format!("exit status {code}")
+                } else {
+                    format!("signal {code}")
+                };
                 log::error!("passt, the container's network, stopped ({how}): the container has no network now");
             }
+            child
         })
     };
     Ok(Passt {
@@ -371,5 +394,28 @@ mod tests {
         // SAFETY: kill with signal 0 only checks that the pid exists.
         let alive = unsafe { libc::kill(pid, 0) } == 0;
         assert!(!alive, "passt outlived its handle");
+    }
+
+    #[test]
+    fn a_passt_that_dies_is_noticed_and_its_pid_stays_ours_until_drop() {
+        if let Some(why) = unusable() {
+            return husk_skip::skip(&why);
+        }
+        let passt = start(&[]).unwrap_or_else(|e| panic!("{e}"));
+        // SAFETY: kill(2) on the passt this test started.
+        unsafe { libc::kill(passt.pid, libc::SIGKILL) };
+        let watcher = passt.watcher.as_ref().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !watcher.is_finished() {
+            assert!(Instant::now() < deadline, "the watcher missed passt's end");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // A zombie until Drop reaps it: no other process can have its pid.
+        // SAFETY: signal 0 only checks that the pid exists.
+        assert_eq!(unsafe { libc::kill(passt.pid, 0) }, 0);
+        let pid = passt.pid;
+        drop(passt);
+        // SAFETY: as above.
+        assert_ne!(unsafe { libc::kill(pid, 0) }, 0, "reaped by Drop");
     }
 }
