@@ -76,21 +76,22 @@ fn main() {
     let work = tempfile::tempdir().unwrap();
     let bench_image = husk_tests::guest_dir().join("husk-bench-image");
     let mut setups: Vec<Setup> = Vec::new();
-    let (cache, runtime) = (work.path().join("cache"), work.path().join("run"));
-    let (husk_path, image) = (husk.clone(), bench_image.clone());
-    setups.push((
-        "husk run -p (proxy)",
+    // husk run's own -p over a network: husk's bridge (its proxy) or passt.
+    let husk_run = |network: &'static str| -> Box<dyn Fn(u16) -> Command> {
+        let (husk, image) = (husk.clone(), bench_image.clone());
+        let (cache, runtime) = (work.path().join("cache"), work.path().join("run"));
         Box::new(move |port| {
-            let mut c = Command::new(&husk_path);
-            c.args(["run", "-d", "--rm", "--network", "bridge", "-p"])
+            let mut c = Command::new(&husk);
+            c.args(["run", "-d", "--rm", "--network", network, "-p"])
                 .arg(format!("127.0.0.1:{port}:{PORT}"))
                 .arg(&image)
                 .args(["husk-bench", "tcp-echo", &PORT.to_string()])
                 .env("HUSK_IMAGE_CACHE", &cache)
                 .env("HUSK_RUNTIME_DIR", &runtime);
             c
-        }),
-    ));
+        })
+    };
+    setups.push(("husk run -p (proxy)", husk_run("bridge")));
     if Path::new(husk_tests::podman::PROGRAM).is_file() {
         let store = work.path().join("podman");
         std::fs::create_dir_all(store.join("tmp")).unwrap();
@@ -123,23 +124,7 @@ fn main() {
         println!("podman: not installed (no crun peer)");
     }
     match passt_here() {
-        Ok(()) => {
-            let (husk_path, bench_image) = (husk.clone(), bench_image.clone());
-            let (cache, runtime) = (work.path().join("cache"), work.path().join("run"));
-            setups.push((
-                "husk run -p (passt, no root needed)",
-                Box::new(move |port| {
-                    let mut c = Command::new(&husk_path);
-                    c.args(["run", "-d", "--rm", "--network", "passt", "-p"])
-                        .arg(format!("127.0.0.1:{port}:{PORT}"))
-                        .arg(&bench_image)
-                        .args(["husk-bench", "tcp-echo", &PORT.to_string()])
-                        .env("HUSK_IMAGE_CACHE", &cache)
-                        .env("HUSK_RUNTIME_DIR", &runtime);
-                    c
-                }),
-            ));
-        }
+        Ok(()) => setups.push(("husk run -p (passt, no root needed)", husk_run("passt"))),
         Err(why) => println!("husk run --network passt: {why}"),
     }
     if let Some(text) = &only {
@@ -224,12 +209,7 @@ fn passt_here() -> Result<(), String> {
     if !on_path {
         return Err("not installed (passt)".into());
     }
-    let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
-    let default = routes.lines().skip(1).any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.get(1) == Some(&"00000000") && f.get(7) == Some(&"00000000")
-    });
-    if default {
+    if husk_tests::host_has_default_route() {
         return Ok(());
     }
     if std::env::var_os("HUSK_TESTBED").is_none() {

@@ -46,11 +46,15 @@ impl Run {
         flags: &[&str],
         cmd: &[&str],
     ) -> Command {
+        let mut c = self.husk_command(&["run"]);
+        c.args(flags).arg(image).args(cmd);
+        c
+    }
+
+    /// `husk ARGS` with this run's image cache and runtime dir.
+    pub(crate) fn husk_command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(husk_tests::husk::binary());
-        c.arg("run")
-            .args(flags)
-            .arg(image)
-            .args(cmd)
+        c.args(args)
             .env("HUSK_IMAGE_CACHE", self.cache.path())
             .env("HUSK_RUNTIME_DIR", self.runtime.path());
         c
@@ -559,11 +563,7 @@ fn volumes_read_only_read_write_and_disk_images() {
 
 /// `husk SUBCOMMAND ARGS` against the same runtime dir as `r`'s runs.
 pub(crate) fn husk(r: &Run, args: &[&str]) -> Finished {
-    let mut c = Command::new(husk_tests::husk::binary());
-    c.args(args)
-        .env("HUSK_IMAGE_CACHE", r.cache.path())
-        .env("HUSK_RUNTIME_DIR", r.runtime.path());
-    husk_tests::process::run(c, TIMEOUT)
+    husk_tests::process::run(r.husk_command(args), TIMEOUT)
 }
 
 /// Polls `husk ps -a` until the container's line says `status`.

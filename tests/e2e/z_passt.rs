@@ -73,11 +73,7 @@ impl Rootless {
     }
 
     fn husk(&self, args: &[&str]) -> Finished {
-        let mut c = Command::new(husk_tests::husk::binary());
-        c.args(args)
-            .env("HUSK_IMAGE_CACHE", self.r.cache.path())
-            .env("HUSK_RUNTIME_DIR", self.r.runtime.path());
-        run(self.as_user(c), TIMEOUT)
+        run(self.as_user(self.r.husk_command(args)), TIMEOUT)
     }
 }
 
@@ -98,12 +94,7 @@ struct DefaultRoute(bool);
 
 impl DefaultRoute {
     fn via(gateway: &str) -> DefaultRoute {
-        let routes = std::fs::read_to_string("/proc/net/route").unwrap();
-        let has = routes.lines().skip(1).any(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.get(1) == Some(&"00000000") && f.get(7) == Some(&"00000000")
-        });
-        if has {
+        if husk_tests::host_has_default_route() {
             return DefaultRoute(false);
         }
         let ok = Command::new("/usr/sbin/ip")

@@ -91,6 +91,16 @@ pub fn report_panics_at_once() {
     }));
 }
 
+/// Whether this host has an IPv4 default route (passt insists on one).
+pub fn host_has_default_route() -> bool {
+    let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    // Destination and mask both 0.
+    routes.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(1) == Some(&"00000000") && f.get(7) == Some(&"00000000")
+    })
+}
+
 /// The static busybox wherever PATH has it (L1 keeps it in its own bin
 /// directory), for tests and benches that build an image.
 pub fn busybox_on_path() -> PathBuf {

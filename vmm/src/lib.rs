@@ -142,8 +142,6 @@ pub struct Shared {
     /// What a snapshot reads besides the vCPUs; taken out when the VM
     /// ends, so the VM fd and memory go in their order (RunningVm).
     source: Mutex<Option<Source>>,
-    /// The MSRs a vCPU's snapshot saves.
-    msr_indices: Vec<u32>,
     /// The virtio devices, in attachment order, for snapshots.
     devices: Vec<virtio::Attached>,
 }
@@ -180,6 +178,9 @@ struct PauseState {
     parked: usize,
     /// Bumped to ask every parked vCPU thread for its state.
     save_gen: u64,
+    /// The MSRs that request saves (KVM's list, read when a snapshot is
+    /// made rather than at every start).
+    msr_indices: Arc<Vec<u32>>,
     /// Per vCPU: the last generation it answered.
     answered: Vec<u64>,
     /// Per vCPU: its state, until the snapshot takes it.
@@ -268,9 +269,9 @@ impl Shared {
         while st.paused && !self.stopping() {
             // Also a request made before this vCPU parked.
             if st.save_gen != st.answered[id] {
-                let gen = st.save_gen;
+                let (gen, msrs) = (st.save_gen, st.msr_indices.clone());
                 drop(st);
-                let state = snapshot::cpu::save_vcpu(vcpu, &self.msr_indices);
+                let state = snapshot::cpu::save_vcpu(vcpu, &msrs);
                 st = pio::lock(&self.pause);
                 st.answered[id] = gen;
                 st.saved[id] = Some(state);
@@ -282,13 +283,18 @@ impl Shared {
         st.parked -= 1;
     }
 
-    /// Asks every parked vCPU for its state and waits for all of them.
-    fn save_vcpus(&self) -> Result<Vec<snapshot::cpu::VcpuState>, snapshot::Error> {
+    /// Asks every parked vCPU for its state (the MSRs in `msr_indices`)
+    /// and waits for all of them.
+    fn save_vcpus(
+        &self,
+        msr_indices: Vec<u32>,
+    ) -> Result<Vec<snapshot::cpu::VcpuState>, snapshot::Error> {
         let count = self.vcpu_count();
         let mut st = pio::lock(&self.pause);
         if !st.paused {
             return Err(snapshot::Error::NotPaused);
         }
+        st.msr_indices = Arc::new(msr_indices);
         st.save_gen += 1;
         let gen = st.save_gen;
         self.unpause.notify_all();
@@ -507,7 +513,10 @@ impl VmControls {
             let s = source.as_ref().ok_or(snapshot::Error::Stopped)?;
             (s.vm.clone(), s.mem.clone(), s.mem_mib)
         };
-        let vcpus = self.shared.save_vcpus()?;
+        let msrs = Kvm::new()
+            .map_err(|e| snapshot::Error::Kvm(format!("/dev/kvm: {e}")))
+            .and_then(|kvm| snapshot::cpu::msr_indices(&kvm).map_err(snapshot::Error::Kvm))?;
+        let vcpus = self.shared.save_vcpus(msrs)?;
         let kvm = snapshot::cpu::save_vm(&vm).map_err(snapshot::Error::Kvm)?;
         let ram = snapshot::memory::dump(&mem, &to.mem)
             .map_err(|e| snapshot::Error::Memory(to.mem.clone(), e))?;
@@ -664,18 +673,12 @@ pub fn start(
     );
 
     // 6. Start: vCPU threads and console input; the caller runs the loop.
-    let shared = Shared::new(
-        pio,
-        mmio_bus,
-        attacher.disk_metrics.clone(),
-        Source {
-            vm: Arc::new(vm),
-            mem,
-            mem_mib: config.mem_mib,
-        },
-        snapshot::cpu::msr_indices(&kvm).unwrap_or_default(),
-        std::mem::take(&mut attacher.devices),
-    )?;
+    let source = Source {
+        vm: Arc::new(vm),
+        mem,
+        mem_mib: config.mem_mib,
+    };
+    let shared = Shared::new(pio, mmio_bus, &mut attacher, source)?;
     Launch {
         shared,
         vcpus,
@@ -723,13 +726,13 @@ impl Frame {
 }
 
 impl Shared {
+    /// The shared state of a built VM; the devices move out of
+    /// `attacher` (its metrics stay for the launch).
     fn new(
         pio: pio::PioDevices,
         mmio: mmio::MmioBus,
-        disk_metrics: Vec<(String, Arc<husk_devices::virtio::block::BlockMetrics>)>,
+        attacher: &mut virtio::Attacher,
         source: Source,
-        msr_indices: Vec<u32>,
-        devices: Vec<virtio::Attached>,
     ) -> Result<Arc<Shared>, Error> {
         Ok(Arc::new(Shared {
             pio,
@@ -742,10 +745,9 @@ impl Shared {
             unpause: std::sync::Condvar::new(),
             vcpu_threads: Mutex::new(Vec::new()),
             exits: std::sync::atomic::AtomicU64::new(0),
-            disk_metrics,
+            disk_metrics: attacher.disk_metrics.clone(),
             source: Mutex::new(Some(source)),
-            msr_indices,
-            devices,
+            devices: std::mem::take(&mut attacher.devices),
         }))
     }
 }
@@ -841,7 +843,7 @@ pub fn restore(
     snapshot::cpu::restore_vm(&vm, &state.kvm).map_err(Error::Restore)?;
     let mut events: virtio::EventLoop =
         EventManager::new().map_err(|e| Error::Setup("epoll", format!("{e:?}")))?;
-    let (mmio_bus, attacher) = restore_devices(&vm, &mem, &mut events, &state.devices)?;
+    let (mmio_bus, mut attacher) = restore_devices(&vm, &mem, &mut events, &state.devices)?;
     let mut vcpus = Vec::with_capacity(state.vcpus.len());
     for (id, saved) in state.vcpus.iter().enumerate() {
         let fd = vm
@@ -851,19 +853,12 @@ pub fn restore(
             .map_err(|e| Error::Restore(format!("vCPU {id}: {e}")))?;
         vcpus.push(fd);
     }
-    let mut attacher = attacher;
-    let shared = Shared::new(
-        pio,
-        mmio_bus,
-        attacher.disk_metrics.clone(),
-        Source {
-            vm: Arc::new(vm),
-            mem,
-            mem_mib: state.mem_mib,
-        },
-        snapshot::cpu::msr_indices(&kvm).unwrap_or_default(),
-        std::mem::take(&mut attacher.devices),
-    )?;
+    let source = Source {
+        vm: Arc::new(vm),
+        mem,
+        mem_mib: state.mem_mib,
+    };
+    let shared = Shared::new(pio, mmio_bus, &mut attacher, source)?;
     pio::lock(&shared.pause).paused = !config.resume;
     log::info!(
         "restored a VM from {}: {} vCPU(s), {} MiB",

@@ -70,11 +70,6 @@ impl<B: NetBackend> Net<B> {
             ),
         }
     }
-
-    /// Whether the backend fd is polled for packets now.
-    fn polling_rx(&self) -> bool {
-        self.is_polling_backend()
-    }
 }
 
 impl<B: NetBackend> MutEventSubscriber for Net<B> {
@@ -109,7 +104,7 @@ impl<B: NetBackend> MutEventSubscriber for Net<B> {
                 NetMetrics::inc(&self.metrics().tx_queue.notifications);
                 self.drain_queue_event(TX_QUEUE);
                 self.process_tx_queue_event();
-                let rx = self.polling_rx();
+                let rx = self.is_polling_backend();
                 self.poll_backend(ops, rx);
             }
             BACKEND_TOKEN => {
@@ -129,7 +124,7 @@ impl<B: NetBackend> MutEventSubscriber for Net<B> {
                 let rx = if event_set.contains(EventSet::IN) {
                     self.process_rx()
                 } else {
-                    self.polling_rx()
+                    self.is_polling_backend()
                 };
                 self.poll_backend(ops, rx);
             }
