@@ -217,6 +217,7 @@ impl Controller {
             stdin: true,
             allow_pvm: self.allow_pvm,
             resume: load.resume_vm,
+            overrides: Default::default(),
         })
     }
 

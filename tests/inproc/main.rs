@@ -184,6 +184,7 @@ fn a_restored_snapshot_goes_on_counting_where_it_stopped() {
         stdin: false,
         allow_pvm: true,
         resume: true,
+        overrides: Default::default(),
     };
     let restored = husk_vmm::restore(&restore, None).unwrap_or_else(|e| panic!("restore: {e}"));
     assert!(
@@ -201,19 +202,53 @@ fn a_restored_snapshot_goes_on_counting_where_it_stopped() {
     );
 
     // The memory file is private to the restored VM: a second restore
-    // starts from the same point.
+    // starts from the same point, here on host resources of its own (a
+    // pool's clone): another file for the disk, another vsock socket.
     let again = dir.path().join("again");
-    let out = husk_vmm::restore(
+    let other_disk = dir.path().join("other.img");
+    std::fs::write(&other_disk, vec![0u8; 2 << 20]).unwrap();
+    let other_uds = dir.path().join("other.sock");
+    let overrides = husk_vmm::snapshot::Overrides {
+        disks: vec![("data".into(), other_disk)],
+        vsock_uds: Some(other_uds.clone()),
+    };
+    let clone = husk_vmm::restore(
         &RestoreConfig {
             console: Console::File(again.clone()),
+            overrides: overrides.clone(),
+            ..restore.clone()
+        },
+        None,
+    )
+    .unwrap_or_else(|e| panic!("restore with overrides: {e}"));
+    assert!(
+        std::os::unix::net::UnixStream::connect(&other_uds).is_ok(),
+        "the vsock device listens on the new socket"
+    );
+    let out = clone.wait();
+    assert_eq!(out.guest_status, Some(0));
+    assert_eq!(std::fs::read(&again).unwrap(), rest);
+
+    // An override that names nothing in the snapshot is refused.
+    let typo = husk_vmm::snapshot::Overrides {
+        disks: vec![("dato".into(), dir.path().join("other.img"))],
+        vsock_uds: None,
+    };
+    let refused = husk_vmm::restore(
+        &RestoreConfig {
+            overrides: typo,
             ..restore
         },
         None,
     )
-    .unwrap()
-    .wait();
-    assert_eq!(out.guest_status, Some(0));
-    assert_eq!(std::fs::read(&again).unwrap(), rest);
+    .err()
+    .expect("a restore with an unknown drive is refused");
+    assert!(
+        refused
+            .to_string()
+            .contains("the snapshot has no drive \"dato\""),
+        "{refused}"
+    );
 }
 
 #[test]
@@ -250,6 +285,7 @@ fn snapshots_need_a_paused_vm_and_bad_files_are_refused() {
                 stdin: false,
                 allow_pvm: true,
                 resume: false,
+                overrides: Default::default(),
             },
             None,
         )

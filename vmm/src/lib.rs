@@ -843,7 +843,8 @@ pub fn restore(
     snapshot::cpu::restore_vm(&vm, &state.kvm).map_err(Error::Restore)?;
     let mut events: virtio::EventLoop =
         EventManager::new().map_err(|e| Error::Setup("epoll", format!("{e:?}")))?;
-    let (mmio_bus, mut attacher) = restore_devices(&vm, &mem, &mut events, &state.devices)?;
+    let (mmio_bus, mut attacher) =
+        restore_devices(&vm, &mem, &mut events, &state.devices, &config.overrides)?;
     let mut vcpus = Vec::with_capacity(state.vcpus.len());
     for (id, saved) in state.vcpus.iter().enumerate() {
         let fd = vm
@@ -852,6 +853,15 @@ pub fn restore(
         snapshot::cpu::restore_vcpu(&fd, saved)
             .map_err(|e| Error::Restore(format!("vCPU {id}: {e}")))?;
         vcpus.push(fd);
+    }
+    // What the devices raised while they were restored (a pending status,
+    // a vsock transport reset, a disk's new size) reached LAPICs that
+    // KVM_SET_LAPIC has overwritten since: raise it again.
+    for (i, d) in attacher.devices.iter().enumerate() {
+        pio::lock(&d.transport)
+            .interrupt()
+            .resend_pending()
+            .map_err(|e| Error::Restore(format!("device {i}: interrupt: {e}")))?;
     }
     let source = Source {
         vm: Arc::new(vm),
@@ -879,28 +889,42 @@ pub fn restore(
 }
 
 /// Attaches the snapshot's devices in their order (so each gets its
-/// window and IRQ back) and puts their transports' state back: a device
-/// the driver had started runs again on its queues. The vsock device's
-/// guest is told its connections are gone. Called after the VM-wide KVM
-/// state is back, so an interrupt a device raises lands in the restored
-/// IOAPIC.
+/// window and IRQ back), with the host resources `overrides` gives, and
+/// puts their transports' state back: a device the driver had started
+/// runs again on its queues. The vsock device's guest is told its
+/// connections are gone, a disk on a new file that its size may have
+/// changed. Called after the VM-wide KVM state is back, so an interrupt a
+/// device raises lands in the restored IOAPIC.
 fn restore_devices(
     vm: &VmFd,
     mem: &memory::GuestMemory,
     events: &mut virtio::EventLoop,
     devices: &[snapshot::devices::DeviceState],
+    overrides: &snapshot::Overrides,
 ) -> Result<(mmio::MmioBus, virtio::Attacher), Error> {
+    let specs: Vec<_> = devices.iter().map(|d| &d.spec).collect();
+    if let Some(why) = overrides.unmatched(&specs) {
+        return Err(Error::Restore(why));
+    }
     let mut bus = mmio::MmioBus::default();
     let mut attacher = virtio::Attacher::default();
     for (i, d) in devices.iter().enumerate() {
-        attacher.attach_spec(vm, mem, &mut bus, events, &d.spec)?;
+        let (spec, changed) = overrides.apply(&d.spec);
+        attacher.attach_spec(vm, mem, &mut bus, events, &spec)?;
         let attached = attacher
             .devices
             .last()
             .ok_or_else(|| Error::Restore(format!("device {i} was not attached")))?;
-        pio::lock(&attached.transport)
+        let mut transport = pio::lock(&attached.transport);
+        transport
             .restore(&d.transport)
             .map_err(|e| Error::Restore(format!("device {i}: {e}")))?;
+        if changed && matches!(spec, snapshot::devices::DeviceSpec::Disk { .. }) {
+            transport
+                .config_changed()
+                .map_err(|e| Error::Restore(format!("device {i}: {e}")))?;
+        }
+        drop(transport);
         if let Some(vsock) = &attached.vsock {
             pio::lock(vsock).transport_reset();
         }

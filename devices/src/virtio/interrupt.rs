@@ -97,6 +97,16 @@ impl IrqTrigger {
         Ok(())
     }
 
+    /// Raises the line again if any reason is pending: after a restore,
+    /// once the vCPUs' interrupt controllers are back (an edge raised
+    /// before that was overwritten with the saved LAPIC state).
+    pub fn resend_pending(&self) -> io::Result<()> {
+        if self.status.load(Ordering::SeqCst) != 0 {
+            self.evt.write(1)?;
+        }
+        Ok(())
+    }
+
     /// Clears the given bits (the driver's write to `InterruptACK`).
     pub fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);

@@ -81,4 +81,66 @@ pub struct RestoreConfig {
     pub allow_pvm: bool,
     /// Run the vCPUs at once; otherwise the VM waits paused.
     pub resume: bool,
+    /// Host resources that differ from the snapshot's.
+    pub overrides: Overrides,
+}
+
+/// What a restored VM takes from the host in place of what the snapshot
+/// names: how one template serves many VMs. A disk given a new file keeps
+/// its serial, its read-only flag and its place; the guest is told its
+/// size changed (a config interrupt), so a disk that was empty in the
+/// template shows the new file's size. Nothing the guest has cached of the
+/// old file is dropped: a template's stand-in disks are empty, so there is
+/// nothing to cache.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// New files for disks, by drive id.
+    pub disks: Vec<(String, PathBuf)>,
+    /// The vsock device's Unix socket.
+    pub vsock_uds: Option<PathBuf>,
+}
+
+impl Overrides {
+    /// The snapshot's spec with the overrides applied, and whether it
+    /// changed. Every override must name a device of the snapshot.
+    pub fn apply(&self, spec: &devices::DeviceSpec) -> (devices::DeviceSpec, bool) {
+        let mut spec = spec.clone();
+        let changed = match &mut spec {
+            devices::DeviceSpec::Disk { path, id, .. } => {
+                match self.disks.iter().find(|(d, _)| d == id) {
+                    Some((_, new)) => {
+                        *path = new.clone();
+                        true
+                    }
+                    None => false,
+                }
+            }
+            devices::DeviceSpec::Vsock { uds_path, .. } => match &self.vsock_uds {
+                Some(new) => {
+                    *uds_path = new.clone();
+                    true
+                }
+                None => false,
+            },
+            devices::DeviceSpec::Net { .. } => false,
+        };
+        (spec, changed)
+    }
+
+    /// The first override no device of `specs` takes: a typo'd drive id,
+    /// or a vsock socket for a VM without vsock.
+    pub fn unmatched(&self, specs: &[&devices::DeviceSpec]) -> Option<String> {
+        let disk = |want: &str| {
+            specs
+                .iter()
+                .any(|s| matches!(s, devices::DeviceSpec::Disk { id, .. } if id == want))
+        };
+        if let Some((id, _)) = self.disks.iter().find(|(id, _)| !disk(id)) {
+            return Some(format!("the snapshot has no drive {id:?}"));
+        }
+        let vsock = specs
+            .iter()
+            .any(|s| matches!(s, devices::DeviceSpec::Vsock { .. }));
+        (self.vsock_uds.is_some() && !vsock).then(|| "the snapshot has no vsock device".to_string())
+    }
 }

@@ -297,6 +297,18 @@ impl MmioTransport {
             .map_err(|e| format!("interrupt: {e}"))
     }
 
+    /// Tells the driver the device's configuration changed (a disk's
+    /// capacity, say): a new generation and a config interrupt. Nothing is
+    /// raised for a device the driver has not started: it reads the
+    /// configuration when it does.
+    pub fn config_changed(&mut self) -> std::io::Result<()> {
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if self.status & status::DRIVER_OK == 0 {
+            return Ok(());
+        }
+        self.interrupt.trigger(IrqType::Config)
+    }
+
     /// Handles a guest read of `data.len()` bytes at `offset` in the window.
     pub fn read(&mut self, offset: u64, data: &mut [u8]) {
         // Whatever goes wrong below, the guest must not see stale bytes of

@@ -76,6 +76,12 @@ pub struct Vsock {
     /// One packet: header plus the largest payload.
     scratch: Vec<u8>,
     metrics: Arc<VsockMetrics>,
+    /// After a transport reset: the event queue's avail index when the
+    /// event went out. The guest resets its sockets in a work item, then
+    /// re-posts the event's buffer; until the index moves, nothing goes to
+    /// its rx queue, or a host connection made right after a restore could
+    /// reach the guest first and be reset with the old ones.
+    reset_pending: Option<u16>,
 }
 
 impl std::fmt::Debug for Vsock {
@@ -112,6 +118,7 @@ impl Vsock {
             muxer,
             scratch: vec![0; HEADER_SIZE + MAX_PAYLOAD],
             metrics,
+            reset_pending: None,
         })
     }
 
@@ -187,6 +194,17 @@ impl Vsock {
             return false;
         };
         let mem = &active.mem;
+        if let Some(at) = self.reset_pending {
+            let now = active.queues[EVENT_QUEUE]
+                .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+                .map(|i| i.0);
+            // An unreadable ring ends the wait: holding traffic forever
+            // would be worse than the race.
+            if matches!(now, Ok(i) if i == at) {
+                return false;
+            }
+            self.reset_pending = None;
+        }
         let queue = &mut active.queues[RX_QUEUE];
         let mut used = false;
         while self.muxer.has_rx() {
@@ -373,6 +391,12 @@ impl Vsock {
             warn!("virtio-vsock: cannot return event descriptor {head}: {e}");
             return false;
         }
+        if len > 0 {
+            self.reset_pending = queue
+                .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+                .ok()
+                .map(|i| i.0);
+        }
         if needs_notification(queue, mem) {
             if let Err(e) = active.interrupt.trigger(IrqType::Vring) {
                 error!("virtio-vsock: cannot interrupt the guest: {e}");
@@ -458,6 +482,7 @@ impl VirtioDevice for Vsock {
     fn reset(&mut self) {
         self.active = None;
         self.acked_features = 0;
+        self.reset_pending = None;
         // Every connection dies with the guest driver's state. The host
         // streams are closed once the event loop deregistered them; wake it.
         self.muxer.reset();

@@ -7,7 +7,7 @@ use virtio_queue::{Queue, QueueT};
 
 use super::*;
 use crate::virtio::vsock::muxer::MuxerError;
-use crate::virtio::vsock::{VsockError, NUM_QUEUES, QUEUE_SIZE};
+use crate::virtio::vsock::{VsockError, EVENT_QUEUE, NUM_QUEUES, QUEUE_SIZE};
 use crate::virtio::{ActivateError, VIRTIO_F_VERSION_1};
 
 fn config(uds: PathBuf, guest_cid: u64) -> VsockConfig {
@@ -231,4 +231,36 @@ fn a_transport_reset_tells_the_guest_and_drops_every_connection() {
     h.pump();
     assert_eq!(h.connection_count(), 0);
     assert!(is_closed_without_data(&mut b));
+}
+
+/// After a transport reset the guest resets its sockets in a work item and
+/// only then re-posts the event's buffer; a host connection made before
+/// that (a run connecting to its restored VM at once) waits for it, or
+/// the guest would reset it with the old ones.
+#[test]
+fn host_connections_wait_until_the_guest_has_handled_a_transport_reset() {
+    let mut h = Harness::new();
+    let buf = h.ev.alloc(8);
+    let head = h.ev.add_chain(&[Buf::writable(buf, 8)]);
+    h.ev.publish(head);
+    assert!(h.dev.lock().unwrap().transport_reset());
+    h.pump();
+
+    let mut stream = UnixStream::connect(&h.uds).unwrap();
+    stream.write_all(b"CONNECT 1024\n").unwrap();
+    for _ in 0..20 {
+        h.pump();
+        h.manager.run_with_timeout(5).unwrap();
+    }
+    assert!(
+        h.inbox.iter().all(|rx| rx.op() != Some(Op::Request)),
+        "a REQUEST reached the guest before it handled the reset"
+    );
+
+    // The guest has reset its sockets and gives the event buffer back.
+    let again = h.ev.add_chain(&[Buf::writable(buf, 8)]);
+    h.ev.publish(again);
+    h.kicks[EVENT_QUEUE].write(1).unwrap();
+    let req = h.wait_request_to(1024);
+    assert_eq!(req.hdr.dst_port, 1024);
 }
