@@ -16,8 +16,43 @@ pub fn exit_byte(status: WaitStatus) -> Option<u8> {
     }
 }
 
-/// Writes the status byte to the status port.
-pub fn write_port(status: u8) -> std::io::Result<()> {
+/// Writes the status byte to the status port, from a child process: PID 1
+/// must outlive a write that faults (a user-mode `out` after a snapshot
+/// restore faults under nested SVM; tests/testbed/README.md), so that the
+/// reset that follows still ends the VM. Called single-threaded, at the
+/// end.
+pub fn write_port(status: u8) -> Result<(), String> {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use nix::unistd::{fork, ForkResult};
+    // SAFETY: PID 1 is single-threaded here; the child makes one syscall and one
+    // port write, and exits without unwinding.
+    match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
+        ForkResult::Child => {
+            let code = match out(status) {
+                Ok(()) => 0,
+                Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            };
+            // SAFETY: _exit ends the child without running PID 1's atexit
+            // handlers or flushing its buffers twice.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => match waitpid(child, None) {
+            // A VMM that takes the byte stops the VM before this returns.
+            Ok(WaitStatus::Exited(_, 0)) => Ok(()),
+            Ok(WaitStatus::Exited(_, errno)) => Err(format!(
+                "ioperm: {}",
+                std::io::Error::from_raw_os_error(errno)
+            )),
+            Ok(WaitStatus::Signaled(_, sig, _)) => {
+                Err(format!("the status port write faulted ({sig})"))
+            }
+            Ok(other) => Err(format!("the status writer ended as {other:?}")),
+            Err(e) => Err(format!("waiting for the status writer: {e}")),
+        },
+    }
+}
+
+fn out(status: u8) -> std::io::Result<()> {
     // SAFETY: ioperm only changes this process's I/O permission bitmap; the
     // arguments are plain integers.
     if unsafe { libc::ioperm(u64::from(STATUS_PORT), 1, 1) } != 0 {
