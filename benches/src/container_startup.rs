@@ -1,10 +1,11 @@
-//! Container startup, end to end: `husk run --rm TESTIMAGE true` (a fresh
-//! microVM per container) vs `crun run` of the same image's root
-//! filesystem on this host, vs the raw guest boot (`husk boot -- true`: the
-//! kernel and init without agent or container), interleaved in one run
+//! Container startup, end to end: `husk run --rm --network none TESTIMAGE
+//! true` booting a fresh microVM per container (`HUSK_POOL=off`), the same
+//! restored from the pool's template, `crun run` of the same image's root
+//! filesystem on this host, and the raw guest boot (`husk boot -- true`:
+//! the kernel and init without agent or container), interleaved in one run
 //! (inside the testbed where /dev/kvm cannot boot Linux:
 //! `benches/run container-startup`). husk's own phase marks
-//! (`HUSK_TIMINGS=1`) say where its time goes.
+//! (`HUSK_TIMINGS=1`) say where its time goes, for both husk paths.
 //!
 //! Usage: container-startup [--runs N] [--husk PATH]
 
@@ -14,11 +15,24 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 /// husk's phases, in order, with what the step from the previous one is.
+/// A phase a path does not have (a booted VM has no template or identity)
+/// takes no time.
 const PHASES: &[(&str, &str)] = &[
     ("start", "process start, argument parsing"),
     ("image_ready", "image lookup in the conversion cache"),
-    ("vm_started", "VMM setup: KVM, memory, devices, kernel load"),
-    ("agent_ready", "kernel boot, init, agent answers on vsock"),
+    (
+        "template_ready",
+        "pool: the template found (made by the warm-up)",
+    ),
+    (
+        "vm_started",
+        "VMM setup: KVM, memory, devices, kernel load (pool: restore)",
+    ),
+    (
+        "agent_ready",
+        "kernel boot, init, agent answers on vsock (pool: the agent answers)",
+    ),
+    ("identity", "pool: clock, entropy, hostname"),
     ("created", "container created (mounts, namespaces, cgroup)"),
     ("started", "container started"),
     ("exited", "process ran and exited, output drained"),
@@ -46,21 +60,51 @@ fn timed(cmd: &mut Command) -> (f64, String) {
     (ms, stderr)
 }
 
-/// `husk-timings: start=0.1 image_ready=2.0 ...` → values by phase.
-fn parse_timings(stderr: &str) -> Vec<f64> {
+/// `husk-timings: start=0.1 image_ready=2.0 ...` → each phase's step from
+/// the one before (0 for a phase the run did not have), and the last mark.
+fn parse_timings(stderr: &str) -> (Vec<f64>, f64) {
     let line = stderr
         .lines()
         .find_map(|l| l.strip_prefix("husk-timings: "))
         .unwrap_or_else(|| panic!("no husk-timings line in: {stderr}"));
-    PHASES
+    let mut prev = 0.0;
+    let steps = PHASES
         .iter()
         .map(|(name, _)| {
-            line.split_whitespace()
+            let at: Option<f64> = line
+                .split_whitespace()
                 .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("no {name} in: {line}"))
+                .and_then(|v| v.parse().ok());
+            let at = at.unwrap_or(prev);
+            let step = at - prev;
+            prev = at;
+            step
         })
-        .collect()
+        .collect();
+    (steps, prev)
+}
+
+/// A husk path's runs: wall times and each phase's steps.
+#[derive(Default)]
+struct HuskRuns {
+    wall: Vec<f64>,
+    phases: Vec<Vec<f64>>,
+    after_done: Vec<f64>,
+}
+
+impl HuskRuns {
+    fn add(&mut self, (ms, stderr): (f64, String)) -> f64 {
+        let (steps, done) = parse_timings(&stderr);
+        if self.phases.is_empty() {
+            self.phases = vec![Vec::new(); PHASES.len()];
+        }
+        for (k, v) in steps.into_iter().enumerate() {
+            self.phases[k].push(v);
+        }
+        self.after_done.push(ms - done);
+        self.wall.push(ms);
+        ms
+    }
 }
 
 /// An OCI bundle for crun: the test image unpacked, `crun spec`'s default
@@ -108,30 +152,28 @@ fn main() {
     husk_compare::runner::ensure_cgroup2();
     crun_bundle(&image, &bundle);
 
-    let husk_run = || {
+    let pool = work.path().join("pool");
+    let husk_run = |pooled: bool| {
         let mut c = Command::new(&husk);
-        c.args(["run", "--rm"])
+        c.args(["run", "--rm", "--network", "none"])
             .arg(&image)
             .arg("true")
             .env("HUSK_IMAGE_CACHE", &cache)
             .env("HUSK_RUNTIME_DIR", &runtime)
+            .env("HUSK_POOL_DIR", &pool)
+            .env("HUSK_POOL", if pooled { "on" } else { "off" })
             .env("HUSK_TIMINGS", "1");
         timed(&mut c)
     };
-    let (mut h, mut c, mut b) = (vec![], vec![], vec![]);
-    let mut phases: Vec<Vec<f64>> = vec![Vec::new(); PHASES.len()];
-    let mut after_done = Vec::new();
-    // Run 0 is the warm-up: it converts the image (timed on its own).
-    let (convert_ms, _) = husk_run();
+    let (mut cold, mut pooled) = (HuskRuns::default(), HuskRuns::default());
+    let (mut c, mut b) = (vec![], vec![]);
+    // The warm-ups: the first converts the image, the second makes the
+    // pool's template (each timed on its own).
+    let (convert_ms, _) = husk_run(false);
+    let (template_ms, _) = husk_run(true);
     for i in 1..=runs {
-        let (hm, stderr) = husk_run();
-        let t = parse_timings(&stderr);
-        let mut prev = 0.0;
-        for (k, v) in t.iter().enumerate() {
-            phases[k].push(v - prev);
-            prev = *v;
-        }
-        after_done.push(hm - prev);
+        let hm = cold.add(husk_run(false));
+        let pm = pooled.add(husk_run(true));
         let (cm, _) = timed(
             Command::new("crun")
                 .args(["run", "--bundle"])
@@ -147,8 +189,9 @@ fn main() {
                 .arg(&root)
                 .args(["--", "true"]),
         );
-        eprintln!("run {i}: husk run {hm:.0} ms, crun run {cm:.0} ms, raw boot {bm:.0} ms");
-        h.push(hm);
+        eprintln!(
+            "run {i}: husk run {hm:.0} ms, from the pool {pm:.0} ms, crun run {cm:.0} ms, raw boot {bm:.0} ms"
+        );
         c.push(cm);
         b.push(bm);
     }
@@ -158,28 +201,40 @@ fn main() {
     };
     println!(
         "`true` from the test image, launch → exit; {runs} interleaved runs, medians \
-         (first husk run, which converted the image, excluded: {convert_ms:.0} ms)"
+         (warm-ups excluded: the first husk run converted the image in {convert_ms:.0} ms, \
+         the first pooled one made the template and ran in {template_ms:.0} ms)"
     );
     println!("| what | median (ms) | spread (ms) |");
     println!("|---|---|---|");
-    row("husk run --rm IMAGE true (microVM + agent + container)", &h);
+    row(
+        "husk run --rm --network none IMAGE true, booted (HUSK_POOL=off)",
+        &cold.wall,
+    );
+    row("the same, restored from the pool's template", &pooled.wall);
     row("crun run (container on this host)", &c);
     row("husk boot -- true (raw guest boot, no container)", &b);
+    let m = |v: &[f64]| median(v.to_vec());
     println!(
-        "husk run / crun run: {:.1}x; husk run / raw boot: {:.2}x",
-        median(h.clone()) / median(c.clone()),
-        median(h.clone()) / median(b.clone())
+        "booted / crun: {:.1}x; pooled / crun: {:.1}x; booted / pooled: {:.1}x; booted / raw boot: {:.2}x",
+        m(&cold.wall) / m(&c),
+        m(&pooled.wall) / m(&c),
+        m(&cold.wall) / m(&pooled.wall),
+        m(&cold.wall) / m(&b)
     );
     println!();
     println!("Where `husk run` spends its time (medians of each step; they need not add up exactly to the total):");
-    println!("| step | ends at | median (ms) |");
-    println!("|---|---|---|");
+    println!("| step | ends at | booted (ms) | pooled (ms) |");
+    println!("|---|---|---|---|");
     for (k, (name, what)) in PHASES.iter().enumerate() {
-        let m = median(phases[k].clone());
-        println!("| {what} | {name} | {m:.1} |");
+        println!(
+            "| {what} | {name} | {:.1} | {:.1} |",
+            m(&cold.phases[k]),
+            m(&pooled.phases[k])
+        );
     }
     println!(
-        "| process exit (threads, unmapping guest memory) | (wall) | {:.1} |",
-        median(after_done)
+        "| process exit (threads, unmapping guest memory) | (wall) | {:.1} | {:.1} |",
+        m(&cold.after_done),
+        m(&pooled.after_done)
     );
 }

@@ -228,7 +228,7 @@ fn default_dir_from(var: impl Fn(&str) -> Option<OsString>) -> PathBuf {
 /// A per-user directory: `$<own>` if set, else `$<xdg.0>/<xdg.1>` (an
 /// absolute one: the XDG spec says to ignore a relative value), else
 /// `$HOME/<home_sub>`, else `fallback`.
-pub(crate) fn user_dir(
+pub fn user_dir(
     var: impl Fn(&str) -> Option<OsString>,
     own: &str,
     xdg: (&str, &str),

@@ -29,7 +29,7 @@ mod unpack;
 use std::io::{self, Read};
 use std::path::Path;
 
-pub use cache::{BlockImage, Cache};
+pub use cache::{user_dir, BlockImage, Cache};
 pub use digest::Digest;
 pub use error::Error;
 pub use imagestore::{ImageStore, StoredImage};

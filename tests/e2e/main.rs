@@ -14,6 +14,7 @@ mod guest;
 mod net;
 mod oci;
 mod podman;
+mod pool;
 mod registry;
 mod run;
 mod session;

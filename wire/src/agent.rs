@@ -22,8 +22,11 @@ pub use crate::status::ExitStatus;
 /// disks named by their serial, stream ids scoped to their connection.
 /// 3: a volume is a disk or a virtio-fs share. 4: the root is an image
 /// disk or a virtio-fs share. 5: update, pids. 6: export_changes. 7: a
-/// volume of files the host composed.
-pub const VERSION: u32 = 7;
+/// volume of files the host composed. 8: identity, for a VM restored from
+/// a template.
+pub const VERSION: u32 = 8;
+/// The fewest random bytes an [`Request::Identity`] carries.
+pub const MIN_ENTROPY: usize = 32;
 /// The vsock port the agent listens on.
 pub const AGENT_PORT: u32 = 1024;
 /// Largest frame body accepted: a runtime spec is a few KiB, stream chunks
@@ -157,6 +160,17 @@ impl VolumeSource {
 pub enum Request {
     Hello {
         version: u32,
+    },
+    /// Makes a VM restored from a template its own: the host's time (the
+    /// guest's clock stood still in the snapshot), fresh entropy mixed in
+    /// and the kernel's generator reseeded from it (every clone would
+    /// otherwise draw the same numbers), and the VM's hostname.
+    Identity {
+        /// CLOCK_REALTIME on the host, in nanoseconds since the epoch.
+        realtime_ns: u64,
+        /// Random bytes from the host; at least [`MIN_ENTROPY`].
+        entropy: Vec<u8>,
+        hostname: String,
     },
     /// Mounts the root and volumes and creates the container with its
     /// process stopped before exec, as `runc create` does.

@@ -188,6 +188,7 @@ fn life(
         controls: controls.clone(),
         vm_done,
         signals,
+        identity: None,
     };
     let mut created = || -> Result<(), String> {
         shared.set(Status::Created, None)?;

@@ -3,7 +3,7 @@
 
 use super::plan::{Disks, Plan, ReadyDisk, ReadyVolume};
 use super::state::{self, ProcessDefaults, State, Status};
-use super::{timings::mark, volume, RunArgs};
+use super::{pool, timings::mark, volume, RunArgs};
 use crate::agent::Sinks;
 use crate::Failure;
 use husk_vmm::{Console, RunningVm, VmConfig, VsockConfig};
@@ -54,6 +54,8 @@ pub struct Launched {
     pub backends: Vec<volume::Backend>,
     pub disks: Disks,
     pub vm: RunningVm,
+    /// The VM came from a pool template: it needs its identity.
+    pub pooled: bool,
     pub uds: PathBuf,
     pub sinks: Sinks,
 }
@@ -157,7 +159,7 @@ pub fn launch(
         stdin: false,
         allow_pvm: false,
     };
-    let vm = husk_vmm::start(&config, None).map_err(crate::boot::usage_or_runtime)?;
+    let (vm, pooled) = start_vm(&config, plan)?;
     mark("vm_started");
     Ok(Launched {
         dir,
@@ -165,9 +167,34 @@ pub fn launch(
         backends,
         disks,
         vm,
+        pooled,
         uds,
         sinks,
     })
+}
+
+/// The VM, restored from the pool's template when one can serve it (made
+/// first if there is none); else booted. Whether it was restored.
+fn start_vm(config: &VmConfig, plan: &Plan) -> Result<(RunningVm, bool), Failure> {
+    if pool::enabled().map_err(Failure::usage)? && pool::unpoolable(config).is_none() {
+        match pool::Template::for_config(&pool::default_dir(), config, &plan.template_cmdline()) {
+            Ok(template) => {
+                mark("template_ready");
+                match template.restore(config) {
+                    Ok(vm) => return Ok((vm, true)),
+                    // A template this husk cannot restore is of no use to
+                    // the next run either: it makes a new one.
+                    Err(e) => {
+                        log::warn!("pool: {e}; booting instead");
+                        template.remove();
+                    }
+                }
+            }
+            Err(e) => log::warn!("pool: {e}; booting instead"),
+        }
+    }
+    let vm = husk_vmm::start(config, None).map_err(crate::boot::usage_or_runtime)?;
+    Ok((vm, false))
 }
 
 /// The VM's NIC: on passt's socket, or `--net`'s TAP.

@@ -12,6 +12,7 @@ pub(crate) mod launch;
 mod names;
 mod networking;
 mod plan;
+pub(crate) mod pool;
 pub(crate) mod publish;
 pub(crate) mod session;
 pub(crate) mod spec;
@@ -221,6 +222,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         backends,
         disks,
         vm,
+        pooled,
         uds,
         sinks,
     } = launched;
@@ -231,6 +233,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     }
     let (vm_thread, vm_done) = wait_on_a_thread(vm);
     let (rootfs, volume_specs) = plan.agent_disks(&disks);
+    let vm_hostname = plan.vm_hostname();
     let container = session::Container {
         spec: plan.spec,
         rootfs,
@@ -243,6 +246,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         controls: controls.clone(),
         vm_done,
         signals,
+        identity: pooled.then_some(vm_hostname),
     };
     let mut on_started = || {
         record.status = state::Status::Running;

@@ -268,12 +268,28 @@ impl Plan {
     /// The guest's kernel command line: the base, the read-only root, the
     /// agent, and the network's address when there is one.
     pub fn cmdline(&self) -> String {
+        self.cmdline_named(&self.vm_hostname())
+    }
+
+    /// The guest's own hostname (the container has its own namespace's).
+    pub fn vm_hostname(&self) -> String {
+        format!("husk-{}", self.id)
+    }
+
+    /// The command line of a pool template this run may come from: every
+    /// clone's, so no run's own hostname in it (a clone gets its own with
+    /// its identity).
+    pub fn template_cmdline(&self) -> String {
+        self.cmdline_named("husk")
+    }
+
+    fn cmdline_named(&self, hostname: &str) -> String {
         format!(
-            "{} root=/dev/vda ro {} {}=husk-{}{}",
+            "{} root=/dev/vda ro {} {}={}{}",
             cmdline::BASE,
             cmdline::KEY_AGENT,
             cmdline::KEY_HOSTNAME,
-            self.id,
+            hostname,
             self.net.as_ref().map(|n| n.cmdline()).unwrap_or_default()
         )
     }

@@ -45,6 +45,9 @@ pub struct Session {
     pub vm_done: mpsc::Receiver<()>,
     /// SIGINT/SIGTERM, taken from the default handlers.
     pub signals: nix::sys::signalfd::SignalFd,
+    /// The VM's hostname, when the VM is a pool template's clone that
+    /// must be made its own first.
+    pub identity: Option<String>,
 }
 
 impl Session {
@@ -59,6 +62,15 @@ impl Session {
         let deadline = Instant::now() + AGENT_DEADLINE;
         let client = Client::open(&self.uds, deadline, &alive, self.sinks)?;
         mark("agent_ready");
+        if let Some(hostname) = self.identity {
+            client.call(
+                identity(hostname)?,
+                "give the VM its identity",
+                REQUEST_DEADLINE,
+                &alive,
+            )?;
+            mark("identity");
+        }
         agent::spawn_signal_thread(self.signals, client.sender());
         let create = Request::CreateContainer {
             id: CONTAINER_ID.into(),
@@ -93,6 +105,23 @@ impl Session {
         let _ = client.writer.request(Request::Shutdown);
         Ok(status)
     }
+}
+
+/// The host's time and fresh entropy, with the VM's hostname.
+fn identity(hostname: String) -> Result<Request, String> {
+    let realtime_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| format!("the host clock: {e}"))?
+        .as_nanos() as u64;
+    let mut entropy = vec![0u8; husk_wire::agent::MIN_ENTROPY];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut entropy))
+        .map_err(|e| format!("/dev/urandom: {e}"))?;
+    Ok(Request::Identity {
+        realtime_ns,
+        entropy,
+        hostname,
+    })
 }
 
 /// Relays until the container's process exits; its status. Never blocks on

@@ -4,6 +4,7 @@
 //! the processes' pipes, and the signalfd that reports their deaths.
 
 mod export;
+mod identity;
 mod streams;
 
 use husk_container::{Container, Rootfs, Stdio};
@@ -384,6 +385,11 @@ impl Agent {
             Request::Hello { version } => Err(format!(
                 "protocol version {version} is not supported; this agent speaks {VERSION}"
             )),
+            Request::Identity {
+                realtime_ns,
+                entropy,
+                hostname,
+            } => identity::apply(realtime_ns, &entropy, &hostname).map(|()| Response::Ok),
             Request::CreateContainer {
                 id,
                 spec,
@@ -719,6 +725,7 @@ fn mount_root(
 /// Mounts the disk whose serial is `serial` (see [`RootfsSpec`]).
 fn mount_disk(serial: &str, at: &Path, fs_type: &str, read_only: bool) -> Result<(), String> {
     let device = disk_by_serial(Path::new("/sys/block"), serial)?;
+    wait_for_capacity(&device)?;
     let device = device.as_path();
     std::fs::create_dir_all(at).map_err(|e| format!("mkdir {}: {e}", at.display()))?;
     let mut flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
@@ -780,6 +787,32 @@ fn mount_virtiofs(tag: &str, at: &Path, flags: MsFlags) -> Result<(), String> {
     std::fs::create_dir_all(at).map_err(|e| format!("mkdir {}: {e}", at.display()))?;
     mount(Some(tag), at, Some("virtiofs"), flags, None::<&str>)
         .map_err(|e| format!("mount virtio-fs {tag} on {}: {e}", at.display()))
+}
+
+/// How long a disk may take to show its size: in a VM restored from a
+/// template, the disk was an empty stand-in and the new size arrives with
+/// a config interrupt the kernel handles in a work queue.
+const CAPACITY_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits until `/dev/<name>` has a size.
+fn wait_for_capacity(device: &Path) -> Result<(), String> {
+    let name = device.file_name().unwrap_or_default();
+    let size = Path::new("/sys/block").join(name).join("size");
+    let deadline = Instant::now() + CAPACITY_WAIT;
+    loop {
+        let sectors =
+            std::fs::read_to_string(&size).map_err(|e| format!("{}: {e}", size.display()))?;
+        if sectors.trim() != "0" {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{} is still empty after {CAPACITY_WAIT:?}",
+                device.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// `/dev/<name>` of the block device under `sys_block` whose `serial`

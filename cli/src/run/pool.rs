@@ -1,0 +1,358 @@
+//! Pre-booted VMs for `husk run`: a template is a snapshot of a guest whose
+//! agent has answered, made once per VM shape (kernel, guest rootfs,
+//! vCPUs, memory, husk build) and cached like the images. A run restores
+//! it instead of booting: its memory file is mapped private, so clones
+//! share its page cache and copy only what they write.
+//!
+//! The run's own disks go in at restore: the template has empty stand-ins
+//! with the same serials (`image`, `scratch`), the restore gives them the
+//! run's files and tells the guest their size changed, and the agent waits
+//! for a size before it mounts one. Nothing was cached from an empty disk,
+//! so the guest reads the new one afresh. The vsock device gets the run's
+//! socket; the agent's connection from the template is gone (the guest is
+//! told), its listener is not. The host then sends the run's identity
+//! (time, entropy, hostname).
+//!
+//! Runs with a NIC or shared directories (virtiofsd's state is its own)
+//! or disk volumes boot as before; `HUSK_POOL=off` makes every run boot.
+
+use super::plan::serial;
+use crate::agent::{Client, Sinks};
+use husk_vmm::snapshot::{Overrides, RestoreConfig, SnapshotPaths};
+use husk_vmm::{Console, DiskConfig, Exit, RunningVm, VmConfig, VsockConfig};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The environment variable that turns the pool off (`off`) or on (`on`,
+/// the default).
+pub const POOL_ENV: &str = "HUSK_POOL";
+/// How long the template's guest gets to boot and answer.
+const TEMPLATE_DEADLINE: Duration = Duration::from_secs(120);
+/// The template's empty disks, by serial, and their files in its directory.
+const STAND_INS: [(&str, &str); 2] = [
+    (serial::IMAGE, "image.img"),
+    (serial::SCRATCH, "scratch.img"),
+];
+const STATE: &str = "vm.state";
+const MEM: &str = "vm.mem";
+
+/// `$HUSK_POOL_DIR`, else `$XDG_CACHE_HOME/husk/pool`, else
+/// `~/.cache/husk/pool`.
+pub fn default_dir() -> PathBuf {
+    husk_image::user_dir(
+        |name| std::env::var_os(name),
+        "HUSK_POOL_DIR",
+        ("XDG_CACHE_HOME", "husk/pool"),
+        ".cache/husk/pool",
+        "/var/cache/husk/pool",
+    )
+}
+
+/// Whether `HUSK_POOL` allows the pool.
+pub fn enabled() -> Result<bool, String> {
+    match std::env::var(POOL_ENV).as_deref() {
+        Err(_) | Ok("on") | Ok("") => Ok(true),
+        Ok("off") => Ok(false),
+        Ok(other) => Err(format!("{POOL_ENV}={other}: on or off")),
+    }
+}
+
+/// Why a template cannot serve this VM, if it cannot.
+pub fn unpoolable(config: &VmConfig) -> Option<&'static str> {
+    if !config.nets.is_empty() {
+        return Some("it has a network interface");
+    }
+    if !config.fs.is_empty() {
+        return Some("it shares a directory");
+    }
+    if config.vsock.is_none() {
+        return Some("it has no agent socket");
+    }
+    let known = [serial::ROOTFS, serial::IMAGE, serial::SCRATCH];
+    if config.disks.iter().any(|d| !known.contains(&d.id.as_str())) {
+        return Some("it has a disk volume");
+    }
+    None
+}
+
+/// A template on disk.
+pub struct Template {
+    dir: PathBuf,
+}
+
+impl Template {
+    /// The template for `config`'s shape, made now if there is none.
+    /// `cmdline` is the kernel command line every clone shares (the run's
+    /// own hostname comes with its identity).
+    pub fn for_config(root: &Path, config: &VmConfig, cmdline: &str) -> Result<Template, String> {
+        let dir = root.join(key(config, cmdline)?);
+        let template = Template { dir };
+        if template.complete() {
+            return Ok(template);
+        }
+        std::fs::create_dir_all(root).map_err(|e| format!("{}: {e}", root.display()))?;
+        // One maker per shape; the others wait and take its template.
+        let _lock = crate::lockfile::exclusive(&template.dir.with_extension("lock"))?;
+        if !template.complete() {
+            make(&template.dir, config, cmdline)?;
+        }
+        Ok(template)
+    }
+
+    /// Deletes the template (clones running from it keep their mapping).
+    pub fn remove(&self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    fn complete(&self) -> bool {
+        self.dir.join(STATE).is_file() && self.dir.join(MEM).is_file()
+    }
+
+    /// Restores a clone with the run's disks, socket and console, running.
+    /// A stand-in the run has no file for stays the template's empty one
+    /// (the snapshot names it where it was built).
+    pub fn restore(&self, config: &VmConfig) -> Result<RunningVm, String> {
+        let disks = STAND_INS
+            .iter()
+            .map(|(id, file)| {
+                let path = config
+                    .disks
+                    .iter()
+                    .find(|d| d.id == *id)
+                    .map_or_else(|| self.dir.join(file), |d| d.path.clone());
+                (id.to_string(), path)
+            })
+            .collect();
+        let restore = RestoreConfig {
+            snapshot: SnapshotPaths {
+                state: self.dir.join(STATE),
+                mem: self.dir.join(MEM),
+            },
+            console: config.console.clone(),
+            stdin: config.stdin,
+            allow_pvm: config.allow_pvm,
+            resume: true,
+            overrides: Overrides {
+                disks,
+                vsock_uds: config.vsock.as_ref().map(|v| v.uds_path.clone()),
+            },
+        };
+        husk_vmm::restore(&restore, None).map_err(|e| e.to_string())
+    }
+}
+
+/// The shape's name: what the template's guest was booted from. The husk
+/// executable is part of it, so a rebuilt VMM or agent makes a new one.
+fn key(config: &VmConfig, cmdline: &str) -> Result<String, String> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let exe = std::env::current_exe().map_err(|e| format!("husk's own path: {e}"))?;
+    let rootfs = config
+        .disks
+        .iter()
+        .find(|d| d.id == serial::ROOTFS)
+        .map(|d| d.path.clone())
+        .ok_or("no guest root disk")?;
+    for file in [&exe, &config.kernel, &rootfs] {
+        let m = std::fs::metadata(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        file.hash(&mut h);
+        m.len().hash(&mut h);
+        m.modified().ok().hash(&mut h);
+    }
+    config.vcpus.hash(&mut h);
+    config.mem_mib.hash(&mut h);
+    cmdline.hash(&mut h);
+    config.vsock.as_ref().map(|v| v.guest_cid).hash(&mut h);
+    Ok(format!(
+        "{}c-{}m-{:016x}",
+        config.vcpus,
+        config.mem_mib,
+        h.finish()
+    ))
+}
+
+/// Boots the template's guest with empty stand-in disks, waits for its
+/// agent, and snapshots it into `dir` (made whole or not at all).
+fn make(dir: &Path, config: &VmConfig, cmdline: &str) -> Result<(), String> {
+    let build = dir.with_extension(format!("build-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&build);
+    std::fs::create_dir_all(&build).map_err(|e| format!("{}: {e}", build.display()))?;
+    let made = boot_and_snapshot(&build, config, cmdline)
+        .and_then(|()| std::fs::rename(&build, dir).map_err(|e| format!("{}: {e}", dir.display())));
+    if made.is_err() {
+        let _ = std::fs::remove_dir_all(&build);
+    }
+    made
+}
+
+fn boot_and_snapshot(build: &Path, config: &VmConfig, cmdline: &str) -> Result<(), String> {
+    let stand_in = |id: &str| -> Result<PathBuf, String> {
+        let name = STAND_INS
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, f)| *f)
+            .ok_or("no such stand-in")?;
+        let p = build.join(name);
+        std::fs::File::create(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        Ok(p)
+    };
+    let rootfs = config
+        .disks
+        .iter()
+        .find(|d| d.id == serial::ROOTFS)
+        .ok_or("no guest root disk")?;
+    let cid = config.vsock.as_ref().map_or(3, |v| v.guest_cid);
+    let uds = build.join("v.sock");
+    let template = VmConfig {
+        kernel: config.kernel.clone(),
+        vcpus: config.vcpus,
+        mem_mib: config.mem_mib,
+        cmdline: cmdline.to_owned(),
+        disks: vec![
+            rootfs.clone(),
+            DiskConfig {
+                path: stand_in(serial::IMAGE)?,
+                read_only: true,
+                id: serial::IMAGE.into(),
+            },
+            DiskConfig {
+                path: stand_in(serial::SCRATCH)?,
+                read_only: false,
+                id: serial::SCRATCH.into(),
+            },
+        ],
+        nets: Vec::new(),
+        vsock: Some(VsockConfig {
+            guest_cid: cid,
+            uds_path: uds.clone(),
+            id: "vsock0".into(),
+        }),
+        fs: Vec::new(),
+        console: Console::File(build.join("console.log")),
+        stdin: false,
+        allow_pvm: config.allow_pvm,
+    };
+    let vm = husk_vmm::start(&template, None).map_err(|e| e.to_string())?;
+    let controls = vm.controls();
+    let (thread, done) = super::wait_on_a_thread(vm);
+    let alive = || matches!(done.try_recv(), Err(std::sync::mpsc::TryRecvError::Empty));
+    let ready = Client::open(
+        &uds,
+        Instant::now() + TEMPLATE_DEADLINE,
+        &alive,
+        Sinks::discard(),
+    );
+    let snapshot = ready.and_then(|client| {
+        // The connection goes before the snapshot: a clone starts with
+        // nothing but the agent's listener.
+        drop(client);
+        controls.pause();
+        controls
+            .snapshot(&SnapshotPaths {
+                state: build.join(STATE),
+                mem: build.join(MEM),
+            })
+            .map_err(|e| e.to_string())
+    });
+    controls.stop(Exit::Stopped(libc::SIGKILL));
+    let _ = thread.join();
+    snapshot.map_err(|e| {
+        let console = std::fs::read_to_string(build.join("console.log")).unwrap_or_default();
+        let lines: Vec<&str> = console.lines().collect();
+        match &lines[lines.len().saturating_sub(5)..] {
+            [] => e,
+            tail => format!("{e}; guest console: {}", tail.join(" | ")),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Made once per test: the key reads their sizes and times.
+    fn files(dir: &Path) {
+        for name in ["vmlinux", "rootfs.ext4", "image.erofs"] {
+            std::fs::write(dir.join(name), name).unwrap();
+        }
+    }
+
+    fn config(dir: &Path) -> VmConfig {
+        let file = |name: &str| dir.join(name);
+        VmConfig {
+            kernel: file("vmlinux"),
+            vcpus: 1,
+            mem_mib: 256,
+            cmdline: "console=ttyS0".into(),
+            disks: vec![
+                DiskConfig {
+                    path: file("rootfs.ext4"),
+                    read_only: true,
+                    id: serial::ROOTFS.into(),
+                },
+                DiskConfig {
+                    path: file("image.erofs"),
+                    read_only: true,
+                    id: serial::IMAGE.into(),
+                },
+            ],
+            nets: Vec::new(),
+            vsock: Some(VsockConfig {
+                guest_cid: 3,
+                uds_path: dir.join("v.sock"),
+                id: "vsock0".into(),
+            }),
+            fs: Vec::new(),
+            console: Console::Stdio,
+            stdin: false,
+            allow_pvm: false,
+        }
+    }
+
+    #[test]
+    fn a_nic_a_share_or_a_volume_disk_boots_cold() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path());
+        assert_eq!(unpoolable(&c), None);
+        let mut volume = config(dir.path());
+        volume.disks.push(DiskConfig {
+            path: dir.path().join("v.img"),
+            read_only: false,
+            id: serial::volume(0),
+        });
+        assert_eq!(unpoolable(&volume), Some("it has a disk volume"));
+        let mut agentless = config(dir.path());
+        agentless.vsock = None;
+        assert_eq!(unpoolable(&agentless), Some("it has no agent socket"));
+    }
+
+    #[test]
+    fn the_key_follows_the_shape_not_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        files(dir.path());
+        let c = config(dir.path());
+        let k = key(&c, "a").unwrap();
+        assert!(k.starts_with("1c-256m-"), "{k}");
+        // Another run's image and socket: the same template.
+        let mut other_run = config(dir.path());
+        other_run.disks[1].path = dir.path().join("other.erofs");
+        other_run.vsock.as_mut().unwrap().uds_path = dir.path().join("w.sock");
+        assert_eq!(key(&other_run, "a").unwrap(), k);
+        // Another size or command line: another template.
+        let mut bigger = config(dir.path());
+        bigger.mem_mib = 512;
+        assert_ne!(key(&bigger, "a").unwrap(), k);
+        assert_ne!(key(&c, "b").unwrap(), k);
+    }
+
+    #[test]
+    fn pool_env_is_on_off_or_an_error() {
+        // Only this test touches the variable.
+        std::env::set_var(POOL_ENV, "off");
+        assert_eq!(enabled(), Ok(false));
+        std::env::set_var(POOL_ENV, "sometimes");
+        assert!(enabled().unwrap_err().contains("on or off"));
+        std::env::remove_var(POOL_ENV);
+        assert_eq!(enabled(), Ok(true));
+    }
+}
