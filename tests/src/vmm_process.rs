@@ -80,7 +80,9 @@ impl VmmProcess {
         String::from_utf8_lossy(&self.stdout.lock().unwrap()).replace('\r', "")
     }
 
-    /// Waits until stdout contains `needle`.
+    /// Waits until stdout contains `needle`. On a timeout the VMM is asked
+    /// for its report (vCPU exits, queue counters) on the inherited stderr
+    /// first, so a silent guest shows whether it runs at all.
     pub fn wait_for_output(&self, needle: &str, timeout: Duration) -> bool {
         let start = Instant::now();
         while start.elapsed() < timeout {
@@ -89,7 +91,14 @@ impl VmmProcess {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+        self.ask_for_report();
         false
+    }
+
+    fn ask_for_report(&self) {
+        // SAFETY: kill(2) on our own child, which Drop reaps only later.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGUSR1) };
+        std::thread::sleep(Duration::from_millis(500));
     }
 
     /// Waits for the process to exit: its code and everything it printed.
@@ -100,10 +109,10 @@ impl VmmProcess {
                 std::thread::sleep(Duration::from_millis(50));
                 return (st.code(), self.output());
             }
-            assert!(
-                start.elapsed() < timeout,
-                "husk vmm did not exit in {timeout:?}"
-            );
+            if start.elapsed() >= timeout {
+                self.ask_for_report();
+                panic!("husk vmm did not exit in {timeout:?}");
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
     }
