@@ -81,14 +81,41 @@ pub fn report_panics_at_once() {
     std::panic::set_hook(Box::new(move |info| {
         let thread = std::thread::current();
         let line = format!(
-            "\n[e2e] panic in {}: {info}\n",
-            thread.name().unwrap_or("a thread")
+            "\n[e2e] panic in {}: {info}\n[e2e] host: {}\n",
+            thread.name().unwrap_or("a thread"),
+            vitals()
         );
         // SAFETY: write(2) of a live buffer to fd 2, past libtest's
         // capture of print!.
         unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
         previous(info);
     }));
+}
+
+/// Memory, disk and load as a failing test saw them: a test that fails
+/// for want of either says so.
+fn vitals() -> String {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or("?".to_string(), |kib| format!("{} MiB", kib / 1024));
+    // SAFETY: statvfs fills the zeroed struct we pass from a NUL-terminated
+    // path; both live for the call.
+    let disk = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        match libc::statvfs(c".".as_ptr(), &mut st) {
+            0 => format!("{} MiB", st.f_bavail * st.f_frsize / (1 << 20)),
+            _ => "?".to_string(),
+        }
+    };
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    format!(
+        "memory available {mem}, disk free {disk} (the working directory's filesystem), load {}",
+        load.join(" ")
+    )
 }
 
 /// Whether this host has an IPv4 default route (passt insists on one).
