@@ -115,3 +115,79 @@ fn runs_are_clones_of_one_template_each_with_its_own_identity() {
     );
     probe_lines(&cold);
 }
+
+/// Bridged runs from one template: the TAP is the run's, and the clone
+/// takes the run's MAC and address (set by the agent, as `ip=` does in a
+/// booted VM), and reaches the host through the bridge.
+#[test]
+fn bridged_clones_take_the_runs_mac_and_address() {
+    require_linux_kvm();
+    let _one = crate::z_bridge::BRIDGE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let run = Run::new();
+    let pool = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        (0..2)
+            .map(|_| {
+                let (s, _) = listener.accept().unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                let mut line = String::new();
+                std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut line).unwrap();
+                line
+            })
+            .collect::<Vec<_>>()
+    });
+    let script = format!(
+        "cat /sys/class/net/eth0/address; ip -4 -o addr show eth0 | awk '{{print $4}}'; \
+         gw=$(ip route | awk '/^default/ {{print $3}}'); \
+         echo from-$(cat /sys/class/net/eth0/address) | nc $gw {port} && echo tcp-ok"
+    );
+    let clone = || {
+        let mut c = run.command(&["--rm", "--network", "bridge"], &["sh", "-c", &script]);
+        c.env("HUSK_POOL_DIR", pool.path()).env("HUSK_TIMINGS", "1");
+        let out = process::run(c, TIMEOUT);
+        assert_eq!(out.code, Some(0), "{}", out.describe());
+        assert!(
+            out.stderr.contains("template_ready"),
+            "not from the pool: {}",
+            out.describe()
+        );
+        let lines: Vec<String> = out.stdout.lines().map(str::to_owned).collect();
+        assert_eq!(lines.len(), 3, "{}", out.describe());
+        assert_eq!(lines[2], "tcp-ok", "{}", out.describe());
+        assert!(lines[1].starts_with("10.90.0."), "{}", out.describe());
+        (lines[0].clone(), lines[1].clone())
+    };
+    // The template booted with no address and the first run's MAC (the
+    // bridge derives MACs from addresses). A container that keeps running
+    // holds the first address again, so the next clone gets another
+    // address and MAC than its template: without its identity it would
+    // have the template's MAC and no address at all (no connection).
+    let (mac1, addr1) = clone();
+    let mut holder = run.command(&["-d", "--network", "bridge"], &["sleep", "600"]);
+    holder.env("HUSK_POOL_DIR", pool.path());
+    let holder = process::run(holder, TIMEOUT);
+    assert_eq!(holder.code, Some(0), "{}", holder.describe());
+    let (mac2, addr2) = clone();
+    let rm = process::run(
+        {
+            let mut c = run.husk_command(&["rm", "-f", holder.stdout.trim()]);
+            c.env("HUSK_POOL_DIR", pool.path());
+            c
+        },
+        TIMEOUT,
+    );
+    assert_eq!(rm.code, Some(0), "{}", rm.describe());
+    assert_ne!(addr1, addr2, "the second clone's address");
+    assert_ne!(mac1, mac2, "the second clone kept its template's MAC");
+    let heard = server.join().unwrap();
+    assert_eq!(
+        heard,
+        [format!("from-{mac1}\n"), format!("from-{mac2}\n")],
+        "what the host heard"
+    );
+    assert_eq!(templates(pool.path()), 1);
+}

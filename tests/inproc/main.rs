@@ -211,6 +211,7 @@ fn a_restored_snapshot_goes_on_counting_where_it_stopped() {
     let overrides = husk_vmm::snapshot::Overrides {
         disks: vec![("data".into(), other_disk)],
         vsock_uds: Some(other_uds.clone()),
+        nets: Vec::new(),
     };
     let clone = husk_vmm::restore(
         &RestoreConfig {
@@ -233,6 +234,7 @@ fn a_restored_snapshot_goes_on_counting_where_it_stopped() {
     let typo = husk_vmm::snapshot::Overrides {
         disks: vec![("dato".into(), dir.path().join("other.img"))],
         vsock_uds: None,
+        nets: Vec::new(),
     };
     let refused = husk_vmm::restore(
         &RestoreConfig {

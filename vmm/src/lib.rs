@@ -34,7 +34,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use x86_64::layout::{KEYBOARD_IRQ, SERIAL_IRQ};
 
 pub use console::Console;
-pub use report::REPORT_SIGNAL;
+pub use report::{print_now as print_report, REPORT_SIGNAL};
 pub use virtio::{DiskConfig, FsConfig, NetConfig, NetHost, VsockConfig};
 
 /// Where KVM keeps its real-mode TSS (Intel needs three pages below 4 GiB
@@ -138,6 +138,13 @@ pub struct Shared {
     vcpu_threads: Mutex<Vec<usize>>,
     /// Exits handled by the vCPU threads (port and MMIO accesses).
     exits: std::sync::atomic::AtomicU64,
+    /// Passes of the device event loop.
+    loop_passes: std::sync::atomic::AtomicU64,
+    /// When the last exit and the last pass happened, in ms after `born`
+    /// (for the report: a stuck loop or vCPU shows as time since).
+    last_exit_ms: std::sync::atomic::AtomicU64,
+    last_pass_ms: std::sync::atomic::AtomicU64,
+    born: Instant,
     disk_metrics: Vec<(String, Arc<husk_devices::virtio::block::BlockMetrics>)>,
     /// What a snapshot reads besides the vCPUs; taken out when the VM
     /// ends, so the VM fd and memory go in their order (RunningVm).
@@ -222,21 +229,38 @@ impl Shared {
         }
     }
 
-    /// One line for the report on demand: is the guest running at all?
+    /// One line for the report on demand: is the guest running at all,
+    /// and is the device loop?
     fn report(&self) -> String {
         let pause = pio::lock(&self.pause);
+        let now = self.ms();
+        let ago =
+            |at: &std::sync::atomic::AtomicU64| now.saturating_sub(at.load(Ordering::Relaxed));
         format!(
-            "vm: {} vCPU(s), {} exits handled, paused {} ({} parked), stopping {}",
+            "vm: {} vCPU(s), {} exits handled (the last {} ms ago), event loop {} passes (the last {} ms ago), paused {} ({} parked), stopping {}",
             self.vcpu_count(),
             self.exits.load(Ordering::Relaxed),
+            ago(&self.last_exit_ms),
+            self.loop_passes.load(Ordering::Relaxed),
+            ago(&self.last_pass_ms),
             pause.paused,
             pause.parked,
             self.stopping()
         )
     }
 
+    fn ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
+    }
+
     fn count_exit(&self) {
         self.exits.fetch_add(1, Ordering::Relaxed);
+        self.last_exit_ms.store(self.ms(), Ordering::Relaxed);
+    }
+
+    fn count_pass(&self) {
+        self.loop_passes.fetch_add(1, Ordering::Relaxed);
+        self.last_pass_ms.store(self.ms(), Ordering::Relaxed);
     }
 
     fn vcpu_count(&self) -> usize {
@@ -745,6 +769,10 @@ impl Shared {
             unpause: std::sync::Condvar::new(),
             vcpu_threads: Mutex::new(Vec::new()),
             exits: std::sync::atomic::AtomicU64::new(0),
+            loop_passes: std::sync::atomic::AtomicU64::new(0),
+            last_exit_ms: std::sync::atomic::AtomicU64::new(0),
+            last_pass_ms: std::sync::atomic::AtomicU64::new(0),
+            born: Instant::now(),
             disk_metrics: attacher.disk_metrics.clone(),
             source: Mutex::new(Some(source)),
             devices: std::mem::take(&mut attacher.devices),
@@ -910,7 +938,21 @@ fn restore_devices(
     let mut attacher = virtio::Attacher::default();
     for (i, d) in devices.iter().enumerate() {
         let (spec, changed) = overrides.apply(&d.spec);
-        attacher.attach_spec(vm, mem, &mut bus, events, &spec)?;
+        let new_nic = match &spec {
+            snapshot::devices::DeviceSpec::Net { id, .. } => overrides.net(id),
+            _ => None,
+        };
+        match new_nic {
+            Some(o) => {
+                let net = NetConfig {
+                    host: o.host.clone(),
+                    mac: Some(o.mac),
+                    id: o.id.clone(),
+                };
+                attacher.attach_net(vm, mem, &mut bus, events, &net)?;
+            }
+            None => attacher.attach_spec(vm, mem, &mut bus, events, &spec)?,
+        }
         let attached = attacher
             .devices
             .last()
@@ -953,7 +995,9 @@ impl RunningVm {
         while !shared.stopping() {
             // No timeout: every stop writes exit_evt, and the grace period
             // of a stop request is the signal thread's to watch.
-            if let Err(e) = self.events.run() {
+            let ran = self.events.run();
+            shared.count_pass();
+            if let Err(e) = ran {
                 shared.finish(Exit::Failed(format!("event loop: {e:?}")));
             }
         }

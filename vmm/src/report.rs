@@ -64,18 +64,58 @@ fn start() -> bool {
         .spawn(move || {
             // Blocking reads: the thread sleeps until a report is asked for.
             while evt.read().is_ok() {
-                let vms = VMS.lock().unwrap_or_else(|e| e.into_inner());
-                for vm in vms.iter().filter_map(Weak::upgrade) {
-                    eprintln!("husk: {}", vm.report());
-                }
-                drop(vms);
-                let list = NETS.lock().unwrap_or_else(|e| e.into_inner());
-                for (id, m) in list.iter() {
-                    if let Some(m) = m.upgrade() {
-                        eprintln!("husk: {}", m.report(id));
-                    }
-                }
+                print_now();
             }
         })
         .is_ok()
+}
+
+/// Prints the report on stderr now: a caller that gives up on a guest
+/// (its agent never answered) says where things stood.
+pub fn print_now() {
+    let vms = VMS.lock().unwrap_or_else(|e| e.into_inner());
+    for vm in vms.iter().filter_map(Weak::upgrade) {
+        eprintln!("husk: {}", vm.report());
+    }
+    drop(vms);
+    let list = NETS.lock().unwrap_or_else(|e| e.into_inner());
+    for (id, m) in list.iter() {
+        if let Some(m) = m.upgrade() {
+            eprintln!("husk: {}", m.report(id));
+        }
+    }
+    drop(list);
+    eprintln!("husk: threads: {}", threads());
+}
+
+/// Each thread of this process: name, scheduler state and, when it
+/// sleeps, where in the kernel (a deadlock shows as threads parked on
+/// futexes; a guest that runs as a vCPU thread in KVM).
+fn threads() -> String {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return "unreadable".into();
+    };
+    let mut out: Vec<String> = tasks
+        .filter_map(Result::ok)
+        .map(|t| {
+            let p = t.path();
+            let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
+            let stat = read("stat");
+            // The state follows the parenthesized name, which may hold spaces.
+            let state = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next())
+                .unwrap_or("?")
+                .to_string();
+            let wchan = read("wchan");
+            let wchan = if wchan.is_empty() || wchan == "0" {
+                String::new()
+            } else {
+                format!(" {wchan}")
+            };
+            format!("{} {state}{wchan}", read("comm").trim())
+        })
+        .collect();
+    out.sort();
+    out.join(", ")
 }

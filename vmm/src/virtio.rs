@@ -4,14 +4,14 @@
 
 use crate::memory::GuestMemory;
 use crate::mmio::{MmioBus, MmioDevice};
-use crate::snapshot::devices::DeviceSpec;
+use crate::snapshot::devices::{DeviceSpec, SavedNetHost};
 use crate::x86_64::layout::{FIRST_DEVICE_IRQ, LAST_DEVICE_IRQ, VIRTIO_MMIO_START};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use husk_devices::virtio::block::{Block, BlockConfig, BlockMetrics, Budget};
 use husk_devices::virtio::fs::Fs;
 pub use husk_devices::virtio::fs::FsConfig;
 pub use husk_devices::virtio::net::{create_persistent as create_tap, NetConfig, NetHost};
-use husk_devices::virtio::net::{Net, NetError, NetMetrics};
+use husk_devices::virtio::net::{Net, NetBackend, NetError, NetMetrics};
 use husk_devices::virtio::transport::{
     cmdline_token, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
 };
@@ -47,6 +47,13 @@ pub enum Error {
     OutOfIrqs(u32),
     #[error("attaching a virtio device: {0} failed: {1}")]
     Attach(&'static str, String),
+}
+
+/// Where a NIC goes and what it is called.
+struct Nic<'a> {
+    vm: &'a VmFd,
+    mem: &'a GuestMemory,
+    id: &'a str,
 }
 
 /// The whole chain of an error on one line: device errors keep their
@@ -202,28 +209,44 @@ impl Attacher {
         net: &NetConfig,
     ) -> Result<(), Error> {
         let failed = |e: NetError| Error::Net(net.host.to_string(), chain(&e));
+        let nic = Nic {
+            vm,
+            mem,
+            id: &net.id,
+        };
         match &net.host {
             NetHost::Tap(name) => {
                 let device = Net::new(name, net).map_err(failed)?;
-                let spec = DeviceSpec::Net {
-                    tap: name.clone(),
-                    mac: device.mac(),
-                    id: net.id.clone(),
-                };
-                self.net_metrics
-                    .push((net.id.clone(), device.metrics().clone()));
-                let transport = self.attach(vm, mem, bus, events, Arc::new(Mutex::new(device)))?;
-                self.record(Ok(spec), transport, None);
+                self.attach_nic(nic, bus, events, device, SavedNetHost::Tap(name.clone()))
             }
             NetHost::Stream(socket) => {
                 let device = Net::over_stream(socket, net).map_err(failed)?;
-                self.net_metrics
-                    .push((net.id.clone(), device.metrics().clone()));
-                let transport = self.attach(vm, mem, bus, events, Arc::new(Mutex::new(device)))?;
-                let why = "a NIC on a userspace network (passt) cannot be snapshotted yet";
-                self.record(Err(why.into()), transport, None);
+                self.attach_nic(nic, bus, events, device, SavedNetHost::Stream)
             }
         }
+    }
+
+    /// The part of attaching a NIC its backend does not change.
+    fn attach_nic<B: NetBackend + 'static>(
+        &mut self,
+        nic: Nic,
+        bus: &mut MmioBus,
+        events: &mut EventLoop,
+        device: Net<B>,
+        host: SavedNetHost,
+    ) -> Result<(), Error>
+    where
+        Net<B>: MutEventSubscriber,
+    {
+        let spec = DeviceSpec::Net {
+            host,
+            mac: device.mac(),
+            id: nic.id.to_owned(),
+        };
+        self.net_metrics
+            .push((nic.id.to_owned(), device.metrics().clone()));
+        let transport = self.attach(nic.vm, nic.mem, bus, events, Arc::new(Mutex::new(device)))?;
+        self.record(Ok(spec), transport, None);
         Ok(())
     }
 
@@ -301,7 +324,11 @@ impl Attacher {
                 };
                 self.attach_disk(vm, mem, bus, events, &disk)
             }
-            DeviceSpec::Net { tap, mac, id } => {
+            DeviceSpec::Net {
+                host: SavedNetHost::Tap(tap),
+                mac,
+                id,
+            } => {
                 let net = NetConfig {
                     host: NetHost::Tap(tap.clone()),
                     mac: Some(*mac),
@@ -309,6 +336,14 @@ impl Attacher {
                 };
                 self.attach_net(vm, mem, bus, events, &net)
             }
+            DeviceSpec::Net {
+                host: SavedNetHost::Stream,
+                id,
+                ..
+            } => Err(Error::Net(
+                "a userspace network (passt)".into(),
+                format!("{id} needs a new host side: passt does not outlive its VM"),
+            )),
             DeviceSpec::Vsock {
                 guest_cid,
                 uds_path,

@@ -171,6 +171,10 @@ pub enum Request {
         /// Random bytes from the host; at least [`MIN_ENTROPY`].
         entropy: Vec<u8>,
         hostname: String,
+        /// The VM's interface as this run has it: the template's NIC kept
+        /// the MAC and had no address.
+        #[serde(default)]
+        net: Option<NetIdentity>,
     },
     /// Mounts the root and volumes and creates the container with its
     /// process stopped before exec, as `runc create` does.
@@ -234,6 +238,16 @@ pub enum Request {
     },
     /// Syncs the guest's disks and powers the VM off.
     Shutdown,
+}
+
+/// eth0 of a VM restored from a template: its MAC, address and gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetIdentity {
+    pub mac: [u8; 6],
+    pub address: std::net::Ipv4Addr,
+    pub prefix: u8,
+    #[serde(default)]
+    pub gateway: Option<std::net::Ipv4Addr>,
 }
 
 /// Resource usage from a container's cgroup (v2).

@@ -2,11 +2,13 @@
 //! record, the volumes' and scratch disks, and the VM.
 
 use super::plan::{Disks, Plan, ReadyDisk, ReadyVolume};
+use super::session::VmIdentity;
 use super::state::{self, ProcessDefaults, State, Status};
 use super::{pool, timings::mark, volume, RunArgs};
 use crate::agent::Sinks;
 use crate::Failure;
 use husk_vmm::{Console, RunningVm, VmConfig, VsockConfig};
+use husk_wire::agent::NetIdentity;
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -54,8 +56,8 @@ pub struct Launched {
     pub backends: Vec<volume::Backend>,
     pub disks: Disks,
     pub vm: RunningVm,
-    /// The VM came from a pool template: it needs its identity.
-    pub pooled: bool,
+    /// The VM came from a pool template: what makes it this run's.
+    pub identity: Option<VmIdentity>,
     pub uds: PathBuf,
     pub sinks: Sinks,
 }
@@ -136,7 +138,7 @@ pub fn launch(
         scratch,
     };
     let uds = dir.path.join(state::VSOCK_SOCKET);
-    let config = VmConfig {
+    let mut config = VmConfig {
         kernel,
         vcpus: plan.vcpus,
         mem_mib: plan.mem_mib,
@@ -159,7 +161,16 @@ pub fn launch(
         stdin: false,
         allow_pvm: false,
     };
-    let (vm, pooled) = start_vm(&config, plan)?;
+    // The host knows the MAC, so that a clone of a template can be given
+    // it.
+    for nic in &mut config.nets {
+        nic.mac.get_or_insert_with(random_mac);
+    }
+    let identity = VmIdentity {
+        hostname: plan.vm_hostname(),
+        net: net_identity(plan, &config),
+    };
+    let (vm, pooled) = start_vm(&config, plan, &identity)?;
     mark("vm_started");
     Ok(Launched {
         dir,
@@ -167,16 +178,43 @@ pub fn launch(
         backends,
         disks,
         vm,
-        pooled,
+        identity: pooled.then_some(identity),
         uds,
         sinks,
     })
 }
 
+/// eth0's MAC and address, as the kernel's `ip=` sets them in a booted VM.
+fn net_identity(plan: &Plan, config: &VmConfig) -> Option<NetIdentity> {
+    let net = plan.net.as_ref()?;
+    let (address, prefix) = net.addr?;
+    Some(NetIdentity {
+        mac: config.nets.first()?.mac?,
+        address,
+        prefix,
+        gateway: net.gateway,
+    })
+}
+
+/// A unicast, locally administered MAC.
+fn random_mac() -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut mac);
+    }
+    mac[0] = (mac[0] & 0xfc) | 0x02;
+    mac
+}
+
 /// The VM, restored from the pool's template when one can serve it (made
 /// first if there is none); else booted. Whether it was restored.
-fn start_vm(config: &VmConfig, plan: &Plan) -> Result<(RunningVm, bool), Failure> {
-    if pool::enabled().map_err(Failure::usage)? && pool::unpoolable(config).is_none() {
+fn start_vm(
+    config: &VmConfig,
+    plan: &Plan,
+    identity: &VmIdentity,
+) -> Result<(RunningVm, bool), Failure> {
+    let servable = pool::unpoolable(config, identity.net.as_ref()).is_none();
+    if pool::enabled().map_err(Failure::usage)? && servable {
         match pool::Template::for_config(&pool::default_dir(), config, &plan.template_cmdline()) {
             Ok(template) => {
                 mark("template_ready");

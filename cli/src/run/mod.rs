@@ -222,7 +222,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         backends,
         disks,
         vm,
-        pooled,
+        identity,
         uds,
         sinks,
     } = launched;
@@ -233,7 +233,6 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     }
     let (vm_thread, vm_done) = wait_on_a_thread(vm);
     let (rootfs, volume_specs) = plan.agent_disks(&disks);
-    let vm_hostname = plan.vm_hostname();
     let container = session::Container {
         spec: plan.spec,
         rootfs,
@@ -246,7 +245,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         controls: controls.clone(),
         vm_done,
         signals,
-        identity: pooled.then_some(vm_hostname),
+        identity,
     };
     let mut on_started = || {
         record.status = state::Status::Running;

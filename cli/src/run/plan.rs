@@ -268,7 +268,7 @@ impl Plan {
     /// The guest's kernel command line: the base, the read-only root, the
     /// agent, and the network's address when there is one.
     pub fn cmdline(&self) -> String {
-        self.cmdline_named(&self.vm_hostname())
+        self.cmdline_named(&self.vm_hostname(), true)
     }
 
     /// The guest's own hostname (the container has its own namespace's).
@@ -277,20 +277,24 @@ impl Plan {
     }
 
     /// The command line of a pool template this run may come from: every
-    /// clone's, so no run's own hostname in it (a clone gets its own with
-    /// its identity).
+    /// clone's, so neither the run's hostname nor its address (a clone
+    /// gets both with its identity).
     pub fn template_cmdline(&self) -> String {
-        self.cmdline_named("husk")
+        self.cmdline_named("husk", false)
     }
 
-    fn cmdline_named(&self, hostname: &str) -> String {
+    fn cmdline_named(&self, hostname: &str, with_address: bool) -> String {
         format!(
             "{} root=/dev/vda ro {} {}={}{}",
             cmdline::BASE,
             cmdline::KEY_AGENT,
             cmdline::KEY_HOSTNAME,
             hostname,
-            self.net.as_ref().map(|n| n.cmdline()).unwrap_or_default()
+            self.net
+                .as_ref()
+                .filter(|_| with_address)
+                .map(|n| n.cmdline())
+                .unwrap_or_default()
         )
     }
 

@@ -13,13 +13,19 @@
 //! told), its listener is not. The host then sends the run's identity
 //! (time, entropy, hostname).
 //!
-//! Runs with a NIC or shared directories (virtiofsd's state is its own)
-//! or disk volumes boot as before; `HUSK_POOL=off` makes every run boot.
+//! A run's NIC (a TAP on its bridge, or passt's socket) is given to the
+//! clone with the run's MAC; the template booted without an address, and
+//! the identity sets the MAC, address and route the kernel's `ip=` sets in
+//! a booted VM. Templates are kept per NIC kind (TAP offloads are
+//! negotiated at boot). Runs with shared directories (virtiofsd's state is
+//! its own) or disk volumes boot as before; `HUSK_POOL=off` makes every
+//! run boot.
 
 use super::plan::serial;
 use crate::agent::{Client, Sinks};
-use husk_vmm::snapshot::{Overrides, RestoreConfig, SnapshotPaths};
-use husk_vmm::{Console, DiskConfig, Exit, RunningVm, VmConfig, VsockConfig};
+use husk_vmm::snapshot::{NetOverride, Overrides, RestoreConfig, SnapshotPaths};
+use husk_vmm::{Console, DiskConfig, Exit, NetHost, RunningVm, VmConfig, VsockConfig};
+use husk_wire::agent::NetIdentity;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -58,10 +64,13 @@ pub fn enabled() -> Result<bool, String> {
     }
 }
 
-/// Why a template cannot serve this VM, if it cannot.
-pub fn unpoolable(config: &VmConfig) -> Option<&'static str> {
-    if !config.nets.is_empty() {
-        return Some("it has a network interface");
+/// Why a template cannot serve this VM, if it cannot. `net` is what its
+/// NIC must be given after the restore.
+pub fn unpoolable(config: &VmConfig, net: Option<&NetIdentity>) -> Option<&'static str> {
+    match (config.nets.len(), net) {
+        (0, _) | (1, Some(_)) => {}
+        (1, None) => return Some("its network interface has no address"),
+        _ => return Some("it has more than one network interface"),
     }
     if !config.fs.is_empty() {
         return Some("it shares a directory");
@@ -136,6 +145,15 @@ impl Template {
             overrides: Overrides {
                 disks,
                 vsock_uds: config.vsock.as_ref().map(|v| v.uds_path.clone()),
+                nets: config
+                    .nets
+                    .iter()
+                    .map(|n| NetOverride {
+                        id: n.id.clone(),
+                        host: n.host.clone(),
+                        mac: n.mac.unwrap_or_default(),
+                    })
+                    .collect(),
             },
         };
         husk_vmm::restore(&restore, None).map_err(|e| e.to_string())
@@ -163,6 +181,13 @@ fn key(config: &VmConfig, cmdline: &str) -> Result<String, String> {
     config.mem_mib.hash(&mut h);
     cmdline.hash(&mut h);
     config.vsock.as_ref().map(|v| v.guest_cid).hash(&mut h);
+    // A TAP's offloads are negotiated at boot: a clone keeps its
+    // template's NIC kind.
+    let nic = config.nets.first().map(|n| match n.host {
+        NetHost::Tap(_) => "tap",
+        NetHost::Stream(_) => "stream",
+    });
+    nic.hash(&mut h);
     Ok(format!(
         "{}c-{}m-{:016x}",
         config.vcpus,
@@ -221,7 +246,9 @@ fn boot_and_snapshot(build: &Path, config: &VmConfig, cmdline: &str) -> Result<(
                 id: serial::SCRATCH.into(),
             },
         ],
-        nets: Vec::new(),
+        // The run's own NIC: its host side is live now, and the clones
+        // replace it (without an address, the template sends nothing).
+        nets: config.nets.clone(),
         vsock: Some(VsockConfig {
             guest_cid: cid,
             uds_path: uds.clone(),
@@ -313,17 +340,34 @@ mod tests {
     fn a_nic_a_share_or_a_volume_disk_boots_cold() {
         let dir = tempfile::tempdir().unwrap();
         let c = config(dir.path());
-        assert_eq!(unpoolable(&c), None);
+        assert_eq!(unpoolable(&c, None), None);
+        let mut nic = config(dir.path());
+        nic.nets.push(husk_vmm::NetConfig {
+            host: NetHost::Tap("tap0".into()),
+            mac: Some([2, 0, 0, 0, 0, 1]),
+            id: "eth0".into(),
+        });
+        let addressed = NetIdentity {
+            mac: [2, 0, 0, 0, 0, 1],
+            address: "10.88.0.2".parse().unwrap(),
+            prefix: 24,
+            gateway: None,
+        };
+        assert_eq!(unpoolable(&nic, Some(&addressed)), None);
+        assert_eq!(
+            unpoolable(&nic, None),
+            Some("its network interface has no address")
+        );
         let mut volume = config(dir.path());
         volume.disks.push(DiskConfig {
             path: dir.path().join("v.img"),
             read_only: false,
             id: serial::volume(0),
         });
-        assert_eq!(unpoolable(&volume), Some("it has a disk volume"));
+        assert_eq!(unpoolable(&volume, None), Some("it has a disk volume"));
         let mut agentless = config(dir.path());
         agentless.vsock = None;
-        assert_eq!(unpoolable(&agentless), Some("it has no agent socket"));
+        assert_eq!(unpoolable(&agentless, None), Some("it has no agent socket"));
     }
 
     #[test]

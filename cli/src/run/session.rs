@@ -6,7 +6,7 @@ use super::plan::{CONTAINER_ID, MAIN_STREAM};
 use super::timings::mark;
 use crate::agent::{self, tty, Client, Escalation, Escalator, Msg, Sinks};
 use husk_vmm::{Exit, VmControls};
-use husk_wire::agent::{ExitStatus, Request, RootfsSpec, StdioSpec, VolumeSpec};
+use husk_wire::agent::{ExitStatus, NetIdentity, Request, RootfsSpec, StdioSpec, VolumeSpec};
 use husk_wire::oci_spec::runtime::Spec;
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -45,9 +45,15 @@ pub struct Session {
     pub vm_done: mpsc::Receiver<()>,
     /// SIGINT/SIGTERM, taken from the default handlers.
     pub signals: nix::sys::signalfd::SignalFd,
-    /// The VM's hostname, when the VM is a pool template's clone that
-    /// must be made its own first.
-    pub identity: Option<String>,
+    /// When the VM is a pool template's clone: what makes it this run's.
+    pub identity: Option<VmIdentity>,
+}
+
+/// A VM's own hostname and interface.
+#[derive(Debug, Clone)]
+pub struct VmIdentity {
+    pub hostname: String,
+    pub net: Option<NetIdentity>,
 }
 
 impl Session {
@@ -60,11 +66,17 @@ impl Session {
         let done = self.vm_done;
         let alive = || Session::vm_alive(&done);
         let deadline = Instant::now() + AGENT_DEADLINE;
-        let client = Client::open(&self.uds, deadline, &alive, self.sinks)?;
+        let client = Client::open(&self.uds, deadline, &alive, self.sinks).inspect_err(|_| {
+            // Where the VM stood: a guest that never answered may be
+            // stuck, or the device loop that serves it may be.
+            if alive() {
+                husk_vmm::print_report();
+            }
+        })?;
         mark("agent_ready");
-        if let Some(hostname) = self.identity {
+        if let Some(id) = self.identity {
             client.call(
-                identity(hostname)?,
+                identity(id)?,
                 "give the VM its identity",
                 REQUEST_DEADLINE,
                 &alive,
@@ -107,8 +119,8 @@ impl Session {
     }
 }
 
-/// The host's time and fresh entropy, with the VM's hostname.
-fn identity(hostname: String) -> Result<Request, String> {
+/// The host's time and fresh entropy, with the VM's hostname and NIC.
+fn identity(id: VmIdentity) -> Result<Request, String> {
     let realtime_ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|e| format!("the host clock: {e}"))?
@@ -120,7 +132,8 @@ fn identity(hostname: String) -> Result<Request, String> {
     Ok(Request::Identity {
         realtime_ns,
         entropy,
-        hostname,
+        hostname: id.hostname,
+        net: id.net,
     })
 }
 

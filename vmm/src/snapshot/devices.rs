@@ -16,9 +16,10 @@ pub enum DeviceSpec {
         read_only: bool,
         id: String,
     },
-    /// A NIC on a host TAP (reopened by name at restore).
+    /// A NIC: on a host TAP (reopened by name at restore) or on a socket
+    /// to a userspace network, which a restore must replace.
     Net {
-        tap: String,
+        host: SavedNetHost,
         mac: [u8; 6],
         id: String,
     },
@@ -29,6 +30,16 @@ pub enum DeviceSpec {
         uds_path: PathBuf,
         id: String,
     },
+}
+
+/// A NIC's host side, as far as a snapshot can keep it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SavedNetHost {
+    /// A TAP, by name.
+    Tap(String),
+    /// A socket to passt: gone with the process; a restore gives a new one
+    /// (`Overrides::nets`).
+    Stream,
 }
 
 /// One device in a snapshot.

@@ -11,8 +11,9 @@
 //!
 //! The port devices (serial, i8042, the status port) are saved with the
 //! VM. Disks, TAP NICs and the vsock device are saved; a shared directory
-//! (virtiofsd holds its state) and a NIC on passt are refused, with the
-//! reason. vsock connections do not survive a restore: the guest is told
+//! (virtiofsd holds its state) is refused, with the reason; a NIC on passt
+//! is saved without its host side, so a restore must give it one
+//! ([`Overrides::nets`]). vsock connections do not survive a restore: the guest is told
 //! (TRANSPORT_RESET), as Firecracker does.
 
 pub mod cpu;
@@ -92,17 +93,33 @@ pub struct RestoreConfig {
 /// template shows the new file's size. Nothing the guest has cached of the
 /// old file is dropped: a template's stand-in disks are empty, so there is
 /// nothing to cache.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Overrides {
     /// New files for disks, by drive id.
     pub disks: Vec<(String, PathBuf)>,
     /// The vsock device's Unix socket.
     pub vsock_uds: Option<PathBuf>,
+    /// New host sides (and MACs) for NICs. The guest's driver keeps the
+    /// MAC it read at probe: its owner sets the new one in the guest.
+    pub nets: Vec<NetOverride>,
+}
+
+/// A NIC's new host side and MAC, by interface id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetOverride {
+    pub id: String,
+    pub host: crate::NetHost,
+    pub mac: [u8; 6],
 }
 
 impl Overrides {
-    /// The snapshot's spec with the overrides applied, and whether it
-    /// changed. Every override must name a device of the snapshot.
+    /// The NIC override for interface `id`, if any.
+    pub fn net(&self, id: &str) -> Option<&NetOverride> {
+        self.nets.iter().find(|n| n.id == id)
+    }
+
+    /// The snapshot's spec with the disk and vsock overrides applied, and
+    /// whether it changed (NICs: see [`Overrides::net`]).
     pub fn apply(&self, spec: &devices::DeviceSpec) -> (devices::DeviceSpec, bool) {
         let mut spec = spec.clone();
         let changed = match &mut spec {
@@ -137,6 +154,14 @@ impl Overrides {
         };
         if let Some((id, _)) = self.disks.iter().find(|(id, _)| !disk(id)) {
             return Some(format!("the snapshot has no drive {id:?}"));
+        }
+        let nic = |want: &str| {
+            specs
+                .iter()
+                .any(|s| matches!(s, devices::DeviceSpec::Net { id, .. } if id == want))
+        };
+        if let Some(n) = self.nets.iter().find(|n| !nic(&n.id)) {
+            return Some(format!("the snapshot has no network interface {:?}", n.id));
         }
         let vsock = specs
             .iter()

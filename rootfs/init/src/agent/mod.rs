@@ -389,7 +389,9 @@ impl Agent {
                 realtime_ns,
                 entropy,
                 hostname,
-            } => identity::apply(realtime_ns, &entropy, &hostname).map(|()| Response::Ok),
+                net,
+            } => identity::apply(realtime_ns, &entropy, &hostname, net.as_ref())
+                .map(|()| Response::Ok),
             Request::CreateContainer {
                 id,
                 spec,
