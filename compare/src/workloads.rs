@@ -148,9 +148,16 @@ impl Running {
         let stderr = self.err.join().unwrap_or_default();
         if !status.success() {
             let tail: Vec<&String> = self.seen.iter().rev().take(5).collect();
+            // husk says what failed on its first line and ends with the
+            // guest console's tail: both, or the cause is lost.
+            let lines: Vec<&str> = stderr.lines().collect();
+            let said = match lines.as_slice() {
+                [] => String::new(),
+                [one] => one.to_string(),
+                [first, .., last] => format!("{first} … {last}"),
+            };
             return Err(Error::Workload(format!(
-                "{what}: exited with {status}: {} {tail:?}",
-                stderr.lines().last().unwrap_or("")
+                "{what}: exited with {status}: {said} {tail:?}"
             )));
         }
         if self.status_on_console {

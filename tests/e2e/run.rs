@@ -792,6 +792,22 @@ fn net_gives_the_container_the_vms_interface() {
         "{vm}"
     );
     assert!(!vm.contains(", 0 exits handled"), "{vm}");
+    assert!(!vm.contains("event loop 0 passes"), "{vm}");
+    // Where the vCPU was (the VM paused for a moment to read it), and
+    // every thread's state.
+    let stderr = &out.stderr;
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("husk: vCPU 0 rip 0xffffffff")),
+        "no vCPU position: {}",
+        out.describe()
+    );
+    assert!(
+        stderr.lines().any(|l| l.starts_with("husk: threads: ")),
+        "no threads: {}",
+        out.describe()
+    );
     let rx = report.split("; ").next().unwrap_or_default();
     assert!(!rx.ends_with("interrupts=0"), "{report}");
     // With --network none: the container's own namespace, with no NIC of

@@ -249,6 +249,38 @@ impl Shared {
         )
     }
 
+    /// Where each vCPU is: RIP and run state, read by pausing the VM for
+    /// a moment (a guest that was already paused stays so). For a silent
+    /// guest: the address says where its kernel sits (System.map).
+    fn vcpu_positions(self: &Arc<Self>) -> String {
+        if self.stopping() {
+            return "stopping".into();
+        }
+        let controls = VmControls {
+            shared: self.clone(),
+        };
+        let was_paused = controls.is_paused();
+        controls.pause();
+        let saved = self.save_vcpus(Vec::new());
+        if !was_paused {
+            controls.resume();
+        }
+        match saved {
+            Ok(states) => states
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    format!(
+                        "vCPU {i} rip {:#x} mp_state {}",
+                        s.regs.rip, s.mp_state.mp_state
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            Err(e) => format!("not read: {e}"),
+        }
+    }
+
     fn ms(&self) -> u64 {
         self.born.elapsed().as_millis() as u64
     }

@@ -74,10 +74,13 @@ fn start() -> bool {
 /// (its agent never answered) says where things stood.
 pub fn print_now() {
     let vms = VMS.lock().unwrap_or_else(|e| e.into_inner());
-    for vm in vms.iter().filter_map(Weak::upgrade) {
-        eprintln!("husk: {}", vm.report());
-    }
+    let live: Vec<_> = vms.iter().filter_map(Weak::upgrade).collect();
     drop(vms);
+    for vm in &live {
+        eprintln!("husk: {}", vm.report());
+        eprintln!("husk: {}", vm.vcpu_positions());
+    }
+    drop(live);
     let list = NETS.lock().unwrap_or_else(|e| e.into_inner());
     for (id, m) in list.iter() {
         if let Some(m) = m.upgrade() {
