@@ -798,6 +798,11 @@ impl Muxer {
         self.ephemeral.clear();
         self.rxq.clear();
         self.control.clear();
+        // The guest keeps its sockets until its driver has reset them (and
+        // a restored guest has the template's): new host connections start
+        // at another port, so none takes an old one's address pair.
+        self.next_ephemeral =
+            EPHEMERAL_PORT_START + 1 + (vmm_sys_util::rand::xor_pseudo_rng_u32() & 0xf_ffff);
     }
 }
 

@@ -6,7 +6,7 @@ use std::os::unix::net::UnixListener;
 use virtio_queue::{Queue, QueueT};
 
 use super::*;
-use crate::virtio::vsock::muxer::MuxerError;
+use crate::virtio::vsock::muxer::{MuxerError, EPHEMERAL_PORT_START};
 use crate::virtio::vsock::{VsockError, EVENT_QUEUE, NUM_QUEUES, QUEUE_SIZE};
 use crate::virtio::{ActivateError, VIRTIO_F_VERSION_1};
 
@@ -263,4 +263,24 @@ fn host_connections_wait_until_the_guest_has_handled_a_transport_reset() {
     h.kicks[EVENT_QUEUE].write(1).unwrap();
     let req = h.wait_request_to(1024);
     assert_eq!(req.hdr.dst_port, 1024);
+}
+
+/// A guest keeps its sockets until its driver has reset them (a restored
+/// guest has its template's): the first host connection after a transport
+/// reset must not take the address pair of one before it.
+#[test]
+fn after_a_transport_reset_host_connections_take_new_ports() {
+    // A restored device is a new one: its first connection would take the
+    // port its template's first one took.
+    let mut h = Harness::new();
+    let buf = h.ev.alloc(8);
+    let head = h.ev.add_chain(&[Buf::writable(buf, 8)]);
+    h.ev.publish(head);
+    assert!(h.dev.lock().unwrap().transport_reset());
+    h.pump();
+    let again = h.ev.add_chain(&[Buf::writable(buf, 8)]);
+    h.ev.publish(again);
+    h.kicks[EVENT_QUEUE].write(1).unwrap();
+    let (_b, after) = h.host_connect(1024);
+    assert_ne!(after.host_port, EPHEMERAL_PORT_START);
 }
