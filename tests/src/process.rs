@@ -56,7 +56,7 @@ pub fn run_asking(mut cmd: Command, timeout: Duration, report: Option<i32>) -> F
             if let Some(sig) = report {
                 // SAFETY: kill(2) on our own child, not reaped yet.
                 unsafe { libc::kill(child.id() as i32, sig) };
-                std::thread::sleep(Duration::from_secs(1));
+                std::thread::sleep(Duration::from_secs(3));
             }
             // SAFETY: kill(2) on the process group this function made.
             unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };

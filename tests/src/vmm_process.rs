@@ -98,7 +98,9 @@ impl VmmProcess {
     fn ask_for_report(&self) {
         // SAFETY: kill(2) on our own child, which Drop reaps only later.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGUSR1) };
-        std::thread::sleep(Duration::from_millis(500));
+        // The report pauses the VM to read where its vCPUs are: in L1 that
+        // takes a while.
+        std::thread::sleep(Duration::from_secs(3));
     }
 
     /// Waits for the process to exit: its code and everything it printed.
@@ -111,7 +113,10 @@ impl VmmProcess {
             }
             if start.elapsed() >= timeout {
                 self.ask_for_report();
-                panic!("husk vmm did not exit in {timeout:?}");
+                panic!(
+                    "husk vmm did not exit in {timeout:?}; its console:\n{}",
+                    self.output()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
