@@ -20,7 +20,9 @@ fn pooled_run(run: &Run, pool: &Path) -> Finished {
         &["--rm", "--network", "none", "--scratch", "32m"],
         &["sh", "-c", PROBE],
     );
-    c.env("HUSK_POOL_DIR", pool).env("HUSK_TIMINGS", "1");
+    c.env("HUSK_POOL", "on")
+        .env("HUSK_POOL_DIR", pool)
+        .env("HUSK_TIMINGS", "1");
     process::run(c, TIMEOUT)
 }
 
@@ -98,14 +100,13 @@ fn runs_are_clones_of_one_template_each_with_its_own_identity() {
         "the second run made another template"
     );
 
-    // With the pool off, the same run boots.
+    // Without the pool (the default), the same run boots.
     let mut cold = run.command(
         &["--rm", "--network", "none", "--scratch", "32m"],
         &["sh", "-c", PROBE],
     );
     cold.env("HUSK_POOL_DIR", pool.path())
-        .env("HUSK_TIMINGS", "1")
-        .env("HUSK_POOL", "off");
+        .env("HUSK_TIMINGS", "1");
     let cold = process::run(cold, TIMEOUT);
     assert_eq!(cold.code, Some(3), "{}", cold.describe());
     assert!(
@@ -147,7 +148,9 @@ fn bridged_clones_take_the_runs_mac_and_address() {
     );
     let clone = || {
         let mut c = run.command(&["--rm", "--network", "bridge"], &["sh", "-c", &script]);
-        c.env("HUSK_POOL_DIR", pool.path()).env("HUSK_TIMINGS", "1");
+        c.env("HUSK_POOL", "on")
+            .env("HUSK_POOL_DIR", pool.path())
+            .env("HUSK_TIMINGS", "1");
         let out = process::run(c, TIMEOUT);
         assert_eq!(out.code, Some(0), "{}", out.describe());
         assert!(
@@ -168,7 +171,9 @@ fn bridged_clones_take_the_runs_mac_and_address() {
     // have the template's MAC and no address at all (no connection).
     let (mac1, addr1) = clone();
     let mut holder = run.command(&["-d", "--network", "bridge"], &["sleep", "600"]);
-    holder.env("HUSK_POOL_DIR", pool.path());
+    holder
+        .env("HUSK_POOL", "on")
+        .env("HUSK_POOL_DIR", pool.path());
     let holder = process::run(holder, TIMEOUT);
     assert_eq!(holder.code, Some(0), "{}", holder.describe());
     let (mac2, addr2) = clone();
