@@ -34,6 +34,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use x86_64::layout::{KEYBOARD_IRQ, SERIAL_IRQ};
 
 pub use console::Console;
+pub use husk_devices::virtio::net::random_mac;
 pub use report::{print_now as print_report, REPORT_SIGNAL};
 pub use virtio::{DiskConfig, FsConfig, NetConfig, NetHost, VsockConfig};
 

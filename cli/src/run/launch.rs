@@ -164,7 +164,7 @@ pub fn launch(
     // The host knows the MAC, so that a clone of a template can be given
     // it.
     for nic in &mut config.nets {
-        nic.mac.get_or_insert_with(random_mac);
+        nic.mac.get_or_insert_with(husk_vmm::random_mac);
     }
     let identity = VmIdentity {
         hostname: plan.vm_hostname(),
@@ -194,16 +194,6 @@ fn net_identity(plan: &Plan, config: &VmConfig) -> Option<NetIdentity> {
         prefix,
         gateway: net.gateway,
     })
-}
-
-/// A unicast, locally administered MAC.
-fn random_mac() -> [u8; 6] {
-    let mut mac = [0u8; 6];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut mac);
-    }
-    mac[0] = (mac[0] & 0xfc) | 0x02;
-    mac
 }
 
 /// The VM, restored from the pool's template when one can serve it (made

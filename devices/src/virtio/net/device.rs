@@ -177,7 +177,7 @@ pub fn locally_administered_mac(random: [u8; 6]) -> [u8; 6] {
 }
 
 /// A random locally administered MAC.
-fn random_mac() -> [u8; 6] {
+pub fn random_mac() -> [u8; 6] {
     let mut random = [0u8; 6];
     let from_os = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut random));
     if let Err(e) = from_os {

@@ -57,7 +57,7 @@ mod tests;
 
 pub use chain::{read_tx_frame, ChainError, RxChain};
 pub use device::{
-    format_mac, locally_administered_mac, Net, NetConfig, NetError, NetHost, RxState,
+    format_mac, locally_administered_mac, random_mac, Net, NetConfig, NetError, NetHost, RxState,
     BACKEND_TOKEN, RX_BUDGET, RX_QUEUE_TOKEN, TX_BUDGET, TX_QUEUE_TOKEN,
 };
 pub use handler::{process_tx, RxBuffers, RxDelivery, TxOutcome};

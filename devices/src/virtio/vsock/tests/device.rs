@@ -240,11 +240,7 @@ fn a_transport_reset_tells_the_guest_and_drops_every_connection() {
 #[test]
 fn host_connections_wait_until_the_guest_has_handled_a_transport_reset() {
     let mut h = Harness::new();
-    let buf = h.ev.alloc(8);
-    let head = h.ev.add_chain(&[Buf::writable(buf, 8)]);
-    h.ev.publish(head);
-    assert!(h.dev.lock().unwrap().transport_reset());
-    h.pump();
+    let buf = reset_with_one_event_buffer(&mut h);
 
     let mut stream = UnixStream::connect(&h.uds).unwrap();
     stream.write_all(b"CONNECT 1024\n").unwrap();
@@ -258,9 +254,7 @@ fn host_connections_wait_until_the_guest_has_handled_a_transport_reset() {
     );
 
     // The guest has reset its sockets and gives the event buffer back.
-    let again = h.ev.add_chain(&[Buf::writable(buf, 8)]);
-    h.ev.publish(again);
-    h.kicks[EVENT_QUEUE].write(1).unwrap();
+    repost_event_buffer(&mut h, buf);
     let req = h.wait_request_to(1024);
     assert_eq!(req.hdr.dst_port, 1024);
 }
@@ -273,14 +267,27 @@ fn after_a_transport_reset_host_connections_take_new_ports() {
     // A restored device is a new one: its first connection would take the
     // port its template's first one took.
     let mut h = Harness::new();
+    let buf = reset_with_one_event_buffer(&mut h);
+    repost_event_buffer(&mut h, buf);
+    let (_b, after) = h.host_connect(1024);
+    assert_ne!(after.host_port, EPHEMERAL_PORT_START);
+}
+
+/// Posts one event buffer and has the device send a transport reset into
+/// it; the buffer, for the guest to post again.
+fn reset_with_one_event_buffer(h: &mut Harness) -> GuestAddress {
     let buf = h.ev.alloc(8);
     let head = h.ev.add_chain(&[Buf::writable(buf, 8)]);
     h.ev.publish(head);
     assert!(h.dev.lock().unwrap().transport_reset());
     h.pump();
+    buf
+}
+
+/// What Linux does once it has reset its sockets: the event's buffer back,
+/// and a kick.
+fn repost_event_buffer(h: &mut Harness, buf: GuestAddress) {
     let again = h.ev.add_chain(&[Buf::writable(buf, 8)]);
     h.ev.publish(again);
     h.kicks[EVENT_QUEUE].write(1).unwrap();
-    let (_b, after) = h.host_connect(1024);
-    assert_ne!(after.host_port, EPHEMERAL_PORT_START);
 }
