@@ -85,6 +85,8 @@ pub enum Exit {
 pub struct Outcome {
     pub exit: Exit,
     pub guest_status: Option<u8>,
+    /// The reason of a kernel panic the guest's console showed, if any.
+    pub guest_panic: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +149,8 @@ pub struct Shared {
     last_pass_ms: std::sync::atomic::AtomicU64,
     born: Instant,
     disk_metrics: Vec<(String, Arc<husk_devices::virtio::block::BlockMetrics>)>,
+    /// What the console showed of a guest kernel panic.
+    panic: console::PanicNote,
     /// What a snapshot reads besides the vCPUs; taken out when the VM
     /// ends, so the VM fd and memory go in their order (RunningVm).
     source: Mutex<Option<Source>>,
@@ -427,6 +431,7 @@ impl MutEventSubscriber for Lifecycle {
         let fd = events.fd();
         if fd == self.reset_evt.as_raw_fd() {
             let _ = self.reset_evt.read();
+            log::info!("the guest reset the CPU through the i8042 (reboot=k)");
             self.shared.finish(Exit::Reset);
         } else if let Some(f) = self.fatal.as_ref().filter(|f| f.evt.as_raw_fd() == fd) {
             let _ = f.evt.read();
@@ -664,7 +669,7 @@ pub fn start(
     // 3. Devices, so their command-line tokens are known before the kernel
     //    command line is written.
     let frame = Frame::new(&vm)?;
-    let out = config.console.writer()?;
+    let (out, panic) = config.console.watched_writer()?;
     let mut events: virtio::EventLoop =
         EventManager::new().map_err(|e| Error::Setup("epoll", format!("{e:?}")))?;
     let mut mmio_bus = mmio::MmioBus::default();
@@ -706,9 +711,12 @@ pub fn start(
     x86_64::mptable::write(&mem, config.vcpus)?;
 
     // 5. vCPUs.
-    let base_cpuid = kvm
+    let mut base_cpuid = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .map_err(setup("KVM_GET_SUPPORTED_CPUID"))?;
+    if kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
+        x86_64::cpuid::offer_tsc_deadline(&mut base_cpuid);
+    }
     let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
     for id in 0..config.vcpus {
         let fd = vm
@@ -735,7 +743,7 @@ pub fn start(
         mem,
         mem_mib: config.mem_mib,
     };
-    let shared = Shared::new(pio, mmio_bus, &mut attacher, source)?;
+    let shared = Shared::new(pio, mmio_bus, &mut attacher, source, panic)?;
     Launch {
         shared,
         vcpus,
@@ -790,6 +798,7 @@ impl Shared {
         mmio: mmio::MmioBus,
         attacher: &mut virtio::Attacher,
         source: Source,
+        panic: console::PanicNote,
     ) -> Result<Arc<Shared>, Error> {
         Ok(Arc::new(Shared {
             pio,
@@ -807,6 +816,7 @@ impl Shared {
             last_pass_ms: std::sync::atomic::AtomicU64::new(0),
             born: Instant::now(),
             disk_metrics: attacher.disk_metrics.clone(),
+            panic,
             source: Mutex::new(Some(source)),
             devices: std::mem::take(&mut attacher.devices),
         }))
@@ -893,9 +903,10 @@ pub fn restore(
     let mem = snapshot::memory::map(&config.snapshot.mem, &state.ram).map_err(Error::Restore)?;
     let vm = create_vm(&kvm, &mem)?;
     let frame = Frame::new(&vm)?;
+    let (out, panic) = config.console.watched_writer()?;
     let pio = pio::PioDevices::restored(
         &state.pio,
-        config.console.writer()?,
+        out,
         frame.serial_irq.try_clone().map_err(setup("eventfd"))?,
         frame.keyboard_irq.try_clone().map_err(setup("eventfd"))?,
         frame.reset_evt.try_clone().map_err(setup("eventfd"))?,
@@ -929,7 +940,7 @@ pub fn restore(
         mem,
         mem_mib: state.mem_mib,
     };
-    let shared = Shared::new(pio, mmio_bus, &mut attacher, source)?;
+    let shared = Shared::new(pio, mmio_bus, &mut attacher, source, panic)?;
     pio::lock(&shared.pause).paused = !config.resume;
     log::info!(
         "restored a VM from {}: {} vCPU(s), {} MiB",
@@ -1059,6 +1070,7 @@ impl RunningVm {
         Outcome {
             exit,
             guest_status: shared.pio.reported_status(),
+            guest_panic: shared.panic.reason(),
         }
     }
 }

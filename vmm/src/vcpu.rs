@@ -70,6 +70,28 @@ pub fn on_kick() {
     });
 }
 
+/// Where a vCPU stood when it triple-faulted (KVM leaves the state as it
+/// was): enough to find the guest code and the exception that could not
+/// be delivered.
+fn fault_state(vcpu: &VcpuFd) -> String {
+    let (Ok(r), Ok(s)) = (vcpu.get_regs(), vcpu.get_sregs()) else {
+        return "its registers could not be read".into();
+    };
+    let mut out = format!(
+        "rip {:#x} rsp {:#x} rflags {:#x} cs {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} idt {:#x}/{:#x} gdt {:#x}/{:#x} gs base {:#x}",
+        r.rip, r.rsp, r.rflags, s.cs.selector, s.cr0, s.cr2, s.cr3, s.cr4, s.efer,
+        s.idt.base, s.idt.limit, s.gdt.base, s.gdt.limit, s.gs.base
+    );
+    if let Ok(e) = vcpu.get_vcpu_events() {
+        out.push_str(&format!(
+            "; exception nr {} injected {} pending {} error code {:#x}; interrupt injected {} nr {}; nmi injected {} pending {}",
+            e.exception.nr, e.exception.injected, e.exception.pending, e.exception.error_code,
+            e.interrupt.injected, e.interrupt.nr, e.nmi.injected, e.nmi.pending
+        ));
+    }
+    out
+}
+
 /// The vCPU thread: runs until the VM stops. Never panics on guest input.
 pub fn run(mut vcpu: VcpuFd, id: u8, shared: Arc<Shared>) {
     KVM_RUN.with(|p| p.set(vcpu.get_kvm_run() as *mut _));
@@ -110,11 +132,18 @@ fn run_loop(vcpu: &mut VcpuFd, id: u8, shared: &Shared) {
             // A triple fault: the CPU resets, so does the VM. Said, since
             // a guest that asks for a reset looks the same afterwards.
             Ok(VcpuExit::Shutdown) => {
-                log::warn!("vCPU {id}: triple fault (KVM_EXIT_SHUTDOWN), the guest resets");
+                log::warn!(
+                    "vCPU {id}: triple fault (KVM_EXIT_SHUTDOWN), the guest resets; {} exits handled; {}",
+                    shared.exits.load(std::sync::atomic::Ordering::Relaxed),
+                    fault_state(vcpu)
+                );
                 Exit::Reset
             }
             Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
-                kvm_bindings::KVM_SYSTEM_EVENT_RESET => Exit::Reset,
+                kvm_bindings::KVM_SYSTEM_EVENT_RESET => {
+                    log::info!("vCPU {id}: the guest asked KVM for a reset");
+                    Exit::Reset
+                }
                 kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => Exit::Halted,
                 other => Exit::Failed(format!("vCPU {id}: system event {other}")),
             },

@@ -12,9 +12,24 @@ const LEAF_EXT_SIZES: u32 = 0x8000_0008;
 const LEAF_EXT_TOPOLOGY: u32 = 0x8000_001e;
 
 const ECX_HYPERVISOR: u32 = 1 << 31;
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const EDX_HTT: u32 = 1 << 28;
 /// AMD TOPOEXT: the kernel would trust leaf 0x8000001e, which we do not fill.
 const ECX_TOPOEXT: u32 = 1 << 22;
+
+/// Offers the LAPIC's TSC-deadline mode, which KVM emulates whatever the
+/// host has but leaves out of KVM_GET_SUPPORTED_CPUID (the caller checks
+/// KVM_CAP_TSC_DEADLINE_TIMER). Without it Linux calibrates the LAPIC
+/// timer against PIT ticks; a vCPU starved while it counts (many VMs on
+/// few CPUs) gets the PIT's backlog in a burst, computes a period far too
+/// short and then spends all its time in timer interrupts, never booting.
+pub fn offer_tsc_deadline(cpuid: &mut CpuId) {
+    for e in cpuid.as_mut_slice() {
+        if e.function == LEAF_FEATURES {
+            e.ecx |= ECX_TSC_DEADLINE;
+        }
+    }
+}
 
 /// Bits needed to number `n` things (ceil(log2(n))).
 fn id_bits(n: u32) -> u32 {
@@ -109,6 +124,15 @@ mod tests {
         assert_ne!(e[0].edx & EDX_HTT, 0);
         assert_eq!((e[2].eax, e[2].ebx, e[2].edx), (2, 3, 2));
         assert_eq!(e[3].ecx & 0xff, 2);
+    }
+
+    #[test]
+    fn tsc_deadline_is_offered_in_leaf_1_only() {
+        let mut c =
+            CpuId::from_entries(&[entry(LEAF_FEATURES, 0), entry(LEAF_EXT_FEATURES, 0)]).unwrap();
+        offer_tsc_deadline(&mut c);
+        assert_ne!(c.as_slice()[0].ecx & ECX_TSC_DEADLINE, 0);
+        assert_eq!(c.as_slice()[1].ecx, 0);
     }
 
     #[test]
