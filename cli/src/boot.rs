@@ -348,9 +348,13 @@ pub fn run(args: BootArgs) -> Result<u8, Failure> {
     let outcome = husk_vmm::run(&config, Some(signals)).map_err(usage_or_runtime)?;
     match (outcome.exit, outcome.guest_status) {
         (Exit::Reset | Exit::Halted, Some(status)) => Ok(status),
-        (Exit::Reset, None) => Err(Failure::runtime(
-            "the guest reset without reporting an exit status (kernel panic, or the init died)",
-        )),
+        (Exit::Reset, None) => Err(Failure::runtime(match outcome.guest_panic {
+            Some(why) => format!("the guest kernel panicked: {why}"),
+            None => {
+                "the guest reset without reporting an exit status (kernel panic, or the init died)"
+                    .into()
+            }
+        })),
         (Exit::Halted, None) => Err(Failure::runtime(
             "the guest halted without reporting an exit status",
         )),

@@ -247,6 +247,11 @@ fn load_config_file(controller: &mut Controller, path: &PathBuf) -> Result<(), F
 }
 
 fn exit_code(outcome: husk_vmm::Outcome) -> Result<u8, Failure> {
+    // Firecracker's exit code for a guest reset is 0 whatever the cause;
+    // the log at least says it was a panic.
+    if let Some(why) = &outcome.guest_panic {
+        log::warn!("the guest kernel panicked: {why}");
+    }
     match (outcome.exit, outcome.guest_status) {
         (Exit::Reset | Exit::Halted, status) => Ok(status.unwrap_or(0)),
         (Exit::Stopped(sig), _) => Ok(husk_wire::status::signal_status(sig)),

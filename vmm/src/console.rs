@@ -59,6 +59,18 @@ impl<W: Write> Write for Unbuffered<W> {
 }
 
 impl Console {
+    /// The console's writer, watched for a kernel panic (see [`PanicNote`]).
+    pub fn watched_writer(&self) -> Result<(Box<dyn Write + Send>, PanicNote), Error> {
+        let note = PanicNote::default();
+        let w = PanicWatch {
+            inner: self.writer()?,
+            matched: 0,
+            line: None,
+            note: note.clone(),
+        };
+        Ok((Box::new(w), note))
+    }
+
     pub fn writer(&self) -> Result<Box<dyn Write + Send>, Error> {
         Ok(match self {
             Console::Stdio => Box::new(Unbuffered(std::io::stdout())),
@@ -71,6 +83,86 @@ impl Console {
                     .map_err(|e| Error::File(p.display().to_string(), e))?,
             )),
         })
+    }
+}
+
+/// What a panicking Linux prints first; the rest of the line is the reason.
+const PANIC_MARK: &[u8] = b"Kernel panic - not syncing: ";
+/// Enough of a reason to name it; the console has the rest.
+const PANIC_REASON_MAX: usize = 160;
+
+/// The reason of the guest kernel's first panic, as its console said it.
+///
+/// A reset without an exit status is all the VMM sees of a panic (the
+/// kernel reboots, `panic=1`); the console line lets the caller say which
+/// it was. It is the guest's word, used only to word that error.
+#[derive(Debug, Clone, Default)]
+pub struct PanicNote(Arc<std::sync::Mutex<Option<String>>>);
+
+impl PanicNote {
+    pub fn reason(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Passes console output through, keeping the first panic line's reason.
+struct PanicWatch {
+    inner: Box<dyn Write + Send>,
+    /// Bytes of `PANIC_MARK` matched so far.
+    matched: usize,
+    /// The reason being read, once the mark was seen.
+    line: Option<Vec<u8>>,
+    note: PanicNote,
+}
+
+impl PanicWatch {
+    fn keep(&self) {
+        if let Some(line) = &self.line {
+            *self.note.0.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(String::from_utf8_lossy(line).trim().to_string());
+        }
+    }
+
+    fn scan(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if let Some(line) = &mut self.line {
+                if b == b'\n' || b == b'\r' || line.len() >= PANIC_REASON_MAX {
+                    self.keep();
+                    self.line = None;
+                    // Only the first panic counts; stop scanning.
+                    self.matched = usize::MAX;
+                    return;
+                }
+                line.push(b);
+                continue;
+            }
+            if self.matched == usize::MAX {
+                return;
+            }
+            // The mark's first byte occurs nowhere else in it, so a
+            // mismatch restarts the match at this byte.
+            self.matched = if b == PANIC_MARK[self.matched] {
+                self.matched + 1
+            } else {
+                usize::from(b == PANIC_MARK[0])
+            };
+            if self.matched == PANIC_MARK.len() {
+                self.line = Some(Vec::new());
+            }
+        }
+    }
+}
+
+impl Write for PanicWatch {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.scan(&b[..n]);
+        // Kept as it grows too: the VM may end before the line does.
+        self.keep();
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -213,6 +305,36 @@ mod tests {
         assert_eq!("file=/tmp/x".parse(), Ok(Console::File("/tmp/x".into())));
         assert!("file=".parse::<Console>().is_err());
         assert!("tty".parse::<Console>().is_err());
+    }
+
+    fn watched(chunks: &[&[u8]]) -> Option<String> {
+        let (mut w, note) = Console::Off.watched_writer().unwrap();
+        for c in chunks {
+            w.write_all(c).unwrap();
+        }
+        note.reason()
+    }
+
+    #[test]
+    fn the_first_panic_line_is_kept_across_writes() {
+        assert_eq!(watched(&[b"[ 1.0] all fine\n"]), None);
+        let line: &[u8] = b"[ 2.1] Kernel panic - not syncing: VFS: Unable to mount root fs\n";
+        assert_eq!(
+            watched(&[b"boot\n", line]).as_deref(),
+            Some("VFS: Unable to mount root fs")
+        );
+        // Byte by byte, after a near miss ("Kernel p" then "KKernel").
+        let mut bytes = b"Kernel pKKernel panic - not syncing: Out of memory\r\n".to_vec();
+        bytes.extend_from_slice(b"Kernel panic - not syncing: second\n");
+        let chunks: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(watched(&chunks).as_deref(), Some("Out of memory"));
+        // A line the VM did not finish is kept as far as it got.
+        assert_eq!(
+            watched(&[b"Kernel panic - not syncing: Attempted"]).as_deref(),
+            Some("Attempted")
+        );
+        let long = [b"Kernel panic - not syncing: ".as_slice(), &[b'x'; 400]].concat();
+        assert_eq!(watched(&[&long]).map(|r| r.len()), Some(PANIC_REASON_MAX));
     }
 
     #[test]

@@ -46,10 +46,13 @@ pub fn teardown(
             // failure when the console has nothing (a quiet guest).
             let ended = match outcome {
                 Ok(o) => format!(
-                    "the VM ended: {:?}, guest status {}",
+                    "the VM ended: {:?}, guest status {}{}",
                     o.exit,
                     o.guest_status
-                        .map_or_else(|| "none".to_string(), |s| s.to_string())
+                        .map_or_else(|| "none".to_string(), |s| s.to_string()),
+                    o.guest_panic
+                        .map(|why| format!(", after a guest kernel panic: {why}"))
+                        .unwrap_or_default()
                 ),
                 Err(_) => "the VM thread panicked".to_string(),
             };
