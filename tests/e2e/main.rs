@@ -9,6 +9,7 @@ mod boot;
 mod compare;
 mod containerd;
 mod docker;
+mod fault;
 mod fs;
 mod guest;
 mod net;

@@ -14,7 +14,7 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// `CONNECT port` on the multiplexer; the stream after `OK`, or `None` if
 /// the device closed it (nobody listens in the guest).
-fn connect(uds: &Path, port: u32) -> Option<UnixStream> {
+pub(crate) fn connect(uds: &Path, port: u32) -> Option<UnixStream> {
     let mut s = UnixStream::connect(uds).expect("connect to the vsock socket");
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     writeln!(s, "CONNECT {port}").unwrap();
@@ -24,7 +24,7 @@ fn connect(uds: &Path, port: u32) -> Option<UnixStream> {
     line.starts_with("OK ").then_some(s)
 }
 
-fn round_trip(mut s: UnixStream, bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn round_trip(mut s: UnixStream, bytes: &[u8]) -> Vec<u8> {
     let mut w = s.try_clone().unwrap();
     let data = bytes.to_vec();
     let writer = std::thread::spawn(move || {

@@ -138,18 +138,20 @@ impl Running {
 
     /// Waits until a stdout line equals `line`; false on timeout or exit.
     pub fn wait_for_line(&mut self, line: &str, timeout: Duration) -> bool {
+        self.wait_for(|l| l == line, timeout).is_some()
+    }
+
+    /// Waits for the first stdout line `hit` accepts and returns it; `None`
+    /// on timeout or exit.
+    pub fn wait_for(&mut self, hit: impl Fn(&str) -> bool, timeout: Duration) -> Option<String> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    let hit = l == line;
-                    self.seen.push(l);
-                    if hit {
-                        return true;
-                    }
-                }
-                Err(_) => return false,
+            let l = self.lines.recv_timeout(left).ok()?;
+            let found = hit(&l).then(|| l.clone());
+            self.seen.push(l);
+            if found.is_some() {
+                return found;
             }
         }
     }
