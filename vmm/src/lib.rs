@@ -123,6 +123,31 @@ fn setup<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> Error {
     move |e| Error::Setup(what, e.to_string())
 }
 
+/// The code at a vCPU's RIP and the top of its stack, read through the
+/// guest's page tables: a silent guest's loop and its callers (the stack's
+/// kernel addresses, looked up in System.map).
+fn guest_view(mem: &memory::GuestMemory, s: &snapshot::cpu::VcpuState) -> String {
+    use x86_64::paging::read_virt;
+    let cr3 = s.sregs.cr3;
+    // Paging off (CR0.PG): nothing to walk.
+    if s.sregs.cr0 & (1 << 31) == 0 {
+        return "; paging off".into();
+    }
+    let code = read_virt(mem, cr3, s.regs.rip, 16);
+    let stack = read_virt(mem, cr3, s.regs.rsp, 8 * 16);
+    let hex: String = code.iter().map(|b| format!("{b:02x}")).collect();
+    let words: Vec<String> = stack
+        .chunks_exact(8)
+        .map(|w| {
+            format!(
+                "{:#x}",
+                u64::from_le_bytes(w.try_into().unwrap_or_default())
+            )
+        })
+        .collect();
+    format!("\n  code at rip: {hex}\n  stack: {}", words.join(" "))
+}
+
 /// State the vCPU threads and the event loop share.
 pub struct Shared {
     pub pio: pio::PioDevices,
@@ -270,18 +295,23 @@ impl Shared {
         if !was_paused {
             controls.resume();
         }
+        let source = pio::lock(&self.source);
         match saved {
             Ok(states) => states
                 .iter()
                 .enumerate()
                 .map(|(i, s)| {
-                    format!(
-                        "vCPU {i} rip {:#x} mp_state {}",
-                        s.regs.rip, s.mp_state.mp_state
-                    )
+                    let mut line = format!(
+                        "vCPU {i} rip {:#x} mp_state {} rflags {:#x} rsp {:#x}",
+                        s.regs.rip, s.mp_state.mp_state, s.regs.rflags, s.regs.rsp
+                    );
+                    if let Some(src) = source.as_ref() {
+                        line.push_str(&guest_view(&src.mem, s));
+                    }
+                    line
                 })
                 .collect::<Vec<_>>()
-                .join(", "),
+                .join("\n"),
             Err(e) => format!("not read: {e}"),
         }
     }
