@@ -1,0 +1,67 @@
+//! The nested testbed's own failures, told apart from husk's by their
+//! signature (tests/testbed/README.md, "An L2 vCPU resumed at L1's
+//! address"): only inside the testbed, and only what its evidence covers.
+
+/// Whether this process runs in the testbed's L1 (tests/testbed/run sets
+/// it; under hardware KVM nothing is excused).
+pub fn inside() -> bool {
+    std::env::var_os("HUSK_TESTBED").is_some()
+}
+
+/// Where L1's kvm_amd enters and leaves L2 (`__svm_vcpu_run`), from L1's
+/// kallsyms: a stuck L2 vCPU reported there holds L1's RIP, not its own.
+fn l1_vcpu_run() -> Option<u64> {
+    let syms = std::fs::read_to_string("/proc/kallsyms").ok()?;
+    syms.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (addr, _, name) = (f.next()?, f.next()?, f.next()?);
+        (name == "__svm_vcpu_run")
+            .then(|| u64::from_str_radix(addr, 16).ok())
+            .flatten()
+    })
+}
+
+/// Why a failed `husk run` or `husk boot` is the testbed's, from its stderr
+/// (the report's `vCPU N rip 0x…`) and its VMM log (HUSK_LOG); `None`
+/// outside the testbed or for any other failure.
+pub fn corruption(stderr: &str, log: &str) -> Option<String> {
+    inside()
+        .then(|| signature(stderr, log, l1_vcpu_run()))
+        .flatten()
+}
+
+fn signature(stderr: &str, log: &str, vcpu_run: Option<u64>) -> Option<String> {
+    if let Some(start) = vcpu_run.filter(|a| *a != 0) {
+        let stuck = stderr.lines().find_map(|l| {
+            let hex = l.split(" rip 0x").nth(1)?.split_whitespace().next()?;
+            u64::from_str_radix(hex, 16).ok()
+        });
+        if let Some(rip) = stuck.filter(|r| (start..start + 0x1000).contains(r)) {
+            return Some(format!(
+                "the guest's vCPU sat at {rip:#x}, in L1's kvm_amd __svm_vcpu_run ({start:#x})"
+            ));
+        }
+    }
+    log.contains("triple fault (KVM_EXIT_SHUTDOWN)").then(|| {
+        "the guest triple-faulted (QEMU microvm's guests reset the same way in L1)".to_string()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::signature;
+
+    #[test]
+    fn signatures() {
+        let at = Some(0xffff_ffff_c05a_9d30);
+        let stuck = "husk: vm: ...\nhusk: vCPU 0 rip 0xffffffffc05a9dcc mp_state 0 rflags 0x10246";
+        assert!(signature(stuck, "", at).unwrap().contains("__svm_vcpu_run"));
+        // The guest's own address, or no kallsyms: not excused.
+        let own = "husk: vCPU 0 rip 0xffffffff8102e08b mp_state 0";
+        assert_eq!(signature(own, "", at), None);
+        assert_eq!(signature(stuck, "", None), None);
+        let log = "[WARN] vCPU 0: triple fault (KVM_EXIT_SHUTDOWN), the guest resets; 297 exits";
+        assert!(signature("", log, None).unwrap().contains("triple"));
+        assert_eq!(signature("husk: the VM stopped", "[INFO] reset", at), None);
+    }
+}
