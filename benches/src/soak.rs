@@ -27,9 +27,48 @@ const RSS_SLACK_KIB: u64 = 4096;
 struct Husk<'a> {
     bin: &'a str,
     env: Vec<(&'static str, &'a Path)>,
+    /// Each command's VMM log (HUSK_LOG), read when it fails.
+    log: &'a Path,
+}
+
+/// Failed runs and execs: husk's, and the nested testbed's own (the
+/// signatures of husk_tests::testbed, inside the testbed only).
+#[derive(Default)]
+struct Tally {
+    failed: usize,
+    testbed: usize,
 }
 
 impl Husk<'_> {
+    /// Runs `husk ARGS`; true if it succeeded and printed `ok`, else
+    /// counted in `tally` with its reason on stderr.
+    fn ok(&self, args: &[&str], tally: &mut Tally) -> bool {
+        let _ = std::fs::remove_file(self.log);
+        let out = Command::new(self.bin)
+            .args(args)
+            .envs(self.env.iter().copied())
+            .env("HUSK_LOG", self.log)
+            .stdin(Stdio::null())
+            .output()
+            .expect("husk runs");
+        if out.status.success() && out.stdout == b"ok\n" {
+            return true;
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let log = std::fs::read_to_string(self.log).unwrap_or_default();
+        match husk_tests::testbed::corruption(&stderr, &log) {
+            Some(why) => {
+                eprintln!("husk {args:?} failed, the testbed's: {why}");
+                tally.testbed += 1;
+            }
+            None => {
+                eprintln!("husk {args:?} failed: {stderr}\n--- VMM log ---\n{log}");
+                tally.failed += 1;
+            }
+        }
+        false
+    }
+
     fn run(&self, args: &[&str]) -> (bool, String) {
         let out = Command::new(self.bin)
             .args(args)
@@ -37,14 +76,10 @@ impl Husk<'_> {
             .stdin(Stdio::null())
             .output()
             .expect("husk runs");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if !out.status.success() {
-            eprintln!(
-                "husk {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        (out.status.success(), text)
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     }
 }
 
@@ -109,12 +144,14 @@ fn main() {
     husk_tests::require_linux_kvm();
     let work = tempfile::tempdir().unwrap();
     let (cache, runtime) = (work.path().join("cache"), work.path().join("run"));
+    let log = work.path().join("husk.log");
     let husk = Husk {
         bin: &bin,
         env: vec![
             ("HUSK_IMAGE_CACHE", cache.as_path()),
             ("HUSK_RUNTIME_DIR", runtime.as_path()),
         ],
+        log: &log,
     };
     let image = husk_tests::guest_dir().join("husk-test-image");
     let image = image.to_str().unwrap();
@@ -136,9 +173,9 @@ fn main() {
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(minutes * 60.0);
     let mut samples = vec![sample(start)];
-    let (mut rounds, mut failures) = (0usize, 0usize);
+    let (mut rounds, mut tally) = (0usize, Tally::default());
     while Instant::now() < deadline {
-        let (ok, out) = husk.run(&[
+        let short = [
             "run",
             "--rm",
             "--network",
@@ -147,10 +184,9 @@ fn main() {
             "sh",
             "-c",
             SHORT_IO,
-        ]);
-        failures += usize::from(!ok || out != "ok\n");
-        let (ok, out) = husk.run(&["exec", &id, "sh", "-c", EXEC_IO]);
-        failures += usize::from(!ok || out != "ok\n");
+        ];
+        husk.ok(&short, &mut tally);
+        husk.ok(&["exec", &id, "sh", "-c", EXEC_IO], &mut tally);
         rounds += 1;
         samples.push(sample(start));
         if rounds % 10 == 0 {
@@ -169,17 +205,25 @@ fn main() {
         count(runtime.to_str().unwrap()),
         count("/sys/class/net"),
     );
-    std::process::exit(report(&samples, rounds, failures, end));
+    std::process::exit(report(&samples, rounds, &tally, end));
 }
 
 /// Prints the figures and the verdict; the exit code.
-fn report(samples: &[Sample], rounds: usize, failures: usize, end: (usize, usize, usize)) -> i32 {
+fn report(samples: &[Sample], rounds: usize, tally: &Tally, end: (usize, usize, usize)) -> i32 {
     let first = samples[0];
     // The first fifth warms up (allocator arenas, first exec's buffers).
     let warm = &samples[samples.len() / 5..];
     let quarter = (warm.len() / 4).max(1);
     let rss = |s: &[Sample]| median(s.iter().map(|s| s.rss_kib as f64).collect());
     let (rss_early, rss_late) = (rss(&warm[..quarter]), rss(&warm[warm.len() - quarter..]));
+    // An exec's connection may still be closing when a sample is taken:
+    // a leak is a late quarter whose fewest fds exceed the early most.
+    let early_most = warm[..quarter].iter().map(|s| s.fds).max().unwrap_or(0);
+    let late_fewest = warm[warm.len() - quarter..]
+        .iter()
+        .map(|s| s.fds)
+        .min()
+        .unwrap_or(0);
     let last = *samples.last().unwrap();
     println!(
         "soak: {rounds} rounds in {:.0} s (a `husk run --rm` with 1 MiB of checked I/O and an exec into one long-lived container each)",
@@ -192,20 +236,28 @@ fn report(samples: &[Sample], rounds: usize, failures: usize, end: (usize, usize
         first.rss_kib
     );
     println!(
-        "| its open fds | {} | {} | {} |",
-        first.fds, warm[0].fds, last.fds
+        "| its open fds (most of the early quarter, fewest of the late one) | {} | {} | {} |",
+        first.fds, early_most, late_fewest
     );
     println!(
         "| husk processes / runtime entries / interfaces | {} / {} / {} | {} / {} / {} | {} / {} / {} (long one removed) |",
         first.husk_procs, first.run_entries, first.interfaces,
         warm[0].husk_procs, warm[0].run_entries, warm[0].interfaces, end.0, end.1, end.2
     );
-    let mut leaks = Vec::new();
-    if failures > 0 {
-        leaks.push(format!("{failures} runs or execs failed"));
+    if tally.testbed > 0 {
+        println!(
+            "{} runs or execs failed the testbed's way (its nested virtualization, tests/testbed/README.md)",
+            tally.testbed
+        );
     }
-    if last.fds > warm[0].fds {
-        leaks.push(format!("fds grew from {} to {}", warm[0].fds, last.fds));
+    let mut leaks = Vec::new();
+    if tally.failed > 0 {
+        leaks.push(format!("{} runs or execs failed", tally.failed));
+    }
+    if late_fewest > early_most {
+        leaks.push(format!(
+            "fds grew from at most {early_most} to at least {late_fewest}"
+        ));
     }
     if rss_late > rss_early + RSS_SLACK_KIB as f64 {
         leaks.push(format!("RSS grew from {rss_early:.0} to {rss_late:.0} KiB"));
