@@ -70,6 +70,8 @@ fn finish(status: u8, on_console: bool) -> ! {
     let _ = nix::sys::termios::tcdrain(std::io::stdout());
     if let Err(e) = status::write_port(status) {
         log(&format!("cannot write the status port: {e}"));
+        // The reset below would cut this line off too.
+        let _ = nix::sys::termios::tcdrain(std::io::stderr());
     }
     let err = reboot(RebootMode::RB_AUTOBOOT).unwrap_err();
     log(&format!("reset failed: {err}"));
