@@ -70,9 +70,10 @@ pub fn on_kick() {
     });
 }
 
-/// Where a vCPU stood when it triple-faulted (KVM leaves the state as it
-/// was): enough to find the guest code and the exception that could not
-/// be delivered.
+/// Where a vCPU stood when it triple-faulted: enough to find the guest
+/// code and the exception that could not be delivered. (kvm_intel leaves
+/// the state as it was; kvm_amd re-initializes the VMCB on a shutdown, so
+/// there it reads as the reset state, RIP 0xfff0.)
 fn fault_state(vcpu: &VcpuFd) -> String {
     let (Ok(r), Ok(s)) = (vcpu.get_regs(), vcpu.get_sregs()) else {
         return "its registers could not be read".into();
