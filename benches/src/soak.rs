@@ -44,11 +44,9 @@ impl Husk<'_> {
     /// counted in `tally` with its reason on stderr.
     fn ok(&self, args: &[&str], tally: &mut Tally) -> bool {
         let _ = std::fs::remove_file(self.log);
-        let out = Command::new(self.bin)
-            .args(args)
-            .envs(self.env.iter().copied())
+        let out = self
+            .command(args)
             .env("HUSK_LOG", self.log)
-            .stdin(Stdio::null())
             .output()
             .expect("husk runs");
         if out.status.success() && out.stdout == b"ok\n" {
@@ -69,13 +67,16 @@ impl Husk<'_> {
         false
     }
 
-    fn run(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(self.bin)
-            .args(args)
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(self.bin);
+        c.args(args)
             .envs(self.env.iter().copied())
-            .stdin(Stdio::null())
-            .output()
-            .expect("husk runs");
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> (bool, String) {
+        let out = self.command(args).output().expect("husk runs");
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
