@@ -92,13 +92,19 @@ pub fn run_asking(mut cmd: Command, timeout: Duration, report: Option<i32>) -> F
 
 /// A process whose stdout is watched while it runs, for tests that act on
 /// what it printed (send a signal once it is ready).
+///
+/// Dropped while its test panics (a `wait_for` that timed out, an assert
+/// between spawn and `finish`), it asks the process where it stands (husk's
+/// SIGUSR1 report), kills it and prints the tail of what it said: a guest
+/// that never got ready shows its console, not just "never ready".
 pub struct Running {
     child: std::process::Child,
     start: Instant,
     lines: std::sync::mpsc::Receiver<String>,
     seen: Vec<String>,
-    out: std::thread::JoinHandle<()>,
-    err: std::thread::JoinHandle<String>,
+    out: Option<std::thread::JoinHandle<()>>,
+    err: Option<std::thread::JoinHandle<String>>,
+    reaped: bool,
 }
 
 impl Running {
@@ -127,8 +133,9 @@ impl Running {
             start: Instant::now(),
             lines,
             seen: Vec::new(),
-            out,
-            err,
+            out: Some(out),
+            err: Some(err),
+            reaped: false,
         }
     }
 
@@ -178,20 +185,76 @@ impl Running {
             }
             std::thread::sleep(Duration::from_millis(5));
         };
-        let _ = self.out.join();
+        self.reaped = true;
+        let (stdout, stderr) = self.collect();
+        Finished {
+            elapsed: self.start.elapsed(),
+            stdout,
+            stderr,
+            code,
+            timed_out,
+        }
+    }
+
+    /// Everything it printed, once it has exited.
+    fn collect(&mut self) -> (String, String) {
+        if let Some(out) = self.out.take() {
+            let _ = out.join();
+        }
         self.seen.extend(self.lines.try_iter());
         let mut stdout = self.seen.join("\n");
         if !stdout.is_empty() {
             stdout.push('\n');
         }
-        Finished {
-            elapsed: self.start.elapsed(),
-            stdout,
-            stderr: self.err.join().unwrap(),
-            code,
-            timed_out,
-        }
+        let stderr = self
+            .err
+            .take()
+            .map(|e| e.join().unwrap_or_default())
+            .unwrap_or_default();
+        (stdout, stderr)
     }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.reaped {
+            return;
+        }
+        let panicking = std::thread::panicking();
+        if panicking && matches!(self.child.try_wait(), Ok(None)) {
+            self.signal(libc::SIGUSR1);
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !panicking {
+            return;
+        }
+        // A grandchild still holding the pipes must not hang the unwinding
+        // test: the output is read only if it ended.
+        std::thread::sleep(Duration::from_millis(200));
+        if self.out.as_ref().is_some_and(|h| !h.is_finished())
+            || self.err.as_ref().is_some_and(|h| !h.is_finished())
+        {
+            return;
+        }
+        let (stdout, stderr) = self.collect();
+        let text = format!(
+            "\n[e2e] {:?} after {:?}, stopped as its test failed; what it said last:\n--- stdout (tail) ---\n{}\n--- stderr (tail) ---\n{}\n",
+            self.child.id(),
+            self.start.elapsed(),
+            tail(&stdout, 60),
+            tail(&stderr, 60)
+        );
+        // SAFETY: write(2) of a live buffer to fd 2, past libtest's capture.
+        unsafe { libc::write(2, text.as_ptr().cast(), text.len()) };
+    }
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// A process other than this one whose command line contains `needle`.
