@@ -53,8 +53,8 @@ pub enum HugePages {
     Hugetlbfs2M,
 }
 
-/// Firecracker's static CPU templates (deprecated there; accepted here so
-/// configurations written for Firecracker parse).
+/// Firecracker's static CPU templates (deprecated there; parsed here so
+/// a configuration written for Firecracker gets a clear refusal).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CpuTemplate {
     C3,
@@ -562,9 +562,6 @@ pub struct SnapshotCreate {
 impl SnapshotCreate {
     /// Checks what the body alone can tell.
     pub fn validate(&self) -> Result<(), String> {
-        if self.snapshot_type == SnapshotType::Diff {
-            return Err("Diff snapshots are not supported yet; take a Full one".into());
-        }
         if self.snapshot_path.is_empty() || self.mem_file_path.is_empty() {
             return Err("snapshot_path and mem_file_path must not be empty".into());
         }
@@ -625,6 +622,13 @@ impl SnapshotLoad {
         }
     }
 
+    /// Whether the restored VM tracks dirty pages (for Diff snapshots).
+    pub fn tracks_dirty_pages(&self) -> bool {
+        self.track_dirty_pages
+            .or(self.enable_diff_snapshots)
+            .unwrap_or(false)
+    }
+
     /// Checks what the body alone can tell.
     pub fn validate(&self) -> Result<(), String> {
         match (&self.mem_backend, &self.mem_file_path) {
@@ -635,8 +639,10 @@ impl SnapshotLoad {
             }
             _ => {}
         }
-        if self.track_dirty_pages == Some(true) || self.enable_diff_snapshots == Some(true) {
-            return Err("dirty page tracking (for Diff snapshots) is not supported yet".into());
+        if self.track_dirty_pages.is_some() && self.enable_diff_snapshots.is_some() {
+            return Err(
+                "give track_dirty_pages or its old name enable_diff_snapshots, not both".into(),
+            );
         }
         if self.snapshot_path.is_empty() || self.mem_file().is_empty() {
             return Err("snapshot_path and the memory file must not be empty".into());

@@ -798,12 +798,24 @@ fn snapshot_bodies_are_firecrackers_and_unsupported_settings_are_refused() {
     assert!(
         matches!(old_style, Ok(Request::LoadSnapshot(l)) if l.mem_file() == "/m" && l.resume_vm)
     );
+    // Dirty pages tracked from the restore on, under either name.
+    for field in ["track_dirty_pages", "enable_diff_snapshots"] {
+        let body = format!(r#"{{"snapshot_path": "/s", "mem_file_path": "/m", "{field}": true}}"#);
+        let Ok(Request::LoadSnapshot(l)) = parse("PUT", "/snapshot/load", body.as_bytes()) else {
+            panic!("{body}")
+        };
+        assert!(l.tracks_dirty_pages(), "{body}");
+    }
+    let diff = parse(
+        "PUT",
+        "/snapshot/create",
+        br#"{"snapshot_type": "Diff", "snapshot_path": "/s", "mem_file_path": "/m"}"#,
+    );
+    assert!(
+        matches!(&diff, Ok(Request::CreateSnapshot(c)) if c.snapshot_type == SnapshotType::Diff),
+        "{diff:?}"
+    );
     for (path, body, says) in [
-        (
-            "/snapshot/create",
-            r#"{"snapshot_type": "Diff", "snapshot_path": "/s", "mem_file_path": "/m"}"#,
-            "Diff snapshots are not supported",
-        ),
         (
             "/snapshot/create",
             r#"{"snapshot_path": "/s", "mem_file_path": "/s"}"#,
@@ -831,8 +843,8 @@ fn snapshot_bodies_are_firecrackers_and_unsupported_settings_are_refused() {
         ),
         (
             "/snapshot/load",
-            r#"{"snapshot_path": "/s", "mem_file_path": "/m", "track_dirty_pages": true}"#,
-            "dirty page tracking",
+            r#"{"snapshot_path": "/s", "mem_file_path": "/m", "track_dirty_pages": true, "enable_diff_snapshots": true}"#,
+            "not both",
         ),
     ] {
         let e = error("PUT", path, body);

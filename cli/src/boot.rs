@@ -337,6 +337,7 @@ pub fn run(args: BootArgs) -> Result<u8, Failure> {
         console: args.console.clone(),
         stdin: args.console == Console::Stdio,
         allow_pvm: args.allow_kvm_pvm,
+        track_dirty_pages: false,
     };
     let signals = husk_vmm::take_stop_signals()
         .map_err(|e| Failure::runtime(format!("cannot take over SIGINT/SIGTERM: {e}")))?;

@@ -6,7 +6,7 @@
 
 use husk_api::model::{
     ActionType, BootSource, Drive, DrivePatch, InstanceInfo, InstanceState, Logger, MachineConfig,
-    Metrics, NetworkInterface, SharedFs, VersionInfo, VmConfigFile, VmStateChange,
+    Metrics, NetworkInterface, SharedFs, SnapshotType, VersionInfo, VmConfigFile, VmStateChange,
 };
 use husk_api::{Request, Response};
 use husk_vmm::{Console, DiskConfig, FsConfig, NetConfig, VmConfig, VsockConfig};
@@ -30,7 +30,7 @@ pub enum Effect {
     Logger(Logger),
     Metrics(Metrics),
     /// Write a snapshot of the paused VM.
-    CreateSnapshot(husk_vmm::snapshot::SnapshotPaths),
+    CreateSnapshot(husk_vmm::snapshot::SnapshotPaths, husk_vmm::snapshot::Kind),
 }
 
 #[derive(Debug, Default)]
@@ -167,10 +167,16 @@ impl Controller {
             )),
             R::CreateSnapshot(c) => Ok((
                 Response::NoContent,
-                Effect::CreateSnapshot(husk_vmm::snapshot::SnapshotPaths {
-                    state: c.snapshot_path.into(),
-                    mem: c.mem_file_path.into(),
-                }),
+                Effect::CreateSnapshot(
+                    husk_vmm::snapshot::SnapshotPaths {
+                        state: c.snapshot_path.into(),
+                        mem: c.mem_file_path.into(),
+                    },
+                    match c.snapshot_type {
+                        SnapshotType::Full => husk_vmm::snapshot::Kind::Full,
+                        SnapshotType::Diff => husk_vmm::snapshot::Kind::Diff,
+                    },
+                ),
             )),
             R::PatchVm(VmStateChange::Paused) => {
                 self.state = Some(InstanceState::Paused);
@@ -217,6 +223,7 @@ impl Controller {
             stdin: true,
             allow_pvm: self.allow_pvm,
             resume: load.resume_vm,
+            track_dirty_pages: load.tracks_dirty_pages(),
             overrides: Default::default(),
         })
     }
@@ -236,6 +243,18 @@ impl Controller {
             return Err(bad(
                 "smt: husk gives each vCPU its own core; SMT is not supported",
             ));
+        }
+        // Accepted by the parser so Firecracker's configurations read, but
+        // nothing applies them yet: refused, never ignored.
+        if m.huge_pages != husk_api::model::HugePages::None {
+            return Err(bad(
+                "huge_pages: husk backs guest memory with ordinary pages only; use \"None\"",
+            ));
+        }
+        if let Some(t) = m.cpu_template {
+            return Err(bad(format!(
+                "cpu_template {t:?}: husk has no CPU templates (the guest sees the host's CPU as KVM offers it)"
+            )));
         }
         if m.mem_size_mib < husk_vmm::memory::MIN_MEM_MIB as usize {
             return Err(bad(format!(
@@ -416,6 +435,7 @@ impl Controller {
             console: Console::Stdio,
             stdin: true,
             allow_pvm: self.allow_pvm,
+            track_dirty_pages: m.track_dirty_pages,
         })
     }
 }
@@ -575,12 +595,19 @@ mod tests {
         c.state = Some(InstanceState::Paused);
         let (r, fx) = c.handle(req("PUT", "/snapshot/create", create));
         assert_eq!(r, Response::NoContent);
+        let paths = husk_vmm::snapshot::SnapshotPaths {
+            state: "/tmp/s".into(),
+            mem: "/tmp/m".into(),
+        };
         assert_eq!(
             fx,
-            Effect::CreateSnapshot(husk_vmm::snapshot::SnapshotPaths {
-                state: "/tmp/s".into(),
-                mem: "/tmp/m".into()
-            })
+            Effect::CreateSnapshot(paths.clone(), husk_vmm::snapshot::Kind::Full)
+        );
+        let diff = r#"{"snapshot_type":"Diff","snapshot_path":"/tmp/s","mem_file_path":"/tmp/m"}"#;
+        let (_, fx) = c.handle(req("PUT", "/snapshot/create", diff));
+        assert_eq!(
+            fx,
+            Effect::CreateSnapshot(paths, husk_vmm::snapshot::Kind::Diff)
         );
         let (r, _) = c.handle(req(
             "PUT",
@@ -637,7 +664,24 @@ mod tests {
         assert_eq!(r, Response::NoContent);
         assert_eq!(c.machine().mem_size_mib, 512);
         assert_eq!(c.machine().vcpu_count, 1);
+        // What nothing applies is refused; dirty-page tracking is applied.
+        for (body, says) in [
+            (r#"{"huge_pages":"2M"}"#, "huge_pages"),
+            (r#"{"huge_pages":"Transparent"}"#, "huge_pages"),
+            (r#"{"cpu_template":"T2S"}"#, "cpu_template T2S"),
+        ] {
+            let (r, _) = c.handle(req("PATCH", "/machine-config", body));
+            assert!(fault(&r).contains(says), "{body}: {r:?}");
+        }
+        let (r, _) = c.handle(req(
+            "PATCH",
+            "/machine-config",
+            r#"{"track_dirty_pages":true}"#,
+        ));
+        assert_eq!(r, Response::NoContent);
+        assert!(c.machine().track_dirty_pages);
     }
+
     #[test]
     fn shared_directories_need_a_listening_socket_and_distinct_tags() {
         let dir = tempfile::tempdir().unwrap();

@@ -1,7 +1,8 @@
-//! `husk snapshot create|restore`: Firecracker-style snapshots of a raw VM
-//! from the command line. `create` drives a running `husk vmm` through its
-//! API socket (pause, snapshot, resume if asked); `restore` is `husk vmm`
-//! loading the snapshot instead of being configured.
+//! `husk snapshot create|restore|merge`: Firecracker-style snapshots of a
+//! raw VM from the command line. `create` drives a running `husk vmm`
+//! through its API socket (pause, snapshot, resume if asked); `restore` is
+//! `husk vmm` loading the snapshot instead of being configured; `merge`
+//! puts a Diff snapshot's pages onto the memory file it was taken after.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -18,6 +19,20 @@ pub enum SnapshotCommand {
     /// Run a VM from a snapshot, as `husk vmm` would after `PUT
     /// /snapshot/load`; exits with the guest's status.
     Restore(RestoreArgs),
+    /// Copy a Diff snapshot's pages onto the memory file of the snapshot
+    /// it was taken after, which then restores as the Diff (with the
+    /// Diff's state file).
+    Merge(MergeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MergeArgs {
+    /// The Diff snapshot's memory file.
+    #[arg(long, value_name = "FILE")]
+    diff: PathBuf,
+    /// The memory file it goes onto (changed in place).
+    #[arg(long, value_name = "FILE")]
+    base: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -34,6 +49,12 @@ pub struct CreateArgs {
     /// Resume the VM once the snapshot is written.
     #[arg(long)]
     resume: bool,
+    /// Only the pages written since the last snapshot (the VM must track
+    /// dirty pages: `track_dirty_pages` in its machine config, or
+    /// `restore --track-dirty-pages`). Onto an existing memory file of
+    /// this VM the pages are written in place; a new file gets only them.
+    #[arg(long)]
+    diff: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -50,6 +71,9 @@ pub struct RestoreArgs {
     /// Start paused (resume through the API).
     #[arg(long, requires = "api_sock")]
     paused: bool,
+    /// Track dirty pages from the restore on, for a later `create --diff`.
+    #[arg(long, requires = "api_sock")]
+    track_dirty_pages: bool,
     /// Run on kvm_pvm anyway (only tiny test guests survive it).
     #[arg(long, hide = true)]
     allow_kvm_pvm: bool,
@@ -59,6 +83,7 @@ pub fn run(command: SnapshotCommand) -> Result<u8, Failure> {
     match command {
         SnapshotCommand::Create(args) => create(&args).map(|()| 0),
         SnapshotCommand::Restore(args) => restore(args),
+        SnapshotCommand::Merge(args) => merge(&args).map(|()| 0),
     }
 }
 
@@ -66,7 +91,7 @@ fn create(args: &CreateArgs) -> Result<(), Failure> {
     let api = &args.api_sock;
     call(api, "PATCH", "/vm", r#"{"state":"Paused"}"#)?;
     let body = serde_json::json!({
-        "snapshot_type": "Full",
+        "snapshot_type": if args.diff { "Diff" } else { "Full" },
         "snapshot_path": absolute(&args.state)?,
         "mem_file_path": absolute(&args.mem)?,
     });
@@ -86,10 +111,22 @@ fn restore(args: RestoreArgs) -> Result<u8, Failure> {
             backend_path: absolute(&args.mem)?.display().to_string(),
         }),
         enable_diff_snapshots: None,
-        track_dirty_pages: None,
+        track_dirty_pages: args.track_dirty_pages.then_some(true),
         resume_vm: !args.paused,
     };
     crate::vmm_cmd::run_restored(args.api_sock, args.allow_kvm_pvm, load)
+}
+
+fn merge(args: &MergeArgs) -> Result<(), Failure> {
+    husk_vmm::snapshot::memory::merge(&args.diff, &args.base)
+        .map(|_| ())
+        .map_err(|e| {
+            Failure::runtime(format!(
+                "merging {} onto {}: {e}",
+                args.diff.display(),
+                args.base.display()
+            ))
+        })
 }
 
 /// The VMM resolves paths from its own directory: send absolute ones.

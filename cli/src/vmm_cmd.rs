@@ -118,9 +118,9 @@ fn apply(effect: Effect, vm: Option<&VmControls>, metrics: &mut MetricsSink) -> 
             metrics.flush(vm);
             None
         }
-        Effect::CreateSnapshot(paths) => match vm {
+        Effect::CreateSnapshot(paths, kind) => match vm {
             Some(vm) => vm
-                .snapshot(&paths)
+                .snapshot(&paths, kind)
                 .err()
                 .map(|e| Response::BadRequest(format!("snapshot: {e}"))),
             None => Some(Response::BadRequest(

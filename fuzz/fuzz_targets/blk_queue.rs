@@ -6,7 +6,8 @@ use husk_devices::virtio::block::handler::process_queue;
 use husk_devices::virtio::block::{BlockMetrics, DiskFile};
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use husk_devices::virtio::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress};
 
 const QUEUE_SIZE: u16 = 16;
 

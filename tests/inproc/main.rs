@@ -23,6 +23,7 @@ fn boot(pvh: bool, status: Option<u8>, vcpus: u8) -> (husk_vmm::Outcome, String)
         console: Console::File(console.clone()),
         stdin: false,
         allow_pvm: true,
+        track_dirty_pages: false,
     };
     let out = husk_vmm::run(&config, None).expect("the VM runs");
     let text = std::fs::read_to_string(console).unwrap_or_default();
@@ -115,6 +116,7 @@ fn elf_config(dir: &std::path::Path, elf: Vec<u8>, console: &std::path::Path) ->
         console: Console::File(console.to_owned()),
         stdin: false,
         allow_pvm: true,
+        track_dirty_pages: false,
     }
 }
 
@@ -136,7 +138,7 @@ fn wait_for_bytes(path: &std::path::Path, n: u64) {
 
 #[test]
 fn a_restored_snapshot_goes_on_counting_where_it_stopped() {
-    use husk_vmm::snapshot::{RestoreConfig, SnapshotPaths};
+    use husk_vmm::snapshot::{Kind, RestoreConfig, SnapshotPaths};
     const LIMIT: u8 = 200;
     let dir = tempfile::tempdir().unwrap();
     let before = dir.path().join("before");
@@ -164,7 +166,7 @@ fn a_restored_snapshot_goes_on_counting_where_it_stopped() {
         state: dir.path().join("vm.snap"),
         mem: dir.path().join("vm.mem"),
     };
-    let made = controls.snapshot(&paths);
+    let made = controls.snapshot(&paths, Kind::Full);
     controls.stop(Exit::Stopped(0));
     assert_eq!(waiter.join().unwrap().exit, Exit::Stopped(0));
     // The last handle on the VM: its devices (the vsock socket) go with it.
@@ -184,6 +186,7 @@ fn a_restored_snapshot_goes_on_counting_where_it_stopped() {
         stdin: false,
         allow_pvm: true,
         resume: true,
+        track_dirty_pages: false,
         overrides: Default::default(),
     };
     let restored = husk_vmm::restore(&restore, None).unwrap_or_else(|e| panic!("restore: {e}"));
@@ -255,7 +258,7 @@ fn a_restored_snapshot_goes_on_counting_where_it_stopped() {
 
 #[test]
 fn snapshots_need_a_paused_vm_and_bad_files_are_refused() {
-    use husk_vmm::snapshot::{RestoreConfig, SnapshotPaths};
+    use husk_vmm::snapshot::{Kind, RestoreConfig, SnapshotPaths};
     let dir = tempfile::tempdir().unwrap();
     let console = dir.path().join("console");
     let vm = husk_vmm::start(&counter_config(dir.path(), &console, 250), None).unwrap();
@@ -265,14 +268,20 @@ fn snapshots_need_a_paused_vm_and_bad_files_are_refused() {
         state: dir.path().join("vm.snap"),
         mem: dir.path().join("vm.mem"),
     };
-    let running = controls.snapshot(&paths);
+    let running = controls.snapshot(&paths, Kind::Full);
     controls.pause();
-    let made = controls.snapshot(&paths);
+    let untracked = controls.snapshot(&paths, Kind::Diff);
+    let made = controls.snapshot(&paths, Kind::Full);
     controls.stop(Exit::Stopped(0));
     waiter.join().unwrap();
     assert_eq!(
         running.unwrap_err().to_string(),
         "the VM must be paused for a snapshot"
+    );
+    let untracked = untracked.unwrap_err().to_string();
+    assert!(
+        untracked.contains("needs dirty-page tracking"),
+        "{untracked}"
     );
     made.unwrap();
 
@@ -287,6 +296,7 @@ fn snapshots_need_a_paused_vm_and_bad_files_are_refused() {
                 stdin: false,
                 allow_pvm: true,
                 resume: false,
+                track_dirty_pages: false,
                 overrides: Default::default(),
             },
             None,
@@ -315,4 +325,125 @@ fn snapshots_need_a_paused_vm_and_bad_files_are_refused() {
         e.contains("memory file") && e.contains("has 4096 bytes"),
         "{e}"
     );
+}
+
+/// The count the counter guest has printed to `console` (its low bytes
+/// 1, 2, 3, ...), checked to be the plain sequence from `from`.
+fn printed_count(console: &std::path::Path, from: u8) -> u8 {
+    let printed = std::fs::read(console).unwrap();
+    let expected: Vec<u8> = (from..from + printed.len() as u8).collect();
+    assert_eq!(printed, expected, "what {} printed", console.display());
+    from + printed.len() as u8 - 1
+}
+
+/// Pauses `vm` once `console` shows `bytes` more bytes, snapshots it as
+/// `kind` to `paths`, stops it; the count at the snapshot.
+fn snapshot_after(
+    vm: husk_vmm::RunningVm,
+    console: &std::path::Path,
+    from: u8,
+    bytes: u64,
+    paths: &husk_vmm::snapshot::SnapshotPaths,
+    kind: husk_vmm::snapshot::Kind,
+) -> u8 {
+    let controls = vm.controls();
+    let waiter = std::thread::spawn(move || vm.wait());
+    wait_for_bytes(console, bytes);
+    controls.pause();
+    let made = controls.snapshot(paths, kind);
+    controls.stop(Exit::Stopped(0));
+    waiter.join().unwrap();
+    made.unwrap_or_else(|e| panic!("{kind:?} snapshot: {e}"));
+    printed_count(console, from)
+}
+
+/// Full, then Diff snapshots with dirty pages tracked: a Diff written to a
+/// new file holds only the pages written since the snapshot before it; a
+/// Diff written onto the memory file of the snapshot before makes that
+/// file current, and a VM restored from it goes on counting; a restored VM
+/// tracks again and its Diff chains on.
+#[test]
+fn diff_snapshots_hold_what_changed_and_chain_onto_the_full_one() {
+    use husk_vmm::snapshot::{Kind, RestoreConfig, SnapshotPaths};
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    const LIMIT: u8 = 250;
+    let dir = tempfile::tempdir().unwrap();
+    let d = |name: &str| dir.path().join(name);
+    let mut config = counter_config(dir.path(), &d("c1"), u32::from(LIMIT));
+    config.track_dirty_pages = true;
+    let full = SnapshotPaths {
+        state: d("full.snap"),
+        mem: d("vm.mem"),
+    };
+    // Full at k1, on a VM that goes on (a pause, not a stop, between).
+    let vm = husk_vmm::start(&config, None).expect("the VM starts");
+    let controls = vm.controls();
+    let waiter = std::thread::spawn(move || vm.wait());
+    wait_for_bytes(&d("c1"), 20);
+    controls.pause();
+    controls.snapshot(&full, Kind::Full).expect("Full snapshot");
+    let k1 = printed_count(&d("c1"), 1);
+    controls.resume();
+    wait_for_bytes(&d("c1"), u64::from(k1) + 30);
+    controls.pause();
+    // The Diff twice: to a new file, and onto a copy of the Full one.
+    std::fs::copy(&full.mem, d("merged.mem")).unwrap();
+    let new_file = SnapshotPaths {
+        state: d("diff.snap"),
+        mem: d("diff.mem"),
+    };
+    controls
+        .snapshot(&new_file, Kind::Diff)
+        .expect("Diff snapshot");
+    let k2 = printed_count(&d("c1"), 1);
+    controls.stop(Exit::Stopped(0));
+    waiter.join().unwrap();
+    drop(controls);
+    assert!(k2 > k1, "{k1} then {k2}");
+
+    // The new file: the VM's size, the counter's page with k2, and (the
+    // Full snapshot cleared the log) not the kernel's pages.
+    let diff = std::fs::File::open(&new_file.mem).unwrap();
+    let meta = diff.metadata().unwrap();
+    assert_eq!(meta.len(), 128 << 20);
+    assert!(meta.blocks() * 512 <= 64 * 1024, "{} blocks", meta.blocks());
+    let mut word = [0u8; 4];
+    diff.read_exact_at(&mut word, u64::from(null_guest::COUNTER_ADDR))
+        .unwrap();
+    assert_eq!(u32::from_le_bytes(word), u32::from(k2));
+    diff.read_exact_at(&mut word, null_guest::LOAD_ADDR)
+        .unwrap();
+    assert_eq!(word, [0; 4], "the guest's code was in the Diff");
+
+    // Merged (`husk snapshot merge`): the pages the Diff has, onto the
+    // Full file. Then a Diff straight onto the merged
+    // file from a VM restored from it, with tracking: the chain goes on.
+    husk_vmm::snapshot::memory::merge(&new_file.mem, &d("merged.mem")).expect("merge");
+    let restore = |state: &std::path::Path, mem: &std::path::Path, console: &str, track| {
+        husk_vmm::restore(
+            &RestoreConfig {
+                snapshot: SnapshotPaths {
+                    state: state.to_owned(),
+                    mem: mem.to_owned(),
+                },
+                console: Console::File(d(console)),
+                stdin: false,
+                allow_pvm: true,
+                resume: true,
+                track_dirty_pages: track,
+                overrides: Default::default(),
+            },
+            None,
+        )
+        .unwrap_or_else(|e| panic!("restore: {e}"))
+    };
+    let vm = restore(&new_file.state, &d("merged.mem"), "c2", true);
+    let in_place = SnapshotPaths {
+        state: d("diff2.snap"),
+        mem: d("merged.mem"),
+    };
+    let k3 = snapshot_after(vm, &d("c2"), k2 + 1, 25, &in_place, Kind::Diff);
+    let out = restore(&in_place.state, &in_place.mem, "c3", false).wait();
+    assert_eq!(out.guest_status, Some(0));
+    assert_eq!(printed_count(&d("c3"), k3 + 1), LIMIT);
 }

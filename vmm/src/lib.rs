@@ -64,6 +64,9 @@ pub struct VmConfig {
     pub stdin: bool,
     /// Run even on kvm_pvm, which only tiny guests survive (tests, benches).
     pub allow_pvm: bool,
+    /// Track dirty pages (KVM's dirty log and the devices' writes), for
+    /// Diff snapshots.
+    pub track_dirty_pages: bool,
 }
 
 /// Why the VM stopped.
@@ -188,6 +191,8 @@ struct Source {
     vm: Arc<VmFd>,
     mem: memory::GuestMemory,
     mem_mib: u64,
+    /// Its memory slots log dirty pages.
+    track: bool,
 }
 
 /// Counters of a running VM, for metrics.
@@ -506,7 +511,7 @@ fn open_kvm(allow_pvm: bool) -> Result<Kvm, Error> {
     })
 }
 
-fn create_vm(kvm: &Kvm, mem: &memory::GuestMemory) -> Result<VmFd, Error> {
+fn create_vm(kvm: &Kvm, mem: &memory::GuestMemory, track: bool) -> Result<VmFd, Error> {
     let vm = kvm.create_vm().map_err(setup("KVM_CREATE_VM"))?;
     vm.set_tss_address(KVM_TSS_ADDRESS)
         .map_err(setup("KVM_SET_TSS_ADDR"))?;
@@ -523,7 +528,7 @@ fn create_vm(kvm: &Kvm, mem: &memory::GuestMemory) -> Result<VmFd, Error> {
             guest_phys_addr: region.start_addr().0,
             memory_size: region.len(),
             userspace_addr: region.as_ptr() as u64,
-            flags: 0,
+            flags: snapshot::dirty::slot_flags(track),
         };
         // SAFETY: the region is a live mapping owned by `mem`, which the
         // caller keeps alive until every vCPU has stopped and the VM fd is
@@ -593,25 +598,44 @@ impl VmControls {
         pio::lock(&self.shared.pause).paused
     }
 
-    /// Writes a Full snapshot of the paused VM: its state, then its
-    /// memory.
-    pub fn snapshot(&self, to: &snapshot::SnapshotPaths) -> Result<(), snapshot::Error> {
+    /// Writes a snapshot of the paused VM: its state, then its memory
+    /// (all of it, or for a Diff the pages written since the last one).
+    pub fn snapshot(
+        &self,
+        to: &snapshot::SnapshotPaths,
+        kind: snapshot::Kind,
+    ) -> Result<(), snapshot::Error> {
         if !self.is_paused() {
             return Err(snapshot::Error::NotPaused);
         }
         let devices = self.device_states()?;
-        let (vm, mem, mem_mib) = {
+        let (vm, mem, mem_mib, track) = {
             let source = pio::lock(&self.shared.source);
             let s = source.as_ref().ok_or(snapshot::Error::Stopped)?;
-            (s.vm.clone(), s.mem.clone(), s.mem_mib)
+            (s.vm.clone(), s.mem.clone(), s.mem_mib, s.track)
         };
+        if kind == snapshot::Kind::Diff && !track {
+            return Err(snapshot::Error::NotTracking);
+        }
         let msrs = Kvm::new()
             .map_err(|e| snapshot::Error::Kvm(format!("/dev/kvm: {e}")))
             .and_then(|kvm| snapshot::cpu::msr_indices(&kvm).map_err(snapshot::Error::Kvm))?;
         let vcpus = self.shared.save_vcpus(msrs)?;
         let kvm = snapshot::cpu::save_vm(&vm).map_err(snapshot::Error::Kvm)?;
-        let ram = snapshot::memory::dump(&mem, &to.mem)
-            .map_err(|e| snapshot::Error::Memory(to.mem.clone(), e))?;
+        // Read (and so clear) the logs even for a Full snapshot: the next
+        // Diff holds what changed after this one.
+        let dirty = if track {
+            Some(snapshot::dirty::take(&vm, &mem).map_err(snapshot::Error::DirtyLog)?)
+        } else {
+            None
+        };
+        let ram = match (kind, &dirty) {
+            (snapshot::Kind::Diff, Some(dirty)) => {
+                snapshot::memory::dump_diff(&mem, dirty, &to.mem)
+            }
+            _ => snapshot::memory::dump(&mem, &to.mem),
+        }
+        .map_err(|e| snapshot::Error::Memory(to.mem.clone(), e))?;
         let state = snapshot::VmState {
             mem_mib,
             ram,
@@ -694,7 +718,7 @@ pub fn start(
 
     // 2. Guest memory and the VM.
     let mem = memory::create(config.mem_mib, !config.fs.is_empty())?;
-    let vm = create_vm(&kvm, &mem)?;
+    let vm = create_vm(&kvm, &mem, config.track_dirty_pages)?;
 
     // 3. Devices, so their command-line tokens are known before the kernel
     //    command line is written.
@@ -772,6 +796,7 @@ pub fn start(
         vm: Arc::new(vm),
         mem,
         mem_mib: config.mem_mib,
+        track: config.track_dirty_pages,
     };
     let shared = Shared::new(pio, mmio_bus, &mut attacher, source, panic)?;
     Launch {
@@ -931,7 +956,7 @@ pub fn restore(
         .map_err(|_| Error::Restore(format!("{} vCPUs in the snapshot", state.vcpus.len())))?;
     check_vcpus(&kvm, vcpu_count)?;
     let mem = snapshot::memory::map(&config.snapshot.mem, &state.ram).map_err(Error::Restore)?;
-    let vm = create_vm(&kvm, &mem)?;
+    let vm = create_vm(&kvm, &mem, config.track_dirty_pages)?;
     let frame = Frame::new(&vm)?;
     let (out, panic) = config.console.watched_writer()?;
     let pio = pio::PioDevices::restored(
@@ -969,6 +994,7 @@ pub fn restore(
         vm: Arc::new(vm),
         mem,
         mem_mib: state.mem_mib,
+        track: config.track_dirty_pages,
     };
     let shared = Shared::new(pio, mmio_bus, &mut attacher, source, panic)?;
     pio::lock(&shared.pause).paused = !config.resume;

@@ -1,9 +1,10 @@
 //! Guest RAM: anonymous host mappings placed around the 32-bit MMIO gap.
 
 use crate::x86_64::layout::{MMIO_GAP_END, MMIO_GAP_START};
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+use vm_memory::{FileOffset, GuestAddress};
 
-pub type GuestMemory = GuestMemoryMmap<()>;
+/// The devices' guest memory type (with its dirty-page bitmap).
+pub type GuestMemory = husk_devices::virtio::GuestMemoryMmap;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -59,8 +60,7 @@ pub fn create(mib: u64, shared: bool) -> Result<GuestMemory, Error> {
         }
     }
     if !shared {
-        return GuestMemoryMmap::from_ranges(&ram_ranges(mib << 20))
-            .map_err(|e| Error::Map(mib, e));
+        return GuestMemory::from_ranges(&ram_ranges(mib << 20)).map_err(|e| Error::Map(mib, e));
     }
     let file = memfd(mib << 20).map_err(|e| Error::Memfd(mib, e))?;
     let file = std::sync::Arc::new(file);
@@ -73,7 +73,7 @@ pub fn create(mib: u64, shared: bool) -> Result<GuestMemory, Error> {
             (addr, len, Some(at))
         })
         .collect();
-    GuestMemoryMmap::from_ranges_with_files(&ranges).map_err(|e| Error::Map(mib, e))
+    GuestMemory::from_ranges_with_files(&ranges).map_err(|e| Error::Map(mib, e))
 }
 
 /// An anonymous memory file of `bytes` (sparse: pages come when touched).

@@ -378,6 +378,7 @@ fn vm_config(
         console: Console::File(dir.join(run::launch::CONSOLE_LOG)),
         stdin: false,
         allow_pvm: false,
+        track_dirty_pages: false,
     })
 }
 

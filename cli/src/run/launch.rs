@@ -160,6 +160,7 @@ pub fn launch(
         console: Console::File(dir.path.join(CONSOLE_LOG)),
         stdin: false,
         allow_pvm: false,
+        track_dirty_pages: false,
     };
     // The host knows the MAC, so that a clone of a template can be given
     // it.

@@ -143,6 +143,7 @@ impl Template {
             console: config.console.clone(),
             stdin: config.stdin,
             allow_pvm: config.allow_pvm,
+            track_dirty_pages: false,
             resume: true,
             overrides: Overrides {
                 disks,
@@ -260,6 +261,7 @@ fn boot_and_snapshot(build: &Path, config: &VmConfig, cmdline: &str) -> Result<(
         console: Console::File(build.join("console.log")),
         stdin: false,
         allow_pvm: config.allow_pvm,
+        track_dirty_pages: false,
     };
     let vm = husk_vmm::start(&template, None).map_err(|e| e.to_string())?;
     let controls = vm.controls();
@@ -277,10 +279,13 @@ fn boot_and_snapshot(build: &Path, config: &VmConfig, cmdline: &str) -> Result<(
         drop(client);
         controls.pause();
         controls
-            .snapshot(&SnapshotPaths {
-                state: build.join(STATE),
-                mem: build.join(MEM),
-            })
+            .snapshot(
+                &SnapshotPaths {
+                    state: build.join(STATE),
+                    mem: build.join(MEM),
+                },
+                husk_vmm::snapshot::Kind::Full,
+            )
             .map_err(|e| e.to_string())
     });
     controls.stop(Exit::Stopped(libc::SIGKILL));
@@ -335,6 +340,7 @@ mod tests {
             console: Console::Stdio,
             stdin: false,
             allow_pvm: false,
+            track_dirty_pages: false,
         }
     }
 

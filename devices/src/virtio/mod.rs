@@ -9,8 +9,13 @@
 use std::sync::Arc;
 
 use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
+
+/// Guest memory as every device sees it: vm-memory's mmap backend with a
+/// dirty-page bitmap, so what a device writes into the guest (a used ring,
+/// a received frame, a block read) is found by a Diff snapshot beside the
+/// vCPUs' writes, which KVM's dirty log holds.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;
 
 pub mod block;
 pub mod fs;

@@ -8,9 +8,10 @@
 
 use std::sync::atomic::Ordering;
 
+use crate::virtio::GuestMemoryMmap;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress};
 
 /// Guest memory size used by the tests.
 pub const MEM_SIZE: usize = 0x40_0000;

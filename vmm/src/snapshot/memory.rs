@@ -8,6 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use vm_memory::bitmap::{AtomicBitmap, NewBitmap};
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap};
 
@@ -34,6 +35,103 @@ pub fn dump(mem: &GuestMemory, path: &Path) -> std::io::Result<Vec<(u64, u64)>> 
     file.set_len(offset)?;
     file.sync_all()?;
     Ok(ranges)
+}
+
+/// Writes the pages `dirty` marks (per region, [`super::dirty::take`]) at
+/// their places in `path`, and nothing else: every other byte of an
+/// existing memory file stays, so a Diff written onto the memory file of
+/// the snapshot before it makes that file the memory of now; a new file
+/// has holes there (merge it onto its base with `husk snapshot merge`).
+pub fn dump_diff(
+    mem: &GuestMemory,
+    dirty: &[super::dirty::PageBits],
+    path: &Path,
+) -> std::io::Result<Vec<(u64, u64)>> {
+    let total: u64 = mem.iter().map(|r| r.len()).sum();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    let have = file.metadata()?.len();
+    if have != 0 && have != total {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("it has {have} bytes, not this VM's {total}: a Diff goes onto a memory file of the same VM, or a new one"),
+        ));
+    }
+    file.set_len(total)?;
+    let mut ranges = Vec::new();
+    let mut offset = 0u64;
+    for (region, bits) in mem.iter().zip(dirty) {
+        let len = region.len();
+        // SAFETY: as in `dump`: a live mapping of `len` bytes, read while
+        // the vCPUs are paused.
+        let bytes = unsafe { std::slice::from_raw_parts(region.as_ptr(), len as usize) };
+        for (first, count) in super::dirty::runs(bits) {
+            let start = (first * PAGE).min(bytes.len());
+            let end = ((first + count) * PAGE).min(bytes.len());
+            file.write_all_at(&bytes[start..end], offset + start as u64)?;
+        }
+        ranges.push((region.start_addr().0, len));
+        offset += len;
+    }
+    file.sync_all()?;
+    Ok(ranges)
+}
+
+/// Copies what a Diff's memory file `diff` holds (its data; its holes are
+/// pages the Diff does not have) onto `base`, the memory file of the
+/// snapshot it was taken after, which then is the Diff's full memory
+/// (Firecracker's `snapshot-editor edit-memory rebase`). Returns the bytes
+/// copied.
+pub fn merge(diff: &Path, base: &Path) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let from = File::open(diff)?;
+    let to = std::fs::OpenOptions::new().write(true).open(base)?;
+    let (len, base_len) = (from.metadata()?.len(), to.metadata()?.len());
+    if len != base_len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("the Diff has {len} bytes and the base {base_len}: they are not of one VM"),
+        ));
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut at, mut copied) = (0u64, 0u64);
+    while at < len {
+        // SAFETY: lseek(2) on a descriptor we own; it moves only the
+        // file offset, which nothing here uses (reads are positioned).
+        let data = unsafe { libc::lseek(from.as_raw_fd(), at as i64, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            // ENXIO: no data after `at`.
+            return match e.raw_os_error() {
+                Some(libc::ENXIO) => synced(&to, copied),
+                _ => Err(e),
+            };
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(from.as_raw_fd(), data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let (mut off, end) = (data as u64, (hole as u64).min(len));
+        while off < end {
+            let n = ((end - off) as usize).min(buf.len());
+            from.read_exact_at(&mut buf[..n], off)?;
+            to.write_all_at(&buf[..n], off)?;
+            off += n as u64;
+            copied += n as u64;
+        }
+        at = end;
+    }
+    synced(&to, copied)
+}
+
+/// The end of a merge: what was written is on disk.
+fn synced(to: &File, copied: u64) -> std::io::Result<u64> {
+    to.sync_all()?;
+    Ok(copied)
 }
 
 /// Writes the non-zero pages of `bytes` at `base`, runs of them at once.
@@ -75,12 +173,13 @@ pub fn map(path: &Path, ranges: &[(u64, u64)]) -> Result<GuestMemory, String> {
     let mut offset = 0u64;
     let mut regions = Vec::with_capacity(ranges.len());
     for &(addr, len) in ranges {
-        let mapping = MmapRegionBuilder::new(len as usize)
-            .with_file_offset(FileOffset::from_arc(file.clone(), offset))
-            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
-            .build()
-            .map_err(|e| format!("mapping the memory file: {e}"))?;
+        let mapping =
+            MmapRegionBuilder::new_with_bitmap(len as usize, AtomicBitmap::with_len(len as usize))
+                .with_file_offset(FileOffset::from_arc(file.clone(), offset))
+                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+                .build()
+                .map_err(|e| format!("mapping the memory file: {e}"))?;
         let region = GuestRegionMmap::new(mapping, GuestAddress(addr))
             .ok_or_else(|| format!("memory region at {addr:#x} wraps around"))?;
         regions.push(region);

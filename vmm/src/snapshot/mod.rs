@@ -18,6 +18,7 @@
 
 pub mod cpu;
 pub mod devices;
+pub mod dirty;
 pub mod file;
 pub mod memory;
 
@@ -46,6 +47,10 @@ pub struct VmState {
 pub enum Error {
     #[error("the VM must be paused for a snapshot")]
     NotPaused,
+    #[error("a Diff snapshot needs dirty-page tracking: set track_dirty_pages in the machine config (or when loading the snapshot it resumes)")]
+    NotTracking,
+    #[error("reading the dirty pages: {0}")]
+    DirtyLog(String),
     #[error("the VM has stopped")]
     Stopped,
     #[error("device {0}: {1}")]
@@ -60,6 +65,17 @@ pub enum Error {
     Memory(PathBuf, std::io::Error),
     #[error(transparent)]
     File(#[from] file::Error),
+}
+
+/// Firecracker's snapshot types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kind {
+    /// All of guest memory.
+    #[default]
+    Full,
+    /// Only the pages written since the last snapshot (or since the VM
+    /// started), onto the memory file given; needs dirty-page tracking.
+    Diff,
 }
 
 /// Where a snapshot goes, or comes from.
@@ -82,6 +98,9 @@ pub struct RestoreConfig {
     pub allow_pvm: bool,
     /// Run the vCPUs at once; otherwise the VM waits paused.
     pub resume: bool,
+    /// Track dirty pages from here on, for Diff snapshots of the restored
+    /// VM.
+    pub track_dirty_pages: bool,
     /// Host resources that differ from the snapshot's.
     pub overrides: Overrides,
 }

@@ -114,11 +114,10 @@ pub fn fpu() -> kvm_fpu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::GuestMemoryMmap;
 
     #[test]
     fn long_mode_has_paging_and_identity_map() {
-        let mem: GuestMemory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         write_tables(&mem, EntryMode::Long).unwrap();
         let pde: u64 = mem.read_obj(GuestAddress(PDE_START + 8 * 3)).unwrap();
         assert_eq!(pde, (3 << 21) | 0x83);

@@ -22,10 +22,11 @@
 //! locking of guest memory between threads. A FLUSH (one `fsync`) is the
 //! one call a pass cannot bound.
 
+use crate::virtio::GuestMemoryMmap;
 use log::{error, warn};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryError};
 
 use super::disk::{BlockBackend, DiskError};
 use super::metrics::BlockMetrics;

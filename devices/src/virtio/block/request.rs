@@ -16,13 +16,14 @@
 //! descriptor with data, is legal under `VIRTIO_F_ANY_LAYOUT` but is
 //! rejected here; no driver we serve does it.
 
+use crate::virtio::GuestMemoryMmap;
 use log::debug;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::SECTOR_SIZE;
 

@@ -13,10 +13,11 @@
 //!
 //! Zero-length descriptors are legal and skipped.
 
+use crate::virtio::GuestMemoryMmap;
 use log::debug;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::{ETH_HLEN, VNET_HDR_LEN};
 

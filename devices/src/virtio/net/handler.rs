@@ -13,9 +13,10 @@ use std::io;
 use std::sync::atomic::Ordering;
 
 use crate::virtio::queue::{pop, Popped};
+use crate::virtio::GuestMemoryMmap;
 use log::warn;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::chain::{read_tx_frame, RxChain};
 use super::metrics::NetMetrics;

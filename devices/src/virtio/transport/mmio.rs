@@ -22,10 +22,11 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::virtio::GuestMemoryMmap;
 use log::{error, warn};
 use virtio_bindings::virtio_mmio as reg;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::super::interrupt::{IrqTrigger, IrqType};
