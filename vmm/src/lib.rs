@@ -608,7 +608,18 @@ impl VmControls {
         if !self.is_paused() {
             return Err(snapshot::Error::NotPaused);
         }
-        let devices = self.device_states()?;
+        // The devices' event handlers still run while the vCPUs are parked
+        // (a frame from the TAP, bytes from a vsock peer): every device is
+        // held from its saved queues to the end of the memory dump, or the
+        // memory could hold a used ring ahead of the saved queue.
+        let transports: Vec<_> = self
+            .shared
+            .devices
+            .iter()
+            .map(|d| pio::lock(&d.transport))
+            .collect();
+        let held: Vec<_> = transports.iter().map(|t| t.lock_device()).collect();
+        let devices = self.device_states(&transports, &held)?;
         let (vm, mem, mem_mib, track) = {
             let source = pio::lock(&self.shared.source);
             let s = source.as_ref().ok_or(snapshot::Error::Stopped)?;
@@ -651,7 +662,11 @@ impl VmControls {
     /// Each virtio device's spec and transport state; a device that
     /// cannot be snapshotted refuses the whole snapshot, before anything
     /// is written.
-    fn device_states(&self) -> Result<Vec<snapshot::devices::DeviceState>, snapshot::Error> {
+    fn device_states(
+        &self,
+        transports: &[std::sync::MutexGuard<'_, husk_devices::virtio::transport::MmioTransport>],
+        held: &[std::sync::MutexGuard<'_, dyn husk_devices::virtio::VirtioDevice + 'static>],
+    ) -> Result<Vec<snapshot::devices::DeviceState>, snapshot::Error> {
         self.shared
             .devices
             .iter()
@@ -661,8 +676,8 @@ impl VmControls {
                     .spec
                     .clone()
                     .map_err(|why| snapshot::Error::Device(i, why))?;
-                let state = pio::lock(&d.transport)
-                    .state()
+                let state = transports[i]
+                    .state_with(&*held[i])
                     .map_err(|why| snapshot::Error::Device(i, why))?;
                 Ok(snapshot::devices::DeviceState {
                     spec,

@@ -236,8 +236,20 @@ impl MmioTransport {
     /// Fails for an active device whose queues are not ours to save
     /// (vhost-user).
     pub fn state(&self) -> Result<MmioState, String> {
-        let live = lock(&self.device).queue_states();
-        let active = lock(&self.device).is_activated();
+        self.state_with(&*lock(&self.device))
+    }
+
+    /// The device, locked: its event handlers wait meanwhile. A snapshot
+    /// holds every device so from their saved queues to the end of the
+    /// memory dump, so that no queue moves in between.
+    pub fn lock_device(&self) -> MutexGuard<'_, dyn VirtioDevice + 'static> {
+        lock(&self.device)
+    }
+
+    /// [`Self::state`] with the device already locked ([`Self::lock_device`]).
+    pub fn state_with(&self, device: &dyn VirtioDevice) -> Result<MmioState, String> {
+        let live = device.queue_states();
+        let active = device.is_activated();
         let queues = match (live, active) {
             (Some(q), _) => q,
             (None, false) => self.queues.iter().map(Queue::state).collect(),
