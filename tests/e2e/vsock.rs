@@ -15,13 +15,22 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 /// `CONNECT port` on the multiplexer; the stream after `OK`, or `None` if
 /// the device closed it (nobody listens in the guest).
 pub(crate) fn connect(uds: &Path, port: u32) -> Option<UnixStream> {
+    try_connect(uds, port).ok()
+}
+
+/// [`connect`], saying why not: refused (closed without `OK`), or no
+/// answer at all within 30 s (a stalled device or guest).
+pub(crate) fn try_connect(uds: &Path, port: u32) -> Result<UnixStream, String> {
     let mut s = UnixStream::connect(uds).expect("connect to the vsock socket");
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     writeln!(s, "CONNECT {port}").unwrap();
     let mut line = String::new();
     let mut r = BufReader::new(s.try_clone().unwrap());
-    r.read_line(&mut line).ok()?;
-    line.starts_with("OK ").then_some(s)
+    match r.read_line(&mut line) {
+        Ok(_) if line.starts_with("OK ") => Ok(s),
+        Ok(_) => Err(format!("refused (the device answered {line:?})")),
+        Err(e) => Err(format!("no answer in 30 s ({e})")),
+    }
 }
 
 pub(crate) fn round_trip(mut s: UnixStream, bytes: &[u8]) -> Vec<u8> {
