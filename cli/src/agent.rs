@@ -47,6 +47,8 @@ pub enum Msg {
     /// The caller's own sources.
     Signal(i32),
     Resize,
+    /// A detached run is asked for a checkpoint (its control socket).
+    Checkpoint(crate::run::checkpoint::Asked),
 }
 
 /// What the n-th stop signal (SIGINT/SIGTERM) does while a process runs,

@@ -51,6 +51,12 @@ enum Command {
     Pull(registry_cmd::PullArgs),
     /// Store a running container's changes as a new image.
     Commit(commit_cmd::CommitArgs),
+    /// Save a detached container's VM (memory, state, writable layer) to a
+    /// directory; the container stops unless --leave-running.
+    Checkpoint(CheckpointArgs),
+    /// Start a container again from a checkpoint directory, detached,
+    /// where it was; prints its id.
+    Restore(RestoreArgs),
     /// Push a stored image to a registry.
     Push(registry_cmd::PushArgs),
     /// Write a stored image as an archive (OCI and docker save at once).
@@ -204,6 +210,10 @@ fn main() -> ExitCode {
         Command::Images(args) => registry_cmd::images(args),
         Command::Push(args) => registry_cmd::push(args),
         Command::Commit(args) => commit_cmd::commit(args),
+        Command::Checkpoint(a) => {
+            run::checkpoint::request(&a.id, &a.dir, a.leave_running).map(|()| 0)
+        }
+        Command::Restore(a) => run::checkpoint::start_restored(&a.dir),
         Command::Tag(args) => registry_cmd::tag(args),
         Command::Save(args) => registry_cmd::save(args),
         Command::Load(args) => registry_cmd::load(args),
@@ -226,4 +236,21 @@ fn main() -> ExitCode {
             ExitCode::from(f.code)
         }
     }
+}
+
+#[derive(clap::Args)]
+struct CheckpointArgs {
+    /// Keep the container running after the checkpoint.
+    #[arg(long)]
+    leave_running: bool,
+    /// The container's id (a unique prefix of it, or its name).
+    id: String,
+    /// The directory to write the checkpoint in (made if missing).
+    dir: std::path::PathBuf,
+}
+
+#[derive(clap::Args)]
+struct RestoreArgs {
+    /// A directory `husk checkpoint` wrote.
+    dir: std::path::PathBuf,
 }

@@ -6,6 +6,7 @@
 
 mod api;
 mod boot;
+mod checkpoint;
 mod compare;
 mod containerd;
 mod docker;

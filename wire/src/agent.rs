@@ -190,6 +190,23 @@ pub enum Request {
     StartContainer {
         id: String,
     },
+    /// Holds the container's own process for a checkpoint: the agent stops
+    /// reading its output and keeps its exit until an `Attach`. The answer
+    /// comes after every frame of it the agent sent before, so the host
+    /// has all of its output up to here; what it writes next waits in its
+    /// pipes, in the VM's memory.
+    Park {
+        id: String,
+    },
+    /// Takes the container's own process (its output, stdin and exit) onto
+    /// this connection as `stream`, and ends a `Park`. Its connection can be
+    /// lost while it runs: a VM restored from a checkpoint has none (vsock
+    /// connections do not survive a restore), and until the new host
+    /// attaches the process is held as if parked, so nothing is lost.
+    Attach {
+        id: String,
+        stream: u32,
+    },
     /// Runs one more process (an OCI `process` object) in the container.
     Exec {
         id: String,

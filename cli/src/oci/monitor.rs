@@ -189,6 +189,8 @@ fn life(
         vm_done,
         signals,
         identity: None,
+        checkpoint: None,
+        attach: false,
     };
     let mut created = || -> Result<(), String> {
         shared.set(Status::Created, None)?;

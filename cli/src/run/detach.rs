@@ -21,11 +21,25 @@ pub fn detach(args: &RunArgs) -> Result<u8, Failure> {
             "-d with -i: attaching to a detached container is not supported",
         ));
     }
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    spawn(&argv, None)
+}
+
+/// Starts `husk ARGV` (a `run -d` command line) as the background process
+/// that owns the VM, restoring it from a checkpoint if given one; relays
+/// its stderr until the container runs, then prints the id.
+pub fn spawn(
+    argv: &[impl AsRef<std::ffi::OsStr>],
+    restore_from: Option<&Path>,
+) -> Result<u8, Failure> {
     let id = super::new_id();
     let exe = std::env::current_exe()
         .map_err(|e| Failure::runtime(format!("cannot find the husk binary: {e}")))?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(std::env::args_os().skip(1))
+    if let Some(dir) = restore_from {
+        cmd.env(super::checkpoint::RESTORE_ENV, dir);
+    }
+    cmd.args(argv)
         .env(MONITOR_ENV, &id)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())

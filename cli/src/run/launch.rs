@@ -94,6 +94,7 @@ pub fn launch(
     image: ReadyDisk,
     origin: &Origin,
     detached: bool,
+    restore_from: Option<&Path>,
 ) -> Result<Launched, Failure> {
     let root = super::runtime_root();
     // Dead runs' leftovers go before this one starts.
@@ -126,7 +127,12 @@ pub fn launch(
     let scratch = match plan.scratch {
         Some(bytes) => {
             let path = dir.path.join("scratch.img");
-            make_scratch(&path, bytes).map_err(Failure::runtime)?;
+            match restore_from {
+                // The checkpoint's layer, copied: it can be restored again.
+                Some(from) => super::checkpoint::copy_scratch(from, &path),
+                None => make_scratch(&path, bytes),
+            }
+            .map_err(Failure::runtime)?;
             Some(path)
         }
         None => None,
@@ -171,7 +177,13 @@ pub fn launch(
         hostname: plan.vm_hostname(),
         net: net_identity(plan, &config),
     };
-    let (vm, pooled) = start_vm(&config, plan, &identity)?;
+    let (vm, pooled) = match restore_from {
+        Some(from) => (
+            super::checkpoint::restore(from, &config).map_err(Failure::runtime)?,
+            true,
+        ),
+        None => start_vm(&config, plan, &identity)?,
+    };
     mark("vm_started");
     Ok(Launched {
         dir,

@@ -6,6 +6,7 @@
 //! gone, one error). Everything the run made (VM, sockets, console log) is gone at
 //! the end, except a detached run's record and logs.
 
+pub(crate) mod checkpoint;
 mod detach;
 mod etc;
 pub(crate) mod launch;
@@ -171,6 +172,10 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     }
     mark("start");
     let detached = monitor_id.is_some();
+    // The background husk of `husk restore`: the VM comes from here.
+    let restore_from = std::env::var_os(checkpoint::RESTORE_ENV)
+        .map(PathBuf::from)
+        .filter(|_| detached);
     let id = monitor_id.unwrap_or_else(new_id);
     let (image, name) = crate::registry_cmd::open_for_run(&args.image, args.pull, &args.registry)?;
     let origin = launch::Origin {
@@ -211,7 +216,14 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     if args.process.tty {
         crate::agent::tty::block_winch().map_err(Failure::runtime)?;
     }
-    let launched = launch::launch(&args, &plan, image_disk, &origin, detached)?;
+    let launched = launch::launch(
+        &args,
+        &plan,
+        image_disk,
+        &origin,
+        detached,
+        restore_from.as_deref(),
+    )?;
     // Once the VM is up: a run that fails before says only why.
     for w in plan.etc_warning.iter().chain(&networking.notice) {
         eprintln!("husk: {w}");
@@ -239,6 +251,13 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         volumes: volume_specs,
         stdio: plan.stdio,
     };
+    let checkpoint = detached.then(|| {
+        let source = checkpoint::Source {
+            args: std::env::args_os().skip(1).collect(),
+            scratch: disks.scratch.clone(),
+        };
+        (dir.path.clone(), source)
+    });
     let session = session::Session {
         uds,
         sinks,
@@ -246,6 +265,8 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         vm_done,
         signals,
         identity,
+        checkpoint,
+        attach: restore_from.is_some(),
     };
     let mut on_started = || {
         record.status = state::Status::Running;

@@ -47,6 +47,12 @@ pub struct Session {
     pub signals: nix::sys::signalfd::SignalFd,
     /// When the VM is a pool template's clone: what makes it this run's.
     pub identity: Option<VmIdentity>,
+    /// A detached run: its directory, where it serves checkpoint requests,
+    /// and what a checkpoint needs.
+    pub checkpoint: Option<(PathBuf, super::checkpoint::Source)>,
+    /// The VM was restored from a checkpoint: its container runs already,
+    /// and is taken over rather than created.
+    pub attach: bool,
 }
 
 /// A VM's own hostname and interface.
@@ -84,6 +90,25 @@ impl Session {
             mark("identity");
         }
         agent::spawn_signal_thread(self.signals, client.sender());
+        if let Some((dir, _)) = &self.checkpoint {
+            super::checkpoint::serve(dir, client.sender())?;
+        }
+        let source = self.checkpoint.map(|(_, s)| s);
+        if self.attach {
+            let attach = Request::Attach {
+                id: CONTAINER_ID.into(),
+                stream: MAIN_STREAM,
+            };
+            client.call(
+                attach,
+                "take over the restored container",
+                REQUEST_DEADLINE,
+                &alive,
+            )?;
+            mark("started");
+            (hooks.started)();
+            return finish(&client, &self.controls, source.as_ref(), &alive);
+        }
         let create = Request::CreateContainer {
             id: CONTAINER_ID.into(),
             spec: Box::new(c.spec),
@@ -111,12 +136,121 @@ impl Session {
         if c.stdio.stdin {
             agent::spawn_stdin_thread(client.writer.clone(), MAIN_STREAM);
         }
-        let status = relay(&client, &self.controls, &alive)?;
-        mark("exited");
+        finish(&client, &self.controls, source.as_ref(), &alive)
+    }
+}
+
+/// Relays to the container's end, then has the guest power off (unless a
+/// checkpoint stopped the VM already).
+fn finish(
+    client: &Client,
+    controls: &VmControls,
+    source: Option<&super::checkpoint::Source>,
+    alive: &dyn Fn() -> bool,
+) -> Result<ExitStatus, String> {
+    let (status, stopped) = relay(client, controls, source, alive)?;
+    mark("exited");
+    if !stopped {
         // Done: the guest syncs and powers off; its answer is not needed.
         let _ = client.writer.request(Request::Shutdown);
-        Ok(status)
     }
+    Ok(status)
+}
+
+/// How a checkpoint asked of the run ended for the session.
+enum Checkpointed {
+    /// The VM goes on (a failed checkpoint, or `--leave-running`).
+    Running,
+    /// It was saved and stopped: the container ends here, as with CRIU.
+    Stopped,
+    /// The container exited first; its status.
+    Exited(ExitStatus),
+}
+
+/// A checkpoint asked of the run: the container's output held (`Park`),
+/// the VM paused and saved, then stopped or resumed and the output taken
+/// back. The asker hears how it went.
+fn checkpoint(
+    client: &Client,
+    controls: &VmControls,
+    source: Option<&super::checkpoint::Source>,
+    asked: super::checkpoint::Asked,
+    alive: &dyn Fn() -> bool,
+) -> Result<Checkpointed, String> {
+    let leave_running = asked.request.leave_running;
+    let (taken, outcome) = match source {
+        None => (
+            Err("this run cannot be checkpointed".to_string()),
+            Checkpointed::Running,
+        ),
+        Some(source) => match park(client, alive)? {
+            Some(status) => (
+                Err("the container exited first".to_string()),
+                Checkpointed::Exited(status),
+            ),
+            None => {
+                controls.pause();
+                let taken = super::checkpoint::take(controls, source, &asked.request.dir);
+                if taken.is_ok() && !leave_running {
+                    controls.stop(Exit::Stopped(0));
+                    (taken, Checkpointed::Stopped)
+                } else {
+                    controls.resume();
+                    let attach = Request::Attach {
+                        id: CONTAINER_ID.into(),
+                        stream: MAIN_STREAM,
+                    };
+                    client.call(attach, "take the container back", REQUEST_DEADLINE, alive)?;
+                    (taken, Checkpointed::Running)
+                }
+            }
+        },
+    };
+    let _ = asked.reply.send(taken);
+    Ok(outcome)
+}
+
+/// Asks the agent to hold the container's output; once it answers, all
+/// output before is here. The container's status if it exited first.
+fn park(client: &Client, alive: &dyn Fn() -> bool) -> Result<Option<ExitStatus>, String> {
+    let seq = client.writer.request(Request::Park {
+        id: CONTAINER_ID.into(),
+    })?;
+    // Signals, resizes and further checkpoints wait for the relay, after.
+    let mut later = Vec::new();
+    let parked = wait_parked(client, seq, alive, &mut later);
+    let tx = client.sender();
+    for m in later {
+        let _ = tx.send(m);
+    }
+    parked
+}
+
+fn wait_parked(
+    client: &Client,
+    seq: u64,
+    alive: &dyn Fn() -> bool,
+    later: &mut Vec<Msg>,
+) -> Result<Option<ExitStatus>, String> {
+    let deadline = Instant::now() + REQUEST_DEADLINE;
+    while Instant::now() < deadline {
+        match client.next(Duration::from_millis(200))? {
+            Some(Msg::Exited { stream, status }) if stream == MAIN_STREAM => {
+                return Ok(Some(status))
+            }
+            Some(Msg::Response { seq: s, response }) if s == seq => {
+                return match response {
+                    husk_wire::agent::Response::Ok => Ok(None),
+                    other => Err(format!("the agent would not hold the container: {other:?}")),
+                };
+            }
+            Some(Msg::Closed(why)) => return Err(why),
+            Some(m @ (Msg::Signal(_) | Msg::Resize | Msg::Checkpoint(_))) => later.push(m),
+            _ if !alive() => return Err("the VM stopped during a checkpoint".into()),
+            _ => {}
+        }
+    }
+    Err("the agent did not hold the container in time".into())
 }
 
 /// The host's time and fresh entropy, with the VM's hostname and NIC.
@@ -142,8 +276,9 @@ fn identity(id: VmIdentity) -> Result<Request, String> {
 fn relay(
     client: &Client,
     controls: &VmControls,
+    source: Option<&super::checkpoint::Source>,
     alive: &dyn Fn() -> bool,
-) -> Result<ExitStatus, String> {
+) -> Result<(ExitStatus, bool), String> {
     let mut escalator = Escalator::default();
     loop {
         let msg = match client.next(Duration::from_millis(200))? {
@@ -152,7 +287,12 @@ fn relay(
             None => continue,
         };
         match msg {
-            Msg::Exited { stream, status } if stream == MAIN_STREAM => return Ok(status),
+            Msg::Exited { stream, status } if stream == MAIN_STREAM => return Ok((status, false)),
+            Msg::Checkpoint(asked) => match checkpoint(client, controls, source, asked, alive)? {
+                Checkpointed::Running => {}
+                Checkpointed::Stopped => return Ok((ExitStatus::Code(0), true)),
+                Checkpointed::Exited(status) => return Ok((status, false)),
+            },
             Msg::Exited { .. } => {}
             Msg::Response {
                 response: husk_wire::agent::Response::Error { message },
@@ -166,7 +306,7 @@ fn relay(
                 // requests: stop the VM outright.
                 Escalation::GiveUp => {
                     controls.stop(Exit::Stopped(sig));
-                    return Ok(ExitStatus::Signal(sig));
+                    return Ok((ExitStatus::Signal(sig), true));
                 }
                 step => {
                     // The SIGKILL goes to everything in the container.

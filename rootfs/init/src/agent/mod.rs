@@ -193,7 +193,7 @@ impl Agent {
             owners.push(Owner::Conn(id));
         }
         for (&id, s) in &self.streams {
-            if backlog < OUTBUF_HIGH {
+            if backlog < OUTBUF_HIGH && !self.parked(&id, s) {
                 for which in [Output::Stdout, Output::Stderr] {
                     if let Some(fd) = s.output(which) {
                         fds.push(PollFd::new(fd, PollFlags::POLLIN));
@@ -404,6 +404,12 @@ impl Agent {
                 e.container.start().map_err(|e| e.to_string())?;
                 Ok(Response::Ok)
             }
+            Request::Park { id } => {
+                let key = self.main_stream(&id)?;
+                self.streams.get_mut(&key).expect("found").parked = true;
+                Ok(Response::Ok)
+            }
+            Request::Attach { id, stream } => self.attach(&id, stream).map(|()| Response::Ok),
             Request::Exec {
                 id,
                 exec_id,
@@ -504,6 +510,41 @@ impl Agent {
                 Ok(Response::Ok)
             }
         }
+    }
+
+    /// Container `id`'s own process's stream.
+    fn main_stream(&mut self, id: &str) -> Result<StreamKey, String> {
+        self.entry(id)?;
+        self.streams
+            .iter()
+            .find(|(_, s)| s.container == id && s.exec_id.is_none())
+            .map(|(&k, _)| k)
+            .ok_or_else(|| format!("container {id} has no running process"))
+    }
+
+    /// Moves container `id`'s own stream onto the current connection, and
+    /// ends its `Park`.
+    fn attach(&mut self, id: &str, stream: u32) -> Result<(), String> {
+        let old = self.main_stream(id)?;
+        let new = (self.current, stream);
+        if new != old && self.streams.contains_key(&new) {
+            return Err(format!("stream {stream} is in use on this connection"));
+        }
+        let mut s = self.streams.remove(&old).expect("found above");
+        s.parked = false;
+        for key in self.pids.values_mut() {
+            if *key == old {
+                *key = new;
+            }
+        }
+        self.streams.insert(new, s);
+        Ok(())
+    }
+
+    /// A container's own process whose connection is gone waits for an
+    /// `Attach`: its output stays in its pipes and its exit is kept.
+    fn parked(&self, key: &StreamKey, s: &Stream) -> bool {
+        s.parked || (s.exec_id.is_none() && !self.conns.contains_key(&key.0))
     }
 
     fn entry(&mut self, id: &str) -> Result<&mut Entry, String> {
@@ -623,9 +664,10 @@ impl Agent {
         let done: Vec<StreamKey> = self
             .streams
             .iter()
-            .filter(|(_, s)| {
-                s.exit
-                    .is_some_and(|(_, at)| s.outputs_done() || at.elapsed() > DRAIN_LIMIT)
+            .filter(|(k, s)| {
+                !self.parked(k, s)
+                    && s.exit
+                        .is_some_and(|(_, at)| s.outputs_done() || at.elapsed() > DRAIN_LIMIT)
             })
             .map(|(&k, _)| k)
             .collect();

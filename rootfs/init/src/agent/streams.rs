@@ -28,6 +28,9 @@ pub struct Stream {
     stdin_eof: bool,
     /// The process's status and when it was reaped.
     pub exit: Option<(ExitStatus, Instant)>,
+    /// Held for a checkpoint (`Park`): output stays in the pipes and the
+    /// exit is kept until an `Attach`.
+    pub parked: bool,
 }
 
 fn set_nonblocking(fd: &OwnedFd) {
@@ -55,6 +58,7 @@ impl Stream {
             container,
             exec_id,
             tty,
+            parked: false,
             stdout: Some(io.stdout),
             stderr: io.stderr,
             stdin: io.stdin,
