@@ -42,8 +42,9 @@ const STAND_INS: [(&str, &str); 2] = [
     (serial::IMAGE, "image.img"),
     (serial::SCRATCH, "scratch.img"),
 ];
-const STATE: &str = "vm.state";
-const MEM: &str = "vm.mem";
+/// A snapshot's files in its directory (a checkpoint's too).
+pub const STATE: &str = "vm.state";
+pub const MEM: &str = "vm.mem";
 
 /// `$HUSK_POOL_DIR`, else `$XDG_CACHE_HOME/husk/pool`, else
 /// `~/.cache/husk/pool`.
@@ -135,32 +136,43 @@ impl Template {
                 (id.to_string(), path)
             })
             .collect();
-        let restore = RestoreConfig {
-            snapshot: SnapshotPaths {
-                state: self.dir.join(STATE),
-                mem: self.dir.join(MEM),
-            },
-            console: config.console.clone(),
-            stdin: config.stdin,
-            allow_pvm: config.allow_pvm,
-            track_dirty_pages: false,
-            resume: true,
-            overrides: Overrides {
-                disks,
-                vsock_uds: config.vsock.as_ref().map(|v| v.uds_path.clone()),
-                nets: config
-                    .nets
-                    .iter()
-                    .map(|n| NetOverride {
-                        id: n.id.clone(),
-                        host: n.host.clone(),
-                        mac: n.mac.unwrap_or_default(),
-                    })
-                    .collect(),
-            },
-        };
-        husk_vmm::restore(&restore, None).map_err(|e| e.to_string())
+        restore_as(&self.dir, config, disks)
     }
+}
+
+/// Restores the snapshot in `dir` (a template, or a checkpoint), running,
+/// on `config`'s console, vsock socket and NICs (with their MACs), and
+/// with `disks` (drive id → file) in place of the snapshot's.
+pub fn restore_as(
+    dir: &Path,
+    config: &VmConfig,
+    disks: Vec<(String, PathBuf)>,
+) -> Result<RunningVm, String> {
+    let restore = RestoreConfig {
+        snapshot: SnapshotPaths {
+            state: dir.join(STATE),
+            mem: dir.join(MEM),
+        },
+        console: config.console.clone(),
+        stdin: config.stdin,
+        allow_pvm: config.allow_pvm,
+        track_dirty_pages: false,
+        resume: true,
+        overrides: Overrides {
+            disks,
+            vsock_uds: config.vsock.as_ref().map(|v| v.uds_path.clone()),
+            nets: config
+                .nets
+                .iter()
+                .map(|n| NetOverride {
+                    id: n.id.clone(),
+                    host: n.host.clone(),
+                    mac: n.mac.unwrap_or_default(),
+                })
+                .collect(),
+        },
+    };
+    husk_vmm::restore(&restore, None).map_err(|e| e.to_string())
 }
 
 /// The shape's name: what the template's guest was booted from. The husk
