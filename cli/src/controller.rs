@@ -269,6 +269,13 @@ impl Controller {
 
     fn put_drive(&mut self, d: Drive) -> Result<(), Response> {
         d.validate().map_err(bad)?;
+        if d.io_engine != husk_api::model::IoEngine::Sync {
+            return Err(bad(format!(
+                "drive {}: io_engine Async: husk's block I/O is synchronous; use \"Sync\"",
+                d.drive_id
+            )));
+        }
+        unapplied_limiter(&format!("drive {}", d.drive_id), d.rate_limiter.as_ref())?;
         let path = d
             .path_on_host
             .as_deref()
@@ -318,9 +325,7 @@ impl Controller {
                 )));
             }
         }
-        if let Some(rl) = p.rate_limiter {
-            drive.rate_limiter = Some(rl);
-        }
+        unapplied_limiter(&format!("drive {}", p.drive_id), p.rate_limiter.as_ref())?;
         Ok(())
     }
 
@@ -357,6 +362,15 @@ impl Controller {
 
     fn put_net(&mut self, n: NetworkInterface) -> Result<(), Response> {
         n.validate().map_err(bad)?;
+        if n.mtu.is_some() {
+            return Err(bad(format!(
+                "network interface {}: mtu: husk does not offer the guest an MTU yet (the TAP's is used)",
+                n.iface_id
+            )));
+        }
+        let what = format!("network interface {}", n.iface_id);
+        unapplied_limiter(&what, n.rx_rate_limiter.as_ref())?;
+        unapplied_limiter(&what, n.tx_rate_limiter.as_ref())?;
         match self
             .config
             .network_interfaces
@@ -437,6 +451,21 @@ impl Controller {
             allow_pvm: self.allow_pvm,
             track_dirty_pages: m.track_dirty_pages,
         })
+    }
+}
+
+/// A rate limiter with a bucket is refused until husk enforces one: a
+/// limit accepted and not applied would be a lie. An empty one (no
+/// bucket, what some Firecracker clients send) limits nothing, truly.
+fn unapplied_limiter(
+    what: &str,
+    rl: Option<&husk_api::model::RateLimiter>,
+) -> Result<(), Response> {
+    match rl {
+        Some(rl) if rl.bandwidth.is_some() || rl.ops.is_some() => Err(bad(format!(
+            "{what}: rate limiters are not enforced by husk yet; give none (or one without buckets)"
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -680,6 +709,47 @@ mod tests {
         ));
         assert_eq!(r, Response::NoContent);
         assert!(c.machine().track_dirty_pages);
+    }
+
+    #[test]
+    fn settings_nothing_applies_are_refused() {
+        let mut c = Controller::new("vm1".into());
+        let disk = file();
+        let drive = |extra: &str| {
+            format!(
+                r#"{{"drive_id":"d","path_on_host":"{}","is_root_device":false{extra}}}"#,
+                disk.path().display()
+            )
+        };
+        let limit = r#"{"bandwidth":{"size":1000,"refill_time":100}}"#;
+        for (body, says) in [
+            (drive(r#","io_engine":"Async""#), "io_engine Async"),
+            (
+                drive(&format!(r#","rate_limiter":{limit}"#)),
+                "not enforced",
+            ),
+        ] {
+            let (r, _) = c.handle(req("PUT", "/drives/d", &body));
+            assert!(fault(&r).contains(says), "{body}: {r:?}");
+        }
+        // No bucket: nothing to enforce, accepted.
+        let (r, _) = c.handle(req("PUT", "/drives/d", &drive(r#","rate_limiter":{}"#)));
+        assert_eq!(r, Response::NoContent);
+        let net = |extra: &str| format!(r#"{{"iface_id":"eth0","host_dev_name":"tap0"{extra}}}"#);
+        for (body, says) in [
+            (net(r#","mtu":9000"#), "mtu"),
+            (
+                net(&format!(r#","rx_rate_limiter":{limit}"#)),
+                "not enforced",
+            ),
+            (
+                net(&format!(r#","tx_rate_limiter":{limit}"#)),
+                "not enforced",
+            ),
+        ] {
+            let (r, _) = c.handle(req("PUT", "/network-interfaces/eth0", &body));
+            assert!(fault(&r).contains(says), "{body}: {r:?}");
+        }
     }
 
     #[test]
