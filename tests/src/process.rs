@@ -81,6 +81,9 @@ pub fn run_asking(mut cmd: Command, timeout: Duration, report: Option<i32>) -> F
         }
     };
     let (stdout, stderr) = (collect(out).replace('\r', ""), collect(err));
+    if timed_out {
+        crate::testbed::flag(&stderr, "");
+    }
     Finished {
         elapsed: start.elapsed(),
         stdout,
@@ -239,6 +242,7 @@ impl Drop for Running {
             return;
         }
         let (stdout, stderr) = self.collect();
+        crate::testbed::flag(&stderr, "");
         let text = format!(
             "\n[e2e] {:?} after {:?}, stopped as its test failed; what it said last:\n--- stdout (tail) ---\n{}\n--- stderr (tail) ---\n{}\n",
             self.child.id(),

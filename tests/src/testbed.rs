@@ -30,6 +30,21 @@ pub fn corruption(stderr: &str, log: &str) -> Option<String> {
         .flatten()
 }
 
+/// Says so on stderr (past libtest's capture) when a failed run's stderr
+/// and VMM log carry the testbed's corruption signature: the testbed's
+/// cargo-runner runs a failed test that said so once more, and says that
+/// out loud (tests/testbed/README.md).
+pub fn flag(stderr: &str, log: &str) {
+    if let Some(why) = corruption(stderr, log) {
+        let line = format!("\n{MARK} {why}\n");
+        // SAFETY: write(2) of a live buffer to fd 2.
+        unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
+    }
+}
+
+/// What the runner looks for (tests/testbed/cargo-runner).
+pub const MARK: &str = "[e2e] testbed corruption:";
+
 fn signature(stderr: &str, log: &str, vcpu_run: Option<u64>) -> Option<String> {
     if let Some(start) = vcpu_run.filter(|a| *a != 0) {
         let stuck = stderr.lines().find_map(|l| {
