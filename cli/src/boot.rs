@@ -114,6 +114,7 @@ fn disk_spec(spec: &str, n: usize) -> Result<DiskConfig, Failure> {
         path: existing(PathBuf::from(path), "disk")?,
         read_only,
         id: format!("disk{n}"),
+        rate_limiter: None,
     })
 }
 
@@ -311,6 +312,7 @@ pub fn run(args: BootArgs) -> Result<u8, Failure> {
         path: rootfs,
         read_only: false,
         id: "rootfs".into(),
+        rate_limiter: None,
     }];
     for (i, spec) in args.disks.iter().enumerate() {
         disks.push(disk_spec(spec, i + 1)?);

@@ -31,6 +31,8 @@ pub enum Effect {
     Metrics(Metrics),
     /// Write a snapshot of the paused VM.
     CreateSnapshot(husk_vmm::snapshot::SnapshotPaths, husk_vmm::snapshot::Kind),
+    /// New limits for a running disk (`PATCH /drives`).
+    DiskLimits(String, husk_vmm::rate_limiter::Limits),
 }
 
 #[derive(Debug, Default)]
@@ -131,7 +133,9 @@ impl Controller {
                 self.put_machine(m).map(|_| ok)
             }
             R::PutDrive(d) => self.put_drive(d).map(|_| ok),
-            R::PatchDrive(p) => self.patch_drive(p).map(|_| ok),
+            R::PatchDrive(p) => self
+                .patch_drive(p)
+                .map(|effect| (Response::NoContent, effect)),
             R::PutNetworkInterface(n) => self.put_net(n).map(|_| ok),
             R::PutVsock(v) => {
                 self.config.vsock = Some(v);
@@ -275,7 +279,6 @@ impl Controller {
                 d.drive_id
             )));
         }
-        unapplied_limiter(&format!("drive {}", d.drive_id), d.rate_limiter.as_ref())?;
         let path = d
             .path_on_host
             .as_deref()
@@ -307,7 +310,7 @@ impl Controller {
         Ok(())
     }
 
-    fn patch_drive(&mut self, p: DrivePatch) -> Result<(), Response> {
+    fn patch_drive(&mut self, p: DrivePatch) -> Result<Effect, Response> {
         if !self.started() {
             return Err(bad(BEFORE_BOOT));
         }
@@ -325,8 +328,11 @@ impl Controller {
                 )));
             }
         }
-        unapplied_limiter(&format!("drive {}", p.drive_id), p.rate_limiter.as_ref())?;
-        Ok(())
+        let Some(rl) = p.rate_limiter else {
+            return Ok(Effect::None);
+        };
+        drive.rate_limiter = Some(rl);
+        Ok(Effect::DiskLimits(p.drive_id, limits(&rl)))
     }
 
     fn put_fs(&mut self, f: SharedFs) -> Result<(), Response> {
@@ -411,6 +417,7 @@ impl Controller {
                 path: PathBuf::from(d.path_on_host.clone().unwrap_or_default()),
                 read_only: d.is_read_only,
                 id: d.drive_id.clone(),
+                rate_limiter: d.rate_limiter.as_ref().map(limits),
             })
             .collect();
         let nets = self
@@ -454,16 +461,29 @@ impl Controller {
     }
 }
 
-/// A rate limiter with a bucket is refused until husk enforces one: a
-/// limit accepted and not applied would be a lie. An empty one (no
-/// bucket, what some Firecracker clients send) limits nothing, truly.
+/// The API's limits as the disk applies them.
+fn limits(rl: &husk_api::model::RateLimiter) -> husk_vmm::rate_limiter::Limits {
+    let bucket = |b: &husk_api::model::TokenBucket| husk_vmm::rate_limiter::Bucket {
+        size: b.size,
+        one_time_burst: b.one_time_burst.unwrap_or(0),
+        refill_time_ms: b.refill_time,
+    };
+    husk_vmm::rate_limiter::Limits {
+        bytes: rl.bandwidth.as_ref().map(bucket),
+        ops: rl.ops.as_ref().map(bucket),
+    }
+}
+
+/// A NIC's rate limiter with a bucket is refused until husk enforces one
+/// there: a limit accepted and not applied would be a lie. An empty one
+/// (no bucket, what some Firecracker clients send) limits nothing, truly.
 fn unapplied_limiter(
     what: &str,
     rl: Option<&husk_api::model::RateLimiter>,
 ) -> Result<(), Response> {
     match rl {
         Some(rl) if rl.bandwidth.is_some() || rl.ops.is_some() => Err(bad(format!(
-            "{what}: rate limiters are not enforced by husk yet; give none (or one without buckets)"
+            "{what}: rate limiters are not enforced on network interfaces yet; give none (or one without buckets)"
         ))),
         _ => Ok(()),
     }
@@ -712,7 +732,7 @@ mod tests {
     }
 
     #[test]
-    fn settings_nothing_applies_are_refused() {
+    fn disk_limits_are_applied_and_what_nothing_applies_is_refused() {
         let mut c = Controller::new("vm1".into());
         let disk = file();
         let drive = |extra: &str| {
@@ -722,19 +742,41 @@ mod tests {
             )
         };
         let limit = r#"{"bandwidth":{"size":1000,"refill_time":100}}"#;
-        for (body, says) in [
-            (drive(r#","io_engine":"Async""#), "io_engine Async"),
-            (
-                drive(&format!(r#","rate_limiter":{limit}"#)),
-                "not enforced",
-            ),
-        ] {
-            let (r, _) = c.handle(req("PUT", "/drives/d", &body));
-            assert!(fault(&r).contains(says), "{body}: {r:?}");
-        }
-        // No bucket: nothing to enforce, accepted.
-        let (r, _) = c.handle(req("PUT", "/drives/d", &drive(r#","rate_limiter":{}"#)));
+        let (r, _) = c.handle(req("PUT", "/drives/d", &drive(r#","io_engine":"Async""#)));
+        assert!(fault(&r).contains("io_engine Async"), "{r:?}");
+        // A disk's limits are applied: the VM gets them, and a PATCH once
+        // it runs changes them.
+        let (r, _) = c.handle(req(
+            "PUT",
+            "/drives/d",
+            &drive(&format!(r#","rate_limiter":{limit}"#)),
+        ));
         assert_eq!(r, Response::NoContent);
+        let k = file();
+        let boot = format!(r#"{{"kernel_image_path":"{}"}}"#, k.path().display());
+        assert_eq!(
+            c.handle(req("PUT", "/boot-source", &boot)).0,
+            Response::NoContent
+        );
+        let bucket = husk_vmm::rate_limiter::Bucket {
+            size: 1000,
+            one_time_burst: 0,
+            refill_time_ms: 100,
+        };
+        let disks = c.vm_config().unwrap().disks;
+        assert_eq!(disks[0].rate_limiter.unwrap().bytes, Some(bucket));
+        c.state = Some(InstanceState::Running);
+        let patch = r#"{"drive_id":"d","rate_limiter":{"ops":{"size":50,"refill_time":1000}}}"#;
+        let (r, fx) = c.handle(req("PATCH", "/drives/d", patch));
+        assert_eq!(r, Response::NoContent);
+        let Effect::DiskLimits(id, l) = fx else {
+            panic!("{fx:?}")
+        };
+        assert_eq!(
+            (id.as_str(), l.bytes, l.ops.map(|b| b.size)),
+            ("d", None, Some(50))
+        );
+        let mut c = Controller::new("vm1".into());
         let net = |extra: &str| format!(r#"{{"iface_id":"eth0","host_dev_name":"tap0"{extra}}}"#);
         for (body, says) in [
             (net(r#","mtu":9000"#), "mtu"),

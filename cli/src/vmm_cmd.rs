@@ -118,6 +118,15 @@ fn apply(effect: Effect, vm: Option<&VmControls>, metrics: &mut MetricsSink) -> 
             metrics.flush(vm);
             None
         }
+        Effect::DiskLimits(id, limits) => match vm {
+            Some(vm) => vm
+                .set_disk_limits(&id, limits)
+                .err()
+                .map(Response::BadRequest),
+            None => Some(Response::BadRequest(
+                "the requested operation is not supported before starting the microVM".into(),
+            )),
+        },
         Effect::CreateSnapshot(paths, kind) => match vm {
             Some(vm) => vm
                 .snapshot(&paths, kind)

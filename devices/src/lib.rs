@@ -6,4 +6,5 @@
 //! to KVM (ioeventfd / irqfd); see `README.md` for the recipe.
 
 pub mod legacy;
+pub mod rate_limiter;
 pub mod virtio;

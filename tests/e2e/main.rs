@@ -13,6 +13,7 @@ mod docker;
 mod fault;
 mod fs;
 mod guest;
+mod limits;
 mod net;
 mod oci;
 mod podman;

@@ -151,6 +151,7 @@ fn a_restored_snapshot_goes_on_counting_where_it_stopped() {
         path: disk,
         read_only: true,
         id: "data".into(),
+        rate_limiter: None,
     });
     config.vsock = Some(husk_vmm::VsockConfig {
         guest_cid: 3,

@@ -34,6 +34,8 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use x86_64::layout::{KEYBOARD_IRQ, SERIAL_IRQ};
 
 pub use console::Console;
+/// A disk's I/O limits, as `DiskConfig` and `VmControls::set_disk_limits` take them.
+pub use husk_devices::rate_limiter;
 pub use husk_devices::virtio::net::random_mac;
 pub use report::{print_now as print_report, REPORT_SIGNAL};
 pub use virtio::{DiskConfig, FsConfig, NetConfig, NetHost, VsockConfig};
@@ -672,10 +674,15 @@ impl VmControls {
             .iter()
             .enumerate()
             .map(|(i, d)| {
-                let spec = d
+                let mut spec = d
                     .spec
                     .clone()
                     .map_err(|why| snapshot::Error::Device(i, why))?;
+                if let (snapshot::devices::DeviceSpec::Disk { rate_limiter, .. }, Some(disk)) =
+                    (&mut spec, &d.block)
+                {
+                    *rate_limiter = *pio::lock(&disk.limits);
+                }
                 let state = transports[i]
                     .state_with(&*held[i])
                     .map_err(|why| snapshot::Error::Device(i, why))?;
@@ -685,6 +692,26 @@ impl VmControls {
                 })
             })
             .collect()
+    }
+
+    /// Sets disk `id`'s I/O limits while it runs (`PATCH /drives`); a
+    /// snapshot taken later keeps them.
+    pub fn set_disk_limits(
+        &self,
+        id: &str,
+        limits: husk_devices::rate_limiter::Limits,
+    ) -> Result<(), String> {
+        let disk = self
+            .shared
+            .devices
+            .iter()
+            .find(|d| matches!(&d.spec, Ok(snapshot::devices::DeviceSpec::Disk { id: i, .. }) if i == id))
+            .and_then(|d| d.block.as_ref())
+            .ok_or_else(|| format!("the VM has no disk {id}"))?;
+        pio::lock(&disk.device)
+            .set_rate_limiter(husk_devices::rate_limiter::RateLimiter::new(limits));
+        *pio::lock(&disk.limits) = Some(limits);
+        Ok(())
     }
 
     /// Types Ctrl-Alt-Del into the guest's keyboard.

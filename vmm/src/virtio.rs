@@ -7,6 +7,7 @@ use crate::mmio::{MmioBus, MmioDevice};
 use crate::snapshot::devices::{DeviceSpec, SavedNetHost};
 use crate::x86_64::layout::{FIRST_DEVICE_IRQ, LAST_DEVICE_IRQ, VIRTIO_MMIO_START};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use husk_devices::rate_limiter::RateLimiter;
 use husk_devices::virtio::block::{Block, BlockConfig, BlockMetrics, Budget};
 use husk_devices::virtio::fs::Fs;
 pub use husk_devices::virtio::fs::FsConfig;
@@ -31,6 +32,8 @@ pub struct DiskConfig {
     pub read_only: bool,
     /// Reported to the guest as the disk's serial.
     pub id: String,
+    /// I/O limits (bytes and operations); none = no limit.
+    pub rate_limiter: Option<husk_devices::rate_limiter::Limits>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +118,13 @@ pub struct Attacher {
     pub devices: Vec<Attached>,
 }
 
+/// A disk as `PATCH /drives` changes it: the device, and its limits now
+/// (what a snapshot keeps).
+pub struct AttachedDisk {
+    pub device: Arc<Mutex<Block>>,
+    pub limits: Mutex<Option<husk_devices::rate_limiter::Limits>>,
+}
+
 /// A device as a snapshot sees it.
 pub struct Attached {
     /// What it was made from, or why it cannot be snapshotted.
@@ -122,6 +132,8 @@ pub struct Attached {
     pub transport: Arc<Mutex<MmioTransport>>,
     /// The vsock device, told of the lost connections at restore.
     pub vsock: Option<Arc<Mutex<Vsock>>>,
+    /// A disk, whose limits change while it runs.
+    pub block: Option<AttachedDisk>,
 }
 
 impl Attacher {
@@ -170,6 +182,7 @@ impl Attacher {
             spec,
             transport,
             vsock,
+            block: None,
         });
     }
 
@@ -290,15 +303,26 @@ impl Attacher {
         if let Some(budget) = budget_override()? {
             block.set_budget(budget);
         }
+        if let Some(limits) = disk.rate_limiter {
+            block.set_rate_limiter(RateLimiter::new(limits));
+        }
         self.disk_metrics
             .push((disk.id.clone(), block.metrics().clone()));
-        let transport = self.attach(vm, mem, bus, events, Arc::new(Mutex::new(block)))?;
+        let block = Arc::new(Mutex::new(block));
+        let transport = self.attach(vm, mem, bus, events, block.clone())?;
         let spec = DeviceSpec::Disk {
             path: disk.path.clone(),
             read_only: disk.read_only,
             id: disk.id.clone(),
+            rate_limiter: disk.rate_limiter,
         };
         self.record(Ok(spec), transport, None);
+        if let Some(last) = self.devices.last_mut() {
+            last.block = Some(AttachedDisk {
+                device: block,
+                limits: Mutex::new(disk.rate_limiter),
+            });
+        }
         Ok(())
     }
 
@@ -316,11 +340,13 @@ impl Attacher {
                 path,
                 read_only,
                 id,
+                rate_limiter,
             } => {
                 let disk = DiskConfig {
                     path: path.clone(),
                     read_only: *read_only,
                     id: id.clone(),
+                    rate_limiter: *rate_limiter,
                 };
                 self.attach_disk(vm, mem, bus, events, &disk)
             }

@@ -369,6 +369,7 @@ fn vm_config(
             path: rootfs,
             read_only: true,
             id: run::serial::ROOTFS.into(),
+            rate_limiter: None,
         }],
         nets: wiring.nets,
         vsock: Some(VsockConfig {

@@ -305,6 +305,7 @@ impl Plan {
             path: path.clone(),
             read_only,
             id: id.to_owned(),
+            rate_limiter: None,
         };
         let mut disks = vec![
             disk(&d.rootfs, true, serial::ROOTFS),

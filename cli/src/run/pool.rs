@@ -254,11 +254,13 @@ fn boot_and_snapshot(build: &Path, config: &VmConfig, cmdline: &str) -> Result<(
                 path: stand_in(serial::IMAGE)?,
                 read_only: true,
                 id: serial::IMAGE.into(),
+                rate_limiter: None,
             },
             DiskConfig {
                 path: stand_in(serial::SCRATCH)?,
                 read_only: false,
                 id: serial::SCRATCH.into(),
+                rate_limiter: None,
             },
         ],
         // The run's own NIC: its host side is live now, and the clones
@@ -335,11 +337,13 @@ mod tests {
                     path: file("rootfs.ext4"),
                     read_only: true,
                     id: serial::ROOTFS.into(),
+                    rate_limiter: None,
                 },
                 DiskConfig {
                     path: file("image.erofs"),
                     read_only: true,
                     id: serial::IMAGE.into(),
+                    rate_limiter: None,
                 },
             ],
             nets: Vec::new(),
@@ -383,6 +387,7 @@ mod tests {
             path: dir.path().join("v.img"),
             read_only: false,
             id: serial::volume(0),
+            rate_limiter: None,
         });
         assert_eq!(unpoolable(&volume, None), Some("it has a disk volume"));
         let mut agentless = config(dir.path());

@@ -15,6 +15,9 @@ pub enum DeviceSpec {
         path: PathBuf,
         read_only: bool,
         id: String,
+        /// Its limits (a snapshot of a limited disk restores limited).
+        #[serde(default)]
+        rate_limiter: Option<husk_devices::rate_limiter::Limits>,
     },
     /// A NIC: on a host TAP (reopened by name at restore) or on a socket
     /// to a userspace network, which a restore must replace.
@@ -61,6 +64,14 @@ mod tests {
                 path: "/d.img".into(),
                 read_only: true,
                 id: "data".into(),
+                rate_limiter: Some(husk_devices::rate_limiter::Limits {
+                    bytes: Some(husk_devices::rate_limiter::Bucket {
+                        size: 1 << 20,
+                        one_time_burst: 0,
+                        refill_time_ms: 100,
+                    }),
+                    ops: None,
+                }),
             },
             transport: MmioState {
                 status: 15,

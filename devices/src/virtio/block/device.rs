@@ -10,6 +10,9 @@ use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BL
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::timerfd::TimerFd;
+
+use crate::rate_limiter::RateLimiter;
 
 use super::disk::{BlockBackend, DiskError, DiskFile};
 use super::handler::{self, Budget, InFlight, QueueOutcome};
@@ -43,6 +46,9 @@ pub enum BlockError {
     /// Creating the queue eventfd failed.
     #[error("cannot create the queue eventfd")]
     QueueEvent(#[source] io::Error),
+    /// Creating the rate limiter's timer failed.
+    #[error("cannot create the rate limiter's timer")]
+    Timer(#[source] io::Error),
 }
 
 /// State that exists only between activation and reset.
@@ -66,6 +72,9 @@ pub struct Block {
     budget: Budget,
     active: Option<Active>,
     metrics: Arc<BlockMetrics>,
+    limiter: RateLimiter,
+    /// Fires when the limiter lets a stopped queue go on.
+    limit_timer: TimerFd,
 }
 
 impl std::fmt::Debug for Block {
@@ -120,7 +129,33 @@ impl Block {
             budget: Budget::PASS,
             active: None,
             metrics: Arc::new(BlockMetrics::default()),
+            limiter: RateLimiter::default(),
+            limit_timer: nonblocking_timer().map_err(BlockError::Timer)?,
         })
+    }
+
+    /// Sets the disk's I/O limits, now and while it runs (`PATCH /drives`):
+    /// a queue the old limits stopped goes on under the new ones.
+    pub fn set_rate_limiter(&mut self, limiter: RateLimiter) {
+        self.limiter = limiter;
+        if let Err(e) = self.queue_evts[0].write(1) {
+            error!("virtio-blk: cannot re-arm the queue: {e}");
+        }
+    }
+
+    /// The limiter's timer, for the event loop.
+    pub(crate) fn limit_timer(&self) -> &TimerFd {
+        &self.limit_timer
+    }
+
+    /// Reads the fired timer, so it does not wake the loop again.
+    pub(crate) fn clear_limit_timer(&mut self) {
+        match self.limit_timer.wait() {
+            Err(e) if e.errno() != libc::EAGAIN => {
+                error!("virtio-blk: cannot read the rate limiter's timer: {e}");
+            }
+            _ => {}
+        }
     }
 
     /// Sets what one pass over the queue may do (default [`Budget::PASS`]);
@@ -172,26 +207,78 @@ impl Block {
             // Notifications before DRIVER_OK carry nothing we may look at yet.
             return QueueOutcome::default();
         };
-        let outcome = handler::process_queue(
-            &active.mem,
-            &mut active.queue,
-            &mut self.disk,
-            &self.id,
-            &self.metrics,
-            &mut active.in_flight,
-            self.budget,
-        );
-        if outcome.more {
-            if let Err(e) = self.queue_evts[0].write(1) {
-                error!("virtio-blk: cannot re-arm the queue: {e}");
-            }
+        // The pass does at most what the limits allow now; a queue they
+        // stop waits on the timer, not in a loop.
+        let mut budget = self.budget;
+        if self.limiter.is_limited() {
+            let allowed = self.limiter.allowance();
+            budget.requests = budget
+                .requests
+                .min(u32::try_from(allowed.ops).unwrap_or(u32::MAX));
+            budget.bytes = budget.bytes.min(allowed.bytes);
         }
+        let outcome = if budget.requests == 0 || budget.bytes == 0 {
+            QueueOutcome {
+                more: true,
+                ..QueueOutcome::default()
+            }
+        } else {
+            handler::process_queue(
+                &active.mem,
+                &mut active.queue,
+                &mut self.disk,
+                &self.id,
+                &self.metrics,
+                &mut active.in_flight,
+                budget,
+            )
+        };
         if outcome.notify {
             if let Err(e) = active.interrupt.trigger(IrqType::Vring) {
                 error!("virtio-blk: cannot interrupt the guest: {e}");
             }
         }
+        self.limiter
+            .consume(u64::from(outcome.started), outcome.bytes);
+        if outcome.more {
+            self.go_on();
+        }
         outcome
+    }
+}
+
+/// A timer whose read never blocks the event loop (a wakeup that finds it
+/// re-armed reads EAGAIN).
+fn nonblocking_timer() -> io::Result<TimerFd> {
+    use std::os::fd::AsRawFd;
+    let timer = TimerFd::new().map_err(io::Error::from)?;
+    let fd = timer.as_raw_fd();
+    // SAFETY: fcntl(2) on a descriptor `timer` owns, setting a flag.
+    let set = unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+    };
+    if !set {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(timer)
+}
+
+impl Block {
+    /// After a pass that left work: another pass soon, or when the limits
+    /// allow it.
+    fn go_on(&mut self) {
+        let wait = self.limiter.wait();
+        if wait.is_zero() {
+            if let Err(e) = self.queue_evts[0].write(1) {
+                error!("virtio-blk: cannot re-arm the queue: {e}");
+            }
+            return;
+        }
+        BlockMetrics::inc(&self.metrics.throttled);
+        if let Err(e) = self.limit_timer.reset(wait, None) {
+            error!("virtio-blk: cannot arm the rate limiter's timer: {e}");
+        }
     }
 }
 

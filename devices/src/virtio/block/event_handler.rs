@@ -13,6 +13,9 @@ use log::{error, warn};
 use super::device::Block;
 use crate::virtio::VirtioDevice;
 
+/// The rate limiter's timer among the device's events (queues are 0..).
+const LIMIT_TIMER: u32 = u32::MAX;
+
 impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
         // Registered once for the device's lifetime: the eventfds outlive
@@ -25,9 +28,18 @@ impl MutEventSubscriber for Block {
                 error!("virtio-blk: cannot register queue {index} eventfd: {e}");
             }
         }
+        let timer = Events::with_data(self.limit_timer(), LIMIT_TIMER, EventSet::IN);
+        if let Err(e) = ops.add(timer) {
+            error!("virtio-blk: cannot register the rate limiter's timer: {e}");
+        }
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.data() == LIMIT_TIMER {
+            self.clear_limit_timer();
+            self.process_queue_event();
+            return;
+        }
         let index = events.data() as usize;
         let Some(evt) = self.queue_events().get(index) else {
             warn!("virtio-blk: event for unknown queue {index}");

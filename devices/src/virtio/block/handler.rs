@@ -45,6 +45,10 @@ pub struct QueueOutcome {
     /// done. The device must run another pass after the event loop has
     /// served everything else.
     pub more: bool,
+    /// Chains taken off the queue, and bytes moved: what a rate limiter
+    /// counts.
+    pub started: u32,
+    pub bytes: u64,
 }
 
 /// What one pass may do.
@@ -178,6 +182,8 @@ pub fn process_queue<B: BlockBackend>(
         complete(mem, queue, head, used_len, &mut out);
         *in_flight = None;
     }
+    out.started = budget.requests - requests;
+    out.bytes = budget.bytes - bytes;
     out.notify = out.completed > 0
         && queue.needs_notification(mem).unwrap_or_else(|e| {
             // When in doubt, interrupt: a spurious interrupt is harmless, a

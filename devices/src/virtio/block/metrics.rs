@@ -31,6 +31,8 @@ pub struct BlockMetrics {
     pub io_errors: AtomicU64,
     /// Queue notifications handled by the event loop.
     pub queue_events: AtomicU64,
+    /// Times the rate limiter stopped the queue until its timer.
+    pub throttled: AtomicU64,
 }
 
 impl BlockMetrics {

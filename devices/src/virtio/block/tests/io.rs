@@ -26,6 +26,8 @@ fn read_returns_the_files_bytes() {
             completed: 1,
             notify: true,
             more: false,
+            started: 1,
+            bytes: 3 * SECTOR_SIZE,
         }
     );
     assert_eq!(h.expect_used(&sub), 3 * SECTOR as u32 + 1);
@@ -51,6 +53,8 @@ fn write_lands_in_the_file() {
             completed: 1,
             notify: true,
             more: false,
+            started: 1,
+            bytes: 2 * SECTOR_SIZE,
         }
     );
     // OUT writes nothing into device-writable buffers but the status.
@@ -93,6 +97,8 @@ fn a_batch_completes_in_order_with_one_notification_decision() {
             completed: 4,
             notify: true,
             more: false,
+            started: 4,
+            bytes: 4 * SECTOR_SIZE,
         }
     );
     for (sector, (sub, buf)) in subs.iter().enumerate() {
