@@ -612,3 +612,43 @@ fn publish_all_publishes_what_the_image_exposes_and_port_says_where() {
     assert!(body.ends_with(SERVED), "{body}");
     assert_eq!(husk(&r, &["rm", "-f", &id]).code, Some(0));
 }
+
+/// A container on the bridge, checkpointed and restored: the restored VM
+/// has its new run's address and a default route through the bridge (the
+/// guest had one already: it is replaced), and reaches the host.
+#[test]
+fn a_restored_checkpoint_takes_its_new_address_and_route_on_the_bridge() {
+    require_linux_kvm();
+    let _one = BRIDGE.lock().unwrap_or_else(|p| p.into_inner());
+    let r = Run::new();
+    let started = r.run(
+        &["-d", "--network", "bridge"],
+        &["sh", "-c", "while :; do sleep 1; done"],
+    );
+    assert_eq!(started.code, Some(0), "{}", started.describe());
+    let id = started.stdout.trim().to_owned();
+    let before = address_of(&r, &id);
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("cp");
+    let cp = husk(&r, &["checkpoint", &id, saved.to_str().unwrap()]);
+    assert_eq!(cp.code, Some(0), "{}", cp.describe());
+    wait_status(&r, &id, "Exited (0)");
+    let restored = husk(&r, &["restore", saved.to_str().unwrap()]);
+    assert_eq!(restored.code, Some(0), "{}", restored.describe());
+    let new = restored.stdout.trim().to_owned();
+    let after = address_of(&r, &new);
+    let route = husk(&r, &["exec", &new, "ip", "route"]);
+    assert_eq!(route.code, Some(0), "{}", route.describe());
+    let gateway = route
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("default via "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no default route: {}", route.describe()))
+        .to_string();
+    let ping = husk(&r, &["exec", &new, "ping", "-c", "1", "-W", "5", &gateway]);
+    assert_eq!(ping.code, Some(0), "{}", ping.describe());
+    eprintln!("checkpointed at {before}, restored at {after}, gateway {gateway}");
+    assert_eq!(husk(&r, &["kill", &new]).code, Some(0));
+    wait_status(&r, &new, "Exited (137)");
+}

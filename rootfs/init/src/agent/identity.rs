@@ -77,22 +77,36 @@ mod eth0 {
         Ok(())
     }
 
+    /// The default route through `gw`, in place of any there was: a VM
+    /// restored from a checkpoint had one, maybe through another gateway.
     fn default_route(sock: &OwnedFd, gw: Ipv4Addr) -> Result<(), String> {
-        // SAFETY: rtentry is plain data; all-zero is a valid start.
-        let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
-        rt.rt_dst = sockaddr(Ipv4Addr::UNSPECIFIED);
-        rt.rt_genmask = sockaddr(Ipv4Addr::UNSPECIFIED);
-        rt.rt_gateway = sockaddr(gw);
-        rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
-        let mut dev = *b"eth0\0";
-        rt.rt_dev = dev.as_mut_ptr().cast();
-        // SAFETY: SIOCADDRT reads the rtentry, whose rt_dev points at `dev`,
-        // alive for the call.
-        let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT as _, &mut rt) };
-        if r != 0 {
-            return Err(format!("SIOCADDRT: {}", std::io::Error::last_os_error()));
+        let route = |request, gateway: Option<Ipv4Addr>| {
+            // SAFETY: rtentry is plain data; all-zero is a valid start.
+            let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
+            rt.rt_dst = sockaddr(Ipv4Addr::UNSPECIFIED);
+            rt.rt_genmask = sockaddr(Ipv4Addr::UNSPECIFIED);
+            rt.rt_flags = libc::RTF_UP;
+            if let Some(gw) = gateway {
+                rt.rt_gateway = sockaddr(gw);
+                rt.rt_flags |= libc::RTF_GATEWAY;
+            }
+            let mut dev = *b"eth0\0";
+            rt.rt_dev = dev.as_mut_ptr().cast();
+            // SAFETY: SIOCADDRT/SIOCDELRT read the rtentry, whose rt_dev
+            // points at `dev`, alive for the call.
+            let r = unsafe { libc::ioctl(sock.as_raw_fd(), request, &mut rt) };
+            if r == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        };
+        match route(libc::SIOCADDRT as _, Some(gw)) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => route(libc::SIOCDELRT as _, None)
+                .and_then(|()| route(libc::SIOCADDRT as _, Some(gw)))
+                .map_err(|e| format!("replacing the default route: {e}")),
+            other => other.map_err(|e| format!("SIOCADDRT: {e}")),
         }
-        Ok(())
     }
 
     fn ifreq() -> libc::ifreq {
