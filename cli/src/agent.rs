@@ -30,6 +30,10 @@ use std::time::{Duration, Instant};
 /// Stdin bytes queued for the writer beyond which the stdin reader waits.
 const STDIN_WINDOW: usize = 4 * MAX_CHUNK;
 
+/// What a silent guest's error says (the run then prints where its VM
+/// stands).
+pub const NO_ANSWER: &str = "agent did not answer";
+
 /// What a connection's caller waits for.
 #[derive(Debug)]
 pub enum Msg {
@@ -124,7 +128,7 @@ pub fn connect(
         std::thread::sleep(Duration::from_millis(20));
     }
     Err(format!(
-        "the guest agent did not answer on vsock port {AGENT_PORT}: {last}"
+        "the guest {NO_ANSWER} on vsock port {AGENT_PORT}: {last}"
     ))
 }
 
@@ -269,7 +273,7 @@ impl Client {
         let deadline = Instant::now() + timeout;
         loop {
             if Instant::now() >= deadline {
-                return Err("the agent did not answer".into());
+                return Err(format!("the {NO_ANSWER}"));
             }
             match self.next(Duration::from_millis(200))? {
                 Some(Msg::Response { seq: s, response }) if s == seq => return Ok(response),

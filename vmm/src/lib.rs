@@ -596,6 +596,11 @@ impl VmControls {
         self.shared.unpause.notify_all();
     }
 
+    /// Whether the VM is ending or has ended.
+    pub fn is_stopping(&self) -> bool {
+        self.shared.stopping()
+    }
+
     pub fn is_paused(&self) -> bool {
         pio::lock(&self.shared.pause).paused
     }

@@ -69,16 +69,22 @@ impl Session {
 
     /// Runs the container to its end; its status.
     pub fn run(self, c: Container, hooks: &mut Hooks) -> Result<ExitStatus, String> {
+        let controls = self.controls.clone();
+        self.steps(c, hooks).inspect_err(|e| {
+            // Where the VM stood when the guest went silent: it may be
+            // stuck, or the device loop that serves it may be. (An answer
+            // that is an error needs no report.)
+            if e.contains(agent::NO_ANSWER) && !controls.is_stopping() {
+                husk_vmm::print_report();
+            }
+        })
+    }
+
+    fn steps(self, c: Container, hooks: &mut Hooks) -> Result<ExitStatus, String> {
         let done = self.vm_done;
         let alive = || Session::vm_alive(&done);
         let deadline = Instant::now() + AGENT_DEADLINE;
-        let client = Client::open(&self.uds, deadline, &alive, self.sinks).inspect_err(|_| {
-            // Where the VM stood: a guest that never answered may be
-            // stuck, or the device loop that serves it may be.
-            if alive() {
-                husk_vmm::print_report();
-            }
-        })?;
+        let client = Client::open(&self.uds, deadline, &alive, self.sinks)?;
         mark("agent_ready");
         if let Some(id) = self.identity {
             client.call(
