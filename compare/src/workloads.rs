@@ -148,16 +148,12 @@ impl Running {
         let stderr = self.err.join().unwrap_or_default();
         if !status.success() {
             let tail: Vec<&String> = self.seen.iter().rev().take(5).collect();
-            // husk says what failed on its first line and ends with the
-            // guest console's tail: both, or the cause is lost.
-            let lines: Vec<&str> = stderr.lines().collect();
-            let said = match lines.as_slice() {
-                [] => String::new(),
-                [one] => one.to_string(),
-                [first, .., last] => format!("{first} … {last}"),
-            };
+            // husk says what failed on its first line, logs how the VM
+            // ended in between (a triple fault, a reset) and ends with the
+            // guest console's tail: all of it, or the cause is lost.
             return Err(Error::Workload(format!(
-                "{what}: exited with {status}: {said} {tail:?}"
+                "{what}: exited with {status}: {} {tail:?}",
+                said(&stderr)
             )));
         }
         if self.status_on_console {
@@ -174,9 +170,9 @@ impl Running {
                     // a reset, an init that never ran the command).
                     let tail: Vec<&String> = self.seen.iter().rev().take(12).rev().collect();
                     return Err(Error::Workload(format!(
-                        "{what}: the guest reported no exit status; {} console lines, ending {tail:?}; stderr: {:?}",
+                        "{what}: the guest reported no exit status; {} console lines, ending {tail:?}; stderr: {}",
                         self.seen.len(),
-                        stderr.lines().rev().take(3).collect::<Vec<_>>()
+                        said(&stderr)
                     )));
                 }
             }
@@ -188,6 +184,20 @@ impl Running {
         self.child.id() as i32
     }
 }
+
+/// A tool's stderr in one line: its first lines and its last, at most
+/// [`SAID_LINES`] in all.
+fn said(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.len() <= SAID_LINES {
+        return lines.join(" | ");
+    }
+    let head = &lines[..4];
+    let tail = &lines[lines.len() - (SAID_LINES - 4)..];
+    format!("{} | … | {}", head.join(" | "), tail.join(" | "))
+}
+
+const SAID_LINES: usize = 24;
 
 /// The exit status the guest init printed (`husk.status=console`).
 fn console_status(lines: &[String]) -> Option<u8> {

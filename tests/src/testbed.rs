@@ -57,7 +57,10 @@ fn signature(stderr: &str, log: &str, vcpu_run: Option<u64>) -> Option<String> {
             ));
         }
     }
-    log.contains("triple fault (KVM_EXIT_SHUTDOWN)").then(|| {
+    // husk logs a triple fault at warn: on its stderr when no log file
+    // was set, and in what `husk compare` says of a failed husk run.
+    let faulted = |text: &str| text.contains("triple fault (KVM_EXIT_SHUTDOWN)");
+    (faulted(log) || faulted(stderr)).then(|| {
         "the guest triple-faulted (QEMU microvm's guests reset the same way in L1)".to_string()
     })
 }
@@ -77,6 +80,8 @@ mod tests {
         assert_eq!(signature(stuck, "", None), None);
         let log = "[WARN] vCPU 0: triple fault (KVM_EXIT_SHUTDOWN), the guest resets; 297 exits";
         assert!(signature("", log, None).unwrap().contains("triple"));
+        let compare = "husk: compare: seq_write in husk: failed: disk: exited with exit status: 1: husk: the VM stopped | [WARN] vCPU 0: triple fault (KVM_EXIT_SHUTDOWN), the guest resets";
+        assert!(signature(compare, "", None).unwrap().contains("triple"));
         assert_eq!(signature("husk: the VM stopped", "[INFO] reset", at), None);
     }
 }

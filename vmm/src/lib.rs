@@ -468,7 +468,8 @@ impl MutEventSubscriber for Lifecycle {
         let fd = events.fd();
         if fd == self.reset_evt.as_raw_fd() {
             let _ = self.reset_evt.read();
-            log::info!("the guest reset the CPU through the i8042 (reboot=k)");
+            // Said at warn: husk does not reboot a VM, so a reset ends it.
+            log::warn!("the guest reset the CPU through the i8042 (reboot=k)");
             self.shared.finish(Exit::Reset);
         } else if let Some(f) = self.fatal.as_ref().filter(|f| f.evt.as_raw_fd() == fd) {
             let _ = f.evt.read();

@@ -142,7 +142,7 @@ fn run_loop(vcpu: &mut VcpuFd, id: u8, shared: &Shared) {
             }
             Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
                 kvm_bindings::KVM_SYSTEM_EVENT_RESET => {
-                    log::info!("vCPU {id}: the guest asked KVM for a reset");
+                    log::warn!("vCPU {id}: the guest asked KVM for a reset");
                     Exit::Reset
                 }
                 kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => Exit::Halted,
