@@ -10,8 +10,8 @@
 
 use crate::model::{
     check_id, from_json, Action, ActionType, BootSource, Drive, DrivePatch, Logger, MachineConfig,
-    MachineConfigPatch, Metrics, NetworkInterface, SharedFs, SnapshotCreate, SnapshotLoad, Vm,
-    VmStateChange, Vsock,
+    MachineConfigPatch, Metrics, NetworkInterface, NetworkInterfacePatch, SharedFs, SnapshotCreate,
+    SnapshotLoad, Vm, VmStateChange, Vsock,
 };
 use crate::response::Response;
 
@@ -38,6 +38,8 @@ pub enum Request {
     PatchDrive(DrivePatch),
     /// `PUT /network-interfaces/{iface_id}` (the ids match).
     PutNetworkInterface(NetworkInterface),
+    /// `PATCH /network-interfaces/{iface_id}` (the ids match).
+    PatchNetworkInterface(NetworkInterfacePatch),
     /// `PUT /vsock`.
     PutVsock(Vsock),
     /// `PUT /fs/{fs_id}` (the ids match): husk's extension.
@@ -82,6 +84,7 @@ pub const ROUTES: &[Route] = &[
     route("PUT", "/drives/{drive_id}"),
     route("PATCH", "/drives/{drive_id}"),
     route("PUT", "/network-interfaces/{iface_id}"),
+    route("PATCH", "/network-interfaces/{iface_id}"),
     route("PUT", "/vsock"),
     route("PUT", "/fs/{fs_id}"),
     route("PUT", "/logger"),
@@ -150,10 +153,9 @@ impl Endpoint {
         match self {
             Endpoint::InstanceInfo | Endpoint::Version | Endpoint::VmConfig => &["GET"],
             Endpoint::MachineConfig => &["GET", "PUT", "PATCH"],
-            Endpoint::Drive(_) => &["PUT", "PATCH"],
+            Endpoint::Drive(_) | Endpoint::NetworkInterface(_) => &["PUT", "PATCH"],
             Endpoint::Vm => &["PATCH"],
             Endpoint::BootSource
-            | Endpoint::NetworkInterface(_)
             | Endpoint::Vsock
             | Endpoint::Fs(_)
             | Endpoint::Logger
@@ -291,6 +293,11 @@ impl Routed {
                 ids_match("iface_id", &id, &iface.iface_id).map_err(bad)?;
                 iface.validate().map_err(bad)?;
                 Request::PutNetworkInterface(iface)
+            }
+            ("PATCH", Endpoint::NetworkInterface(id)) => {
+                let patch: NetworkInterfacePatch = from_json(body).map_err(bad)?;
+                ids_match("iface_id", &id, &patch.iface_id).map_err(bad)?;
+                Request::PatchNetworkInterface(patch)
             }
             ("PUT", Endpoint::Vsock) => {
                 let vsock: Vsock = from_json(body).map_err(bad)?;

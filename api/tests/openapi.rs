@@ -177,6 +177,7 @@ fn as_model(name: &str, v: &Value) -> Result<Value, String> {
         "Drive" => round_trip::<Drive>(v),
         "DrivePatch" => round_trip::<DrivePatch>(v),
         "NetworkInterface" => round_trip::<NetworkInterface>(v),
+        "NetworkInterfacePatch" => round_trip::<NetworkInterfacePatch>(v),
         "Vsock" => round_trip::<Vsock>(v),
         "SharedFs" => round_trip::<SharedFs>(v),
         "Logger" => round_trip::<Logger>(v),

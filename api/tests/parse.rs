@@ -619,7 +619,7 @@ fn wrong_method_is_405_with_allow() {
         ("POST", "/version", &["GET"]),
         ("DELETE", "/machine-config", &["GET", "PUT", "PATCH"]),
         ("GET", "/drives/rootfs", &["PUT", "PATCH"]),
-        ("PATCH", "/network-interfaces/eth0", &["PUT"]),
+        ("GET", "/network-interfaces/eth0", &["PUT", "PATCH"]),
         ("GET", "/vm", &["PATCH"]),
         ("PUT", "/vm", &["PATCH"]),
         ("GET", "/actions", &["PUT"]),

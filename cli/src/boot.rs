@@ -273,6 +273,7 @@ pub fn net_spec(spec: &str, n: usize) -> Result<NetConfig, Failure> {
         host: husk_vmm::NetHost::Tap(tap_name),
         mac,
         id: format!("eth{n}"),
+        limits: Default::default(),
     })
 }
 

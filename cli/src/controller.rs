@@ -6,7 +6,8 @@
 
 use husk_api::model::{
     ActionType, BootSource, Drive, DrivePatch, InstanceInfo, InstanceState, Logger, MachineConfig,
-    Metrics, NetworkInterface, SharedFs, SnapshotType, VersionInfo, VmConfigFile, VmStateChange,
+    Metrics, NetworkInterface, NetworkInterfacePatch, SharedFs, SnapshotType, VersionInfo,
+    VmConfigFile, VmStateChange,
 };
 use husk_api::{Request, Response};
 use husk_vmm::{Console, DiskConfig, FsConfig, NetConfig, VmConfig, VsockConfig};
@@ -33,6 +34,13 @@ pub enum Effect {
     CreateSnapshot(husk_vmm::snapshot::SnapshotPaths, husk_vmm::snapshot::Kind),
     /// New limits for a running disk (`PATCH /drives`).
     DiskLimits(String, husk_vmm::rate_limiter::Limits),
+    /// New limits for a running NIC (`PATCH /network-interfaces`): rx,
+    /// tx; a direction not given keeps its own.
+    NetLimits(
+        String,
+        Option<husk_vmm::rate_limiter::Limits>,
+        Option<husk_vmm::rate_limiter::Limits>,
+    ),
 }
 
 #[derive(Debug, Default)]
@@ -137,6 +145,9 @@ impl Controller {
                 .patch_drive(p)
                 .map(|effect| (Response::NoContent, effect)),
             R::PutNetworkInterface(n) => self.put_net(n).map(|_| ok),
+            R::PatchNetworkInterface(p) => self
+                .patch_net(p)
+                .map(|effect| (Response::NoContent, effect)),
             R::PutVsock(v) => {
                 self.config.vsock = Some(v);
                 Ok(ok)
@@ -335,6 +346,35 @@ impl Controller {
         Ok(Effect::DiskLimits(p.drive_id, limits(&rl)))
     }
 
+    fn patch_net(&mut self, p: NetworkInterfacePatch) -> Result<Effect, Response> {
+        if !self.started() {
+            return Err(bad(BEFORE_BOOT));
+        }
+        let nic = self
+            .config
+            .network_interfaces
+            .iter_mut()
+            .find(|n| n.iface_id == p.iface_id)
+            .ok_or_else(|| bad(format!("network interface {} does not exist", p.iface_id)))?;
+        if p.rx_rate_limiter.is_none() && p.tx_rate_limiter.is_none() {
+            return Err(bad(format!(
+                "network interface {}: the PATCH changes nothing: give rx_rate_limiter or tx_rate_limiter",
+                p.iface_id
+            )));
+        }
+        if let Some(rl) = p.rx_rate_limiter {
+            nic.rx_rate_limiter = Some(rl);
+        }
+        if let Some(rl) = p.tx_rate_limiter {
+            nic.tx_rate_limiter = Some(rl);
+        }
+        Ok(Effect::NetLimits(
+            p.iface_id,
+            p.rx_rate_limiter.as_ref().map(limits),
+            p.tx_rate_limiter.as_ref().map(limits),
+        ))
+    }
+
     fn put_fs(&mut self, f: SharedFs) -> Result<(), Response> {
         f.validate().map_err(bad)?;
         use std::os::unix::fs::FileTypeExt;
@@ -374,9 +414,6 @@ impl Controller {
                 n.iface_id
             )));
         }
-        let what = format!("network interface {}", n.iface_id);
-        unapplied_limiter(&what, n.rx_rate_limiter.as_ref())?;
-        unapplied_limiter(&what, n.tx_rate_limiter.as_ref())?;
         match self
             .config
             .network_interfaces
@@ -428,6 +465,10 @@ impl Controller {
                 host: husk_vmm::NetHost::Tap(n.host_dev_name.clone()),
                 mac: n.guest_mac.map(|m| m.0),
                 id: n.iface_id.clone(),
+                limits: husk_vmm::NetLimits {
+                    rx: n.rx_rate_limiter.as_ref().map(limits),
+                    tx: n.tx_rate_limiter.as_ref().map(limits),
+                },
             })
             .collect();
         let m = self.machine();
@@ -471,21 +512,6 @@ fn limits(rl: &husk_api::model::RateLimiter) -> husk_vmm::rate_limiter::Limits {
     husk_vmm::rate_limiter::Limits {
         bytes: rl.bandwidth.as_ref().map(bucket),
         ops: rl.ops.as_ref().map(bucket),
-    }
-}
-
-/// A NIC's rate limiter with a bucket is refused until husk enforces one
-/// there: a limit accepted and not applied would be a lie. An empty one
-/// (no bucket, what some Firecracker clients send) limits nothing, truly.
-fn unapplied_limiter(
-    what: &str,
-    rl: Option<&husk_api::model::RateLimiter>,
-) -> Result<(), Response> {
-    match rl {
-        Some(rl) if rl.bandwidth.is_some() || rl.ops.is_some() => Err(bad(format!(
-            "{what}: rate limiters are not enforced on network interfaces yet; give none (or one without buckets)"
-        ))),
-        _ => Ok(()),
     }
 }
 
@@ -778,18 +804,55 @@ mod tests {
         );
         let mut c = Controller::new("vm1".into());
         let net = |extra: &str| format!(r#"{{"iface_id":"eth0","host_dev_name":"tap0"{extra}}}"#);
-        for (body, says) in [
-            (net(r#","mtu":9000"#), "mtu"),
+        let (r, _) = c.handle(req(
+            "PUT",
+            "/network-interfaces/eth0",
+            &net(r#","mtu":9000"#),
+        ));
+        assert!(fault(&r).contains("mtu"), "{r:?}");
+    }
+
+    #[test]
+    fn nic_limits_are_applied_and_a_patch_changes_one_direction() {
+        let mut c = Controller::new("vm1".into());
+        let body = r#"{"iface_id":"eth0","host_dev_name":"tap0","rx_rate_limiter":{"bandwidth":{"size":1000,"refill_time":100}}}"#;
+        let patch =
+            r#"{"iface_id":"eth0","tx_rate_limiter":{"ops":{"size":50,"refill_time":1000}}}"#;
+        // A PATCH is for a running VM.
+        let (r, _) = c.handle(req("PATCH", "/network-interfaces/eth0", patch));
+        assert!(fault(&r).contains("not supported before"), "{r:?}");
+        let (r, _) = c.handle(req("PUT", "/network-interfaces/eth0", body));
+        assert_eq!(r, Response::NoContent);
+        let k = file();
+        let boot = format!(r#"{{"kernel_image_path":"{}"}}"#, k.path().display());
+        c.handle(req("PUT", "/boot-source", &boot));
+        let nets = c.vm_config().unwrap().nets;
+        let rx = nets[0].limits.rx.unwrap();
+        assert_eq!((rx.bytes.map(|b| b.size), rx.ops), (Some(1000), None));
+        assert_eq!(nets[0].limits.tx, None);
+        c.state = Some(InstanceState::Running);
+        let (r, fx) = c.handle(req("PATCH", "/network-interfaces/eth0", patch));
+        assert_eq!(r, Response::NoContent);
+        let Effect::NetLimits(id, None, Some(tx)) = fx else {
+            panic!("{fx:?}")
+        };
+        assert_eq!((id.as_str(), tx.ops.map(|b| b.size)), ("eth0", Some(50)));
+        // GET /vm/config shows both.
+        let nic = &c.config.network_interfaces[0];
+        assert!(nic.rx_rate_limiter.is_some() && nic.tx_rate_limiter.is_some());
+        for (path, body, says) in [
             (
-                net(&format!(r#","rx_rate_limiter":{limit}"#)),
-                "not enforced",
+                "/network-interfaces/eth1",
+                r#"{"iface_id":"eth1","tx_rate_limiter":{}}"#,
+                "does not exist",
             ),
             (
-                net(&format!(r#","tx_rate_limiter":{limit}"#)),
-                "not enforced",
+                "/network-interfaces/eth0",
+                r#"{"iface_id":"eth0"}"#,
+                "changes nothing",
             ),
         ] {
-            let (r, _) = c.handle(req("PUT", "/network-interfaces/eth0", &body));
+            let (r, _) = c.handle(req("PATCH", path, body));
             assert!(fault(&r).contains(says), "{body}: {r:?}");
         }
     }

@@ -127,6 +127,15 @@ fn apply(effect: Effect, vm: Option<&VmControls>, metrics: &mut MetricsSink) -> 
                 "the requested operation is not supported before starting the microVM".into(),
             )),
         },
+        Effect::NetLimits(id, rx, tx) => match vm {
+            Some(vm) => vm
+                .set_net_limits(&id, rx, tx)
+                .err()
+                .map(Response::BadRequest),
+            None => Some(Response::BadRequest(
+                "the requested operation is not supported before starting the microVM".into(),
+            )),
+        },
         Effect::CreateSnapshot(paths, kind) => match vm {
             Some(vm) => vm
                 .snapshot(&paths, kind)

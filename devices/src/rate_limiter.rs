@@ -3,14 +3,19 @@
 //! every `refill_time` ms (continuously, at `size / refill_time`), plus
 //! a `one_time_burst` spent first and never refilled.
 //!
-//! A device asks what it may do now ([`RateLimiter::allowance`]), does at
-//! most that, says what it did ([`RateLimiter::consume`]), and when the
-//! limit stopped it waits on the limiter's timer ([`RateLimiter::timer`])
-//! instead of polling. No crate of the field does this on its own (the
+//! A device asks what it may do now ([`RateLimiter::allowance`], or
+//! [`RateLimiter::may_go`] for one frame of a size it learns only once it
+//! has it), says what it did ([`RateLimiter::consume`]), and when the
+//! limit stopped it waits on a timer ([`timer`]) for [`RateLimiter::wait`]
+//! instead of polling. What goes beyond the bucket (a 64 KiB frame from a
+//! bucket holding less) is owed: the bucket refills the debt first, so the
+//! average holds whatever the frame sizes. No crate of the field does this on its own (the
 //! VMMs each carry theirs), so it is written here.
 
 use serde::{Deserialize, Serialize};
+use std::io;
 use std::time::{Duration, Instant};
+use vmm_sys_util::timerfd::TimerFd;
 
 /// One bucket's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,8 +48,9 @@ impl Bucket {
 #[derive(Debug, Clone)]
 struct TokenBucket {
     config: Bucket,
-    /// Tokens now, in thousandths (refills are fractional per ms).
-    milli_tokens: u128,
+    /// Tokens now, in thousandths (refills are fractional per ms);
+    /// below zero while a debt is refilled.
+    milli_tokens: i128,
     burst: u64,
     refilled_at: Instant,
 }
@@ -53,48 +59,51 @@ impl TokenBucket {
     fn new(config: Bucket, now: Instant) -> Self {
         TokenBucket {
             config,
-            milli_tokens: u128::from(config.size) * 1000,
+            milli_tokens: i128::from(config.size) * 1000,
             burst: config.one_time_burst,
             refilled_at: now,
         }
     }
 
     fn refill(&mut self, now: Instant) {
-        let elapsed_us = now.saturating_duration_since(self.refilled_at).as_micros();
-        let full = u128::from(self.config.size) * 1000;
+        let elapsed_us =
+            i128::try_from(now.saturating_duration_since(self.refilled_at).as_micros())
+                .unwrap_or(i128::MAX / 2);
+        let full = i128::from(self.config.size) * 1000;
         if self.config.refill_time_ms == 0 {
             self.milli_tokens = full;
         } else {
             // size tokens per refill_time ms = size * 1000 milli-tokens per
             // refill_time * 1000 µs.
-            let add =
-                elapsed_us * u128::from(self.config.size) / u128::from(self.config.refill_time_ms);
-            self.milli_tokens = (self.milli_tokens + add).min(full);
+            let add = elapsed_us.saturating_mul(i128::from(self.config.size))
+                / i128::from(self.config.refill_time_ms);
+            self.milli_tokens = self.milli_tokens.saturating_add(add).min(full);
         }
         self.refilled_at = now;
     }
 
     fn available(&self) -> u64 {
-        let own = u64::try_from(self.milli_tokens / 1000).unwrap_or(u64::MAX);
+        let own = u64::try_from(self.milli_tokens.max(0) / 1000).unwrap_or(u64::MAX);
         own.saturating_add(self.burst)
     }
 
     fn consume(&mut self, n: u64) {
         let from_burst = n.min(self.burst);
         self.burst -= from_burst;
-        let rest = u128::from(n - from_burst) * 1000;
+        let rest = i128::from(n - from_burst) * 1000;
         self.milli_tokens = self.milli_tokens.saturating_sub(rest);
     }
 
-    /// How long until `n` tokens (at most a full bucket) are there.
+    /// How long until `n` tokens (at most a full bucket) are there, any
+    /// debt paid first.
     fn time_to(&self, n: u64) -> Duration {
-        let want = u128::from(n.min(self.config.size)) * 1000;
+        let want = i128::from(n.min(self.config.size)) * 1000;
         if self.milli_tokens >= want || self.config.size == 0 {
             return Duration::ZERO;
         }
         let missing = want - self.milli_tokens;
         let us =
-            missing * u128::from(self.config.refill_time_ms) / u128::from(self.config.size).max(1);
+            missing * i128::from(self.config.refill_time_ms) / i128::from(self.config.size).max(1);
         Duration::from_micros(u64::try_from(us).unwrap_or(u64::MAX).max(1))
     }
 }
@@ -155,7 +164,18 @@ impl RateLimiter {
         }
     }
 
-    /// Takes what was done from the buckets.
+    /// Whether one more operation may start now, of any size: a byte
+    /// bucket that is not empty lets it go and owes what it lacks.
+    pub fn may_go(&mut self) -> bool {
+        if !self.is_limited() {
+            return true;
+        }
+        let a = self.allowance();
+        a.ops > 0 && a.bytes > 0
+    }
+
+    /// Takes what was done from the buckets (beyond what they hold is
+    /// owed).
     pub fn consume(&mut self, ops: u64, bytes: u64) {
         if let Some(b) = &mut self.ops {
             b.consume(ops);
@@ -174,6 +194,34 @@ impl RateLimiter {
             .as_ref()
             .map_or(Duration::ZERO, |b| b.time_to(RESUME_BYTES));
         ops.max(bytes)
+    }
+}
+
+/// A timer for a stopped device to wait on, whose read never blocks the
+/// event loop (a wakeup that finds it re-armed reads EAGAIN).
+pub fn timer() -> io::Result<TimerFd> {
+    use std::os::fd::AsRawFd;
+    let timer = TimerFd::new().map_err(io::Error::from)?;
+    let fd = timer.as_raw_fd();
+    // SAFETY: fcntl(2) on a descriptor `timer` owns, setting a flag.
+    let set = unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+    };
+    if !set {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(timer)
+}
+
+/// Reads a fired timer so it does not wake the loop again; `what` names
+/// the device in the log.
+pub fn clear_timer(timer: &mut TimerFd, what: &str) {
+    match timer.wait() {
+        Err(e) if e.errno() != libc::EAGAIN => {
+            log::error!("{what}: cannot read the rate limiter's timer: {e}");
+        }
+        _ => {}
     }
 }
 
@@ -236,5 +284,29 @@ mod tests {
             ops: Some(bucket(10, 0, 0)),
         });
         assert!(!open.is_limited());
+    }
+
+    #[test]
+    fn a_frame_larger_than_the_bucket_goes_and_its_debt_is_refilled_first() {
+        let t0 = Instant::now();
+        // 1000 bytes per 100 ms, a 4000-byte frame.
+        let mut b = TokenBucket::new(bucket(1000, 0, 100), t0);
+        b.consume(4000);
+        assert_eq!(b.available(), 0);
+        // 3000 owed and 64 wanted: 306.4 ms at 10 per ms.
+        assert_eq!(b.time_to(64), Duration::from_micros(306_400));
+        b.refill(t0 + Duration::from_millis(200));
+        assert_eq!(b.available(), 0);
+        b.refill(t0 + Duration::from_millis(350));
+        assert_eq!(b.available(), 500);
+
+        let mut l = RateLimiter::new(Limits {
+            bytes: Some(bucket(1000, 0, 100)),
+            ops: None,
+        });
+        assert!(l.may_go());
+        l.consume(1, 4000);
+        assert!(!l.may_go());
+        assert!(l.wait() > Duration::from_millis(300), "{:?}", l.wait());
     }
 }

@@ -1,11 +1,14 @@
-//! A disk's rate limiter (Firecracker's token buckets, `PUT /drives` and
-//! `PATCH /drives`): what the guest reads goes at the limit, and a new
-//! limit takes hold while the VM runs.
+//! Rate limiters (Firecracker's token buckets): a disk's (`PUT /drives`,
+//! `PATCH /drives`) and a NIC's both ways (`PUT` and `PATCH
+//! /network-interfaces`): what the guest reads, sends and receives goes at
+//! the limit, and a new limit takes hold while the VM runs.
 
 use husk_tests::vmm_process::VmmProcess;
 use husk_tests::{guest_artifacts, require_linux_kvm};
 use husk_wire::cmdline::encode_command;
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -80,4 +83,111 @@ fn a_disk_reads_at_its_limit_and_a_patch_changes_it_live() {
         (18.0..23.0).contains(&second),
         "{second:.2} MiB/s under a 20 MiB/s limit: {out}"
     );
+}
+
+/// `mib` MiB/s as a bandwidth bucket refilled every 100 ms.
+fn mib_per_s(mib: f64) -> String {
+    limit((mib * 1024.0 * 1024.0 / 10.0) as u64)
+}
+
+/// Reads a connection to its end; MiB/s from the first byte on.
+fn sink(listener: &TcpListener) -> (usize, f64) {
+    let (mut s, _) = listener.accept().unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut n = s.read(&mut buf).unwrap();
+    let t = Instant::now();
+    loop {
+        match s.read(&mut buf).unwrap() {
+            0 => break,
+            k => n += k,
+        }
+    }
+    (n, n as f64 / (1 << 20) as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Connects to the guest's `port` once it listens.
+fn connect(port: u16) -> TcpStream {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Ok(s) = TcpStream::connect(("10.0.2.15", port)) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the guest never listened on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The guest sends 3 MiB (tx), receives 3 MiB (rx), waits for the host's
+/// go, then sends 2 MiB.
+const NIC_SCRIPT: &str = "dd if=/dev/zero bs=64k count=48 2>/dev/null | nc 10.0.2.1 7781; \
+    nc -l -p 8000 >/dev/null; echo received; \
+    nc -l -p 8001 >/dev/null; \
+    dd if=/dev/zero bs=64k count=32 2>/dev/null | nc 10.0.2.1 7782; echo sent";
+
+#[test]
+fn a_nic_sends_and_receives_at_its_limits_and_a_patch_changes_them_live() {
+    require_linux_kvm();
+    let tap = crate::net::Tap::with_address("husk-e2elim", "10.0.2.1/24");
+    let first = TcpListener::bind("10.0.2.1:7781").unwrap();
+    let second = TcpListener::bind("10.0.2.1:7782").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = husk_tests::scratch_rootfs(dir.path(), "rootfs.ext4");
+    let vmm = VmmProcess::start(&husk_tests::husk::binary(), dir.path(), &[]);
+    let args = format!(
+        "console=ttyS0 reboot=k panic=1 quiet husk.status=console \
+         ip=10.0.2.15::10.0.2.1:255.255.255.0::eth0:off husk.cmd={}",
+        encode_command(&["sh", "-c", NIC_SCRIPT])
+    );
+    vmm.configure(&guest_artifacts().vmlinux, &args, &root, 128);
+    // 1 MiB/s each way.
+    let nic = format!(
+        r#"{{"iface_id": "eth0", "host_dev_name": "{}", "rx_rate_limiter": {}, "tx_rate_limiter": {}}}"#,
+        tap.name(),
+        mib_per_s(1.0),
+        mib_per_s(1.0)
+    );
+    let (s, v) = vmm.req("PUT", "/network-interfaces/eth0", &nic);
+    assert_eq!(s, 204, "{v}");
+    assert_eq!(vmm.start_instance().0, 204);
+
+    let (n, sent) = sink(&first);
+    assert_eq!(n, 3 << 20);
+    let t = Instant::now();
+    let mut s = connect(8000);
+    s.write_all(&vec![7u8; 3 << 20]).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    // The guest's nc closes once it has it all.
+    let _ = s.read(&mut [0u8; 16]);
+    let received = 3.0 / t.elapsed().as_secs_f64();
+    // Sending at half a MiB/s from here on; receiving stays as it was.
+    let patch = format!(
+        r#"{{"iface_id": "eth0", "tx_rate_limiter": {}}}"#,
+        mib_per_s(0.5)
+    );
+    let (s, v) = vmm.req("PATCH", "/network-interfaces/eth0", &patch);
+    assert_eq!(s, 204, "{v}");
+    drop(connect(8001));
+    let (n, patched) = sink(&second);
+    assert_eq!(n, 2 << 20);
+    let (_, out) = vmm.wait(TIMEOUT);
+    eprintln!(
+        "1 MiB/s limits: sent {sent:.2} MiB/s, received {received:.2} MiB/s; \
+         tx patched to 0.5 MiB/s: sent {patched:.2} MiB/s"
+    );
+    assert!(out.contains("sent"), "{out}");
+    for (what, got, want) in [
+        ("sent", sent, 1.0),
+        ("received", received, 1.0),
+        ("sent after the patch", patched, 0.5),
+    ] {
+        assert!(
+            got > want * 0.85 && got < want * 1.2,
+            "{what}: {got:.2} MiB/s under a {want} MiB/s limit: {out}"
+        );
+    }
 }

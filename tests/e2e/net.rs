@@ -40,6 +40,12 @@ impl Tap {
     }
 }
 
+impl Tap {
+    pub(crate) fn name(&self) -> &str {
+        &self.0
+    }
+}
+
 impl Drop for Tap {
     fn drop(&mut self) {
         ip_link_del(&self.0);

@@ -38,7 +38,7 @@ pub use console::Console;
 pub use husk_devices::rate_limiter;
 pub use husk_devices::virtio::net::random_mac;
 pub use report::{print_now as print_report, REPORT_SIGNAL};
-pub use virtio::{DiskConfig, FsConfig, NetConfig, NetHost, VsockConfig};
+pub use virtio::{DiskConfig, FsConfig, NetConfig, NetHost, NetLimits, VsockConfig};
 
 /// Where KVM keeps its real-mode TSS (Intel needs three pages below 4 GiB
 /// that nothing else uses; this is in the MMIO gap, above all devices).
@@ -689,6 +689,11 @@ impl VmControls {
                 {
                     *rate_limiter = *pio::lock(&disk.limits);
                 }
+                if let (snapshot::devices::DeviceSpec::Net { limits, .. }, Some(nic)) =
+                    (&mut spec, &d.nic)
+                {
+                    *limits = *pio::lock(&nic.limits);
+                }
                 let state = transports[i]
                     .state_with(&*held[i])
                     .map_err(|why| snapshot::Error::Device(i, why))?;
@@ -700,6 +705,17 @@ impl VmControls {
             .collect()
     }
 
+    /// The first device whose spec `is` says is the one.
+    fn device(
+        &self,
+        is: impl Fn(&snapshot::devices::DeviceSpec) -> bool,
+    ) -> Option<&virtio::Attached> {
+        self.shared
+            .devices
+            .iter()
+            .find(|d| d.spec.as_ref().is_ok_and(&is))
+    }
+
     /// Sets disk `id`'s I/O limits while it runs (`PATCH /drives`); a
     /// snapshot taken later keeps them.
     pub fn set_disk_limits(
@@ -707,16 +723,40 @@ impl VmControls {
         id: &str,
         limits: husk_devices::rate_limiter::Limits,
     ) -> Result<(), String> {
+        use snapshot::devices::DeviceSpec;
         let disk = self
-            .shared
-            .devices
-            .iter()
-            .find(|d| matches!(&d.spec, Ok(snapshot::devices::DeviceSpec::Disk { id: i, .. }) if i == id))
+            .device(|s| matches!(s, DeviceSpec::Disk { id: i, .. } if i == id))
             .and_then(|d| d.block.as_ref())
             .ok_or_else(|| format!("the VM has no disk {id}"))?;
         pio::lock(&disk.device)
             .set_rate_limiter(husk_devices::rate_limiter::RateLimiter::new(limits));
         *pio::lock(&disk.limits) = Some(limits);
+        Ok(())
+    }
+
+    /// Sets NIC `id`'s limits while it runs (`PATCH /network-interfaces`):
+    /// a direction given `None` keeps its limits. A snapshot taken later
+    /// keeps them.
+    pub fn set_net_limits(
+        &self,
+        id: &str,
+        rx: Option<husk_devices::rate_limiter::Limits>,
+        tx: Option<husk_devices::rate_limiter::Limits>,
+    ) -> Result<(), String> {
+        use snapshot::devices::DeviceSpec;
+        let nic = self
+            .device(|s| matches!(s, DeviceSpec::Net { id: i, .. } if i == id))
+            .and_then(|d| d.nic.as_ref())
+            .ok_or_else(|| format!("the VM has no network interface {id}"))?;
+        // Not held while the device is locked: a snapshot takes the device
+        // first.
+        let limits = {
+            let mut now = pio::lock(&nic.limits);
+            now.rx = rx.or(now.rx);
+            now.tx = tx.or(now.tx);
+            *now
+        };
+        (nic.set_limits)(limits);
         Ok(())
     }
 
@@ -1087,15 +1127,18 @@ fn restore_devices(
     for (i, d) in devices.iter().enumerate() {
         let (spec, changed) = overrides.apply(&d.spec);
         let new_nic = match &spec {
-            snapshot::devices::DeviceSpec::Net { id, .. } => overrides.net(id),
+            snapshot::devices::DeviceSpec::Net { id, limits, .. } => {
+                overrides.net(id).map(|o| (o, *limits))
+            }
             _ => None,
         };
         match new_nic {
-            Some(o) => {
+            Some((o, limits)) => {
                 let net = NetConfig {
                     host: o.host.clone(),
                     mac: Some(o.mac),
                     id: o.id.clone(),
+                    limits,
                 };
                 attacher.attach_net(vm, mem, &mut bus, events, &net)?;
             }

@@ -11,7 +11,9 @@ use husk_devices::rate_limiter::RateLimiter;
 use husk_devices::virtio::block::{Block, BlockConfig, BlockMetrics, Budget};
 use husk_devices::virtio::fs::Fs;
 pub use husk_devices::virtio::fs::FsConfig;
-pub use husk_devices::virtio::net::{create_persistent as create_tap, NetConfig, NetHost};
+pub use husk_devices::virtio::net::{
+    create_persistent as create_tap, NetConfig, NetHost, NetLimits,
+};
 use husk_devices::virtio::net::{Net, NetBackend, NetError, NetMetrics};
 use husk_devices::virtio::transport::{
     cmdline_token, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
@@ -57,6 +59,7 @@ struct Nic<'a> {
     vm: &'a VmFd,
     mem: &'a GuestMemory,
     id: &'a str,
+    limits: NetLimits,
 }
 
 /// The whole chain of an error on one line: device errors keep their
@@ -125,6 +128,13 @@ pub struct AttachedDisk {
     pub limits: Mutex<Option<husk_devices::rate_limiter::Limits>>,
 }
 
+/// A NIC as `PATCH /network-interfaces` changes it: how to set its limits
+/// (whatever its backend), and its limits now (what a snapshot keeps).
+pub struct AttachedNic {
+    pub set_limits: Box<dyn Fn(NetLimits) + Send + Sync>,
+    pub limits: Mutex<NetLimits>,
+}
+
 /// A device as a snapshot sees it.
 pub struct Attached {
     /// What it was made from, or why it cannot be snapshotted.
@@ -134,6 +144,8 @@ pub struct Attached {
     pub vsock: Option<Arc<Mutex<Vsock>>>,
     /// A disk, whose limits change while it runs.
     pub block: Option<AttachedDisk>,
+    /// A NIC, likewise.
+    pub nic: Option<AttachedNic>,
 }
 
 impl Attacher {
@@ -183,6 +195,7 @@ impl Attacher {
             transport,
             vsock,
             block: None,
+            nic: None,
         });
     }
 
@@ -226,6 +239,7 @@ impl Attacher {
             vm,
             mem,
             id: &net.id,
+            limits: net.limits,
         };
         match &net.host {
             NetHost::Tap(name) => {
@@ -255,11 +269,19 @@ impl Attacher {
             host,
             mac: device.mac(),
             id: nic.id.to_owned(),
+            limits: nic.limits,
         };
         self.net_metrics
             .push((nic.id.to_owned(), device.metrics().clone()));
-        let transport = self.attach(nic.vm, nic.mem, bus, events, Arc::new(Mutex::new(device)))?;
+        let device = Arc::new(Mutex::new(device));
+        let transport = self.attach(nic.vm, nic.mem, bus, events, device.clone())?;
         self.record(Ok(spec), transport, None);
+        if let Some(last) = self.devices.last_mut() {
+            last.nic = Some(AttachedNic {
+                set_limits: Box::new(move |l| crate::pio::lock(&device).set_rate_limiters(l)),
+                limits: Mutex::new(nic.limits),
+            });
+        }
         Ok(())
     }
 
@@ -354,11 +376,13 @@ impl Attacher {
                 host: SavedNetHost::Tap(tap),
                 mac,
                 id,
+                limits,
             } => {
                 let net = NetConfig {
                     host: NetHost::Tap(tap.clone()),
                     mac: Some(*mac),
                     id: id.clone(),
+                    limits: *limits,
                 };
                 self.attach_net(vm, mem, bus, events, &net)
             }

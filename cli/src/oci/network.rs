@@ -114,6 +114,7 @@ pub fn wire() -> Result<Wiring, String> {
                 host: husk_vmm::NetHost::Tap(TAP.into()),
                 mac: Some(iface.mac),
                 id: "eth0".into(),
+                limits: Default::default(),
             }],
             cmdline: kernel_ip(&iface),
         })

@@ -245,6 +245,7 @@ fn nic(net: &super::spec::Net) -> Result<husk_vmm::NetConfig, Failure> {
             host: husk_vmm::NetHost::Stream(socket.clone()),
             mac: None,
             id: "eth0".into(),
+            limits: Default::default(),
         }),
         None => crate::boot::net_spec(&net.device, 0),
     }

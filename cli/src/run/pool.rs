@@ -370,6 +370,7 @@ mod tests {
             host: NetHost::Tap("tap0".into()),
             mac: Some([2, 0, 0, 0, 0, 1]),
             id: "eth0".into(),
+            limits: Default::default(),
         });
         let addressed = NetIdentity {
             mac: [2, 0, 0, 0, 0, 1],

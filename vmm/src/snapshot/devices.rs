@@ -25,6 +25,9 @@ pub enum DeviceSpec {
         host: SavedNetHost,
         mac: [u8; 6],
         id: String,
+        /// Its limits (a snapshot of a limited NIC restores limited).
+        #[serde(default)]
+        limits: husk_devices::virtio::net::NetLimits,
     },
     /// The vsock device; its connections do not survive (the guest is
     /// told, as Firecracker does).

@@ -12,7 +12,7 @@ use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
-use crate::rate_limiter::RateLimiter;
+use crate::rate_limiter::{self, RateLimiter};
 
 use super::disk::{BlockBackend, DiskError, DiskFile};
 use super::handler::{self, Budget, InFlight, QueueOutcome};
@@ -130,7 +130,7 @@ impl Block {
             active: None,
             metrics: Arc::new(BlockMetrics::default()),
             limiter: RateLimiter::default(),
-            limit_timer: nonblocking_timer().map_err(BlockError::Timer)?,
+            limit_timer: rate_limiter::timer().map_err(BlockError::Timer)?,
         })
     }
 
@@ -150,12 +150,7 @@ impl Block {
 
     /// Reads the fired timer, so it does not wake the loop again.
     pub(crate) fn clear_limit_timer(&mut self) {
-        match self.limit_timer.wait() {
-            Err(e) if e.errno() != libc::EAGAIN => {
-                error!("virtio-blk: cannot read the rate limiter's timer: {e}");
-            }
-            _ => {}
-        }
+        rate_limiter::clear_timer(&mut self.limit_timer, "virtio-blk");
     }
 
     /// Sets what one pass over the queue may do (default [`Budget::PASS`]);
@@ -245,23 +240,6 @@ impl Block {
         }
         outcome
     }
-}
-
-/// A timer whose read never blocks the event loop (a wakeup that finds it
-/// re-armed reads EAGAIN).
-fn nonblocking_timer() -> io::Result<TimerFd> {
-    use std::os::fd::AsRawFd;
-    let timer = TimerFd::new().map_err(io::Error::from)?;
-    let fd = timer.as_raw_fd();
-    // SAFETY: fcntl(2) on a descriptor `timer` owns, setting a flag.
-    let set = unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
-    };
-    if !set {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(timer)
 }
 
 impl Block {

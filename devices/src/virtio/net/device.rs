@@ -36,12 +36,14 @@ use virtio_bindings::virtio_net::{
 };
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::handler::{self, check_rx_header, RxBuffers, RxDelivery, TxOutcome};
 use super::metrics::NetMetrics;
 use super::stream::Stream;
 use super::tap::{tap_offload_flags, NetBackend, Tap, TapError};
 use super::{ETH_HLEN, MAX_PACKET_LEN, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VNET_HDR_LEN};
+use crate::rate_limiter::{self, Limits, RateLimiter};
 use crate::virtio::{ActivateError, IrqTrigger, IrqType, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// Event-loop token (`Events::data`) of the rx queue eventfd.
@@ -50,6 +52,10 @@ pub const RX_QUEUE_TOKEN: u32 = RX_QUEUE as u32;
 pub const TX_QUEUE_TOKEN: u32 = TX_QUEUE as u32;
 /// Event-loop token of the backend (TAP) fd.
 pub const BACKEND_TOKEN: u32 = 2;
+/// Event-loop token of the rx rate limiter's timer.
+pub const RX_LIMIT_TOKEN: u32 = 3;
+/// Event-loop token of the tx rate limiter's timer.
+pub const TX_LIMIT_TOKEN: u32 = 4;
 
 /// Packets read from the backend per readiness event, at most.
 pub const RX_BUDGET: u32 = 64;
@@ -90,6 +96,17 @@ pub struct NetConfig {
     pub mac: Option<[u8; 6]>,
     /// Interface id (for logs and metrics).
     pub id: String,
+    /// Rate limits on what it receives and sends.
+    pub limits: NetLimits,
+}
+
+/// A NIC's rate limits (Firecracker's `rx_rate_limiter` and
+/// `tx_rate_limiter`), as configured and kept in a snapshot; none = no
+/// limit. Bytes are Ethernet frames' (the virtio-net header not counted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NetLimits {
+    pub rx: Option<Limits>,
+    pub tx: Option<Limits>,
 }
 
 /// The host side of a network interface.
@@ -143,6 +160,9 @@ pub enum NetError {
     /// Creating a queue eventfd failed.
     #[error("cannot create the queue eventfds")]
     QueueEvent(#[source] io::Error),
+    /// Creating a rate limiter's timer failed.
+    #[error("cannot create the rate limiters' timers")]
+    Timer(#[source] io::Error),
 }
 
 /// Where the receive side stands.
@@ -238,6 +258,11 @@ pub struct Net<B: NetBackend = Tap> {
     pub(crate) tx_blocked: bool,
     backend_failed: bool,
     metrics: Arc<NetMetrics>,
+    rx_limiter: RateLimiter,
+    tx_limiter: RateLimiter,
+    /// Fire when a limiter lets the stopped direction go on.
+    rx_limit_timer: TimerFd,
+    tx_limit_timer: TimerFd,
 }
 
 impl<B: NetBackend> std::fmt::Debug for Net<B> {
@@ -255,7 +280,9 @@ impl Net<Tap> {
     /// Attaches to a TAP and builds the (inactive) device.
     pub fn new(tap_name: &str, config: &NetConfig) -> Result<Self, NetError> {
         let tap = Tap::open(tap_name).map_err(NetError::Tap)?;
-        Net::with_backend(tap, config.mac, config.id.clone())
+        let mut net = Net::with_backend(tap, config.mac, config.id.clone())?;
+        net.set_rate_limiters(config.limits);
+        Ok(net)
     }
 }
 
@@ -264,7 +291,9 @@ impl Net<Stream> {
     pub fn over_stream(socket: &OwnedFd, config: &NetConfig) -> Result<Self, NetError> {
         let socket = socket.try_clone().map_err(NetError::Stream)?;
         let stream = Stream::new(socket).map_err(NetError::Stream)?;
-        Net::with_backend(stream, config.mac, config.id.clone())
+        let mut net = Net::with_backend(stream, config.mac, config.id.clone())?;
+        net.set_rate_limiters(config.limits);
+        Ok(net)
     }
 }
 
@@ -304,7 +333,47 @@ impl<B: NetBackend> Net<B> {
             tx_blocked: false,
             backend_failed: false,
             metrics: Arc::new(NetMetrics::default()),
+            rx_limiter: RateLimiter::default(),
+            tx_limiter: RateLimiter::default(),
+            rx_limit_timer: rate_limiter::timer().map_err(NetError::Timer)?,
+            tx_limit_timer: rate_limiter::timer().map_err(NetError::Timer)?,
         })
+    }
+
+    /// Sets both directions' limits, now and while it runs (`PATCH
+    /// /network-interfaces`): a direction the old limits stopped goes on
+    /// under the new ones.
+    pub fn set_rate_limiters(&mut self, limits: NetLimits) {
+        let limiter = |l: Option<Limits>| RateLimiter::new(l.unwrap_or_default());
+        self.rx_limiter = limiter(limits.rx);
+        self.tx_limiter = limiter(limits.tx);
+        if self.active.is_none() {
+            return;
+        }
+        for (index, what) in [(RX_QUEUE, "rx"), (TX_QUEUE, "tx")] {
+            if let Err(e) = self.queue_evts[index].write(1) {
+                error!(
+                    "virtio-net {}: cannot re-kick the {what} queue: {e}",
+                    self.id
+                );
+            }
+        }
+    }
+
+    /// The rate limiters' timers (rx, tx), for the event loop.
+    pub(crate) fn limit_timers(&self) -> [&TimerFd; 2] {
+        [&self.rx_limit_timer, &self.tx_limit_timer]
+    }
+
+    /// Reads a fired timer (`RX_QUEUE` or `TX_QUEUE`'s), so it does not
+    /// wake the loop again.
+    pub(crate) fn clear_limit_timer(&mut self, queue: usize) {
+        let timer = if queue == RX_QUEUE {
+            &mut self.rx_limit_timer
+        } else {
+            &mut self.tx_limit_timer
+        };
+        rate_limiter::clear_timer(timer, "virtio-net");
     }
 
     /// The device's counters, to be exported by the VMM.
@@ -375,6 +444,7 @@ impl<B: NetBackend> Net<B> {
             &mut self.tx_buf,
             &self.metrics,
             TX_BUDGET,
+            &mut self.tx_limiter,
         );
         if outcome.notify {
             NetMetrics::inc(&self.metrics.tx_queue.interrupts);
@@ -384,7 +454,10 @@ impl<B: NetBackend> Net<B> {
         }
         snapshot(&self.metrics.tx_queue, &active.tx_queue, &active.mem);
         self.tx_blocked = outcome.blocked;
-        if outcome.more && !outcome.blocked {
+        if outcome.limited {
+            NetMetrics::inc(&self.metrics.tx_throttled);
+            arm(&mut self.tx_limit_timer, self.tx_limiter.wait(), &self.id);
+        } else if outcome.more && !outcome.blocked {
             // Come back after the event loop has served everyone else.
             if let Err(e) = self.queue_evts[TX_QUEUE].write(1) {
                 error!("virtio-net {}: cannot re-kick the tx queue: {e}", self.id);
@@ -408,7 +481,15 @@ impl<B: NetBackend> Net<B> {
         let metrics = &*self.metrics;
         let mut published = 0u32;
         let mut poll = true;
+        let mut limited = false;
         for _ in 0..RX_BUDGET {
+            // A limited device reads nothing more: packets wait in the
+            // TAP's queue (which drops at its length, as a link would).
+            if !self.rx_limiter.may_go() {
+                limited = true;
+                poll = false;
+                break;
+            }
             let (len, fresh) = match self.rx_pending.take() {
                 Some(len) => (len, false),
                 None => match read_packet(&mut self.backend, &mut self.rx_buf, metrics) {
@@ -443,6 +524,7 @@ impl<B: NetBackend> Net<B> {
                 RxDelivery::Delivered { .. } => {
                     NetMetrics::inc(&metrics.rx_packets);
                     NetMetrics::add(&metrics.rx_bytes, (len - VNET_HDR_LEN) as u64);
+                    self.rx_limiter.consume(1, (len - VNET_HDR_LEN) as u64);
                 }
                 RxDelivery::Dropped => {
                     NetMetrics::inc(&metrics.rx_dropped);
@@ -464,6 +546,10 @@ impl<B: NetBackend> Net<B> {
             }
         }
         snapshot(&metrics.rx_queue, &active.rx_queue, &active.mem);
+        if limited {
+            NetMetrics::inc(&metrics.rx_throttled);
+            arm(&mut self.rx_limit_timer, self.rx_limiter.wait(), &self.id);
+        }
         poll
     }
 
@@ -501,6 +587,15 @@ impl<B: NetBackend> Net<B> {
             );
         }
         self.backend_failed = true;
+    }
+}
+
+/// Arms a direction's rate limiter timer to fire in `wait` (at least 1 µs:
+/// zero would disarm it).
+fn arm(timer: &mut TimerFd, wait: std::time::Duration, id: &str) {
+    let wait = wait.max(std::time::Duration::from_micros(1));
+    if let Err(e) = timer.reset(wait, None) {
+        error!("virtio-net {id}: cannot arm the rate limiter's timer: {e}");
     }
 }
 

@@ -7,6 +7,9 @@
 //!
 //! - [`RX_QUEUE_TOKEN`]: the rx queue eventfd, from `init` on, for good;
 //! - [`TX_QUEUE_TOKEN`]: the tx queue eventfd, likewise;
+//! - [`RX_LIMIT_TOKEN`], [`TX_LIMIT_TOKEN`]: the rate limiters' timers,
+//!   from `init` on; each fires once a direction its limit stopped may go
+//!   on;
 //! - [`BACKEND_TOKEN`]: the TAP fd (`EPOLLIN`, level-triggered), only while
 //!   the device is active and has somewhere to put packets: added on the
 //!   first rx queue event after activation (activation kicks that queue),
@@ -18,7 +21,9 @@ use std::io;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{error, warn};
 
-use super::device::{Net, BACKEND_TOKEN, RX_QUEUE_TOKEN, TX_QUEUE_TOKEN};
+use super::device::{
+    Net, BACKEND_TOKEN, RX_LIMIT_TOKEN, RX_QUEUE_TOKEN, TX_LIMIT_TOKEN, TX_QUEUE_TOKEN,
+};
 use super::metrics::NetMetrics;
 use super::tap::NetBackend;
 use super::{RX_QUEUE, TX_QUEUE};
@@ -85,6 +90,15 @@ impl<B: NetBackend> MutEventSubscriber for Net<B> {
                 );
             }
         }
+        let [rx, tx] = self.limit_timers();
+        for (timer, token) in [(rx, RX_LIMIT_TOKEN), (tx, TX_LIMIT_TOKEN)] {
+            if let Err(e) = ops.add(Events::with_data(timer, token, EventSet::IN)) {
+                error!(
+                    "virtio-net {}: cannot register a rate limiter's timer: {e}",
+                    self.id()
+                );
+            }
+        }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -97,6 +111,17 @@ impl<B: NetBackend> MutEventSubscriber for Net<B> {
                 // The guest posted rx buffers: offer the pending packet, and
                 // read on while there is room.
                 let rx = self.process_rx();
+                self.poll_backend(ops, rx);
+            }
+            RX_LIMIT_TOKEN => {
+                self.clear_limit_timer(RX_QUEUE);
+                let rx = self.process_rx();
+                self.poll_backend(ops, rx);
+            }
+            TX_LIMIT_TOKEN => {
+                self.clear_limit_timer(TX_QUEUE);
+                self.process_tx_queue_event();
+                let rx = self.is_polling_backend();
                 self.poll_backend(ops, rx);
             }
             TX_QUEUE_TOKEN => {

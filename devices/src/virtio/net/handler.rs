@@ -22,6 +22,7 @@ use super::chain::{read_tx_frame, RxChain};
 use super::metrics::NetMetrics;
 use super::tap::NetBackend;
 use super::{NUM_BUFFERS_OFFSET, VNET_HDR_LEN};
+use crate::rate_limiter::RateLimiter;
 
 /// Result of one pass over the tx queue.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -35,11 +36,14 @@ pub struct TxOutcome {
     /// The backend cannot take more now and wants the device to wait for
     /// it ([`NetBackend::backpressure`]): chains are left in the ring.
     pub blocked: bool,
+    /// The rate limiter stopped the pass: chains may be left.
+    pub limited: bool,
 }
 
-/// Sends every chain available in the tx queue (at most `budget`) through
-/// `backend` and returns them through the used ring, each with length 0
-/// (the device writes nothing into tx buffers).
+/// Sends every chain available in the tx queue (at most `budget`, and
+/// while `limiter` lets frames go) through `backend` and returns them
+/// through the used ring, each with length 0 (the device writes nothing
+/// into tx buffers).
 ///
 /// `buf` is the bounce buffer; its length is the largest packet accepted.
 /// Frames the backend cannot take are dropped, as a NIC with a full queue
@@ -51,11 +55,18 @@ pub fn process_tx<B: NetBackend>(
     buf: &mut [u8],
     metrics: &NetMetrics,
     budget: u32,
+    limiter: &mut RateLimiter,
 ) -> TxOutcome {
     let mut outcome = TxOutcome::default();
     loop {
         if outcome.completed >= budget {
             outcome.more = true;
+            break;
+        }
+        // Asked before the pop: a frame's size is known only once read,
+        // and a frame the bucket cannot cover whole is owed, not held.
+        if !limiter.may_go() {
+            outcome.limited = true;
             break;
         }
         // pop_descriptor_chain refuses an avail index more than a queue size
@@ -79,6 +90,7 @@ pub fn process_tx<B: NetBackend>(
                     outcome.blocked = true;
                     break;
                 }
+                limiter.consume(1, len.saturating_sub(VNET_HDR_LEN) as u64);
             }
             Err(e) => {
                 if let Some(n) = NetMetrics::inc_and_log(&metrics.tx_malformed) {

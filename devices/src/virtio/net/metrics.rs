@@ -26,6 +26,8 @@ pub struct NetMetrics {
     pub tx_errors: AtomicU64,
     /// tx chains rejected as malformed (returned to the guest unsent).
     pub tx_malformed: AtomicU64,
+    /// Times sending stopped at the tx rate limit (until its timer).
+    pub tx_throttled: AtomicU64,
     /// Frames from the TAP delivered to the guest.
     pub rx_packets: AtomicU64,
     /// Bytes of those frames.
@@ -41,6 +43,8 @@ pub struct NetMetrics {
     /// Times receiving paused because the guest had no rx buffers (the TAP
     /// fd is then left out of the event loop until the guest posts some).
     pub rx_paused: AtomicU64,
+    /// Times receiving stopped at the rx rate limit (until its timer).
+    pub rx_throttled: AtomicU64,
     /// Queue notifications (rx and tx) handled by the event loop.
     pub queue_events: AtomicU64,
     /// Readiness events of the TAP fd handled by the event loop.
@@ -99,17 +103,19 @@ impl NetMetrics {
     pub fn report(&self, id: &str) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "virtio-net {id}: {}; {}; tx packets={} dropped(EAGAIN)={} blocked={} errors={}; rx packets={} dropped={} errors={} paused={}; queue events={} backend events={}",
+            "virtio-net {id}: {}; {}; tx packets={} dropped(EAGAIN)={} blocked={} errors={} throttled={}; rx packets={} dropped={} errors={} paused={} throttled={}; queue events={} backend events={}",
             self.rx_queue.line("rx"),
             self.tx_queue.line("tx"),
             g(&self.tx_packets),
             g(&self.tx_dropped),
             g(&self.tx_blocked),
             g(&self.tx_errors),
+            g(&self.tx_throttled),
             g(&self.rx_packets),
             g(&self.rx_dropped),
             g(&self.rx_errors),
             g(&self.rx_paused),
+            g(&self.rx_throttled),
             g(&self.queue_events),
             g(&self.backend_events)
         )

@@ -57,8 +57,9 @@ mod tests;
 
 pub use chain::{read_tx_frame, ChainError, RxChain};
 pub use device::{
-    format_mac, locally_administered_mac, random_mac, Net, NetConfig, NetError, NetHost, RxState,
-    BACKEND_TOKEN, RX_BUDGET, RX_QUEUE_TOKEN, TX_BUDGET, TX_QUEUE_TOKEN,
+    format_mac, locally_administered_mac, random_mac, Net, NetConfig, NetError, NetHost, NetLimits,
+    RxState, BACKEND_TOKEN, RX_BUDGET, RX_LIMIT_TOKEN, RX_QUEUE_TOKEN, TX_BUDGET, TX_LIMIT_TOKEN,
+    TX_QUEUE_TOKEN,
 };
 pub use handler::{process_tx, RxBuffers, RxDelivery, TxOutcome};
 pub use metrics::NetMetrics;

@@ -511,6 +511,7 @@ fn a_stream_backend_offers_no_offloads() {
         host: super::super::NetHost::Stream(std::sync::Arc::new(socket.into())),
         mac: None,
         id: "eth0".into(),
+        limits: Default::default(),
     };
     let super::super::NetHost::Stream(fd) = &config.host else {
         unreachable!()

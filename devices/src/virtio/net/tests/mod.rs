@@ -11,6 +11,7 @@
 //! - `tap`: the real TAP backend (needs root and /dev/net/tun for most).
 
 mod device;
+mod limits;
 mod rx;
 mod tap;
 mod tx;

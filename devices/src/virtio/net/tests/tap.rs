@@ -94,6 +94,7 @@ fn a_missing_tap_is_a_clear_error_and_is_not_created() {
         host: NetHost::Tap(name.clone()),
         mac: None,
         id: "eth0".into(),
+        limits: Default::default(),
     };
     let err = Net::new(&name, &config).unwrap_err();
     assert!(matches!(err, NetError::Tap(TapError::NotFound(_))));
@@ -205,6 +206,7 @@ fn net_new_attaches_to_an_existing_tap() {
             host: NetHost::Tap(tap.name.clone()),
             mac: Some([0x06, 0, 0xac, 0x10, 0, 2]),
             id: "eth0".into(),
+            limits: Default::default(),
         },
     )
     .unwrap();
@@ -217,6 +219,7 @@ fn net_new_attaches_to_an_existing_tap() {
             host: NetHost::Tap(tap.name.clone()),
             mac: None,
             id: "eth1".into(),
+            limits: Default::default(),
         },
     )
     .unwrap_err();
@@ -234,6 +237,7 @@ fn host_traffic_reaches_guest_buffers_through_a_real_tap() {
             host: NetHost::Tap(tap.name.clone()),
             mac: None,
             id: "eth0".into(),
+            limits: Default::default(),
         },
     )
     .unwrap();

@@ -1,6 +1,7 @@
 //! Frames from the guest to the backend.
 
 use super::*;
+use crate::rate_limiter::RateLimiter;
 
 #[test]
 fn tx_frame_reaches_the_backend_byte_exact() {
@@ -19,6 +20,7 @@ fn tx_frame_reaches_the_backend_byte_exact() {
             notify: true,
             more: false,
             blocked: false,
+            limited: false,
         }
     );
     assert_eq!(h.host.recv().unwrap(), packet);
@@ -255,8 +257,20 @@ fn a_tx_pass_stops_at_its_budget_and_kicks_itself() {
     let metrics = NetMetrics::default();
     let mut buf = vec![0u8; MAX_PACKET_LEN];
 
-    let first = super::super::process_tx(&mem, &mut queue, &mut backend, &mut buf, &metrics, 3);
-    let second = super::super::process_tx(&mem, &mut queue, &mut backend, &mut buf, &metrics, 3);
+    let mut open = RateLimiter::default();
+    let mut tx = |budget| {
+        super::super::process_tx(
+            &mem,
+            &mut queue,
+            &mut backend,
+            &mut buf,
+            &metrics,
+            budget,
+            &mut open,
+        )
+    };
+    let first = tx(3);
+    let second = tx(3);
 
     assert_eq!((first.completed, first.more), (3, true));
     assert_eq!((second.completed, second.more), (2, false));
