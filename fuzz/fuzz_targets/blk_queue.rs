@@ -3,7 +3,7 @@
 //! never a stall (every run returns).
 #![no_main]
 use husk_devices::virtio::block::handler::process_queue;
-use husk_devices::virtio::block::{BlockMetrics, DiskFile};
+use husk_devices::virtio::block::{BlockMetrics, Budget, DiskFile};
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::{Queue, QueueT};
 use husk_devices::virtio::GuestMemoryMmap;
@@ -32,11 +32,21 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut disk = DiskFile::open(&image, false).unwrap();
     let metrics = BlockMetrics::default();
-    let _ = process_queue(
-        &mem,
-        &mut queue,
-        &mut disk,
-        b"husk-fuzz-disk-id\0\0\0",
-        &metrics,
-    );
+    // Passes under the default budget until the queue has nothing left: a
+    // request split over passes is carried in `in_flight`.
+    let mut in_flight = None;
+    for _ in 0..64 {
+        let outcome = process_queue(
+            &mem,
+            &mut queue,
+            &mut disk,
+            b"husk-fuzz-disk-id\0\0\0",
+            &metrics,
+            &mut in_flight,
+            Budget::PASS,
+        );
+        if !outcome.more {
+            break;
+        }
+    }
 });
