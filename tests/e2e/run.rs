@@ -213,6 +213,45 @@ fn memory_and_pids_limits_hold() {
     );
 }
 
+/// `--cpuset-cpus`: every thread of the container's husk, its vCPUs
+/// first, may run only on the CPUs named; a CPU the host does not give is
+/// one line.
+#[test]
+fn the_vm_runs_on_the_cpus_cpuset_names() {
+    require_linux_kvm();
+    let r = Run::new();
+    let mut running = husk_tests::process::Running::spawn(r.command(
+        &["--cpuset-cpus", "1", "--cpus", "2"],
+        &["sh", "-c", "echo started; sleep 10"],
+    ));
+    assert!(running.wait_for_line("started", TIMEOUT));
+    let tasks = format!("/proc/{}/task", running.pid());
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(&tasks).unwrap() {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_default()
+        };
+        threads.push((field("Name:"), field("Cpus_allowed_list:")));
+    }
+    let out = running.finish(TIMEOUT);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let vcpus = threads
+        .iter()
+        .filter(|(n, _)| n.starts_with("vcpu"))
+        .count();
+    assert_eq!(vcpus, 2, "{threads:?}");
+    assert!(threads.iter().all(|(_, cpus)| cpus == "1"), "{threads:?}");
+    let bad = r.run(&["--cpuset-cpus", "1000"], &["true"]);
+    assert_ne!(bad.code, Some(0), "{}", bad.describe());
+    assert!(bad.stderr.contains("CPU 1000"), "{}", bad.describe());
+    assert_eq!(bad.stderr.trim().lines().count(), 1, "{}", bad.describe());
+}
+
 /// Processes running the husk binary for `r` (its runtime dir in their
 /// environment): other tests run their own husks at the same time.
 pub(crate) fn husk_processes(r: &Run) -> Vec<i32> {

@@ -7,6 +7,7 @@
 //! the end, except a detached run's record and logs.
 
 pub(crate) mod checkpoint;
+mod cpuset;
 mod detach;
 mod etc;
 pub(crate) mod launch;
@@ -70,6 +71,10 @@ pub struct RunArgs {
     /// Limit on the container's number of processes.
     #[arg(long = "pids-limit", value_name = "N")]
     pids_limit: Option<i64>,
+    /// Host CPUs the container's VM may run on (`0-3,6`): its vCPU threads
+    /// and the VMM's own are pinned to them.
+    #[arg(long = "cpuset-cpus", value_name = "LIST")]
+    cpuset_cpus: Option<String>,
     /// Guest kernel (default: the project's build).
     #[arg(long, value_name = "PATH", hide = true)]
     kernel: Option<PathBuf>,
@@ -164,6 +169,10 @@ fn new_id() -> String {
 }
 
 pub fn run(args: RunArgs) -> Result<u8, Failure> {
+    let cpuset = (args.cpuset_cpus.as_deref())
+        .map(cpuset::parse)
+        .transpose()
+        .map_err(Failure::usage)?;
     let monitor_id = std::env::var(detach::MONITOR_ENV)
         .ok()
         .filter(|_| args.detach);
@@ -209,6 +218,10 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     }
     let image_disk = launch::image_disk(&args, &image)?;
     mark("image_ready");
+    // Set before the VM's threads exist, so they inherit it.
+    if let Some(cpus) = &cpuset {
+        cpuset::apply(cpus).map_err(Failure::usage)?;
+    }
     // Taken before the VM's threads exist, so they inherit the masks: the
     // stop signals and resizes reach only the threads that wait for them.
     let signals = husk_vmm::take_stop_signals()
