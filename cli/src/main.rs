@@ -7,6 +7,7 @@ mod compare_cmd;
 mod containers;
 mod controller;
 mod image_cmd;
+mod jail;
 mod lockfile;
 mod logger;
 mod netlink;

@@ -40,6 +40,21 @@ pub struct VmmArgs {
     /// Run on kvm_pvm anyway (only tiny test guests survive it).
     #[arg(long, hide = true)]
     allow_kvm_pvm: bool,
+    /// Jail the VMM in DIR before it serves anything: DIR becomes its `/`
+    /// (in a mount namespace of its own), it runs as --uid/--gid with no
+    /// capabilities, and every path the API or --config-file names is
+    /// inside DIR (put the kernel and disks there first). Needs root.
+    #[arg(long, value_name = "DIR", requires_all = ["uid", "gid"])]
+    jail: Option<PathBuf>,
+    /// The jailed VMM's user id (not 0).
+    #[arg(long, value_name = "UID", requires = "jail")]
+    uid: Option<u32>,
+    /// The jailed VMM's group id (not 0).
+    #[arg(long, value_name = "GID", requires = "jail")]
+    gid: Option<u32>,
+    /// The largest file the jailed VMM may write (bytes; RLIMIT_FSIZE).
+    #[arg(long, value_name = "BYTES", requires = "jail")]
+    jail_fsize: Option<u64>,
 }
 
 /// How often metrics are written while the VM runs.
@@ -294,6 +309,10 @@ pub fn run_restored(
         config_file: None,
         id: "husk-vm".into(),
         allow_kvm_pvm,
+        jail: None,
+        uid: None,
+        gid: None,
+        jail_fsize: None,
     };
     serve(args, Some(load))
 }
@@ -302,6 +321,16 @@ fn serve(
     args: VmmArgs,
     initial_load: Option<husk_api::model::SnapshotLoad>,
 ) -> Result<u8, Failure> {
+    // First: nothing is opened or started outside the jail.
+    if let (Some(dir), Some(uid), Some(gid)) = (&args.jail, args.uid, args.gid) {
+        let jail = crate::jail::Jail {
+            dir: dir.clone(),
+            uid,
+            gid,
+            fsize: args.jail_fsize,
+        };
+        jail.enter().map_err(Failure::runtime)?;
+    }
     let signals = husk_vmm::take_stop_signals()
         .map_err(|e| Failure::runtime(format!("cannot take over SIGINT/SIGTERM: {e}")))?;
     let mut controller = Controller::new(args.id.clone());

@@ -501,3 +501,90 @@ fn husk_snapshot_create_diff_and_merge_on_the_command_line() {
     let out = String::from_utf8_lossy(&restored.stdout).replace('\r', "");
     assert_eq!(out, counts(last + 1, LIMIT));
 }
+
+/// `husk vmm --jail DIR --uid --gid`: the VMM runs as the unprivileged
+/// user with no capabilities, its `/` is the jail (nothing else of the
+/// host's tree), paths in requests are inside it, and the guest boots.
+#[test]
+fn a_jailed_vmm_runs_as_its_user_inside_its_jail() {
+    // SAFETY: geteuid(2) has no arguments.
+    if unsafe { libc::geteuid() } != 0 {
+        return husk_skip::skip("needs root to make a jail");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("guest.elf"), null_guest::elf(true, Some(7))).unwrap();
+    std::fs::write(dir.path().join("root.img"), [0u8; 4096]).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_husk"))
+        .args([
+            "vmm",
+            "--allow-kvm-pvm",
+            "--api-sock",
+            "/api.sock",
+            "--jail",
+        ])
+        .arg(dir.path())
+        .args(["--uid", "65534", "--gid", "65534"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let socket = dir.path().join("api.sock");
+    assert!(
+        wait_for_socket(&socket, Duration::from_secs(10)),
+        "no API socket in the jail"
+    );
+    let pid = child.id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(line("Uid:"), "65534 65534 65534 65534", "{status}");
+    assert_eq!(line("Gid:"), "65534 65534 65534 65534", "{status}");
+    assert_eq!(line("CapEff:"), "0000000000000000", "{status}");
+    assert_eq!(line("NoNewPrivs:"), "1", "{status}");
+    let mut root: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/root"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    root.sort();
+    assert_eq!(root, ["api.sock", "dev", "guest.elf", "root.img"]);
+    let req = |method: &str, path: &str, body: &str| {
+        let r = request(&socket, method, path, body).unwrap();
+        (r.status, r.body)
+    };
+    let boot = r#"{"kernel_image_path": "/guest.elf", "boot_args": "console=ttyS0"}"#;
+    assert_eq!(req("PUT", "/boot-source", boot).0, 204);
+    // A host path outside the jail does not exist in it.
+    let outside = format!(
+        r#"{{"kernel_image_path": "{}"}}"#,
+        dir.path().join("guest.elf").display()
+    );
+    let (s, body) = req("PUT", "/boot-source", &outside);
+    assert_eq!(s, 400, "{body}");
+    assert_eq!(req("PUT", "/boot-source", boot).0, 204);
+    let drive = r#"{"drive_id": "rootfs", "path_on_host": "/root.img", "is_root_device": true, "is_read_only": true}"#;
+    assert_eq!(req("PUT", "/drives/rootfs", drive).0, 204);
+    assert_eq!(
+        req("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#).0,
+        204
+    );
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(out.stdout, null_guest::LINE);
+    // Refused before anything starts: root as the jail's user.
+    let out = Command::new(env!("CARGO_BIN_EXE_husk"))
+        .args(["vmm", "--api-sock", "/a.sock", "--jail"])
+        .arg(dir.path())
+        .args(["--uid", "0", "--gid", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must not be 0"));
+}

@@ -66,6 +66,14 @@ pub fn detect_at(root: &Path) -> KvmKind {
     KvmKind::Unusable("no kvm_intel/kvm_amd module and no vmx/svm cpu flag".to_owned())
 }
 
+/// What `/dev/kvm` is on this host, found once and remembered: a jailed
+/// VMM (`husk vmm --jail`) asks before it leaves the host's `/sys` and
+/// `/proc` behind, and gets the same answer inside.
+pub fn host() -> KvmKind {
+    static KIND: std::sync::OnceLock<KvmKind> = std::sync::OnceLock::new();
+    KIND.get_or_init(|| detect_at(Path::new("/"))).clone()
+}
+
 /// The answer for this host, including whether we may open the device.
 pub fn detect() -> KvmKind {
     let kind = detect_at(Path::new("/"));

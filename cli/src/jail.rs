@@ -1,0 +1,257 @@
+//! `husk vmm --jail DIR --uid U --gid G`: the VMM gives up the host before
+//! it serves anything, as Firecracker's jailer does for Firecracker.
+//!
+//! In order, while the process still has one thread and is root:
+//! 1. the device nodes the VMM needs are made inside DIR (`/dev/kvm`, and
+//!    `/dev/net/tun` when the host has it), owned by U:G;
+//! 2. a mount namespace of its own, where DIR becomes `/` (pivot_root;
+//!    the host's tree is detached, not merely hidden under a chroot);
+//! 3. limits: open files, and the size of files it writes (`--jail-fsize`);
+//! 4. no supplementary groups, then G, then U: every capability goes with
+//!    root, and `no_new_privs` keeps it so across exec.
+//!
+//! Everything the API names afterwards (kernel, disks, sockets, logs) is a
+//! path inside DIR, which the caller fills beforehand (Firecracker's jailer
+//! works the same way). Not yet: a pid namespace, a network namespace, a
+//! cgroup placement (docs/hardening.md).
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use nix::unistd::{chdir, chown, pivot_root, setgid, setgroups, setuid, Gid, Uid};
+use std::path::{Path, PathBuf};
+
+/// Where and as whom the VMM is jailed.
+#[derive(Debug, Clone)]
+pub struct Jail {
+    pub dir: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    /// Largest file the VMM may write, in bytes (`RLIMIT_FSIZE`).
+    pub fsize: Option<u64>,
+}
+
+/// Open files a jailed VMM may hold: enough for many disks, NICs and
+/// vsock connections, bounded.
+const MAX_FILES: u64 = 4096;
+
+/// A character device a VMM opens: its path in the jail, major, minor,
+/// and whether it must exist on the host.
+const DEVICES: &[(&str, u64, u64, bool)] =
+    &[("dev/kvm", 10, 232, true), ("dev/net/tun", 10, 200, false)];
+
+impl Jail {
+    /// Enters the jail; the calling process must be single-threaded and
+    /// root. Returns once the process runs as the jail's uid inside it.
+    pub fn enter(&self) -> Result<(), String> {
+        let fail = |what: &'static str| move |e: nix::Error| format!("--jail: {what}: {e}");
+        if !Uid::effective().is_root() {
+            return Err("--jail: needs root (to make the jail, then give root up)".into());
+        }
+        if self.uid == 0 || self.gid == 0 {
+            return Err(
+                "--jail: --uid and --gid must not be 0 (root is what the jail gives up)".into(),
+            );
+        }
+        let dir = std::fs::canonicalize(&self.dir)
+            .map_err(|e| format!("--jail {}: {e}", self.dir.display()))?;
+        if dir == Path::new("/") || !dir.is_dir() {
+            return Err(format!(
+                "--jail {}: must be a directory other than /",
+                dir.display()
+            ));
+        }
+        self.make_devices(&dir)?;
+        // The jail's root is the VMM's own (its API socket, its logs);
+        // `dev/` stays root's.
+        chown(
+            &dir,
+            Some(Uid::from_raw(self.uid)),
+            Some(Gid::from_raw(self.gid)),
+        )
+        .map_err(|e| format!("--jail: chown {}: {e}", dir.display()))?;
+        // What /dev/kvm is, from the host's /sys and /proc, which the jail
+        // does not have.
+        let _ = husk_vmm::kvm_kind::host();
+        unshare(CloneFlags::CLONE_NEWNS).map_err(fail("a mount namespace"))?;
+        // Nothing below propagates back to the host's mounts.
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .map_err(fail("making / private"))?;
+        // pivot_root wants the new root to be a mount point.
+        mount(
+            Some(&dir),
+            &dir,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(fail("binding the jail onto itself"))?;
+        chdir(&dir).map_err(fail("entering the jail"))?;
+        // The old root is stacked under the new one, then detached.
+        pivot_root(".", ".").map_err(fail("pivot_root"))?;
+        umount2(".", MntFlags::MNT_DETACH).map_err(fail("detaching the host's tree"))?;
+        chdir("/").map_err(fail("chdir /"))?;
+        self.limit()?;
+        setgroups(&[]).map_err(fail("dropping supplementary groups"))?;
+        setgid(Gid::from_raw(self.gid)).map_err(fail("setgid"))?;
+        setuid(Uid::from_raw(self.uid)).map_err(fail("setuid"))?;
+        // SAFETY: prctl(2) with integer arguments only.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(format!(
+                "--jail: no_new_privs: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The device nodes, owned by the jail's uid and gid, mode 0660.
+    fn make_devices(&self, dir: &Path) -> Result<(), String> {
+        for &(path, major, minor, required) in DEVICES {
+            let host = Path::new("/").join(path);
+            if !host.exists() {
+                if required {
+                    return Err(format!("--jail: the host has no {}", host.display()));
+                }
+                continue;
+            }
+            let node = dir.join(path);
+            if let Some(parent) = node.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("--jail: {}: {e}", parent.display()))?;
+            }
+            let _ = std::fs::remove_file(&node);
+            mknod(
+                &node,
+                SFlag::S_IFCHR,
+                Mode::from_bits_truncate(0o660),
+                makedev(major, minor),
+            )
+            .map_err(|e| format!("--jail: mknod {}: {e}", node.display()))?;
+            chown(
+                &node,
+                Some(Uid::from_raw(self.uid)),
+                Some(Gid::from_raw(self.gid)),
+            )
+            .map_err(|e| format!("--jail: chown {}: {e}", node.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Open files and, if asked, file size.
+    fn limit(&self) -> Result<(), String> {
+        let set = |resource, value: u64, what: &str| {
+            let lim = libc::rlimit {
+                rlim_cur: value,
+                rlim_max: value,
+            };
+            // SAFETY: setrlimit(2) with a live struct.
+            if unsafe { libc::setrlimit(resource, &lim) } != 0 {
+                return Err(format!(
+                    "--jail: {what}: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            Ok(())
+        };
+        set(libc::RLIMIT_NOFILE, MAX_FILES, "limiting open files")?;
+        if let Some(bytes) = self.fsize {
+            set(libc::RLIMIT_FSIZE, bytes, "limiting file size")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// In a child process (the jail changes the whole process): enter,
+    /// then look around as a compromised VMM would.
+    #[test]
+    fn inside_the_jail_only_the_jail_is_there_and_root_is_gone() {
+        if !Uid::effective().is_root() {
+            return husk_skip::skip("needs root to make a jail");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("vmlinux"), b"kernel").unwrap();
+        let jail = Jail {
+            dir: dir.path().to_path_buf(),
+            uid: 65534,
+            gid: 65534,
+            fsize: Some(1 << 20),
+        };
+        let (mut rx, tx) = std::os::unix::net::UnixStream::pair().unwrap();
+        // SAFETY: the child only runs async-signal-safe-enough code of its
+        // own (no locks held by other threads are taken: the jail code and
+        // std::fs) and ends with _exit.
+        match unsafe { libc::fork() } {
+            0 => {
+                use std::io::Write;
+                let mut tx = tx;
+                let report = match jail.enter() {
+                    Err(e) => format!("error {e}"),
+                    Ok(()) => {
+                        let mut names: Vec<String> = std::fs::read_dir("/")
+                            .unwrap()
+                            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                            .collect();
+                        names.sort();
+                        let kvm = std::fs::OpenOptions::new()
+                            .read(true)
+                            .write(true)
+                            .open("/dev/kvm");
+                        let escape = std::fs::read_dir("/..").map(|d| d.count());
+                        format!(
+                            "root {} uid {} kvm {} up {}",
+                            names.join(","),
+                            Uid::effective(),
+                            kvm.is_ok(),
+                            escape.unwrap_or(0)
+                        )
+                    }
+                };
+                let _ = tx.write_all(report.as_bytes());
+                // SAFETY: ends the forked child without running the
+                // parent's exit handlers.
+                unsafe { libc::_exit(0) };
+            }
+            -1 => panic!("fork: {}", std::io::Error::last_os_error()),
+            child => {
+                drop(tx);
+                let mut report = String::new();
+                std::io::Read::read_to_string(&mut rx, &mut report).unwrap();
+                // SAFETY: reaps the child forked above.
+                unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+                // "/.." is "/" itself: two entries, dev and vmlinux.
+                assert_eq!(
+                    report, "root dev,vmlinux uid 65534 kvm true up 2",
+                    "{report}"
+                );
+            }
+        }
+        // The host's tree was never touched: the node is in the jail only.
+        assert!(dir.path().join("dev/kvm").exists());
+    }
+
+    #[test]
+    fn root_as_the_jails_user_is_refused() {
+        let jail = Jail {
+            dir: "/tmp".into(),
+            uid: 0,
+            gid: 0,
+            fsize: None,
+        };
+        let err = jail.enter().unwrap_err();
+        assert!(
+            err.contains("must not be 0") || err.contains("needs root"),
+            "{err}"
+        );
+    }
+}
