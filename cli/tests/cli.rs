@@ -262,3 +262,38 @@ fn run_refuses_missing_and_tampered_images_before_booting() {
         stderr(&out)
     );
 }
+
+/// A vCPU thread's system call outside its seccomp filter does not run and
+/// stops the VM naming it: `HUSK_SECCOMP_DENY=ioctl` takes ioctl out of
+/// the list, so the first KVM_RUN is refused.
+#[test]
+fn a_forbidden_system_call_stops_the_vm_naming_it() {
+    let (_d, k, r) = scratch();
+    let deny = |calls: &str| {
+        Command::new(env!("CARGO_BIN_EXE_husk"))
+            .args(["boot", "--allow-kvm-pvm", "--kernel", &k, "--rootfs", &r])
+            .env("HUSK_SECCOMP_DENY", calls)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let o = deny("ioctl");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("outside its filter: ioctl (number 16)"),
+        "{err}"
+    );
+    assert!(o.stdout.is_empty(), "the guest ran: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // The device event loop has a filter of its own.
+    let o = deny("epoll_wait,epoll_pwait");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the device event loop made a system call outside its filter: epoll_"),
+        "{err}"
+    );
+    // A name that is no system call is refused before the VM starts.
+    assert_one_line_error(&deny("nosuchcall"), 1, "nosuchcall");
+}

@@ -14,6 +14,7 @@ pub mod memory;
 pub mod mmio;
 pub mod pio;
 mod report;
+pub mod seccomp;
 mod signals;
 pub mod snapshot;
 mod vcpu;
@@ -105,6 +106,8 @@ pub enum Error {
     #[error(transparent)]
     Memory(#[from] memory::Error),
     #[error(transparent)]
+    Seccomp(#[from] seccomp::Error),
+    #[error(transparent)]
     Loader(#[from] loader::Error),
     #[error(transparent)]
     BootTables(#[from] x86_64::regs::Error),
@@ -186,6 +189,8 @@ pub struct Shared {
     source: Mutex<Option<Source>>,
     /// The virtio devices, in attachment order, for snapshots.
     devices: Vec<virtio::Attached>,
+    /// Where a vCPU thread's forbidden system call is reported.
+    seccomp: seccomp::Watch,
 }
 
 /// The VM and its memory, for a snapshot.
@@ -431,7 +436,9 @@ impl Shared {
     fn finish(&self, exit: Exit) {
         let mut slot = pio::lock(&self.exit);
         if slot.is_none() {
-            *slot = Some(exit);
+            // A forbidden call is the cause of whatever failed after it
+            // (its EPERM), even when that is seen first.
+            *slot = Some(self.seccomp.describe().map_or(exit, Exit::Failed));
         }
         self.stop.store(true, Ordering::Release);
         let _ = self.exit_evt.write(1);
@@ -459,6 +466,7 @@ impl MutEventSubscriber for Lifecycle {
         };
         add(&self.reset_evt);
         add(&self.shared.exit_evt);
+        add(&self.shared.seccomp.evt);
         if let Some(f) = &self.fatal {
             add(&f.evt);
         }
@@ -471,6 +479,10 @@ impl MutEventSubscriber for Lifecycle {
             // Said at warn: husk does not reboot a VM, so a reset ends it.
             log::warn!("the guest reset the CPU through the i8042 (reboot=k)");
             self.shared.finish(Exit::Reset);
+        } else if fd == self.shared.seccomp.evt.as_raw_fd() {
+            let _ = self.shared.seccomp.evt.read();
+            let why = self.shared.seccomp.describe().unwrap_or_default();
+            self.shared.finish(Exit::Failed(why));
         } else if let Some(f) = self.fatal.as_ref().filter(|f| f.evt.as_raw_fd() == fd) {
             let _ = f.evt.read();
             let why = pio::lock(&f.reason).clone().unwrap_or_default();
@@ -499,7 +511,7 @@ pub fn take_stop_signals() -> nix::Result<nix::sys::signalfd::SignalFd> {
 }
 
 fn open_kvm(allow_pvm: bool) -> Result<Kvm, Error> {
-    let kind = kvm_kind::detect_at(std::path::Path::new("/"));
+    let kind = kvm_kind::host();
     match kind {
         kvm_kind::KvmKind::Hardware(_) => {}
         kvm_kind::KvmKind::Pvm if allow_pvm => {}
@@ -962,6 +974,7 @@ impl Shared {
             panic,
             source: Mutex::new(Some(source)),
             devices: std::mem::take(&mut attacher.devices),
+            seccomp: seccomp::Watch::new().map_err(setup("eventfd"))?,
         }))
     }
 }
@@ -1009,12 +1022,14 @@ impl Launch {
             let source = source.as_ref().expect("a new VM has its source");
             (source.vm.clone(), source.mem.clone())
         };
+        let filter = Arc::new(seccomp::vcpu_filter(&seccomp::denied())?);
         let mut threads = Vec::new();
         for (id, fd) in self.vcpus.into_iter().enumerate() {
             let for_vcpu = shared.clone();
+            let filter = filter.clone();
             let t = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
-                .spawn(move || vcpu::run(fd, id as u8, for_vcpu))
+                .spawn(move || vcpu::run(fd, id as u8, for_vcpu, &filter))
                 .map_err(setup("spawning a vCPU thread"))?;
             pio::lock(&shared.vcpu_threads).push(t.as_pthread_t() as usize);
             threads.push(t);
@@ -1183,14 +1198,19 @@ impl RunningVm {
     /// thread and reports why it stopped.
     pub fn wait(mut self) -> Outcome {
         let shared = self.shared.clone();
-        while !shared.stopping() {
-            // No timeout: every stop writes exit_evt, and the grace period
-            // of a stop request is the signal thread's to watch.
-            let ran = self.events.run();
-            shared.count_pass();
-            if let Err(e) = ran {
-                shared.finish(Exit::Failed(format!("event loop: {e:?}")));
-            }
+        // On a thread of its own under its seccomp filter; this one, with
+        // no filter, winds the VM down afterwards.
+        let events = &mut self.events;
+        let looped = std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("events".into())
+                .spawn_scoped(scope, || run_events(events, &shared))
+                .map(|t| t.join())
+        });
+        match looped {
+            Err(e) => shared.finish(Exit::Failed(format!("spawning the event loop: {e}"))),
+            Ok(Err(_)) => shared.finish(Exit::Failed("the event loop panicked".into())),
+            Ok(Ok(())) => {}
         }
         // Stop: wake paused vCPUs, kick running ones out of KVM_RUN.
         shared.unpause.notify_all();
@@ -1218,6 +1238,26 @@ impl RunningVm {
             exit,
             guest_status: shared.pio.reported_status(),
             guest_panic: shared.panic.reason(),
+        }
+    }
+}
+
+/// The device event loop until the VM stops.
+fn run_events(events: &mut virtio::EventLoop, shared: &Shared) {
+    let filter = seccomp::filter(seccomp::Kind::EventLoop, &seccomp::denied());
+    let installed =
+        filter.and_then(|f| seccomp::install(&f, seccomp::Kind::EventLoop, &shared.seccomp));
+    if let Err(e) = installed {
+        shared.finish(Exit::Failed(format!("event loop: {e}")));
+        return;
+    }
+    while !shared.stopping() {
+        // No timeout: every stop writes exit_evt, and the grace period
+        // of a stop request is the signal thread's to watch.
+        let ran = events.run();
+        shared.count_pass();
+        if let Err(e) = ran {
+            shared.finish(Exit::Failed(format!("event loop: {e:?}")));
         }
     }
 }

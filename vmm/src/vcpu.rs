@@ -94,8 +94,13 @@ fn fault_state(vcpu: &VcpuFd) -> String {
 }
 
 /// The vCPU thread: runs until the VM stops. Never panics on guest input.
-pub fn run(mut vcpu: VcpuFd, id: u8, shared: Arc<Shared>) {
+pub fn run(mut vcpu: VcpuFd, id: u8, shared: Arc<Shared>, filter: &seccompiler::BpfProgram) {
     KVM_RUN.with(|p| p.set(vcpu.get_kvm_run() as *mut _));
+    // Before the guest's first instruction.
+    if let Err(e) = crate::seccomp::install(filter, crate::seccomp::Kind::Vcpu, &shared.seccomp) {
+        shared.finish(Exit::Failed(format!("vCPU {id}: {e}")));
+        return;
+    }
     run_loop(&mut vcpu, id, &shared);
     KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
 }

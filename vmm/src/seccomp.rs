@@ -1,0 +1,348 @@
+//! seccomp-BPF for the threads a hostile guest reaches: the vCPU threads
+//! (guest code, its port and MMIO exits) and the device event loop (the
+//! virtio queues, whatever the guest put in them).
+//!
+//! Each vCPU thread installs its filter itself, after its setup and before
+//! its first `KVM_RUN`; the event loop runs on a thread of its own that
+//! installs its filter before the first pass. A system call outside the
+//! list does not run: the
+//! kernel sends the thread SIGSYS, whose handler records the call, makes
+//! it fail with EPERM and wakes the event loop, which stops the VM naming
+//! the call (`Exit::Failed`). The thread is not killed outright: one that
+//! dies holding a device's lock would hang the VMM's teardown, and the
+//! forbidden call has not run either way.
+//!
+//! What a vCPU thread does, and so the list: `KVM_RUN` and the other KVM
+//! ioctls (registers for a snapshot or a report), a TAP's offload ioctl
+//! when the guest activates its NIC; writes to eventfds (interrupts, queue
+//! kicks, the reset), to the console and the log; vhost-user messages when
+//! the guest activates a virtio-fs device; locks (futex), the kick signal's
+//! return, allocation, clocks, sleeps, and the thread's own exit.
+//!
+//! The event loop moves the devices' data: disk files (positioned reads and
+//! writes, flushes), TAPs and the stream to passt, vsock's Unix sockets
+//! (it connects a guest to `<uds>_<port>`: sockets of `AF_UNIX` only), the
+//! vhost-user socket, eventfds and timerfds, epoll; and, in `husk vmm`,
+//! what API requests do once the VM runs: a snapshot's files and the dirty
+//! log, log and metrics files.
+//!
+//! `HUSK_SECCOMP_DENY=name,...` takes calls out of both lists (a stricter
+//! filter, and how the test proves a forbidden call stops the VM).
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
+use std::sync::Once;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("seccomp: {0}")]
+    Filter(String),
+    #[error(
+        "seccomp: HUSK_SECCOMP_DENY names {0:?}, which is no system call of this architecture"
+    )]
+    UnknownCall(String),
+    #[error("seccomp: installing the vCPU filter: {0}")]
+    Install(String),
+}
+
+/// The ioctl types a vCPU thread uses: KVM's and the TUN/TAP driver's
+/// (`TUNSETOFFLOAD`; terminal ioctls share its type).
+const IOCTL_TYPES: [u64; 2] = [0xAE, b'T' as u64];
+
+/// The vCPU threads' system calls (x86_64 numbers from libc).
+const VCPU_CALLS: &[(&str, i64)] = &[
+    ("read", libc::SYS_read),
+    ("write", libc::SYS_write),
+    ("writev", libc::SYS_writev),
+    ("close", libc::SYS_close),
+    ("sendmsg", libc::SYS_sendmsg),
+    ("recvmsg", libc::SYS_recvmsg),
+    ("eventfd2", libc::SYS_eventfd2),
+    ("fcntl", libc::SYS_fcntl),
+    ("futex", libc::SYS_futex),
+    ("sched_yield", libc::SYS_sched_yield),
+    ("rt_sigreturn", libc::SYS_rt_sigreturn),
+    ("rt_sigprocmask", libc::SYS_rt_sigprocmask),
+    ("sigaltstack", libc::SYS_sigaltstack),
+    ("mmap", libc::SYS_mmap),
+    ("munmap", libc::SYS_munmap),
+    ("mremap", libc::SYS_mremap),
+    ("mprotect", libc::SYS_mprotect),
+    ("madvise", libc::SYS_madvise),
+    ("brk", libc::SYS_brk),
+    ("clock_gettime", libc::SYS_clock_gettime),
+    ("gettimeofday", libc::SYS_gettimeofday),
+    ("nanosleep", libc::SYS_nanosleep),
+    ("clock_nanosleep", libc::SYS_clock_nanosleep),
+    ("getrandom", libc::SYS_getrandom),
+    ("getpid", libc::SYS_getpid),
+    ("gettid", libc::SYS_gettid),
+    ("tgkill", libc::SYS_tgkill),
+    ("exit", libc::SYS_exit),
+    ("exit_group", libc::SYS_exit_group),
+];
+
+/// What the device event loop does beyond a vCPU thread's calls.
+const EVENT_LOOP_CALLS: &[(&str, i64)] = &[
+    ("readv", libc::SYS_readv),
+    ("pread64", libc::SYS_pread64),
+    ("pwrite64", libc::SYS_pwrite64),
+    ("preadv", libc::SYS_preadv),
+    ("pwritev", libc::SYS_pwritev),
+    ("lseek", libc::SYS_lseek),
+    ("fsync", libc::SYS_fsync),
+    ("fdatasync", libc::SYS_fdatasync),
+    ("ftruncate", libc::SYS_ftruncate),
+    ("fallocate", libc::SYS_fallocate),
+    ("openat", libc::SYS_openat),
+    ("rename", libc::SYS_rename),
+    ("renameat", libc::SYS_renameat),
+    ("renameat2", libc::SYS_renameat2),
+    ("fstat", libc::SYS_fstat),
+    ("newfstatat", libc::SYS_newfstatat),
+    ("statx", libc::SYS_statx),
+    ("dup", libc::SYS_dup),
+    ("epoll_wait", libc::SYS_epoll_wait),
+    ("epoll_pwait", libc::SYS_epoll_pwait),
+    ("epoll_ctl", libc::SYS_epoll_ctl),
+    ("poll", libc::SYS_poll),
+    ("ppoll", libc::SYS_ppoll),
+    ("timerfd_settime", libc::SYS_timerfd_settime),
+    ("timerfd_gettime", libc::SYS_timerfd_gettime),
+    ("connect", libc::SYS_connect),
+    ("accept", libc::SYS_accept),
+    ("accept4", libc::SYS_accept4),
+    ("shutdown", libc::SYS_shutdown),
+    ("getsockopt", libc::SYS_getsockopt),
+    ("setsockopt", libc::SYS_setsockopt),
+    ("sendto", libc::SYS_sendto),
+    ("recvfrom", libc::SYS_recvfrom),
+];
+
+/// The threads that have a filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Vcpu = 1,
+    EventLoop = 2,
+}
+
+impl Kind {
+    fn describe(self) -> &'static str {
+        match self {
+            Kind::Vcpu => "a vCPU thread",
+            Kind::EventLoop => "the device event loop",
+        }
+    }
+}
+
+/// The vCPU threads' filter, less the calls `deny` names.
+pub fn vcpu_filter(deny: &[String]) -> Result<BpfProgram, Error> {
+    filter(Kind::Vcpu, deny)
+}
+
+/// A kind of thread's filter, less the calls `deny` names.
+pub fn filter(kind: Kind, deny: &[String]) -> Result<BpfProgram, Error> {
+    let known = |name: &String| {
+        VCPU_CALLS
+            .iter()
+            .chain(EVENT_LOOP_CALLS)
+            .any(|(n, _)| n == name)
+            || name == "ioctl"
+            || name == "socket"
+    };
+    if let Some(name) = deny.iter().find(|n| !known(n)) {
+        return Err(Error::UnknownCall(name.clone()));
+    }
+    let extra: &[(&str, i64)] = match kind {
+        Kind::Vcpu => &[],
+        Kind::EventLoop => EVENT_LOOP_CALLS,
+    };
+    let allowed = |name: &str| !deny.iter().any(|d| d == name);
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = VCPU_CALLS
+        .iter()
+        .chain(extra)
+        .filter(|(name, _)| allowed(name))
+        .map(|&(_, nr)| (nr, Vec::new()))
+        .collect();
+    if allowed("ioctl") {
+        rules.insert(libc::SYS_ioctl, ioctl_rules()?);
+    }
+    if kind == Kind::EventLoop && allowed("socket") {
+        rules.insert(libc::SYS_socket, vec![unix_socket_rule()?]);
+    }
+    let arch = TargetArch::try_from(std::env::consts::ARCH)
+        .map_err(|e| Error::Filter(format!("{e:?}")))?;
+    SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, arch)
+        .and_then(BpfProgram::try_from)
+        .map_err(|e| Error::Filter(e.to_string()))
+}
+
+/// An ioctl whose request is of one of [`IOCTL_TYPES`] (bits 8..16).
+fn ioctl_rules() -> Result<Vec<SeccompRule>, Error> {
+    IOCTL_TYPES
+        .iter()
+        .map(|&t| {
+            let c = SeccompCondition::new(
+                1,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::MaskedEq(0xff00),
+                t << 8,
+            )
+            .map_err(|e| Error::Filter(e.to_string()))?;
+            SeccompRule::new(vec![c]).map_err(|e| Error::Filter(e.to_string()))
+        })
+        .collect()
+}
+
+/// A socket of the Unix family only (vsock's host side).
+fn unix_socket_rule() -> Result<SeccompRule, Error> {
+    let c = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        libc::AF_UNIX as u64,
+    )
+    .map_err(|e| Error::Filter(e.to_string()))?;
+    SeccompRule::new(vec![c]).map_err(|e| Error::Filter(e.to_string()))
+}
+
+/// The calls `HUSK_SECCOMP_DENY` takes out of the list.
+pub fn denied() -> Vec<String> {
+    std::env::var("HUSK_SECCOMP_DENY")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Where a VM hears of a forbidden call: the number of the first one (-1
+/// until then) and the eventfd that wakes its event loop.
+pub struct Watch {
+    pub call: AtomicI64,
+    /// Which kind of thread made it ([`Kind`] as u8).
+    pub kind: AtomicU8,
+    pub evt: vmm_sys_util::eventfd::EventFd,
+}
+
+impl Watch {
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Watch {
+            call: AtomicI64::new(-1),
+            kind: AtomicU8::new(0),
+            evt: vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)?,
+        })
+    }
+
+    /// What the VM's exit says of the call.
+    pub fn describe(&self) -> Option<String> {
+        let nr = self.call.load(Ordering::Acquire);
+        (nr >= 0).then(|| {
+            let name = usize::try_from(nr)
+                .ok()
+                .and_then(syscalls::Sysno::new)
+                .map_or("an unknown call", |s| s.name());
+            let who = match self.kind.load(Ordering::Acquire) {
+                2 => Kind::EventLoop.describe(),
+                _ => Kind::Vcpu.describe(),
+            };
+            format!(
+                "seccomp: {who} made a system call outside its filter: {name} (number {nr}); it did not run, and the VM was stopped"
+            )
+        })
+    }
+}
+
+thread_local! {
+    /// This thread's VM's watch, for the SIGSYS handler.
+    static WATCH: Cell<(*const Watch, RawFd, u8)> = const { Cell::new((std::ptr::null(), -1, 0)) };
+}
+
+/// Installs `filter` on the calling thread, a `kind` thread, reporting to
+/// `watch` (which must outlive the thread: the VM's shared state holds it).
+pub fn install(filter: &BpfProgram, kind: Kind, watch: &Watch) -> Result<(), Error> {
+    use std::os::fd::AsRawFd;
+    static HANDLER: Once = Once::new();
+    let mut registered = Ok(());
+    HANDLER.call_once(|| {
+        registered = vmm_sys_util::signal::register_signal_handler(libc::SIGSYS, on_sigsys)
+            .map_err(|e| Error::Install(format!("SIGSYS handler: {e}")));
+    });
+    registered?;
+    WATCH.with(|w| w.set((watch as *const Watch, watch.evt.as_raw_fd(), kind as u8)));
+    seccompiler::apply_filter(filter).map_err(|e| Error::Install(e.to_string()))
+}
+
+/// Offset of `si_syscall` in `siginfo_t` on x86_64: after signo, errno,
+/// code (and padding to 16), the SIGSYS union holds `_call_addr` (8
+/// bytes) then `_syscall`.
+const SI_SYSCALL_OFFSET: usize = 24;
+
+extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo for SIGSYS, whose
+    // `_sigsys._syscall` is an int at SI_SYSCALL_OFFSET.
+    let nr = unsafe { *info.cast::<u8>().add(SI_SYSCALL_OFFSET).cast::<i32>() };
+    let (watch, fd, kind) = WATCH.with(Cell::get);
+    if !watch.is_null() {
+        // SAFETY: set by `install` on this thread to the watch the VM's
+        // shared state keeps alive while its filtered threads run.
+        let watch = unsafe { &*watch };
+        let first =
+            watch
+                .call
+                .compare_exchange(-1, i64::from(nr), Ordering::AcqRel, Ordering::Acquire);
+        if first.is_ok() {
+            watch.kind.store(kind, Ordering::Release);
+        }
+    }
+    if fd >= 0 {
+        let one = 1u64;
+        // SAFETY: write(2) of 8 live bytes to the VM's eventfd; signal-safe.
+        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    }
+    // The call fails with EPERM instead of running.
+    // SAFETY: the kernel passes this thread's saved context for SA_SIGINFO
+    // handlers; RAX holds the call's return value when the handler returns.
+    unsafe {
+        let uc = context.cast::<libc::ucontext_t>();
+        (*uc).uc_mcontext.gregs[libc::REG_RAX as usize] = -i64::from(libc::EPERM);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_denied_call_traps_with_eperm_and_is_reported() {
+        let watch = std::sync::Arc::new(Watch::new().unwrap());
+        let filter = vcpu_filter(&["getpid".to_string()]).unwrap();
+        let w = watch.clone();
+        let (pid, tid) = std::thread::spawn(move || {
+            install(&filter, Kind::Vcpu, &w).unwrap();
+            // SAFETY: plain system calls without arguments.
+            unsafe {
+                (
+                    libc::syscall(libc::SYS_getpid),
+                    libc::syscall(libc::SYS_gettid),
+                )
+            }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(pid, -1);
+        assert!(tid > 0);
+        assert_eq!(watch.evt.read().unwrap(), 1);
+        let said = watch.describe().unwrap();
+        assert!(said.contains("getpid (number 39)"), "{said}");
+        assert!(vcpu_filter(&["nosuchcall".to_string()]).is_err());
+    }
+}
