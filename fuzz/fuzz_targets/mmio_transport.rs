@@ -4,34 +4,16 @@
 //! any addresses and sizes, status changes in any order, activation,
 //! resets, config space and notifications. Never a panic.
 #![no_main]
-use husk_devices::virtio::net::{Net, NetBackend};
+use husk_devices::virtio::net::Net;
 use husk_devices::virtio::transport::mmio::MmioTransport;
 use husk_devices::virtio::{GuestMemoryMmap, VirtioDevice};
 use libfuzzer_sys::fuzz_target;
-use std::io;
-use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use vm_memory::GuestAddress;
 
-struct Sink;
-
-impl AsRawFd for Sink {
-    fn as_raw_fd(&self) -> RawFd {
-        -1
-    }
-}
-
-impl NetBackend for Sink {
-    fn read_packet(&mut self, _: &mut [u8]) -> io::Result<usize> {
-        Err(io::ErrorKind::WouldBlock.into())
-    }
-    fn write_packet(&mut self, packet: &[u8]) -> io::Result<usize> {
-        Ok(packet.len())
-    }
-    fn set_offload(&mut self, _: u32) -> io::Result<()> {
-        Ok(())
-    }
-}
+#[path = "common/sink.rs"]
+mod sink;
+use sink::Sink;
 
 /// The registers a driver touches, so most steps hit one (any offset is
 /// also tried).

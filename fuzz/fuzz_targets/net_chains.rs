@@ -4,39 +4,20 @@
 //! without mergeable buffers. Never a panic, never a stall.
 #![no_main]
 use husk_devices::rate_limiter::{Bucket, Limits, RateLimiter};
-use husk_devices::virtio::net::{process_tx, NetBackend, NetMetrics, RxBuffers, MAX_PACKET_LEN};
+use husk_devices::virtio::net::{process_tx, NetMetrics, RxBuffers, MAX_PACKET_LEN};
 use husk_devices::virtio::GuestMemoryMmap;
 use libfuzzer_sys::fuzz_target;
-use std::io;
-use std::os::fd::{AsRawFd, RawFd};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
+
+#[path = "common/sink.rs"]
+mod sink;
+use sink::Sink;
 
 const QUEUE_SIZE: u16 = 16;
 const TX: u64 = 0;
 const RX: u64 = 0x4000;
 const BUFFERS: u64 = 0x8000;
-
-/// Takes every frame; has none to give.
-struct Sink;
-
-impl AsRawFd for Sink {
-    fn as_raw_fd(&self) -> RawFd {
-        -1
-    }
-}
-
-impl NetBackend for Sink {
-    fn read_packet(&mut self, _: &mut [u8]) -> io::Result<usize> {
-        Err(io::ErrorKind::WouldBlock.into())
-    }
-    fn write_packet(&mut self, packet: &[u8]) -> io::Result<usize> {
-        Ok(packet.len())
-    }
-    fn set_offload(&mut self, _: u32) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 /// A queue of `QUEUE_SIZE` at `base`: table, avail ring at +0x1000, used
 /// ring at +0x2000.
