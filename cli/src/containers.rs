@@ -177,7 +177,7 @@ pub fn oci_exec(g: &crate::oci::Global, e: &ExecArgs) -> Result<u8, Failure> {
 }
 
 pub(crate) fn running(id: &str) -> Result<Found, Failure> {
-    let found = state::find(&runtime_root(), id).map_err(Failure::runtime)?;
+    let found = state::find(&runtime_root()?, id).map_err(Failure::runtime)?;
     if !found.running() {
         return Err(Failure::runtime(format!(
             "container {} is not running: {}",
@@ -201,7 +201,7 @@ pub fn ps(args: PsArgs) -> Result<u8, Failure> {
             "--format belongs to the OCI runtime's `ps ID`",
         ));
     }
-    let runs: Vec<Found> = state::list(&runtime_root())
+    let runs: Vec<Found> = state::list(&runtime_root()?)
         .into_iter()
         .filter(|f| args.all || f.running())
         .collect();
@@ -248,7 +248,7 @@ fn shorten(s: &str, n: usize) -> String {
 
 /// `husk port ID`: the container's published ports, as `docker port`.
 pub fn port(args: IdArgs) -> Result<u8, Failure> {
-    let found = state::find(&runtime_root(), &args.id).map_err(Failure::runtime)?;
+    let found = state::find(&runtime_root()?, &args.id).map_err(Failure::runtime)?;
     let mut out = std::io::stdout().lock();
     for p in &found.state.ports {
         let _ = writeln!(out, "{p}");
@@ -257,7 +257,7 @@ pub fn port(args: IdArgs) -> Result<u8, Failure> {
 }
 
 pub fn logs(args: IdArgs) -> Result<u8, Failure> {
-    let found = state::find(&runtime_root(), &args.id).map_err(Failure::runtime)?;
+    let found = state::find(&runtime_root()?, &args.id).map_err(Failure::runtime)?;
     for (name, to_stdout) in [(state::STDOUT_LOG, true), (state::STDERR_LOG, false)] {
         let path = found.dir.join(name);
         let data = std::fs::read(&path).map_err(|e| {
@@ -307,7 +307,7 @@ pub fn rm(args: RmArgs) -> Result<u8, Failure> {
 }
 
 fn rm_one(id: &str, force: bool) -> Result<(), String> {
-    let found = state::find(&runtime_root(), id)?;
+    let found = state::find(&runtime_root().map_err(|f| f.message)?, id)?;
     let exited = matches!(found.state.status, state::Status::Exited { .. });
     if found.alive {
         // An exited container's husk process may still be powering off.

@@ -74,7 +74,7 @@ impl Global {
     pub fn root(&self) -> PathBuf {
         self.root
             .clone()
-            .unwrap_or_else(|| crate::run::runtime_root().join("oci"))
+            .unwrap_or_else(|| crate::run::runtime_root_path().join("oci"))
     }
 
     fn check(&self) -> Result<(), Failure> {

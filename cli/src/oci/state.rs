@@ -68,7 +68,7 @@ impl Record {
         // DefaultHasher::new() has fixed keys: every husk finds the same.
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (root, id).hash(&mut h);
-        crate::run::runtime_root()
+        crate::run::runtime_root_path()
             .join("oci-sock")
             .join(format!("{:016x}", h.finish()))
     }

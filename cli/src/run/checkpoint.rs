@@ -206,7 +206,7 @@ pub fn read(dir: &Path) -> Result<Meta, String> {
 
 /// `husk checkpoint`: asks the run's husk for a checkpoint into `dir`.
 pub fn request(id: &str, dir: &Path, leave_running: bool) -> Result<(), Failure> {
-    let found = super::state::find(&super::runtime_root(), id).map_err(Failure::usage)?;
+    let found = super::state::find(&super::runtime_root()?, id).map_err(Failure::usage)?;
     if !found.running() {
         return Err(Failure::runtime(format!(
             "container {id} is not running ({})",

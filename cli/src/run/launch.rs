@@ -96,7 +96,7 @@ pub fn launch(
     detached: bool,
     restore_from: Option<&Path>,
 ) -> Result<Launched, Failure> {
-    let root = super::runtime_root();
+    let root = super::runtime_root()?;
     // Dead runs' leftovers go before this one starts.
     let _ = state::list(&root);
     let dir = RunDir {

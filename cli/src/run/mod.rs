@@ -28,7 +28,7 @@ pub(crate) use plan::{serial, CONTAINER_ID, DEFAULT_VM_MIB, GUEST_OVERHEAD_MIB, 
 use crate::registry_cmd::{PullPolicy, RegistryFlags};
 use crate::Failure;
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use timings::mark;
 
 #[derive(Args)]
@@ -139,8 +139,27 @@ pub struct ProcessFlags {
     pub interactive: bool,
 }
 
-/// Where the runs' sockets and logs live while they run.
-pub fn runtime_root() -> PathBuf {
+/// Where the runs' sockets and logs live while they run, made if missing
+/// (mode 0700). Records and sockets there are trusted (`husk exec`
+/// connects to them), so a directory husk chose itself must be a directory,
+/// not a link, of this user's, that no one else may write: without
+/// `XDG_RUNTIME_DIR` a user's is `/tmp/husk-UID`, which anyone could have
+/// made first. `HUSK_RUNTIME_DIR` is the caller's own choice and is taken
+/// as it is.
+pub fn runtime_root() -> Result<PathBuf, Failure> {
+    let root = runtime_root_path();
+    if std::env::var_os("HUSK_RUNTIME_DIR").is_some() {
+        std::fs::create_dir_all(&root)
+            .map_err(|e| Failure::runtime(format!("runtime dir {}: {e}", root.display())))?;
+    } else {
+        private_dir(&root).map_err(Failure::runtime)?;
+    }
+    Ok(root)
+}
+
+/// The runtime directory's path, unchecked: the OCI runtime's default
+/// `--root` (its callers, containerd and podman, own that tree).
+pub fn runtime_root_path() -> PathBuf {
     if let Some(d) = std::env::var_os("HUSK_RUNTIME_DIR") {
         return PathBuf::from(d);
     }
@@ -153,6 +172,46 @@ pub fn runtime_root() -> PathBuf {
         Some(d) => PathBuf::from(d).join("husk"),
         None => std::env::temp_dir().join(format!("husk-{uid}")),
     }
+}
+
+/// Makes `dir` (0700) if missing, then checks it is a directory of this
+/// user's that no one else may write.
+fn private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let said = |why: String| {
+        format!(
+            "runtime dir {}: {why}; refusing it (set XDG_RUNTIME_DIR or HUSK_RUNTIME_DIR to a directory of yours)",
+            dir.display()
+        )
+    };
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(said(e.to_string())),
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| said(e.to_string()))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    if !meta.file_type().is_dir() {
+        return Err(said("it is not a directory (a link?)".into()));
+    }
+    if meta.uid() != uid {
+        return Err(said(format!(
+            "it belongs to uid {}, not to you (uid {uid})",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(said(format!(
+            "others may write to it (mode {:o})",
+            meta.mode() & 0o777
+        )));
+    }
+    Ok(())
 }
 
 /// `bytes` random bytes as hex: container and exec ids.
@@ -192,7 +251,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         digest: image.manifest_digest().to_string(),
     };
     if let Some(name) = &args.name {
-        names::claim(&runtime_root(), name, &id).map_err(Failure::usage)?;
+        names::claim(&runtime_root()?, name, &id).map_err(Failure::usage)?;
     }
     // Dropped after the teardown below: the TAP goes once the VM is gone.
     let networking = networking::network(&args, &id, &image.defaults().exposed_ports)?;
@@ -353,4 +412,37 @@ pub fn exec_process(
         terminal,
         ..spec::Settings::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::private_dir;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_runtime_dir_is_made_private_and_a_planted_one_is_refused() {
+        let base = tempfile::tempdir().unwrap();
+        let made = base.path().join("husk-1000");
+        private_dir(&made).unwrap();
+        let mode = std::fs::metadata(&made).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // Made by someone else first: a link to elsewhere, a directory
+        // others may write.
+        let link = base.path().join("link");
+        std::os::unix::fs::symlink(&made, &link).unwrap();
+        assert!(private_dir(&link).unwrap_err().contains("not a directory"));
+        let open = base.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(private_dir(&open).unwrap_err().contains("others may write"));
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let theirs = base.path().join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+            let err = private_dir(&theirs).unwrap_err();
+            assert!(err.contains("belongs to uid 65534"), "{err}");
+            assert!(err.contains("XDG_RUNTIME_DIR"), "{err}");
+        }
+    }
 }
