@@ -34,6 +34,8 @@ fn boot(pvh: bool, status: Option<u8>, vcpus: u8) -> (husk_vmm::Outcome, String)
 fn pvh_entry_prints_and_resets() {
     let (out, console) = boot(true, None, 1);
     assert_eq!(out.exit, Exit::Reset);
+    // How it reset is said: a quiet guest's console would not.
+    assert_eq!(out.reset, Some(husk_vmm::RESET_I8042));
     assert_eq!(out.guest_status, None);
     assert_eq!(console.as_bytes(), null_guest::LINE);
 }

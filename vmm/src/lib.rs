@@ -93,7 +93,17 @@ pub struct Outcome {
     pub guest_status: Option<u8>,
     /// The reason of a kernel panic the guest's console showed, if any.
     pub guest_panic: Option<String>,
+    /// How a reset came about ([`RESET_TRIPLE_FAULT`], ...), for messages:
+    /// a quiet guest's console says nothing of it.
+    pub reset: Option<&'static str>,
 }
+
+/// A vCPU triple-faulted (the words the testbed's signature looks for).
+pub const RESET_TRIPLE_FAULT: &str = "a triple fault (KVM_EXIT_SHUTDOWN)";
+/// The guest reset through the i8042 (`reboot=k`, `panic=1`).
+pub const RESET_I8042: &str = "the guest's reset through the i8042";
+/// The guest asked KVM for a reset (a PSCI-style system event).
+pub const RESET_KVM: &str = "the guest's reset request to KVM";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -191,6 +201,8 @@ pub struct Shared {
     devices: Vec<virtio::Attached>,
     /// Where a vCPU thread's forbidden system call is reported.
     seccomp: seccomp::Watch,
+    /// How the guest reset, if it did (the first way seen).
+    reset: Mutex<Option<&'static str>>,
 }
 
 /// The VM and its memory, for a snapshot.
@@ -433,6 +445,11 @@ impl Shared {
     }
 
     /// Records why the VM stops (the first reason wins) and wakes the loop.
+    /// Notes how the guest reset (before [`Shared::finish`]).
+    pub(crate) fn reset_by(&self, how: &'static str) {
+        pio::lock(&self.reset).get_or_insert(how);
+    }
+
     fn finish(&self, exit: Exit) {
         let mut slot = pio::lock(&self.exit);
         if slot.is_none() {
@@ -478,6 +495,7 @@ impl MutEventSubscriber for Lifecycle {
             let _ = self.reset_evt.read();
             // Said at warn: husk does not reboot a VM, so a reset ends it.
             log::warn!("the guest reset the CPU through the i8042 (reboot=k)");
+            self.shared.reset_by(RESET_I8042);
             self.shared.finish(Exit::Reset);
         } else if fd == self.shared.seccomp.evt.as_raw_fd() {
             let _ = self.shared.seccomp.evt.read();
@@ -975,6 +993,7 @@ impl Shared {
             source: Mutex::new(Some(source)),
             devices: std::mem::take(&mut attacher.devices),
             seccomp: seccomp::Watch::new().map_err(setup("eventfd"))?,
+            reset: Mutex::new(None),
         }))
     }
 }
@@ -1234,10 +1253,12 @@ impl RunningVm {
             .clone()
             .unwrap_or(Exit::Failed("stopped without a reason".into()));
         let _ = pio::lock(&shared.pio.serial).writer_mut().flush();
+        let reset = *pio::lock(&shared.reset);
         Outcome {
             exit,
             guest_status: shared.pio.reported_status(),
             guest_panic: shared.panic.reason(),
+            reset,
         }
     }
 }

@@ -143,11 +143,13 @@ fn run_loop(vcpu: &mut VcpuFd, id: u8, shared: &Shared) {
                     shared.exits.load(std::sync::atomic::Ordering::Relaxed),
                     fault_state(vcpu)
                 );
+                shared.reset_by(crate::RESET_TRIPLE_FAULT);
                 Exit::Reset
             }
             Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
                 kvm_bindings::KVM_SYSTEM_EVENT_RESET => {
                     log::warn!("vCPU {id}: the guest asked KVM for a reset");
+                    shared.reset_by(crate::RESET_KVM);
                     Exit::Reset
                 }
                 kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => Exit::Halted,

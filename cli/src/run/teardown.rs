@@ -46,8 +46,9 @@ pub fn teardown(
             // failure when the console has nothing (a quiet guest).
             let ended = match outcome {
                 Ok(o) => format!(
-                    "the VM ended: {:?}, guest status {}{}",
+                    "the VM ended: {:?}{}, guest status {}{}",
                     o.exit,
+                    o.reset.map(|how| format!(" by {how}")).unwrap_or_default(),
                     o.guest_status
                         .map_or_else(|| "none".to_string(), |s| s.to_string()),
                     o.guest_panic
