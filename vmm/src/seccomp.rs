@@ -188,28 +188,19 @@ pub fn filter(kind: Kind, deny: &[String]) -> Result<BpfProgram, Error> {
 fn ioctl_rules() -> Result<Vec<SeccompRule>, Error> {
     IOCTL_TYPES
         .iter()
-        .map(|&t| {
-            let c = SeccompCondition::new(
-                1,
-                SeccompCmpArgLen::Dword,
-                SeccompCmpOp::MaskedEq(0xff00),
-                t << 8,
-            )
-            .map_err(|e| Error::Filter(e.to_string()))?;
-            SeccompRule::new(vec![c]).map_err(|e| Error::Filter(e.to_string()))
-        })
+        .map(|&t| rule(1, SeccompCmpOp::MaskedEq(0xff00), t << 8))
         .collect()
 }
 
 /// A socket of the Unix family only (vsock's host side).
 fn unix_socket_rule() -> Result<SeccompRule, Error> {
-    let c = SeccompCondition::new(
-        0,
-        SeccompCmpArgLen::Dword,
-        SeccompCmpOp::Eq,
-        libc::AF_UNIX as u64,
-    )
-    .map_err(|e| Error::Filter(e.to_string()))?;
+    rule(0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)
+}
+
+/// A rule of one condition on a 32-bit argument.
+fn rule(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompRule, Error> {
+    let c = SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value)
+        .map_err(|e| Error::Filter(e.to_string()))?;
     SeccompRule::new(vec![c]).map_err(|e| Error::Filter(e.to_string()))
 }
 
