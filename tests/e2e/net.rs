@@ -270,11 +270,17 @@ fn two_vms_on_one_bridge_reach_each_other() {
         std::thread::spawn(move || boot_with_nic(&net, &ip, &script, Duration::from_secs(120)))
     };
     let server = boot(0, "10.0.3.2", "nc -l -p 9000 > /tmp/got; cat /tmp/got");
+    // The two boot at once, and under load the server's kernel (its
+    // address) and then its `nc` (the port) can come seconds after the
+    // client's: CI once saw "No route to host" from a client that gave it
+    // two. The client waits for each, bounded, then checks.
     let client = boot(
         1,
         "10.0.3.3",
-        "sleep 2; ping -c 2 -W 5 10.0.3.2 >/dev/null && echo ping-ok; \
-         echo over-the-bridge | nc 10.0.3.2 9000; sleep 2",
+        "for i in $(seq 60); do ping -c 1 -W 1 10.0.3.2 >/dev/null && break; done; \
+         ping -c 2 -W 5 10.0.3.2 >/dev/null && echo ping-ok; \
+         for i in $(seq 30); do echo over-the-bridge | nc 10.0.3.2 9000 && break; sleep 1; done; \
+         sleep 2",
     );
     let (s, c) = (server.join().unwrap(), client.join().unwrap());
     assert_eq!(c.code, Some(0), "client: {}", c.describe());

@@ -27,8 +27,13 @@ fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
 /// started (a nested VM, a helper) holds its pipes too, and would keep the
 /// test waiting for their end long after the timeout (a QEMU peer under
 /// `husk compare` did, until the testbed's own timeout).
+///
+/// A husk that runs out of time is first asked where its VMs stand
+/// (SIGUSR1, as [`run_asking`]): a hang then shows whether the guest ran
+/// at all, and the testbed's stuck-vCPU signature is recognized.
 pub fn run(cmd: Command, timeout: Duration) -> Finished {
-    run_asking(cmd, timeout, None)
+    let husk = std::path::Path::new(cmd.get_program()).file_name() == Some("husk".as_ref());
+    run_asking(cmd, timeout, husk.then_some(libc::SIGUSR1))
 }
 
 /// [`run`], and on a timeout first sends `report` to the command (husk's
@@ -81,7 +86,7 @@ pub fn run_asking(mut cmd: Command, timeout: Duration, report: Option<i32>) -> F
         }
     };
     let (stdout, stderr) = (collect(out).replace('\r', ""), collect(err));
-    if timed_out {
+    if code != Some(0) {
         crate::testbed::flag(&stderr, "");
     }
     Finished {

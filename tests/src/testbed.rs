@@ -60,9 +60,21 @@ fn signature(stderr: &str, log: &str, vcpu_run: Option<u64>) -> Option<String> {
     // husk logs a triple fault at warn: on its stderr when no log file
     // was set, and in what `husk compare` says of a failed husk run.
     let faulted = |text: &str| text.contains("triple fault (KVM_EXIT_SHUTDOWN)");
-    (faulted(log) || faulted(stderr)).then(|| {
-        "the guest triple-faulted (QEMU microvm's guests reset the same way in L1)".to_string()
-    })
+    if faulted(log) || faulted(stderr) {
+        return Some(
+            "the guest triple-faulted (QEMU microvm's guests reset the same way in L1)".to_string(),
+        );
+    }
+    // The peer's side of the same reset: with -no-reboot QEMU exits on it,
+    // and a guest that reset before its command said anything leaves no
+    // console line (`husk compare` says so of a failed QEMU run).
+    stderr
+        .lines()
+        .any(|l| {
+            l.contains(" in qemu: failed: ")
+                && l.contains("the guest reported no exit status; 0 console lines")
+        })
+        .then(|| "QEMU microvm's guest reset with no output at all, as its guests do in L1".into())
 }
 
 #[cfg(test)]
@@ -83,5 +95,10 @@ mod tests {
         let compare = "husk: compare: seq_write in husk: failed: disk: exited with exit status: 1: husk: the VM stopped | [WARN] vCPU 0: triple fault (KVM_EXIT_SHUTDOWN), the guest resets";
         assert!(signature(compare, "", None).unwrap().contains("triple"));
         assert_eq!(signature("husk: the VM stopped", "[INFO] reset", at), None);
+        let qemu = "husk: compare: memory_pss in qemu: failed: memory: the guest reported no exit status; 0 console lines, ending []; stderr: ";
+        assert!(signature(qemu, "", None).unwrap().contains("QEMU"));
+        // A QEMU guest that said something first ended some other way.
+        let spoke = qemu.replace("; 0 console", "; 3 console");
+        assert_eq!(signature(&spoke, "", None), None);
     }
 }
