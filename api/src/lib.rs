@@ -69,7 +69,9 @@ mod socket;
 
 pub use request::{parse, Request, Route, ROUTES};
 pub use response::Response;
-pub use server::{start, start_with, ApiRequest, ApiServer, Options, PendingReply, Reply};
+pub use server::{
+    start, start_with, ApiRequest, ApiServer, Options, PendingReply, Reply, ThreadSetup,
+};
 pub use vmm_sys_util::eventfd::EventFd;
 
 use std::io;
@@ -114,4 +116,7 @@ pub enum Error {
     /// The thread could not be spawned.
     #[error("cannot spawn the API server thread: {0}")]
     Thread(io::Error),
+    /// [`Options::thread_setup`] failed.
+    #[error("cannot set up the API server thread: {0}")]
+    Setup(String),
 }

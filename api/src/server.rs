@@ -46,6 +46,20 @@ pub struct Options {
     pub reply_timeout: Duration,
     /// Connections open at once; more are closed as soon as accepted.
     pub max_connections: usize,
+    /// Run first on the server's thread, before it takes a connection
+    /// (the VMM installs the thread's seccomp filter); an error stops the
+    /// server from starting.
+    pub thread_setup: Option<ThreadSetup>,
+}
+
+/// See [`Options::thread_setup`].
+#[derive(Clone)]
+pub struct ThreadSetup(pub std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>);
+
+impl std::fmt::Debug for ThreadSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ThreadSetup")
+    }
 }
 
 impl Default for Options {
@@ -56,6 +70,7 @@ impl Default for Options {
             body_read_timeout: Duration::from_secs(30),
             reply_timeout: Duration::from_secs(30),
             max_connections: 64,
+            thread_setup: None,
         }
     }
 }
@@ -95,6 +110,14 @@ impl Reply {
     /// the client is gone (disconnected, timed out, server shut down).
     pub fn send(self, response: Response) -> Result<(), Response> {
         self.0.send(response)
+    }
+
+    /// Whether nobody waits for the answer any more: the client was told
+    /// the VMM did not answer in time (504), or went away. The VMM drops
+    /// such a request instead of carrying it out late, when its client
+    /// believes it failed.
+    pub fn is_abandoned(&self) -> bool {
+        self.0.is_closed()
     }
 }
 
@@ -205,14 +228,32 @@ pub fn start_with(
         options,
     });
     let (stop_tx, stop_rx) = oneshot::channel();
+    let setup = shared.options.thread_setup.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("husk-api".into())
         .spawn(move || {
-            runtime.block_on(serve(listener, stop_rx, shared));
+            let ready = setup.map_or(Ok(()), |s| (s.0)());
+            let go = ready.is_ok();
+            let _ = ready_tx.send(ready);
+            if go {
+                runtime.block_on(serve(listener, stop_rx, shared));
+            }
             // Dropping the runtime here cancels every connection task and
             // closes its socket.
         })
         .map_err(|e| cleanup(Error::Thread(e)))?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => {
+            let _ = thread.join();
+            return Err(cleanup(Error::Setup(why)));
+        }
+        Err(_) => {
+            let _ = thread.join();
+            return Err(cleanup(Error::Setup("the API thread died".into())));
+        }
+    }
     Ok(ApiServer {
         path: socket.to_owned(),
         file_id,

@@ -356,10 +356,40 @@ fn vmm_too_slow_is_504() {
     assert_eq!(r.status, 504);
     assert!(r.fault_message().contains("did not answer"));
     assert!(t0.elapsed() >= Duration::from_millis(200));
-    // The request did reach the VMM; answering late is harmless.
+    // The request did reach the VMM, which can tell that nobody waits
+    // for it (and so not carry it out); answering late is harmless.
     let late = rx.try_recv().unwrap();
+    assert!(late.reply.is_abandoned());
     assert!(late.reply.send(husk_api::Response::NoContent).is_err());
     server.shutdown();
+}
+
+#[test]
+fn a_request_still_waited_for_is_not_abandoned_and_a_failed_thread_setup_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = socket_in(&dir);
+    let (to_vmm, rx) = mpsc::channel();
+    let server = start_with(&path, to_vmm, EventFd::new(0).unwrap(), Options::default()).unwrap();
+    let client = std::thread::spawn({
+        let path = path.clone();
+        move || request(&path, "GET", "/", None)
+    });
+    let waiting = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(!waiting.reply.is_abandoned());
+    waiting.reply.send(husk_api::Response::NoContent).unwrap();
+    assert_eq!(client.join().unwrap().status, 204);
+    server.shutdown();
+
+    let refused = Options {
+        thread_setup: Some(husk_api::ThreadSetup(std::sync::Arc::new(|| {
+            Err("no filter today".to_string())
+        }))),
+        ..Options::default()
+    };
+    let (to_vmm, _rx) = mpsc::channel();
+    let e = start_with(&path, to_vmm, EventFd::new(0).unwrap(), refused).unwrap_err();
+    assert!(e.to_string().contains("no filter today"), "{e}");
+    assert!(!path.exists(), "the socket is left behind");
 }
 
 #[test]

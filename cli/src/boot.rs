@@ -115,6 +115,7 @@ fn disk_spec(spec: &str, n: usize) -> Result<DiskConfig, Failure> {
         read_only,
         id: format!("disk{n}"),
         rate_limiter: None,
+        read_write: Default::default(),
     })
 }
 
@@ -314,6 +315,7 @@ pub fn run(args: BootArgs) -> Result<u8, Failure> {
         read_only: false,
         id: "rootfs".into(),
         rate_limiter: None,
+        read_write: Default::default(),
     }];
     for (i, spec) in args.disks.iter().enumerate() {
         disks.push(disk_spec(spec, i + 1)?);

@@ -192,7 +192,43 @@ pub(crate) fn running(id: &str) -> Result<Found, Failure> {
 pub(crate) fn connect(found: &Found, sinks: Sinks) -> Result<Client, String> {
     let uds = found.dir.join(state::VSOCK_SOCKET);
     let deadline = Instant::now() + Duration::from_secs(10);
-    Client::open(&uds, deadline, &|| true, sinks)
+    Client::open(&uds, deadline, &|| true, sinks).map_err(|e| {
+        if e.contains(agent::NO_ANSWER) {
+            format!("{e}{}", vmm_report(found))
+        } else {
+            e
+        }
+    })
+}
+
+/// Where the run's VM stands, from its husk process: asked for (SIGUSR1)
+/// when its guest does not answer, read back from the run's monitor.log,
+/// where a detached run's husk writes. A stuck vCPU or a silent device
+/// loop shows there; the lines follow the caller's error.
+fn vmm_report(found: &Found) -> String {
+    if !found.state.owner_alive() {
+        return String::new();
+    }
+    let log = found.dir.join(crate::run::detach::MONITOR_LOG);
+    let before = std::fs::metadata(&log).map_or(0, |m| m.len());
+    // SAFETY: kill(2) of the run's own husk process, alive just above
+    // (same pid and start time).
+    unsafe { libc::kill(found.state.owner_pid, husk_vmm::REPORT_SIGNAL) };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut said = Vec::new();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let Ok(all) = std::fs::read(&log) else { break };
+        said = all.get(before as usize..).unwrap_or_default().to_vec();
+        // The report ends with the thread list.
+        if String::from_utf8_lossy(&said).contains("husk: threads:") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&said)
+        .lines()
+        .map(|l| format!("\n{l}"))
+        .collect()
 }
 
 pub fn ps(args: PsArgs) -> Result<u8, Failure> {
@@ -260,7 +296,7 @@ pub fn logs(args: IdArgs) -> Result<u8, Failure> {
     let found = state::find(&runtime_root()?, &args.id).map_err(Failure::runtime)?;
     for (name, to_stdout) in [(state::STDOUT_LOG, true), (state::STDERR_LOG, false)] {
         let path = found.dir.join(name);
-        let data = std::fs::read(&path).map_err(|e| {
+        let data = crate::run::logfile::read_all(&path).map_err(|e| {
             Failure::runtime(format!(
                 "container {}: no log ({}: {e}); only detached runs keep one",
                 found.state.id,

@@ -455,6 +455,7 @@ impl Controller {
                 read_only: d.is_read_only,
                 id: d.drive_id.clone(),
                 rate_limiter: d.rate_limiter.as_ref().map(limits),
+                read_write: Default::default(),
             })
             .collect();
         let nets = self

@@ -175,6 +175,18 @@ struct ApiSubscriber {
     controller: Controller,
     vm: VmControls,
     metrics: Arc<Mutex<MetricsSink>>,
+    /// Hears of a forbidden call on the API thread.
+    api_watch: &'static husk_vmm::seccomp::Watch,
+}
+
+/// Whether the client stopped waiting (504, or gone): the request is
+/// dropped, not carried out after its client was told it failed.
+fn abandoned(reply: &husk_api::Reply) -> bool {
+    let gone = reply.is_abandoned();
+    if gone {
+        log::warn!("API request dropped: its client stopped waiting for the answer");
+    }
+    gone
 }
 
 impl MutEventSubscriber for ApiSubscriber {
@@ -195,7 +207,14 @@ impl MutEventSubscriber for ApiSubscriber {
             return;
         }
         let _ = self.wake.read();
+        if let Some(why) = self.api_watch.describe() {
+            self.vm.stop(Exit::Failed(why));
+            return;
+        }
         while let Ok(ApiRequest { request, reply }) = self.rx.try_recv() {
+            if abandoned(&reply) {
+                continue;
+            }
             let (response, effect) = match request {
                 Request::Action(ActionType::InstanceStart) => (
                     Response::BadRequest(
@@ -349,13 +368,21 @@ fn serve(
     let wake =
         EventFd::new(libc::EFD_NONBLOCK).map_err(|e| Failure::runtime(format!("eventfd: {e}")))?;
     let (tx, rx) = channel();
+    // The API thread runs under its own seccomp filter; a call outside it
+    // wakes this thread, which stops the VMM naming it.
+    let (setup, api_watch) =
+        husk_vmm::seccomp::api_guard(&wake).map_err(|e| Failure::runtime(e.to_string()))?;
     let server = match &args.api_sock {
         Some(sock) if !args.no_api => Some(
-            husk_api::start(
+            husk_api::start_with(
                 sock,
                 tx,
                 wake.try_clone()
                     .map_err(|e| Failure::runtime(format!("eventfd: {e}")))?,
+                husk_api::Options {
+                    thread_setup: Some(husk_api::ThreadSetup(setup)),
+                    ..husk_api::Options::default()
+                },
             )
             .map_err(|e| Failure::runtime(format!("API socket: {e}")))?,
         ),
@@ -408,8 +435,15 @@ fn serve(
                 continue;
             }
             let _ = wake.read();
+            if let Some(why) = api_watch.describe() {
+                drop(server);
+                return Err(Failure::runtime(why));
+            }
             let mut m = metrics.lock().unwrap();
             while let Ok(ApiRequest { request, reply }) = rx.try_recv() {
+                if abandoned(&reply) {
+                    continue;
+                }
                 let started = match &request {
                     Request::Action(ActionType::InstanceStart) => Some(try_start(&controller)),
                     Request::LoadSnapshot(load) => {
@@ -455,6 +489,7 @@ fn serve(
             controller,
             vm: controls.clone(),
             metrics: metrics.clone(),
+            api_watch,
         })));
     let outcome = vm.wait();
     metrics.lock().unwrap().flush(Some(&controls));

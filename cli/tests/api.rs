@@ -588,3 +588,30 @@ fn a_jailed_vmm_runs_as_its_user_inside_its_jail() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("must not be 0"));
 }
+
+/// The API thread has a seccomp filter of its own: a call outside it
+/// (accept4, taken out by `HUSK_SECCOMP_DENY`) does not run, and the VMM
+/// stops naming the thread and the call, before any VM runs.
+#[test]
+fn the_api_threads_forbidden_call_stops_the_vmm_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_husk"));
+    cmd.args(["vmm", "--api-sock"])
+        .arg(&sock)
+        .env("HUSK_SECCOMP_DENY", "accept4");
+    let running = husk_tests::process::Running::spawn(cmd);
+    assert!(wait_for_socket(&sock, Duration::from_secs(10)));
+    // The connection is queued by the kernel; the thread's accept is not
+    // allowed to take it.
+    let asked = std::thread::spawn(move || request(&sock, "GET", "/", ""));
+    let out = running.finish(Duration::from_secs(20));
+    let err = &out.stderr;
+    assert_eq!(out.code, Some(1), "{}", out.describe());
+    assert!(
+        err.contains("the API thread made a system call outside its filter: accept4"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(asked.join().unwrap().is_err(), "a request was answered");
+}

@@ -36,7 +36,42 @@ pub struct Limits {
     pub ops: Option<Bucket>,
 }
 
+/// Limits on a disk's reads and on its writes, each apart (`husk run
+/// --device-read-bps` and its kin, as Docker's blkio throttles), on top
+/// of the disk's [`Limits`] on both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadWriteLimits {
+    pub read: Limits,
+    pub write: Limits,
+}
+
+impl ReadWriteLimits {
+    /// Whether anything is limited.
+    pub fn is_limited(&self) -> bool {
+        [self.read, self.write]
+            .iter()
+            .any(|l| l.bytes.is_some() || l.ops.is_some())
+    }
+}
+
 impl Bucket {
+    /// A steady `per_second` tokens a second: refilled every 100 ms, so
+    /// a full bucket at the start lets a tenth of a second's worth through
+    /// at once, not a whole second's; every second when a tenth would not
+    /// be exact enough (few operations a second).
+    pub fn per_second(per_second: u64) -> Bucket {
+        let (size, refill_time_ms) = if per_second % 10 == 0 || per_second >= 10_000 {
+            (per_second.div_ceil(10), 100)
+        } else {
+            (per_second, 1000)
+        };
+        Bucket {
+            size,
+            one_time_burst: 0,
+            refill_time_ms,
+        }
+    }
+
     /// Firecracker's rule: a bucket of no size or no refill time limits
     /// nothing.
     fn limits(self) -> Option<Bucket> {
@@ -284,6 +319,23 @@ mod tests {
             ops: Some(bucket(10, 0, 0)),
         });
         assert!(!open.is_limited());
+    }
+
+    #[test]
+    fn a_rate_per_second_is_a_bucket_of_a_tenth_of_a_second_when_that_is_exact() {
+        assert_eq!(Bucket::per_second(10 << 20), bucket(1_048_576, 0, 100));
+        assert_eq!(Bucket::per_second(1_048_575), bucket(104_858, 0, 100));
+        assert_eq!(Bucket::per_second(15), bucket(15, 0, 1000));
+        assert_eq!(Bucket::per_second(200), bucket(20, 0, 100));
+        assert!(!ReadWriteLimits::default().is_limited());
+        let writes = ReadWriteLimits {
+            write: Limits {
+                bytes: Some(Bucket::per_second(1 << 20)),
+                ops: None,
+            },
+            ..Default::default()
+        };
+        assert!(writes.is_limited());
     }
 
     #[test]

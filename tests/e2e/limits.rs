@@ -191,3 +191,134 @@ fn a_nic_sends_and_receives_at_its_limits_and_a_patch_changes_them_live() {
         );
     }
 }
+
+/// A block device node for the filesystem `dir` is on, made in `dir`
+/// (what `--device-*-bps DEV` names; the testbed's /dev need not have it).
+fn block_node(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(dir).unwrap().dev();
+    assert_ne!(
+        libc::major(dev),
+        0,
+        "{} is not on a block device (tmpfs, overlay?): this test needs one",
+        dir.display()
+    );
+    let node = dir.join("dev");
+    mknod_block(&node, dev);
+    node
+}
+
+/// A block device node for device number `dev` at `node`.
+fn mknod_block(node: &std::path::Path, dev: libc::dev_t) {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(node.as_os_str().as_bytes()).unwrap();
+    // SAFETY: mknod(2) with a valid C string; it only makes the node.
+    let rc = unsafe { libc::mknod(path.as_ptr(), libc::S_IFBLK | 0o600, dev) };
+    assert_eq!(rc, 0, "mknod: {}", std::io::Error::last_os_error());
+}
+
+/// Docker's `--device-read-bps` and `--device-write-bps` on `husk run`:
+/// a disk volume on the named device is read and written at the rates,
+/// measured in the guest; a device none of the disks is on is refused.
+#[test]
+fn husk_run_device_limits_hold_a_volume_on_that_device_to_its_rates() {
+    require_linux_kvm();
+    let r = crate::run::Run::new();
+    // In the working directory: on a disk (the testbed's payload disk),
+    // where /tmp may be RAM.
+    let host = tempfile::tempdir_in(".").unwrap();
+    let tree = host.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    // Not zeros: the file is data on the disk, not holes.
+    let big: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(tree.join("big"), big).unwrap();
+    let disk = host.path().join("vol.ext4");
+    husk_image::mkfs::Ext4::new(96 << 20)
+        .from_tree(&tree)
+        .make(&disk)
+        .unwrap();
+    let dev = block_node(host.path());
+    let flag = |rate: &str| format!("{}:{rate}", dev.display());
+    // The write's rate is what the disks wrote in its time (sectors from
+    // /sys/block): the guest's ext4 also zeroes its inode tables and
+    // journals then, and the limit holds the disk, not the file. The
+    // writes are direct: through the page cache, dd would first fill
+    // memory while the disk idles (the bucket full, its tokens lost), and
+    // the time would be the guest's CPU and the disk's in a row.
+    let script = "t() { cut -d' ' -f1 /proc/uptime; }; \
+        w() { cat /sys/block/vd*/stat | awk '{s+=$7} END {print s}'; }; \
+        a=$(t); cat /data/big >/dev/null; b=$(t); echo read $a $b; \
+        c=$(w); a=$(t); dd if=/dev/zero of=/data/new bs=1M count=24 oflag=direct 2>/dev/null; \
+        b=$(t); d=$(w); echo write $a $b $c $d";
+    let out = r.run(
+        &[
+            "--rm",
+            "--device-read-bps",
+            &flag("8mb"),
+            "--device-write-bps",
+            &flag("10mb"),
+            "-v",
+            &format!("{}:/data", disk.display()),
+        ],
+        &["sh", "-c", script],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let fields = |what: &str| -> Vec<f64> {
+        let line = out.stdout.lines().find(|l| l.starts_with(what));
+        line.unwrap_or_else(|| panic!("no {what} line: {}", out.describe()))
+            .split_whitespace()
+            .skip(1)
+            .map(|v| v.parse().unwrap())
+            .collect()
+    };
+    let (rd, wr) = (fields("read"), fields("write"));
+    let written_mib = (wr[3] - wr[2]) * 512.0 / (1 << 20) as f64;
+    assert!(
+        written_mib >= 24.0,
+        "{written_mib} MiB written: {}",
+        out.describe()
+    );
+    let (read, write) = (16.0 / (rd[1] - rd[0]), written_mib / (wr[1] - wr[0]));
+    eprintln!(
+        "--device-read-bps 8mb: {read:.2} MiB/s; --device-write-bps 10mb: {write:.2} MiB/s \
+         ({written_mib:.1} MiB written for 24)"
+    );
+    // A tenth of a second's worth goes at once, and ext4 writes its
+    // journal too: within 10%.
+    assert!(
+        (7.2..8.8).contains(&read),
+        "read {read:.2} MiB/s: {}",
+        out.describe()
+    );
+    assert!(
+        (9.0..11.0).contains(&write),
+        "write {write:.2} MiB/s: {}",
+        out.describe()
+    );
+
+    // Another device: none of the container's disks is on it.
+    let other = host.path().join("other");
+    use std::os::unix::fs::MetadataExt;
+    let rdev = std::fs::metadata(&dev).unwrap().rdev();
+    mknod_block(
+        &other,
+        libc::makedev(libc::major(rdev), libc::minor(rdev) + 77),
+    );
+    let out = r.run(
+        &[
+            "--rm",
+            "--device-read-bps",
+            &format!("{}:1mb", other.display()),
+            "-v",
+            &format!("{}:/data", disk.display()),
+        ],
+        &["true"],
+    );
+    assert_eq!(out.code, Some(2), "{}", out.describe());
+    assert!(
+        out.stderr
+            .contains("none of the container's disks is on it"),
+        "{}",
+        out.describe()
+    );
+}

@@ -859,3 +859,88 @@ fn net_gives_the_container_the_vms_interface() {
     );
     assert_eq!(out.stdout, "0\n", "{}", out.describe());
 }
+
+/// `--log-opt max-size/max-file`: a detached container that prints more
+/// than its logs hold keeps only the newest, in that many files; a
+/// foreground run, which keeps no logs, refuses the flag.
+#[test]
+fn a_detached_containers_logs_rotate_at_their_size() {
+    require_linux_kvm();
+    let r = Run::new();
+    let refused = r.run(&["--rm", "--log-opt", "max-size=4k"], &["true"]);
+    assert_eq!(refused.code, Some(2), "{}", refused.describe());
+    assert!(
+        refused.stderr.contains("--log-opt"),
+        "{}",
+        refused.describe()
+    );
+    let started = r.run(
+        &[
+            "-d",
+            "--network",
+            "none",
+            "--log-opt",
+            "max-size=4k",
+            "--log-opt",
+            "max-file=2",
+        ],
+        &["seq", "1", "5000"],
+    );
+    assert_eq!(started.code, Some(0), "{}", started.describe());
+    let id = started.stdout.trim().to_owned();
+    wait_status(&r, &id, "Exited (0)");
+    let logs = husk(&r, &["logs", &id]);
+    assert_eq!(logs.code, Some(0), "{}", logs.describe());
+    // 5000 numbers are 23893 bytes; two files of 4 KiB keep the last of
+    // them, whole lines but for the oldest, which a rotation may cut.
+    let out = &logs.stdout;
+    assert!(
+        out.len() > 4096 && out.len() <= 8192,
+        "{} bytes kept",
+        out.len()
+    );
+    let numbers: Vec<u64> = out.lines().skip(1).map(|l| l.parse().unwrap()).collect();
+    let first = numbers[0];
+    let expected: Vec<u64> = (first..=5000).collect();
+    assert_eq!(numbers, expected);
+    let files: Vec<String> = std::fs::read_dir(r.runtime.path().join(&id))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("stdout.log"))
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(husk(&r, &["rm", &id]).code, Some(0));
+}
+
+/// `--cpu-shares`: the run's husk, and with it its VM's threads, sits in a
+/// host cgroup of its own whose `cpu.weight` is runc's conversion of the
+/// shares (512 → 20); shares out of Docker's range are refused.
+#[test]
+fn cpu_shares_put_the_vm_in_a_host_cgroup_of_that_weight() {
+    require_linux_kvm();
+    husk_compare::runner::ensure_cgroup2();
+    let r = Run::new();
+    let mut running = husk_tests::process::Running::spawn(r.command(
+        &["--rm", "--network", "none", "--cpu-shares", "512"],
+        &["sh", "-c", "echo started; sleep 5"],
+    ));
+    assert!(running.wait_for_line("started", TIMEOUT));
+    let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", running.pid())).unwrap();
+    let path = cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or_default()
+        .to_owned();
+    let weight = std::fs::read_to_string(format!("/sys/fs/cgroup{path}/cpu.weight"));
+    let vcpus_there = std::fs::read_to_string(format!("/sys/fs/cgroup{path}/cgroup.threads"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0);
+    let out = running.finish(TIMEOUT);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert!(path.starts_with("/husk/"), "{cgroup}");
+    assert_eq!(weight.unwrap().trim(), "20");
+    assert!(vcpus_there > 2, "the VM's threads are elsewhere");
+    let bad = r.run(&["--cpu-shares", "1"], &["true"]);
+    assert_eq!(bad.code, Some(2), "{}", bad.describe());
+    assert!(bad.stderr.contains("--cpu-shares 1:"), "{}", bad.describe());
+}

@@ -154,6 +154,7 @@ fn a_restored_snapshot_goes_on_counting_where_it_stopped() {
         read_only: true,
         id: "data".into(),
         rate_limiter: None,
+        read_write: Default::default(),
     });
     config.vsock = Some(husk_vmm::VsockConfig {
         guest_cid: 3,

@@ -17,7 +17,14 @@ pub enum Console {
     Off,
     /// Appended to a file.
     File(PathBuf),
+    /// Appended to a file that never holds more than this many bytes
+    /// (see [`Capped`]): a run's console.log, which a guest that prints
+    /// forever must not grow without end.
+    Capped(PathBuf, u64),
 }
+
+/// What a run's console.log holds at most.
+pub const CONSOLE_CAP: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -72,17 +79,68 @@ impl Console {
     }
 
     pub fn writer(&self) -> Result<Box<dyn Write + Send>, Error> {
+        let open = |p: &PathBuf| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| Error::File(p.display().to_string(), e))
+        };
         Ok(match self {
             Console::Stdio => Box::new(Unbuffered(std::io::stdout())),
             Console::Off => Box::new(std::io::sink()),
-            Console::File(p) => Box::new(Unbuffered(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .map_err(|e| Error::File(p.display().to_string(), e))?,
-            )),
+            Console::File(p) => Box::new(Unbuffered(open(p)?)),
+            Console::Capped(p, max) => {
+                let file = open(p)?;
+                let written = file
+                    .metadata()
+                    .map_err(|e| Error::File(p.display().to_string(), e))?
+                    .len();
+                Box::new(Capped {
+                    file,
+                    written,
+                    max: (*max).max(1),
+                    dropped: 0,
+                })
+            }
         })
+    }
+}
+
+/// A console file that never grows past `max` bytes. A write that would
+/// take it past empties it first (ftruncate of the descriptor the vCPU
+/// thread holds: its seccomp filter opens and renames nothing) and says
+/// how much went, so the file keeps the newest output: a panic at the end
+/// is what a failed run shows.
+struct Capped {
+    file: std::fs::File,
+    written: u64,
+    max: u64,
+    dropped: u64,
+}
+
+impl Write for Capped {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.written > 0 && self.written + b.len() as u64 > self.max {
+            self.file.set_len(0)?;
+            self.dropped += self.written;
+            let note = format!(
+                "[husk: the console's first {} bytes were dropped: this file holds at most {} bytes]\n",
+                self.dropped, self.max
+            );
+            self.file.write_all(note.as_bytes())?;
+            self.written = note.len() as u64;
+        }
+        let room = usize::try_from(self.max.saturating_sub(self.written))
+            .unwrap_or(usize::MAX)
+            .max(1);
+        let n = self.file.write(&b[..b.len().min(room)])?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
     }
 }
 
@@ -305,6 +363,24 @@ mod tests {
         assert_eq!("file=/tmp/x".parse(), Ok(Console::File("/tmp/x".into())));
         assert!("file=".parse::<Console>().is_err());
         assert!("tty".parse::<Console>().is_err());
+    }
+
+    #[test]
+    fn a_capped_console_file_keeps_its_newest_output_within_its_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        let mut w = Console::Capped(path.clone(), 200).writer().unwrap();
+        for i in 0..100 {
+            writeln!(w, "line {i:03}").unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.len() <= 200, "{} bytes", text.len());
+        assert!(text.ends_with("line 099\n"), "{text}");
+        assert!(text.starts_with("[husk: the console's first "), "{text}");
+        let kept: Vec<&str> = text.lines().skip(1).collect();
+        let from = 100 - kept.len();
+        let want: Vec<String> = (from..100).map(|i| format!("line {i:03}")).collect();
+        assert_eq!(kept, want);
     }
 
     fn watched(chunks: &[&[u8]]) -> Option<String> {

@@ -15,7 +15,8 @@
 //! What a vCPU thread does, and so the list: `KVM_RUN` and the other KVM
 //! ioctls (registers for a snapshot or a report), a TAP's offload ioctl
 //! when the guest activates its NIC; writes to eventfds (interrupts, queue
-//! kicks, the reset), to the console and the log; vhost-user messages when
+//! kicks, the reset), to the console (emptying a capped one in place:
+//! ftruncate) and the log; vhost-user messages when
 //! the guest activates a virtio-fs device; locks (futex), the kick signal's
 //! return, allocation, clocks, sleeps, and the thread's own exit.
 //!
@@ -61,6 +62,8 @@ const VCPU_CALLS: &[(&str, i64)] = &[
     ("write", libc::SYS_write),
     ("writev", libc::SYS_writev),
     ("close", libc::SYS_close),
+    // A capped console file is emptied in place (console::Capped).
+    ("ftruncate", libc::SYS_ftruncate),
     ("sendmsg", libc::SYS_sendmsg),
     ("recvmsg", libc::SYS_recvmsg),
     ("eventfd2", libc::SYS_eventfd2),
@@ -98,7 +101,6 @@ const EVENT_LOOP_CALLS: &[(&str, i64)] = &[
     ("lseek", libc::SYS_lseek),
     ("fsync", libc::SYS_fsync),
     ("fdatasync", libc::SYS_fdatasync),
-    ("ftruncate", libc::SYS_ftruncate),
     ("fallocate", libc::SYS_fallocate),
     ("openat", libc::SYS_openat),
     ("rename", libc::SYS_rename),
@@ -125,12 +127,29 @@ const EVENT_LOOP_CALLS: &[(&str, i64)] = &[
     ("recvfrom", libc::SYS_recvfrom),
 ];
 
+/// What the API server's thread (one tokio runtime on one thread, HTTP
+/// over the socket it was given) does beyond a vCPU thread's calls; what
+/// a request asks for runs on the VMM's threads, not here.
+const API_CALLS: &[(&str, i64)] = &[
+    ("readv", libc::SYS_readv),
+    ("epoll_wait", libc::SYS_epoll_wait),
+    ("epoll_pwait", libc::SYS_epoll_pwait),
+    ("epoll_ctl", libc::SYS_epoll_ctl),
+    ("accept", libc::SYS_accept),
+    ("accept4", libc::SYS_accept4),
+    ("shutdown", libc::SYS_shutdown),
+    ("getsockopt", libc::SYS_getsockopt),
+    ("sendto", libc::SYS_sendto),
+    ("recvfrom", libc::SYS_recvfrom),
+];
+
 /// The threads that have a filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Kind {
     Vcpu = 1,
     EventLoop = 2,
+    Api = 3,
 }
 
 impl Kind {
@@ -138,6 +157,15 @@ impl Kind {
         match self {
             Kind::Vcpu => "a vCPU thread",
             Kind::EventLoop => "the device event loop",
+            Kind::Api => "the API thread",
+        }
+    }
+
+    fn from_u8(k: u8) -> Kind {
+        match k {
+            2 => Kind::EventLoop,
+            3 => Kind::Api,
+            _ => Kind::Vcpu,
         }
     }
 }
@@ -153,6 +181,7 @@ pub fn filter(kind: Kind, deny: &[String]) -> Result<BpfProgram, Error> {
         VCPU_CALLS
             .iter()
             .chain(EVENT_LOOP_CALLS)
+            .chain(API_CALLS)
             .any(|(n, _)| n == name)
             || name == "ioctl"
             || name == "socket"
@@ -163,6 +192,7 @@ pub fn filter(kind: Kind, deny: &[String]) -> Result<BpfProgram, Error> {
     let extra: &[(&str, i64)] = match kind {
         Kind::Vcpu => &[],
         Kind::EventLoop => EVENT_LOOP_CALLS,
+        Kind::Api => API_CALLS,
     };
     let allowed = |name: &str| !deny.iter().any(|d| d == name);
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = VCPU_CALLS
@@ -171,7 +201,7 @@ pub fn filter(kind: Kind, deny: &[String]) -> Result<BpfProgram, Error> {
         .filter(|(name, _)| allowed(name))
         .map(|&(_, nr)| (nr, Vec::new()))
         .collect();
-    if allowed("ioctl") {
+    if kind != Kind::Api && allowed("ioctl") {
         rules.insert(libc::SYS_ioctl, ioctl_rules()?);
     }
     if kind == Kind::EventLoop && allowed("socket") {
@@ -241,10 +271,7 @@ impl Watch {
                 .ok()
                 .and_then(syscalls::Sysno::new)
                 .map_or("an unknown call", |s| s.name());
-            let who = match self.kind.load(Ordering::Acquire) {
-                2 => Kind::EventLoop.describe(),
-                _ => Kind::Vcpu.describe(),
-            };
+            let who = Kind::from_u8(self.kind.load(Ordering::Acquire)).describe();
             format!(
                 "seccomp: {who} made a system call outside its filter: {name} (number {nr}); it did not run, and the VM was stopped"
             )
@@ -308,6 +335,30 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, context: *mu
     }
 }
 
+/// The API server thread's guard: its filter, installed by the returned
+/// closure on that thread, and the watch that hears of a forbidden call
+/// there, whose eventfd is the one that wakes the VMM for API requests
+/// (`wake`): the VMM checks the watch when woken, and stops. It lives as
+/// long as the process (the thread may outlive any VM).
+pub fn api_guard(
+    wake: &vmm_sys_util::eventfd::EventFd,
+) -> Result<(ApiSetup, &'static Watch), Error> {
+    let filter = filter(Kind::Api, &denied())?;
+    let evt = wake
+        .try_clone()
+        .map_err(|e| Error::Install(format!("eventfd: {e}")))?;
+    let watch: &'static Watch = Box::leak(Box::new(Watch {
+        call: AtomicI64::new(-1),
+        kind: AtomicU8::new(0),
+        evt,
+    }));
+    let setup = move || install(&filter, Kind::Api, watch).map_err(|e| e.to_string());
+    Ok((std::sync::Arc::new(setup), watch))
+}
+
+/// What installs the API thread's filter, on that thread.
+pub type ApiSetup = std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,5 +386,26 @@ mod tests {
         let said = watch.describe().unwrap();
         assert!(said.contains("getpid (number 39)"), "{said}");
         assert!(vcpu_filter(&["nosuchcall".to_string()]).is_err());
+    }
+
+    #[test]
+    fn the_api_threads_forbidden_call_wakes_the_vmm_naming_the_thread() {
+        let wake = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let (setup, watch) = api_guard(&wake).unwrap();
+        let got = std::thread::spawn(move || {
+            setup().unwrap();
+            // SAFETY: a plain system call: an API thread never opens a
+            // file.
+            unsafe { libc::syscall(libc::SYS_openat, libc::AT_FDCWD, c"/".as_ptr(), 0) }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(got, -1);
+        assert_eq!(wake.read().unwrap(), 1);
+        let said = watch.describe().unwrap();
+        assert!(
+            said.contains("the API thread") && said.contains("openat"),
+            "{said}"
+        );
     }
 }

@@ -7,7 +7,7 @@ use crate::mmio::{MmioBus, MmioDevice};
 use crate::snapshot::devices::{DeviceSpec, SavedNetHost};
 use crate::x86_64::layout::{FIRST_DEVICE_IRQ, LAST_DEVICE_IRQ, VIRTIO_MMIO_START};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
-use husk_devices::rate_limiter::RateLimiter;
+use husk_devices::rate_limiter::{RateLimiter, ReadWriteLimits};
 use husk_devices::virtio::block::{Block, BlockConfig, BlockMetrics, Budget};
 use husk_devices::virtio::fs::Fs;
 pub use husk_devices::virtio::fs::FsConfig;
@@ -36,6 +36,9 @@ pub struct DiskConfig {
     pub id: String,
     /// I/O limits (bytes and operations); none = no limit.
     pub rate_limiter: Option<husk_devices::rate_limiter::Limits>,
+    /// Limits on reads and on writes apart, on top (`husk run
+    /// --device-read-bps` ...; not in Firecracker's API).
+    pub read_write: ReadWriteLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -328,6 +331,9 @@ impl Attacher {
         if let Some(limits) = disk.rate_limiter {
             block.set_rate_limiter(RateLimiter::new(limits));
         }
+        if disk.read_write.is_limited() {
+            block.set_read_write_limits(disk.read_write);
+        }
         self.disk_metrics
             .push((disk.id.clone(), block.metrics().clone()));
         let block = Arc::new(Mutex::new(block));
@@ -337,6 +343,7 @@ impl Attacher {
             read_only: disk.read_only,
             id: disk.id.clone(),
             rate_limiter: disk.rate_limiter,
+            read_write: disk.read_write,
         };
         self.record(Ok(spec), transport, None);
         if let Some(last) = self.devices.last_mut() {
@@ -363,12 +370,14 @@ impl Attacher {
                 read_only,
                 id,
                 rate_limiter,
+                read_write,
             } => {
                 let disk = DiskConfig {
                     path: path.clone(),
                     read_only: *read_only,
                     id: id.clone(),
                     rate_limiter: *rate_limiter,
+                    read_write: *read_write,
                 };
                 self.attach_disk(vm, mem, bus, events, &disk)
             }
@@ -422,6 +431,7 @@ fn budget_override() -> Result<Option<Budget>, Error> {
         return Ok(Some(Budget {
             requests: u32::MAX,
             bytes: u64::MAX,
+            ..Budget::PASS
         }));
     }
     let parsed = value
@@ -429,7 +439,11 @@ fn budget_override() -> Result<Option<Budget>, Error> {
         .and_then(|(r, b)| Some((r.parse().ok()?, b.parse().ok()?)))
         .filter(|&(r, b)| r > 0 && b > 0);
     match parsed {
-        Some((requests, bytes)) => Ok(Some(Budget { requests, bytes })),
+        Some((requests, bytes)) => Ok(Some(Budget {
+            requests,
+            bytes,
+            ..Budget::PASS
+        })),
         None => Err(Error::Disk(
             VAR.into(),
             format!("{value:?}: expected REQUESTS,BYTES (both above 0) or unlimited"),

@@ -370,6 +370,7 @@ fn vm_config(
             read_only: true,
             id: run::serial::ROOTFS.into(),
             rate_limiter: None,
+            read_write: Default::default(),
         }],
         nets: wiring.nets,
         vsock: Some(VsockConfig {
@@ -378,7 +379,10 @@ fn vm_config(
             id: "vsock0".into(),
         }),
         fs,
-        console: Console::File(dir.join(run::launch::CONSOLE_LOG)),
+        console: Console::Capped(
+            dir.join(run::launch::CONSOLE_LOG),
+            husk_vmm::console::CONSOLE_CAP,
+        ),
         stdin: false,
         allow_pvm: false,
         track_dirty_pages: false,

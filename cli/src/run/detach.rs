@@ -74,12 +74,15 @@ pub fn spawn(
         .max(1))
 }
 
+/// Where a detached run's husk writes its messages once the container runs.
+pub const MONITOR_LOG: &str = "monitor.log";
+
 /// Tells the `husk run -d` that started us that the container runs, and
 /// sends our own messages to `monitor.log` from now on (which also ends
 /// that process's wait for us).
 pub fn become_background(dir: &Path) {
     eprintln!("{READY_LINE}");
-    let log = dir.join("monitor.log");
+    let log = dir.join(MONITOR_LOG);
     if let Ok(f) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

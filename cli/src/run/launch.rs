@@ -31,14 +31,19 @@ impl Drop for RunDir {
             state::STDOUT_LOG,
             state::STDERR_LOG,
             CONSOLE_LOG,
-            "monitor.log",
+            super::detach::MONITOR_LOG,
         ];
         for e in std::fs::read_dir(&self.path)
             .into_iter()
             .flatten()
             .flatten()
         {
-            if !kept.iter().any(|k| e.file_name() == *k) {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let rotated = [state::STDOUT_LOG, state::STDERR_LOG]
+                .iter()
+                .any(|log| super::logfile::is_rotated_of(&name, log));
+            if !rotated && !kept.iter().any(|k| name == *k) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -108,7 +113,8 @@ pub fn launch(
     let mut record = record(origin, plan, detached);
     record.name = args.name.clone();
     record.save(&dir.path).map_err(Failure::runtime)?;
-    let sinks = sinks(detached.then_some(dir.path.as_path())).map_err(Failure::runtime)?;
+    let sinks =
+        sinks(detached.then_some(dir.path.as_path()), plan.log_opts).map_err(Failure::runtime)?;
     let guest = crate::boot::guest_dir();
     let kernel = args.kernel.clone().unwrap_or_else(|| guest.join("vmlinux"));
     let rootfs = guest.join("rootfs.ext4");
@@ -163,11 +169,17 @@ pub fn launch(
             id: "vsock0".into(),
         }),
         fs: plan.vm_shares(&disks),
-        console: Console::File(dir.path.join(CONSOLE_LOG)),
+        console: Console::Capped(dir.path.join(CONSOLE_LOG), husk_vmm::console::CONSOLE_CAP),
         stdin: false,
         allow_pvm: false,
         track_dirty_pages: false,
     };
+    super::blkio::apply(
+        &plan.device_limits,
+        &mut config.disks,
+        super::plan::serial::ROOTFS,
+    )
+    .map_err(Failure::usage)?;
     // The host knows the MAC, so that a clone of a template can be given
     // it.
     for nic in &mut config.nets {
@@ -311,13 +323,13 @@ fn record(origin: &Origin, plan: &Plan, detached: bool) -> State {
 
 /// Where the container's output goes: our stdout/stderr, or for a detached
 /// run its log files.
-fn sinks(logs: Option<&Path>) -> Result<Sinks, String> {
+fn sinks(logs: Option<&Path>, opts: super::logfile::LogOpts) -> Result<Sinks, String> {
     let Some(dir) = logs else {
         return Ok(Sinks::stdio());
     };
     let open = |name: &str| {
         let p = dir.join(name);
-        std::fs::File::create(&p).map_err(|e| format!("{}: {e}", p.display()))
+        super::logfile::Rotating::create(&p, opts).map_err(|e| format!("{}: {e}", p.display()))
     };
     Ok(Sinks {
         out: Box::new(open(state::STDOUT_LOG)?),

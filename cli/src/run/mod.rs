@@ -6,11 +6,14 @@
 //! gone, one error). Everything the run made (VM, sockets, console log) is gone at
 //! the end, except a detached run's record and logs.
 
+mod blkio;
+mod cgroup;
 pub(crate) mod checkpoint;
 mod cpuset;
-mod detach;
+pub(crate) mod detach;
 mod etc;
 pub(crate) mod launch;
+pub(crate) mod logfile;
 mod names;
 mod networking;
 mod plan;
@@ -75,6 +78,29 @@ pub struct RunArgs {
     /// and the VMM's own are pinned to them.
     #[arg(long = "cpuset-cpus", value_name = "LIST")]
     cpuset_cpus: Option<String>,
+    /// The VM's share of contended host CPUs (Docker's `--cpu-shares`:
+    /// 1024 is an even share): the run's husk and its VM's threads go in
+    /// a host cgroup of their own with that weight. Needs root.
+    #[arg(long = "cpu-shares", value_name = "N")]
+    cpu_shares: Option<u64>,
+    /// Limit the container's reads from a host block device, in bytes a
+    /// second (`/dev/sda:10mb`; repeatable): each of its disks whose file
+    /// is on DEV (or DEV, a disk volume's file) is limited in the VMM.
+    #[arg(long = "device-read-bps", value_name = "DEV:RATE")]
+    device_read_bps: Vec<String>,
+    /// Limit its writes to a host block device, in bytes a second.
+    #[arg(long = "device-write-bps", value_name = "DEV:RATE")]
+    device_write_bps: Vec<String>,
+    /// Limit its reads from a host block device, in operations a second.
+    #[arg(long = "device-read-iops", value_name = "DEV:RATE")]
+    device_read_iops: Vec<String>,
+    /// Limit its writes to a host block device, in operations a second.
+    #[arg(long = "device-write-iops", value_name = "DEV:RATE")]
+    device_write_iops: Vec<String>,
+    /// A detached run's logs: `max-size=SIZE` a file (default 10m) and
+    /// `max-file=N` files kept (default 3), rotated as they fill.
+    #[arg(long = "log-opt", value_name = "KEY=VALUE")]
+    log_opts: Vec<String>,
     /// Guest kernel (default: the project's build).
     #[arg(long, value_name = "PATH", hide = true)]
     kernel: Option<PathBuf>,
@@ -232,6 +258,11 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         .map(cpuset::parse)
         .transpose()
         .map_err(Failure::usage)?;
+    let cpu_weight = args
+        .cpu_shares
+        .map(cgroup::weight)
+        .transpose()
+        .map_err(Failure::usage)?;
     let monitor_id = std::env::var(detach::MONITOR_ENV)
         .ok()
         .filter(|_| args.detach);
@@ -280,6 +311,9 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     // Set before the VM's threads exist, so they inherit it.
     if let Some(cpus) = &cpuset {
         cpuset::apply(cpus).map_err(Failure::usage)?;
+    }
+    if let Some(weight) = cpu_weight {
+        cgroup::join(&id, weight).map_err(Failure::runtime)?;
     }
     // Taken before the VM's threads exist, so they inherit the masks: the
     // stop signals and resizes reach only the threads that wait for them.

@@ -61,6 +61,10 @@ pub struct Plan {
     pub etc_files: BTreeMap<String, String>,
     /// What to tell the user about them (the fallback nameservers).
     pub etc_warning: Option<String>,
+    /// `--device-read-bps` and its kin, set on the disks at launch.
+    pub device_limits: Vec<super::blkio::DeviceLimit>,
+    /// How a detached run's logs rotate.
+    pub log_opts: super::logfile::LogOpts,
 }
 
 /// A disk made ready on the host: where it is and what is on it.
@@ -212,7 +216,35 @@ pub fn plan(
         },
         etc_files,
         etc_warning,
+        device_limits: device_limits(args)?,
+        log_opts: log_opts(args)?,
     })
+}
+
+/// `--log-opt`: only a detached run keeps logs to rotate.
+fn log_opts(args: &RunArgs) -> Result<super::logfile::LogOpts, Failure> {
+    if !args.detach && !args.log_opts.is_empty() {
+        return Err(Failure::usage(
+            "--log-opt: only a detached run (-d) keeps logs; a foreground run's output is yours",
+        ));
+    }
+    super::logfile::parse(&args.log_opts).map_err(Failure::usage)
+}
+
+/// The `--device-*` flags, parsed.
+fn device_limits(args: &RunArgs) -> Result<Vec<super::blkio::DeviceLimit>, Failure> {
+    use super::blkio::{parse, Kind};
+    let flags = [
+        (Kind::ReadBps, &args.device_read_bps),
+        (Kind::WriteBps, &args.device_write_bps),
+        (Kind::ReadIops, &args.device_read_iops),
+        (Kind::WriteIops, &args.device_write_iops),
+    ];
+    flags
+        .iter()
+        .flat_map(|(kind, values)| values.iter().map(move |v| parse(*kind, v)))
+        .collect::<Result<_, _>>()
+        .map_err(Failure::usage)
 }
 
 /// The container's /etc files, but for those a volume covers.
@@ -306,6 +338,7 @@ impl Plan {
             read_only,
             id: id.to_owned(),
             rate_limiter: None,
+            read_write: Default::default(),
         };
         let mut disks = vec![
             disk(&d.rootfs, true, serial::ROOTFS),

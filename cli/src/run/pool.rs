@@ -85,6 +85,10 @@ pub fn unpoolable(config: &VmConfig, net: Option<&NetIdentity>) -> Option<&'stat
     if config.disks.iter().any(|d| !known.contains(&d.id.as_str())) {
         return Some("it has a disk volume");
     }
+    // A template's stand-in disks have none; the restore gives only files.
+    if config.disks.iter().any(|d| d.read_write.is_limited()) {
+        return Some("a disk has read or write limits (--device-*)");
+    }
     None
 }
 
@@ -255,12 +259,14 @@ fn boot_and_snapshot(build: &Path, config: &VmConfig, cmdline: &str) -> Result<(
                 read_only: true,
                 id: serial::IMAGE.into(),
                 rate_limiter: None,
+                read_write: Default::default(),
             },
             DiskConfig {
                 path: stand_in(serial::SCRATCH)?,
                 read_only: false,
                 id: serial::SCRATCH.into(),
                 rate_limiter: None,
+                read_write: Default::default(),
             },
         ],
         // The run's own NIC: its host side is live now, and the clones
@@ -338,12 +344,14 @@ mod tests {
                     read_only: true,
                     id: serial::ROOTFS.into(),
                     rate_limiter: None,
+                    read_write: Default::default(),
                 },
                 DiskConfig {
                     path: file("image.erofs"),
                     read_only: true,
                     id: serial::IMAGE.into(),
                     rate_limiter: None,
+                    read_write: Default::default(),
                 },
             ],
             nets: Vec::new(),
@@ -389,6 +397,7 @@ mod tests {
             read_only: false,
             id: serial::volume(0),
             rate_limiter: None,
+            read_write: Default::default(),
         });
         assert_eq!(unpoolable(&volume, None), Some("it has a disk volume"));
         let mut agentless = config(dir.path());

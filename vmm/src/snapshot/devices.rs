@@ -18,6 +18,9 @@ pub enum DeviceSpec {
         /// Its limits (a snapshot of a limited disk restores limited).
         #[serde(default)]
         rate_limiter: Option<husk_devices::rate_limiter::Limits>,
+        /// Its read and write limits.
+        #[serde(default)]
+        read_write: husk_devices::rate_limiter::ReadWriteLimits,
     },
     /// A NIC: on a host TAP (reopened by name at restore) or on a socket
     /// to a userspace network, which a restore must replace.
@@ -75,6 +78,13 @@ mod tests {
                     }),
                     ops: None,
                 }),
+                read_write: husk_devices::rate_limiter::ReadWriteLimits {
+                    read: husk_devices::rate_limiter::Limits {
+                        bytes: None,
+                        ops: Some(husk_devices::rate_limiter::Bucket::per_second(100)),
+                    },
+                    ..Default::default()
+                },
             },
             transport: MmioState {
                 status: 15,

@@ -12,10 +12,10 @@ use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
-use crate::rate_limiter::{self, RateLimiter};
+use crate::rate_limiter::{self, RateLimiter, ReadWriteLimits};
 
 use super::disk::{BlockBackend, DiskError, DiskFile};
-use super::handler::{self, Budget, InFlight, QueueOutcome};
+use super::handler::{self, Amount, Budget, Direction, InFlight, QueueOutcome};
 use super::metrics::BlockMetrics;
 use super::{ID_BYTES, QUEUE_SIZE, SEG_MAX};
 use crate::virtio::{ActivateError, IrqTrigger, IrqType, VirtioDevice, VIRTIO_F_VERSION_1};
@@ -73,6 +73,9 @@ pub struct Block {
     active: Option<Active>,
     metrics: Arc<BlockMetrics>,
     limiter: RateLimiter,
+    /// Reads' and writes' own limits, on top.
+    read_limiter: RateLimiter,
+    write_limiter: RateLimiter,
     /// Fires when the limiter lets a stopped queue go on.
     limit_timer: TimerFd,
 }
@@ -130,6 +133,8 @@ impl Block {
             active: None,
             metrics: Arc::new(BlockMetrics::default()),
             limiter: RateLimiter::default(),
+            read_limiter: RateLimiter::default(),
+            write_limiter: RateLimiter::default(),
             limit_timer: rate_limiter::timer().map_err(BlockError::Timer)?,
         })
     }
@@ -138,6 +143,16 @@ impl Block {
     /// a queue the old limits stopped goes on under the new ones.
     pub fn set_rate_limiter(&mut self, limiter: RateLimiter) {
         self.limiter = limiter;
+        if let Err(e) = self.queue_evts[0].write(1) {
+            error!("virtio-blk: cannot re-arm the queue: {e}");
+        }
+    }
+
+    /// Sets the limits on reads and on writes apart, now and while it
+    /// runs.
+    pub fn set_read_write_limits(&mut self, limits: ReadWriteLimits) {
+        self.read_limiter = RateLimiter::new(limits.read);
+        self.write_limiter = RateLimiter::new(limits.write);
         if let Err(e) = self.queue_evts[0].write(1) {
             error!("virtio-blk: cannot re-arm the queue: {e}");
         }
@@ -212,6 +227,15 @@ impl Block {
                 .min(u32::try_from(allowed.ops).unwrap_or(u32::MAX));
             budget.bytes = budget.bytes.min(allowed.bytes);
         }
+        let share = |l: &mut RateLimiter| {
+            let a = l.allowance();
+            Amount {
+                requests: a.ops,
+                bytes: a.bytes,
+            }
+        };
+        budget.read = share(&mut self.read_limiter);
+        budget.write = share(&mut self.write_limiter);
         let outcome = if budget.requests == 0 || budget.bytes == 0 {
             QueueOutcome {
                 more: true,
@@ -235,8 +259,12 @@ impl Block {
         }
         self.limiter
             .consume(u64::from(outcome.started), outcome.bytes);
+        self.read_limiter
+            .consume(outcome.reads.requests, outcome.reads.bytes);
+        self.write_limiter
+            .consume(outcome.writes.requests, outcome.writes.bytes);
         if outcome.more {
-            self.go_on();
+            self.go_on(outcome.waiting);
         }
         outcome
     }
@@ -244,9 +272,14 @@ impl Block {
 
 impl Block {
     /// After a pass that left work: another pass soon, or when the limits
-    /// allow it.
-    fn go_on(&mut self) {
-        let wait = self.limiter.wait();
+    /// allow it (the disk's, and those of the direction that stopped it).
+    fn go_on(&mut self, waiting: Option<Direction>) {
+        let own = match waiting {
+            Some(Direction::Read) => self.read_limiter.wait(),
+            Some(Direction::Write) => self.write_limiter.wait(),
+            None => std::time::Duration::ZERO,
+        };
+        let wait = self.limiter.wait().max(own);
         if wait.is_zero() {
             if let Err(e) = self.queue_evts[0].write(1) {
                 error!("virtio-blk: cannot re-arm the queue: {e}");

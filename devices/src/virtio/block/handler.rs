@@ -49,6 +49,35 @@ pub struct QueueOutcome {
     /// counts.
     pub started: u32,
     pub bytes: u64,
+    /// Reads and writes started and the bytes they moved, apart: what the
+    /// read and write limits count (a request counts once it moves).
+    pub reads: Amount,
+    pub writes: Amount,
+    /// The direction whose own share ran out and stopped the pass: what
+    /// the device waits for.
+    pub waiting: Option<Direction>,
+}
+
+/// A read (device to guest) or a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Read,
+    Write,
+}
+
+/// Requests and bytes: a share of a pass, or what a pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Amount {
+    pub requests: u64,
+    pub bytes: u64,
+}
+
+impl Amount {
+    /// No limit.
+    pub const ALL: Amount = Amount {
+        requests: u64::MAX,
+        bytes: u64::MAX,
+    };
 }
 
 /// What one pass may do.
@@ -58,6 +87,11 @@ pub struct Budget {
     pub requests: u32,
     /// Bytes moved between the disk and guest memory.
     pub bytes: u64,
+    /// What reads and what writes may do within that (their own limits,
+    /// `husk run --device-read-bps` ...). The queue is served in order, so
+    /// a direction out of its share holds the requests behind it.
+    pub read: Amount,
+    pub write: Amount,
 }
 
 impl Budget {
@@ -67,6 +101,8 @@ impl Budget {
     pub const PASS: Budget = Budget {
         requests: 128,
         bytes: 4 << 20,
+        read: Amount::ALL,
+        write: Amount::ALL,
     };
 }
 
@@ -80,6 +116,18 @@ pub struct InFlight {
     done_in_segment: u32,
     /// The disk offset of the next byte.
     offset: u64,
+    /// Whether its direction's share counted it yet.
+    counted: bool,
+}
+
+impl InFlight {
+    fn direction(&self) -> Direction {
+        if self.request.request_type == RequestType::In {
+            Direction::Read
+        } else {
+            Direction::Write
+        }
+    }
 }
 
 /// Why a well-formed request failed.
@@ -130,6 +178,7 @@ pub fn process_queue<B: BlockBackend>(
 ) -> QueueOutcome {
     let mut out = QueueOutcome::default();
     let (mut requests, mut bytes) = (budget.requests, budget.bytes);
+    let (mut read, mut write) = (budget.read, budget.write);
     loop {
         if in_flight.is_none() {
             if requests == 0 || bytes == 0 {
@@ -153,9 +202,33 @@ pub fn process_queue<B: BlockBackend>(
         let Some(f) = in_flight.as_mut() else {
             continue;
         };
-        let status = match transfer(mem, f, disk, &mut bytes) {
+        let dir = f.direction();
+        let (share, done) = match dir {
+            Direction::Read => (&mut read, &mut out.reads),
+            Direction::Write => (&mut write, &mut out.writes),
+        };
+        if !f.counted {
+            if share.requests == 0 {
+                out.more = true;
+                out.waiting = Some(dir);
+                break;
+            }
+            share.requests -= 1;
+            done.requests += 1;
+            f.counted = true;
+        }
+        let mut allowed = bytes.min(share.bytes);
+        let moving = transfer(mem, f, disk, &mut allowed);
+        let moved = bytes.min(share.bytes) - allowed;
+        bytes -= moved;
+        share.bytes -= moved;
+        done.bytes += moved;
+        let status = match moving {
             Ok(false) => {
                 out.more = true;
+                if share.bytes == 0 {
+                    out.waiting = Some(dir);
+                }
                 break;
             }
             Ok(true) => {
@@ -249,6 +322,7 @@ fn start<B: BlockBackend>(
             segment: 0,
             done_in_segment: 0,
             offset,
+            counted: false,
         }),
         Err(e) => {
             warn!("virtio-blk: {:?} request failed: {e}", request.request_type);

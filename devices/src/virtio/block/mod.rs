@@ -25,7 +25,7 @@ mod tests;
 
 pub use device::{Block, BlockConfig, BlockError};
 pub use disk::{BlockBackend, DiskError, DiskFile};
-pub use handler::Budget;
+pub use handler::{Amount, Budget, Direction};
 pub use metrics::BlockMetrics;
 pub use request::{parse_request, ParseFailure, Request, RequestError, RequestType};
 

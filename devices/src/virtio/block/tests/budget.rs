@@ -64,6 +64,7 @@ fn a_large_transfer_is_moved_in_pieces_across_passes() {
     h.budget = Budget {
         requests: 128,
         bytes: 4096,
+        ..Budget::PASS
     };
     // 12 KiB over three segments: three passes of 4 KiB.
     let bufs: Vec<GuestAddress> = (0..3).map(|_| h.vq.alloc(4096)).collect();
@@ -144,4 +145,57 @@ fn a_chain_with_an_indirect_descriptor_is_refused_unfollowed() {
     assert_eq!(BlockMetrics::get(&h.metrics.reads), 0);
     assert_eq!(BlockMetrics::get(&h.metrics.invalid_requests), 1);
     h.assert_device_still_reads();
+}
+
+#[test]
+fn reads_and_writes_each_stop_at_their_own_share() {
+    let mut h = harness(&pattern(64 * SECTOR, 3), false);
+    // One read a pass, and 4 KiB of writes.
+    h.budget = Budget {
+        read: Amount {
+            requests: 1,
+            bytes: u64::MAX,
+        },
+        write: Amount {
+            requests: u64::MAX,
+            bytes: 4096,
+        },
+        ..Budget::PASS
+    };
+    let (a, _) = h.submit_read(0, SECTOR);
+    let (b, _) = h.submit_read(1, SECTOR);
+    let o = h.run();
+    assert_eq!(
+        (o.completed, o.more, o.waiting),
+        (1, true, Some(Direction::Read)),
+        "{o:?}"
+    );
+    assert_eq!((o.reads.requests, o.reads.bytes), (1, SECTOR as u64));
+    assert_eq!(h.expect_used(&a), SECTOR as u32 + 1);
+    // The second read, held in flight, is counted when it moves.
+    let o = h.run();
+    assert_eq!((o.completed, o.reads.requests), (1, 1), "{o:?}");
+    assert_eq!(h.expect_used(&b), SECTOR as u32 + 1);
+    // 12 KiB of writes take three passes; reads were never in the way.
+    let payload = pattern(3 * 4096, 5);
+    let w = h.submit_write(4, &payload);
+    for pass in 0..2 {
+        let o = h.run();
+        assert_eq!(
+            (o.completed, o.waiting, o.writes.bytes),
+            (0, Some(Direction::Write), 4096),
+            "pass {pass}: {o:?}"
+        );
+    }
+    let o = h.run();
+    assert_eq!(
+        (o.completed, o.writes.requests),
+        (1, 0),
+        "counted once: {o:?}"
+    );
+    assert_eq!(h.expect_used(&w), 1);
+    assert_eq!(
+        &host_bytes(&h.image)[4 * SECTOR..4 * SECTOR + payload.len()],
+        &payload[..]
+    );
 }

@@ -28,6 +28,11 @@ fn read_returns_the_files_bytes() {
             more: false,
             started: 1,
             bytes: 3 * SECTOR_SIZE,
+            reads: Amount {
+                requests: 1,
+                bytes: 3 * SECTOR_SIZE,
+            },
+            ..QueueOutcome::default()
         }
     );
     assert_eq!(h.expect_used(&sub), 3 * SECTOR as u32 + 1);
@@ -55,6 +60,11 @@ fn write_lands_in_the_file() {
             more: false,
             started: 1,
             bytes: 2 * SECTOR_SIZE,
+            writes: Amount {
+                requests: 1,
+                bytes: 2 * SECTOR_SIZE,
+            },
+            ..QueueOutcome::default()
         }
     );
     // OUT writes nothing into device-writable buffers but the status.
@@ -99,6 +109,11 @@ fn a_batch_completes_in_order_with_one_notification_decision() {
             more: false,
             started: 4,
             bytes: 4 * SECTOR_SIZE,
+            reads: Amount {
+                requests: 4,
+                bytes: 4 * SECTOR_SIZE,
+            },
+            ..QueueOutcome::default()
         }
     );
     for (sector, (sub, buf)) in subs.iter().enumerate() {

@@ -31,7 +31,7 @@ use vmm_sys_util::tempfile::TempFile;
 
 use super::device::{Block, BlockConfig, BlockError};
 use super::disk::{BlockBackend, DiskError, DiskFile};
-use super::handler::{process_queue, Budget, InFlight, QueueOutcome};
+use super::handler::{process_queue, Amount, Budget, Direction, InFlight, QueueOutcome};
 use super::metrics::BlockMetrics;
 use super::request::{parse_request, RequestError, RequestType};
 use super::{ID_BYTES, QUEUE_SIZE, SECTOR_SIZE};
