@@ -1,6 +1,10 @@
 //! What every benchmark shares: the statistics it reports.
 
 /// The median of `v` (the mean of the middle two for an even count).
+/// Where Firecracker, the peer, is by default (relative to the checkout:
+/// the workplace's static build); a bench says "not installed" without it.
+pub const FIRECRACKER: &str = "../shared/bin/firecracker-v1.16.1/firecracker";
+
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();

@@ -138,7 +138,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut runs = 15;
     let mut husk = PathBuf::from("target/release/husk");
-    let mut firecracker = PathBuf::from("../shared/bin/firecracker-v1.16.1/firecracker");
+    let mut firecracker = PathBuf::from(husk_benches::FIRECRACKER);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {

@@ -7,6 +7,11 @@
 //!   128 MiB, so this is the VMM's own overhead).
 //!
 //! Usage: vmm-startup [--runs N] [--husk PATH] [--no-qemu]
+//!        [--firecracker PATH | --no-firecracker] [--write-guests DIR]
+//!
+//! Firecracker (default: `husk_benches::FIRECRACKER`) runs the guest
+//! that ends as a foreign one does, with a plain reset; so does husk, beside
+//! its own guest that reports a status first.
 
 use husk_benches::{median, spread};
 use husk_tests::null_guest;
@@ -62,11 +67,15 @@ fn measure(argv: &[String]) -> Sample {
     let status = child.wait().unwrap();
     drop(watchdog);
     let to_exit = start.elapsed();
+    // The first byte must have been the guest's: a VMM that prints its
+    // own error instead would be timed as fast.
+    let mut said = first.to_vec();
+    said.extend_from_slice(&rest);
     assert!(
-        rest.len() + 1 >= null_guest::LINE.len(),
-        "{} printed {} bytes, status {status}",
+        said.starts_with(null_guest::LINE),
+        "{} printed {:?}, status {status}",
         argv[0],
-        rest.len() + 1
+        String::from_utf8_lossy(&said)
     );
     Sample {
         to_output,
@@ -147,37 +156,138 @@ fn main() {
     let mut runs = 20;
     let mut husk = String::from("target/release/husk");
     let mut qemu = true;
+    let mut firecracker = Some(String::from(husk_benches::FIRECRACKER));
+    let mut write_guests = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--runs" => runs = it.next().and_then(|v| v.parse().ok()).expect("--runs N"),
             "--husk" => husk = it.next().expect("--husk PATH").clone(),
             "--no-qemu" => qemu = false,
+            "--firecracker" => firecracker = Some(it.next().expect("--firecracker PATH").clone()),
+            "--no-firecracker" => firecracker = None,
+            "--write-guests" => write_guests = Some(it.next().expect("--write-guests DIR").clone()),
             other => panic!("unknown argument {other}"),
         }
     }
     let dir = tempfile::tempdir().unwrap();
-    let kernel = dir.path().join("null.elf");
-    null_guest::write(&kernel, true, Some(0)).unwrap();
+    let guests = write_guests
+        .as_deref()
+        .map_or(dir.path(), std::path::Path::new);
+    // husk's own guest reports its status on port 0xf4 and then resets;
+    // a foreign guest only resets (through the i8042), as Linux's
+    // `reboot=k` does.
+    let status = guests.join("null-status.elf");
+    let plain = guests.join("null-reset.elf");
+    null_guest::write(&status, true, Some(0)).unwrap();
+    null_guest::write(&plain, true, None).unwrap();
+    if write_guests.is_some() {
+        println!("{} {}", status.display(), plain.display());
+        return;
+    }
     let root = dir.path().join("root.img");
     std::fs::write(&root, [0u8; 512]).unwrap();
-    let k = kernel.display().to_string();
-    let husk_argv: Vec<String> = [
-        husk.as_str(),
-        "boot",
-        "--allow-kvm-pvm",
-        "--kernel",
-        &k,
-        "--rootfs",
-        &root.display().to_string(),
-        "--memory",
-        "128",
-        "--",
-        "x",
+    let husk_argv = |kernel: &std::path::Path| -> Vec<String> {
+        [
+            husk.as_str(),
+            "boot",
+            "--allow-kvm-pvm",
+            "--kernel",
+            &kernel.display().to_string(),
+            "--rootfs",
+            &root.display().to_string(),
+            "--memory",
+            "128",
+            "--",
+            "x",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let mut peers: Vec<(&'static str, Vec<String>)> = vec![
+        ("husk, status port", husk_argv(&status)),
+        ("husk, plain reset", husk_argv(&plain)),
+    ];
+    match firecracker.filter(|f| std::path::Path::new(f).is_file()) {
+        Some(fc) => peers.push((
+            "firecracker, plain reset",
+            firecracker_argv(&fc, dir.path(), &plain),
+        )),
+        None => println!("firecracker: not installed (--firecracker PATH)"),
+    }
+    if qemu {
+        peers.push(("qemu -M microvm, status port", qemu_argv(&status)));
+    }
+
+    // One warm-up each, then interleave so drift hits all alike.
+    for (_, argv) in &peers {
+        one_in_fresh_process(argv);
+    }
+    let mut samples: Vec<Vec<Sample>> = peers.iter().map(|_| Vec::new()).collect();
+    for _ in 0..runs {
+        for (i, (_, argv)) in peers.iter().enumerate() {
+            samples[i].push(one_in_fresh_process(argv));
+        }
+    }
+    let rows: Vec<Summary> = peers
+        .iter()
+        .zip(&samples)
+        .map(|((name, _), s)| summarize(name, s, 0.0))
+        .collect();
+    println!("null guest, 1 vCPU, 128 MiB, {runs} runs each (medians; launch→output min..max)");
+    println!("| VMM, guest's end | launch → output (ms) | output → exit (ms) | peak RSS (MiB) |");
+    println!("|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {:.2} ({:.2}..{:.2}) | {:.2} | {:.1} |",
+            r.name,
+            r.output_ms,
+            r.output_range.0,
+            r.output_range.1,
+            r.exit_after_output_ms,
+            r.rss_mib
+        );
+    }
+    for peer in rows.iter().skip(2) {
+        for own in &rows[..2] {
+            println!(
+                "{} / {}: launch → output {:.2}x, output → exit {:.2}x, RSS {:.2}x",
+                own.name,
+                peer.name,
+                own.output_ms / peer.output_ms,
+                own.exit_after_output_ms / peer.exit_after_output_ms,
+                own.rss_mib / peer.rss_mib
+            );
+        }
+    }
+}
+
+/// Firecracker booting `kernel` from a config file (it still wants an
+/// API socket path, which `--no-api` never binds).
+fn firecracker_argv(fc: &str, dir: &std::path::Path, kernel: &std::path::Path) -> Vec<String> {
+    let config = dir.join("firecracker.json");
+    let vm = serde_json::json!({
+        "boot-source": {"kernel_image_path": kernel, "boot_args": "console=ttyS0"},
+        "drives": [],
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
+    });
+    std::fs::write(&config, vm.to_string()).unwrap();
+    [
+        fc,
+        "--no-api",
+        "--config-file",
+        &config.display().to_string(),
+        "--api-sock",
+        &dir.join("firecracker.sock").display().to_string(),
+        "--level",
+        "Error",
     ]
     .map(String::from)
-    .to_vec();
-    let qemu_argv: Vec<String> = [
+    .to_vec()
+}
+
+fn qemu_argv(kernel: &std::path::Path) -> Vec<String> {
+    [
         "qemu-system-x86_64",
         "-M",
         "microvm,x-option-roms=off,rtc=off,acpi=off",
@@ -196,51 +306,12 @@ fn main() {
         "-serial",
         "stdio",
         "-kernel",
-        &k,
+        &kernel.display().to_string(),
         // The null guest writes its status to 0xf4 before the i8042 reset;
         // QEMU microvm has no i8042 with -nodefaults, so it exits here.
         "-device",
         "isa-debug-exit,iobase=0xf4,iosize=0x01",
     ]
     .map(String::from)
-    .to_vec();
-
-    // One warm-up each, then interleave so drift hits both alike.
-    one_in_fresh_process(&husk_argv);
-    if qemu {
-        one_in_fresh_process(&qemu_argv);
-    }
-    let (mut h, mut q) = (Vec::new(), Vec::new());
-    for _ in 0..runs {
-        h.push(one_in_fresh_process(&husk_argv));
-        if qemu {
-            q.push(one_in_fresh_process(&qemu_argv));
-        }
-    }
-    let mut rows = vec![summarize("husk", &h, 0.0)];
-    if qemu {
-        rows.push(summarize("qemu -M microvm", &q, 0.0));
-    }
-    println!("null guest, 1 vCPU, 128 MiB, {runs} runs each (medians; launch→output min..max)");
-    println!("| VMM | launch → output (ms) | output → exit (ms) | peak RSS (MiB) |");
-    println!("|---|---|---|---|");
-    for r in &rows {
-        println!(
-            "| {} | {:.2} ({:.2}..{:.2}) | {:.2} | {:.1} |",
-            r.name,
-            r.output_ms,
-            r.output_range.0,
-            r.output_range.1,
-            r.exit_after_output_ms,
-            r.rss_mib
-        );
-    }
-    if rows.len() == 2 {
-        println!(
-            "husk / qemu: launch → output {:.2}x, output → exit {:.2}x, RSS {:.2}x",
-            rows[0].output_ms / rows[1].output_ms,
-            rows[0].exit_after_output_ms / rows[1].exit_after_output_ms,
-            rows[0].rss_mib / rows[1].rss_mib
-        );
-    }
+    .to_vec()
 }

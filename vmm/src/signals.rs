@@ -11,10 +11,10 @@
 use crate::Shared;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signalfd::SignalFd;
-use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use vmm_sys_util::eventfd::EventFd;
 
 /// How long the event loop gets to wind down once the VM is stopped
 /// because of a signal, before the process exits without it.
@@ -24,17 +24,19 @@ const TICK: u16 = 100;
 
 /// The watching thread; [`Watcher::stop`] ends it.
 pub struct Watcher {
-    done: Arc<AtomicBool>,
+    /// Wakes the thread to end: a VM's exit waits for nothing but it (the
+    /// thread's tick alone cost the exit up to a tick, 100 ms).
+    done: EventFd,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Watcher {
     pub fn start(shared: Arc<Shared>, signals: SignalFd) -> std::io::Result<Watcher> {
-        let done = Arc::new(AtomicBool::new(false));
-        let flag = done.clone();
+        let done = EventFd::new(libc::EFD_NONBLOCK)?;
+        let woken = done.try_clone()?;
         let thread = std::thread::Builder::new()
             .name("signals".into())
-            .spawn(move || watch(&shared, &signals, &flag))?;
+            .spawn(move || watch(&shared, &signals, &woken))?;
         Ok(Watcher {
             done,
             thread: Some(thread),
@@ -43,19 +45,29 @@ impl Watcher {
 
     /// Ends the thread (the VM has stopped and is being torn down).
     pub fn stop(mut self) {
-        self.done.store(true, Ordering::Release);
+        if let Err(e) = self.done.write(1) {
+            log::error!("cannot wake the signal thread to end: {e}");
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-fn watch(shared: &Shared, signals: &SignalFd, done: &AtomicBool) {
+fn watch(shared: &Shared, signals: &SignalFd, done: &EventFd) {
     // The signal that stopped the VM, and when.
     let mut stopped_by: Option<(i32, Instant)> = None;
-    while !done.load(Ordering::Acquire) {
-        let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+    loop {
+        // SAFETY: `done` is a live eventfd that outlives the poll.
+        let woken = unsafe { std::os::fd::BorrowedFd::borrow_raw(done.as_raw_fd()) };
+        let mut fds = [
+            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+            PollFd::new(woken, PollFlags::POLLIN),
+        ];
         let _ = poll(&mut fds, PollTimeout::from(TICK));
+        if fds[1].any().unwrap_or(false) {
+            return;
+        }
         while let Ok(Some(info)) = signals.read_signal() {
             let sig = info.ssi_signo as i32;
             log::info!("signal {sig}: stopping the VM");
@@ -66,7 +78,7 @@ fn watch(shared: &Shared, signals: &SignalFd, done: &AtomicBool) {
             stopped_by = shared.stop_signal().map(|sig| (sig, Instant::now()));
         }
         if let Some((sig, since)) = stopped_by {
-            if since.elapsed() >= EXIT_GRACE && !done.load(Ordering::Acquire) {
+            if since.elapsed() >= EXIT_GRACE {
                 log::error!(
                     "the event loop did not stop within {EXIT_GRACE:?} of signal {sig}; exiting"
                 );
