@@ -1,7 +1,7 @@
 //! husk's virtual machine monitor.
 //!
 //! [`run`] is the whole life of a VM as one linear recipe: check KVM, map
-//! guest memory, create the VM (irqchip, PIT), load the kernel and its
+//! guest memory, create the VM (irqchip; no PIT), load the kernel and its
 //! command line, write the boot structures, attach devices, create and
 //! configure the vCPUs, then run: one thread per vCPU, the device event loop
 //! on the calling thread, until the guest resets, halts or fails, or the
@@ -549,12 +549,12 @@ fn create_vm(kvm: &Kvm, mem: &memory::GuestMemory, track: bool) -> Result<VmFd, 
     vm.set_tss_address(KVM_TSS_ADDRESS)
         .map_err(setup("KVM_SET_TSS_ADDR"))?;
     vm.create_irq_chip().map_err(setup("KVM_CREATE_IRQCHIP"))?;
-    let pit = kvm_bindings::kvm_pit_config {
-        // The PC speaker port is a dummy: no exits to us for it.
-        flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    };
-    vm.create_pit2(pit).map_err(setup("KVM_CREATE_PIT2"))?;
+    // No in-kernel PIT, as QEMU's microvm has none: a guest that is offered
+    // the TSC-deadline timer and kvmclock (`cpuid::offer_tsc_deadline`)
+    // neither calibrates nor ticks with it, and KVM's teardown of one waits
+    // out SRCU grace periods and stops its thread: 15-17 ms of every VM's
+    // exit (Firecracker, which makes one, pays them too; docs/benchmarks.md).
+    // Its ports read as nothing, like any port without a device.
     for (slot, region) in mem.iter().enumerate() {
         let r = kvm_bindings::kvm_userspace_memory_region {
             slot: slot as u32,

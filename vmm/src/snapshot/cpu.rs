@@ -1,9 +1,9 @@
-//! The KVM state of vCPUs and of the VM (irqchip, PIT, clock): taken from
+//! The KVM state of vCPUs and of the VM (irqchip, clock): taken from
 //! a paused VM, put back into a new one in the order KVM needs.
 
 use kvm_bindings::{
     kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
-    kvm_msr_entry, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+    kvm_msr_entry, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
     CpuId, Msrs, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
     KVM_MAX_CPUID_ENTRIES,
 };
@@ -39,7 +39,6 @@ pub struct VmKvmState {
     pub pic_master: kvm_irqchip,
     pub pic_slave: kvm_irqchip,
     pub ioapic: kvm_irqchip,
-    pub pit: kvm_pit_state2,
     pub clock: kvm_clock_data,
 }
 
@@ -144,14 +143,13 @@ fn irqchip(vm: &VmFd, chip_id: u32) -> Result<kvm_irqchip> {
     Ok(chip)
 }
 
-/// Takes the in-kernel PICs, IOAPIC, PIT and clock. The vCPUs must be
+/// Takes the in-kernel PICs, IOAPIC and clock (there is no PIT). The vCPUs must be
 /// paused.
 pub fn save_vm(vm: &VmFd) -> Result<VmKvmState> {
     Ok(VmKvmState {
         pic_master: irqchip(vm, KVM_IRQCHIP_PIC_MASTER)?,
         pic_slave: irqchip(vm, KVM_IRQCHIP_PIC_SLAVE)?,
         ioapic: irqchip(vm, KVM_IRQCHIP_IOAPIC)?,
-        pit: vm.get_pit2().map_err(ioctl("KVM_GET_PIT2"))?,
         clock: vm.get_clock().map_err(ioctl("KVM_GET_CLOCK"))?,
     })
 }
@@ -162,7 +160,6 @@ pub fn restore_vm(vm: &VmFd, state: &VmKvmState) -> Result<()> {
     for chip in [&state.pic_master, &state.pic_slave, &state.ioapic] {
         vm.set_irqchip(chip).map_err(ioctl("KVM_SET_IRQCHIP"))?;
     }
-    vm.set_pit2(&state.pit).map_err(ioctl("KVM_SET_PIT2"))?;
     // Only the time itself: the flags KVM reports (stable TSC, realtime)
     // are not ones it takes back.
     let clock = kvm_clock_data {

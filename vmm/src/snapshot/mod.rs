@@ -2,7 +2,7 @@
 //! Full snapshot: a state file and a memory file).
 //!
 //! - `cpu`: the vCPUs' and the VM's KVM state (registers, MSRs, LAPIC,
-//!   PICs, IOAPIC, PIT, clock);
+//!   PICs, IOAPIC, clock; no PIT);
 //! - `file`: the state file's checked, versioned format;
 //! - `memory`: the memory file, written sparse and mapped back private.
 //!
