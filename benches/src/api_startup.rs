@@ -1,11 +1,13 @@
 //! The API path's start-up cost with the null guest (native): launch of
 //! `husk vmm --api-sock` → the socket accepts a connection, and launch →
 //! first guest byte on stdout for a full API boot by an in-process client
-//! (PUT boot-source, drives/rootfs, machine-config, InstanceStart).
-//! Firecracker's figures on this machine kind (shared/notes/testbed.md):
-//! 1.7 ms and 11.7 ms.
+//! (PUT boot-source, drives/rootfs, machine-config, InstanceStart), husk
+//! and Firecracker interleaved on the same guest (one that ends with a
+//! plain reset).
 //!
-//! Usage: api-startup [--runs N] [--husk PATH]
+//! Usage: api-startup [--runs N] [--husk PATH] [--firecracker PATH |
+//! --no-firecracker] (Firecracker's default: `husk_benches::FIRECRACKER`;
+//! "not installed" without it).
 
 use husk_benches::median;
 use husk_tests::http::Client;
@@ -15,18 +17,29 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn one(husk: &str, dir: &std::path::Path, boot: bool) -> (f64, f64) {
+/// A VMM with an API socket: husk's or Firecracker's.
+struct Vmm {
+    name: &'static str,
+    bin: String,
+    /// Arguments before the socket path.
+    args: &'static [&'static str],
+    /// Arguments after it.
+    tail: &'static [&'static str],
+}
+
+fn one(vmm: &Vmm, dir: &std::path::Path, boot: bool) -> (f64, f64) {
     let sock = dir.join("api.sock");
     let _ = std::fs::remove_file(&sock);
     let start = Instant::now();
-    let mut child = Command::new(husk)
-        .args(["vmm", "--allow-kvm-pvm", "--api-sock"])
+    let mut child = Command::new(&vmm.bin)
+        .args(vmm.args)
         .arg(&sock)
+        .args(vmm.tail)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .expect("start husk");
+        .unwrap_or_else(|e| panic!("starting {}: {e}", vmm.name));
     let stream = loop {
         if let Ok(s) = UnixStream::connect(&sock) {
             break s;
@@ -60,7 +73,7 @@ fn one(husk: &str, dir: &std::path::Path, boot: bool) -> (f64, f64) {
         &mut c,
         "/drives/rootfs",
         format!(
-            r#"{{"drive_id":"rootfs","path_on_host":"{}","is_root_device":true}}"#,
+            r#"{{"drive_id":"rootfs","path_on_host":"{}","is_root_device":true,"is_read_only":false}}"#,
             r.display()
         ),
     );
@@ -86,33 +99,67 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut runs = 20;
     let mut husk = String::from("target/release/husk");
+    let mut firecracker = Some(String::from(husk_benches::FIRECRACKER));
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--runs" => runs = it.next().and_then(|v| v.parse().ok()).expect("--runs N"),
             "--husk" => husk = it.next().expect("--husk PATH").clone(),
+            "--firecracker" => firecracker = Some(it.next().expect("--firecracker PATH").clone()),
+            "--no-firecracker" => firecracker = None,
             other => panic!("unknown argument {other}"),
         }
     }
     let dir = tempfile::tempdir().unwrap();
-    null_guest::write(&dir.path().join("null.elf"), true, Some(0)).unwrap();
+    null_guest::write(&dir.path().join("null.elf"), true, None).unwrap();
     std::fs::write(dir.path().join("root.img"), [0u8; 512]).unwrap();
-    one(&husk, dir.path(), true); // warm-up
-    let (mut ready, mut boot) = (Vec::new(), Vec::new());
-    for _ in 0..runs {
-        ready.push(one(&husk, dir.path(), false).0);
-        boot.push(one(&husk, dir.path(), true).1);
+    let mut vmms = vec![Vmm {
+        name: "husk",
+        bin: husk,
+        args: &["vmm", "--allow-kvm-pvm", "--api-sock"],
+        tail: &[],
+    }];
+    match firecracker.filter(|f| std::path::Path::new(f).is_file()) {
+        Some(bin) => vmms.push(Vmm {
+            name: "Firecracker",
+            bin,
+            args: &["--api-sock"],
+            tail: &["--level", "Error"],
+        }),
+        None => println!("Firecracker: not installed (--firecracker PATH)"),
     }
-    println!("husk vmm, null guest, 1 vCPU, 128 MiB, {runs} runs (medians)");
-    println!("| measure | husk (ms) | Firecracker, recorded (ms) | husk / Firecracker |");
-    println!("|---|---|---|---|");
-    let (r, b) = (median(ready), median(boot));
+    for v in &vmms {
+        one(v, dir.path(), true); // warm-up
+    }
+    let mut ready: Vec<Vec<f64>> = vmms.iter().map(|_| Vec::new()).collect();
+    let mut boot = ready.clone();
+    for _ in 0..runs {
+        for (i, v) in vmms.iter().enumerate() {
+            ready[i].push(one(v, dir.path(), false).0);
+            boot[i].push(one(v, dir.path(), true).1);
+        }
+    }
+    println!("API start, null guest, 1 vCPU, 128 MiB, {runs} runs each, interleaved (medians, ms)");
     println!(
-        "| launch → API socket ready | {r:.2} | 1.7 | {:.2}x |",
-        r / 1.7
+        "| measure | {} |",
+        vmms.iter().map(|v| v.name).collect::<Vec<_>>().join(" | ")
     );
-    println!(
-        "| launch → first guest output (API boot) | {b:.2} | 11.7 | {:.2}x |",
-        b / 11.7
-    );
+    println!("|---|{}", "---|".repeat(vmms.len()));
+    let r: Vec<f64> = ready.into_iter().map(median).collect();
+    let b: Vec<f64> = boot.into_iter().map(median).collect();
+    let row = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
+    println!("| launch → API socket accepts | {} |", row(&r));
+    println!("| launch → first guest output (API boot) | {} |", row(&b));
+    if vmms.len() == 2 {
+        println!(
+            "husk / Firecracker: socket {:.2}x, API boot {:.2}x",
+            r[0] / r[1],
+            b[0] / b[1]
+        );
+    }
 }
