@@ -227,7 +227,11 @@ impl Block {
                 .min(u32::try_from(allowed.ops).unwrap_or(u32::MAX));
             budget.bytes = budget.bytes.min(allowed.bytes);
         }
+        // Most disks have no read or write limits: no clock read per pass.
         let share = |l: &mut RateLimiter| {
+            if !l.is_limited() {
+                return Amount::ALL;
+            }
             let a = l.allowance();
             Amount {
                 requests: a.ops,

@@ -217,9 +217,10 @@ pub fn process_queue<B: BlockBackend>(
             done.requests += 1;
             f.counted = true;
         }
-        let mut allowed = bytes.min(share.bytes);
+        let may = bytes.min(share.bytes);
+        let mut allowed = may;
         let moving = transfer(mem, f, disk, &mut allowed);
-        let moved = bytes.min(share.bytes) - allowed;
+        let moved = may - allowed;
         bytes -= moved;
         share.bytes -= moved;
         done.bytes += moved;
