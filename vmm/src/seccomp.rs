@@ -291,12 +291,37 @@ pub fn install(filter: &BpfProgram, kind: Kind, watch: &Watch) -> Result<(), Err
     static HANDLER: Once = Once::new();
     let mut registered = Ok(());
     HANDLER.call_once(|| {
+        prepare_allocator();
         registered = vmm_sys_util::signal::register_signal_handler(libc::SIGSYS, on_sigsys)
             .map_err(|e| Error::Install(format!("SIGSYS handler: {e}")));
     });
     registered?;
     WATCH.with(|w| w.set((watch as *const Watch, watch.evt.as_raw_fd(), kind as u8)));
     seccompiler::apply_filter(filter).map_err(|e| Error::Install(e.to_string()))
+}
+
+/// glibc's malloc opens files on its own, in whichever thread gets there
+/// first, and a filtered thread may not open any: the first shrink of a
+/// per-thread arena's heap reads /proc/sys/vm/overcommit_memory (the API
+/// thread was stopped that way under load; tests/seccomp_malloc.rs), and
+/// the first arena past the eighth counts the online CPUs. Setting both
+/// bounds before any filter leaves malloc nothing to read: heaps of
+/// per-thread arenas (64 MiB at most) are then freed whole, never shrunk,
+/// and the arenas are bounded by glibc's own default (8 per CPU). musl
+/// reads nothing.
+fn prepare_allocator() {
+    #[cfg(target_env = "gnu")]
+    {
+        const PER_THREAD_HEAP_MAX: libc::c_int = 64 << 20;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let arenas = libc::c_int::try_from(cpus.saturating_mul(8)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt takes plain integers, and these are glibc's own
+        // parameters, set before the filtered threads run.
+        unsafe {
+            libc::mallopt(libc::M_TRIM_THRESHOLD, PER_THREAD_HEAP_MAX);
+            libc::mallopt(libc::M_ARENA_MAX, arenas);
+        }
+    }
 }
 
 /// Offset of `si_syscall` in `siginfo_t` on x86_64: after signo, errno,
