@@ -1,13 +1,16 @@
 //! The API path's start-up cost with the null guest (native): launch of
-//! `husk vmm --api-sock` → the socket accepts a connection, and launch →
+//! `husk-vmm --api-sock` → the socket accepts a connection, and launch →
 //! first guest byte on stdout for a full API boot by an in-process client
 //! (PUT boot-source, drives/rootfs, machine-config, InstanceStart), husk
 //! and Firecracker interleaved on the same guest (one that ends with a
 //! plain reset).
 //!
-//! Usage: api-startup [--runs N] [--husk PATH] [--firecracker PATH |
-//! --no-firecracker] (Firecracker's default: `husk_benches::FIRECRACKER`;
-//! "not installed" without it).
+//! Usage: api-startup [--runs N] [--husk PATH] [--husk-cli PATH |
+//! --no-husk-cli] [--firecracker PATH | --no-firecracker]. `--husk` is the
+//! `husk-vmm` executable (default target/release/husk-vmm), `--husk-cli` the
+//! whole `husk` (its `husk vmm`; default target/release/husk, left out
+//! when missing); Firecracker's default is `husk_benches::FIRECRACKER`
+//! ("not installed" without it).
 
 use husk_benches::median;
 use husk_tests::http::Client;
@@ -98,13 +101,16 @@ fn one(vmm: &Vmm, dir: &std::path::Path, boot: bool) -> (f64, f64) {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut runs = 20;
-    let mut husk = String::from("target/release/husk");
+    let mut husk = String::from("target/release/husk-vmm");
+    let mut husk_cli = Some(String::from("target/release/husk"));
     let mut firecracker = Some(String::from(husk_benches::FIRECRACKER));
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--runs" => runs = it.next().and_then(|v| v.parse().ok()).expect("--runs N"),
             "--husk" => husk = it.next().expect("--husk PATH").clone(),
+            "--husk-cli" => husk_cli = Some(it.next().expect("--husk-cli PATH").clone()),
+            "--no-husk-cli" => husk_cli = None,
             "--firecracker" => firecracker = Some(it.next().expect("--firecracker PATH").clone()),
             "--no-firecracker" => firecracker = None,
             other => panic!("unknown argument {other}"),
@@ -114,11 +120,19 @@ fn main() {
     null_guest::write(&dir.path().join("null.elf"), true, None).unwrap();
     std::fs::write(dir.path().join("root.img"), [0u8; 512]).unwrap();
     let mut vmms = vec![Vmm {
-        name: "husk",
+        name: "husk-vmm",
         bin: husk,
-        args: &["vmm", "--allow-kvm-pvm", "--api-sock"],
+        args: &["--allow-kvm-pvm", "--api-sock"],
         tail: &[],
     }];
+    if let Some(bin) = husk_cli.filter(|c| std::path::Path::new(c).is_file()) {
+        vmms.push(Vmm {
+            name: "husk vmm",
+            bin,
+            args: &["vmm", "--allow-kvm-pvm", "--api-sock"],
+            tail: &[],
+        });
+    }
     match firecracker.filter(|f| std::path::Path::new(f).is_file()) {
         Some(bin) => vmms.push(Vmm {
             name: "Firecracker",
@@ -155,11 +169,14 @@ fn main() {
     };
     println!("| launch → API socket accepts | {} |", row(&r));
     println!("| launch → first guest output (API boot) | {} |", row(&b));
-    if vmms.len() == 2 {
-        println!(
-            "husk / Firecracker: socket {:.2}x, API boot {:.2}x",
-            r[0] / r[1],
-            b[0] / b[1]
-        );
+    if let Some(fc) = vmms.iter().position(|v| v.name == "Firecracker") {
+        for (i, v) in vmms.iter().enumerate().filter(|(i, _)| *i != fc) {
+            println!(
+                "{} / Firecracker: socket {:.2}x, API boot {:.2}x",
+                v.name,
+                r[i] / r[fc],
+                b[i] / b[fc]
+            );
+        }
     }
 }

@@ -6,12 +6,15 @@
 //! - peak RSS of the VMM process (the null guest touches a few KiB of its
 //!   128 MiB, so this is the VMM's own overhead).
 //!
-//! Usage: vmm-startup [--runs N] [--husk PATH] [--no-qemu]
-//!        [--firecracker PATH | --no-firecracker] [--write-guests DIR]
+//! Usage: vmm-startup [--runs N] [--husk PATH] [--husk-cli PATH | --no-husk-cli]
+//!        [--no-qemu] [--firecracker PATH | --no-firecracker] [--write-guests DIR]
 //!
-//! Firecracker (default: `husk_benches::FIRECRACKER`) runs the guest
-//! that ends as a foreign one does, with a plain reset; so does husk, beside
-//! its own guest that reports a status first.
+//! `--husk` is the `husk-vmm` executable (default target/release/husk-vmm),
+//! booted from a config file as Firecracker is; `--husk-cli` the whole
+//! `husk` (default target/release/husk, its `husk boot`; left out when
+//! missing). Firecracker (default: `husk_benches::FIRECRACKER`) runs the
+//! guest that ends as a foreign one does, with a plain reset; so does husk,
+//! beside its own guest that reports a status first.
 
 use husk_benches::{median, spread};
 use husk_tests::null_guest;
@@ -154,7 +157,8 @@ fn main() {
         return;
     }
     let mut runs = 20;
-    let mut husk = String::from("target/release/husk");
+    let mut husk = String::from("target/release/husk-vmm");
+    let mut husk_cli = Some(String::from("target/release/husk"));
     let mut qemu = true;
     let mut firecracker = Some(String::from(husk_benches::FIRECRACKER));
     let mut write_guests = None;
@@ -163,6 +167,8 @@ fn main() {
         match a.as_str() {
             "--runs" => runs = it.next().and_then(|v| v.parse().ok()).expect("--runs N"),
             "--husk" => husk = it.next().expect("--husk PATH").clone(),
+            "--husk-cli" => husk_cli = Some(it.next().expect("--husk-cli PATH").clone()),
+            "--no-husk-cli" => husk_cli = None,
             "--no-qemu" => qemu = false,
             "--firecracker" => firecracker = Some(it.next().expect("--firecracker PATH").clone()),
             "--no-firecracker" => firecracker = None,
@@ -187,27 +193,51 @@ fn main() {
     }
     let root = dir.path().join("root.img");
     std::fs::write(&root, [0u8; 512]).unwrap();
-    let husk_argv = |kernel: &std::path::Path| -> Vec<String> {
+    // husk-vmm boots from a config file, as Firecracker does below.
+    let husk_argv = |kernel: &std::path::Path, name: &str| -> Vec<String> {
+        let config = dir.path().join(name);
+        let vm = serde_json::json!({
+            "boot-source": {"kernel_image_path": kernel, "boot_args": "console=ttyS0"},
+            "drives": [{"drive_id": "rootfs", "path_on_host": root, "is_root_device": true, "is_read_only": false}],
+            "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
+        });
+        std::fs::write(&config, vm.to_string()).unwrap();
         [
             husk.as_str(),
+            "--allow-kvm-pvm",
+            "--no-api",
+            "--config-file",
+        ]
+        .map(String::from)
+        .into_iter()
+        .chain([config.display().to_string()])
+        .collect()
+    };
+    let mut peers: Vec<(&'static str, Vec<String>)> = vec![
+        ("husk-vmm, status port", husk_argv(&status, "status.json")),
+        ("husk-vmm, plain reset", husk_argv(&plain, "plain.json")),
+    ];
+    // The whole command line's `husk boot`, for what the small executable
+    // saves.
+    if let Some(cli) = husk_cli.filter(|c| std::path::Path::new(c).is_file()) {
+        let kernel = plain.display().to_string();
+        let root = root.display().to_string();
+        let argv = [
+            &cli,
             "boot",
             "--allow-kvm-pvm",
             "--kernel",
-            &kernel.display().to_string(),
+            &kernel,
             "--rootfs",
-            &root.display().to_string(),
+            &root,
             "--memory",
             "128",
             "--",
             "x",
-        ]
-        .map(String::from)
-        .to_vec()
-    };
-    let mut peers: Vec<(&'static str, Vec<String>)> = vec![
-        ("husk, status port", husk_argv(&status)),
-        ("husk, plain reset", husk_argv(&plain)),
-    ];
+        ];
+        peers.push(("husk boot, plain reset", argv.map(String::from).to_vec()));
+    }
+    let own = peers.len();
     match firecracker.filter(|f| std::path::Path::new(f).is_file()) {
         Some(fc) => peers.push((
             "firecracker, plain reset",
@@ -248,8 +278,8 @@ fn main() {
             r.rss_mib
         );
     }
-    for peer in rows.iter().skip(2) {
-        for own in &rows[..2] {
+    for peer in rows.iter().skip(own) {
+        for own in &rows[..own] {
             println!(
                 "{} / {}: launch → output {:.2}x, output → exit {:.2}x, RSS {:.2}x",
                 own.name,

@@ -5,11 +5,8 @@ mod boot;
 mod commit_cmd;
 mod compare_cmd;
 mod containers;
-mod controller;
 mod image_cmd;
-mod jail;
 mod lockfile;
-mod logger;
 mod netlink;
 mod network;
 mod network_cmd;
@@ -18,7 +15,6 @@ mod registry_cmd;
 mod run;
 mod snapshot_cmd;
 mod virtiofsd;
-mod vmm_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -77,7 +73,7 @@ enum Command {
     /// Named networks, whose containers find each other by name.
     Network(network_cmd::NetworkArgs),
     /// Run one VMM driven by the Firecracker-compatible API (or a config file).
-    Vmm(vmm_cmd::VmmArgs),
+    Vmm(husk_vmm_bin::VmmArgs),
     /// Snapshots of a raw VM: create one from a `husk vmm`, or run a VM
     /// from one.
     #[command(subcommand)]
@@ -116,57 +112,15 @@ enum Command {
     Update(oci::update::UpdateArgs),
 }
 
-/// A failure with the exit status it deserves: 2 for bad usage, 1 for a
-/// runtime failure (the conventions of clap and of most Unix tools).
-#[derive(Debug)]
-pub struct Failure {
-    pub code: u8,
-    pub message: String,
-}
-
-impl Failure {
-    pub fn usage(message: impl Into<String>) -> Self {
-        Failure {
-            code: 2,
-            message: message.into(),
-        }
-    }
-    pub fn runtime(message: impl Into<String>) -> Self {
-        Failure {
-            code: 1,
-            message: message.into(),
-        }
-    }
-}
-
-fn capitalize(s: &str) -> String {
-    let mut c = s.chars();
-    c.next()
-        .map(|f| {
-            f.to_uppercase()
-                .chain(c.flat_map(|x| x.to_lowercase()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
+pub use husk_vmm_bin::Failure;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // HUSK_LOG=FILE [HUSK_LOG_LEVEL=debug]: the VMM's log for any command
     // (`husk vmm` can also set it through PUT /logger).
-    if let Some(path) = std::env::var_os("HUSK_LOG") {
-        let level = std::env::var("HUSK_LOG_LEVEL").unwrap_or_else(|_| "Info".into());
-        let config = husk_api::model::Logger {
-            log_path: Some(path.to_string_lossy().into_owned()),
-            level: serde_json::from_value(serde_json::Value::String(capitalize(&level))).ok(),
-            show_level: Some(true),
-            show_log_origin: None,
-            module: None,
-        };
-        if let Err(e) = logger::configure(&config) {
-            eprintln!("husk: HUSK_LOG: {e}");
-            return ExitCode::from(2);
-        }
+    if let Err(e) = husk_vmm_bin::logger::configure_from_env() {
+        eprintln!("husk: HUSK_LOG: {e}");
+        return ExitCode::from(2);
     }
     let g = &cli.oci;
     let oci_command = matches!(
@@ -204,7 +158,7 @@ fn main() -> ExitCode {
         Command::Exec(a) if oci_command => oci::run(g, |g| containers::oci_exec(g, &a)),
         Command::Boot(args) => boot::run(args),
         Command::Compare(args) => compare_cmd::run(args),
-        Command::Vmm(args) => vmm_cmd::run(args),
+        Command::Vmm(args) => husk_vmm_bin::run(args),
         Command::Snapshot(c) => snapshot_cmd::run(c),
         Command::Run(args) => run::run(*args),
         Command::Pull(args) => registry_cmd::pull(args),

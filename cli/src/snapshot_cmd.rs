@@ -114,7 +114,7 @@ fn restore(args: RestoreArgs) -> Result<u8, Failure> {
         track_dirty_pages: args.track_dirty_pages.then_some(true),
         resume_vm: !args.paused,
     };
-    crate::vmm_cmd::run_restored(args.api_sock, args.allow_kvm_pvm, load)
+    husk_vmm_bin::run_restored(args.api_sock, args.allow_kvm_pvm, load)
 }
 
 fn merge(args: &MergeArgs) -> Result<(), Failure> {

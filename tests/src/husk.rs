@@ -25,6 +25,20 @@ pub fn binary() -> PathBuf {
     husk
 }
 
+/// The small `husk-vmm` executable beside `husk` (`$HUSK_VMM_BIN` first).
+pub fn vmm_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("HUSK_VMM_BIN") {
+        return p.into();
+    }
+    let vmm = binary().with_file_name("husk-vmm");
+    assert!(
+        vmm.exists(),
+        "{} is missing: build it with `cargo build -p husk-vmm-bin` (cargo test --workspace does)",
+        vmm.display()
+    );
+    vmm
+}
+
 /// Runs `husk ARGS` with a deadline.
 pub fn run(args: &[&str], timeout: Duration) -> Finished {
     let mut cmd = Command::new(binary());

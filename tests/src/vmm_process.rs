@@ -1,4 +1,4 @@
-//! A `husk vmm --api-sock` process under test: started, its stdout
+//! A `husk vmm --api-sock` (or `husk-vmm --api-sock`) process under test: started, its stdout
 //! collected as it comes, driven over the socket, killed on drop.
 
 use crate::http::{request, wait_for_socket};
@@ -18,9 +18,17 @@ impl VmmProcess {
     /// Starts `husk vmm --api-sock <dir>/api.sock EXTRA...` and waits for
     /// the socket.
     pub fn start(husk: &Path, dir: &Path, extra: &[&str]) -> VmmProcess {
+        let mut with_vmm = vec!["vmm"];
+        with_vmm.extend_from_slice(extra);
+        Self::start_executable(husk, dir, &with_vmm)
+    }
+
+    /// Starts the `husk-vmm` executable (or any VMM that takes
+    /// `--api-sock`): `VMM EXTRA... --api-sock <dir>/api.sock`.
+    pub fn start_executable(vmm: &Path, dir: &Path, extra: &[&str]) -> VmmProcess {
+        let husk = vmm;
         let socket = dir.join("api.sock");
         let mut child = Command::new(husk)
-            .arg("vmm")
             .args(extra)
             .arg("--api-sock")
             .arg(&socket)

@@ -203,6 +203,35 @@ pub fn configure(config: &Logger) -> Result<(), String> {
     Ok(())
 }
 
+/// `HUSK_LOG=FILE [HUSK_LOG_LEVEL=debug]`: the log of any husk command
+/// (a VMM can also set it through PUT /logger); nothing without HUSK_LOG.
+pub fn configure_from_env() -> Result<(), String> {
+    let Some(path) = std::env::var_os("HUSK_LOG") else {
+        return Ok(());
+    };
+    let level = std::env::var("HUSK_LOG_LEVEL").unwrap_or_else(|_| "Info".into());
+    let config = Logger {
+        log_path: Some(path.to_string_lossy().into_owned()),
+        level: serde_json::from_value(serde_json::Value::String(capitalize(&level))).ok(),
+        show_level: Some(true),
+        show_log_origin: None,
+        module: None,
+    };
+    configure(&config)
+}
+
+/// "debug" → "Debug", the API's spelling of a level.
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| {
+            f.to_uppercase()
+                .chain(c.flat_map(|x| x.to_lowercase()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

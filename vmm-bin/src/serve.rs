@@ -1,4 +1,4 @@
-//! `husk vmm`: one VMM process for one VM, driven through the
+//! `husk-vmm` and `husk vmm`: one VMM process for one VM, driven through the
 //! Firecracker-compatible API on a Unix socket (`--api-sock`), or booted
 //! straight from a JSON file with the schema of `GET /vm/config`
 //! (`--no-api --config-file`).

@@ -21,8 +21,8 @@ fn a_self_feeding_request_loop_leaves_the_api_and_sigterm_working() {
     let disk = dir.path().join("loop.img");
     std::fs::write(&disk, hostile_guest::self_feeding_disk()).unwrap();
     let metrics = dir.path().join("metrics.json");
-    let vmm = VmmProcess::start(
-        Path::new(env!("CARGO_BIN_EXE_husk")),
+    let vmm = VmmProcess::start_executable(
+        Path::new(env!("CARGO_BIN_EXE_husk-vmm")),
         dir.path(),
         &["--allow-kvm-pvm"],
     );
@@ -82,8 +82,8 @@ fn a_flood_of_bad_notifications_leaves_a_bounded_log() {
     let disk = dir.path().join("disk.img");
     std::fs::write(&disk, [0u8; 4096]).unwrap();
     let log = dir.path().join("vmm.log");
-    let vmm = VmmProcess::start(
-        Path::new(env!("CARGO_BIN_EXE_husk")),
+    let vmm = VmmProcess::start_executable(
+        Path::new(env!("CARGO_BIN_EXE_husk-vmm")),
         dir.path(),
         &["--allow-kvm-pvm"],
     );
