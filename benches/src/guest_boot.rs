@@ -1,4 +1,5 @@
-//! Linux boot to the guest's first command, husk vs QEMU `-M microvm`,
+//! Linux boot to the guest's first command, husk (`husk boot` and the
+//! `husk-vmm` executable) vs QEMU `-M microvm` and Firecracker,
 //! interleaved in one run (inside the testbed where /dev/kvm cannot boot
 //! Linux: `benches/run guest-boot`). Both boot the project's vmlinux and a
 //! copy of rootfs.ext4 on virtio-blk, 1 vCPU, 256 MiB, `quiet`; the guest
@@ -6,14 +7,17 @@
 //! - launch → marker on stdout: VMM start + kernel boot + init + exec;
 //! - launch → exit: plus the init's shutdown (sync, remount, status).
 //!
-//! Usage: guest-boot [--runs N] [--husk PATH]
+//! Usage: guest-boot [--runs N] [--husk PATH] [--husk-vmm PATH]
+//!        [--firecracker PATH | --no-firecracker]
+//! (`--husk-vmm` defaults to `husk-vmm` beside `--husk`; Firecracker to
+//! `husk_benches::FIRECRACKER`, "not installed" without it.)
 
 use husk_benches::median;
 use husk_tests::guest_artifacts;
 use husk_tests::qemu::MicroVm;
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const MARKER: &str = "husk-boot-marker";
 
@@ -45,62 +49,127 @@ fn time_to_marker(mut cmd: Command) -> (f64, f64) {
     (marker.as_secs_f64() * 1e3, exit.as_secs_f64() * 1e3)
 }
 
+/// A VMM booting from a Firecracker-style config file (husk-vmm and
+/// Firecracker take the same one).
+fn config_file_argv(vmm: &str, dir: &std::path::Path, name: &str, vm: &MicroVm) -> Command {
+    let config = dir.join(format!("{name}.json"));
+    let file = serde_json::json!({
+        "boot-source": {"kernel_image_path": vm.kernel, "boot_args": vm.kernel_cmdline()},
+        "drives": [{"drive_id": "rootfs", "path_on_host": vm.rootfs, "is_root_device": true, "is_read_only": false}],
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
+    });
+    std::fs::write(&config, file.to_string()).unwrap();
+    let mut cmd = Command::new(vmm);
+    cmd.args(["--no-api", "--config-file"]).arg(&config);
+    if name == "firecracker" {
+        // It wants a socket path even without an API, and logs to stdout.
+        cmd.arg("--api-sock")
+            .arg(dir.join("fc.sock"))
+            .args(["--level", "Error"]);
+    }
+    cmd
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut runs = 5;
     let mut husk = None;
+    let mut husk_vmm = None;
+    let mut firecracker = Some(String::from(husk_benches::FIRECRACKER));
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--runs" => runs = it.next().and_then(|v| v.parse().ok()).expect("--runs N"),
             "--husk" => husk = Some(it.next().expect("--husk PATH").clone()),
+            "--husk-vmm" => husk_vmm = Some(it.next().expect("--husk-vmm PATH").clone()),
+            "--firecracker" => firecracker = Some(it.next().expect("--firecracker PATH").clone()),
+            "--no-firecracker" => firecracker = None,
             other => panic!("unknown argument {other}"),
         }
     }
     let husk = husk.unwrap_or_else(|| husk_tests::husk::binary().display().to_string());
+    let husk_vmm = husk_vmm.unwrap_or_else(|| {
+        let p = std::path::Path::new(&husk).with_file_name("husk-vmm");
+        p.display().to_string()
+    });
     husk_tests::require_linux_kvm();
     let a = guest_artifacts();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("rootfs.ext4");
-    let (mut hm, mut he, mut qm, mut qe) = (vec![], vec![], vec![], vec![]);
-    for i in 0..=runs {
-        std::fs::copy(&a.rootfs_ext4, &root).unwrap();
-        let mut h = Command::new(&husk);
-        h.args(["boot", "--memory", "256", "--kernel"])
-            .arg(&a.vmlinux);
-        h.arg("--rootfs").arg(&root).args(["--", "echo", MARKER]);
-        let (m, e) = time_to_marker(h);
-        std::fs::copy(&a.rootfs_ext4, &root).unwrap();
-        let mut vm = MicroVm::new(a.vmlinux.clone(), root.clone()).command(&["echo", MARKER]);
-        vm.timeout = Duration::from_secs(120);
-        let mut q = Command::new(husk_tests::qemu::QEMU);
-        q.args(vm.qemu_args());
-        let (qm1, qe1) = time_to_marker(q);
-        if i == 0 {
-            continue; // warm-up: page cache, first-run costs
-        }
-        hm.push(m);
-        he.push(e);
-        qm.push(qm1);
-        qe.push(qe1);
-        eprintln!("run {i}: husk {m:.0}/{e:.0} ms, qemu {qm1:.0}/{qe1:.0} ms");
+    let vm = MicroVm::new(a.vmlinux.clone(), root.clone()).command(&["echo", MARKER]);
+    let firecracker = firecracker.filter(|f| std::path::Path::new(f).is_file());
+    if firecracker.is_none() {
+        println!("Firecracker: not installed (--firecracker PATH)");
     }
-    println!("Linux guest (vmlinux + ext4 root on virtio-blk), 1 vCPU, 256 MiB, quiet; {runs} runs each, medians");
+    // The same vmlinux, root disk and kernel command line for all but
+    // `husk boot`, which writes its own line (its status port instead of
+    // the console).
+    let mut peers: Vec<(&str, Box<dyn Fn() -> Command>)> = vec![
+        (
+            "husk boot",
+            Box::new(|| {
+                let mut h = Command::new(&husk);
+                h.args(["boot", "--memory", "256", "--kernel"])
+                    .arg(&a.vmlinux)
+                    .arg("--rootfs")
+                    .arg(&root)
+                    .args(["--", "echo", MARKER]);
+                h
+            }),
+        ),
+        (
+            "husk-vmm",
+            Box::new(|| config_file_argv(&husk_vmm, dir.path(), "husk-vmm", &vm)),
+        ),
+        (
+            "qemu -M microvm",
+            Box::new(|| {
+                let mut q = Command::new(husk_tests::qemu::QEMU);
+                q.args(vm.qemu_args());
+                q
+            }),
+        ),
+    ];
+    if let Some(fc) = &firecracker {
+        peers.push((
+            "firecracker",
+            Box::new(|| config_file_argv(fc, dir.path(), "firecracker", &vm)),
+        ));
+    }
+    let mut marks: Vec<Vec<(f64, f64)>> = peers.iter().map(|_| Vec::new()).collect();
+    for i in 0..=runs {
+        for (k, (name, cmd)) in peers.iter().enumerate() {
+            std::fs::copy(&a.rootfs_ext4, &root).unwrap();
+            let (m, e) = time_to_marker(cmd());
+            eprintln!("run {i}: {name} {m:.0}/{e:.0} ms");
+            // The first round warms the page cache and first-run costs.
+            if i > 0 {
+                marks[k].push((m, e));
+            }
+        }
+    }
+    println!("Linux guest (vmlinux + ext4 root on virtio-blk), 1 vCPU, 256 MiB, quiet; {runs} rounds, interleaved, medians");
     println!("| VMM | launch → first command output (ms) | launch → exit (ms) |");
     println!("|---|---|---|");
-    println!(
-        "| husk | {:.0} | {:.0} |",
-        median(hm.clone()),
-        median(he.clone())
-    );
-    println!(
-        "| qemu -M microvm | {:.0} | {:.0} |",
-        median(qm.clone()),
-        median(qe.clone())
-    );
-    println!(
-        "husk / qemu: {:.2}x to output, {:.2}x to exit",
-        median(hm) / median(qm),
-        median(he) / median(qe)
-    );
+    let medians: Vec<(f64, f64)> = marks
+        .iter()
+        .map(|v| {
+            (
+                median(v.iter().map(|x| x.0).collect()),
+                median(v.iter().map(|x| x.1).collect()),
+            )
+        })
+        .collect();
+    for ((name, _), (m, e)) in peers.iter().zip(&medians) {
+        println!("| {name} | {m:.0} | {e:.0} |");
+    }
+    for (own, (oname, _)) in medians.iter().zip(&peers).take(2) {
+        for (peer, (pname, _)) in medians.iter().zip(&peers).skip(2) {
+            println!(
+                "{oname} / {pname}: {:.2}x to output, {:.2}x to exit",
+                own.0 / peer.0,
+                own.1 / peer.1
+            );
+        }
+    }
 }
