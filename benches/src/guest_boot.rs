@@ -49,12 +49,25 @@ fn time_to_marker(mut cmd: Command) -> (f64, f64) {
     (marker.as_secs_f64() * 1e3, exit.as_secs_f64() * 1e3)
 }
 
+/// The line husk-vmm and Firecracker both boot with: husk's own (reset
+/// through the i8042, no probing of its absent AUX port, `quiet`), the
+/// status on the console as QEMU's run has it. QEMU's microvm has no
+/// i8042, so its line resets by triple fault and probes nothing.
+fn shared_cmdline() -> String {
+    use husk_wire::cmdline;
+    format!(
+        "{} root=/dev/vda rw husk.status=console {}",
+        cmdline::BASE,
+        cmdline::command_param(&["echo", MARKER])
+    )
+}
+
 /// A VMM booting from a Firecracker-style config file (husk-vmm and
 /// Firecracker take the same one).
 fn config_file_argv(vmm: &str, dir: &std::path::Path, name: &str, vm: &MicroVm) -> Command {
     let config = dir.join(format!("{name}.json"));
     let file = serde_json::json!({
-        "boot-source": {"kernel_image_path": vm.kernel, "boot_args": vm.kernel_cmdline()},
+        "boot-source": {"kernel_image_path": vm.kernel, "boot_args": shared_cmdline()},
         "drives": [{"drive_id": "rootfs", "path_on_host": vm.rootfs, "is_root_device": true, "is_read_only": false}],
         "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
     });
@@ -101,9 +114,9 @@ fn main() {
     if firecracker.is_none() {
         println!("Firecracker: not installed (--firecracker PATH)");
     }
-    // The same vmlinux, root disk and kernel command line for all but
-    // `husk boot`, which writes its own line (its status port instead of
-    // the console).
+    // The same vmlinux and root disk for all; husk-vmm and Firecracker
+    // the same kernel command line too (`shared_cmdline`); `husk boot`
+    // writes its own (the status on its port instead of the console).
     let mut peers: Vec<(&str, Box<dyn Fn() -> Command>)> = vec![
         (
             "husk boot",
