@@ -49,6 +49,9 @@ fn time_to_marker(mut cmd: Command) -> (f64, f64) {
     (marker.as_secs_f64() * 1e3, exit.as_secs_f64() * 1e3)
 }
 
+/// How one VMM of the round is started, afresh each time.
+type Launch<'a> = Box<dyn Fn() -> Command + 'a>;
+
 /// The line husk-vmm and Firecracker both boot with: husk's own (reset
 /// through the i8042, no probing of its absent AUX port, `quiet`), the
 /// status on the console as QEMU's run has it. QEMU's microvm has no
@@ -117,7 +120,7 @@ fn main() {
     // The same vmlinux and root disk for all; husk-vmm and Firecracker
     // the same kernel command line too (`shared_cmdline`); `husk boot`
     // writes its own (the status on its port instead of the console).
-    let mut peers: Vec<(&str, Box<dyn Fn() -> Command>)> = vec![
+    let mut peers: Vec<(&str, Launch)> = vec![
         (
             "husk boot",
             Box::new(|| {
