@@ -12,6 +12,7 @@
 //! (`--husk-vmm` defaults to `husk-vmm` beside `--husk`; Firecracker to
 //! `husk_benches::FIRECRACKER`, "not installed" without it.)
 
+use husk_benches::kvm_stats::{self, Counters};
 use husk_benches::median;
 use husk_tests::guest_artifacts;
 use husk_tests::qemu::MicroVm;
@@ -21,7 +22,9 @@ use std::time::Instant;
 
 const MARKER: &str = "husk-boot-marker";
 
-fn time_to_marker(mut cmd: Command) -> (f64, f64) {
+/// One boot: launch → marker and launch → exit (ms), and KVM's counters
+/// for the VM when `count` (see `kvm_stats`).
+fn time_to_marker(mut cmd: Command, count: bool) -> (f64, f64, Counters) {
     let start = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
@@ -29,6 +32,7 @@ fn time_to_marker(mut cmd: Command) -> (f64, f64) {
         .stderr(Stdio::null())
         .spawn()
         .expect("start the VMM");
+    let watcher = count.then(|| kvm_stats::Watcher::start(child.id()));
     let mut out = child.stdout.take().unwrap();
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
@@ -44,9 +48,14 @@ fn time_to_marker(mut cmd: Command) -> (f64, f64) {
     }
     child.wait().unwrap();
     let exit = start.elapsed();
+    let counters = watcher.map(|w| w.finish()).unwrap_or_default();
     let marker =
         marker_at.unwrap_or_else(|| panic!("no marker in: {}", String::from_utf8_lossy(&seen)));
-    (marker.as_secs_f64() * 1e3, exit.as_secs_f64() * 1e3)
+    (
+        marker.as_secs_f64() * 1e3,
+        exit.as_secs_f64() * 1e3,
+        counters,
+    )
 }
 
 /// How one VMM of the round is started, afresh each time.
@@ -152,15 +161,24 @@ fn main() {
             Box::new(|| config_file_argv(fc, dir.path(), "firecracker", &vm)),
         ));
     }
+    let count = kvm_stats::available();
+    if !count {
+        println!("KVM's counters: not readable (no /sys/kernel/debug/kvm)");
+    }
     let mut marks: Vec<Vec<(f64, f64)>> = peers.iter().map(|_| Vec::new()).collect();
+    let mut counted: Vec<Vec<Counters>> = peers.iter().map(|_| Vec::new()).collect();
     for i in 0..=runs {
         for (k, (name, cmd)) in peers.iter().enumerate() {
             std::fs::copy(&a.rootfs_ext4, &root).unwrap();
-            let (m, e) = time_to_marker(cmd());
-            eprintln!("run {i}: {name} {m:.0}/{e:.0} ms");
+            let (m, e, c) = time_to_marker(cmd(), count);
+            eprintln!(
+                "run {i}: {name} {m:.0}/{e:.0} ms, {} exits",
+                c.get("exits").copied().unwrap_or(0)
+            );
             // The first round warms the page cache and first-run costs.
             if i > 0 {
                 marks[k].push((m, e));
+                counted[k].push(c);
             }
         }
     }
@@ -179,6 +197,9 @@ fn main() {
     for ((name, _), (m, e)) in peers.iter().zip(&medians) {
         println!("| {name} | {m:.0} | {e:.0} |");
     }
+    if count {
+        print_counters(&peers, &counted);
+    }
     for (own, (oname, _)) in medians.iter().zip(&peers).take(2) {
         for (peer, (pname, _)) in medians.iter().zip(&peers).skip(2) {
             println!(
@@ -187,5 +208,30 @@ fn main() {
                 own.1 / peer.1
             );
         }
+    }
+}
+
+/// KVM's counters per VMM, medians over the rounds, the largest first.
+fn print_counters(peers: &[(&str, Launch)], counted: &[Vec<Counters>]) {
+    let all: Vec<&Counters> = counted.iter().flatten().collect();
+    println!();
+    println!("KVM's counters for the VM, launch → exit (medians over the rounds)");
+    println!(
+        "| counter | {} |",
+        peers.iter().map(|p| p.0).collect::<Vec<_>>().join(" | ")
+    );
+    println!("|---|{}", "---|".repeat(peers.len()));
+    for name in kvm_stats::largest(&all, 16) {
+        let row: Vec<String> = counted
+            .iter()
+            .map(|runs| {
+                let v = runs
+                    .iter()
+                    .map(|c| c.get(&name).copied().unwrap_or(0) as f64)
+                    .collect();
+                format!("{:.0}", median(v))
+            })
+            .collect();
+        println!("| {name} | {} |", row.join(" | "));
     }
 }

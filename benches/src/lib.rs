@@ -1,10 +1,12 @@
 //! What every benchmark shares: the statistics it reports.
 
-/// The median of `v` (the mean of the middle two for an even count).
+pub mod kvm_stats;
+
 /// Where Firecracker, the peer, is by default (relative to the checkout:
 /// the workplace's static build); a bench says "not installed" without it.
 pub const FIRECRACKER: &str = "../shared/bin/firecracker-v1.16.1/firecracker";
 
+/// The median of `v` (the mean of the middle two for an even count).
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
