@@ -505,6 +505,54 @@ fn husk_snapshot_create_diff_and_merge_on_the_command_line() {
 /// `husk vmm --jail DIR --uid --gid`: the VMM runs as the unprivileged
 /// user with no capabilities, its `/` is the jail (nothing else of the
 /// host's tree), paths in requests are inside it, and the guest boots.
+/// The one child of a jailed VMM's keeper: the VMM.
+fn jailed_vmm_of(keeper: u32) -> u32 {
+    let children = std::fs::read_to_string(format!("/proc/{keeper}/task/{keeper}/children"))
+        .unwrap_or_default();
+    let pids: Vec<u32> = children
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 1, "the keeper's children: {children:?}");
+    pids[0]
+}
+
+/// SIGTERM to the process that was started reaches the jailed VMM (PID 1
+/// of its namespace, which takes only signals it handles), which stops
+/// as an unjailed one does.
+#[test]
+fn sigterm_to_a_jailed_vmm_reaches_it() {
+    // SAFETY: geteuid(2) has no arguments.
+    if unsafe { libc::geteuid() } != 0 {
+        return husk_skip::skip("needs root to make a jail");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_husk"))
+        .args([
+            "vmm",
+            "--allow-kvm-pvm",
+            "--api-sock",
+            "/api.sock",
+            "--jail",
+        ])
+        .arg(dir.path())
+        .args(["--uid", "65534", "--gid", "65534"])
+        .spawn()
+        .unwrap();
+    assert!(wait_for_socket(
+        &dir.path().join("api.sock"),
+        Duration::from_secs(10)
+    ));
+    let vmm = jailed_vmm_of(child.id());
+    // SAFETY: kill(2) on the child we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(143));
+    assert!(
+        !Path::new(&format!("/proc/{vmm}")).exists(),
+        "the VMM lives on"
+    );
+}
+
 #[test]
 fn a_jailed_vmm_runs_as_its_user_inside_its_jail() {
     // SAFETY: geteuid(2) has no arguments.
@@ -523,7 +571,7 @@ fn a_jailed_vmm_runs_as_its_user_inside_its_jail() {
             "--jail",
         ])
         .arg(dir.path())
-        .args(["--uid", "65534", "--gid", "65534"])
+        .args(["--uid", "65534", "--gid", "65534", "--new-netns"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -533,7 +581,19 @@ fn a_jailed_vmm_runs_as_its_user_inside_its_jail() {
         wait_for_socket(&socket, Duration::from_secs(10)),
         "no API socket in the jail"
     );
-    let pid = child.id();
+    // The process started is the VMM's keeper, jailed like it; the VMM is
+    // its one child, PID 1 of a pid namespace and in a network namespace
+    // of its own.
+    let keeper = child.id();
+    let vmm = jailed_vmm_of(keeper);
+    let status = std::fs::read_to_string(format!("/proc/{vmm}/status")).unwrap();
+    let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+    assert_eq!(nspid.split_whitespace().last(), Some("1"), "{status}");
+    for ns in ["pid", "net", "mnt"] {
+        let link = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+        assert_ne!(link(&vmm.to_string()), link("self"), "{ns} namespace");
+    }
+    let pid = keeper;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = |name: &str| {
         status

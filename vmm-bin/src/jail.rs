@@ -8,12 +8,16 @@
 //!    the host's tree is detached, not merely hidden under a chroot);
 //! 3. limits: open files, and the size of files it writes (`--jail-fsize`);
 //! 4. no supplementary groups, then G, then U: every capability goes with
-//!    root, and `no_new_privs` keeps it so across exec.
+//!    root, and `no_new_privs` keeps it so across exec;
+//! 5. a pid namespace of its own: the process forks, and the child, PID 1
+//!    there, is the VMM, which sees no host process; the process the
+//!    caller started stays, jailed the same way, to pass signals on and
+//!    exit with the VMM's status. The network namespace is the host's, the
+//!    one `--netns PATH` names, or a new empty one (`--new-netns`).
 //!
 //! Everything the API names afterwards (kernel, disks, sockets, logs) is a
 //! path inside DIR, which the caller fills beforehand (Firecracker's jailer
-//! works the same way). Not yet: a pid namespace, a network namespace, a
-//! cgroup placement (docs/hardening.md).
+//! works the same way). Not yet: a cgroup placement (docs/hardening.md).
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
@@ -29,7 +33,36 @@ pub struct Jail {
     pub gid: u32,
     /// Largest file the VMM may write, in bytes (`RLIMIT_FSIZE`).
     pub fsize: Option<u64>,
+    /// The network namespace the VMM runs in.
+    pub net: JailNet,
 }
+
+/// Which network namespace a jailed VMM has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JailNet {
+    /// The caller's (TAP devices the host made are there).
+    Host,
+    /// The one this file names (`/var/run/netns/NAME`, `/proc/PID/ns/net`).
+    Join(PathBuf),
+    /// A new one with only a loopback: the VMM can reach no network.
+    New,
+}
+
+/// What the process is once [`Jail::enter`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The VMM: PID 1 of the jail's pid namespace.
+    Vmm,
+    /// The process the caller started: it waits for the VMM (this pid)
+    /// and passes signals on ([`keep`]).
+    Keeper(nix::unistd::Pid),
+}
+
+/// The signals a keeper passes on to its VMM.
+const PASSED_ON: &[nix::sys::signal::Signal] = {
+    use nix::sys::signal::Signal::*;
+    &[SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2]
+};
 
 /// Open files a jailed VMM may hold: enough for many disks, NICs and
 /// vsock connections, bounded.
@@ -42,8 +75,9 @@ const DEVICES: &[(&str, u64, u64, bool)] =
 
 impl Jail {
     /// Enters the jail; the calling process must be single-threaded and
-    /// root. Returns once the process runs as the jail's uid inside it.
-    pub fn enter(&self) -> Result<(), String> {
+    /// root. Returns, in two processes, once each runs as the jail's uid
+    /// inside it: the VMM and its keeper.
+    pub fn enter(&self) -> Result<Role, String> {
         let fail = |what: &'static str| move |e: nix::Error| format!("--jail: {what}: {e}");
         if !Uid::effective().is_root() {
             return Err("--jail: needs root (to make the jail, then give root up)".into());
@@ -73,7 +107,18 @@ impl Jail {
         // What /dev/kvm is, from the host's /sys and /proc, which the jail
         // does not have.
         let _ = husk_vmm::kvm_kind::host();
-        unshare(CloneFlags::CLONE_NEWNS).map_err(fail("a mount namespace"))?;
+        if let JailNet::Join(path) = &self.net {
+            let ns = std::fs::File::open(path)
+                .map_err(|e| format!("--netns {}: {e}", path.display()))?;
+            nix::sched::setns(ns, CloneFlags::CLONE_NEWNET)
+                .map_err(|e| format!("--netns {}: {e}", path.display()))?;
+        }
+        let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID;
+        if self.net == JailNet::New {
+            flags |= CloneFlags::CLONE_NEWNET;
+        }
+        // The pid namespace is the next child's: the fork below.
+        unshare(flags).map_err(fail("new namespaces"))?;
         // Nothing below propagates back to the host's mounts.
         mount(
             None::<&str>,
@@ -108,7 +153,7 @@ impl Jail {
                 std::io::Error::last_os_error()
             ));
         }
-        Ok(())
+        split()
     }
 
     /// The device nodes, owned by the jail's uid and gid, mode 0660.
@@ -168,6 +213,72 @@ impl Jail {
     }
 }
 
+/// Forks into the VMM (the child, PID 1 of the new pid namespace) and its
+/// keeper. Signals are blocked across the fork, so none is lost or acted
+/// on by default before the keeper waits for them.
+fn split() -> Result<Role, String> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow};
+    let mut pass = SigSet::empty();
+    for &sig in PASSED_ON {
+        pass.add(sig);
+    }
+    pass.add(nix::sys::signal::Signal::SIGCHLD);
+    let mut before = SigSet::empty();
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&pass), Some(&mut before))
+        .map_err(|e| format!("--jail: blocking signals: {e}"))?;
+    // SAFETY: the process is single-threaded here (Jail::enter's contract),
+    // so the child may run anything.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => Err(format!("--jail: fork into the pid namespace: {e}")),
+        Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Role::Keeper(child)),
+        Ok(nix::unistd::ForkResult::Child) => {
+            // PID 1 of a namespace gets no signal it leaves at its default
+            // action, even blocked for a signalfd: a handler that does
+            // nothing makes the keeper's SIGTERM and SIGINT arrive.
+            extern "C" fn nothing(_: libc::c_int) {}
+            let noop = SigAction::new(
+                SigHandler::Handler(nothing),
+                SaFlags::SA_RESTART,
+                SigSet::empty(),
+            );
+            for &sig in PASSED_ON {
+                // SAFETY: the handler does nothing, so is async-signal-safe.
+                unsafe { sigaction(sig, &noop) }
+                    .map_err(|e| format!("--jail: handling {sig}: {e}"))?;
+            }
+            nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&before), None)
+                .map_err(|e| format!("--jail: signal mask: {e}"))?;
+            Ok(Role::Vmm)
+        }
+    }
+}
+
+/// The keeper's life: pass [`PASSED_ON`] signals to the VMM `child` and
+/// end with its status (128 + the signal when one killed it).
+pub fn keep(child: nix::unistd::Pid) -> u8 {
+    use nix::sys::signal::{SigSet, Signal};
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let mut set = SigSet::empty();
+    for &sig in PASSED_ON {
+        set.add(sig);
+    }
+    set.add(Signal::SIGCHLD);
+    loop {
+        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => return code as u8,
+            Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as u8,
+            Ok(_) => {}
+            Err(_) => return 1,
+        }
+        match set.wait() {
+            Ok(Signal::SIGCHLD) | Err(_) => {}
+            Ok(sig) => {
+                let _ = nix::sys::signal::kill(child, sig);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +297,7 @@ mod tests {
             uid: 65534,
             gid: 65534,
             fsize: Some(1 << 20),
+            net: JailNet::New,
         };
         let (mut rx, tx) = std::os::unix::net::UnixStream::pair().unwrap();
         // SAFETY: the child only runs async-signal-safe-enough code of its
@@ -197,7 +309,14 @@ mod tests {
                 let mut tx = tx;
                 let report = match jail.enter() {
                     Err(e) => format!("error {e}"),
-                    Ok(()) => {
+                    Ok(Role::Keeper(vmm)) => {
+                        drop(tx);
+                        let code = keep(vmm);
+                        // SAFETY: ends the keeper without the test
+                        // harness's exit handlers.
+                        unsafe { libc::_exit(i32::from(code)) };
+                    }
+                    Ok(Role::Vmm) => {
                         let mut names: Vec<String> = std::fs::read_dir("/")
                             .unwrap()
                             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -209,11 +328,12 @@ mod tests {
                             .open("/dev/kvm");
                         let escape = std::fs::read_dir("/..").map(|d| d.count());
                         format!(
-                            "root {} uid {} kvm {} up {}",
+                            "root {} uid {} kvm {} up {} pid {}",
                             names.join(","),
                             Uid::effective(),
                             kvm.is_ok(),
-                            escape.unwrap_or(0)
+                            escape.unwrap_or(0),
+                            nix::unistd::getpid()
                         )
                     }
                 };
@@ -227,13 +347,17 @@ mod tests {
                 drop(tx);
                 let mut report = String::new();
                 std::io::Read::read_to_string(&mut rx, &mut report).unwrap();
-                // SAFETY: reaps the child forked above.
-                unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
-                // "/.." is "/" itself: two entries, dev and vmlinux.
+                let mut status = 0;
+                // SAFETY: reaps the keeper forked above.
+                unsafe { libc::waitpid(child, &mut status, 0) };
+                // "/.." is "/" itself: two entries, dev and vmlinux; the
+                // VMM is PID 1 of its own namespace, and its keeper ends
+                // with its status.
                 assert_eq!(
-                    report, "root dev,vmlinux uid 65534 kvm true up 2",
+                    report, "root dev,vmlinux uid 65534 kvm true up 2 pid 1",
                     "{report}"
                 );
+                assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
             }
         }
         // The host's tree was never touched: the node is in the jail only.
@@ -247,6 +371,7 @@ mod tests {
             uid: 0,
             gid: 0,
             fsize: None,
+            net: JailNet::Host,
         };
         let err = jail.enter().unwrap_err();
         assert!(

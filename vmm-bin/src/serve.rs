@@ -41,7 +41,8 @@ pub struct VmmArgs {
     #[arg(long, hide = true)]
     allow_kvm_pvm: bool,
     /// Jail the VMM in DIR before it serves anything: DIR becomes its `/`
-    /// (in a mount namespace of its own), it runs as --uid/--gid with no
+    /// (in mount and pid namespaces of its own: the VMM is PID 1 there,
+    /// and this process waits for it), it runs as --uid/--gid with no
     /// capabilities, and every path the API or --config-file names is
     /// inside DIR (put the kernel and disks there first). Needs root.
     #[arg(long, value_name = "DIR", requires_all = ["uid", "gid"])]
@@ -55,6 +56,19 @@ pub struct VmmArgs {
     /// The largest file the jailed VMM may write (bytes; RLIMIT_FSIZE).
     #[arg(long, value_name = "BYTES", requires = "jail")]
     jail_fsize: Option<u64>,
+    /// The jailed VMM's network namespace: this one (a file such as
+    /// /var/run/netns/NAME), where its TAP devices are. Default: the host's.
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "jail",
+        conflicts_with = "new_netns"
+    )]
+    netns: Option<PathBuf>,
+    /// The jailed VMM gets a network namespace of its own, empty: no TAP
+    /// can be opened, no network reached.
+    #[arg(long, requires = "jail")]
+    new_netns: bool,
 }
 
 /// How often metrics are written while the VM runs.
@@ -332,6 +346,8 @@ pub fn run_restored(
         uid: None,
         gid: None,
         jail_fsize: None,
+        netns: None,
+        new_netns: false,
     };
     serve(args, Some(load))
 }
@@ -342,13 +358,21 @@ fn serve(
 ) -> Result<u8, Failure> {
     // First: nothing is opened or started outside the jail.
     if let (Some(dir), Some(uid), Some(gid)) = (&args.jail, args.uid, args.gid) {
+        let net = match (&args.netns, args.new_netns) {
+            (Some(path), _) => crate::jail::JailNet::Join(path.clone()),
+            (None, true) => crate::jail::JailNet::New,
+            (None, false) => crate::jail::JailNet::Host,
+        };
         let jail = crate::jail::Jail {
             dir: dir.clone(),
             uid,
             gid,
             fsize: args.jail_fsize,
+            net,
         };
-        jail.enter().map_err(Failure::runtime)?;
+        if let crate::jail::Role::Keeper(vmm) = jail.enter().map_err(Failure::runtime)? {
+            return Ok(crate::jail::keep(vmm));
+        }
     }
     let signals = husk_vmm::take_stop_signals()
         .map_err(|e| Failure::runtime(format!("cannot take over SIGINT/SIGTERM: {e}")))?;
