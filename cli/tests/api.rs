@@ -517,15 +517,19 @@ fn jailed_vmm_of(keeper: u32) -> u32 {
     pids[0]
 }
 
-/// SIGTERM to the process that was started reaches the jailed VMM (PID 1
-/// of its namespace, which takes only signals it handles), which stops
-/// as an unjailed one does.
+/// A jailed VMM joins the network namespace `--netns` names, and SIGTERM
+/// to the process that was started reaches it (PID 1 of its namespace,
+/// which takes only signals it handles): it stops as an unjailed one does.
 #[test]
-fn sigterm_to_a_jailed_vmm_reaches_it() {
+fn a_jailed_vmm_joins_its_netns_and_sigterm_reaches_it() {
     // SAFETY: geteuid(2) has no arguments.
     if unsafe { libc::geteuid() } != 0 {
         return husk_skip::skip("needs root to make a jail");
     }
+    let name = format!("husk-jail-test-{}", std::process::id());
+    let made = Command::new("ip").args(["netns", "add", &name]).status();
+    assert!(made.is_ok_and(|s| s.success()), "ip netns add {name}");
+    let netns = PathBuf::from("/var/run/netns").join(&name);
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_husk"))
         .args([
@@ -536,7 +540,8 @@ fn sigterm_to_a_jailed_vmm_reaches_it() {
             "--jail",
         ])
         .arg(dir.path())
-        .args(["--uid", "65534", "--gid", "65534"])
+        .args(["--uid", "65534", "--gid", "65534", "--netns"])
+        .arg(&netns)
         .spawn()
         .unwrap();
     assert!(wait_for_socket(
@@ -544,6 +549,10 @@ fn sigterm_to_a_jailed_vmm_reaches_it() {
         Duration::from_secs(10)
     ));
     let vmm = jailed_vmm_of(child.id());
+    let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    let joined = inode(Path::new(&format!("/proc/{vmm}/ns/net"))) == inode(&netns);
+    let _ = Command::new("ip").args(["netns", "del", &name]).status();
+    assert!(joined, "the VMM is not in {}", netns.display());
     // SAFETY: kill(2) on the child we spawned.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert_eq!(child.wait().unwrap().code(), Some(143));
