@@ -505,6 +505,21 @@ fn husk_snapshot_create_diff_and_merge_on_the_command_line() {
 /// `husk vmm --jail DIR --uid --gid`: the VMM runs as the unprivileged
 /// user with no capabilities, its `/` is the jail (nothing else of the
 /// host's tree), paths in requests are inside it, and the guest boots.
+/// `husk vmm` with its API socket jailed in `dir` as nobody (root only).
+fn jailed_vmm(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_husk"));
+    cmd.args([
+        "vmm",
+        "--allow-kvm-pvm",
+        "--api-sock",
+        "/api.sock",
+        "--jail",
+    ])
+    .arg(dir)
+    .args(["--uid", "65534", "--gid", "65534"]);
+    cmd
+}
+
 /// The one child of a jailed VMM's keeper: the VMM.
 fn jailed_vmm_of(keeper: u32) -> u32 {
     let children = std::fs::read_to_string(format!("/proc/{keeper}/task/{keeper}/children"))
@@ -531,16 +546,8 @@ fn a_jailed_vmm_joins_its_netns_and_sigterm_reaches_it() {
     assert!(made.is_ok_and(|s| s.success()), "ip netns add {name}");
     let netns = PathBuf::from("/var/run/netns").join(&name);
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_husk"))
-        .args([
-            "vmm",
-            "--allow-kvm-pvm",
-            "--api-sock",
-            "/api.sock",
-            "--jail",
-        ])
-        .arg(dir.path())
-        .args(["--uid", "65534", "--gid", "65534", "--netns"])
+    let mut child = jailed_vmm(dir.path())
+        .arg("--netns")
         .arg(&netns)
         .spawn()
         .unwrap();
@@ -571,16 +578,8 @@ fn a_jailed_vmm_runs_as_its_user_inside_its_jail() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("guest.elf"), null_guest::elf(true, Some(7))).unwrap();
     std::fs::write(dir.path().join("root.img"), [0u8; 4096]).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_husk"))
-        .args([
-            "vmm",
-            "--allow-kvm-pvm",
-            "--api-sock",
-            "/api.sock",
-            "--jail",
-        ])
-        .arg(dir.path())
-        .args(["--uid", "65534", "--gid", "65534", "--new-netns"])
+    let child = jailed_vmm(dir.path())
+        .arg("--new-netns")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .spawn()
