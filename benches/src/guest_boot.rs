@@ -13,7 +13,7 @@
 //! `husk_benches::FIRECRACKER`, "not installed" without it.)
 
 use husk_benches::kvm_stats::{self, Counters};
-use husk_benches::median;
+use husk_benches::{config_boot_args, median, ConfigVm, ConfigVmm};
 use husk_tests::guest_artifacts;
 use husk_tests::qemu::MicroVm;
 use std::io::Read;
@@ -74,24 +74,22 @@ fn shared_cmdline() -> String {
     )
 }
 
-/// A VMM booting from a Firecracker-style config file (husk-vmm and
-/// Firecracker take the same one).
-fn config_file_argv(vmm: &str, dir: &std::path::Path, name: &str, vm: &MicroVm) -> Command {
-    let config = dir.join(format!("{name}.json"));
-    let file = serde_json::json!({
-        "boot-source": {"kernel_image_path": vm.kernel, "boot_args": shared_cmdline()},
-        "drives": [{"drive_id": "rootfs", "path_on_host": vm.rootfs, "is_root_device": true, "is_read_only": false}],
-        "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
-    });
-    std::fs::write(&config, file.to_string()).unwrap();
-    let mut cmd = Command::new(vmm);
-    cmd.args(["--no-api", "--config-file"]).arg(&config);
-    if name == "firecracker" {
-        // It wants a socket path even without an API, and logs to stdout.
-        cmd.arg("--api-sock")
-            .arg(dir.join("fc.sock"))
-            .args(["--level", "Error"]);
-    }
+/// husk-vmm or Firecracker booting `vm`'s kernel and disk from a config
+/// file, with [`shared_cmdline`].
+fn config_file_boot(vmm: ConfigVmm, program: &str, dir: &std::path::Path, vm: &MicroVm) -> Command {
+    let line = shared_cmdline();
+    let config = ConfigVm {
+        kernel: &vm.kernel,
+        boot_args: &line,
+        root: Some(&vm.rootfs),
+        mem_mib: 256,
+    };
+    let name = match vmm {
+        ConfigVmm::HuskVmm => "husk-vmm",
+        ConfigVmm::Firecracker => "firecracker",
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(config_boot_args(vmm, dir, name, &config));
     cmd
 }
 
@@ -144,7 +142,7 @@ fn main() {
         ),
         (
             "husk-vmm",
-            Box::new(|| config_file_argv(&husk_vmm, dir.path(), "husk-vmm", &vm)),
+            Box::new(|| config_file_boot(ConfigVmm::HuskVmm, &husk_vmm, dir.path(), &vm)),
         ),
         (
             "qemu -M microvm",
@@ -158,7 +156,7 @@ fn main() {
     if let Some(fc) = &firecracker {
         peers.push((
             "firecracker",
-            Box::new(|| config_file_argv(fc, dir.path(), "firecracker", &vm)),
+            Box::new(|| config_file_boot(ConfigVmm::Firecracker, fc, dir.path(), &vm)),
         ));
     }
     let count = kvm_stats::available();

@@ -16,7 +16,7 @@
 //! guest that ends as a foreign one does, with a plain reset; so does husk,
 //! beside its own guest that reports a status first.
 
-use husk_benches::{median, spread};
+use husk_benches::{config_boot_args, median, spread, ConfigVm, ConfigVmm};
 use husk_tests::null_guest;
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -195,27 +195,20 @@ fn main() {
     std::fs::write(&root, [0u8; 512]).unwrap();
     // husk-vmm boots from a config file, as Firecracker does below.
     let husk_argv = |kernel: &std::path::Path, name: &str| -> Vec<String> {
-        let config = dir.path().join(name);
-        let vm = serde_json::json!({
-            "boot-source": {"kernel_image_path": kernel, "boot_args": "console=ttyS0"},
-            "drives": [{"drive_id": "rootfs", "path_on_host": root, "is_root_device": true, "is_read_only": false}],
-            "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
-        });
-        std::fs::write(&config, vm.to_string()).unwrap();
-        [
-            husk.as_str(),
-            "--allow-kvm-pvm",
-            "--no-api",
-            "--config-file",
-        ]
-        .map(String::from)
-        .into_iter()
-        .chain([config.display().to_string()])
-        .collect()
+        let vm = ConfigVm {
+            kernel,
+            boot_args: "console=ttyS0",
+            root: Some(&root),
+            mem_mib: 128,
+        };
+        [husk.clone(), "--allow-kvm-pvm".into()]
+            .into_iter()
+            .chain(config_boot_args(ConfigVmm::HuskVmm, dir.path(), name, &vm))
+            .collect()
     };
     let mut peers: Vec<(&'static str, Vec<String>)> = vec![
-        ("husk-vmm, status port", husk_argv(&status, "status.json")),
-        ("husk-vmm, plain reset", husk_argv(&plain, "plain.json")),
+        ("husk-vmm, status port", husk_argv(&status, "status")),
+        ("husk-vmm, plain reset", husk_argv(&plain, "plain")),
     ];
     // The whole command line's `husk boot`, for what the small executable
     // saves.
@@ -292,28 +285,22 @@ fn main() {
     }
 }
 
-/// Firecracker booting `kernel` from a config file (it still wants an
-/// API socket path, which `--no-api` never binds).
+/// Firecracker booting `kernel` from a config file, with no disk.
 fn firecracker_argv(fc: &str, dir: &std::path::Path, kernel: &std::path::Path) -> Vec<String> {
-    let config = dir.join("firecracker.json");
-    let vm = serde_json::json!({
-        "boot-source": {"kernel_image_path": kernel, "boot_args": "console=ttyS0"},
-        "drives": [],
-        "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
-    });
-    std::fs::write(&config, vm.to_string()).unwrap();
-    [
-        fc,
-        "--no-api",
-        "--config-file",
-        &config.display().to_string(),
-        "--api-sock",
-        &dir.join("firecracker.sock").display().to_string(),
-        "--level",
-        "Error",
-    ]
-    .map(String::from)
-    .to_vec()
+    let vm = ConfigVm {
+        kernel,
+        boot_args: "console=ttyS0",
+        root: None,
+        mem_mib: 128,
+    };
+    std::iter::once(fc.to_string())
+        .chain(config_boot_args(
+            ConfigVmm::Firecracker,
+            dir,
+            "firecracker",
+            &vm,
+        ))
+        .collect()
 }
 
 fn qemu_argv(kernel: &std::path::Path) -> Vec<String> {

@@ -1,5 +1,6 @@
-//! A `husk vmm --api-sock` (or `husk-vmm --api-sock`) process under test: started, its stdout
-//! collected as it comes, driven over the socket, killed on drop.
+//! A `husk vmm --api-sock` (or `husk-vmm --api-sock`) process under test:
+//! started, its stdout collected as it comes, driven over the socket,
+//! killed on drop.
 
 use crate::http::{request, wait_for_socket};
 use std::io::Read;
@@ -26,9 +27,8 @@ impl VmmProcess {
     /// Starts the `husk-vmm` executable (or any VMM that takes
     /// `--api-sock`): `VMM EXTRA... --api-sock <dir>/api.sock`.
     pub fn start_executable(vmm: &Path, dir: &Path, extra: &[&str]) -> VmmProcess {
-        let husk = vmm;
         let socket = dir.join("api.sock");
-        let mut child = Command::new(husk)
+        let mut child = Command::new(vmm)
             .args(extra)
             .arg("--api-sock")
             .arg(&socket)
@@ -36,7 +36,7 @@ impl VmmProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", husk.display()));
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", vmm.display()));
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let (sink, mut out) = (stdout.clone(), child.stdout.take().unwrap());
         std::thread::spawn(move || {

@@ -213,18 +213,23 @@ impl Jail {
     }
 }
 
+/// What the keeper waits for: the signals it passes on, and its VMM's end.
+fn kept() -> nix::sys::signal::SigSet {
+    let mut set = nix::sys::signal::SigSet::empty();
+    for &sig in PASSED_ON {
+        set.add(sig);
+    }
+    set.add(nix::sys::signal::Signal::SIGCHLD);
+    set
+}
+
 /// Forks into the VMM (the child, PID 1 of the new pid namespace) and its
 /// keeper. Signals are blocked across the fork, so none is lost or acted
 /// on by default before the keeper waits for them.
 fn split() -> Result<Role, String> {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow};
-    let mut pass = SigSet::empty();
-    for &sig in PASSED_ON {
-        pass.add(sig);
-    }
-    pass.add(nix::sys::signal::Signal::SIGCHLD);
     let mut before = SigSet::empty();
-    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&pass), Some(&mut before))
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&kept()), Some(&mut before))
         .map_err(|e| format!("--jail: blocking signals: {e}"))?;
     // SAFETY: the process is single-threaded here (Jail::enter's contract),
     // so the child may run anything.
@@ -256,13 +261,9 @@ fn split() -> Result<Role, String> {
 /// The keeper's life: pass [`PASSED_ON`] signals to the VMM `child` and
 /// end with its status (128 + the signal when one killed it).
 pub fn keep(child: nix::unistd::Pid) -> u8 {
-    use nix::sys::signal::{SigSet, Signal};
+    use nix::sys::signal::Signal;
     use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    let mut set = SigSet::empty();
-    for &sig in PASSED_ON {
-        set.add(sig);
-    }
-    set.add(Signal::SIGCHLD);
+    let set = kept();
     loop {
         match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(_, code)) => return code as u8,
