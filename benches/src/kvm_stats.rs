@@ -2,8 +2,8 @@
 //! instructions...), read from debugfs: `/sys/kernel/debug/kvm/<pid>-<fd>/`
 //! holds the VM's statistics and the sums of its vCPUs'. The directory goes
 //! away with the VM, so a thread reads it every few milliseconds while the
-//! VMM runs and keeps the last read: what the VM had counted, to within one
-//! period. Any VMM's VM can be read this way, husk's and its peers' alike.
+//! VMM runs and keeps each counter's highest value: what the VM had
+//! counted, to within one period. Any VMM's VM can be read this way, husk's and its peers' alike.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -45,8 +45,12 @@ impl Watcher {
             // One more read after the stop: the VM may still be there.
             loop {
                 let stopping = done.load(Ordering::Acquire);
-                if let Some(now) = read_vms_of(pid) {
-                    last = now;
+                // Counters only grow while the VM lives; a read as it is
+                // torn down can find them zeroed, so each keeps its
+                // highest value.
+                for (name, v) in read_vms_of(pid).unwrap_or_default() {
+                    let e = last.entry(name).or_default();
+                    *e = (*e).max(v);
                 }
                 if stopping {
                     return last;
@@ -57,7 +61,7 @@ impl Watcher {
         Watcher { stop, thread }
     }
 
-    /// The last counters read (empty if the VM was never seen).
+    /// Each counter's highest value read (empty if the VM was never seen).
     pub fn finish(self) -> Counters {
         self.stop.store(true, Ordering::Release);
         self.thread.join().unwrap_or_default()
@@ -83,19 +87,23 @@ fn read_vms_of(pid: u32) -> Option<Counters> {
     (!dirs.is_empty()).then_some(sum)
 }
 
-/// The numeric files directly in `dir`; `None` if it went away meanwhile.
+/// The numeric files directly in `dir`; `None` if it went away meanwhile
+/// (or nothing in it could be read). A file that cannot be read is left
+/// out of this read, not allowed to void it.
 fn read_dir_counters(dir: &Path) -> Option<Counters> {
     let mut out = Counters::new();
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
         if !entry.file_type().is_ok_and(|t| t.is_file()) {
             continue;
         }
-        let text = std::fs::read_to_string(entry.path()).ok()?;
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
         if let Ok(v) = text.trim().parse::<u64>() {
             out.insert(entry.file_name().to_string_lossy().into_owned(), v);
         }
     }
-    Some(out)
+    (!out.is_empty()).then_some(out)
 }
 
 /// The counters worth a row: the largest `n` by their highest value over
