@@ -14,14 +14,16 @@ use vmm_sys_util::eventfd::EventFd;
 /// Guest memory as every device sees it: vm-memory's mmap backend with a
 /// dirty-page bitmap, so what a device writes into the guest (a used ring,
 /// a received frame, a block read) is found by a Diff snapshot beside the
-/// vCPUs' writes, which KVM's dirty log holds.
-pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;
+/// vCPUs' writes, which KVM's dirty log holds. The bitmap also holds the
+/// region's mapping when the VMM placed it (see [`ram`]).
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<ram::RamBitmap>;
 
 pub mod block;
 pub mod fs;
 pub mod interrupt;
 pub mod net;
 pub mod queue;
+pub mod ram;
 pub mod transport;
 pub mod vsock;
 

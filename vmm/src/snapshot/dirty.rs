@@ -35,7 +35,7 @@ pub fn take(vm: &VmFd, mem: &GuestMemory) -> Result<Vec<PageBits>, String> {
                 .get_dirty_log(slot as u32, len)
                 .map_err(|e| format!("KVM_GET_DIRTY_LOG for slot {slot}: {e}"))?;
             // The whole region's bitmap (MmapRegion's), not a slice of it.
-            let devices = vm_memory::mmap::MmapRegion::bitmap(region).get_and_reset();
+            let devices = vm_memory::mmap::MmapRegion::bitmap(region).take_dirty();
             for (word, dev) in bits.iter_mut().zip(devices) {
                 *word |= dev;
             }

@@ -8,9 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use vm_memory::bitmap::{AtomicBitmap, NewBitmap};
-use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::memory::GuestMemory;
 
@@ -173,15 +171,13 @@ pub fn map(path: &Path, ranges: &[(u64, u64)]) -> Result<GuestMemory, String> {
     let mut offset = 0u64;
     let mut regions = Vec::with_capacity(ranges.len());
     for &(addr, len) in ranges {
-        let mapping =
-            MmapRegionBuilder::new_with_bitmap(len as usize, AtomicBitmap::with_len(len as usize))
-                .with_file_offset(FileOffset::from_arc(file.clone(), offset))
-                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-                .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
-                .build()
-                .map_err(|e| format!("mapping the memory file: {e}"))?;
-        let region = GuestRegionMmap::new(mapping, GuestAddress(addr))
-            .ok_or_else(|| format!("memory region at {addr:#x} wraps around"))?;
+        let region = crate::memory::region(
+            GuestAddress(addr),
+            len as usize,
+            libc::MAP_PRIVATE | libc::MAP_NORESERVE,
+            Some(FileOffset::from_arc(file.clone(), offset)),
+        )
+        .map_err(|e| format!("mapping the memory file at {addr:#x}: {e}"))?;
         regions.push(region);
         offset += len;
     }
