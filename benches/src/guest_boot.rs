@@ -12,7 +12,7 @@
 //! (`--husk-vmm` defaults to `husk-vmm` beside `--husk`; Firecracker to
 //! `husk_benches::FIRECRACKER`, "not installed" without it.)
 
-use husk_benches::kvm_stats::{self, Counters};
+use husk_benches::kvm_stats::{self, Counters, Seen};
 use husk_benches::{config_boot_args, median, ConfigVm, ConfigVmm};
 use husk_tests::guest_artifacts;
 use husk_tests::qemu::MicroVm;
@@ -22,9 +22,9 @@ use std::time::Instant;
 
 const MARKER: &str = "husk-boot-marker";
 
-/// One boot: launch → marker and launch → exit (ms), and KVM's counters
-/// for the VM when `count` (see `kvm_stats`).
-fn time_to_marker(mut cmd: Command, count: bool) -> (f64, f64, Counters) {
+/// One boot: launch → marker and launch → exit (ms), and what KVM's
+/// debugfs showed of the VM when `count` (see `kvm_stats`).
+fn time_to_marker(mut cmd: Command, count: bool) -> (f64, f64, Seen) {
     let start = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
@@ -48,13 +48,13 @@ fn time_to_marker(mut cmd: Command, count: bool) -> (f64, f64, Counters) {
     }
     child.wait().unwrap();
     let exit = start.elapsed();
-    let counters = watcher.map(|w| w.finish()).unwrap_or_default();
+    let seen_vm = watcher.map(|w| w.finish()).unwrap_or_default();
     let marker =
         marker_at.unwrap_or_else(|| panic!("no marker in: {}", String::from_utf8_lossy(&seen)));
     (
         marker.as_secs_f64() * 1e3,
         exit.as_secs_f64() * 1e3,
-        counters,
+        seen_vm,
     )
 }
 
@@ -165,10 +165,12 @@ fn main() {
     }
     let mut marks: Vec<Vec<(f64, f64)>> = peers.iter().map(|_| Vec::new()).collect();
     let mut counted: Vec<Vec<Counters>> = peers.iter().map(|_| Vec::new()).collect();
+    let mut setup: Vec<Vec<(f64, f64)>> = peers.iter().map(|_| Vec::new()).collect();
     for i in 0..=runs {
         for (k, (name, cmd)) in peers.iter().enumerate() {
             std::fs::copy(&a.rootfs_ext4, &root).unwrap();
-            let (m, e, c) = time_to_marker(cmd(), count);
+            let (m, e, seen) = time_to_marker(cmd(), count);
+            let c = seen.counters;
             eprintln!(
                 "run {i}: {name} {m:.0}/{e:.0} ms, {} exits",
                 c.get("exits").copied().unwrap_or(0)
@@ -182,6 +184,9 @@ fn main() {
                     eprintln!("run {i}: {name}: KVM's counters were not seen");
                 } else {
                     counted[k].push(c);
+                }
+                if let (Some(vm), Some(run)) = (seen.vm_at, seen.running_at) {
+                    setup[k].push((vm.as_secs_f64() * 1e3, run.as_secs_f64() * 1e3));
                 }
             }
         }
@@ -202,6 +207,7 @@ fn main() {
         println!("| {name} | {m:.0} | {e:.0} |");
     }
     if count {
+        print_setup(&peers, &setup);
         print_counters(&peers, &counted);
     }
     for (own, (oname, _)) in medians.iter().zip(&peers).take(2) {
@@ -212,6 +218,24 @@ fn main() {
                 own.1 / peer.1
             );
         }
+    }
+}
+
+/// The VMM's part of the boot, as KVM's debugfs shows it: launch → the VM
+/// exists, launch → its first exit (the guest ran), medians.
+fn print_setup(peers: &[(&str, Launch)], setup: &[Vec<(f64, f64)>]) {
+    println!();
+    println!("The VMM's setup, from KVM's debugfs read every 5 ms (medians; within ~5 ms)");
+    println!("| VMM | launch → VM created (ms) | launch → guest's first exit (ms) |");
+    println!("|---|---|---|");
+    for ((name, _), v) in peers.iter().zip(setup) {
+        if v.is_empty() {
+            println!("| {name} | – | – |");
+            continue;
+        }
+        let vm = median(v.iter().map(|x| x.0).collect());
+        let run = median(v.iter().map(|x| x.1).collect());
+        println!("| {name} | {vm:.0} | {run:.0} |");
     }
 }
 

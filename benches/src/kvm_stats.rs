@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const KVM_DEBUGFS: &str = "/sys/kernel/debug/kvm";
 const PERIOD: Duration = Duration::from_millis(5);
@@ -30,30 +30,50 @@ pub fn available() -> bool {
     Path::new(KVM_DEBUGFS).is_dir()
 }
 
+/// What a [`Watcher`] saw of one VMM's VM.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// Each counter's highest value read (empty if the VM was never seen).
+    pub counters: Counters,
+    /// From the watcher's start (right after launch) to the first read
+    /// that found the VM: the VMM's own start before KVM_CREATE_VM.
+    pub vm_at: Option<Duration>,
+    /// ...to the first read that found an exit: the VMM's setup until the
+    /// guest first ran (to within one period).
+    pub running_at: Option<Duration>,
+}
+
 /// Reads the VMs of process `pid` until [`Watcher::finish`].
 pub struct Watcher {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<Counters>,
+    thread: JoinHandle<Seen>,
 }
 
 impl Watcher {
     pub fn start(pid: u32) -> Watcher {
         let stop = Arc::new(AtomicBool::new(false));
         let done = stop.clone();
+        let start = Instant::now();
         let thread = std::thread::spawn(move || {
-            let mut last = Counters::new();
+            let mut seen = Seen::default();
             // One more read after the stop: the VM may still be there.
             loop {
                 let stopping = done.load(Ordering::Acquire);
                 // Counters only grow while the VM lives; a read as it is
                 // torn down can find them zeroed, so each keeps its
                 // highest value.
-                for (name, v) in read_vms_of(pid).unwrap_or_default() {
-                    let e = last.entry(name).or_default();
-                    *e = (*e).max(v);
+                if let Some(read) = read_vms_of(pid) {
+                    seen.vm_at.get_or_insert_with(|| start.elapsed());
+                    if read.get("exits").is_some_and(|&n| n > 0) {
+                        seen.running_at.get_or_insert_with(|| start.elapsed());
+                    }
+                    for (name, v) in read {
+                        let e = seen.counters.entry(name).or_default();
+                        *e = (*e).max(v);
+                    }
                 }
                 if stopping {
-                    return last;
+                    return seen;
                 }
                 std::thread::sleep(PERIOD);
             }
@@ -61,8 +81,7 @@ impl Watcher {
         Watcher { stop, thread }
     }
 
-    /// Each counter's highest value read (empty if the VM was never seen).
-    pub fn finish(self) -> Counters {
+    pub fn finish(self) -> Seen {
         self.stop.store(true, Ordering::Release);
         self.thread.join().unwrap_or_default()
     }
