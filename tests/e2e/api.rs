@@ -105,3 +105,32 @@ fn config_file_boot() {
     assert_eq!(out.code, Some(0), "{}", out.describe());
     assert_eq!(out.stdout, "2048\n2\n", "{}", out.describe());
 }
+
+/// A guest that triple-faults (kvm_pvm cannot run it, hardware KVM can)
+/// ends `husk-vmm` as any reset does, with 0 as Firecracker gives, and the
+/// log names the triple fault; the VMM leaves no file but the log it was
+/// told to write.
+#[test]
+fn a_triple_fault_ends_husk_vmm_with_0_and_says_so() {
+    require_linux_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("guest.elf");
+    std::fs::write(&kernel, husk_tests::null_guest::triple_fault_elf()).unwrap();
+    let config = dir.path().join("vm.json");
+    let log = dir.path().join("vmm.log");
+    let file = serde_json::json!({
+        "boot-source": {"kernel_image_path": kernel, "boot_args": "console=ttyS0"},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
+        "logger": {"log_path": log, "level": "Warning"},
+    });
+    std::fs::write(&config, file.to_string()).unwrap();
+    let mut cmd = std::process::Command::new(husk_tests::husk::vmm_binary());
+    cmd.args(["--no-api", "--config-file"]).arg(&config);
+    let out = husk_tests::process::run(cmd, TIMEOUT);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(out.stdout.as_bytes(), husk_tests::null_guest::LINE);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("triple fault"), "{logged}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(left.len(), 3, "{left:?}");
+}

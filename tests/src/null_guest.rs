@@ -40,6 +40,48 @@ fn ticker_code() -> Vec<u8> {
     ]
 }
 
+/// Code (PVH entry only) that prints [`LINE`] and triple-faults: it loads
+/// an empty IDT (six zero bytes of RAM) and raises a breakpoint, which
+/// cannot be delivered, nor can the faults that follow.
+fn triple_fault_code() -> Vec<u8> {
+    let mut c = code(None);
+    c.truncate(c.len() - 7); // drop the i8042 reset and the hlt loop
+    c.extend_from_slice(&[0x0f, 0x01, 0x1d]); // lidt [EMPTY_IDT]
+    c.extend_from_slice(&EMPTY_IDT.to_le_bytes());
+    c.extend_from_slice(&[0xcc, 0xf4, 0xeb, 0xfd]); // int3; hlt; jmp back to hlt
+    c
+}
+
+/// Guest RAM the triple-fault guest takes as its IDT register's image;
+/// RAM starts zeroed.
+const EMPTY_IDT: u32 = 0x30_0000;
+
+/// Code that prints [`LINE`], then polls the i8042 until a byte arrives
+/// (the VMM typed Ctrl-Alt-Del) and resets through it: a guest that ends
+/// when asked to, as Linux does on Ctrl-Alt-Del.
+fn ctrl_alt_del_code() -> Vec<u8> {
+    let mut c = code(None);
+    c.truncate(c.len() - 7);
+    c.extend_from_slice(&[0xe4, 0x64]); // L: in al, 0x64
+    c.extend_from_slice(&[0xa8, 0x01]); // test al, 1 (output buffer full)
+    c.extend_from_slice(&[0x74, 0xfa]); // jz L
+    c.extend_from_slice(&[0xb0, 0xfe, 0xe6, 0x64]); // reset
+    c.extend_from_slice(&[0xf4, 0xeb, 0xfd]); // hlt; jmp back to hlt
+    c
+}
+
+/// The guest that prints [`LINE`] and triple-faults (PVH entry). Not on
+/// kvm_pvm, whose emulator stops at its `lidt` (a KVM internal error):
+/// under hardware KVM (the testbed) only.
+pub fn triple_fault_elf() -> Vec<u8> {
+    elf_with(true, triple_fault_code())
+}
+
+/// The guest that prints [`LINE`] and resets on Ctrl-Alt-Del.
+pub fn ctrl_alt_del_elf(pvh: bool) -> Vec<u8> {
+    elf_with(pvh, ctrl_alt_del_code())
+}
+
 /// Where the counter guest keeps its count (guest-physical; paging is
 /// off in the PVH entry's protected mode, and RAM starts zeroed).
 pub const COUNTER_ADDR: u32 = 0x20_0000;

@@ -1300,11 +1300,19 @@ impl RunningVm {
         let exit = pio::lock(&shared.exit)
             .clone()
             .unwrap_or(Exit::Failed("stopped without a reason".into()));
+        let guest_status = shared.pio.reported_status();
+        // A guest that reset without a status after a signal asked it to
+        // stop (Ctrl-Alt-Del) was stopped by that signal: its caller sees
+        // 128 + the signal, not the 0 of a guest that ended on its own.
+        let exit = match (exit, shared.stop_signal()) {
+            (Exit::Reset | Exit::Halted, Some(sig)) if guest_status.is_none() => Exit::Stopped(sig),
+            (exit, _) => exit,
+        };
         let _ = pio::lock(&shared.pio.serial).writer_mut().flush();
         let reset = *pio::lock(&shared.reset);
         Outcome {
             exit,
-            guest_status: shared.pio.reported_status(),
+            guest_status,
             guest_panic: shared.panic.reason(),
             reset,
         }
