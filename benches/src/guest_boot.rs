@@ -18,13 +18,19 @@ use husk_tests::guest_artifacts;
 use husk_tests::qemu::MicroVm;
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 const MARKER: &str = "husk-boot-marker";
 
+/// How long one boot may take before it is killed and reported (a boot
+/// takes 2-4 s in the testbed; a VM stuck in L1 would hold the run).
+const BOOT_BOUND: Duration = Duration::from_secs(90);
+
 /// One boot: launch → marker and launch → exit (ms), and what KVM's
-/// debugfs showed of the VM when `count` (see `kvm_stats`).
-fn time_to_marker(mut cmd: Command, count: bool) -> (f64, f64, Seen) {
+/// debugfs showed of the VM when `count` (see `kvm_stats`); an error if it
+/// printed no marker or did not end within [`BOOT_BOUND`].
+fn time_to_marker(mut cmd: Command, count: bool) -> Result<(f64, f64, Seen), String> {
     let start = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
@@ -33,6 +39,7 @@ fn time_to_marker(mut cmd: Command, count: bool) -> (f64, f64, Seen) {
         .spawn()
         .expect("start the VMM");
     let watcher = count.then(|| kvm_stats::Watcher::start(child.id()));
+    let (ended, killed) = watchdog(child.id());
     let mut out = child.stdout.take().unwrap();
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
@@ -46,16 +53,43 @@ fn time_to_marker(mut cmd: Command, count: bool) -> (f64, f64, Seen) {
             marker_at = Some(start.elapsed());
         }
     }
+    let _ = ended.send(());
     child.wait().unwrap();
     let exit = start.elapsed();
     let seen_vm = watcher.map(|w| w.finish()).unwrap_or_default();
-    let marker =
-        marker_at.unwrap_or_else(|| panic!("no marker in: {}", String::from_utf8_lossy(&seen)));
-    (
+    let output = String::from_utf8_lossy(&seen);
+    if killed.join().unwrap_or(false) {
+        return Err(format!(
+            "did not end within {BOOT_BOUND:?} (killed); marker {}, output: {output}",
+            if marker_at.is_some() {
+                "seen"
+            } else {
+                "not seen"
+            }
+        ));
+    }
+    let marker = marker_at.ok_or_else(|| format!("no marker in: {output}"))?;
+    Ok((
         marker.as_secs_f64() * 1e3,
         exit.as_secs_f64() * 1e3,
         seen_vm,
-    )
+    ))
+}
+
+/// Kills `pid` unless told within [`BOOT_BOUND`] that it ended; the
+/// thread says whether it killed.
+fn watchdog(pid: u32) -> (mpsc::Sender<()>, std::thread::JoinHandle<bool>) {
+    let (tx, rx) = mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        if rx.recv_timeout(BOOT_BOUND) == Err(mpsc::RecvTimeoutError::Timeout) {
+            // SAFETY: kill(2) on the bench's own child, not yet reaped
+            // (the caller waits for it only after this thread is told).
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            return true;
+        }
+        false
+    });
+    (tx, thread)
 }
 
 /// How one VMM of the round is started, afresh each time.
@@ -166,10 +200,23 @@ fn main() {
     let mut marks: Vec<Vec<(f64, f64)>> = peers.iter().map(|_| Vec::new()).collect();
     let mut counted: Vec<Vec<Counters>> = peers.iter().map(|_| Vec::new()).collect();
     let mut setup: Vec<Vec<(f64, f64)>> = peers.iter().map(|_| Vec::new()).collect();
+    let mut failures = Vec::new();
+    warm_host_memory();
     for i in 0..=runs {
-        for (k, (name, cmd)) in peers.iter().enumerate() {
+        // Each round starts with the next VMM: which one runs after which
+        // changes what memory it finds (see `warm_host_memory`).
+        for j in 0..peers.len() {
+            let k = (i + j) % peers.len();
+            let (name, cmd) = &peers[k];
             std::fs::copy(&a.rootfs_ext4, &root).unwrap();
-            let (m, e, seen) = time_to_marker(cmd(), count);
+            let (m, e, seen) = match time_to_marker(cmd(), count) {
+                Ok(r) => r,
+                Err(why) => {
+                    eprintln!("run {i}: {name} FAILED: {why}");
+                    failures.push(format!("round {i}, {name}: {why}"));
+                    continue;
+                }
+            };
             let c = seen.counters;
             eprintln!(
                 "run {i}: {name} {m:.0}/{e:.0} ms, {} exits",
@@ -192,6 +239,9 @@ fn main() {
         }
     }
     println!("Linux guest (vmlinux + ext4 root on virtio-blk), 1 vCPU, 256 MiB, quiet; {runs} rounds, interleaved, medians");
+    for f in &failures {
+        println!("FAILED (left out of the medians): {f}");
+    }
     println!("| VMM | launch → first command output (ms) | launch → exit (ms) |");
     println!("|---|---|---|");
     let medians: Vec<(f64, f64)> = marks
@@ -219,6 +269,31 @@ fn main() {
             );
         }
     }
+}
+
+/// Touches most of the free memory once and frees it. In the testbed the
+/// first touch of an L1 page also faults in the host (QEMU's RAM is
+/// populated on demand), and loading a 21 MB kernel into huge pages took
+/// 70-650 ms depending on whether L1 handed out pages touched before (the
+/// same number of huge-page faults each time): the VMM after a peer that
+/// freed much memory (QEMU) started faster. Natively this costs a moment.
+fn warm_host_memory() {
+    let available_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        })
+        .unwrap_or(0);
+    let bytes = (available_kib * 1024 / 10 * 8).min(8 << 30);
+    let mut buf = vec![0u8; bytes];
+    for i in (0..bytes).step_by(4096) {
+        // Volatile: the writes must reach memory, not be optimized away.
+        // SAFETY: `i` is within `buf`.
+        unsafe { std::ptr::write_volatile(buf.as_mut_ptr().add(i), 1) };
+    }
+    drop(buf);
 }
 
 /// The VMM's part of the boot, as KVM's debugfs shows it: launch → the VM
