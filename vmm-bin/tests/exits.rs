@@ -8,10 +8,11 @@
 //! reboot, Ctrl-Alt-Del through its init: `api::`, `fault::`).
 
 use husk_tests::null_guest;
+use husk_tests::process::Finished;
 use husk_tests::vmm_process::VmmProcess;
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 const VMM: &str = env!("CARGO_BIN_EXE_husk-vmm");
@@ -33,24 +34,30 @@ fn guest(elf: Vec<u8>) -> tempfile::TempDir {
     dir
 }
 
-/// Boots `elf` from a config file, no API; checks the directory holds
-/// only what the test and the config put there afterwards.
-fn boot_from_file(elf: Vec<u8>) -> Output {
-    let dir = guest(elf);
-    let config = dir.path().join("vm.json");
+/// `husk-vmm --no-api --config-file` for the guest in `dir` (the config
+/// written there).
+fn from_file(dir: &Path) -> Command {
+    let config = dir.join("vm.json");
     let json = serde_json::json!({
-        "boot-source": {"kernel_image_path": dir.path().join("guest.elf"), "boot_args": "console=ttyS0"},
-        "drives": [{"drive_id": "rootfs", "path_on_host": dir.path().join("root.img"),
+        "boot-source": {"kernel_image_path": dir.join("guest.elf"), "boot_args": "console=ttyS0"},
+        "drives": [{"drive_id": "rootfs", "path_on_host": dir.join("root.img"),
             "is_root_device": true, "is_read_only": false}],
         "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
     });
     std::fs::write(&config, json.to_string()).unwrap();
+    let mut cmd = Command::new(VMM);
+    cmd.args(["--allow-kvm-pvm", "--no-api", "--config-file"])
+        .arg(&config);
+    cmd
+}
+
+/// Boots `elf` from a config file, no API; checks the directory holds
+/// only what the test and the config put there afterwards.
+fn boot_from_file(elf: Vec<u8>) -> Finished {
+    let dir = guest(elf);
+    let cmd = from_file(dir.path());
     let before = entries(dir.path());
-    let out = Command::new(VMM)
-        .args(["--allow-kvm-pvm", "--no-api", "--config-file"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = husk_tests::process::run(cmd, BOUND);
     assert_eq!(entries(dir.path()), before, "the VMM left files behind");
     out
 }
@@ -80,14 +87,14 @@ fn assert_nothing_left(dir: &Path, before: &BTreeSet<String>) {
 #[test]
 fn a_reset_through_the_i8042_exits_0() {
     let out = boot_from_file(null_guest::elf(true, None));
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    assert_eq!(out.stdout, null_guest::LINE);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(out.stdout.as_bytes(), null_guest::LINE);
 }
 
 #[test]
 fn a_status_on_husks_port_is_the_exit_status() {
     let out = boot_from_file(null_guest::elf(true, Some(42)));
-    assert_eq!(out.status.code(), Some(42), "{out:?}");
+    assert_eq!(out.code, Some(42), "{}", out.describe());
 }
 
 #[test]
@@ -133,4 +140,21 @@ fn a_second_sigterm_stops_a_guest_that_does_not_listen() {
     let (code, _) = vmm.wait(Duration::from_secs(5));
     assert_eq!(code, Some(143));
     assert_nothing_left(dir.path(), &before);
+}
+
+/// The stop signals' thread runs under its own filter: with `poll` taken
+/// out of the lists (it is in no other thread's of this VM), its first wait
+/// stops the VM, and the VMM says which thread made which call.
+#[test]
+fn a_helper_threads_forbidden_call_ends_the_vmm_naming_it() {
+    let dir = guest(null_guest::ticker_elf(true));
+    let mut cmd = from_file(dir.path());
+    cmd.env("HUSK_SECCOMP_DENY", "poll");
+    let out = husk_tests::process::run(cmd, BOUND);
+    assert_eq!(out.code, Some(1), "{}", out.describe());
+    assert!(
+        out.stderr.contains("a helper thread (stop signals or console input) made a system call outside its filter: poll"),
+        "{}",
+        out.describe()
+    );
 }

@@ -272,6 +272,10 @@ fn guest_listening(interrupt_enable: u8, modem_control: u8) -> bool {
 fn pump(shared: &Shared, stop: &EventFd) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::{AsRawFd, BorrowedFd};
+    if let Err(e) = crate::seccomp::guard(crate::seccomp::Kind::Helper, &shared.seccomp) {
+        shared.finish(crate::Exit::Failed(format!("the console's input: {e}")));
+        return;
+    }
     let stdin = std::io::stdin();
     // SAFETY: `stop` outlives this function, so its fd stays open while
     // the borrow is used.

@@ -27,7 +27,12 @@
 //! what API requests do once the VM runs: a snapshot's files and the dirty
 //! log, log and metrics files.
 //!
-//! `HUSK_SECCOMP_DENY=name,...` takes calls out of both lists (a stricter
+//! The helper threads (the stop signals' and the console's input pump)
+//! wait on their fds and do what a vCPU thread does besides. The report
+//! thread, which only the host's SIGUSR1 wakes and which reads
+//! /proc/self/task, serves every VM of the process and has no filter.
+//!
+//! `HUSK_SECCOMP_DENY=name,...` takes calls out of every list (a stricter
 //! filter, and how the test proves a forbidden call stops the VM).
 
 use seccompiler::{
@@ -143,6 +148,10 @@ const API_CALLS: &[(&str, i64)] = &[
     ("recvfrom", libc::SYS_recvfrom),
 ];
 
+/// What a VM's helper threads do beyond a vCPU thread's calls: the stop
+/// signals' thread and the console's input pump wait on their fds.
+const HELPER_CALLS: &[(&str, i64)] = &[("poll", libc::SYS_poll), ("ppoll", libc::SYS_ppoll)];
+
 /// The threads that have a filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -150,6 +159,8 @@ pub enum Kind {
     Vcpu = 1,
     EventLoop = 2,
     Api = 3,
+    /// The stop signals' thread and the console's input pump.
+    Helper = 4,
 }
 
 impl Kind {
@@ -158,6 +169,7 @@ impl Kind {
             Kind::Vcpu => "a vCPU thread",
             Kind::EventLoop => "the device event loop",
             Kind::Api => "the API thread",
+            Kind::Helper => "a helper thread (stop signals or console input)",
         }
     }
 
@@ -165,6 +177,7 @@ impl Kind {
         match k {
             2 => Kind::EventLoop,
             3 => Kind::Api,
+            4 => Kind::Helper,
             _ => Kind::Vcpu,
         }
     }
@@ -193,6 +206,7 @@ pub fn filter(kind: Kind, deny: &[String]) -> Result<BpfProgram, Error> {
         Kind::Vcpu => &[],
         Kind::EventLoop => EVENT_LOOP_CALLS,
         Kind::Api => API_CALLS,
+        Kind::Helper => HELPER_CALLS,
     };
     let allowed = |name: &str| !deny.iter().any(|d| d == name);
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = VCPU_CALLS
@@ -282,6 +296,12 @@ impl Watch {
 thread_local! {
     /// This thread's VM's watch, for the SIGSYS handler.
     static WATCH: Cell<(*const Watch, RawFd, u8)> = const { Cell::new((std::ptr::null(), -1, 0)) };
+}
+
+/// Installs the filter of `kind` on the calling thread, reporting to
+/// `watch`; the error says what failed, for the VM's exit.
+pub fn guard(kind: Kind, watch: &Watch) -> Result<(), Error> {
+    filter(kind, &denied()).and_then(|f| install(&f, kind, watch))
 }
 
 /// Installs `filter` on the calling thread, a `kind` thread, reporting to

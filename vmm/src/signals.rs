@@ -55,6 +55,10 @@ impl Watcher {
 }
 
 fn watch(shared: &Shared, signals: &SignalFd, done: &EventFd) {
+    if let Err(e) = crate::seccomp::guard(crate::seccomp::Kind::Helper, &shared.seccomp) {
+        shared.finish(crate::Exit::Failed(format!("the signal thread: {e}")));
+        return;
+    }
     // The signal that stopped the VM, and when.
     let mut stopped_by: Option<(i32, Instant)> = None;
     loop {
@@ -64,7 +68,15 @@ fn watch(shared: &Shared, signals: &SignalFd, done: &EventFd) {
             PollFd::new(signals.as_fd(), PollFlags::POLLIN),
             PollFd::new(woken, PollFlags::POLLIN),
         ];
-        let _ = poll(&mut fds, PollTimeout::from(TICK));
+        // A poll that fails for any reason but a signal would fail again
+        // at once: the thread would spin and the VM's end, which joins it,
+        // would wait forever (a forbidden call fails with EPERM).
+        if let Err(e) = poll(&mut fds, PollTimeout::from(TICK)) {
+            if e != nix::errno::Errno::EINTR {
+                log::error!("the signal thread cannot wait: {e}; it stops watching");
+                return;
+            }
+        }
         if fds[1].any().unwrap_or(false) {
             return;
         }
