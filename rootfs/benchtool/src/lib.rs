@@ -14,6 +14,7 @@
 //! Every function here returns a [`Result`]; `main.rs` only turns argv into a
 //! [`Command`], calls [`run`] and prints the error, if any.
 
+pub mod compute;
 pub mod files;
 
 use std::alloc::{self, Layout};
@@ -59,11 +60,17 @@ Prints one line of space-separated key=value pairs (MB = 10^6 bytes).
   fs-check DIR                           in DIR: a Unix socket carries a message, a shared
                                          mmap reaches read(2), an xattr (user.husk) reads
                                          back, a write is fsynced; leaves DIR/fs-check.*
+  flops N THREADS                        blocked N x N f64 matrix multiply (GFLOPS)
+  stream MIB THREADS                     STREAM copy/scale/add/triad over arrays of
+                                         MIB MiB each, best of 5 passes (GB/s)
+  gups MIB UPDATES THREADS               UPDATES random updates of a MIB MiB table
+                                         (millions of updates/s)
   echo-ready                             print op=ready
   --help                                 this text
 
 --buffered allows a buffered fallback where O_DIRECT is refused (output direct=0).
 tcp-send and tcp-rr retry a refused connection for up to 10 s.
+THREADS 0 is one thread per online CPU.
 Exit status: 0 success, 1 I/O failure, 2 bad arguments.
 ";
 
@@ -160,6 +167,19 @@ pub enum Command {
     },
     FsCheck {
         dir: PathBuf,
+    },
+    Flops {
+        n: u64,
+        threads: u64,
+    },
+    Stream {
+        mib: u64,
+        threads: u64,
+    },
+    Gups {
+        mib: u64,
+        updates: u64,
+        threads: u64,
     },
     EchoReady,
     Help,
@@ -284,6 +304,28 @@ pub fn parse_args(args: &[String]) -> Result<Command, Error> {
                 dir: parse_path(sub, pos[0])?,
             })
         }
+        "flops" => {
+            arity(&["N", "THREADS"])?;
+            Ok(Command::Flops {
+                n: parse_positive(sub, "N", pos[0])?,
+                threads: parse_threads(sub, pos[1])?,
+            })
+        }
+        "stream" => {
+            arity(&["MIB", "THREADS"])?;
+            Ok(Command::Stream {
+                mib: parse_mib(sub, pos[0], false)?,
+                threads: parse_threads(sub, pos[1])?,
+            })
+        }
+        "gups" => {
+            arity(&["MIB", "UPDATES", "THREADS"])?;
+            Ok(Command::Gups {
+                mib: parse_mib(sub, pos[0], false)?,
+                updates: parse_positive(sub, "UPDATES", pos[1])?,
+                threads: parse_threads(sub, pos[2])?,
+            })
+        }
         "echo-ready" => {
             arity(&[])?;
             Ok(Command::EchoReady)
@@ -293,9 +335,23 @@ pub fn parse_args(args: &[String]) -> Result<Command, Error> {
 }
 
 fn parse_count(sub: &str, s: &str) -> Result<u64, Error> {
+    parse_positive(sub, "COUNT", s)
+}
+
+/// A positive integer argument called `name`.
+fn parse_positive(sub: &str, name: &str, s: &str) -> Result<u64, Error> {
     s.parse::<u64>().ok().filter(|&c| c > 0).ok_or_else(|| {
         usage(format!(
-            "{sub}: COUNT must be a positive integer, got {s:?}"
+            "{sub}: {name} must be a positive integer, got {s:?}"
+        ))
+    })
+}
+
+/// THREADS: 0 (one per online CPU) up to 1024.
+fn parse_threads(sub: &str, s: &str) -> Result<u64, Error> {
+    s.parse::<u64>().ok().filter(|&t| t <= 1024).ok_or_else(|| {
+        usage(format!(
+            "{sub}: THREADS must be 0 (one per CPU) to 1024, got {s:?}"
         ))
     })
 }
@@ -468,6 +524,13 @@ pub fn run(cmd: &Command, input: &mut dyn Read, out: &mut dyn Write) -> Result<(
         Command::Hold { mib, wait } => return hold(*mib, *wait, input, out),
         Command::Meta { dir, count } => files::meta(dir, *count)?,
         Command::FsCheck { dir } => files::check(dir)?,
+        Command::Flops { n, threads } => compute::flops(*n as usize, compute::threads(*threads))?,
+        Command::Stream { mib, threads } => compute::stream(*mib, compute::threads(*threads))?,
+        Command::Gups {
+            mib,
+            updates,
+            threads,
+        } => compute::gups(*mib, *updates, compute::threads(*threads))?,
     };
     emit(out, &report)
 }
@@ -1090,6 +1153,28 @@ mod tests {
             parse_args(&args("tcp-sink 9000")).unwrap(),
             Command::TcpSink { port: 9000 }
         );
+        assert_eq!(
+            parse_args(&args("flops 1024 0")).unwrap(),
+            Command::Flops {
+                n: 1024,
+                threads: 0
+            }
+        );
+        assert_eq!(
+            parse_args(&args("stream 512 2")).unwrap(),
+            Command::Stream {
+                mib: 512,
+                threads: 2
+            }
+        );
+        assert_eq!(
+            parse_args(&args("gups 256 1000 1")).unwrap(),
+            Command::Gups {
+                mib: 256,
+                updates: 1000,
+                threads: 1
+            }
+        );
         assert_eq!(parse_args(&args("echo-ready")).unwrap(), Command::EchoReady);
         assert_eq!(parse_args(&args("--help")).unwrap(), Command::Help);
         assert_eq!(parse_args(&args("seq-read --help")).unwrap(), Command::Help);
@@ -1116,6 +1201,11 @@ mod tests {
         assert!(usage_err("tcp-rr h:1 0").contains("COUNT"));
         assert!(usage_err("hold 1 -1").contains("SECS must be a non-negative"));
         assert!(usage_err("echo-ready x").contains("expected 0 argument"));
+        assert!(usage_err("flops 0 1").contains("N must be a positive integer"));
+        assert!(usage_err("flops 64 -1").contains("THREADS must be 0"));
+        assert!(usage_err("stream 0 1").contains("MIB must be a positive"));
+        assert!(usage_err("gups 1 0 1").contains("UPDATES must be a positive"));
+        assert!(usage_err("gups 1 10 2000").contains("THREADS"));
         assert_eq!(Error::Usage(String::new()).exit_code(), 2);
         assert_eq!(Error::Io(String::new()).exit_code(), 1);
     }
