@@ -90,6 +90,30 @@ const WORKLOADS: &[(&str, &str, &str, bool)] = &[
     ("dir_stat", "Shared directory: stats", "files/s", true),
     ("dir_unlink", "Shared directory: unlinks", "files/s", true),
     (
+        "cpu_gflops",
+        "CPU: f64 matrix multiply, 1 thread",
+        "GFLOPS",
+        true,
+    ),
+    (
+        "mem_copy",
+        "Memory bandwidth: STREAM copy, 1 thread",
+        "GB/s",
+        true,
+    ),
+    (
+        "mem_triad",
+        "Memory bandwidth: STREAM triad, 1 thread",
+        "GB/s",
+        true,
+    ),
+    (
+        "mem_gups",
+        "Random memory access: GUPS, 1 thread",
+        "Mupdates/s",
+        true,
+    ),
+    (
         "memory_pss",
         "Host memory per instance (PSS, holding 16 MiB)",
         "MiB",
@@ -128,6 +152,15 @@ fn detail(id: &str, z: Sizes) -> String {
             z.density
         ),
         "density_ready" => format!("N = {}", z.density),
+        "cpu_gflops" => format!("`husk-bench flops`: {0}×{0} matrices, blocked", z.flops_n),
+        "mem_copy" | "mem_triad" => format!(
+            "`husk-bench stream`: three arrays of {} MiB, best of 5 passes",
+            z.stream_mib
+        ),
+        "mem_gups" => format!(
+            "`husk-bench gups`: {} updates of a {} MiB table",
+            z.gups_updates, z.gups_mib
+        ),
         _ => String::new(),
     }
 }
@@ -267,6 +300,10 @@ const STEPS: &[(&str, &[&str])] = &[
         ],
     ),
     ("network", &["net_throughput", "net_rr"]),
+    (
+        "CPU and memory",
+        &["cpu_gflops", "mem_copy", "mem_triad", "mem_gups"],
+    ),
     ("memory and density", &["density_ready", "memory_pss"]),
 ];
 
@@ -286,6 +323,7 @@ fn step(i: usize, s: &Setup, env: Env, id: &str, z: Sizes, nets: &Nets) -> Resul
             Some(why) => Err(Error::Tool(why.clone())),
             None => workloads::net(s, env, id, z, nets.taps.get(&env)).map(|v| v.to_vec()),
         },
+        4 => workloads::compute(s, env, id, z).map(|v| v.to_vec()),
         _ => workloads::density(s, env, id, z, z.density).map(|(a, b)| vec![a, b]),
     }
 }

@@ -21,6 +21,13 @@ pub struct Sizes {
     pub density: usize,
     /// Files `meta` creates, stats and unlinks in a shared directory.
     pub files: u64,
+    /// The matrices' order for `flops`.
+    pub flops_n: u64,
+    /// Each of STREAM's three arrays (the guest has 256 MiB).
+    pub stream_mib: u64,
+    /// GUPS's table and its updates.
+    pub gups_mib: u64,
+    pub gups_updates: u64,
 }
 
 impl Sizes {
@@ -33,6 +40,10 @@ impl Sizes {
             hold_mib: 16,
             density: 4,
             files: if nested() { NESTED_FILES } else { 10_000 },
+            flops_n: 512,
+            stream_mib: 32,
+            gups_mib: 64,
+            gups_updates: 1 << 24,
         }
     }
 
@@ -45,6 +56,10 @@ impl Sizes {
             hold_mib: 16,
             density: 2,
             files: 100,
+            flops_n: 128,
+            stream_mib: 8,
+            gups_mib: 8,
+            gups_updates: 200_000,
         }
     }
 }
@@ -351,6 +366,34 @@ pub fn shared_dir(
     ])
 }
 
+/// CPU and memory, one thread: `flops` (GFLOPS), STREAM's copy and triad
+/// (GB/s) and GUPS (millions of updates/s). Nothing but the CPU, the
+/// memory and its mapping (nested paging in a VM) is measured.
+pub fn compute(s: &Setup, env: Env, id: &str, z: Sizes) -> Result<[f64; 4], Error> {
+    let needs = Needs {
+        disk: None,
+        tap: None,
+    };
+    let t = TOOL_IN_IMAGE;
+    let script = format!(
+        "{t} flops {} 1 && {t} stream {} 1 && {t} gups {} {} 1",
+        z.flops_n, z.stream_mib, z.gups_mib, z.gups_updates
+    );
+    let (_, lines) = Running::start(s, env, id, &script, &needs)?.finish("compute")?;
+    compute_figures(&lines)
+}
+
+/// `compute`'s four figures from what husk-bench printed.
+fn compute_figures(lines: &[String]) -> Result<[f64; 4], Error> {
+    let o = ops(lines);
+    Ok([
+        value(&o, "flops", "gflops")?,
+        value(&o, "stream", "copy_gbs")?,
+        value(&o, "stream", "triad_gbs")?,
+        value(&o, "gups", "mups")?,
+    ])
+}
+
 /// A husk-bench server on the host for the network workload.
 fn host_tool(s: &Setup, args: &[&str]) -> Result<Child, Error> {
     Command::new(&s.tool)
@@ -496,6 +539,27 @@ mod tests {
         );
         assert_eq!(console_status(&lines(&[&format!("{p}0")])), Some(0));
         assert_eq!(console_status(&lines(&["op=meta x=1"])), None);
+    }
+
+    /// What husk-bench's compute commands print (the lines of a real run)
+    /// gives the four figures in the order of the step's keys; a missing
+    /// command is an error naming what is missing.
+    #[test]
+    fn compute_figures_come_from_the_three_commands() {
+        let lines: Vec<String> = [
+            "op=flops n=512 threads=1 secs=0.038527 gflops=6.967 checksum=100662527.1",
+            "op=stream mib=256 threads=1 copy_gbs=23.605 scale_gbs=13.043 add_gbs=14.934 triad_gbs=14.821 check=1113750.0",
+            "op=gups mib=256 updates=4000000 threads=1 secs=0.052254 mups=76.549",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            compute_figures(&lines).unwrap(),
+            [6.967, 23.605, 14.821, 76.549]
+        );
+        let err = compute_figures(&lines[..2]).unwrap_err().to_string();
+        assert!(err.contains("mups from gups"), "{err}");
     }
 
     #[test]
