@@ -59,7 +59,7 @@ impl Sizes {
             flops_n: 128,
             stream_mib: 8,
             gups_mib: 8,
-            gups_updates: 200_000,
+            gups_updates: 2_000_000,
         }
     }
 }
