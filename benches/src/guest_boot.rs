@@ -278,15 +278,8 @@ fn main() {
 /// same number of huge-page faults each time): the VMM after a peer that
 /// freed much memory (QEMU) started faster. Natively this costs a moment.
 fn warm_host_memory() {
-    let available_kib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemAvailable:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
-        })
-        .unwrap_or(0);
-    let bytes = (available_kib * 1024 / 10 * 8).min(8 << 30);
+    let available = husk_tests::mem_available_kib().unwrap_or(0) as usize * 1024;
+    let bytes = (available / 10 * 8).min(8 << 30);
     let mut buf = vec![0u8; bytes];
     for i in (0..bytes).step_by(4096) {
         // Volatile: the writes must reach memory, not be optimized away.

@@ -3,7 +3,8 @@
 //! holds the VM's statistics and the sums of its vCPUs'. The directory goes
 //! away with the VM, so a thread reads it every few milliseconds while the
 //! VMM runs and keeps each counter's highest value: what the VM had
-//! counted, to within one period. Any VMM's VM can be read this way, husk's and its peers' alike.
+//! counted, to within one period. Any VMM's VM can be read this way,
+//! husk's and its peers' alike.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -93,15 +93,19 @@ pub fn report_panics_at_once() {
     }));
 }
 
+/// The host's `MemAvailable` (KiB), if /proc/meminfo says.
+pub fn mem_available_kib() -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
 /// Memory, disk and load as a failing test saw them: a test that fails
 /// for want of either says so.
 fn vitals() -> String {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or("?".to_string(), |kib| format!("{} MiB", kib / 1024));
+    let mem = mem_available_kib().map_or("?".to_string(), |kib| format!("{} MiB", kib / 1024));
     // SAFETY: statvfs fills the zeroed struct we pass from a NUL-terminated
     // path; both live for the call.
     let disk = unsafe {

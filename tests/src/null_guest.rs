@@ -13,16 +13,25 @@ pub const LOAD_ADDR: u64 = 0x100_0000;
 pub const LINE: &[u8] = b"husk null guest\n";
 const CODE_OFFSET: u64 = 0x1000;
 
-fn code(status: Option<u8>) -> Vec<u8> {
+/// `mov al, 0xfe; out 0x64, al` (reset through the i8042), then `hlt; jmp`
+/// back to the `hlt`.
+const RESET_AND_HALT: [u8; 7] = [0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd];
+
+/// Code that prints [`LINE`] on COM1 (dx left at 0x3f8).
+fn print_line() -> Vec<u8> {
     let mut c = vec![0x66, 0xba, 0xf8, 0x03]; // mov dx, 0x3f8
     for &b in LINE {
         c.extend_from_slice(&[0xb0, b, 0xee]); // mov al, b; out dx, al
     }
+    c
+}
+
+fn code(status: Option<u8>) -> Vec<u8> {
+    let mut c = print_line();
     if let Some(s) = status {
         c.extend_from_slice(&[0xb0, s, 0xe6, 0xf4]); // mov al, s; out 0xf4, al
     }
-    c.extend_from_slice(&[0xb0, 0xfe, 0xe6, 0x64]); // mov al, 0xfe; out 0x64, al
-    c.extend_from_slice(&[0xf4, 0xeb, 0xfd]); // hlt; jmp back to hlt
+    c.extend_from_slice(&RESET_AND_HALT);
     c
 }
 
@@ -44,8 +53,7 @@ fn ticker_code() -> Vec<u8> {
 /// an empty IDT (six zero bytes of RAM) and raises a breakpoint, which
 /// cannot be delivered, nor can the faults that follow.
 fn triple_fault_code() -> Vec<u8> {
-    let mut c = code(None);
-    c.truncate(c.len() - 7); // drop the i8042 reset and the hlt loop
+    let mut c = print_line();
     c.extend_from_slice(&[0x0f, 0x01, 0x1d]); // lidt [EMPTY_IDT]
     c.extend_from_slice(&EMPTY_IDT.to_le_bytes());
     c.extend_from_slice(&[0xcc, 0xf4, 0xeb, 0xfd]); // int3; hlt; jmp back to hlt
@@ -60,13 +68,11 @@ const EMPTY_IDT: u32 = 0x30_0000;
 /// (the VMM typed Ctrl-Alt-Del) and resets through it: a guest that ends
 /// when asked to, as Linux does on Ctrl-Alt-Del.
 fn ctrl_alt_del_code() -> Vec<u8> {
-    let mut c = code(None);
-    c.truncate(c.len() - 7);
+    let mut c = print_line();
     c.extend_from_slice(&[0xe4, 0x64]); // L: in al, 0x64
     c.extend_from_slice(&[0xa8, 0x01]); // test al, 1 (output buffer full)
     c.extend_from_slice(&[0x74, 0xfa]); // jz L
-    c.extend_from_slice(&[0xb0, 0xfe, 0xe6, 0x64]); // reset
-    c.extend_from_slice(&[0xf4, 0xeb, 0xfd]); // hlt; jmp back to hlt
+    c.extend_from_slice(&RESET_AND_HALT);
     c
 }
 
@@ -104,8 +110,7 @@ fn counter_code(limit: u32) -> Vec<u8> {
     c.extend_from_slice(&limit.to_le_bytes());
     c.extend_from_slice(&[0x72, 0xe4]); // jb L (back 28 bytes)
     c.extend_from_slice(&[0xb0, 0x00, 0xe6, 0xf4]); // mov al, 0; out 0xf4, al
-    c.extend_from_slice(&[0xb0, 0xfe, 0xe6, 0x64]); // reset
-    c.extend_from_slice(&[0xf4, 0xeb, 0xfd]); // hlt; jmp back to hlt
+    c.extend_from_slice(&RESET_AND_HALT);
     c
 }
 

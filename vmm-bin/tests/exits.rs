@@ -62,9 +62,18 @@ fn boot_from_file(elf: Vec<u8>) -> Finished {
     out
 }
 
-/// Starts the guest in `dir` through the API; returns the VMM once the
-/// guest printed `first`.
-fn boot_through_api(dir: &Path, first: &str) -> VmmProcess {
+/// Boots `elf` through the API until it printed `first`, ends it with
+/// `end`, and gives the exit code once the VMM is gone (within `bound`),
+/// after checking it left its socket and nothing else behind.
+fn end_through_api(
+    elf: Vec<u8>,
+    first: &str,
+    end: impl FnOnce(&VmmProcess),
+    bound: Duration,
+) -> Option<i32> {
+    let dir = guest(elf);
+    let dir = dir.path();
+    let before = entries(dir);
     let vmm = VmmProcess::start_executable(Path::new(VMM), dir, &["--allow-kvm-pvm"]);
     vmm.configure(
         &dir.join("guest.elf"),
@@ -74,14 +83,11 @@ fn boot_through_api(dir: &Path, first: &str) -> VmmProcess {
     );
     assert_eq!(vmm.start_instance().0, 204);
     assert!(vmm.wait_for_output(first, BOUND));
-    vmm
-}
-
-/// After an API-driven VMM exits: its socket is gone with it, and nothing
-/// else was made in its directory.
-fn assert_nothing_left(dir: &Path, before: &BTreeSet<String>) {
+    end(&vmm);
+    let (code, _) = vmm.wait(bound);
     assert!(!dir.join("api.sock").exists(), "the API socket was left");
-    assert_eq!(&entries(dir), before, "the VMM left files behind");
+    assert_eq!(entries(dir), before, "the VMM left files behind");
+    code
 }
 
 #[test]
@@ -99,14 +105,17 @@ fn a_status_on_husks_port_is_the_exit_status() {
 
 #[test]
 fn ctrl_alt_del_through_the_api_ends_a_guest_that_resets_on_it() {
-    let dir = guest(null_guest::ctrl_alt_del_elf(true));
-    let before = entries(dir.path());
-    let vmm = boot_through_api(dir.path(), "husk null guest\n");
-    let (status, body) = vmm.req("PUT", "/actions", r#"{"action_type":"SendCtrlAltDel"}"#);
-    assert_eq!(status, 204, "{body}");
-    let (code, _) = vmm.wait(BOUND);
+    let press = |vmm: &VmmProcess| {
+        let (status, body) = vmm.req("PUT", "/actions", r#"{"action_type":"SendCtrlAltDel"}"#);
+        assert_eq!(status, 204, "{body}");
+    };
+    let code = end_through_api(
+        null_guest::ctrl_alt_del_elf(true),
+        "husk null guest\n",
+        press,
+        BOUND,
+    );
     assert_eq!(code, Some(0));
-    assert_nothing_left(dir.path(), &before);
 }
 
 fn sigterm(vmm: &VmmProcess) {
@@ -118,28 +127,31 @@ fn sigterm(vmm: &VmmProcess) {
 /// flushed); a guest that does stops the VMM at once, with 128 + 15.
 #[test]
 fn sigterm_stops_a_guest_that_listens_with_143() {
-    let dir = guest(null_guest::ctrl_alt_del_elf(true));
-    let before = entries(dir.path());
-    let vmm = boot_through_api(dir.path(), "husk null guest\n");
-    sigterm(&vmm);
-    let (code, _) = vmm.wait(BOUND);
+    let code = end_through_api(
+        null_guest::ctrl_alt_del_elf(true),
+        "husk null guest\n",
+        sigterm,
+        BOUND,
+    );
     assert_eq!(code, Some(143));
-    assert_nothing_left(dir.path(), &before);
 }
 
 /// A guest that ignores the request would get a grace period; a second
 /// SIGTERM ends the VM at once.
 #[test]
 fn a_second_sigterm_stops_a_guest_that_does_not_listen() {
-    let dir = guest(null_guest::ticker_elf(true));
-    let before = entries(dir.path());
-    let vmm = boot_through_api(dir.path(), "xxx");
-    sigterm(&vmm);
-    std::thread::sleep(Duration::from_millis(100));
-    sigterm(&vmm);
-    let (code, _) = vmm.wait(Duration::from_secs(5));
+    let twice = |vmm: &VmmProcess| {
+        sigterm(vmm);
+        std::thread::sleep(Duration::from_millis(100));
+        sigterm(vmm);
+    };
+    let code = end_through_api(
+        null_guest::ticker_elf(true),
+        "xxx",
+        twice,
+        Duration::from_secs(5),
+    );
     assert_eq!(code, Some(143));
-    assert_nothing_left(dir.path(), &before);
 }
 
 /// The stop signals' thread runs under its own filter: with `poll` taken

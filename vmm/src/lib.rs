@@ -1321,10 +1321,7 @@ impl RunningVm {
 
 /// The device event loop until the VM stops.
 fn run_events(events: &mut virtio::EventLoop, shared: &Shared) {
-    let filter = seccomp::filter(seccomp::Kind::EventLoop, &seccomp::denied());
-    let installed =
-        filter.and_then(|f| seccomp::install(&f, seccomp::Kind::EventLoop, &shared.seccomp));
-    if let Err(e) = installed {
+    if let Err(e) = seccomp::guard(seccomp::Kind::EventLoop, &shared.seccomp) {
         shared.finish(Exit::Failed(format!("event loop: {e}")));
         return;
     }

@@ -81,6 +81,14 @@ pub fn create(mib: u64, shared: bool) -> Result<GuestMemory, Error> {
     } else {
         None
     };
+    // Shared RAM is what a vhost-user backend maps too; private RAM is the
+    // VMM's alone.
+    let flags = libc::MAP_NORESERVE
+        | if shared {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS
+        };
     let mut offset = 0u64;
     let regions = ram_ranges(mib << 20)
         .into_iter()
@@ -89,14 +97,7 @@ pub fn create(mib: u64, shared: bool) -> Result<GuestMemory, Error> {
                 .as_ref()
                 .map(|f| FileOffset::from_arc(f.clone(), offset));
             offset += len as u64;
-            // Shared RAM is what a vhost-user backend maps too; private
-            // RAM is the VMM's alone.
-            let flags = if shared {
-                libc::MAP_SHARED
-            } else {
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS
-            };
-            region(addr, len, flags | libc::MAP_NORESERVE, at)
+            region(addr, len, flags, at)
         })
         .collect::<io::Result<Vec<_>>>()
         .map_err(|e| Error::Map(mib, e))?;

@@ -89,29 +89,29 @@ pub fn stream(mib: u64, threads: usize) -> Result<Report, Error> {
     let chunk = len.div_ceil(threads.max(1)).max(1);
     let scalar = 3.0;
     let mut best = [f64::MAX; 4];
+    let kernels: [&StreamKernel<'_>; 4] = [
+        // copy: c = a
+        &|a, _, c| c.copy_from_slice(a),
+        // scale: b = s·c
+        &|_, b, c| {
+            b.iter_mut()
+                .zip(c.iter())
+                .for_each(|(b, c)| *b = scalar * c)
+        },
+        // add: c = a + b
+        &|a, b, c| {
+            c.iter_mut()
+                .zip(a.iter().zip(b.iter()))
+                .for_each(|(c, (a, b))| *c = a + b)
+        },
+        // triad: a = b + s·c
+        &|a, b, c| {
+            a.iter_mut()
+                .zip(b.iter().zip(c.iter()))
+                .for_each(|(a, (b, c))| *a = b + scalar * c)
+        },
+    ];
     for _ in 0..STREAM_PASSES {
-        let kernels: [&StreamKernel<'_>; 4] = [
-            // copy: c = a
-            &|a, _, c| c.copy_from_slice(a),
-            // scale: b = s·c
-            &|_, b, c| {
-                b.iter_mut()
-                    .zip(c.iter())
-                    .for_each(|(b, c)| *b = scalar * c)
-            },
-            // add: c = a + b
-            &|a, b, c| {
-                c.iter_mut()
-                    .zip(a.iter().zip(b.iter()))
-                    .for_each(|(c, (a, b))| *c = a + b)
-            },
-            // triad: a = b + s·c
-            &|a, b, c| {
-                a.iter_mut()
-                    .zip(b.iter().zip(c.iter()))
-                    .for_each(|(a, (b, c))| *a = b + scalar * c)
-            },
-        ];
         for (k, kernel) in kernels.iter().enumerate() {
             let t = Instant::now();
             std::thread::scope(|s| {
