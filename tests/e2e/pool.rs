@@ -196,3 +196,93 @@ fn bridged_clones_take_the_runs_mac_and_address() {
     );
     assert_eq!(templates(pool.path()), 1);
 }
+
+/// Shared directories in clones: the template's guest probed two virtio-fs
+/// devices it never mounted; each clone's connect to the run's own
+/// virtiofsd, so a clone reads and writes the run's directories (read-only
+/// where asked), and the next run of the same shape, from the same
+/// template, sees its own. Once mounted, a share cannot be checkpointed
+/// (virtiofsd holds the session): one line says so.
+#[test]
+fn clones_share_the_runs_directories() {
+    require_linux_kvm();
+    let run = Run::new();
+    let pool = tempfile::tempdir().unwrap();
+    let pooled = |c: &mut std::process::Command| {
+        c.env("HUSK_POOL", "on")
+            .env("HUSK_POOL_DIR", pool.path())
+            .env("HUSK_TIMINGS", "1");
+    };
+    let script = "cat /in/from-host; touch /in/nope 2>/dev/null && echo ro-broken; \
+                  echo from-guest > /out/written; ls /out";
+    for round in ["first", "second"] {
+        let (input, output) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::write(input.path().join("from-host"), format!("{round}\n")).unwrap();
+        let volumes = [
+            format!("{}:/in:ro", input.path().display()),
+            format!("{}:/out", output.path().display()),
+        ];
+        let mut c = run.command(
+            &[
+                "--rm",
+                "--network",
+                "none",
+                "-v",
+                &volumes[0],
+                "-v",
+                &volumes[1],
+            ],
+            &["sh", "-c", script],
+        );
+        pooled(&mut c);
+        let out = process::run(c, TIMEOUT);
+        assert_eq!(out.code, Some(0), "{round}: {}", out.describe());
+        assert!(
+            out.stderr.contains("template_ready"),
+            "{round}: not from the pool: {}",
+            out.describe()
+        );
+        assert_eq!(
+            out.stdout,
+            format!("{round}\nwritten\n"),
+            "{round}: {}",
+            out.describe()
+        );
+        assert_eq!(
+            std::fs::read_to_string(output.path().join("written")).unwrap(),
+            "from-guest\n",
+            "{round}: the clone's write is not in the run's directory"
+        );
+        assert!(!input.path().join("nope").exists(), "{round}");
+    }
+    assert_eq!(templates(pool.path()), 1, "a template per run");
+
+    let dir = tempfile::tempdir().unwrap();
+    let volume = format!("{}:/data", dir.path().display());
+    let mut c = run.command(
+        &["-d", "--network", "none", "-v", &volume],
+        &["sh", "-c", "echo up > /data/up; sleep 600"],
+    );
+    pooled(&mut c);
+    let started = process::run(c, TIMEOUT);
+    assert_eq!(started.code, Some(0), "{}", started.describe());
+    let id = started.stdout.trim().to_owned();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !dir.path().join("up").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container never wrote"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let saved = tempfile::tempdir().unwrap();
+    let cp = crate::run::husk(&run, &["checkpoint", &id, saved.path().to_str().unwrap()]);
+    let rm = crate::run::husk(&run, &["rm", "-f", &id]);
+    assert_eq!(rm.code, Some(0), "{}", rm.describe());
+    assert_ne!(cp.code, Some(0), "{}", cp.describe());
+    assert!(
+        cp.stderr.contains("shared directory") && cp.stderr.trim().lines().count() == 1,
+        "{}",
+        cp.describe()
+    );
+}

@@ -219,6 +219,7 @@ fn a_restored_snapshot_goes_on_counting_where_it_stopped() {
         disks: vec![("data".into(), other_disk)],
         vsock_uds: Some(other_uds.clone()),
         nets: Vec::new(),
+        fs: Vec::new(),
     };
     let clone = husk_vmm::restore(
         &RestoreConfig {
@@ -242,6 +243,7 @@ fn a_restored_snapshot_goes_on_counting_where_it_stopped() {
         disks: vec![("dato".into(), dir.path().join("other.img"))],
         vsock_uds: None,
         nets: Vec::new(),
+        fs: Vec::new(),
     };
     let refused = husk_vmm::restore(
         &RestoreConfig {

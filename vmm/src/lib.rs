@@ -1122,7 +1122,13 @@ pub fn restore(
     let vcpu_count = u8::try_from(state.vcpus.len())
         .map_err(|_| Error::Restore(format!("{} vCPUs in the snapshot", state.vcpus.len())))?;
     check_vcpus(&kvm, vcpu_count)?;
-    let mem = snapshot::memory::map(&config.snapshot.mem, &state.ram).map_err(Error::Restore)?;
+    // A virtiofsd maps guest memory from the fd it is handed.
+    let shared_ram = state
+        .devices
+        .iter()
+        .any(|d| matches!(d.spec, snapshot::devices::DeviceSpec::Fs { .. }));
+    let mem = snapshot::memory::map(&config.snapshot.mem, &state.ram, shared_ram)
+        .map_err(Error::Restore)?;
     let vm = create_bare_vm(&kvm)?;
     let vcpu_fds = create_vcpus(&vm, vcpu_count)?;
     // Before any vCPU state: restoring kvmclock's MSR reads guest memory.

@@ -197,7 +197,7 @@ fn map_aligned(
 }
 
 /// An anonymous memory file of `bytes` (sparse: pages come when touched).
-fn memfd(bytes: u64) -> std::io::Result<std::fs::File> {
+pub(crate) fn memfd(bytes: u64) -> std::io::Result<std::fs::File> {
     use std::os::fd::FromRawFd;
     // SAFETY: the name is a NUL-terminated literal; memfd_create only reads
     // it and returns a new descriptor or -1.

@@ -222,8 +222,12 @@ impl Attacher {
         };
         device.on_backend_gone(Box::new(move |why| fatal.report(why)));
         let transport = self.attach(vm, mem, bus, events, Arc::new(Mutex::new(device)))?;
-        let why = "a shared directory (virtio-fs) cannot be snapshotted: virtiofsd holds its state";
-        self.record(Err(why.into()), transport, None);
+        let spec = DeviceSpec::Fs {
+            socket: fs.socket.clone(),
+            tag: fs.tag.clone(),
+            id: fs.id.clone(),
+        };
+        self.record(Ok(spec), transport, None);
         Ok(())
     }
 
@@ -414,6 +418,14 @@ impl Attacher {
                     id: id.clone(),
                 };
                 self.attach_vsock(vm, mem, bus, events, &vsock)
+            }
+            DeviceSpec::Fs { socket, tag, id } => {
+                let fs = FsConfig {
+                    socket: socket.clone(),
+                    tag: tag.clone(),
+                    id: id.clone(),
+                };
+                self.attach_fs(vm, mem, bus, events, &fs)
             }
         }
     }

@@ -17,8 +17,15 @@
 //! clone with the run's MAC; the template booted without an address, and
 //! the identity sets the MAC, address and route the kernel's `ip=` sets in
 //! a booted VM. Templates are kept per NIC kind (TAP offloads are
-//! negotiated at boot). Runs with shared directories (virtiofsd's state is
-//! its own) or disk volumes boot as before. The pool is used with
+//! negotiated at boot).
+//!
+//! Shared directories (`-v DIR:/x`) are virtio-fs devices that the
+//! template's guest probed but never mounted, each on a virtiofsd serving
+//! an empty directory; a clone's devices connect to the run's virtiofsd
+//! instead, and the agent mounts them by tag. A template is made per
+//! number of shares. The clone's memory is then a copy of the template's
+//! (shared memory, which virtiofsd maps), not a private mapping of its
+//! file. Runs with disk volumes boot as before. The pool is used with
 //! `HUSK_POOL=on` (see `enabled`).
 
 use super::plan::serial;
@@ -45,6 +52,8 @@ const STAND_INS: [(&str, &str); 2] = [
 /// A snapshot's files in its directory (a checkpoint's too).
 pub const STATE: &str = "vm.state";
 pub const MEM: &str = "vm.mem";
+/// Which husk executable made a template (its path, size and time).
+const ORIGIN: &str = "origin";
 
 /// `$HUSK_POOL_DIR`, else `$XDG_CACHE_HOME/husk/pool`, else
 /// `~/.cache/husk/pool`.
@@ -75,8 +84,14 @@ pub fn unpoolable(config: &VmConfig, net: Option<&NetIdentity>) -> Option<&'stat
         (1, None) => return Some("its network interface has no address"),
         _ => return Some("it has more than one network interface"),
     }
-    if !config.fs.is_empty() {
-        return Some("it shares a directory");
+    // The agent mounts shares by tag: a clone's are the template's.
+    if config
+        .fs
+        .iter()
+        .enumerate()
+        .any(|(i, f)| f.tag != serial::share(i))
+    {
+        return Some("its shared directories are not tagged in order");
     }
     if config.vsock.is_none() {
         return Some("it has no agent socket");
@@ -112,6 +127,7 @@ impl Template {
         let _lock = crate::lockfile::exclusive(&template.dir.with_extension("lock"))?;
         if !template.complete() {
             make(&template.dir, config, cmdline)?;
+            prune(root, &template.dir);
         }
         Ok(template)
     }
@@ -165,6 +181,11 @@ pub fn restore_as(
         overrides: Overrides {
             disks,
             vsock_uds: config.vsock.as_ref().map(|v| v.uds_path.clone()),
+            fs: config
+                .fs
+                .iter()
+                .map(|f| (f.id.clone(), f.socket.clone()))
+                .collect(),
             nets: config
                 .nets
                 .iter()
@@ -207,12 +228,54 @@ fn key(config: &VmConfig, cmdline: &str) -> Result<String, String> {
         NetHost::Stream(_) => "stream",
     });
     nic.hash(&mut h);
+    config.fs.len().hash(&mut h);
     Ok(format!(
         "{}c-{}m-{:016x}",
         config.vcpus,
         config.mem_mib,
         h.finish()
     ))
+}
+
+/// This husk executable: its path on the first line, then its size and
+/// time, which change when it is rebuilt or upgraded in place.
+fn origin_of_this_husk() -> Result<String, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("husk's own path: {e}"))?;
+    let m = std::fs::metadata(&exe).map_err(|e| format!("{}: {e}", exe.display()))?;
+    let time = m
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    Ok(format!("{}\n{} {time}\n", exe.display(), m.len()))
+}
+
+/// Removes the templates a former build of this same husk executable made
+/// (an upgrade or a rebuild makes new ones; the old would stay on disk
+/// forever), and those that say nothing of their maker (made before
+/// templates did). Clones running from one keep their mapping.
+fn prune(root: &Path, keep: &Path) {
+    let Ok(ours) = origin_of_this_husk() else {
+        return;
+    };
+    let our_exe = ours.lines().next().unwrap_or_default();
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let dir = e.path();
+        if dir == keep || !dir.join(STATE).is_file() {
+            continue;
+        }
+        let stale = match std::fs::read_to_string(dir.join(ORIGIN)) {
+            Ok(theirs) => theirs.lines().next() == Some(our_exe) && theirs != ours,
+            Err(_) => true,
+        };
+        if stale {
+            log::info!("pool: removing {}, made by a former husk", dir.display());
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
 }
 
 /// Boots the template's guest with empty stand-in disks, waits for its
@@ -222,6 +285,11 @@ fn make(dir: &Path, config: &VmConfig, cmdline: &str) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&build);
     std::fs::create_dir_all(&build).map_err(|e| format!("{}: {e}", build.display()))?;
     let made = boot_and_snapshot(&build, config, cmdline)
+        .and_then(|()| {
+            let origin = build.join(ORIGIN);
+            std::fs::write(&origin, origin_of_this_husk()?)
+                .map_err(|e| format!("{}: {e}", origin.display()))
+        })
         .and_then(|()| std::fs::rename(&build, dir).map_err(|e| format!("{}: {e}", dir.display())));
     if made.is_err() {
         let _ = std::fs::remove_dir_all(&build);
@@ -247,6 +315,7 @@ fn boot_and_snapshot(build: &Path, config: &VmConfig, cmdline: &str) -> Result<(
         .ok_or("no guest root disk")?;
     let cid = config.vsock.as_ref().map_or(3, |v| v.guest_cid);
     let uds = build.join("v.sock");
+    let (fs, _backends) = stand_in_shares(build, config.fs.len())?;
     let template = VmConfig {
         kernel: config.kernel.clone(),
         vcpus: config.vcpus,
@@ -277,7 +346,7 @@ fn boot_and_snapshot(build: &Path, config: &VmConfig, cmdline: &str) -> Result<(
             uds_path: uds.clone(),
             id: "vsock0".into(),
         }),
-        fs: Vec::new(),
+        fs,
         console: Console::File(build.join("console.log")),
         stdin: false,
         allow_pvm: config.allow_pvm,
@@ -318,6 +387,34 @@ fn boot_and_snapshot(build: &Path, config: &VmConfig, cmdline: &str) -> Result<(
             tail => format!("{e}; guest console: {}", tail.join(" | ")),
         }
     })
+}
+
+/// `count` shares for the template, each a virtiofsd serving one empty
+/// directory read-only: the guest probes them at boot (and reads their
+/// tags) but never mounts them, so a clone's new virtiofsd starts them
+/// afresh. Their backends go when the template is made.
+fn stand_in_shares(
+    build: &Path,
+    count: usize,
+) -> Result<(Vec<husk_vmm::FsConfig>, Vec<crate::virtiofsd::Backend>), String> {
+    if count == 0 {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let empty = build.join("empty");
+    std::fs::create_dir_all(&empty).map_err(|e| format!("{}: {e}", empty.display()))?;
+    let mut shares = Vec::with_capacity(count);
+    let mut backends = Vec::with_capacity(count);
+    for i in 0..count {
+        let tag = serial::share(i);
+        let backend = crate::virtiofsd::start(&empty, true, build, &tag)?;
+        shares.push(husk_vmm::FsConfig {
+            socket: backend.socket.clone(),
+            tag: tag.clone(),
+            id: tag,
+        });
+        backends.push(backend);
+    }
+    Ok((shares, backends))
 }
 
 #[cfg(test)]
@@ -369,7 +466,7 @@ mod tests {
     }
 
     #[test]
-    fn a_nic_a_share_or_a_volume_disk_boots_cold() {
+    fn an_unaddressed_nic_a_volume_disk_or_untagged_shares_boot_cold() {
         let dir = tempfile::tempdir().unwrap();
         let c = config(dir.path());
         assert_eq!(unpoolable(&c, None), None);
@@ -403,6 +500,22 @@ mod tests {
         let mut agentless = config(dir.path());
         agentless.vsock = None;
         assert_eq!(unpoolable(&agentless, None), Some("it has no agent socket"));
+        let mut shares = config(dir.path());
+        shares.fs = vec![share(dir.path(), 0), share(dir.path(), 1)];
+        assert_eq!(unpoolable(&shares, None), None);
+        shares.fs.remove(0);
+        assert_eq!(
+            unpoolable(&shares, None),
+            Some("its shared directories are not tagged in order")
+        );
+    }
+
+    fn share(dir: &Path, i: usize) -> husk_vmm::FsConfig {
+        husk_vmm::FsConfig {
+            socket: dir.join(format!("vol{i}.sock")),
+            tag: serial::share(i),
+            id: serial::share(i),
+        }
     }
 
     #[test]
@@ -422,6 +535,49 @@ mod tests {
         bigger.mem_mib = 512;
         assert_ne!(key(&bigger, "a").unwrap(), k);
         assert_ne!(key(&c, "b").unwrap(), k);
+        // Shares: the template has as many, whatever their sockets.
+        let mut shared = config(dir.path());
+        shared.fs.push(share(dir.path(), 0));
+        let one = key(&shared, "a").unwrap();
+        assert_ne!(one, k);
+        shared.fs[0].socket = dir.path().join("elsewhere.sock");
+        assert_eq!(key(&shared, "a").unwrap(), one);
+        shared.fs.push(share(dir.path(), 1));
+        assert_ne!(key(&shared, "a").unwrap(), one);
+    }
+
+    #[test]
+    fn a_former_build_of_this_husk_leaves_no_templates_behind() {
+        let root = tempfile::tempdir().unwrap();
+        let ours = origin_of_this_husk().unwrap();
+        let exe = ours.lines().next().unwrap().to_owned();
+        let template = |name: &str, origin: Option<&str>| {
+            let d = root.path().join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join(STATE), "").unwrap();
+            if let Some(o) = origin {
+                std::fs::write(d.join(ORIGIN), o).unwrap();
+            }
+            d
+        };
+        let keep = template("new", Some(&ours));
+        let same_build = template("same", Some(&ours));
+        let rebuilt = template("rebuilt", Some(&format!("{exe}\n1 2\n")));
+        let other_husk = template("other", Some("/opt/husk\n1 2\n"));
+        let unknown = template("unknown", None);
+        let not_a_template = root.path().join("lock-and-stuff");
+        std::fs::create_dir_all(&not_a_template).unwrap();
+        prune(root.path(), &keep);
+        for (d, stays) in [
+            (&keep, true),
+            (&same_build, true),
+            (&rebuilt, false),
+            (&other_husk, true),
+            (&unknown, false),
+            (&not_a_template, true),
+        ] {
+            assert_eq!(d.exists(), stays, "{}", d.display());
+        }
     }
 
     #[test]

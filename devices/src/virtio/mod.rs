@@ -157,6 +157,12 @@ pub trait VirtioDevice: Send {
         None
     }
 
+    /// Why the device cannot be snapshotted as it stands, if it cannot
+    /// (checked before `queue_states`).
+    fn snapshot_refusal(&self) -> Option<String> {
+        None
+    }
+
     /// Returns the device to its pre-activation state: drops the queues, the
     /// memory and the interrupt, keeps the backend and the queue eventfds
     /// (the VMM registered those with KVM once, for the device's lifetime).

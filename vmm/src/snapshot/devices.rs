@@ -39,6 +39,14 @@ pub enum DeviceSpec {
         uds_path: PathBuf,
         id: String,
     },
+    /// A shared directory whose guest has not mounted it (see
+    /// `Fs::snapshot_refusal`): a restore connects to a virtiofsd on
+    /// `socket`, or on the one its overrides name.
+    Fs {
+        socket: PathBuf,
+        tag: String,
+        id: String,
+    },
 }
 
 /// A NIC's host side, as far as a snapshot can keep it.

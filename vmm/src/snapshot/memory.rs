@@ -84,7 +84,6 @@ pub fn dump_diff(
 /// (Firecracker's `snapshot-editor edit-memory rebase`). Returns the bytes
 /// copied.
 pub fn merge(diff: &Path, base: &Path) -> std::io::Result<u64> {
-    use std::os::fd::AsRawFd;
     let from = File::open(diff)?;
     let to = std::fs::OpenOptions::new().write(true).open(base)?;
     let (len, base_len) = (from.metadata()?.len(), to.metadata()?.len());
@@ -94,6 +93,14 @@ pub fn merge(diff: &Path, base: &Path) -> std::io::Result<u64> {
             format!("the Diff has {len} bytes and the base {base_len}: they are not of one VM"),
         ));
     }
+    let copied = copy_data(&from, &to, len)?;
+    synced(&to, copied)
+}
+
+/// Copies the data of `from`'s first `len` bytes (not its holes) to the
+/// same offsets of `to`; returns the bytes copied.
+fn copy_data(from: &File, to: &File, len: u64) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
     let mut buf = vec![0u8; 1 << 20];
     let (mut at, mut copied) = (0u64, 0u64);
     while at < len {
@@ -104,7 +111,7 @@ pub fn merge(diff: &Path, base: &Path) -> std::io::Result<u64> {
             let e = std::io::Error::last_os_error();
             // ENXIO: no data after `at`.
             return match e.raw_os_error() {
-                Some(libc::ENXIO) => synced(&to, copied),
+                Some(libc::ENXIO) => Ok(copied),
                 _ => Err(e),
             };
         }
@@ -123,7 +130,7 @@ pub fn merge(diff: &Path, base: &Path) -> std::io::Result<u64> {
         }
         at = end;
     }
-    synced(&to, copied)
+    Ok(copied)
 }
 
 /// The end of a merge: what was written is on disk.
@@ -153,8 +160,11 @@ fn write_sparse(file: &File, bytes: &[u8], base: u64) -> std::io::Result<()> {
 }
 
 /// Maps a memory file as guest memory, private: pages load as the guest
-/// touches them, and what it writes never reaches the file.
-pub fn map(path: &Path, ranges: &[(u64, u64)]) -> Result<GuestMemory, String> {
+/// touches them, and what it writes never reaches the file. With
+/// `shared`, the file's data is copied into a memfd mapped shared
+/// instead, which a vhost-user backend can map too (a private mapping's
+/// writes stay in this process, where virtiofsd would never see them).
+pub fn map(path: &Path, ranges: &[(u64, u64)], shared: bool) -> Result<GuestMemory, String> {
     let file = File::open(path).map_err(|e| format!("memory file {}: {e}", path.display()))?;
     let want: u64 = ranges.iter().map(|(_, len)| len).sum();
     let have = file
@@ -167,6 +177,15 @@ pub fn map(path: &Path, ranges: &[(u64, u64)]) -> Result<GuestMemory, String> {
             path.display()
         ));
     }
+    let (file, flags) = if shared {
+        let ram = crate::memory::memfd(want)
+            .map_err(|e| format!("a memfd for {} MiB of shared guest memory: {e}", want >> 20))?;
+        copy_data(&file, &ram, want)
+            .map_err(|e| format!("copying the memory file {}: {e}", path.display()))?;
+        (ram, libc::MAP_SHARED)
+    } else {
+        (file, libc::MAP_PRIVATE)
+    };
     let file = Arc::new(file);
     let mut offset = 0u64;
     let mut regions = Vec::with_capacity(ranges.len());
@@ -174,7 +193,7 @@ pub fn map(path: &Path, ranges: &[(u64, u64)]) -> Result<GuestMemory, String> {
         let region = crate::memory::region(
             GuestAddress(addr),
             len as usize,
-            libc::MAP_PRIVATE | libc::MAP_NORESERVE,
+            flags | libc::MAP_NORESERVE,
             Some(FileOffset::from_arc(file.clone(), offset)),
         )
         .map_err(|e| format!("mapping the memory file at {addr:#x}: {e}"))?;
@@ -189,16 +208,41 @@ mod tests {
     use super::*;
     use vm_memory::Bytes;
 
-    #[test]
-    fn memory_round_trips_sparse_and_private() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("mem");
+    /// A 32 MiB guest with a word at the start and one at the end, dumped
+    /// to `dir/mem`.
+    fn dumped(dir: &Path) -> (std::path::PathBuf, Vec<(u64, u64)>) {
+        let path = dir.join("mem");
         let mem = crate::memory::create(32, false).unwrap();
         mem.write_obj(0xdead_beef_u32, GuestAddress(0x1000))
             .unwrap();
         mem.write_obj(0x1234_u16, GuestAddress((31 << 20) + 8))
             .unwrap();
         let ranges = dump(&mem, &path).unwrap();
+        (path, ranges)
+    }
+
+    fn has_both_words(mem: &GuestMemory) {
+        assert_eq!(
+            mem.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+            0xdead_beef
+        );
+        assert_eq!(
+            mem.read_obj::<u16>(GuestAddress((31 << 20) + 8)).unwrap(),
+            0x1234
+        );
+    }
+
+    /// The little-endian word at `offset` of `file`.
+    fn word_at(file: &File, offset: u64) -> u32 {
+        let mut word = [0u8; 4];
+        file.read_exact_at(&mut word, offset).unwrap();
+        u32::from_le_bytes(word)
+    }
+
+    #[test]
+    fn memory_round_trips_sparse_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, ranges) = dumped(dir.path());
         assert_eq!(ranges, vec![(0, 32 << 20)]);
         // Two pages of data in a 32 MiB file.
         let meta = std::fs::metadata(&path).unwrap();
@@ -206,28 +250,38 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         assert!(meta.blocks() * 512 <= 64 * 1024, "{} blocks", meta.blocks());
 
-        let back = map(&path, &ranges).unwrap();
-        assert_eq!(
-            back.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
-            0xdead_beef
-        );
-        assert_eq!(
-            back.read_obj::<u16>(GuestAddress((31 << 20) + 8)).unwrap(),
-            0x1234
-        );
+        let back = map(&path, &ranges, false).unwrap();
+        has_both_words(&back);
         back.write_obj(1u32, GuestAddress(0x1000)).unwrap();
-        let mut word = [0u8; 4];
-        std::fs::File::open(&path)
-            .unwrap()
-            .read_exact_at(&mut word, 0x1000)
-            .unwrap();
         assert_eq!(
-            u32::from_le_bytes(word),
+            word_at(&File::open(&path).unwrap(), 0x1000),
             0xdead_beef,
             "a private write reached the file"
         );
-        assert!(map(&path, &[(0, 16 << 20)])
+        assert!(map(&path, &[(0, 16 << 20)], false)
             .unwrap_err()
             .contains("has 33554432 bytes"));
+    }
+
+    #[test]
+    fn shared_memory_is_a_copy_another_process_can_map() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, ranges) = dumped(dir.path());
+        let back = map(&path, &ranges, true).unwrap();
+        has_both_words(&back);
+        back.write_obj(7u32, GuestAddress(0x2000)).unwrap();
+        // What a vhost-user backend maps: the region's fd, at its offset.
+        let region = back.iter().next().unwrap();
+        let at = region.file_offset().expect("shared memory has a file");
+        assert_eq!(
+            word_at(at.file(), at.start() + 0x2000),
+            7,
+            "the write is not in the fd"
+        );
+        assert_eq!(
+            word_at(&File::open(&path).unwrap(), 0x2000),
+            0,
+            "a write reached the memory file"
+        );
     }
 }

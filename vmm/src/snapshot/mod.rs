@@ -11,7 +11,10 @@
 //!
 //! The port devices (serial, i8042, the status port) are saved with the
 //! VM. Disks, TAP NICs and the vsock device are saved; a shared directory
-//! (virtiofsd holds its state) is refused, with the reason; a NIC on passt
+//! only while the guest has not used it (once mounted, its FUSE session
+//! lives in virtiofsd): a VM with one is restored into shared memory (a
+//! memfd the memory file is copied into), which its new virtiofsd maps.
+//! A NIC on passt
 //! is saved without its host side, so a restore must give it one
 //! ([`Overrides::nets`]). vsock connections do not survive a restore: the guest is told
 //! (TRANSPORT_RESET), as Firecracker does.
@@ -121,6 +124,9 @@ pub struct Overrides {
     /// New host sides (and MACs) for NICs. The guest's driver keeps the
     /// MAC it read at probe: its owner sets the new one in the guest.
     pub nets: Vec<NetOverride>,
+    /// New virtiofsd sockets for shared directories, by device id: the
+    /// guest mounts the new backend's directory by the saved tag.
+    pub fs: Vec<(String, PathBuf)>,
 }
 
 /// A NIC's new host side and MAC, by interface id.
@@ -158,6 +164,15 @@ impl Overrides {
                 }
                 None => false,
             },
+            devices::DeviceSpec::Fs { socket, id, .. } => {
+                match self.fs.iter().find(|(d, _)| d == id) {
+                    Some((_, new)) => {
+                        *socket = new.clone();
+                        true
+                    }
+                    None => false,
+                }
+            }
             devices::DeviceSpec::Net { .. } => false,
         };
         (spec, changed)
@@ -182,9 +197,53 @@ impl Overrides {
         if let Some(n) = self.nets.iter().find(|n| !nic(&n.id)) {
             return Some(format!("the snapshot has no network interface {:?}", n.id));
         }
+        let share = |want: &str| {
+            specs
+                .iter()
+                .any(|s| matches!(s, devices::DeviceSpec::Fs { id, .. } if id == want))
+        };
+        if let Some((id, _)) = self.fs.iter().find(|(id, _)| !share(id)) {
+            return Some(format!("the snapshot has no shared directory {id:?}"));
+        }
         let vsock = specs
             .iter()
             .any(|s| matches!(s, devices::DeviceSpec::Vsock { .. }));
         (self.vsock_uds.is_some() && !vsock).then(|| "the snapshot has no vsock device".to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::devices::DeviceSpec;
+    use super::*;
+
+    #[test]
+    fn a_share_takes_its_new_socket_by_id_and_an_unknown_id_is_named() {
+        let share = DeviceSpec::Fs {
+            socket: "/template/vol0.sock".into(),
+            tag: "vol0".into(),
+            id: "vol0".into(),
+        };
+        let o = Overrides {
+            fs: vec![("vol0".into(), "/run/vol0.sock".into())],
+            ..Default::default()
+        };
+        let (spec, changed) = o.apply(&share);
+        assert!(changed);
+        assert!(
+            matches!(&spec, DeviceSpec::Fs { socket, tag, .. }
+                if socket == std::path::Path::new("/run/vol0.sock") && tag == "vol0"),
+            "{spec:?}"
+        );
+        assert_eq!(o.unmatched(&[&share]), None);
+        let typo = Overrides {
+            fs: vec![("vol1".into(), "/run/vol1.sock".into())],
+            ..Default::default()
+        };
+        assert_eq!(typo.apply(&share), (share.clone(), false));
+        assert_eq!(
+            typo.unmatched(&[&share]).as_deref(),
+            Some("the snapshot has no shared directory \"vol1\"")
+        );
     }
 }

@@ -72,9 +72,11 @@ pub struct Fs {
     queue_sizes: [u16; NUM_QUEUES],
     /// The guest's notifications (ioeventfds), read by the backend.
     kick_evts: [EventFd; NUM_QUEUES],
-    /// Between activation and reset (the backend holds its own copy of
-    /// the irqfd, so nothing else needs keeping).
-    active: bool,
+    /// Between activation and reset: the guest's memory and the queues as
+    /// the driver set them up (the backend holds its own copy of the
+    /// irqfd). Kept for a snapshot, which can save the queues only while
+    /// the guest has posted nothing on them.
+    active: Option<(GuestMemoryMmap, [Queue; NUM_QUEUES])>,
     tag: String,
     on_gone: Option<BackendGone>,
 }
@@ -121,7 +123,7 @@ impl Fs {
             config_space,
             queue_sizes: [QUEUE_SIZE; NUM_QUEUES],
             kick_evts: [evt()?, evt()?],
-            active: false,
+            active: None,
             tag: config.tag.clone(),
             on_gone: None,
         })
@@ -290,23 +292,49 @@ impl VirtioDevice for Fs {
         interrupt: Arc<IrqTrigger>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        let queues: [Queue; NUM_QUEUES] = crate::virtio::activation_queues(self.active, queues)?;
+        let queues: [Queue; NUM_QUEUES] =
+            crate::virtio::activation_queues(self.active.is_some(), queues)?;
         // Before the backend can signal: the guest must see used buffers.
         interrupt.report_vring_always();
         if let Err(e) = self.start_backend(&mem, &queues, interrupt.event()) {
             error!("virtio-fs {}: {e}", self.id);
             return Err(ActivateError::Backend(e));
         }
-        self.active = true;
+        self.active = Some((mem, queues));
         Ok(())
     }
 
     fn is_activated(&self) -> bool {
-        self.active
+        self.active.is_some()
+    }
+
+    /// A share the guest has never sent a request on has no FUSE session
+    /// (FUSE_INIT is the first request of a mount): its queues are where
+    /// the driver set them up, and a new backend can take them from there.
+    /// Once the guest has mounted it, its open files and inodes live in
+    /// virtiofsd, which no snapshot can keep.
+    fn snapshot_refusal(&self) -> Option<String> {
+        let (mem, queues) = self.active.as_ref()?;
+        let posted = queues.iter().any(|q| {
+            q.avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+                .map_or(true, |idx| idx.0 != 0)
+        });
+        posted.then(|| {
+            format!(
+                "the guest has used the shared directory {:?}: its session lives in virtiofsd, \
+                 which a snapshot cannot keep",
+                self.tag
+            )
+        })
+    }
+
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        let (_, queues) = self.active.as_ref()?;
+        Some(queues.iter().map(Queue::state).collect())
     }
 
     fn reset(&mut self) {
-        if std::mem::take(&mut self.active) {
+        if self.active.take().is_some() {
             // GET_VRING_BASE stops the backend's rings.
             for i in 0..NUM_QUEUES {
                 if let Err(e) = self.frontend.get_vring_base(i) {

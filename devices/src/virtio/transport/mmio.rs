@@ -248,6 +248,9 @@ impl MmioTransport {
 
     /// [`Self::state`] with the device already locked ([`Self::lock_device`]).
     pub fn state_with(&self, device: &dyn VirtioDevice) -> Result<MmioState, String> {
+        if let Some(why) = device.snapshot_refusal() {
+            return Err(why);
+        }
         let live = device.queue_states();
         let active = device.is_activated();
         let queues = match (live, active) {
