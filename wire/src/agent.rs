@@ -23,8 +23,8 @@ pub use crate::status::ExitStatus;
 /// 3: a volume is a disk or a virtio-fs share. 4: the root is an image
 /// disk or a virtio-fs share. 5: update, pids. 6: export_changes. 7: a
 /// volume of files the host composed. 8: identity, for a VM restored from
-/// a template.
-pub const VERSION: u32 = 8;
+/// a template. 9: sync, the end of a run whose VM the host stops.
+pub const VERSION: u32 = 9;
 /// The fewest random bytes an [`Request::Identity`] carries.
 pub const MIN_ENTROPY: usize = 32;
 /// The vsock port the agent listens on.
@@ -255,6 +255,10 @@ pub enum Request {
     },
     /// Syncs the guest's disks and powers the VM off.
     Shutdown,
+    /// Writes what the guest's page cache holds dirty to its disks and
+    /// shares, and answers once it is there: the end of a run whose VM the
+    /// host then stops itself (nothing in it is kept).
+    Sync,
 }
 
 /// eth0 of a VM restored from a template: its MAC, address and gateway.

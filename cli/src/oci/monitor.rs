@@ -191,6 +191,9 @@ fn life(
         identity: None,
         checkpoint: None,
         attach: false,
+        // The bundle's root is the caller's directory, shared: its guest
+        // unmounts it and powers off as before.
+        disposable: false,
     };
     let mut created = || -> Result<(), String> {
         shared.set(Status::Created, None)?;

@@ -373,6 +373,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         identity,
         checkpoint,
         attach: restore_from.is_some(),
+        disposable: args.rm && !disks.volumes.iter().any(plan::ReadyVolume::is_disk),
     };
     let mut on_started = || {
         record.status = state::Status::Running;

@@ -83,6 +83,12 @@ pub enum ReadyVolume {
     Shared { socket: PathBuf },
 }
 
+impl ReadyVolume {
+    pub fn is_disk(&self) -> bool {
+        matches!(self, ReadyVolume::Disk(_))
+    }
+}
+
 /// What launch made ready for the plan's disks and shares.
 #[derive(Debug)]
 pub struct Disks {

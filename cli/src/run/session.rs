@@ -56,6 +56,10 @@ pub struct Session {
     /// The VM was restored from a checkpoint: its container runs already,
     /// and is taken over rather than created.
     pub attach: bool,
+    /// Nothing in the guest outlives the container (a `--rm` run without
+    /// a disk volume): at its end the host stops the VM once the guest has
+    /// synced, rather than have the guest unmount and power off.
+    pub disposable: bool,
 }
 
 /// A VM's own hostname and interface.
@@ -116,7 +120,13 @@ impl Session {
             )?;
             mark("started");
             (hooks.started)();
-            return finish(&client, &self.controls, source.as_ref(), &alive);
+            return finish(
+                &client,
+                &self.controls,
+                source.as_ref(),
+                self.disposable,
+                &alive,
+            );
         }
         let create = Request::CreateContainer {
             id: CONTAINER_ID.into(),
@@ -145,25 +155,47 @@ impl Session {
         if c.stdio.stdin {
             agent::spawn_stdin_thread(client.writer.clone(), MAIN_STREAM);
         }
-        finish(&client, &self.controls, source.as_ref(), &alive)
+        finish(
+            &client,
+            &self.controls,
+            source.as_ref(),
+            self.disposable,
+            &alive,
+        )
     }
 }
 
-/// Relays to the container's end, then has the guest power off (unless a
-/// checkpoint stopped the VM already).
+/// Relays to the container's end, then ends the VM (unless a checkpoint
+/// stopped it already).
 fn finish(
     client: &Client,
     controls: &VmControls,
     source: Option<&super::checkpoint::Source>,
+    disposable: bool,
     alive: &dyn Fn() -> bool,
 ) -> Result<ExitStatus, String> {
     let (status, stopped) = relay(client, controls, source, alive)?;
     mark("exited");
     if !stopped {
-        // Done: the guest syncs and powers off; its answer is not needed.
-        let _ = client.writer.request(Request::Shutdown);
+        end(client, controls, disposable, alive);
     }
     Ok(status)
+}
+
+/// The end of a VM whose container has exited (and whose output is all
+/// here). A disposable one is stopped by the host once the guest has
+/// written what it holds dirty (a share's pages a process wrote through
+/// mmap): its scratch layer goes with the run, and the guest's unmounts
+/// and power-off were a fifth of a pooled run in the testbed. Any other
+/// guest syncs, unmounts and powers off; its answer is not needed.
+fn end(client: &Client, controls: &VmControls, disposable: bool, alive: &dyn Fn() -> bool) {
+    if disposable {
+        match client.call(Request::Sync, "sync the guest", REQUEST_DEADLINE, alive) {
+            Ok(()) => return controls.stop(Exit::Stopped(libc::SIGKILL)),
+            Err(e) => log::warn!("{e}; powering the guest off instead"),
+        }
+    }
+    let _ = client.writer.request(Request::Shutdown);
 }
 
 /// How a checkpoint asked of the run ended for the session.

@@ -509,6 +509,10 @@ impl Agent {
                 self.shutdown = true;
                 Ok(Response::Ok)
             }
+            Request::Sync => {
+                nix::unistd::sync();
+                Ok(Response::Ok)
+            }
         }
     }
 
