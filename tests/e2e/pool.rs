@@ -100,12 +100,13 @@ fn runs_are_clones_of_one_template_each_with_its_own_identity() {
         "the second run made another template"
     );
 
-    // Without the pool (the default), the same run boots.
+    // Without the pool, the same run boots.
     let mut cold = run.command(
         &["--rm", "--network", "none", "--scratch", "32m"],
         &["sh", "-c", PROBE],
     );
-    cold.env("HUSK_POOL_DIR", pool.path())
+    cold.env("HUSK_POOL", "off")
+        .env("HUSK_POOL_DIR", pool.path())
         .env("HUSK_TIMINGS", "1");
     let cold = process::run(cold, TIMEOUT);
     assert_eq!(cold.code, Some(3), "{}", cold.describe());
@@ -197,14 +198,16 @@ fn bridged_clones_take_the_runs_mac_and_address() {
     assert_eq!(templates(pool.path()), 1);
 }
 
-/// Shared directories in clones: the template's guest probed two virtio-fs
-/// devices it never mounted; each clone's connect to the run's own
-/// virtiofsd, so a clone reads and writes the run's directories (read-only
-/// where asked), and the next run of the same shape, from the same
-/// template, sees its own. Once mounted, a share cannot be checkpointed
-/// (virtiofsd holds the session): one line says so.
+/// Volumes in clones. The template's guest probed two virtio-fs devices
+/// it never mounted and an empty disk; each clone's shares connect to the
+/// run's own virtiofsd and its disk is the run's file, so a clone reads and
+/// writes the run's directories (read-only where asked) and disk image,
+/// and the next run of the same shape, from the same template, sees its
+/// own directories and what the first wrote on the disk. Once mounted, a
+/// share cannot be checkpointed (virtiofsd holds the session): one line
+/// says so.
 #[test]
-fn clones_share_the_runs_directories() {
+fn clones_take_the_runs_volumes() {
     require_linux_kvm();
     let run = Run::new();
     let pool = tempfile::tempdir().unwrap();
@@ -214,13 +217,18 @@ fn clones_share_the_runs_directories() {
             .env("HUSK_TIMINGS", "1");
     };
     let script = "cat /in/from-host; touch /in/nope 2>/dev/null && echo ro-broken; \
-                  echo from-guest > /out/written; ls /out";
-    for round in ["first", "second"] {
+                  echo from-guest > /out/written; ls /out; \
+                  cat /disk/f 2>/dev/null || echo none; cat /in/from-host > /disk/f";
+    let disk_dir = tempfile::tempdir().unwrap();
+    let disk = disk_dir.path().join("disk.ext4");
+    husk_image::mkfs::Ext4::new(32 << 20).make(&disk).unwrap();
+    for (round, on_disk) in [("first", "none"), ("second", "first")] {
         let (input, output) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         std::fs::write(input.path().join("from-host"), format!("{round}\n")).unwrap();
         let volumes = [
             format!("{}:/in:ro", input.path().display()),
             format!("{}:/out", output.path().display()),
+            format!("{}:/disk", disk.display()),
         ];
         let mut c = run.command(
             &[
@@ -231,6 +239,8 @@ fn clones_share_the_runs_directories() {
                 &volumes[0],
                 "-v",
                 &volumes[1],
+                "-v",
+                &volumes[2],
             ],
             &["sh", "-c", script],
         );
@@ -244,7 +254,7 @@ fn clones_share_the_runs_directories() {
         );
         assert_eq!(
             out.stdout,
-            format!("{round}\nwritten\n"),
+            format!("{round}\nwritten\n{on_disk}\n"),
             "{round}: {}",
             out.describe()
         );
