@@ -11,6 +11,7 @@ mod netlink;
 mod network;
 mod network_cmd;
 mod oci;
+mod pool_cmd;
 mod registry_cmd;
 mod run;
 mod snapshot_cmd;
@@ -78,6 +79,9 @@ enum Command {
     /// from one.
     #[command(subcommand)]
     Snapshot(snapshot_cmd::SnapshotCommand),
+    /// The pool's templates, which `husk run` restores instead of booting.
+    #[command(subcommand)]
+    Pool(pool_cmd::PoolCommand),
     /// List containers (running; -a for all).
     Ps(containers::PsArgs),
     /// Run a command in a running container.
@@ -160,6 +164,7 @@ fn main() -> ExitCode {
         Command::Compare(args) => compare_cmd::run(args),
         Command::Vmm(args) => husk_vmm_bin::run(args),
         Command::Snapshot(c) => snapshot_cmd::run(c),
+        Command::Pool(c) => pool_cmd::run(c),
         Command::Run(args) => run::run(*args),
         Command::Pull(args) => registry_cmd::pull(args),
         Command::Images(args) => registry_cmd::images(args),

@@ -116,6 +116,30 @@ fn runs_are_clones_of_one_template_each_with_its_own_identity() {
         cold.describe()
     );
     probe_lines(&cold);
+
+    // `husk pool` lists the template and removes it.
+    let pool_cmd = |args: &[&str]| {
+        let mut c = run.husk_command(&[&["pool"], args].concat());
+        c.env("HUSK_POOL_DIR", pool.path());
+        process::run(c, TIMEOUT)
+    };
+    let ls = pool_cmd(&["ls"]);
+    assert_eq!(ls.code, Some(0), "{}", ls.describe());
+    let lines: Vec<&str> = ls.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", ls.describe());
+    assert!(lines[1].ends_with("this one"), "{}", ls.describe());
+    let name = lines[1].split_whitespace().next().unwrap();
+    let unknown = pool_cmd(&["rm", "no-such-template"]);
+    assert_ne!(unknown.code, Some(0), "{}", unknown.describe());
+    assert!(
+        unknown.stderr.contains("no template"),
+        "{}",
+        unknown.describe()
+    );
+    let rm = pool_cmd(&["rm", "--all"]);
+    assert_eq!(rm.code, Some(0), "{}", rm.describe());
+    assert_eq!(rm.stdout.trim(), name, "{}", rm.describe());
+    assert_eq!(templates(pool.path()), 0, "{}", rm.describe());
 }
 
 /// Bridged runs from one template: the TAP is the run's, and the clone

@@ -307,6 +307,87 @@ fn prune(root: &Path, keep: &Path) {
     }
 }
 
+/// A template as `husk pool ls` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub name: String,
+    /// Bytes its files take on disk (the memory file is sparse).
+    pub disk_bytes: u64,
+    pub made: Option<std::time::SystemTime>,
+    /// The husk that made it: this one, a former build of it, or another.
+    pub maker: Maker,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Maker {
+    This,
+    /// A former build of this executable (the next template made removes
+    /// it).
+    Former,
+    Other(String),
+    Unknown,
+}
+
+/// The templates in `root`, by name.
+pub fn list(root: &Path) -> Result<Vec<Listed>, String> {
+    let entries = match std::fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("{}: {e}", root.display())),
+    };
+    let ours = origin_of_this_husk()?;
+    let our_exe = ours.lines().next().unwrap_or_default().to_owned();
+    let mut found: Vec<Listed> = entries
+        .flatten()
+        .filter(|e| e.path().join(STATE).is_file())
+        .map(|e| {
+            let dir = e.path();
+            let maker = match std::fs::read_to_string(dir.join(ORIGIN)) {
+                Ok(o) if o == ours => Maker::This,
+                Ok(o) if o.lines().next() == Some(our_exe.as_str()) => Maker::Former,
+                Ok(o) => Maker::Other(o.lines().next().unwrap_or_default().to_owned()),
+                Err(_) => Maker::Unknown,
+            };
+            Listed {
+                name: e.file_name().to_string_lossy().into_owned(),
+                disk_bytes: disk_bytes(&dir),
+                made: std::fs::metadata(dir.join(STATE))
+                    .and_then(|m| m.modified())
+                    .ok(),
+                maker,
+            }
+        })
+        .collect();
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(found)
+}
+
+/// The blocks the files directly in `dir` take.
+fn disk_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.blocks() * 512)
+        .sum()
+}
+
+/// Removes template `name` from `root` (its clones keep their mapping).
+pub fn remove(root: &Path, name: &str) -> Result<(), String> {
+    let dir = root.join(name);
+    let is_template = !name.is_empty()
+        && !name.contains('/')
+        && !name.starts_with('.')
+        && dir.join(STATE).is_file();
+    if !is_template {
+        return Err(format!("no template {name:?} in {}", root.display()));
+    }
+    // Its lock file stays: a maker may hold it.
+    std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))
+}
+
 /// Boots the template's guest with empty stand-in disks, waits for its
 /// agent, and snapshots it into `dir` (made whole or not at all).
 fn make(dir: &Path, config: &VmConfig, cmdline: &str) -> Result<(), String> {
@@ -625,6 +706,50 @@ mod tests {
             (&not_a_template, true),
         ] {
             assert_eq!(d.exists(), stays, "{}", d.display());
+        }
+    }
+
+    #[test]
+    fn templates_are_listed_with_their_maker_and_removed_by_name() {
+        let root = tempfile::tempdir().unwrap();
+        assert_eq!(list(&root.path().join("none")).unwrap(), Vec::new());
+        let ours = origin_of_this_husk().unwrap();
+        let exe = ours.lines().next().unwrap().to_owned();
+        for (name, origin) in [
+            ("b-this", Some(ours.clone())),
+            ("a-former", Some(format!("{exe}\n1 2\n"))),
+            ("c-other", Some("/opt/husk\n1 2\n".to_owned())),
+            ("d-unknown", None),
+        ] {
+            let d = root.path().join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join(STATE), vec![7u8; 8192]).unwrap();
+            if let Some(o) = origin {
+                std::fs::write(d.join(ORIGIN), o).unwrap();
+            }
+        }
+        std::fs::create_dir_all(root.path().join("e.build-1")).unwrap();
+        let listed = list(root.path()).unwrap();
+        let makers: Vec<(&str, &Maker)> =
+            listed.iter().map(|l| (l.name.as_str(), &l.maker)).collect();
+        assert_eq!(
+            makers,
+            [
+                ("a-former", &Maker::Former),
+                ("b-this", &Maker::This),
+                ("c-other", &Maker::Other("/opt/husk".into())),
+                ("d-unknown", &Maker::Unknown),
+            ]
+        );
+        assert!(listed
+            .iter()
+            .all(|l| l.disk_bytes >= 8192 && l.made.is_some()));
+
+        remove(root.path(), "b-this").unwrap();
+        assert!(!root.path().join("b-this").exists());
+        for bad in ["b-this", "e.build-1", "../x", "", "."] {
+            let e = remove(root.path(), bad).unwrap_err();
+            assert!(e.starts_with("no template"), "{bad}: {e}");
         }
     }
 
