@@ -84,12 +84,31 @@ fn parse_timings(stderr: &str) -> (Vec<f64>, f64) {
     (steps, prev)
 }
 
-/// A husk path's runs: wall times and each phase's steps.
+/// `husk-timings-guest-create: mount_image=1.2 ...` → the agent's steps of
+/// the container's creation, in order, with their times.
+fn parse_guest_steps(stderr: &str) -> Vec<(String, f64)> {
+    stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("husk-timings-guest-create: "))
+        .map(|line| {
+            line.split_whitespace()
+                .filter_map(|kv| {
+                    let (k, v) = kv.split_once('=')?;
+                    Some((k.to_owned(), v.parse().ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A husk path's runs: wall times, each phase's steps, and the guest's
+/// steps of creating the container (by name, in first-seen order).
 #[derive(Default)]
 struct HuskRuns {
     wall: Vec<f64>,
     phases: Vec<Vec<f64>>,
     after_done: Vec<f64>,
+    guest: Vec<(String, Vec<f64>)>,
 }
 
 impl HuskRuns {
@@ -103,7 +122,21 @@ impl HuskRuns {
         }
         self.after_done.push(ms - done);
         self.wall.push(ms);
+        for (name, v) in parse_guest_steps(&stderr) {
+            match self.guest.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, vs)) => vs.push(v),
+                None => self.guest.push((name, vec![v])),
+            }
+        }
         ms
+    }
+
+    /// The median of guest step `name`, if the runs had it.
+    fn guest_median(&self, name: &str) -> Option<f64> {
+        self.guest
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| median(v.clone()))
     }
 }
 
@@ -237,4 +270,15 @@ fn main() {
         m(&cold.after_done),
         m(&pooled.after_done)
     );
+    println!();
+    println!("The container's creation in the guest, as the agent timed it (medians):");
+    println!("| agent step | booted (ms) | pooled (ms) |");
+    println!("|---|---|---|");
+    for (name, _) in &cold.guest {
+        let cell = |r: &HuskRuns| {
+            r.guest_median(name)
+                .map_or("–".into(), |v| format!("{v:.1}"))
+        };
+        println!("| {name} | {} | {} |", cell(&cold), cell(&pooled));
+    }
 }

@@ -296,11 +296,25 @@ impl Client {
         timeout: Duration,
         alive: &dyn Fn() -> bool,
     ) -> Result<(), String> {
+        match self.ask(request, what, timeout, alive)? {
+            Response::Ok => Ok(()),
+            other => Err(format!("cannot {what}: unexpected answer {other:?}")),
+        }
+    }
+
+    /// Sends `request` and waits for its answer; an error answer is an
+    /// error.
+    pub fn ask(
+        &self,
+        request: Request,
+        what: &str,
+        timeout: Duration,
+        alive: &dyn Fn() -> bool,
+    ) -> Result<Response, String> {
         let seq = self.writer.request(request)?;
         match self.response(seq, timeout, alive)? {
-            Response::Ok => Ok(()),
             Response::Error { message } => Err(format!("cannot {what}: {message}")),
-            other => Err(format!("cannot {what}: unexpected answer {other:?}")),
+            other => Ok(other),
         }
     }
 }

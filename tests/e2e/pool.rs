@@ -69,6 +69,15 @@ fn runs_are_clones_of_one_template_each_with_its_own_identity() {
         "not from the pool: {}",
         first.describe()
     );
+    // The agent's own steps of creating the container, with HUSK_TIMINGS.
+    let guest_steps = first
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("husk-timings-guest-create: "))
+        .unwrap_or_else(|| panic!("no guest steps: {}", first.describe()));
+    for step in ["mount_image=", "mount_scratch=", "clone=", "init_ready="] {
+        assert!(guest_steps.contains(step), "{step} in {guest_steps}");
+    }
     let (_, first_random) = probe_lines(&first);
     assert_eq!(templates(pool.path()), 1, "the first run made no template");
     let made = now();

@@ -23,7 +23,8 @@ pub use crate::status::ExitStatus;
 /// 3: a volume is a disk or a virtio-fs share. 4: the root is an image
 /// disk or a virtio-fs share. 5: update, pids. 6: export_changes. 7: a
 /// volume of files the host composed. 8: identity, for a VM restored from
-/// a template. 9: sync, the end of a run whose VM the host stops.
+/// a template. 9: sync, the end of a run whose VM the host stops; a
+/// created container's steps.
 pub const VERSION: u32 = 9;
 /// The fewest random bytes an [`Request::Identity`] carries.
 pub const MIN_ENTROPY: usize = 32;
@@ -261,6 +262,13 @@ pub enum Request {
     Sync,
 }
 
+/// One step of a container's creation in the guest, and its time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    pub name: String,
+    pub micros: u64,
+}
+
 /// eth0 of a VM restored from a template: its MAC, address and gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetIdentity {
@@ -290,10 +298,24 @@ pub struct Stats {
 #[serde(tag = "result", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Response {
     Ok,
-    Hello { version: u32, agent: String },
-    Stats { stats: Stats },
-    Pids { pids: Vec<i32> },
-    Error { message: String },
+    /// The container is created; what each step took (the host's
+    /// `HUSK_TIMINGS` prints them).
+    Created {
+        steps: Vec<Step>,
+    },
+    Hello {
+        version: u32,
+        agent: String,
+    },
+    Stats {
+        stats: Stats,
+    },
+    Pids {
+        pids: Vec<i32>,
+    },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -619,6 +641,19 @@ mod tests {
         round_trip(Frame::Request {
             seq: 8,
             request: Request::Shutdown,
+        });
+        round_trip(Frame::Request {
+            seq: 8,
+            request: Request::Sync,
+        });
+        round_trip(Frame::Response {
+            seq: 9,
+            response: Response::Created {
+                steps: vec![Step {
+                    name: "mount_image".into(),
+                    micros: 1234,
+                }],
+            },
         });
         round_trip(Frame::Request {
             seq: 9,

@@ -6,7 +6,9 @@ use super::plan::{CONTAINER_ID, MAIN_STREAM};
 use super::timings::mark;
 use crate::agent::{self, tty, Client, Escalation, Escalator, Msg, Sinks};
 use husk_vmm::{Exit, VmControls};
-use husk_wire::agent::{ExitStatus, NetIdentity, Request, RootfsSpec, StdioSpec, VolumeSpec};
+use husk_wire::agent::{
+    ExitStatus, NetIdentity, Request, Response, RootfsSpec, StdioSpec, VolumeSpec,
+};
 use husk_wire::oci_spec::runtime::Spec;
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -135,7 +137,11 @@ impl Session {
             volumes: c.volumes,
             stdio: c.stdio.clone(),
         };
-        client.call(create, "create the container", REQUEST_DEADLINE, &alive)?;
+        let what = "create the container";
+        match client.ask(create, what, REQUEST_DEADLINE, &alive)? {
+            Response::Created { steps } => super::timings::guest_steps(&steps),
+            other => return Err(format!("cannot {what}: unexpected answer {other:?}")),
+        }
         mark("created");
         (hooks.created)()?;
         let _raw = if c.stdio.tty {

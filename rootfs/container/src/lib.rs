@@ -34,6 +34,7 @@ mod plan;
 mod seccomp;
 mod spec;
 mod sys;
+pub mod trace;
 
 use std::ffi::{CString, OsString};
 use std::fs;
@@ -1116,10 +1117,24 @@ impl Container {
         state_dir: &Path,
         stdio: Stdio,
     ) -> Result<(Container, ProcessIo), Error> {
+        let mut trace = trace::Trace::default();
+        Container::create_traced(id, spec, rootfs, state_dir, stdio, &mut trace)
+    }
+
+    /// [`create`](Container::create), with each step's time in `trace`.
+    pub fn create_traced(
+        id: &str,
+        spec: &Spec,
+        rootfs: &Rootfs,
+        state_dir: &Path,
+        stdio: Stdio,
+        trace: &mut trace::Trace,
+    ) -> Result<(Container, ProcessIo), Error> {
         validate_id(id)?;
         let tty = stdio == Stdio::Tty;
         let checked = check_spec(id, spec, tty)?;
         let lower = lower_dir(rootfs)?;
+        trace.step("spec");
 
         // From here on, things are made; the guard undoes them on error.
         let dir = make_state_dir(state_dir, id)?;
@@ -1132,11 +1147,17 @@ impl Container {
             checked.parts.propagation,
         )?;
         let plan = init_plan(spec, &checked.ns, root, checked.parts, checked.proc_plan)?;
+        trace.step("plan");
         let cg = make_cgroup(id, &checked.cgroup, &mut guard)?;
+        trace.step("cgroup");
         let join = open_join_namespaces(&checked.ns.join_paths)?;
         let init = spawn_init(&plan, join, checked.ns.clone_flags, stdio, &mut guard)?;
+        trace.step("clone");
         configure_init(init.pid, checked.linux, &plan, cg.as_ref())?;
+        trace.step("configure");
+        // The init's own work: its mounts, pivot_root, devices, limits.
         let io = release_init(init.sock.as_fd(), init.io, checked.process, tty)?;
+        trace.step("init_ready");
         let pidns = own_pidns(init.pid, &checked.ns);
         guard.disarm();
         Ok((

@@ -590,8 +590,9 @@ impl Agent {
         self.check_stream(&stdio)?;
         let base = Path::new(STATE_DIR).join(format!("{id}.mnt"));
         let mut mounts = Vec::new();
+        let mut trace = husk_container::trace::Trace::default();
         let result = (|| {
-            let root = mount_root(rootfs, &base, &mut mounts)?;
+            let root = mount_root(rootfs, &base, &mut mounts, &mut trace)?;
             for v in volumes {
                 let at = PathBuf::from(&v.mount_point);
                 match &v.source {
@@ -603,11 +604,13 @@ impl Agent {
                 }
                 mounts.push(at);
             }
+            trace.step("mount_volumes");
             let lower = match &root {
                 Rootfs::Layered { lower, .. } => Some(lower.clone()),
                 Rootfs::Dir(_) => None,
             };
-            Container::create(&id, &spec, &root, Path::new(STATE_DIR), stdio_of(&stdio))
+            let stdio = stdio_of(&stdio);
+            Container::create_traced(&id, &spec, &root, Path::new(STATE_DIR), stdio, &mut trace)
                 .map(|made| (made, lower))
                 .map_err(|e| e.to_string())
         })();
@@ -624,7 +627,9 @@ impl Agent {
                     },
                 );
                 self.add_stream(pid, &stdio, io, id, None);
-                Ok(Response::Ok)
+                Ok(Response::Created {
+                    steps: trace.into_steps(),
+                })
             }
             Err(e) => {
                 unmount_all(&mounts);
@@ -735,6 +740,7 @@ fn mount_root(
     rootfs: &RootfsSpec,
     base: &Path,
     mounts: &mut Vec<PathBuf>,
+    trace: &mut husk_container::trace::Trace,
 ) -> Result<Rootfs, String> {
     match rootfs {
         RootfsSpec::Image {
@@ -745,11 +751,13 @@ fn mount_root(
             let image = base.join("image");
             mount_disk(disk, &image, fs_type, true)?;
             mounts.push(image.clone());
+            trace.step("mount_image");
             let upper = match scratch_disk {
                 Some(disk) => {
                     let scratch = base.join("scratch");
                     mount_disk(disk, &scratch, "ext4", false)?;
                     mounts.push(scratch.clone());
+                    trace.step("mount_scratch");
                     Some(scratch.join("upper"))
                 }
                 None => None,
@@ -765,6 +773,7 @@ fn mount_root(
             let tree = base.join("root");
             mount_virtiofs(tag, &tree, MsFlags::empty())?;
             mounts.push(tree.clone());
+            trace.step("mount_root");
             Ok(Rootfs::Dir(tree))
         }
     }
