@@ -56,6 +56,15 @@ fn conditions(md: &mut String, report: &Report) {
     let _ = writeln!(md, "- Command: {}", code_span(&report.command));
     let _ = writeln!(
         md,
+        "- husk: {}",
+        if report.husk_pool {
+            "`husk run --rm`, each VM restored from the pool's template of its shape (made in the warm-up)"
+        } else {
+            "`husk run --rm`, each VM booted (HUSK_POOL=off)"
+        }
+    );
+    let _ = writeln!(
+        md,
         "- Mode: {mode}, {} runs per workload and environment after one warm-up\n",
         report.runs
     );

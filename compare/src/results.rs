@@ -107,6 +107,10 @@ pub struct Report {
     pub runs: u32,
     /// The command line that produced it.
     pub command: String,
+    /// husk's VMs were restored from the pool's templates (`HUSK_POOL`),
+    /// not booted: the start-up figure is a restore's.
+    #[serde(default)]
+    pub husk_pool: bool,
     pub workloads: Vec<Workload>,
 }
 

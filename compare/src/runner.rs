@@ -400,6 +400,8 @@ fn measure(
         quick: opts.quick,
         runs: opts.runs,
         command: opts.command.clone(),
+        // `husk run`'s own rule: on unless HUSK_POOL=off.
+        husk_pool: std::env::var("HUSK_POOL").as_deref() != Ok("off"),
         workloads,
     })
 }

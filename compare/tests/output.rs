@@ -45,6 +45,7 @@ fn sample(nested: bool) -> Report {
         quick: true,
         runs: 3,
         command: "husk compare --quick --out /tmp/cmp".to_string(),
+        husk_pool: true,
         workloads: vec![
             workload(
                 "startup_output",
@@ -123,6 +124,7 @@ fn markdown_states_the_conditions_and_links_the_charts() {
         "- Date: 2025-01-02T03:04:05Z",
         "- Command: `husk compare --quick --out /tmp/cmp`",
         "- Mode: quick, 3 runs",
+        "- husk: `husk run --rm`, each VM restored from the pool's template",
         "## Title of seq_write",
         "What seq_write ran. Higher is better.",
         "What startup_output ran. Lower is better.",
@@ -132,6 +134,19 @@ fn markdown_states_the_conditions_and_links_the_charts() {
     ] {
         assert!(md.contains(text), "missing {text:?} in\n{md}");
     }
+}
+
+#[test]
+fn the_conditions_say_whether_husk_booted_its_vms() {
+    let booted = Report {
+        husk_pool: false,
+        ..sample(false)
+    };
+    let md = report::markdown(&booted);
+    assert!(
+        md.contains("- husk: `husk run --rm`, each VM booted (HUSK_POOL=off)"),
+        "{md}"
+    );
 }
 
 #[test]
