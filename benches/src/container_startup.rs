@@ -9,6 +9,7 @@
 //!
 //! Usage: container-startup [--runs N] [--husk PATH]
 
+use husk_benches::kvm_stats::{self, Counters};
 use husk_benches::{median, spread};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -36,19 +37,31 @@ const PHASES: &[(&str, &str)] = &[
     ("created", "container created (mounts, namespaces, cgroup)"),
     ("started", "container started"),
     ("exited", "process ran and exited, output drained"),
-    ("vm_stopped", "guest shutdown (sync, unmount, power off)"),
+    (
+        "vm_stopped",
+        "the VM's end (--rm: the guest's sync, then a stop by husk)",
+    ),
     ("done", "host cleanup (run dir, sockets)"),
 ];
 
 fn timed(cmd: &mut Command) -> (f64, String) {
+    let (ms, stderr, _) = timed_counted(cmd, false);
+    (ms, stderr)
+}
+
+/// [`timed`], with KVM's counters of the process's VM when `count`.
+fn timed_counted(cmd: &mut Command, count: bool) -> (f64, String, Counters) {
     let start = Instant::now();
-    let out = cmd
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .output()
+        .spawn()
         .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
+    let watcher = count.then(|| kvm_stats::Watcher::start(child.id()));
+    let out = child.wait_with_output().expect("wait for it");
     let ms = start.elapsed().as_secs_f64() * 1e3;
+    let counters = watcher.map(|w| w.finish().counters).unwrap_or_default();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         out.status.success(),
@@ -57,7 +70,7 @@ fn timed(cmd: &mut Command) -> (f64, String) {
         out.status,
         String::from_utf8_lossy(&out.stdout)
     );
-    (ms, stderr)
+    (ms, stderr, counters)
 }
 
 /// `husk-timings: start=0.1 image_ready=2.0 ...` → each phase's step from
@@ -109,10 +122,15 @@ struct HuskRuns {
     phases: Vec<Vec<f64>>,
     after_done: Vec<f64>,
     guest: Vec<(String, Vec<f64>)>,
+    /// KVM's counters of each run's VM (when debugfs can be read).
+    kvm: Vec<Counters>,
 }
 
 impl HuskRuns {
-    fn add(&mut self, (ms, stderr): (f64, String)) -> f64 {
+    fn add(&mut self, (ms, stderr, counters): (f64, String, Counters)) -> f64 {
+        if !counters.is_empty() {
+            self.kvm.push(counters);
+        }
         let (steps, done) = parse_timings(&stderr);
         if self.phases.is_empty() {
             self.phases = vec![Vec::new(); PHASES.len()];
@@ -186,6 +204,7 @@ fn main() {
     crun_bundle(&image, &bundle);
 
     let pool = work.path().join("pool");
+    let count = kvm_stats::available();
     let husk_run = |pooled: bool| {
         let mut c = Command::new(&husk);
         c.args(["run", "--rm", "--network", "none"])
@@ -196,14 +215,14 @@ fn main() {
             .env("HUSK_POOL_DIR", &pool)
             .env("HUSK_POOL", if pooled { "on" } else { "off" })
             .env("HUSK_TIMINGS", "1");
-        timed(&mut c)
+        timed_counted(&mut c, count)
     };
     let (mut cold, mut pooled) = (HuskRuns::default(), HuskRuns::default());
     let (mut c, mut b) = (vec![], vec![]);
     // The warm-ups: the first converts the image, the second makes the
     // pool's template (each timed on its own).
-    let (convert_ms, _) = husk_run(false);
-    let (template_ms, _) = husk_run(true);
+    let (convert_ms, _, _) = husk_run(false);
+    let (template_ms, _, _) = husk_run(true);
     for i in 1..=runs {
         let hm = cold.add(husk_run(false));
         let pm = pooled.add(husk_run(true));
@@ -280,5 +299,33 @@ fn main() {
                 .map_or("–".into(), |v| format!("{v:.1}"))
         };
         println!("| {name} | {} | {} |", cell(&cold), cell(&pooled));
+    }
+    kvm_rows(&cold, &pooled);
+}
+
+/// KVM's counters for the two husk paths' VMs (medians), the largest.
+fn kvm_rows(cold: &HuskRuns, pooled: &HuskRuns) {
+    if cold.kvm.is_empty() && pooled.kvm.is_empty() {
+        println!("\nKVM's counters: not readable here (debugfs)");
+        return;
+    }
+    let all: Vec<&Counters> = cold.kvm.iter().chain(&pooled.kvm).collect();
+    println!("\nKVM's counters of the VM, whole run (medians):");
+    println!("| counter | booted | pooled |");
+    println!("|---|---|---|");
+    for name in kvm_stats::largest(&all, 14) {
+        let m = |r: &HuskRuns| {
+            let v: Vec<f64> = r
+                .kvm
+                .iter()
+                .map(|c| c.get(&name).copied().unwrap_or(0) as f64)
+                .collect();
+            if v.is_empty() {
+                "–".to_string()
+            } else {
+                format!("{:.0}", median(v))
+            }
+        };
+        println!("| {name} | {} | {} |", m(cold), m(pooled));
     }
 }
