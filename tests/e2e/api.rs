@@ -134,3 +134,72 @@ fn a_triple_fault_ends_husk_vmm_with_0_and_says_so() {
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(left.len(), 3, "{left:?}");
 }
+
+/// `husk-vmm --jail ... --cgroup FILE=VALUE`: the VMM and its keeper run in
+/// a cgroup v2 of their own under `--parent-cgroup`, with the limits
+/// written, and the guest's status comes through; the next jailed VMM
+/// under the same parent removes the empty cgroup the first one left.
+#[test]
+fn a_jailed_vmm_runs_in_a_cgroup_with_its_limits() {
+    require_linux_kvm();
+    // L1 mounts no cgroup v2 of its own (a host's init does).
+    husk_compare::runner::ensure_cgroup2();
+    let parent = format!("husk-e2e-{}", std::process::id());
+    let jailed = |dir: &std::path::Path| {
+        let guest = husk_tests::null_guest::elf(true, Some(7));
+        std::fs::write(dir.join("guest.elf"), guest).unwrap();
+        let dir = dir.to_str().unwrap();
+        let args = [
+            "--jail",
+            dir,
+            "--uid",
+            "65534",
+            "--gid",
+            "65534",
+            "--new-netns",
+            "--parent-cgroup",
+            &parent,
+            "--cgroup",
+            "memory.max=300M",
+            "--cgroup",
+            "pids.max=64",
+        ];
+        VmmProcess::start_jailed(&husk_tests::husk::vmm_binary(), dir.as_ref(), &args)
+    };
+    let parent_dir = std::path::Path::new("/sys/fs/cgroup").join(&parent);
+    let first_dir = tempfile::tempdir().unwrap();
+    let first = jailed(first_dir.path());
+    let keeper = first.pid();
+    let leaf = parent_dir.join(format!("husk-vm-{keeper}"));
+    let read = |f: &str| {
+        std::fs::read_to_string(leaf.join(f))
+            .unwrap_or_else(|e| panic!("{}: {e}", leaf.join(f).display()))
+    };
+    assert_eq!(read("memory.max").trim(), (300u64 << 20).to_string());
+    assert_eq!(read("pids.max").trim(), "64");
+    let procs: Vec<u32> = read("cgroup.procs")
+        .lines()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(procs.len(), 2, "the keeper and the VMM: {procs:?}");
+    assert!(procs.contains(&keeper), "{procs:?}");
+    let boot = r#"{"kernel_image_path": "/guest.elf", "boot_args": "console=ttyS0"}"#;
+    assert_eq!(first.req("PUT", "/boot-source", boot).0, 204);
+    assert_eq!(first.start_instance().0, 204);
+    let (code, out) = first.wait(TIMEOUT);
+    assert_eq!(code, Some(7), "{out}");
+    assert_eq!(read("cgroup.procs"), "", "a process outlived the VMM");
+
+    let second_dir = tempfile::tempdir().unwrap();
+    let second = jailed(second_dir.path());
+    let second_leaf = parent_dir.join(format!("husk-vm-{}", second.pid()));
+    let pruned = !leaf.exists();
+    // SAFETY: kill(2) on the keeper this test started.
+    unsafe { libc::kill(second.pid() as i32, libc::SIGTERM) };
+    let (code, out) = second.wait(TIMEOUT);
+    let _ = std::fs::remove_dir(&second_leaf);
+    let _ = std::fs::remove_dir(&leaf);
+    let _ = std::fs::remove_dir(&parent_dir);
+    assert!(pruned, "the first VMM's empty cgroup stayed");
+    assert_eq!(code, Some(143), "{out}");
+}

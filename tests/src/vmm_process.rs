@@ -28,10 +28,20 @@ impl VmmProcess {
     /// `--api-sock`): `VMM EXTRA... --api-sock <dir>/api.sock`.
     pub fn start_executable(vmm: &Path, dir: &Path, extra: &[&str]) -> VmmProcess {
         let socket = dir.join("api.sock");
+        Self::spawn(vmm, extra, &socket, socket.clone())
+    }
+
+    /// A VMM jailed in `dir` (`--jail` and its flags are in `extra`): its
+    /// `--api-sock` is `/api.sock` inside the jail, `dir/api.sock` here.
+    pub fn start_jailed(vmm: &Path, dir: &Path, extra: &[&str]) -> VmmProcess {
+        Self::spawn(vmm, extra, Path::new("/api.sock"), dir.join("api.sock"))
+    }
+
+    fn spawn(vmm: &Path, extra: &[&str], socket_arg: &Path, socket: PathBuf) -> VmmProcess {
         let mut child = Command::new(vmm)
             .args(extra)
             .arg("--api-sock")
-            .arg(&socket)
+            .arg(socket_arg)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

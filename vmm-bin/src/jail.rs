@@ -17,7 +17,8 @@
 //!
 //! Everything the API names afterwards (kernel, disks, sockets, logs) is a
 //! path inside DIR, which the caller fills beforehand (Firecracker's jailer
-//! works the same way). Not yet: a cgroup placement (docs/hardening.md).
+//! works the same way). With `--cgroup FILE=VALUE`, both go into a cgroup
+//! v2 of their own first, with those limits (`cgroup2.rs`).
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
@@ -35,6 +36,16 @@ pub struct Jail {
     pub fsize: Option<u64>,
     /// The network namespace the VMM runs in.
     pub net: JailNet,
+    /// The cgroup v2 the VMM and its keeper are placed in, with limits.
+    pub cgroup: Option<JailCgroup>,
+}
+
+/// A jailed VMM's cgroup: `/sys/fs/cgroup/<parent>/<leaf>`.
+#[derive(Debug, Clone)]
+pub struct JailCgroup {
+    pub parent: String,
+    pub leaf: String,
+    pub settings: Vec<crate::cgroup2::Setting>,
 }
 
 /// Which network namespace a jailed VMM has.
@@ -107,6 +118,12 @@ impl Jail {
         // What /dev/kvm is, from the host's /sys and /proc, which the jail
         // does not have.
         let _ = husk_vmm::kvm_kind::host();
+        // While the host's /sys/fs/cgroup is still there and this process
+        // is root; the VMM forked below inherits it.
+        if let Some(cg) = &self.cgroup {
+            let root = Path::new(crate::cgroup2::ROOT);
+            crate::cgroup2::join(root, &cg.parent, &cg.leaf, &cg.settings, "--cgroup")?;
+        }
         if let JailNet::Join(path) = &self.net {
             let ns = std::fs::File::open(path)
                 .map_err(|e| format!("--netns {}: {e}", path.display()))?;
@@ -299,6 +316,7 @@ mod tests {
             gid: 65534,
             fsize: Some(1 << 20),
             net: JailNet::New,
+            cgroup: None,
         };
         let (mut rx, tx) = std::os::unix::net::UnixStream::pair().unwrap();
         // SAFETY: the child only runs async-signal-safe-enough code of its
@@ -373,6 +391,7 @@ mod tests {
             gid: 0,
             fsize: None,
             net: JailNet::Host,
+            cgroup: None,
         };
         let err = jail.enter().unwrap_err();
         assert!(

@@ -4,6 +4,7 @@
 //! executable links only this, the VMM and the API, so it starts and exits
 //! the way a Firecracker user expects of a VMM.
 
+pub mod cgroup2;
 pub mod controller;
 pub mod jail;
 pub mod logger;

@@ -69,6 +69,17 @@ pub struct VmmArgs {
     /// can be opened, no network reached.
     #[arg(long, requires = "jail")]
     new_netns: bool,
+    /// A limit for the jailed VMM's cgroup v2, FILE=VALUE (repeatable):
+    /// `memory.max=300M`, `cpu.max=50000 100000`, `pids.max=64`... The
+    /// VMM and its keeper run in /sys/fs/cgroup/PARENT/ID-PID, made for
+    /// them (an empty one a former VMM left is removed then).
+    #[arg(long = "cgroup", value_name = "FILE=VALUE", requires = "jail",
+          value_parser = crate::cgroup2::Setting::parse)]
+    cgroups: Vec<crate::cgroup2::Setting>,
+    /// The cgroup under which the jailed VMM's own is made.
+    #[arg(long, value_name = "NAME", requires = "jail", default_value = "husk-vmm",
+          value_parser = crate::cgroup2::parse_parent)]
+    parent_cgroup: String,
 }
 
 /// How often metrics are written while the VM runs.
@@ -348,6 +359,8 @@ pub fn run_restored(
         jail_fsize: None,
         netns: None,
         new_netns: false,
+        cgroups: Vec::new(),
+        parent_cgroup: "husk-vmm".into(),
     };
     serve(args, Some(load))
 }
@@ -369,6 +382,11 @@ fn serve(
             gid,
             fsize: args.jail_fsize,
             net,
+            cgroup: (!args.cgroups.is_empty()).then(|| crate::jail::JailCgroup {
+                parent: args.parent_cgroup.clone(),
+                leaf: format!("{}-{}", args.id, std::process::id()),
+                settings: args.cgroups.clone(),
+            }),
         };
         if let crate::jail::Role::Keeper(vmm) = jail.enter().map_err(Failure::runtime)? {
             return Ok(crate::jail::keep(vmm));

@@ -8,10 +8,9 @@
 //! exits; an empty cgroup left by a run that ended is removed by the next
 //! one (a cgroup cannot be removed while its last process is in it).
 
+use husk_vmm_bin::cgroup2::{self, Setting};
 use std::path::{Path, PathBuf};
 
-/// Where cgroup v2 is mounted.
-const ROOT: &str = "/sys/fs/cgroup";
 /// husk's subtree.
 const HUSK: &str = "husk";
 
@@ -28,58 +27,15 @@ pub fn weight(shares: u64) -> Result<u64, String> {
 
 /// Moves this process into `husk/<id>` with `weight`, made for it.
 pub fn join(id: &str, weight: u64) -> Result<PathBuf, String> {
-    join_under(Path::new(ROOT), id, weight)
+    join_under(Path::new(cgroup2::ROOT), id, weight)
 }
 
 fn join_under(root: &Path, id: &str, weight: u64) -> Result<PathBuf, String> {
-    let said = |what: &Path, e: std::io::Error| {
-        format!(
-            "--cpu-shares: {}: {e} (it needs root and cgroup v2 with the cpu controller)",
-            what.display()
-        )
+    let setting = Setting {
+        file: "cpu.weight".into(),
+        value: weight.to_string(),
     };
-    let controllers = root.join("cgroup.controllers");
-    let have = std::fs::read_to_string(&controllers).map_err(|e| said(&controllers, e))?;
-    if !have.split_whitespace().any(|c| c == "cpu") {
-        return Err(format!(
-            "--cpu-shares: the host's cgroup v2 ({}) has no cpu controller",
-            root.display()
-        ));
-    }
-    let husk = root.join(HUSK);
-    prune(&husk);
-    std::fs::create_dir_all(&husk).map_err(|e| said(&husk, e))?;
-    for parent in [root, husk.as_path()] {
-        enable_cpu(parent).map_err(|e| said(&parent.join("cgroup.subtree_control"), e))?;
-    }
-    let dir = husk.join(id);
-    std::fs::create_dir_all(&dir).map_err(|e| said(&dir, e))?;
-    let file = dir.join("cpu.weight");
-    std::fs::write(&file, weight.to_string()).map_err(|e| said(&file, e))?;
-    let procs = dir.join("cgroup.procs");
-    std::fs::write(&procs, std::process::id().to_string()).map_err(|e| said(&procs, e))?;
-    Ok(dir)
-}
-
-/// Lets `parent`'s children be given CPU weights.
-fn enable_cpu(parent: &Path) -> std::io::Result<()> {
-    let control = parent.join("cgroup.subtree_control");
-    let on = std::fs::read_to_string(&control)?;
-    if on.split_whitespace().any(|c| c == "cpu") {
-        return Ok(());
-    }
-    std::fs::write(control, "+cpu")
-}
-
-/// Removes the cgroups of runs that ended (no process left in them).
-fn prune(husk: &Path) {
-    for e in std::fs::read_dir(husk).into_iter().flatten().flatten() {
-        let procs = std::fs::read_to_string(e.path().join("cgroup.procs"));
-        if procs.is_ok_and(|p| p.trim().is_empty()) {
-            // rmdir: only an empty cgroup goes; a busy one stays.
-            let _ = std::fs::remove_dir(e.path());
-        }
-    }
+    cgroup2::join(root, HUSK, id, &[setting], "--cpu-shares")
 }
 
 #[cfg(test)]
