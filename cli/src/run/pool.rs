@@ -19,14 +19,19 @@
 //! a booted VM. Templates are kept per NIC kind (TAP offloads are
 //! negotiated at boot).
 //!
-//! Shared directories (`-v DIR:/x`) are virtio-fs devices that the
-//! template's guest probed but never mounted, each on a virtiofsd serving
-//! an empty directory; a clone's devices connect to the run's virtiofsd
-//! instead, and the agent mounts them by tag. A template is made per
-//! number of shares. The clone's memory is then a copy of the template's
-//! (shared memory, which virtiofsd maps), not a private mapping of its
-//! file. Runs with disk volumes boot as before. The pool is used with
-//! `HUSK_POOL=on` (see `enabled`).
+//! Volumes keep their places (the agent finds them by number): a disk
+//! image volume is an empty stand-in disk with the run's read-only bit,
+//! given the run's file at restore; a shared directory (`-v DIR:/x`) is a
+//! virtio-fs device that the template's guest probed but never mounted,
+//! on a virtiofsd serving an empty directory, whose clone connects to the
+//! run's virtiofsd instead. A template is made per volume layout. With a
+//! share, the clone's memory is a copy of the template's (shared memory,
+//! which virtiofsd maps), not a private mapping of its file.
+//!
+//! The pool is on unless `HUSK_POOL=off` (see `enabled`); runs with more
+//! than one NIC or with `--device-*` limits boot. A template records the
+//! husk that made it; `husk pool ls|rm` (pool_cmd.rs) shows and removes
+//! them.
 
 use super::plan::serial;
 use crate::agent::{Client, Sinks};
