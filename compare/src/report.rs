@@ -60,7 +60,7 @@ fn conditions(md: &mut String, report: &Report) {
         if report.husk_pool {
             "`husk run --rm`, each VM restored from the pool's template of its shape (made in the warm-up)"
         } else {
-            "`husk run --rm`, each VM booted (HUSK_POOL=off)"
+            "`husk run --rm`, each VM booted (the pool is off)"
         }
     );
     let _ = writeln!(

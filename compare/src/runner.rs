@@ -400,8 +400,8 @@ fn measure(
         quick: opts.quick,
         runs: opts.runs,
         command: opts.command.clone(),
-        // `husk run`'s own rule: on unless HUSK_POOL=off.
-        husk_pool: std::env::var("HUSK_POOL").as_deref() != Ok("off"),
+        // `husk run`'s own rule: on with HUSK_POOL=on.
+        husk_pool: std::env::var("HUSK_POOL").as_deref() == Ok("on"),
         workloads,
     })
 }

@@ -144,7 +144,7 @@ fn the_conditions_say_whether_husk_booted_its_vms() {
     };
     let md = report::markdown(&booted);
     assert!(
-        md.contains("- husk: `husk run --rm`, each VM booted (HUSK_POOL=off)"),
+        md.contains("- husk: `husk run --rm`, each VM booted (the pool is off)"),
         "{md}"
     );
 }
