@@ -44,6 +44,14 @@ const PHASES: &[(&str, &str)] = &[
     ("done", "host cleanup (run dir, sockets)"),
 ];
 
+/// husk's paths: booted, restored with the template's memory mapped,
+/// restored with it copied (`HUSK_POOL_MEMORY`).
+const PATHS: [(&str, Option<&str>); 3] = [
+    ("booted", None),
+    ("pooled", Some("map")),
+    ("pooled, copied", Some("copy")),
+];
+
 fn timed(cmd: &mut Command) -> (f64, String) {
     let (ms, stderr, _) = timed_counted(cmd, false);
     (ms, stderr)
@@ -205,7 +213,7 @@ fn main() {
 
     let pool = work.path().join("pool");
     let count = kvm_stats::available();
-    let husk_run = |pooled: bool| {
+    let husk_run = |pool_memory: Option<&str>| {
         let mut c = Command::new(&husk);
         c.args(["run", "--rm", "--network", "none"])
             .arg(&image)
@@ -213,19 +221,26 @@ fn main() {
             .env("HUSK_IMAGE_CACHE", &cache)
             .env("HUSK_RUNTIME_DIR", &runtime)
             .env("HUSK_POOL_DIR", &pool)
-            .env("HUSK_POOL", if pooled { "on" } else { "off" })
+            .env(
+                "HUSK_POOL",
+                if pool_memory.is_some() { "on" } else { "off" },
+            )
+            .env("HUSK_POOL_MEMORY", pool_memory.unwrap_or("map"))
             .env("HUSK_TIMINGS", "1");
         timed_counted(&mut c, count)
     };
-    let (mut cold, mut pooled) = (HuskRuns::default(), HuskRuns::default());
+    let mut husks: Vec<HuskRuns> = PATHS.iter().map(|_| HuskRuns::default()).collect();
     let (mut c, mut b) = (vec![], vec![]);
     // The warm-ups: the first converts the image, the second makes the
     // pool's template (each timed on its own).
-    let (convert_ms, _, _) = husk_run(false);
-    let (template_ms, _, _) = husk_run(true);
+    let (convert_ms, _, _) = husk_run(None);
+    let (template_ms, _, _) = husk_run(Some("map"));
     for i in 1..=runs {
-        let hm = cold.add(husk_run(false));
-        let pm = pooled.add(husk_run(true));
+        let walls: Vec<f64> = PATHS
+            .iter()
+            .zip(&mut husks)
+            .map(|((_, memory), r)| r.add(husk_run(*memory)))
+            .collect();
         let (cm, _) = timed(
             Command::new("crun")
                 .args(["run", "--bundle"])
@@ -242,14 +257,29 @@ fn main() {
                 .args(["--", "true"]),
         );
         eprintln!(
-            "run {i}: husk run {hm:.0} ms, from the pool {pm:.0} ms, crun run {cm:.0} ms, raw boot {bm:.0} ms"
+            "run {i}: husk run {walls:.0?} ms (booted, pooled, pooled copied), crun run {cm:.0} ms, raw boot {bm:.0} ms"
         );
         c.push(cm);
         b.push(bm);
     }
+    report(&husks, &c, &b, runs, convert_ms, template_ms);
+}
+
+/// The tables: wall times, husk's phases, the agent's steps, KVM's
+/// counters, for each husk path of `PATHS` (in `husks`), crun (`c`) and
+/// the raw boot (`b`).
+fn report(
+    husks: &[HuskRuns],
+    c: &[f64],
+    b: &[f64],
+    runs: usize,
+    convert_ms: f64,
+    template_ms: f64,
+) {
+    let m = |v: &[f64]| median(v.to_vec());
     let row = |name: &str, v: &[f64]| {
         let (lo, hi) = spread(v);
-        println!("| {name} | {:.0} | {lo:.0}–{hi:.0} |", median(v.to_vec()));
+        println!("| {name} | {:.0} | {lo:.0}–{hi:.0} |", m(v));
     };
     println!(
         "`true` from the test image, launch → exit; {runs} interleaved runs, medians \
@@ -260,72 +290,93 @@ fn main() {
     println!("|---|---|---|");
     row(
         "husk run --rm --network none IMAGE true, booted (HUSK_POOL=off)",
-        &cold.wall,
+        &husks[0].wall,
     );
-    row("the same, restored from the pool's template", &pooled.wall);
-    row("crun run (container on this host)", &c);
-    row("husk boot -- true (raw guest boot, no container)", &b);
-    let m = |v: &[f64]| median(v.to_vec());
+    row(
+        "the same, restored from the pool's template (memory mapped)",
+        &husks[1].wall,
+    );
+    row(
+        "the same, the template's memory copied (HUSK_POOL_MEMORY=copy)",
+        &husks[2].wall,
+    );
+    row("crun run (container on this host)", c);
+    row("husk boot -- true (raw guest boot, no container)", b);
+    let booted = m(&husks[0].wall);
     println!(
-        "booted / crun: {:.1}x; pooled / crun: {:.1}x; booted / pooled: {:.1}x; booted / raw boot: {:.2}x",
-        m(&cold.wall) / m(&c),
-        m(&pooled.wall) / m(&c),
-        m(&cold.wall) / m(&pooled.wall),
-        m(&cold.wall) / m(&b)
+        "booted / crun: {:.1}x; pooled / crun: {:.1}x; pooled / booted: {:.2}x; copied / booted: {:.2}x; booted / raw boot: {:.2}x",
+        booted / m(c),
+        m(&husks[1].wall) / m(c),
+        m(&husks[1].wall) / booted,
+        m(&husks[2].wall) / booted,
+        booted / m(b)
     );
+    let header = |first: &str| {
+        let names: Vec<&str> = PATHS.iter().map(|(n, _)| *n).collect();
+        println!("| {first} | {} |", names.join(" (ms) | "));
+        println!("|---|{}", "---|".repeat(PATHS.len()));
+    };
     println!();
     println!("Where `husk run` spends its time (medians of each step; they need not add up exactly to the total):");
-    println!("| step | ends at | booted (ms) | pooled (ms) |");
-    println!("|---|---|---|---|");
+    header("step (ends at)");
     for (k, (name, what)) in PHASES.iter().enumerate() {
-        println!(
-            "| {what} | {name} | {:.1} | {:.1} |",
-            m(&cold.phases[k]),
-            m(&pooled.phases[k])
-        );
+        let cells: Vec<String> = husks
+            .iter()
+            .map(|r| format!("{:.1}", m(&r.phases[k])))
+            .collect();
+        println!("| {what} ({name}) | {} |", cells.join(" | "));
     }
+    let cells: Vec<String> = husks
+        .iter()
+        .map(|r| format!("{:.1}", m(&r.after_done)))
+        .collect();
     println!(
-        "| process exit (threads, unmapping guest memory) | (wall) | {:.1} | {:.1} |",
-        m(&cold.after_done),
-        m(&pooled.after_done)
+        "| process exit (threads, unmapping guest memory) | {} |",
+        cells.join(" | ")
     );
     println!();
     println!("The container's creation in the guest, as the agent timed it (medians):");
-    println!("| agent step | booted (ms) | pooled (ms) |");
-    println!("|---|---|---|");
-    for (name, _) in &cold.guest {
-        let cell = |r: &HuskRuns| {
-            r.guest_median(name)
-                .map_or("–".into(), |v| format!("{v:.1}"))
-        };
-        println!("| {name} | {} | {} |", cell(&cold), cell(&pooled));
+    header("agent step");
+    for (name, _) in &husks[0].guest {
+        let cells: Vec<String> = husks
+            .iter()
+            .map(|r| {
+                r.guest_median(name)
+                    .map_or("–".into(), |v| format!("{v:.1}"))
+            })
+            .collect();
+        println!("| {name} | {} |", cells.join(" | "));
     }
-    kvm_rows(&cold, &pooled);
+    kvm_rows(husks);
 }
 
-/// KVM's counters for the two husk paths' VMs (medians), the largest.
-fn kvm_rows(cold: &HuskRuns, pooled: &HuskRuns) {
-    if cold.kvm.is_empty() && pooled.kvm.is_empty() {
+/// KVM's counters for the husk paths' VMs (medians), the largest.
+fn kvm_rows(husks: &[HuskRuns]) {
+    if husks.iter().all(|r| r.kvm.is_empty()) {
         println!("\nKVM's counters: not readable here (debugfs)");
         return;
     }
-    let all: Vec<&Counters> = cold.kvm.iter().chain(&pooled.kvm).collect();
+    let all: Vec<&Counters> = husks.iter().flat_map(|r| &r.kvm).collect();
     println!("\nKVM's counters of the VM, whole run (medians):");
-    println!("| counter | booted | pooled |");
-    println!("|---|---|---|");
+    let names: Vec<&str> = PATHS.iter().map(|(n, _)| *n).collect();
+    println!("| counter | {} |", names.join(" | "));
+    println!("|---|{}", "---|".repeat(PATHS.len()));
     for name in kvm_stats::largest(&all, 14) {
-        let m = |r: &HuskRuns| {
-            let v: Vec<f64> = r
-                .kvm
-                .iter()
-                .map(|c| c.get(&name).copied().unwrap_or(0) as f64)
-                .collect();
-            if v.is_empty() {
-                "–".to_string()
-            } else {
-                format!("{:.0}", median(v))
-            }
-        };
-        println!("| {name} | {} | {} |", m(cold), m(pooled));
+        let cells: Vec<String> = husks
+            .iter()
+            .map(|r| {
+                let v: Vec<f64> = r
+                    .kvm
+                    .iter()
+                    .map(|c| c.get(&name).copied().unwrap_or(0) as f64)
+                    .collect();
+                if v.is_empty() {
+                    "–".to_string()
+                } else {
+                    format!("{:.0}", median(v))
+                }
+            })
+            .collect();
+        println!("| {name} | {} |", cells.join(" | "));
     }
 }

@@ -192,6 +192,7 @@ fn a_restored_snapshot_goes_on_counting_where_it_stopped() {
         resume: true,
         track_dirty_pages: false,
         overrides: Default::default(),
+        memory: Default::default(),
     };
     let restored = husk_vmm::restore(&restore, None).unwrap_or_else(|e| panic!("restore: {e}"));
     assert!(
@@ -221,10 +222,13 @@ fn a_restored_snapshot_goes_on_counting_where_it_stopped() {
         nets: Vec::new(),
         fs: Vec::new(),
     };
+    // Its memory copied rather than mapped (the pool's other backing):
+    // the guest goes on all the same.
     let clone = husk_vmm::restore(
         &RestoreConfig {
             console: Console::File(again.clone()),
             overrides: overrides.clone(),
+            memory: husk_vmm::snapshot::memory::Backing::Copied,
             ..restore.clone()
         },
         None,
@@ -304,6 +308,7 @@ fn snapshots_need_a_paused_vm_and_bad_files_are_refused() {
                 resume: false,
                 track_dirty_pages: false,
                 overrides: Default::default(),
+                memory: Default::default(),
             },
             None,
         )
@@ -438,6 +443,7 @@ fn diff_snapshots_hold_what_changed_and_chain_onto_the_full_one() {
                 resume: true,
                 track_dirty_pages: track,
                 overrides: Default::default(),
+                memory: Default::default(),
             },
             None,
         )

@@ -240,6 +240,8 @@ impl Controller {
             resume: load.resume_vm,
             track_dirty_pages: load.tracks_dirty_pages(),
             overrides: Default::default(),
+            // Firecracker's `File` backend: mapped private.
+            memory: Default::default(),
         })
     }
 

@@ -1127,7 +1127,7 @@ pub fn restore(
         .devices
         .iter()
         .any(|d| matches!(d.spec, snapshot::devices::DeviceSpec::Fs { .. }));
-    let mem = snapshot::memory::map(&config.snapshot.mem, &state.ram, shared_ram)
+    let mem = snapshot::memory::map(&config.snapshot.mem, &state.ram, shared_ram, config.memory)
         .map_err(Error::Restore)?;
     let vm = create_bare_vm(&kvm)?;
     let vcpu_fds = create_vcpus(&vm, vcpu_count)?;

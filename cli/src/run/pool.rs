@@ -200,6 +200,19 @@ impl Template {
     }
 }
 
+/// `HUSK_POOL_MEMORY`: `map` (the default) maps a template's memory file
+/// private, `copy` copies its data into anonymous memory (see
+/// `husk_vmm::snapshot::memory::Backing`): the trade of memory for nested
+/// page faults, measured with `benches/run container-startup`.
+fn memory_backing() -> Result<husk_vmm::snapshot::memory::Backing, String> {
+    use husk_vmm::snapshot::memory::Backing;
+    match std::env::var("HUSK_POOL_MEMORY").as_deref() {
+        Err(_) | Ok("") | Ok("map") => Ok(Backing::Mapped),
+        Ok("copy") => Ok(Backing::Copied),
+        Ok(other) => Err(format!("HUSK_POOL_MEMORY={other}: map or copy")),
+    }
+}
+
 /// Restores the snapshot in `dir` (a template, or a checkpoint), running,
 /// on `config`'s console, vsock socket and NICs (with their MACs), and
 /// with `disks` (drive id → file) in place of the snapshot's.
@@ -218,6 +231,7 @@ pub fn restore_as(
         allow_pvm: config.allow_pvm,
         track_dirty_pages: false,
         resume: true,
+        memory: memory_backing()?,
         overrides: Overrides {
             disks,
             vsock_uds: config.vsock.as_ref().map(|v| v.uds_path.clone()),

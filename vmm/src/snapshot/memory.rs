@@ -159,12 +159,32 @@ fn write_sparse(file: &File, bytes: &[u8], base: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Maps a memory file as guest memory, private: pages load as the guest
-/// touches them, and what it writes never reaches the file. With
-/// `shared`, the file's data is copied into a memfd mapped shared
-/// instead, which a vhost-user backend can map too (a private mapping's
-/// writes stay in this process, where virtiofsd would never see them).
-pub fn map(path: &Path, ranges: &[(u64, u64)], shared: bool) -> Result<GuestMemory, String> {
+/// How a restored VM's memory comes from its memory file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backing {
+    /// The file mapped private: pages load as the guest touches them and
+    /// VMs restored from one file share its page cache, but the host maps
+    /// a private file mapping in 4 KiB pages only, so each page the guest
+    /// touches first is a nested page fault (Firecracker's `File`).
+    #[default]
+    Mapped,
+    /// The file's data copied into anonymous memory at the start: it costs
+    /// the copy and the pages, shared with nothing, but the host may back
+    /// it with huge pages as it does a booted VM's.
+    Copied,
+}
+
+/// Maps a memory file as guest memory: see [`Backing`]. With `shared`
+/// (whatever `backing` says), the file's data is copied into a memfd
+/// mapped shared instead, which a vhost-user backend can map too (a
+/// private mapping's writes stay in this process, where virtiofsd would
+/// never see them).
+pub fn map(
+    path: &Path,
+    ranges: &[(u64, u64)],
+    shared: bool,
+    backing: Backing,
+) -> Result<GuestMemory, String> {
     let file = File::open(path).map_err(|e| format!("memory file {}: {e}", path.display()))?;
     let want: u64 = ranges.iter().map(|(_, len)| len).sum();
     let have = file
@@ -176,6 +196,9 @@ pub fn map(path: &Path, ranges: &[(u64, u64)], shared: bool) -> Result<GuestMemo
             "memory file {} has {have} bytes, the snapshot's guest has {want}",
             path.display()
         ));
+    }
+    if backing == Backing::Copied && !shared {
+        return copied(&file, path, ranges);
     }
     let (file, flags) = if shared {
         let ram = crate::memory::memfd(want)
@@ -201,6 +224,67 @@ pub fn map(path: &Path, ranges: &[(u64, u64)], shared: bool) -> Result<GuestMemo
         offset += len;
     }
     GuestMemory::from_regions(regions).map_err(|e| format!("guest memory layout: {e}"))
+}
+
+/// The data of `file` (the memory file at `path`) copied into anonymous
+/// guest RAM laid out as `ranges`.
+fn copied(file: &File, path: &Path, ranges: &[(u64, u64)]) -> Result<GuestMemory, String> {
+    let fail = |e: String| format!("copying the memory file {}: {e}", path.display());
+    let mut regions = Vec::with_capacity(ranges.len());
+    let mut offset = 0u64;
+    for &(addr, len) in ranges {
+        let region = crate::memory::region(
+            GuestAddress(addr),
+            len as usize,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            None,
+        )
+        .map_err(|e| fail(format!("guest memory at {addr:#x}: {e}")))?;
+        // SAFETY: the region is a fresh mapping of `len` bytes that nothing
+        // else refers to yet.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(region.as_ptr(), len as usize) };
+        for (start, end) in
+            data_runs(file, offset, offset + len).map_err(|e| fail(e.to_string()))?
+        {
+            let at = (start - offset) as usize..(end - offset) as usize;
+            file.read_exact_at(&mut bytes[at], start)
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        regions.push(region);
+        offset += len;
+    }
+    GuestMemory::from_regions(regions).map_err(|e| format!("guest memory layout: {e}"))
+}
+
+/// The runs of data (not holes) of `file` between `from` and `to`.
+fn data_runs(file: &File, from: u64, to: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    use std::os::fd::AsRawFd;
+    let mut runs = Vec::new();
+    let mut at = from;
+    while at < to {
+        // SAFETY: lseek(2) on a descriptor we own; it moves only the file
+        // offset, which nothing here uses (reads are positioned).
+        let data = unsafe { libc::lseek(file.as_raw_fd(), at as i64, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENXIO) => Ok(runs),
+                _ => Err(e),
+            };
+        }
+        if data as u64 >= to {
+            break;
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(file.as_raw_fd(), data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let end = (hole as u64).min(to);
+        runs.push((data as u64, end));
+        at = end;
+    }
+    Ok(runs)
 }
 
 #[cfg(test)]
@@ -250,7 +334,7 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         assert!(meta.blocks() * 512 <= 64 * 1024, "{} blocks", meta.blocks());
 
-        let back = map(&path, &ranges, false).unwrap();
+        let back = map(&path, &ranges, false, Backing::Mapped).unwrap();
         has_both_words(&back);
         back.write_obj(1u32, GuestAddress(0x1000)).unwrap();
         assert_eq!(
@@ -258,16 +342,32 @@ mod tests {
             0xdead_beef,
             "a private write reached the file"
         );
-        assert!(map(&path, &[(0, 16 << 20)], false)
+        assert!(map(&path, &[(0, 16 << 20)], false, Backing::Mapped)
             .unwrap_err()
             .contains("has 33554432 bytes"));
+    }
+
+    #[test]
+    fn copied_memory_holds_the_data_and_is_no_mapping_of_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, ranges) = dumped(dir.path());
+        let back = map(&path, &ranges, false, Backing::Copied).unwrap();
+        has_both_words(&back);
+        let region = back.iter().next().unwrap();
+        assert!(region.file_offset().is_none(), "anonymous memory");
+        back.write_obj(9u32, GuestAddress(0x1000)).unwrap();
+        assert_eq!(
+            word_at(&File::open(&path).unwrap(), 0x1000),
+            0xdead_beef,
+            "a write reached the memory file"
+        );
     }
 
     #[test]
     fn shared_memory_is_a_copy_another_process_can_map() {
         let dir = tempfile::tempdir().unwrap();
         let (path, ranges) = dumped(dir.path());
-        let back = map(&path, &ranges, true).unwrap();
+        let back = map(&path, &ranges, true, Backing::Mapped).unwrap();
         has_both_words(&back);
         back.write_obj(7u32, GuestAddress(0x2000)).unwrap();
         // What a vhost-user backend maps: the region's fd, at its offset.

@@ -106,6 +106,8 @@ pub struct RestoreConfig {
     pub track_dirty_pages: bool,
     /// Host resources that differ from the snapshot's.
     pub overrides: Overrides,
+    /// How guest memory comes back from the memory file.
+    pub memory: memory::Backing,
 }
 
 /// What a restored VM takes from the host in place of what the snapshot
