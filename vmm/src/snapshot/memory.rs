@@ -100,27 +100,10 @@ pub fn merge(diff: &Path, base: &Path) -> std::io::Result<u64> {
 /// Copies the data of `from`'s first `len` bytes (not its holes) to the
 /// same offsets of `to`; returns the bytes copied.
 fn copy_data(from: &File, to: &File, len: u64) -> std::io::Result<u64> {
-    use std::os::fd::AsRawFd;
     let mut buf = vec![0u8; 1 << 20];
-    let (mut at, mut copied) = (0u64, 0u64);
-    while at < len {
-        // SAFETY: lseek(2) on a descriptor we own; it moves only the
-        // file offset, which nothing here uses (reads are positioned).
-        let data = unsafe { libc::lseek(from.as_raw_fd(), at as i64, libc::SEEK_DATA) };
-        if data < 0 {
-            let e = std::io::Error::last_os_error();
-            // ENXIO: no data after `at`.
-            return match e.raw_os_error() {
-                Some(libc::ENXIO) => Ok(copied),
-                _ => Err(e),
-            };
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(from.as_raw_fd(), data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let (mut off, end) = (data as u64, (hole as u64).min(len));
+    let mut copied = 0u64;
+    for (start, end) in data_runs(from, 0, len)? {
+        let mut off = start;
         while off < end {
             let n = ((end - off) as usize).min(buf.len());
             from.read_exact_at(&mut buf[..n], off)?;
@@ -128,7 +111,6 @@ fn copy_data(from: &File, to: &File, len: u64) -> std::io::Result<u64> {
             off += n as u64;
             copied += n as u64;
         }
-        at = end;
     }
     Ok(copied)
 }
