@@ -51,8 +51,10 @@ use std::time::{Duration, Instant};
 /// clones of its sequential runs meet it (two in one `husk compare`),
 /// where the suite before had none. A clone takes ~3000 nested page
 /// faults per run (its memory file is mapped in 4 KiB pages) where a
-/// booted VM takes 26: the likely difference, and what goes next (a
-/// restore into huge-page memory), before the pool is the default.
+/// booted VM takes 26: the likely difference. `HUSK_POOL_MEMORY=copy`
+/// takes those faults away (and costs more than it saves in L1,
+/// docs/benchmarks.md); whether it spares clones the corruption is the
+/// measurement before the pool is the default.
 pub const POOL_ENV: &str = "HUSK_POOL";
 /// How long the template's guest gets to boot and answer.
 const TEMPLATE_DEADLINE: Duration = Duration::from_secs(120);
