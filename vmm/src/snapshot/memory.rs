@@ -179,19 +179,21 @@ pub fn map(
             path.display()
         ));
     }
-    if backing == Backing::Copied && !shared {
-        return copied(&file, path, ranges);
-    }
-    let (file, flags) = if shared {
-        let ram = crate::memory::memfd(want)
-            .map_err(|e| format!("a memfd for {} MiB of shared guest memory: {e}", want >> 20))?;
-        copy_data(&file, &ram, want)
-            .map_err(|e| format!("copying the memory file {}: {e}", path.display()))?;
-        (ram, libc::MAP_SHARED)
-    } else {
-        (file, libc::MAP_PRIVATE)
-    };
+    // Where the regions' pages come from: the memory file itself, or, for
+    // a copy, a memfd (shared, which virtiofsd maps) or anonymous memory.
     let file = Arc::new(file);
+    let (source, flags) = match (shared, backing) {
+        (true, _) => {
+            let ram = crate::memory::memfd(want).map_err(|e| {
+                format!("a memfd for {} MiB of shared guest memory: {e}", want >> 20)
+            })?;
+            (Some(Arc::new(ram)), libc::MAP_SHARED)
+        }
+        (false, Backing::Copied) => (None, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS),
+        (false, Backing::Mapped) => (Some(file.clone()), libc::MAP_PRIVATE),
+    };
+    let copy = shared || backing == Backing::Copied;
+    let fail = |e: String| format!("memory file {}: {e}", path.display());
     let mut offset = 0u64;
     let mut regions = Vec::with_capacity(ranges.len());
     for &(addr, len) in ranges {
@@ -199,43 +201,36 @@ pub fn map(
             GuestAddress(addr),
             len as usize,
             flags | libc::MAP_NORESERVE,
-            Some(FileOffset::from_arc(file.clone(), offset)),
+            source
+                .as_ref()
+                .map(|f| FileOffset::from_arc(f.clone(), offset)),
         )
-        .map_err(|e| format!("mapping the memory file at {addr:#x}: {e}"))?;
+        .map_err(|e| fail(format!("guest memory at {addr:#x}: {e}")))?;
+        if copy {
+            fill(&region, &file, offset).map_err(|e| fail(format!("copying it: {e}")))?;
+        }
         regions.push(region);
         offset += len;
     }
     GuestMemory::from_regions(regions).map_err(|e| format!("guest memory layout: {e}"))
 }
 
-/// The data of `file` (the memory file at `path`) copied into anonymous
-/// guest RAM laid out as `ranges`.
-fn copied(file: &File, path: &Path, ranges: &[(u64, u64)]) -> Result<GuestMemory, String> {
-    let fail = |e: String| format!("copying the memory file {}: {e}", path.display());
-    let mut regions = Vec::with_capacity(ranges.len());
-    let mut offset = 0u64;
-    for &(addr, len) in ranges {
-        let region = crate::memory::region(
-            GuestAddress(addr),
-            len as usize,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            None,
-        )
-        .map_err(|e| fail(format!("guest memory at {addr:#x}: {e}")))?;
-        // SAFETY: the region is a fresh mapping of `len` bytes that nothing
-        // else refers to yet.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(region.as_ptr(), len as usize) };
-        for (start, end) in
-            data_runs(file, offset, offset + len).map_err(|e| fail(e.to_string()))?
-        {
-            let at = (start - offset) as usize..(end - offset) as usize;
-            file.read_exact_at(&mut bytes[at], start)
-                .map_err(|e| fail(e.to_string()))?;
-        }
-        regions.push(region);
-        offset += len;
+/// Reads the data (not the holes) of `file` from `offset` on into the
+/// fresh `region`, which starts there in the file.
+fn fill(
+    region: &vm_memory::mmap::GuestRegionMmap<husk_devices::virtio::ram::RamBitmap>,
+    file: &File,
+    offset: u64,
+) -> std::io::Result<()> {
+    let len = region.len();
+    // SAFETY: the region is a fresh mapping of `len` bytes that nothing
+    // else refers to yet.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(region.as_ptr(), len as usize) };
+    for (start, end) in data_runs(file, offset, offset + len)? {
+        let at = (start - offset) as usize..(end - offset) as usize;
+        file.read_exact_at(&mut bytes[at], start)?;
     }
-    GuestMemory::from_regions(regions).map_err(|e| format!("guest memory layout: {e}"))
+    Ok(())
 }
 
 /// The runs of data (not holes) of `file` between `from` and `to`.

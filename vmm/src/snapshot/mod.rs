@@ -150,31 +150,11 @@ impl Overrides {
     pub fn apply(&self, spec: &devices::DeviceSpec) -> (devices::DeviceSpec, bool) {
         let mut spec = spec.clone();
         let changed = match &mut spec {
-            devices::DeviceSpec::Disk { path, id, .. } => {
-                match self.disks.iter().find(|(d, _)| d == id) {
-                    Some((_, new)) => {
-                        *path = new.clone();
-                        true
-                    }
-                    None => false,
-                }
+            devices::DeviceSpec::Disk { path, id, .. } => replace(path, by_id(&self.disks, id)),
+            devices::DeviceSpec::Vsock { uds_path, .. } => {
+                replace(uds_path, self.vsock_uds.as_ref())
             }
-            devices::DeviceSpec::Vsock { uds_path, .. } => match &self.vsock_uds {
-                Some(new) => {
-                    *uds_path = new.clone();
-                    true
-                }
-                None => false,
-            },
-            devices::DeviceSpec::Fs { socket, id, .. } => {
-                match self.fs.iter().find(|(d, _)| d == id) {
-                    Some((_, new)) => {
-                        *socket = new.clone();
-                        true
-                    }
-                    None => false,
-                }
-            }
+            devices::DeviceSpec::Fs { socket, id, .. } => replace(socket, by_id(&self.fs, id)),
             devices::DeviceSpec::Net { .. } => false,
         };
         (spec, changed)
@@ -183,35 +163,42 @@ impl Overrides {
     /// The first override no device of `specs` takes: a typo'd drive id,
     /// or a vsock socket for a VM without vsock.
     pub fn unmatched(&self, specs: &[&devices::DeviceSpec]) -> Option<String> {
-        let disk = |want: &str| {
-            specs
-                .iter()
-                .any(|s| matches!(s, devices::DeviceSpec::Disk { id, .. } if id == want))
-        };
-        if let Some((id, _)) = self.disks.iter().find(|(id, _)| !disk(id)) {
-            return Some(format!("the snapshot has no drive {id:?}"));
+        use devices::DeviceSpec::{Disk, Fs, Net, Vsock};
+        let has = |is: &dyn Fn(&devices::DeviceSpec) -> bool| specs.iter().any(|s| is(s));
+        if let Some((want, _)) = self
+            .disks
+            .iter()
+            .find(|(want, _)| !has(&|s| matches!(s, Disk { id, .. } if id == want)))
+        {
+            return Some(format!("the snapshot has no drive {want:?}"));
         }
-        let nic = |want: &str| {
-            specs
-                .iter()
-                .any(|s| matches!(s, devices::DeviceSpec::Net { id, .. } if id == want))
-        };
-        if let Some(n) = self.nets.iter().find(|n| !nic(&n.id)) {
+        if let Some(n) = self
+            .nets
+            .iter()
+            .find(|n| !has(&|s| matches!(s, Net { id, .. } if *id == n.id)))
+        {
             return Some(format!("the snapshot has no network interface {:?}", n.id));
         }
-        let share = |want: &str| {
-            specs
-                .iter()
-                .any(|s| matches!(s, devices::DeviceSpec::Fs { id, .. } if id == want))
-        };
-        if let Some((id, _)) = self.fs.iter().find(|(id, _)| !share(id)) {
-            return Some(format!("the snapshot has no shared directory {id:?}"));
-        }
-        let vsock = specs
+        if let Some((want, _)) = self
+            .fs
             .iter()
-            .any(|s| matches!(s, devices::DeviceSpec::Vsock { .. }));
-        (self.vsock_uds.is_some() && !vsock).then(|| "the snapshot has no vsock device".to_string())
+            .find(|(want, _)| !has(&|s| matches!(s, Fs { id, .. } if id == want)))
+        {
+            return Some(format!("the snapshot has no shared directory {want:?}"));
+        }
+        (self.vsock_uds.is_some() && !has(&|s| matches!(s, Vsock { .. })))
+            .then(|| "the snapshot has no vsock device".to_string())
     }
+}
+
+/// The path `list` gives device `id`, if any.
+fn by_id<'a>(list: &'a [(String, PathBuf)], id: &str) -> Option<&'a PathBuf> {
+    list.iter().find(|(d, _)| d == id).map(|(_, p)| p)
+}
+
+/// Puts `new` in `path`; whether there was one.
+fn replace(path: &mut PathBuf, new: Option<&PathBuf>) -> bool {
+    new.map(|n| *path = n.clone()).is_some()
 }
 
 #[cfg(test)]
