@@ -329,3 +329,84 @@ fn clones_take_the_runs_volumes() {
         cp.describe()
     );
 }
+
+/// What a `--rm` run wrote and never synced, through write(2) and through
+/// a shared mapping, is on the host when husk returns, whichever way the
+/// VM ended: with a share only, the guest syncs and husk stops it; with a
+/// disk-image volume, the guest unmounts it and powers off, so the image
+/// is clean (no journal to replay) and a later run reads the writes.
+/// Booted and from the pool.
+#[test]
+fn a_runs_unsynced_writes_are_on_the_host_when_it_ends() {
+    require_linux_kvm();
+    let run = Run::new();
+    let pool = tempfile::tempdir().unwrap();
+    let bench = husk_tests::guest_dir().join("husk-bench-image");
+    let logs = tempfile::tempdir().unwrap();
+    for from_pool in [false, true] {
+        let share = tempfile::tempdir().unwrap();
+        let disk = logs.path().join(format!("disk-{from_pool}.ext4"));
+        husk_image::mkfs::Ext4::new(32 << 20).make(&disk).unwrap();
+        let log = logs.path().join(format!("husk-{from_pool}.log"));
+        let unsynced = |volumes: &[String], cmd: &str| {
+            let mut flags = vec!["--rm", "--network", "none"];
+            for v in volumes {
+                flags.extend(["-v", v.as_str()]);
+            }
+            let mut c = run.command_with_image(&bench, &flags, &["sh", "-c", cmd]);
+            c.env("HUSK_POOL", if from_pool { "on" } else { "off" })
+                .env("HUSK_POOL_DIR", pool.path())
+                .env("HUSK_TIMINGS", "1")
+                .env("HUSK_LOG", &log);
+            let out = process::run(c, TIMEOUT);
+            assert_eq!(out.code, Some(0), "pool {from_pool}: {}", out.describe());
+            assert_eq!(
+                out.stderr.contains("template_ready"),
+                from_pool,
+                "{}",
+                out.describe()
+            );
+            out
+        };
+        let on_share = format!("{}:/data", share.path().display());
+        let on_disk = format!("{}:/disk", disk.display());
+        unsynced(&[on_share], "husk-bench unsynced /data >/dev/null");
+        // Synced and stopped, not powered off (that is the fallback).
+        let logged = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(!logged.contains("powering the guest off"), "{logged}");
+        let read = |name: &str| std::fs::read(share.path().join(name)).unwrap_or_default();
+        assert_eq!(read("unsynced.write"), b"written and never synced\n");
+        assert_eq!(read("unsynced.mmap"), b"written through a shared mapping\n");
+
+        unsynced(
+            std::slice::from_ref(&on_disk),
+            "husk-bench unsynced /disk >/dev/null",
+        );
+        assert!(
+            !ext4_needs_recovery(&disk),
+            "pool {from_pool}: the image was not unmounted: its journal needs a replay"
+        );
+        let back = unsynced(&[on_disk], "cat /disk/unsynced.write /disk/unsynced.mmap");
+        assert_eq!(
+            back.stdout,
+            "written and never synced\nwritten through a shared mapping\n",
+            "pool {from_pool}: {}",
+            back.describe()
+        );
+    }
+}
+
+/// Whether the ext4 image at `path` was left mounted (its superblock's
+/// incompatible feature `needs_recovery`, set while mounted).
+fn ext4_needs_recovery(path: &Path) -> bool {
+    use std::os::unix::fs::FileExt;
+    const SUPERBLOCK: u64 = 1024;
+    const INCOMPAT: u64 = 0x60;
+    const RECOVER: u32 = 0x4;
+    let mut word = [0u8; 4];
+    std::fs::File::open(path)
+        .unwrap()
+        .read_exact_at(&mut word, SUPERBLOCK + INCOMPAT)
+        .unwrap();
+    u32::from_le_bytes(word) & RECOVER != 0
+}

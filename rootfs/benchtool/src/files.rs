@@ -92,6 +92,24 @@ fn unix_socket(path: &Path) -> Result<(), Error> {
 
 fn mmap(path: &Path) -> Result<(), Error> {
     let fail = |step, e| io_fail(path.display(), step, e);
+    let f = write_mapped(path, true)?;
+    let mut back = vec![0u8; MMAP_TEXT.len()];
+    f.read_exact_at(&mut back, 0)
+        .map_err(|e| fail("read back", e))?;
+    if back != MMAP_TEXT {
+        return Err(Error::Io(format!(
+            "{}: read(2) does not see what the mapping wrote",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Creates `path` of [`MMAP_TEXT`]'s length and writes the text through a
+/// shared mapping of it, then `msync`s it if `sync`; the mapping is gone
+/// when this returns.
+fn write_mapped(path: &Path, sync: bool) -> Result<File, Error> {
+    let fail = |step, e| io_fail(path.display(), step, e);
     let f = OpenOptions::new()
         .read(true)
         .write(true)
@@ -99,10 +117,12 @@ fn mmap(path: &Path) -> Result<(), Error> {
         .truncate(true)
         .open(path)
         .map_err(|e| fail("create", e))?;
+    f.set_len(MMAP_TEXT.len() as u64)
+        .map_err(|e| fail("truncate", e))?;
     let len = crate::PAGE;
-    f.set_len(len as u64).map_err(|e| fail("truncate", e))?;
-    // SAFETY: a fresh shared mapping of a file this function owns, of the
-    // file's length; unmapped below before `f` is dropped.
+    // SAFETY: a fresh shared mapping of a file this function owns; the
+    // page past its end is never touched, and it is unmapped below before
+    // `f` can be dropped.
     let addr = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
@@ -116,27 +136,35 @@ fn mmap(path: &Path) -> Result<(), Error> {
     if addr == libc::MAP_FAILED {
         return Err(fail("mmap", io::Error::last_os_error()));
     }
-    // SAFETY: `addr` maps `len` >= MMAP_TEXT.len() writable bytes.
+    // SAFETY: `addr` maps the file's MMAP_TEXT.len() writable bytes.
     unsafe { std::ptr::copy_nonoverlapping(MMAP_TEXT.as_ptr(), addr.cast(), MMAP_TEXT.len()) };
-    // SAFETY: `addr`/`len` are the mapping made above.
-    let synced = unsafe { libc::msync(addr, len, libc::MS_SYNC) };
+    let synced = if sync {
+        // SAFETY: `addr`/`len` are the mapping made above.
+        unsafe { libc::msync(addr, len, libc::MS_SYNC) }
+    } else {
+        0
+    };
     let sync_err = io::Error::last_os_error();
     // SAFETY: as above; nothing uses the mapping afterwards.
     unsafe { libc::munmap(addr, len) };
     if synced != 0 {
         return Err(fail("msync", sync_err));
     }
-    let mut back = vec![0u8; MMAP_TEXT.len()];
-    f.read_exact_at(&mut back, 0)
-        .map_err(|e| fail("read back", e))?;
-    if back != MMAP_TEXT {
-        return Err(Error::Io(format!(
-            "{}: read(2) does not see what the mapping wrote",
-            path.display()
-        )));
-    }
-    f.set_len(MMAP_TEXT.len() as u64)
-        .map_err(|e| fail("truncate", e))
+    Ok(f)
+}
+
+/// What `unsynced` writes with write(2).
+pub const UNSYNCED_TEXT: &[u8] = b"written and never synced\n";
+
+/// In `dir`: `unsynced.write` written with write(2) and `unsynced.mmap`
+/// through a shared mapping, neither synced, so they sit dirty in the page
+/// cache when this returns. Whoever ends the system after it decides
+/// whether they reach the disk: a VM's end that loses them is a bug.
+pub fn unsynced(dir: &Path) -> Result<Report, Error> {
+    let written = dir.join("unsynced.write");
+    fs::write(&written, UNSYNCED_TEXT).map_err(|e| io_fail(written.display(), "write", e))?;
+    write_mapped(&dir.join("unsynced.mmap"), false)?;
+    Ok(Report::new("unsynced").int("files", 2))
 }
 
 fn c_path(path: &Path) -> Result<CString, Error> {
@@ -225,5 +253,19 @@ mod tests {
         assert_eq!(fs::read(synced).unwrap(), b"synced\n");
         // Twice in the same place works (the socket is replaced).
         check(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn unsynced_leaves_both_files_with_their_text() {
+        let dir = tempfile::tempdir().unwrap();
+        unsynced(dir.path()).unwrap();
+        assert_eq!(
+            fs::read(dir.path().join("unsynced.write")).unwrap(),
+            UNSYNCED_TEXT
+        );
+        assert_eq!(
+            fs::read(dir.path().join("unsynced.mmap")).unwrap(),
+            MMAP_TEXT
+        );
     }
 }

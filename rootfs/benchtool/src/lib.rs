@@ -60,6 +60,8 @@ Prints one line of space-separated key=value pairs (MB = 10^6 bytes).
   fs-check DIR                           in DIR: a Unix socket carries a message, a shared
                                          mmap reaches read(2), an xattr (user.husk) reads
                                          back, a write is fsynced; leaves DIR/fs-check.*
+  unsynced DIR                           DIR/unsynced.write by write(2), DIR/unsynced.mmap
+                                         through a shared mapping, neither synced
   flops N THREADS                        blocked N x N f64 matrix multiply (GFLOPS)
   stream MIB THREADS                     STREAM copy/scale/add/triad over arrays of
                                          MIB MiB each, best of 5 passes (GB/s)
@@ -166,6 +168,9 @@ pub enum Command {
         count: u64,
     },
     FsCheck {
+        dir: PathBuf,
+    },
+    Unsynced {
         dir: PathBuf,
     },
     Flops {
@@ -301,6 +306,12 @@ pub fn parse_args(args: &[String]) -> Result<Command, Error> {
         "fs-check" => {
             arity(&["DIR"])?;
             Ok(Command::FsCheck {
+                dir: parse_path(sub, pos[0])?,
+            })
+        }
+        "unsynced" => {
+            arity(&["DIR"])?;
+            Ok(Command::Unsynced {
                 dir: parse_path(sub, pos[0])?,
             })
         }
@@ -524,6 +535,7 @@ pub fn run(cmd: &Command, input: &mut dyn Read, out: &mut dyn Write) -> Result<(
         Command::Hold { mib, wait } => return hold(*mib, *wait, input, out),
         Command::Meta { dir, count } => files::meta(dir, *count)?,
         Command::FsCheck { dir } => files::check(dir)?,
+        Command::Unsynced { dir } => files::unsynced(dir)?,
         Command::Flops { n, threads } => compute::flops(*n as usize, compute::threads(*threads))?,
         Command::Stream { mib, threads } => compute::stream(*mib, compute::threads(*threads))?,
         Command::Gups {
