@@ -17,6 +17,7 @@
 //! - the caller's loop, which reads [`Msg`]s: the agent's, and its own
 //!   sources' (signals, terminal resizes) through [`Client::sender`].
 
+use husk_vmm::VmControls;
 use husk_wire::agent::{
     read_frame, Event, ExitStatus, Frame, Request, Response, AGENT_PORT, MAX_CHUNK, VERSION,
 };
@@ -227,12 +228,35 @@ impl Client {
         alive: &dyn Fn() -> bool,
         sinks: Sinks,
     ) -> Result<Client, String> {
+        Client::open_with(uds, deadline, alive, sinks, None)
+    }
+
+    /// [`open`](Client::open) for the process that runs the guest's VM:
+    /// the reader, which parses what the guest sends, runs under its
+    /// seccomp filter, and a call outside it stops the VM.
+    pub fn open_guarded(
+        uds: &Path,
+        deadline: Instant,
+        alive: &dyn Fn() -> bool,
+        sinks: Sinks,
+        vm: VmControls,
+    ) -> Result<Client, String> {
+        Client::open_with(uds, deadline, alive, sinks, Some(vm))
+    }
+
+    fn open_with(
+        uds: &Path,
+        deadline: Instant,
+        alive: &dyn Fn() -> bool,
+        sinks: Sinks,
+        vm: Option<VmControls>,
+    ) -> Result<Client, String> {
         let stream = connect(uds, deadline, alive)?;
         let reader = stream
             .try_clone()
             .map_err(|e| format!("agent connection: {e}"))?;
         let (events_tx, events) = mpsc::channel();
-        spawn_reader(reader, sinks, events_tx.clone());
+        spawn_reader(reader, sinks, events_tx.clone(), vm);
         let client = Client {
             writer: Writer::spawn(stream),
             events,
@@ -319,8 +343,21 @@ impl Client {
     }
 }
 
-fn spawn_reader(stream: UnixStream, mut sinks: Sinks, tx: mpsc::Sender<Msg>) {
+/// The reader thread; under the VM's filter for its kind when `vm` is
+/// given (kept to the thread's end: the filter reports to the VM's watch).
+fn spawn_reader(
+    stream: UnixStream,
+    mut sinks: Sinks,
+    tx: mpsc::Sender<Msg>,
+    vm: Option<VmControls>,
+) {
     std::thread::spawn(move || {
+        if let Some(vm) = &vm {
+            if let Err(e) = vm.guard_this_thread(husk_vmm::seccomp::Kind::AgentReader) {
+                let _ = tx.send(Msg::Closed(e.to_string()));
+                return;
+            }
+        }
         let mut r = BufReader::new(stream);
         loop {
             let msg = match read_frame(&mut r) {

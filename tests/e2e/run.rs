@@ -944,3 +944,33 @@ fn cpu_shares_put_the_vm_in_a_host_cgroup_of_that_weight() {
     assert_eq!(bad.code, Some(2), "{}", bad.describe());
     assert!(bad.stderr.contains("--cpu-shares 1:"), "{}", bad.describe());
 }
+
+/// The reader of the agent connection, the first host code to parse what
+/// the guest sends, runs under its own seccomp filter: a call outside it
+/// (`HUSK_SECCOMP_DENY=agent-reader:recvfrom` takes recvfrom out of that
+/// list only, so the reader's first receive is refused) does not run, and
+/// the run ends naming the thread and the call. The same
+/// run without the denial prints the output (the filter lets a run be).
+#[test]
+fn the_agent_readers_forbidden_call_ends_the_run_naming_it() {
+    require_linux_kvm();
+    let r = Run::new();
+    let ok = r.run(
+        &["--rm", "--network", "none"],
+        &["echo", "through the reader"],
+    );
+    assert_eq!(ok.code, Some(0), "{}", ok.describe());
+    assert_eq!(ok.stdout, "through the reader\n", "{}", ok.describe());
+    let mut c = r.command(&["--rm", "--network", "none"], &["echo", "never shown"]);
+    c.env("HUSK_SECCOMP_DENY", "agent-reader:recvfrom");
+    let out = husk_tests::process::run(c, TIMEOUT);
+    assert_ne!(out.code, Some(0), "{}", out.describe());
+    assert!(!out.stdout.contains("never shown"), "{}", out.describe());
+    assert!(
+        out.stderr
+            .contains("the agent connection's reader (the guest's frames) made a system call outside its filter: recvfrom"),
+        "{}",
+        out.describe()
+    );
+    assert!(!out.stderr.contains("panicked"), "{}", out.describe());
+}

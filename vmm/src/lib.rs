@@ -673,6 +673,14 @@ impl VmControls {
         self.shared.unpause.notify_all();
     }
 
+    /// Puts the calling thread, one of the caller's that serves this VM,
+    /// under `kind`'s seccomp filter: a call outside it stops this VM,
+    /// naming the thread. The thread must keep these controls (and so the
+    /// VM's watch) as long as it runs.
+    pub fn guard_this_thread(&self, kind: seccomp::Kind) -> Result<(), seccomp::Error> {
+        seccomp::guard(kind, &self.shared.seccomp)
+    }
+
     /// Whether the VM is ending or has ended.
     pub fn is_stopping(&self) -> bool {
         self.shared.stopping()

@@ -28,12 +28,18 @@
 //! log, log and metrics files.
 //!
 //! The helper threads (the stop signals' and the console's input pump)
-//! wait on their fds and do what a vCPU thread does besides. The report
-//! thread, which only the host's SIGUSR1 wakes and which reads
-//! /proc/self/task, serves every VM of the process and has no filter.
+//! wait on their fds and do what a vCPU thread does besides. The reader of
+//! `husk run`'s agent connection, the first host code to parse what the
+//! guest sends (its frames), writes the container's output to the
+//! terminal or its log files (rotated: open, rename, stat) and does no
+//! ioctl. The report thread, which only the host's SIGUSR1 wakes and
+//! which reads /proc/self/task, serves every VM of the process and has no
+//! filter.
 //!
-//! `HUSK_SECCOMP_DENY=name,...` takes calls out of every list (a stricter
-//! filter, and how the test proves a forbidden call stops the VM).
+//! `HUSK_SECCOMP_DENY=name,...` takes calls out of every list, and
+//! `kind:name` out of one kind's only (`vcpu`, `event-loop`, `api`,
+//! `helper`, `agent-reader`): a stricter filter, and how the tests prove a
+//! forbidden call stops the VM.
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -53,6 +59,14 @@ pub enum Error {
         "seccomp: HUSK_SECCOMP_DENY names {0:?}, which is no system call of this architecture"
     )]
     UnknownCall(String),
+    #[error(
+        "seccomp: HUSK_SECCOMP_DENY cannot take out {0:?}: a filtered thread's SIGSYS handler needs it to report the forbidden call"
+    )]
+    Essential(String),
+    #[error(
+        "seccomp: HUSK_SECCOMP_DENY names the thread kind {0:?} (vcpu, event-loop, api, helper or agent-reader)"
+    )]
+    UnknownKind(String),
     #[error("seccomp: installing the vCPU filter: {0}")]
     Install(String),
 }
@@ -103,17 +117,9 @@ const EVENT_LOOP_CALLS: &[(&str, i64)] = &[
     ("pwrite64", libc::SYS_pwrite64),
     ("preadv", libc::SYS_preadv),
     ("pwritev", libc::SYS_pwritev),
-    ("lseek", libc::SYS_lseek),
     ("fsync", libc::SYS_fsync),
     ("fdatasync", libc::SYS_fdatasync),
     ("fallocate", libc::SYS_fallocate),
-    ("openat", libc::SYS_openat),
-    ("rename", libc::SYS_rename),
-    ("renameat", libc::SYS_renameat),
-    ("renameat2", libc::SYS_renameat2),
-    ("fstat", libc::SYS_fstat),
-    ("newfstatat", libc::SYS_newfstatat),
-    ("statx", libc::SYS_statx),
     ("dup", libc::SYS_dup),
     ("epoll_wait", libc::SYS_epoll_wait),
     ("epoll_pwait", libc::SYS_epoll_pwait),
@@ -152,6 +158,23 @@ const API_CALLS: &[(&str, i64)] = &[
 /// signals' thread and the console's input pump wait on their fds.
 const HELPER_CALLS: &[(&str, i64)] = &[("poll", libc::SYS_poll), ("ppoll", libc::SYS_ppoll)];
 
+/// Opening, renaming and looking at files: the event loop's snapshot,
+/// log and metrics files, the agent reader's rotated logs.
+const FILE_CALLS: &[(&str, i64)] = &[
+    ("openat", libc::SYS_openat),
+    ("rename", libc::SYS_rename),
+    ("renameat", libc::SYS_renameat),
+    ("renameat2", libc::SYS_renameat2),
+    ("fstat", libc::SYS_fstat),
+    ("newfstatat", libc::SYS_newfstatat),
+    ("statx", libc::SYS_statx),
+    ("lseek", libc::SYS_lseek),
+];
+
+/// What the agent connection's reader does beyond a vCPU thread's calls
+/// and [`FILE_CALLS`] (no ioctl): it receives frames.
+const AGENT_READER_CALLS: &[(&str, i64)] = &[("recvfrom", libc::SYS_recvfrom)];
+
 /// The threads that have a filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -161,6 +184,8 @@ pub enum Kind {
     Api = 3,
     /// The stop signals' thread and the console's input pump.
     Helper = 4,
+    /// The reader of an agent connection (`husk run`'s session).
+    AgentReader = 5,
 }
 
 impl Kind {
@@ -170,6 +195,7 @@ impl Kind {
             Kind::EventLoop => "the device event loop",
             Kind::Api => "the API thread",
             Kind::Helper => "a helper thread (stop signals or console input)",
+            Kind::AgentReader => "the agent connection's reader (the guest's frames)",
         }
     }
 
@@ -178,8 +204,40 @@ impl Kind {
             2 => Kind::EventLoop,
             3 => Kind::Api,
             4 => Kind::Helper,
+            5 => Kind::AgentReader,
             _ => Kind::Vcpu,
         }
+    }
+
+    /// Its name in `HUSK_SECCOMP_DENY`.
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Vcpu => "vcpu",
+            Kind::EventLoop => "event-loop",
+            Kind::Api => "api",
+            Kind::Helper => "helper",
+            Kind::AgentReader => "agent-reader",
+        }
+    }
+
+    const ALL: [Kind; 5] = [
+        Kind::Vcpu,
+        Kind::EventLoop,
+        Kind::Api,
+        Kind::Helper,
+        Kind::AgentReader,
+    ];
+
+    /// Its own calls beyond a vCPU thread's.
+    fn extra_calls(self) -> impl Iterator<Item = &'static (&'static str, i64)> {
+        let lists: &[&[(&str, i64)]] = match self {
+            Kind::Vcpu => &[],
+            Kind::EventLoop => &[EVENT_LOOP_CALLS, FILE_CALLS],
+            Kind::Api => &[API_CALLS],
+            Kind::Helper => &[HELPER_CALLS],
+            Kind::AgentReader => &[AGENT_READER_CALLS, FILE_CALLS],
+        };
+        lists.iter().flat_map(|l| l.iter())
     }
 }
 
@@ -188,34 +246,19 @@ pub fn vcpu_filter(deny: &[String]) -> Result<BpfProgram, Error> {
     filter(Kind::Vcpu, deny)
 }
 
-/// A kind of thread's filter, less the calls `deny` names.
+/// A kind of thread's filter, less the calls `deny` names (each `name`,
+/// or `kind:name` for one kind only).
 pub fn filter(kind: Kind, deny: &[String]) -> Result<BpfProgram, Error> {
-    let known = |name: &String| {
-        VCPU_CALLS
-            .iter()
-            .chain(EVENT_LOOP_CALLS)
-            .chain(API_CALLS)
-            .any(|(n, _)| n == name)
-            || name == "ioctl"
-            || name == "socket"
-    };
-    if let Some(name) = deny.iter().find(|n| !known(n)) {
-        return Err(Error::UnknownCall(name.clone()));
-    }
-    let extra: &[(&str, i64)] = match kind {
-        Kind::Vcpu => &[],
-        Kind::EventLoop => EVENT_LOOP_CALLS,
-        Kind::Api => API_CALLS,
-        Kind::Helper => HELPER_CALLS,
-    };
-    let allowed = |name: &str| !deny.iter().any(|d| d == name);
+    let denied = denied_to(kind, deny)?;
+    let allowed = |name: &str| !denied.contains(&name);
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = VCPU_CALLS
         .iter()
-        .chain(extra)
+        .chain(kind.extra_calls())
         .filter(|(name, _)| allowed(name))
         .map(|&(_, nr)| (nr, Vec::new()))
         .collect();
-    if kind != Kind::Api && allowed("ioctl") {
+    let ioctls = matches!(kind, Kind::Vcpu | Kind::EventLoop | Kind::Helper);
+    if ioctls && allowed("ioctl") {
         rules.insert(libc::SYS_ioctl, ioctl_rules()?);
     }
     if kind == Kind::EventLoop && allowed("socket") {
@@ -226,6 +269,43 @@ pub fn filter(kind: Kind, deny: &[String]) -> Result<BpfProgram, Error> {
     SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, arch)
         .and_then(BpfProgram::try_from)
         .map_err(|e| Error::Filter(e.to_string()))
+}
+
+/// The names in `deny` that apply to `kind`; an unknown call or kind is
+/// an error, whichever kind asks.
+fn denied_to(kind: Kind, deny: &[String]) -> Result<Vec<&str>, Error> {
+    let known = |name: &str| {
+        Kind::ALL
+            .iter()
+            .flat_map(|k| VCPU_CALLS.iter().chain(k.extra_calls()))
+            .any(|(n, _)| *n == name)
+            || name == "ioctl"
+            || name == "socket"
+    };
+    let mut out = Vec::new();
+    for entry in deny {
+        let (only, name) = match entry.split_once(':') {
+            Some((k, name)) => {
+                let k = Kind::ALL
+                    .into_iter()
+                    .find(|x| x.name() == k)
+                    .ok_or_else(|| Error::UnknownKind(k.to_owned()))?;
+                (Some(k), name)
+            }
+            None => (None, entry.as_str()),
+        };
+        if !known(name) {
+            return Err(Error::UnknownCall(name.to_owned()));
+        }
+        // The handler writes to the VM's eventfd, and returns.
+        if name == "write" || name == "rt_sigreturn" {
+            return Err(Error::Essential(name.to_owned()));
+        }
+        if only.is_none_or(|k| k == kind) {
+            out.push(name);
+        }
+    }
+    Ok(out)
 }
 
 /// An ioctl whose request is of one of [`IOCTL_TYPES`] (bits 8..16).
@@ -431,6 +511,59 @@ mod tests {
         let said = watch.describe().unwrap();
         assert!(said.contains("getpid (number 39)"), "{said}");
         assert!(vcpu_filter(&["nosuchcall".to_string()]).is_err());
+    }
+
+    #[test]
+    fn a_kind_prefix_denies_a_call_to_that_kind_only() {
+        let deny = ["agent-reader:recvfrom".to_string(), "getpid".to_string()];
+        assert_eq!(
+            denied_to(Kind::AgentReader, &deny).unwrap(),
+            ["recvfrom", "getpid"]
+        );
+        assert_eq!(denied_to(Kind::Vcpu, &deny).unwrap(), ["getpid"]);
+        let bad_kind = ["reader:recvfrom".to_string()];
+        assert!(matches!(
+            filter(Kind::Vcpu, &bad_kind),
+            Err(Error::UnknownKind(k)) if k == "reader"
+        ));
+        assert!(matches!(
+            filter(Kind::Vcpu, &["write".to_string()]),
+            Err(Error::Essential(c)) if c == "write"
+        ));
+        let bad_call = ["api:nosuchcall".to_string()];
+        assert!(matches!(
+            filter(Kind::Api, &bad_call),
+            Err(Error::UnknownCall(c)) if c == "nosuchcall"
+        ));
+    }
+
+    #[test]
+    fn the_agent_reader_may_write_and_rename_but_not_ioctl_or_exec() {
+        let watch = std::sync::Arc::new(Watch::new().unwrap());
+        let filter = filter(Kind::AgentReader, &[]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let w = watch.clone();
+        let d = dir.path().to_owned();
+        let (renamed, ioctl) = std::thread::spawn(move || {
+            install(&filter, Kind::AgentReader, &w).unwrap();
+            std::fs::write(d.join("a"), "log").unwrap();
+            let renamed = std::fs::rename(d.join("a"), d.join("a.1")).is_ok();
+            // SAFETY: TIOCGWINSZ on stdin into a zeroed winsize.
+            let ioctl = unsafe {
+                let mut ws: libc::winsize = std::mem::zeroed();
+                libc::ioctl(0, libc::TIOCGWINSZ, &mut ws)
+            };
+            (renamed, ioctl)
+        })
+        .join()
+        .unwrap();
+        assert!(renamed);
+        assert_eq!(ioctl, -1);
+        let said = watch.describe().unwrap();
+        assert!(
+            said.contains("agent connection's reader") && said.contains("ioctl"),
+            "{said}"
+        );
     }
 
     #[test]

@@ -499,11 +499,12 @@ fn boot_and_snapshot(build: &Path, config: &VmConfig, cmdline: &str) -> Result<(
     let controls = vm.controls();
     let (thread, done) = super::wait_on_a_thread(vm);
     let alive = || matches!(done.try_recv(), Err(std::sync::mpsc::TryRecvError::Empty));
-    let ready = Client::open(
+    let ready = Client::open_guarded(
         &uds,
         Instant::now() + TEMPLATE_DEADLINE,
         &alive,
         Sinks::discard(),
+        controls.clone(),
     );
     let snapshot = ready.and_then(|client| {
         // The connection goes before the snapshot: a clone starts with

@@ -93,7 +93,13 @@ impl Session {
         let done = self.vm_done;
         let alive = || Session::vm_alive(&done);
         let deadline = Instant::now() + AGENT_DEADLINE;
-        let client = Client::open(&self.uds, deadline, &alive, self.sinks)?;
+        let client = Client::open_guarded(
+            &self.uds,
+            deadline,
+            &alive,
+            self.sinks,
+            self.controls.clone(),
+        )?;
         mark("agent_ready");
         if let Some(id) = self.identity {
             client.call(
