@@ -344,16 +344,19 @@ impl Client {
 }
 
 /// The reader thread; under the VM's filter for its kind when `vm` is
-/// given (kept to the thread's end: the filter reports to the VM's watch).
+/// given (the VM's watch, which the filter reports to, is kept to the
+/// thread's end; the VM itself is not: the thread may outlive it).
 fn spawn_reader(
     stream: UnixStream,
     mut sinks: Sinks,
     tx: mpsc::Sender<Msg>,
     vm: Option<VmControls>,
 ) {
+    let watch = vm.map(|vm| vm.seccomp_watch());
     std::thread::spawn(move || {
-        if let Some(vm) = &vm {
-            if let Err(e) = vm.guard_this_thread(husk_vmm::seccomp::Kind::AgentReader) {
+        if let Some(watch) = &watch {
+            let kind = husk_vmm::seccomp::Kind::AgentReader;
+            if let Err(e) = husk_vmm::seccomp::guard(kind, watch) {
                 let _ = tx.send(Msg::Closed(e.to_string()));
                 return;
             }

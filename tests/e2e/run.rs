@@ -974,3 +974,140 @@ fn the_agent_readers_forbidden_call_ends_the_run_naming_it() {
     );
     assert!(!out.stderr.contains("panicked"), "{}", out.describe());
 }
+
+/// `husk run --jail`: once the VM is built, the process that runs it and
+/// the session (a child of the husk the user started, which stays root to
+/// tear the network down) sees only the run's directory, in a mount
+/// namespace of its own, as the jail's user, with no capability left and
+/// no way back; the container still reads and writes its volume, and its
+/// status comes through. From the pool too (the clone's restore enters
+/// the jail the same way). A SIGTERM sent to the run's pid reaches the
+/// container. `-d` is refused for now, in one line.
+#[test]
+fn a_jailed_run_sees_only_its_directory_as_its_own_user() {
+    require_linux_kvm();
+    let r = Run::new();
+    let host = tempfile::tempdir().unwrap();
+    let volume = format!("{}:/vol", host.path().display());
+    let script = "cat /vol/in; echo out > /vol/out; echo ready; \
+                  while [ ! -e /vol/go ]; do sleep 0.2; done; exit 3";
+    std::fs::write(host.path().join("in"), "from the host\n").unwrap();
+    let mut run = husk_tests::process::Running::spawn(r.command(
+        &[
+            "--jail",
+            "--jail-user",
+            "4242:4343",
+            "--rm",
+            "--network",
+            "none",
+            "-v",
+            &volume,
+        ],
+        &["sh", "-c", script],
+    ));
+    assert!(run.wait_for_line("ready", TIMEOUT), "never ready");
+    let keeper = run.pid();
+    let jailed = children_of(keeper);
+    assert_eq!(jailed.len(), 1, "the keeper's children: {jailed:?}");
+    let jailed = jailed[0];
+    let status = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |text: &str, name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    let (k, j) = (status(keeper), status(jailed));
+    assert_eq!(field(&k, "Uid"), "0 0 0 0", "the keeper stays root");
+    assert_eq!(field(&j, "Uid"), "4242 4242 4242 4242");
+    assert_eq!(field(&j, "Gid"), "4343 4343 4343 4343");
+    assert_eq!(field(&j, "Groups"), "");
+    for caps in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
+        assert_eq!(field(&j, caps), "0000000000000000", "{caps}");
+    }
+    assert_eq!(field(&j, "NoNewPrivs"), "1");
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
+    assert_ne!(ns(&jailed.to_string()), ns("self"), "the host's mounts");
+    // Its root holds the run's directory, at its path, and nothing else.
+    let root = std::path::PathBuf::from(format!("/proc/{jailed}/root"));
+    let runtime = r.runtime.path().canonicalize().unwrap();
+    let top: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let first = runtime.components().nth(1).unwrap();
+    assert_eq!(top, [first.as_os_str().to_string_lossy()], "{root:?}");
+    let runs: Vec<_> = std::fs::read_dir(root.join(runtime.strip_prefix("/").unwrap()))
+        .unwrap()
+        .collect();
+    assert_eq!(runs.len(), 1, "only this run's directory: {runs:?}");
+    std::fs::write(host.path().join("go"), "").unwrap();
+    let out = run.finish(TIMEOUT);
+    assert_eq!(out.code, Some(3), "{}", out.describe());
+    assert_eq!(out.stdout, "from the host\nready\n", "{}", out.describe());
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("out")).unwrap(),
+        "out\n"
+    );
+    let left: Vec<_> = std::fs::read_dir(r.runtime.path()).unwrap().collect();
+    assert!(left.is_empty(), "left in the runtime dir: {left:?}");
+
+    let pool = tempfile::tempdir().unwrap();
+    let mut c = r.command(
+        &["--jail", "--rm", "--network", "none"],
+        &["sh", "-c", "echo cloned; exit 5"],
+    );
+    c.env("HUSK_POOL", "on")
+        .env("HUSK_POOL_DIR", pool.path())
+        .env("HUSK_TIMINGS", "1");
+    let cloned = husk_tests::process::run(c, TIMEOUT);
+    assert_eq!(cloned.code, Some(5), "{}", cloned.describe());
+    assert_eq!(cloned.stdout, "cloned\n", "{}", cloned.describe());
+    assert!(
+        cloned.stderr.contains("template_ready"),
+        "{}",
+        cloned.describe()
+    );
+
+    // A stop signal sent to the run's pid (the keeper) reaches the
+    // container once, through the jailed process.
+    let mut run = husk_tests::process::Running::spawn(r.command(
+        &["--jail", "--rm", "--network", "none"],
+        &[
+            "sh",
+            "-c",
+            "trap 'echo got-TERM; exit 4' TERM; echo ready; while :; do sleep 1; done",
+        ],
+    ));
+    assert!(run.wait_for_line("ready", TIMEOUT), "never ready");
+    run.signal(libc::SIGTERM);
+    let out = run.finish(TIMEOUT);
+    assert_eq!(out.code, Some(4), "{}", out.describe());
+    assert_eq!(out.stdout, "ready\ngot-TERM\n", "{}", out.describe());
+
+    let detached = r.run(&["--jail", "-d"], &["true"]);
+    assert_eq!(detached.code, Some(2), "{}", detached.describe());
+    assert!(
+        detached.stderr.contains("--jail does not take -d")
+            && detached.stderr.trim().lines().count() == 1,
+        "{}",
+        detached.describe()
+    );
+}
+
+/// The pids whose parent is `pid`.
+fn children_of(pid: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let after = &s[s.rfind(')')? + 2..];
+                    after.split_whitespace().nth(1)?.parse::<i32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}

@@ -136,15 +136,7 @@ impl Jail {
         }
         // The pid namespace is the next child's: the fork below.
         unshare(flags).map_err(fail("new namespaces"))?;
-        // Nothing below propagates back to the host's mounts.
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None::<&str>,
-        )
-        .map_err(fail("making / private"))?;
+        make_mounts_private()?;
         // pivot_root wants the new root to be a mount point.
         mount(
             Some(&dir),
@@ -154,22 +146,9 @@ impl Jail {
             None::<&str>,
         )
         .map_err(fail("binding the jail onto itself"))?;
-        chdir(&dir).map_err(fail("entering the jail"))?;
-        // The old root is stacked under the new one, then detached.
-        pivot_root(".", ".").map_err(fail("pivot_root"))?;
-        umount2(".", MntFlags::MNT_DETACH).map_err(fail("detaching the host's tree"))?;
-        chdir("/").map_err(fail("chdir /"))?;
+        pivot_into(&dir)?;
         self.limit()?;
-        setgroups(&[]).map_err(fail("dropping supplementary groups"))?;
-        setgid(Gid::from_raw(self.gid)).map_err(fail("setgid"))?;
-        setuid(Uid::from_raw(self.uid)).map_err(fail("setuid"))?;
-        // SAFETY: prctl(2) with integer arguments only.
-        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-            return Err(format!(
-                "--jail: no_new_privs: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
+        give_up_root(self.uid, self.gid, false)?;
         split()
     }
 
@@ -208,26 +187,80 @@ impl Jail {
 
     /// Open files and, if asked, file size.
     fn limit(&self) -> Result<(), String> {
-        let set = |resource, value: u64, what: &str| {
-            let lim = libc::rlimit {
-                rlim_cur: value,
-                rlim_max: value,
-            };
-            // SAFETY: setrlimit(2) with a live struct.
-            if unsafe { libc::setrlimit(resource, &lim) } != 0 {
-                return Err(format!(
-                    "--jail: {what}: {}",
-                    std::io::Error::last_os_error()
-                ));
-            }
-            Ok(())
-        };
-        set(libc::RLIMIT_NOFILE, MAX_FILES, "limiting open files")?;
+        set_limit(libc::RLIMIT_NOFILE, MAX_FILES, "limiting open files")?;
         if let Some(bytes) = self.fsize {
-            set(libc::RLIMIT_FSIZE, bytes, "limiting file size")?;
+            set_limit(libc::RLIMIT_FSIZE, bytes, "limiting file size")?;
         }
         Ok(())
     }
+}
+
+/// A resource's soft and hard limit, `value`.
+pub fn set_limit(
+    resource: libc::__rlimit_resource_t,
+    value: u64,
+    what: &str,
+) -> Result<(), String> {
+    let lim = libc::rlimit {
+        rlim_cur: value,
+        rlim_max: value,
+    };
+    // SAFETY: setrlimit(2) with a live struct.
+    if unsafe { libc::setrlimit(resource, &lim) } != 0 {
+        return Err(format!(
+            "--jail: {what}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// In a new mount namespace: nothing done below propagates back to the
+/// host's mounts.
+pub fn make_mounts_private() -> Result<(), String> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("--jail: making / private: {e}"))
+}
+
+/// Makes `dir`, a mount point, the root: the old root is stacked under
+/// the new one, then detached (not merely hidden, as under a chroot).
+pub fn pivot_into(dir: &Path) -> Result<(), String> {
+    let fail = |what: &'static str| move |e: nix::Error| format!("--jail: {what}: {e}");
+    chdir(dir).map_err(fail("entering the jail"))?;
+    pivot_root(".", ".").map_err(fail("pivot_root"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(fail("detaching the host's tree"))?;
+    chdir("/").map_err(fail("chdir /"))
+}
+
+/// No supplementary groups, `gid`, then `uid`: every capability goes with
+/// root (and, with `bounding`, from the bounding set first, so nothing run
+/// later gets one back from a file); `no_new_privs` keeps it so.
+pub fn give_up_root(uid: u32, gid: u32, bounding: bool) -> Result<(), String> {
+    let fail = |what: &'static str| move |e: nix::Error| format!("--jail: {what}: {e}");
+    if bounding {
+        for cap in 0..=63 {
+            // SAFETY: prctl(2) with integer arguments; a number past the
+            // kernel's last capability is EINVAL, and ignored.
+            unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
+        }
+    }
+    setgroups(&[]).map_err(fail("dropping supplementary groups"))?;
+    setgid(Gid::from_raw(gid)).map_err(fail("setgid"))?;
+    setuid(Uid::from_raw(uid)).map_err(fail("setuid"))?;
+    // SAFETY: prctl(2) with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(format!(
+            "--jail: no_new_privs: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
 }
 
 /// What the keeper waits for: the signals it passes on, and its VMM's end.

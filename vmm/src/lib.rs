@@ -135,7 +135,15 @@ pub enum Error {
     Setup(&'static str, String),
     #[error("cannot restore the snapshot: {0}")]
     Restore(String),
+    /// What the caller ran between the build and the threads refused.
+    #[error("{0}")]
+    BeforeThreads(String),
 }
+
+/// What a caller runs once its VM is built and before any of the VM's
+/// threads exists: every file, socket and device the VM uses is open, so
+/// this is where a caller gives up privileges (`husk run --jail`).
+pub type BeforeThreads<'a> = &'a dyn Fn() -> Result<(), String>;
 
 fn setup<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> Error {
     move |e| Error::Setup(what, e.to_string())
@@ -200,7 +208,9 @@ pub struct Shared {
     /// The virtio devices, in attachment order, for snapshots.
     devices: Vec<virtio::Attached>,
     /// Where a vCPU thread's forbidden system call is reported.
-    seccomp: seccomp::Watch,
+    /// Shared with threads of the caller's that serve this VM and may
+    /// outlive it (`VmControls::seccomp_watch`).
+    seccomp: Arc<seccomp::Watch>,
     /// How the guest reset, if it did (the first way seen).
     reset: Mutex<Option<&'static str>>,
 }
@@ -673,12 +683,12 @@ impl VmControls {
         self.shared.unpause.notify_all();
     }
 
-    /// Puts the calling thread, one of the caller's that serves this VM,
-    /// under `kind`'s seccomp filter: a call outside it stops this VM,
-    /// naming the thread. The thread must keep these controls (and so the
-    /// VM's watch) as long as it runs.
-    pub fn guard_this_thread(&self, kind: seccomp::Kind) -> Result<(), seccomp::Error> {
-        seccomp::guard(kind, &self.shared.seccomp)
+    /// What a thread of the caller's that serves this VM reports to once
+    /// under its seccomp filter ([`seccomp::guard`]): a call outside it
+    /// stops this VM, naming the thread. The thread keeps it as long as it
+    /// runs (not the VM: it may outlive the VM).
+    pub fn seccomp_watch(&self) -> Arc<seccomp::Watch> {
+        self.shared.seccomp.clone()
     }
 
     /// Whether the VM is ending or has ended.
@@ -884,6 +894,15 @@ pub fn start(
     config: &VmConfig,
     signals: Option<nix::sys::signalfd::SignalFd>,
 ) -> Result<RunningVm, Error> {
+    start_with(config, signals, None)
+}
+
+/// [`start`], running `before` between the build and the VM's threads.
+pub fn start_with(
+    config: &VmConfig,
+    signals: Option<nix::sys::signalfd::SignalFd>,
+    before: Option<BeforeThreads>,
+) -> Result<RunningVm, Error> {
     // 1. KVM and vCPU limits.
     let kvm = open_kvm(config.allow_pvm)?;
     check_vcpus(&kvm, config.vcpus)?;
@@ -963,6 +982,9 @@ pub fn start(
 
     // 6. Start: vCPU threads and console input; the caller runs the loop.
     registering.finish()?;
+    if let Some(before) = before {
+        before().map_err(Error::BeforeThreads)?;
+    }
     let source = Source {
         vm,
         mem,
@@ -1045,7 +1067,7 @@ impl Shared {
             panic,
             source: Mutex::new(Some(source)),
             devices: std::mem::take(&mut attacher.devices),
-            seccomp: seccomp::Watch::new().map_err(setup("eventfd"))?,
+            seccomp: Arc::new(seccomp::Watch::new().map_err(setup("eventfd"))?),
             reset: Mutex::new(None),
         }))
     }
@@ -1124,6 +1146,15 @@ pub fn restore(
     config: &snapshot::RestoreConfig,
     signals: Option<nix::sys::signalfd::SignalFd>,
 ) -> Result<RunningVm, Error> {
+    restore_with(config, signals, None)
+}
+
+/// [`restore`], running `before` between the build and the VM's threads.
+pub fn restore_with(
+    config: &snapshot::RestoreConfig,
+    signals: Option<nix::sys::signalfd::SignalFd>,
+    before: Option<BeforeThreads>,
+) -> Result<RunningVm, Error> {
     let kvm = open_kvm(config.allow_pvm)?;
     let state: snapshot::VmState =
         snapshot::file::read(&config.snapshot.state).map_err(|e| Error::Restore(e.to_string()))?;
@@ -1184,6 +1215,9 @@ pub fn restore(
         vcpu_count,
         state.mem_mib
     );
+    if let Some(before) = before {
+        before().map_err(Error::BeforeThreads)?;
+    }
     Launch {
         shared,
         vcpus,

@@ -169,7 +169,7 @@ pub fn restore(from: &Path, config: &husk_vmm::VmConfig) -> Result<husk_vmm::Run
         .filter(|d| ours.contains(&d.id.as_str()))
         .map(|d| (d.id.clone(), d.path.clone()))
         .collect();
-    super::pool::restore_as(from, config, disks)
+    super::pool::restore_as(from, config, disks, None)
         .map_err(|e| format!("restoring {}: {e}", from.display()))
 }
 

@@ -100,6 +100,7 @@ pub fn launch(
     origin: &Origin,
     detached: bool,
     restore_from: Option<&Path>,
+    jail: Option<&super::jail::RunJail>,
 ) -> Result<Launched, Failure> {
     let root = super::runtime_root()?;
     // Dead runs' leftovers go before this one starts.
@@ -189,12 +190,25 @@ pub fn launch(
         hostname: plan.vm_hostname(),
         net: net_identity(plan, &config),
     };
+    // Once: a restore that fails after it boots instead, and the jailed
+    // process can only fail to open the boot's files then, which it says.
+    let entered = Cell::new(false);
+    let enter = |j: &super::jail::RunJail| {
+        if entered.replace(true) {
+            return Ok(());
+        }
+        j.enter(&dir.path)
+    };
+    let enter_jail = jail.map(|j| move || enter(j));
+    let before = enter_jail
+        .as_ref()
+        .map(|f| f as &dyn Fn() -> Result<(), String>);
     let (vm, pooled) = match restore_from {
         Some(from) => (
             super::checkpoint::restore(from, &config).map_err(Failure::runtime)?,
             true,
         ),
-        None => start_vm(&config, plan, &identity)?,
+        None => start_vm(&config, plan, &identity, before)?,
     };
     mark("vm_started");
     Ok(Launched {
@@ -227,13 +241,14 @@ fn start_vm(
     config: &VmConfig,
     plan: &Plan,
     identity: &VmIdentity,
+    before: Option<husk_vmm::BeforeThreads>,
 ) -> Result<(RunningVm, bool), Failure> {
     let servable = pool::unpoolable(config, identity.net.as_ref()).is_none();
     if pool::enabled().map_err(Failure::usage)? && servable {
         match pool::Template::for_config(&pool::default_dir(), config, &plan.template_cmdline()) {
             Ok(template) => {
                 mark("template_ready");
-                match template.restore(config) {
+                match template.restore(config, before) {
                     Ok(vm) => return Ok((vm, true)),
                     // A template this husk cannot restore is of no use to
                     // the next run either: it makes a new one.
@@ -246,7 +261,7 @@ fn start_vm(
             Err(e) => log::warn!("pool: {e}; booting instead"),
         }
     }
-    let vm = husk_vmm::start(config, None).map_err(crate::boot::usage_or_runtime)?;
+    let vm = husk_vmm::start_with(config, None, before).map_err(crate::boot::usage_or_runtime)?;
     Ok((vm, false))
 }
 

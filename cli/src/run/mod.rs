@@ -12,6 +12,7 @@ pub(crate) mod checkpoint;
 mod cpuset;
 pub(crate) mod detach;
 mod etc;
+mod jail;
 pub(crate) mod launch;
 pub(crate) mod logfile;
 mod names;
@@ -101,6 +102,16 @@ pub struct RunArgs {
     /// `max-file=N` files kept (default 3), rotated as they fill.
     #[arg(long = "log-opt", value_name = "KEY=VALUE")]
     log_opts: Vec<String>,
+    /// Run the VM and the session with the guest in a jail: once the VM is
+    /// built, the process that runs them sees only the run's directory and
+    /// runs as an unprivileged user of its own; a parent keeps root to tear
+    /// the run's network down. Needs root; not with -d yet.
+    #[arg(long)]
+    jail: bool,
+    /// The jailed run's UID:GID (default: one of its own, from 3000000000
+    /// up).
+    #[arg(long = "jail-user", value_name = "UID:GID")]
+    jail_user: Option<String>,
     /// Guest kernel (default: the project's build).
     #[arg(long, value_name = "PATH", hide = true)]
     kernel: Option<PathBuf>,
@@ -243,10 +254,29 @@ fn private_dir(dir: &Path) -> Result<(), String> {
 /// `bytes` random bytes as hex: container and exec ids.
 pub fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut b);
-    }
+    let _ = fill_random(&mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Fills `buf` from the kernel's generator with getrandom(2), which needs
+/// no `/dev/urandom` (a jailed run has none).
+pub fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: getrandom(2) writes at most `rest.len()` bytes into it.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        match n {
+            n if n > 0 => done += n as usize,
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn new_id() -> String {
@@ -263,6 +293,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         .map(cgroup::weight)
         .transpose()
         .map_err(Failure::usage)?;
+    let jail_flags = jail::JailFlags::parse(args.jail, args.jail_user.as_deref(), args.detach)?;
     let monitor_id = std::env::var(detach::MONITOR_ENV)
         .ok()
         .filter(|_| args.detach);
@@ -285,7 +316,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         names::claim(&runtime_root()?, name, &id).map_err(Failure::usage)?;
     }
     // Dropped after the teardown below: the TAP goes once the VM is gone.
-    let networking = networking::network(&args, &id, &image.defaults().exposed_ports)?;
+    let mut networking = networking::network(&args, &id, &image.defaults().exposed_ports)?;
     let plan = plan::plan(
         &args,
         image.defaults(),
@@ -322,6 +353,36 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     if args.process.tty {
         crate::agent::tty::block_winch().map_err(Failure::runtime)?;
     }
+    // What the rest of the run takes from the network; the network itself
+    // stays with the process that tears it down.
+    let notice = networking.notice.clone();
+    let ports = networking.ports.clone();
+    let publish_to = networking.attachment.as_ref().map(|a| a.ip);
+    let listeners = std::mem::take(&mut networking.listeners);
+    let jail = jail_flags.map(|f| f.for_run(&id));
+    let _network = match jail {
+        None => Some(networking),
+        Some(_) => {
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            let _ = std::io::stderr().flush();
+            match jail::fork()? {
+                jail::Forked::Parent(child) => {
+                    let mut signals = signals;
+                    let status = jail::keep(child, &mut signals);
+                    drop(networking);
+                    let _ = std::fs::remove_dir_all(runtime_root()?.join(&id));
+                    return Ok(status);
+                }
+                jail::Forked::Child => {
+                    // The parent's: its threads (DNS, passt's watcher) are
+                    // not in this process, and it tears the network down.
+                    std::mem::forget(networking);
+                    None
+                }
+            }
+        }
+    };
     let launched = launch::launch(
         &args,
         &plan,
@@ -329,25 +390,32 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         &origin,
         detached,
         restore_from.as_deref(),
+        jail.as_ref(),
     )?;
     // Once the VM is up: a run that fails before says only why.
-    for w in plan.etc_warning.iter().chain(&networking.notice) {
+    for w in plan.etc_warning.iter().chain(&notice) {
         eprintln!("husk: {w}");
     }
     let launch::Launched {
         dir,
         mut record,
-        backends,
+        mut backends,
         disks,
         vm,
         identity,
         uds,
         sinks,
     } = launched;
+    if jail.is_some() {
+        // The jail's user may not kill them (they run as root), and they
+        // leave once this process has: they die with it, and their sockets
+        // go with the run's directory.
+        std::mem::forget(std::mem::take(&mut backends));
+    }
     let controls = vm.controls();
-    record.ports = networking.ports.clone();
-    if let Some(a) = &networking.attachment {
-        publish::serve(networking.listeners, a.ip);
+    record.ports = ports;
+    if let Some(ip) = publish_to {
+        publish::serve(listeners, ip);
     }
     let (vm_thread, vm_done) = wait_on_a_thread(vm);
     let (rootfs, volume_specs) = plan.agent_disks(&disks);

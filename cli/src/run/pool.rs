@@ -185,8 +185,13 @@ impl Template {
 
     /// Restores a clone with the run's disks, socket and console, running.
     /// A stand-in the run has no file for stays the template's empty one
-    /// (the snapshot names it where it was built).
-    pub fn restore(&self, config: &VmConfig) -> Result<RunningVm, String> {
+    /// (the snapshot names it where it was built). `before` runs between
+    /// the build and the VM's threads.
+    pub fn restore(
+        &self,
+        config: &VmConfig,
+        before: Option<husk_vmm::BeforeThreads>,
+    ) -> Result<RunningVm, String> {
         let mut disks: Vec<(String, PathBuf)> = config
             .disks
             .iter()
@@ -198,7 +203,7 @@ impl Template {
                 disks.push((id.into(), stand_in_file(&self.dir, id)));
             }
         }
-        restore_as(&self.dir, config, disks)
+        restore_as(&self.dir, config, disks, before)
     }
 }
 
@@ -217,11 +222,13 @@ fn memory_backing() -> Result<husk_vmm::snapshot::memory::Backing, String> {
 
 /// Restores the snapshot in `dir` (a template, or a checkpoint), running,
 /// on `config`'s console, vsock socket and NICs (with their MACs), and
-/// with `disks` (drive id → file) in place of the snapshot's.
+/// with `disks` (drive id → file) in place of the snapshot's; `before`
+/// runs between the build and the VM's threads.
 pub fn restore_as(
     dir: &Path,
     config: &VmConfig,
     disks: Vec<(String, PathBuf)>,
+    before: Option<husk_vmm::BeforeThreads>,
 ) -> Result<RunningVm, String> {
     let restore = RestoreConfig {
         snapshot: SnapshotPaths {
@@ -253,7 +260,7 @@ pub fn restore_as(
                 .collect(),
         },
     };
-    husk_vmm::restore(&restore, None).map_err(|e| e.to_string())
+    husk_vmm::restore_with(&restore, None, before).map_err(|e| e.to_string())
 }
 
 /// The shape's name: what the template's guest was booted from. The husk

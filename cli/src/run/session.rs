@@ -313,9 +313,7 @@ fn identity(id: VmIdentity) -> Result<Request, String> {
         .map_err(|e| format!("the host clock: {e}"))?
         .as_nanos() as u64;
     let mut entropy = vec![0u8; husk_wire::agent::MIN_ENTROPY];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut entropy))
-        .map_err(|e| format!("/dev/urandom: {e}"))?;
+    super::fill_random(&mut entropy).map_err(|e| format!("getrandom: {e}"))?;
     Ok(Request::Identity {
         realtime_ns,
         entropy,
