@@ -39,16 +39,35 @@ fn wait_counted(r: &Run, id: &str, from: u64, lines: usize) -> Vec<u64> {
 /// too. Checkpointed again with --leave-running, it goes on in place.
 #[test]
 fn a_checkpointed_container_goes_on_where_it_was() {
+    checkpoint_restore_and_again(&[]);
+}
+
+/// The same with `--jail`: the jailed run sees nothing of the directory
+/// `husk checkpoint` names, and writes its checkpoint into the files that
+/// command made and handed over; the restored run (the same command line)
+/// is jailed too, and its records and logs stay for `husk logs`/`rm`.
+#[test]
+fn a_jailed_run_is_checkpointed_and_restored_the_same_way() {
+    checkpoint_restore_and_again(&["--jail"]);
+}
+
+fn checkpoint_restore_and_again(extra: &[&str]) {
     require_linux_kvm();
     let r = Run::new();
     let script = "i=0; while :; do i=$((i+1)); echo $i; echo $i > /count; sleep 0.1; done";
-    let started = r.run(
-        &["-d", "--network", "none", "--scratch", "64m"],
-        &["sh", "-c", script],
-    );
+    let mut flags = vec!["-d", "--network", "none", "--scratch", "64m"];
+    flags.extend(extra);
+    let started = r.run(&flags, &["sh", "-c", script]);
     assert_eq!(started.code, Some(0), "{}", started.describe());
     let id = started.stdout.trim().to_owned();
     wait_counted(&r, &id, 1, 10);
+    if extra.contains(&"--jail") {
+        assert_ne!(
+            owner_uid(&r, &id),
+            0,
+            "the detached run's husk is not jailed"
+        );
+    }
     let dir = tempfile::tempdir().unwrap();
     let saved = dir.path().join("cp");
     let cp = husk(&r, &["checkpoint", &id, saved.to_str().unwrap()]);
@@ -69,6 +88,13 @@ fn a_checkpointed_container_goes_on_where_it_was() {
     assert_ne!(new, id);
     wait_status(&r, &new, "Up");
     wait_counted(&r, &new, last + 1, 5);
+    if extra.contains(&"--jail") {
+        assert_ne!(
+            owner_uid(&r, &new),
+            0,
+            "the restored run's husk is not jailed"
+        );
+    }
     let file = husk(&r, &["exec", &new, "cat", "/count"]);
     assert_eq!(file.code, Some(0), "{}", file.describe());
     let on_disk: u64 = file.stdout.trim().parse().expect("a number");
@@ -110,4 +136,18 @@ fn a_checkpointed_container_goes_on_where_it_was() {
         "{}",
         gone.describe()
     );
+}
+
+/// The uid of the process that owns run `id`'s VM (its record's owner).
+fn owner_uid(r: &Run, id: &str) -> u32 {
+    let record = r.runtime.path().join(id).join("state.json");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    let pid = state["owner_pid"].as_i64().expect("owner_pid");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("a Uid line")
 }

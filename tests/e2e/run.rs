@@ -982,7 +982,7 @@ fn the_agent_readers_forbidden_call_ends_the_run_naming_it() {
 /// no way back; the container still reads and writes its volume, and its
 /// status comes through. From the pool too (the clone's restore enters
 /// the jail the same way). A SIGTERM sent to the run's pid reaches the
-/// container. `-d` is refused for now, in one line.
+/// container. (Detached and checkpointed: tests/e2e/checkpoint.rs.)
 #[test]
 fn a_jailed_run_sees_only_its_directory_as_its_own_user() {
     require_linux_kvm();
@@ -1084,15 +1084,6 @@ fn a_jailed_run_sees_only_its_directory_as_its_own_user() {
     let out = run.finish(TIMEOUT);
     assert_eq!(out.code, Some(4), "{}", out.describe());
     assert_eq!(out.stdout, "ready\ngot-TERM\n", "{}", out.describe());
-
-    let detached = r.run(&["--jail", "-d"], &["true"]);
-    assert_eq!(detached.code, Some(2), "{}", detached.describe());
-    assert!(
-        detached.stderr.contains("--jail does not take -d")
-            && detached.stderr.trim().lines().count() == 1,
-        "{}",
-        detached.describe()
-    );
 }
 
 /// The pids whose parent is `pid`.

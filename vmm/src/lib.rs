@@ -222,6 +222,9 @@ struct Source {
     mem_mib: u64,
     /// Its memory slots log dirty pages.
     track: bool,
+    /// The MSRs a snapshot saves, read while /dev/kvm could be opened (a
+    /// jailed process has none).
+    msr_indices: Result<Vec<u32>, String>,
 }
 
 /// Counters of a running VM, for metrics.
@@ -707,6 +710,20 @@ impl VmControls {
         to: &snapshot::SnapshotPaths,
         kind: snapshot::Kind,
     ) -> Result<(), snapshot::Error> {
+        self.snapshot_to(snapshot::SnapshotTarget::Paths(to), kind)
+    }
+
+    /// [`snapshot`](VmControls::snapshot) into paths or open files (Full
+    /// only).
+    pub fn snapshot_to(
+        &self,
+        to: snapshot::SnapshotTarget,
+        kind: snapshot::Kind,
+    ) -> Result<(), snapshot::Error> {
+        use snapshot::SnapshotTarget::{Files, Paths};
+        if kind == snapshot::Kind::Diff && matches!(to, Files(_)) {
+            return Err(snapshot::Error::DiffIntoFile);
+        }
         if !self.is_paused() {
             return Err(snapshot::Error::NotPaused);
         }
@@ -722,17 +739,15 @@ impl VmControls {
             .collect();
         let held: Vec<_> = transports.iter().map(|t| t.lock_device()).collect();
         let devices = self.device_states(&transports, &held)?;
-        let (vm, mem, mem_mib, track) = {
+        let (vm, mem, mem_mib, track, msrs) = {
             let source = pio::lock(&self.shared.source);
             let s = source.as_ref().ok_or(snapshot::Error::Stopped)?;
-            (s.vm.clone(), s.mem.clone(), s.mem_mib, s.track)
+            let msrs = s.msr_indices.clone().map_err(snapshot::Error::Kvm)?;
+            (s.vm.clone(), s.mem.clone(), s.mem_mib, s.track, msrs)
         };
         if kind == snapshot::Kind::Diff && !track {
             return Err(snapshot::Error::NotTracking);
         }
-        let msrs = Kvm::new()
-            .map_err(|e| snapshot::Error::Kvm(format!("/dev/kvm: {e}")))
-            .and_then(|kvm| snapshot::cpu::msr_indices(&kvm).map_err(snapshot::Error::Kvm))?;
         let vcpus = self.shared.save_vcpus(msrs)?;
         let kvm = snapshot::cpu::save_vm(&vm).map_err(snapshot::Error::Kvm)?;
         // Read (and so clear) the logs even for a Full snapshot: the next
@@ -742,13 +757,18 @@ impl VmControls {
         } else {
             None
         };
-        let ram = match (kind, &dirty) {
-            (snapshot::Kind::Diff, Some(dirty)) => {
-                snapshot::memory::dump_diff(&mem, dirty, &to.mem)
+        let mem_name = match to {
+            Paths(p) => p.mem.clone(),
+            Files(_) => std::path::PathBuf::from("the memory file given"),
+        };
+        let ram = match (kind, &dirty, to) {
+            (snapshot::Kind::Diff, Some(dirty), Paths(p)) => {
+                snapshot::memory::dump_diff(&mem, dirty, &p.mem)
             }
-            _ => snapshot::memory::dump(&mem, &to.mem),
+            (_, _, Paths(p)) => snapshot::memory::dump(&mem, &p.mem),
+            (_, _, Files(f)) => snapshot::memory::dump_to(&mem, &f.mem),
         }
-        .map_err(|e| snapshot::Error::Memory(to.mem.clone(), e))?;
+        .map_err(|e| snapshot::Error::Memory(mem_name, e))?;
         let state = snapshot::VmState {
             mem_mib,
             ram,
@@ -757,7 +777,14 @@ impl VmControls {
             pio: self.shared.pio.state(),
             devices,
         };
-        snapshot::file::write(&to.state, &state)?;
+        match to {
+            Paths(p) => snapshot::file::write(&p.state, &state)?,
+            Files(f) => snapshot::file::write_to(
+                &f.state,
+                std::path::Path::new("the state file given"),
+                &state,
+            )?,
+        }
         Ok(())
     }
 
@@ -990,6 +1017,7 @@ pub fn start_with(
         mem,
         mem_mib: config.mem_mib,
         track: config.track_dirty_pages,
+        msr_indices: snapshot::cpu::msr_indices(&kvm),
     };
     let shared = Shared::new(pio, mmio_bus, &mut attacher, source, panic)?;
     Launch {
@@ -1206,6 +1234,7 @@ pub fn restore_with(
         mem,
         mem_mib: state.mem_mib,
         track: config.track_dirty_pages,
+        msr_indices: snapshot::cpu::msr_indices(&kvm),
     };
     let shared = Shared::new(pio, mmio_bus, &mut attacher, source, panic)?;
     pio::lock(&shared.pause).paused = !config.resume;

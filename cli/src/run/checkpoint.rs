@@ -9,7 +9,10 @@
 //! messages. The checkpoint is a directory: `vm.state` and `vm.mem` (a
 //! Full snapshot), `scratch.img` (a `--scratch` layer, copied while the
 //! VM is paused) and `checkpoint.json` (this husk's version and the run's
-//! arguments). A restore is that command line run again, detached, with
+//! arguments). `husk checkpoint` makes the directory and its files itself
+//! and hands them to the run as open descriptors with its request
+//! (SCM_RIGHTS): the run writes into them, so a jailed run, which sees
+//! nothing but its own directory, is checkpointed the same way. A restore is that command line run again, detached, with
 //! the VM restored from the directory instead of booted (its own copy of
 //! the scratch disk, the run's new socket, NIC and identity) and the
 //! container's process taken over (`Attach`) instead of created.
@@ -48,12 +51,26 @@ pub struct Request {
     pub leave_running: bool,
 }
 
-/// A checkpoint the session is asked to take; it answers on `reply`.
+/// A checkpoint the session is asked to take, into `files`; it answers on
+/// `reply`.
 #[derive(Debug)]
 pub struct Asked {
     pub request: Request,
+    pub files: Files,
     pub reply: mpsc::Sender<Result<(), String>>,
 }
+
+/// The checkpoint's files, made by `husk checkpoint`, in the order they
+/// travel.
+#[derive(Debug)]
+pub struct Files {
+    pub snapshot: husk_vmm::snapshot::SnapshotFiles,
+    pub scratch: std::fs::File,
+    pub meta: std::fs::File,
+}
+
+/// The checkpoint's files by name, in the order they travel.
+const FILES: [&str; 4] = [STATE, MEM, SCRATCH, META];
 
 /// What the session needs to take a checkpoint of its run.
 #[derive(Clone)]
@@ -82,24 +99,22 @@ pub fn serve(dir: &Path, events: mpsc::Sender<Msg>) -> Result<(), String> {
 
 /// One control connection; false once the session is gone.
 fn answer(conn: UnixStream, events: &mpsc::Sender<Msg>) -> bool {
-    let mut line = String::new();
-    if BufReader::new(&conn).read_line(&mut line).is_err() {
-        return true;
-    }
-    let result = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => {
+    let result = match receive(&conn) {
+        Ok((request, files)) => {
             let (reply, answer) = mpsc::channel();
-            if events
-                .send(Msg::Checkpoint(Asked { request, reply }))
-                .is_err()
-            {
+            let asked = Asked {
+                request,
+                files,
+                reply,
+            };
+            if events.send(Msg::Checkpoint(asked)).is_err() {
                 return false;
             }
             answer
                 .recv()
                 .unwrap_or_else(|_| Err("the run ended before the checkpoint".into()))
         }
-        Err(e) => Err(format!("a bad request: {e}")),
+        Err(e) => Err(e),
     };
     let text = match result {
         Ok(()) => "ok\n".to_string(),
@@ -109,32 +124,90 @@ fn answer(conn: UnixStream, events: &mpsc::Sender<Msg>) -> bool {
     true
 }
 
-/// Takes the checkpoint of the paused VM into `dir` (made whole or not
-/// at all: a failed one removes what it wrote).
-pub fn take(controls: &husk_vmm::VmControls, source: &Source, dir: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let taken = write_all(controls, source, dir);
-    if taken.is_err() {
-        for f in [STATE, MEM, SCRATCH, META] {
-            let _ = std::fs::remove_file(dir.join(f));
+/// The request line and the checkpoint's files that come with it.
+fn receive(conn: &UnixStream) -> Result<(Request, Files), String> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+    let (n, fds) = {
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(|e| format!("reading the request: {e}"))?;
+        let mut fds = Vec::new();
+        for c in msg
+            .cmsgs()
+            .map_err(|e| format!("reading the request: {e}"))?
+        {
+            if let ControlMessageOwned::ScmRights(got) = c {
+                // SAFETY: the kernel just installed these descriptors in
+                // this process for us; nothing else owns them.
+                fds.extend(
+                    got.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
+            }
         }
+        (msg.bytes, fds)
+    };
+    let mut line = buf[..n].to_vec();
+    // The rest of the line, if the first read did not hold it all.
+    if !line.ends_with(b"\n") {
+        let mut more = String::new();
+        BufReader::new(conn)
+            .read_line(&mut more)
+            .map_err(|e| format!("reading the request: {e}"))?;
+        line.extend_from_slice(more.as_bytes());
     }
-    taken
+    let request: Request =
+        serde_json::from_slice(&line).map_err(|e| format!("a bad request: {e}"))?;
+    let [state, mem, scratch, meta]: [OwnedFd; 4] =
+        fds.try_into().map_err(|got: Vec<OwnedFd>| {
+            format!(
+                "a request comes with the checkpoint's {} files, not {}",
+                FILES.len(),
+                got.len()
+            )
+        })?;
+    Ok((
+        request,
+        Files {
+            snapshot: husk_vmm::snapshot::SnapshotFiles {
+                state: state.into(),
+                mem: mem.into(),
+            },
+            scratch: scratch.into(),
+            meta: meta.into(),
+        },
+    ))
 }
 
-fn write_all(controls: &husk_vmm::VmControls, source: &Source, dir: &Path) -> Result<(), String> {
-    let paths = husk_vmm::snapshot::SnapshotPaths {
-        state: dir.join(STATE),
-        mem: dir.join(MEM),
-    };
+/// Takes the checkpoint of the paused VM into `files` (made whole or not
+/// at all: `husk checkpoint` removes them if this fails).
+pub fn take(
+    controls: &husk_vmm::VmControls,
+    source: &Source,
+    files: &mut Files,
+) -> Result<(), String> {
     controls
-        .snapshot(&paths, husk_vmm::snapshot::Kind::Full)
+        .snapshot_to(
+            husk_vmm::snapshot::SnapshotTarget::Files(&files.snapshot),
+            husk_vmm::snapshot::Kind::Full,
+        )
         .map_err(|e| format!("the VM's snapshot: {e}"))?;
     if let Some(scratch) = &source.scratch {
         // The guest is paused and its writes are on the file (the disk
         // acknowledges only what reached it), so the copy is consistent
         // with the memory just saved.
-        std::fs::copy(scratch, dir.join(SCRATCH))
+        let mut from =
+            std::fs::File::open(scratch).map_err(|e| format!("copying the scratch disk: {e}"))?;
+        std::io::copy(&mut from, &mut files.scratch)
+            .and_then(|_| files.scratch.sync_all())
             .map_err(|e| format!("copying the scratch disk: {e}"))?;
     }
     let args = source
@@ -149,7 +222,11 @@ fn write_all(controls: &husk_vmm::VmControls, source: &Source, dir: &Path) -> Re
         scratch: source.scratch.is_some(),
     };
     let text = serde_json::to_vec_pretty(&meta).expect("plain data");
-    std::fs::write(dir.join(META), text).map_err(|e| format!("{META}: {e}"))
+    files
+        .meta
+        .write_all(&text)
+        .and_then(|()| files.meta.sync_all())
+        .map_err(|e| format!("{META}: {e}"))
 }
 
 /// The checkpoint's scratch disk, copied to `to` for the restored run.
@@ -161,7 +238,11 @@ pub fn copy_scratch(from: &Path, to: &Path) -> Result<(), String> {
 
 /// The checkpoint's VM, running, on the run's files: its image and
 /// scratch disks (by drive id), its vsock socket and its NIC.
-pub fn restore(from: &Path, config: &husk_vmm::VmConfig) -> Result<husk_vmm::RunningVm, String> {
+pub fn restore(
+    from: &Path,
+    config: &husk_vmm::VmConfig,
+    before: Option<husk_vmm::BeforeThreads>,
+) -> Result<husk_vmm::RunningVm, String> {
     let ours = [super::serial::IMAGE, super::serial::SCRATCH];
     let disks = config
         .disks
@@ -169,7 +250,7 @@ pub fn restore(from: &Path, config: &husk_vmm::VmConfig) -> Result<husk_vmm::Run
         .filter(|d| ours.contains(&d.id.as_str()))
         .map(|d| (d.id.clone(), d.path.clone()))
         .collect();
-    super::pool::restore_as(from, config, disks, None)
+    super::pool::restore_as(from, config, disks, before)
         .map_err(|e| format!("restoring {}: {e}", from.display()))
 }
 
@@ -221,20 +302,77 @@ pub fn request(id: &str, dir: &Path, leave_running: bool) -> Result<(), Failure>
     }
     let dir =
         std::path::absolute(dir).map_err(|e| Failure::usage(format!("{}: {e}", dir.display())))?;
-    let line = serde_json::to_string(&Request { dir, leave_running }).expect("plain data");
-    let mut conn = UnixStream::connect(&socket)
-        .map_err(|e| Failure::runtime(format!("{}: {e}", socket.display())))?;
-    writeln!(conn, "{line}").map_err(|e| Failure::runtime(format!("{}: {e}", socket.display())))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Failure::runtime(format!("{}: {e}", dir.display())))?;
+    let files = FILES
+        .iter()
+        .map(|name| {
+            let path = dir.join(name);
+            std::fs::File::create(&path)
+                .map_err(|e| Failure::runtime(format!("{}: {e}", path.display())))
+        })
+        .collect::<Result<Vec<_>, _>>();
+    let asked = files.and_then(|files| ask(&socket, &dir, leave_running, &files));
+    let remove = |names: &[&str]| {
+        for name in names {
+            let _ = std::fs::remove_file(dir.join(name));
+        }
+    };
+    match asked {
+        Ok(None) => {
+            // A run without a scratch disk leaves its file empty.
+            if !read(&dir).is_ok_and(|m| m.scratch) {
+                remove(&[SCRATCH]);
+            }
+            Ok(())
+        }
+        Ok(Some(why)) => {
+            remove(&FILES);
+            Err(Failure::runtime(format!("checkpoint of {id}: {why}")))
+        }
+        Err(e) => {
+            remove(&FILES);
+            Err(e)
+        }
+    }
+}
+
+/// Sends the request with `files`; the run's refusal, if it refused.
+fn ask(
+    socket: &Path,
+    dir: &Path,
+    leave_running: bool,
+    files: &[std::fs::File],
+) -> Result<Option<String>, Failure> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let fail = |e: &dyn std::fmt::Display| Failure::runtime(format!("{}: {e}", socket.display()));
+    let request = Request {
+        dir: dir.to_owned(),
+        leave_running,
+    };
+    let mut line = serde_json::to_vec(&request).expect("plain data");
+    line.push(b'\n');
+    let conn = UnixStream::connect(socket).map_err(|e| fail(&e))?;
+    let fds: Vec<std::os::fd::RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
+    let rights = [ControlMessage::ScmRights(&fds)];
+    let iov = [std::io::IoSlice::new(&line)];
+    let sent = sendmsg::<()>(conn.as_raw_fd(), &iov, &rights, MsgFlags::empty(), None)
+        .map_err(|e| fail(&e))?;
+    if sent != line.len() {
+        (&conn).write_all(&line[sent..]).map_err(|e| fail(&e))?;
+    }
     let mut answer = String::new();
     BufReader::new(&conn)
         .read_line(&mut answer)
-        .map_err(|e| Failure::runtime(format!("{}: {e}", socket.display())))?;
+        .map_err(|e| fail(&e))?;
     match answer.trim_end().strip_prefix("error: ") {
-        None if answer.trim_end() == "ok" => Ok(()),
+        None if answer.trim_end() == "ok" => Ok(None),
         None => Err(Failure::runtime(format!(
-            "container {id}'s husk ended without an answer"
+            "{}: the run's husk ended without an answer",
+            socket.display()
         ))),
-        Some(why) => Err(Failure::runtime(format!("checkpoint of {id}: {why}"))),
+        Some(why) => Ok(Some(why.to_owned())),
     }
 }
 

@@ -71,21 +71,12 @@ impl JailFlags {
 
 impl JailFlags {
     /// `None` without `--jail`; an error for what a jailed run cannot be.
-    pub fn parse(
-        jail: bool,
-        user: Option<&str>,
-        detach: bool,
-    ) -> Result<Option<JailFlags>, Failure> {
+    pub fn parse(jail: bool, user: Option<&str>) -> Result<Option<JailFlags>, Failure> {
         if !jail {
             return match user {
                 Some(_) => Err(Failure::usage("--jail-user needs --jail")),
                 None => Ok(None),
             };
-        }
-        if detach {
-            return Err(Failure::usage(
-                "--jail does not take -d yet: a detached run's checkpoints are written where the jail cannot reach",
-            ));
         }
         if !Uid::effective().is_root() {
             return Err(Failure::usage(
@@ -215,6 +206,15 @@ pub fn fork() -> Result<Forked, Failure> {
     }
 }
 
+/// After the child: what is left of the run's directory goes, unless the
+/// run kept it (a detached run's record and logs, until `husk rm`): the
+/// child removed what was in it, but not the directory, a mount point in
+/// the jail.
+pub fn remove_run_dir(run_dir: &Path) {
+    let _ = std::fs::remove_dir(run_dir.join(ROOT_DIR));
+    let _ = std::fs::remove_dir(run_dir);
+}
+
 /// The parent's part: until the child ends, passes on the stop signals
 /// someone sent the run's pid (a terminal's go to both processes already);
 /// puts the terminal back as it was (the child may have died with it
@@ -289,14 +289,13 @@ mod tests {
 
     #[test]
     fn jail_user_without_jail_or_as_root_is_refused() {
-        assert!(JailFlags::parse(false, Some("5:5"), false).is_err());
-        assert_eq!(JailFlags::parse(false, None, false).unwrap(), None);
-        assert!(JailFlags::parse(true, None, true).is_err());
+        assert!(JailFlags::parse(false, Some("5:5")).is_err());
+        assert_eq!(JailFlags::parse(false, None).unwrap(), None);
         if Uid::effective().is_root() {
-            assert!(JailFlags::parse(true, Some("0:5"), false).is_err());
-            let flags = JailFlags::parse(true, Some("7:8"), false).unwrap().unwrap();
+            assert!(JailFlags::parse(true, Some("0:5")).is_err());
+            let flags = JailFlags::parse(true, Some("7:8")).unwrap().unwrap();
             assert_eq!(flags.for_run("abc"), RunJail { uid: 7, gid: 8 });
-            let own = JailFlags::parse(true, None, false).unwrap().unwrap();
+            let own = JailFlags::parse(true, None).unwrap().unwrap();
             assert_eq!(own.for_run("00000a").uid, JAIL_ID_BASE + 10);
         }
     }

@@ -205,7 +205,7 @@ pub fn launch(
         .map(|f| f as &dyn Fn() -> Result<(), String>);
     let (vm, pooled) = match restore_from {
         Some(from) => (
-            super::checkpoint::restore(from, &config).map_err(Failure::runtime)?,
+            super::checkpoint::restore(from, &config, before).map_err(Failure::runtime)?,
             true,
         ),
         None => start_vm(&config, plan, &identity, before)?,

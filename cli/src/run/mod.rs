@@ -105,7 +105,7 @@ pub struct RunArgs {
     /// Run the VM and the session with the guest in a jail: once the VM is
     /// built, the process that runs them sees only the run's directory and
     /// runs as an unprivileged user of its own; a parent keeps root to tear
-    /// the run's network down. Needs root; not with -d yet.
+    /// the run's network down. Needs root.
     #[arg(long)]
     jail: bool,
     /// The jailed run's UID:GID (default: one of its own, from 3000000000
@@ -293,7 +293,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         .map(cgroup::weight)
         .transpose()
         .map_err(Failure::usage)?;
-    let jail_flags = jail::JailFlags::parse(args.jail, args.jail_user.as_deref(), args.detach)?;
+    let jail_flags = jail::JailFlags::parse(args.jail, args.jail_user.as_deref())?;
     let monitor_id = std::env::var(detach::MONITOR_ENV)
         .ok()
         .filter(|_| args.detach);
@@ -371,7 +371,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
                     let mut signals = signals;
                     let status = jail::keep(child, &mut signals);
                     drop(networking);
-                    let _ = std::fs::remove_dir_all(runtime_root()?.join(&id));
+                    jail::remove_run_dir(&runtime_root()?.join(&id));
                     return Ok(status);
                 }
                 jail::Forked::Child => {

@@ -227,7 +227,7 @@ fn checkpoint(
     client: &Client,
     controls: &VmControls,
     source: Option<&super::checkpoint::Source>,
-    asked: super::checkpoint::Asked,
+    mut asked: super::checkpoint::Asked,
     alive: &dyn Fn() -> bool,
 ) -> Result<Checkpointed, String> {
     let leave_running = asked.request.leave_running;
@@ -243,7 +243,7 @@ fn checkpoint(
             ),
             None => {
                 controls.pause();
-                let taken = super::checkpoint::take(controls, source, &asked.request.dir);
+                let taken = super::checkpoint::take(controls, source, &mut asked.files);
                 if taken.is_ok() && !leave_running {
                     controls.stop(Exit::Stopped(0));
                     (taken, Checkpointed::Stopped)

@@ -6,7 +6,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 
 /// The header's `format`.
@@ -57,6 +57,20 @@ fn hex(bytes: &[u8]) -> String {
 /// into place after it is synced).
 pub fn write<T: Serialize>(path: &Path, body: &T) -> Result<(), Error> {
     let io = |e| Error::Io(path.to_owned(), e);
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let f = std::fs::File::create(&tmp).map_err(io)?;
+    write_to(&f, path, body)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Writes `body` into an open file (`name` says which in errors), from
+/// its start, and syncs it.
+pub fn write_to<T: Serialize>(mut f: &std::fs::File, name: &Path, body: &T) -> Result<(), Error> {
+    let path = name;
+    let io = |e| Error::Io(path.to_owned(), e);
     let body = serde_json::to_vec(body).map_err(|e| Error::Body(path.to_owned(), e.to_string()))?;
     let header = Header {
         format: FORMAT.into(),
@@ -68,15 +82,11 @@ pub fn write<T: Serialize>(path: &Path, body: &T) -> Result<(), Error> {
     let mut line =
         serde_json::to_vec(&header).map_err(|e| Error::Body(path.to_owned(), e.to_string()))?;
     line.push(b'\n');
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp",
-        path.file_name().unwrap_or_default().to_string_lossy()
-    ));
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.set_len(0).map_err(io)?;
+    f.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
     f.write_all(&line).map_err(io)?;
     f.write_all(&body).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    f.sync_all().map_err(io)
 }
 
 /// Reads and checks a state file.

@@ -17,7 +17,12 @@ const PAGE: usize = 4096;
 /// Writes every region of `mem` to `path` in order; returns the regions
 /// as (guest address, length).
 pub fn dump(mem: &GuestMemory, path: &Path) -> std::io::Result<Vec<(u64, u64)>> {
-    let file = File::create(path)?;
+    dump_to(mem, &File::create(path)?)
+}
+
+/// [`dump`] into an open file, from its start (whatever it held is cut).
+pub fn dump_to(mem: &GuestMemory, file: &File) -> std::io::Result<Vec<(u64, u64)>> {
+    file.set_len(0)?;
     let mut ranges = Vec::new();
     let mut offset = 0u64;
     for region in mem.iter() {
@@ -26,7 +31,7 @@ pub fn dump(mem: &GuestMemory, path: &Path) -> std::io::Result<Vec<(u64, u64)>> 
         // `mem`, borrowed for this loop; the vCPUs are paused, so nothing
         // writes it while it is read.
         let bytes = unsafe { std::slice::from_raw_parts(region.as_ptr(), len as usize) };
-        write_sparse(&file, bytes, offset)?;
+        write_sparse(file, bytes, offset)?;
         ranges.push((region.start_addr().0, len));
         offset += len;
     }

@@ -66,6 +66,8 @@ pub enum Error {
     Kvm(String),
     #[error("writing guest memory to {0}: {1}")]
     Memory(PathBuf, std::io::Error),
+    #[error("a Diff snapshot goes onto a memory file by its path, not into an open file")]
+    DiffIntoFile,
     #[error(transparent)]
     File(#[from] file::Error),
 }
@@ -88,6 +90,21 @@ pub struct SnapshotPaths {
     pub state: PathBuf,
     /// The guest memory file.
     pub mem: PathBuf,
+}
+
+/// A Full snapshot's files, opened by someone who may write where the VMM
+/// cannot (a jailed run's checkpoint, made by the unjailed command).
+#[derive(Debug)]
+pub struct SnapshotFiles {
+    pub state: std::fs::File,
+    pub mem: std::fs::File,
+}
+
+/// Where a snapshot goes.
+#[derive(Debug, Clone, Copy)]
+pub enum SnapshotTarget<'a> {
+    Paths(&'a SnapshotPaths),
+    Files(&'a SnapshotFiles),
 }
 
 /// A VM to restore.
