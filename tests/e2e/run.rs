@@ -225,7 +225,7 @@ fn the_vm_runs_on_the_cpus_cpuset_names() {
         &["sh", "-c", "echo started; sleep 10"],
     ));
     assert!(running.wait_for_line("started", TIMEOUT));
-    let tasks = format!("/proc/{}/task", running.pid());
+    let tasks = format!("/proc/{}/task", vm_process(running.pid()));
     let mut threads = Vec::new();
     for task in std::fs::read_dir(&tasks).unwrap() {
         let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
@@ -694,10 +694,16 @@ fn detached_runs_ps_exec_logs_kill_rm() {
     let started = r.run(&["-d"], &["sleep", "1000"]);
     assert_eq!(started.code, Some(0), "{}", started.describe());
     let id = started.stdout.trim().to_owned();
+    // One husk process owns the VM, jailed under a keeper as root.
     let owners = husk_processes(&r);
-    assert_eq!(owners.len(), 1, "one husk process owns the VM");
-    // SAFETY: kill(2) with a pid read from /proc just now.
-    unsafe { libc::kill(owners[0], libc::SIGKILL) };
+    assert_eq!(
+        owners.len(),
+        2,
+        "the keeper and the jailed husk: {owners:?}"
+    );
+    // SAFETY: kill(2) with a pid read from /proc just now: the keeper (the
+    // first), whose jailed child dies with it.
+    unsafe { libc::kill(*owners.iter().min().unwrap(), libc::SIGKILL) };
     std::thread::sleep(Duration::from_millis(500));
     wait_status(&r, &id, "Dead (its husk process is gone)");
     let again = r.run(&["--rm"], &["echo", "next"]);
@@ -1084,6 +1090,20 @@ fn a_jailed_run_sees_only_its_directory_as_its_own_user() {
     let out = run.finish(TIMEOUT);
     assert_eq!(out.code, Some(4), "{}", out.describe());
     assert_eq!(out.stdout, "ready\ngot-TERM\n", "{}", out.describe());
+}
+
+/// The process that runs the VM of the `husk run` with pid `pid`: its
+/// jailed child (the default as root), or itself.
+pub(crate) fn vm_process(pid: i32) -> i32 {
+    let husk = std::fs::canonicalize(husk_tests::husk::binary()).unwrap();
+    let jailed: Vec<i32> = children_of(pid)
+        .into_iter()
+        .filter(|c| std::fs::read_link(format!("/proc/{c}/exe")).is_ok_and(|e| e == husk))
+        .collect();
+    match jailed.as_slice() {
+        [child] => *child,
+        _ => pid,
+    }
 }
 
 /// The pids whose parent is `pid`.

@@ -27,12 +27,11 @@ use crate::Failure;
 use husk_vmm_bin::jail as jailing;
 use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
-use nix::sys::signalfd::SignalFd;
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{chown, ForkResult, Gid, Pid, Uid};
 use std::os::fd::AsFd;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 /// The first of the uids (and gids) jailed runs take by default: far above
 /// the ranges distributions and `/etc/subuid` hand out.
@@ -70,18 +69,36 @@ impl JailFlags {
 }
 
 impl JailFlags {
-    /// `None` without `--jail`; an error for what a jailed run cannot be.
-    pub fn parse(jail: bool, user: Option<&str>) -> Result<Option<JailFlags>, Failure> {
-        if !jail {
-            return match user {
-                Some(_) => Err(Failure::usage("--jail-user needs --jail")),
-                None => Ok(None),
+    /// Whether and as whom the run is jailed: always as root, unless
+    /// `--no-jail`; never otherwise (there is no root to give up), and an
+    /// explicit `--jail` or `--jail-user` without root is an error.
+    pub fn parse(
+        jail: bool,
+        no_jail: bool,
+        user: Option<&str>,
+    ) -> Result<Option<JailFlags>, Failure> {
+        JailFlags::parse_as(Uid::effective().is_root(), jail, no_jail, user)
+    }
+
+    fn parse_as(
+        root: bool,
+        jail: bool,
+        no_jail: bool,
+        user: Option<&str>,
+    ) -> Result<Option<JailFlags>, Failure> {
+        if no_jail {
+            return match (jail, user) {
+                (false, None) => Ok(None),
+                _ => Err(Failure::usage("--no-jail with --jail or --jail-user")),
             };
         }
-        if !Uid::effective().is_root() {
-            return Err(Failure::usage(
-                "--jail needs root (to set the run up, then give root up)",
-            ));
+        if !root {
+            return match (jail, user) {
+                (false, None) => Ok(None),
+                _ => Err(Failure::usage(
+                    "--jail needs root (to set the run up, then give root up)",
+                )),
+            };
         }
         let user = user
             .map(|spec| super::parse_user(spec).map_err(Failure::usage))
@@ -146,7 +163,9 @@ impl RunJail {
         )
         .map_err(fail("the jail's root read-only"))?;
         jailing::set_limit(libc::RLIMIT_NOFILE, MAX_FILES, "limiting open files")?;
-        jailing::give_up_root(self.uid, self.gid, true)
+        let parent = nix::unistd::getppid();
+        jailing::give_up_root(self.uid, self.gid, true)?;
+        die_with(parent)
     }
 
     /// The run's directory and what is in it (its sockets, logs, record)
@@ -194,16 +213,38 @@ pub enum Forked {
 
 /// Forks the run. The calling thread should be the process's only one: a
 /// thread holding a lock at the fork would leave it held in the child.
+/// The child dies with the parent (a SIGKILLed husk takes its VM with it,
+/// as an unjailed one does).
 pub fn fork() -> Result<Forked, Failure> {
+    let parent = nix::unistd::getpid();
     // SAFETY: the child only goes on with this thread's work (the run);
     // the parent's other threads (the network's DNS service, passt's
     // watcher) are not used in the child, whose copies of them are
     // forgotten, never dropped.
     match unsafe { nix::unistd::fork() } {
         Ok(ForkResult::Parent { child }) => Ok(Forked::Parent(child)),
-        Ok(ForkResult::Child) => Ok(Forked::Child),
+        Ok(ForkResult::Child) => {
+            die_with(parent).map_err(Failure::runtime)?;
+            Ok(Forked::Child)
+        }
         Err(e) => Err(Failure::runtime(format!("--jail: fork: {e}"))),
     }
+}
+
+/// SIGKILL when `parent` ends; at once if it has already. Set again after
+/// the uid changes, which clears it.
+fn die_with(parent: Pid) -> Result<(), String> {
+    // SAFETY: prctl(2) with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {
+        return Err(format!(
+            "--jail: parent-death signal: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    if nix::unistd::getppid() != parent {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 /// After the child: what is left of the run's directory goes, unless the
@@ -215,25 +256,68 @@ pub fn remove_run_dir(run_dir: &Path) {
     let _ = std::fs::remove_dir(run_dir);
 }
 
-/// The parent's part: until the child ends, passes on the stop signals
-/// someone sent the run's pid (a terminal's go to both processes already);
-/// puts the terminal back as it was (the child may have died with it
-/// raw); the child's status, as a shell gives it.
-pub fn keep(child: Pid, signals: &mut SignalFd) -> u8 {
+/// The signals the parent passes on: the stop signals, and SIGUSR1 (a
+/// report of where the VM stands, which the child prints).
+const PASSED_ON: [nix::sys::signal::Signal; 6] = {
+    use nix::sys::signal::Signal::*;
+    [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2]
+};
+
+/// The child the parent passes signals on to (0 until it has one).
+static CHILD: AtomicI32 = AtomicI32::new(0);
+
+/// Passes a signal sent with kill(2) on to the child; a terminal's (or the
+/// kernel's) has reached the child already, in the same process group.
+/// A handler, not a blocked signal read from a descriptor: whichever of
+/// the parent's threads takes it (the network's DNS service has one that
+/// blocks nothing), it is passed on, not the death of the parent.
+extern "C" fn pass_on(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel hands an SA_SIGINFO handler a valid siginfo.
+    let code = unsafe { (*info).si_code };
+    let child = CHILD.load(Ordering::Relaxed);
+    if child > 0 && matches!(code, libc::SI_USER | libc::SI_QUEUE | libc::SI_TKILL) {
+        // SAFETY: kill(2) is async-signal-safe; the pid is our child's,
+        // not reaped while this handler can run (it is reset first).
+        unsafe { libc::kill(child, sig) };
+    }
+}
+
+/// The parent's part: until the child ends, passes on the signals someone
+/// sent the run's pid; puts the terminal back as it was (the child may
+/// have died with it raw); the child's status, as a shell gives it.
+pub fn keep(child: Pid) -> u8 {
+    CHILD.store(child.as_raw(), Ordering::Relaxed);
+    let mut set = nix::sys::signal::SigSet::empty();
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler};
+    let action = SigAction::new(
+        SigHandler::SigAction(pass_on),
+        SaFlags::SA_SIGINFO | SaFlags::SA_RESTART,
+        nix::sys::signal::SigSet::empty(),
+    );
+    for sig in PASSED_ON {
+        // SAFETY: the handler only reads an atomic and calls kill(2), both
+        // async-signal-safe.
+        if let Err(e) = unsafe { sigaction(sig, &action) } {
+            eprintln!("husk: --jail: {sig}: {e}");
+        }
+        set.add(sig);
+    }
+    // The stop signals were blocked for the signal descriptor the child
+    // reads; here the handler takes them.
+    let _ = set.thread_unblock();
     let terminal = nix::sys::termios::tcgetattr(std::io::stdin().as_fd()).ok();
     let status = loop {
-        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+        match waitpid(child, None) {
             Ok(WaitStatus::Exited(_, code)) => break u8::try_from(code).unwrap_or(1),
             Ok(WaitStatus::Signaled(_, sig, _)) => break 128u8.saturating_add(sig as u8),
-            Ok(_) => {}
-            Err(nix::Error::EINTR) => {}
+            Ok(_) | Err(nix::Error::EINTR) => {}
             Err(e) => {
                 eprintln!("husk: --jail: waiting for the run: {e}");
                 break 1;
             }
         }
-        pass_signals(child, signals);
     };
+    CHILD.store(0, Ordering::Relaxed);
     if let Some(t) = terminal {
         let _ = nix::sys::termios::tcsetattr(
             std::io::stdin().as_fd(),
@@ -243,36 +327,6 @@ pub fn keep(child: Pid, signals: &mut SignalFd) -> u8 {
     }
     status
 }
-
-/// Waits a little for a stop signal and passes on those sent with kill(2)
-/// (a terminal's have reached the child, in the same process group).
-fn pass_signals(child: Pid, signals: &mut SignalFd) {
-    use std::os::fd::AsRawFd;
-    let mut fds = [libc::pollfd {
-        fd: signals.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    }];
-    // SAFETY: poll(2) on one live pollfd.
-    let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, POLL.as_millis() as i32) };
-    if ready <= 0 {
-        return;
-    }
-    while let Ok(Some(info)) = signals.read_signal() {
-        let from_kill = matches!(
-            info.ssi_code,
-            libc::SI_USER | libc::SI_QUEUE | libc::SI_TKILL
-        );
-        if from_kill {
-            if let Ok(sig) = nix::sys::signal::Signal::try_from(info.ssi_signo as i32) {
-                let _ = nix::sys::signal::kill(child, sig);
-            }
-        }
-    }
-}
-
-/// How often the parent looks for the child's end between signals.
-const POLL: Duration = Duration::from_millis(100);
 
 #[cfg(test)]
 mod tests {
@@ -288,15 +342,20 @@ mod tests {
     }
 
     #[test]
-    fn jail_user_without_jail_or_as_root_is_refused() {
-        assert!(JailFlags::parse(false, Some("5:5")).is_err());
-        assert_eq!(JailFlags::parse(false, None).unwrap(), None);
-        if Uid::effective().is_root() {
-            assert!(JailFlags::parse(true, Some("0:5")).is_err());
-            let flags = JailFlags::parse(true, Some("7:8")).unwrap().unwrap();
-            assert_eq!(flags.for_run("abc"), RunJail { uid: 7, gid: 8 });
-            let own = JailFlags::parse(true, None).unwrap().unwrap();
-            assert_eq!(own.for_run("00000a").uid, JAIL_ID_BASE + 10);
-        }
+    fn root_runs_are_jailed_unless_told_and_others_cannot_be() {
+        let parse = JailFlags::parse_as;
+        // As root: jailed by default, as a uid of the run's or the one given.
+        let own = parse(true, false, false, None).unwrap().unwrap();
+        assert_eq!(own.for_run("00000a").uid, JAIL_ID_BASE + 10);
+        let given = parse(true, true, false, Some("7:8")).unwrap().unwrap();
+        assert_eq!(given.for_run("abc"), RunJail { uid: 7, gid: 8 });
+        assert_eq!(parse(true, false, true, None).unwrap(), None);
+        assert!(parse(true, false, false, Some("0:5")).is_err());
+        assert!(parse(true, true, true, None).is_err());
+        assert!(parse(true, false, true, Some("5:5")).is_err());
+        // Without root: not jailed, and asking for it is an error.
+        assert_eq!(parse(false, false, false, None).unwrap(), None);
+        assert!(parse(false, true, false, None).is_err());
+        assert!(parse(false, false, false, Some("5:5")).is_err());
     }
 }

@@ -102,12 +102,15 @@ pub struct RunArgs {
     /// `max-file=N` files kept (default 3), rotated as they fill.
     #[arg(long = "log-opt", value_name = "KEY=VALUE")]
     log_opts: Vec<String>,
-    /// Run the VM and the session with the guest in a jail: once the VM is
-    /// built, the process that runs them sees only the run's directory and
-    /// runs as an unprivileged user of its own; a parent keeps root to tear
-    /// the run's network down. Needs root.
+    /// Run the VM and the session with the guest in a jail (the default as
+    /// root): once the VM is built, the process that runs them sees only
+    /// the run's directory and runs as an unprivileged user of its own; a
+    /// parent keeps root to tear the run's network down. Needs root.
     #[arg(long)]
     jail: bool,
+    /// Do not jail the run: the process that runs the VM keeps root.
+    #[arg(long = "no-jail")]
+    no_jail: bool,
     /// The jailed run's UID:GID (default: one of its own, from 3000000000
     /// up).
     #[arg(long = "jail-user", value_name = "UID:GID")]
@@ -293,7 +296,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         .map(cgroup::weight)
         .transpose()
         .map_err(Failure::usage)?;
-    let jail_flags = jail::JailFlags::parse(args.jail, args.jail_user.as_deref())?;
+    let jail_flags = jail::JailFlags::parse(args.jail, args.no_jail, args.jail_user.as_deref())?;
     let monitor_id = std::env::var(detach::MONITOR_ENV)
         .ok()
         .filter(|_| args.detach);
@@ -368,8 +371,8 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             let _ = std::io::stderr().flush();
             match jail::fork()? {
                 jail::Forked::Parent(child) => {
-                    let mut signals = signals;
-                    let status = jail::keep(child, &mut signals);
+                    drop(signals);
+                    let status = jail::keep(child);
                     drop(networking);
                     jail::remove_run_dir(&runtime_root()?.join(&id));
                     return Ok(status);
