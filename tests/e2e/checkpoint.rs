@@ -138,12 +138,14 @@ fn checkpoint_restore_and_again(extra: &[&str]) {
     );
 }
 
-/// The uid of the process that owns run `id`'s VM (its record's owner).
+/// The uid of the process that runs run `id`'s VM (its record's owner,
+/// the keeper, or the keeper's jailed child).
 fn owner_uid(r: &Run, id: &str) -> u32 {
     let record = r.runtime.path().join(id).join("state.json");
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
-    let pid = state["owner_pid"].as_i64().expect("owner_pid");
+    let owner = state["owner_pid"].as_i64().expect("owner_pid") as i32;
+    let pid = crate::run::vm_process(owner);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()

@@ -111,7 +111,7 @@ pub fn launch(
     };
     std::fs::create_dir_all(&dir.path)
         .map_err(|e| Failure::runtime(format!("runtime dir {}: {e}", dir.path.display())))?;
-    let mut record = record(origin, plan, detached);
+    let mut record = record(origin, plan, detached, jail.is_some());
     record.name = args.name.clone();
     record.save(&dir.path).map_err(Failure::runtime)?;
     let sinks =
@@ -310,8 +310,15 @@ pub struct Origin {
     pub digest: String,
 }
 
-fn record(origin: &Origin, plan: &Plan, detached: bool) -> State {
-    let me = std::process::id() as i32;
+/// The run's record; its owner is the process the user started: this
+/// one, or for a jailed run the keeper (which lives and dies with this
+/// one, and tears the run down: what `husk rm -f` kills).
+fn record(origin: &Origin, plan: &Plan, detached: bool, jailed: bool) -> State {
+    let me = if jailed {
+        nix::unistd::getppid().as_raw()
+    } else {
+        std::process::id() as i32
+    };
     let s = &plan.settings;
     State {
         id: plan.id.clone(),

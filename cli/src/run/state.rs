@@ -46,6 +46,8 @@ pub struct State {
     /// Seconds since the epoch.
     pub created: u64,
     pub detached: bool,
+    /// The run's husk: for a jailed run, the keeper, whose child (the
+    /// jailed process) runs the VM.
     pub owner_pid: i32,
     /// The owner's start time in clock ticks since boot (/proc/PID/stat
     /// field 22): a recycled pid has another.
