@@ -45,11 +45,13 @@ const PHASES: &[(&str, &str)] = &[
 ];
 
 /// husk's paths: booted, restored with the template's memory mapped,
-/// restored with it copied (`HUSK_POOL_MEMORY`).
-const PATHS: [(&str, Option<&str>); 3] = [
+/// restored with it copied (`HUSK_POOL_MEMORY`), and booted without the
+/// jail (`--no-jail`: what the jail of a root run costs).
+const PATHS: [(&str, Option<&str>); 4] = [
     ("booted", None),
     ("pooled", Some("map")),
     ("pooled, copied", Some("copy")),
+    ("booted, --no-jail", Some("no-jail")),
 ];
 
 fn timed(cmd: &mut Command) -> (f64, String) {
@@ -213,10 +215,15 @@ fn main() {
 
     let pool = work.path().join("pool");
     let count = kvm_stats::available();
-    let husk_run = |pool_memory: Option<&str>| {
+    let husk_run = |path: Option<&str>| {
+        let no_jail = path == Some("no-jail");
+        let pool_memory = path.filter(|_| !no_jail);
         let mut c = Command::new(&husk);
-        c.args(["run", "--rm", "--network", "none"])
-            .arg(&image)
+        c.args(["run", "--rm", "--network", "none"]);
+        if no_jail {
+            c.arg("--no-jail");
+        }
+        c.arg(&image)
             .arg("true")
             .env("HUSK_IMAGE_CACHE", &cache)
             .env("HUSK_RUNTIME_DIR", &runtime)
@@ -300,16 +307,21 @@ fn report(
         "the same, the template's memory copied (HUSK_POOL_MEMORY=copy)",
         &husks[2].wall,
     );
+    row(
+        "booted, not jailed (--no-jail; the jail is the default as root)",
+        &husks[3].wall,
+    );
     row("crun run (container on this host)", c);
     row("husk boot -- true (raw guest boot, no container)", b);
     let booted = m(&husks[0].wall);
     println!(
-        "booted / crun: {:.1}x; pooled / crun: {:.1}x; pooled / booted: {:.2}x; copied / booted: {:.2}x; booted / raw boot: {:.2}x",
+        "booted / crun: {:.1}x; pooled / crun: {:.1}x; pooled / booted: {:.2}x; copied / booted: {:.2}x; booted / raw boot: {:.2}x; jailed / --no-jail: {:.3}x",
         booted / m(c),
         m(&husks[1].wall) / m(c),
         m(&husks[1].wall) / booted,
         m(&husks[2].wall) / booted,
-        booted / m(b)
+        booted / m(b),
+        booted / m(&husks[3].wall)
     );
     let header = |first: &str| {
         let names: Vec<&str> = PATHS.iter().map(|(n, _)| *n).collect();

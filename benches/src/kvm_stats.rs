@@ -88,14 +88,21 @@ impl Watcher {
     }
 }
 
-/// The counters of every VM `pid` has, summed; `None` when it has none
+/// The counters of every VM `pid` or one of its children has (a jailed
+/// `husk run`'s VM is its child's), summed; `None` when they have none
 /// (yet, or any more).
 fn read_vms_of(pid: u32) -> Option<Counters> {
-    let prefix = format!("{pid}-");
+    let prefixes: Vec<String> = std::iter::once(pid)
+        .chain(children(pid))
+        .map(|p| format!("{p}-"))
+        .collect();
     let dirs: Vec<PathBuf> = std::fs::read_dir(KVM_DEBUGFS)
         .ok()?
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            prefixes.iter().any(|p| name.starts_with(p))
+        })
         .map(|e| e.path())
         .collect();
     let mut sum = Counters::new();
@@ -105,6 +112,22 @@ fn read_vms_of(pid: u32) -> Option<Counters> {
         }
     }
     (!dirs.is_empty()).then_some(sum)
+}
+
+/// `pid`'s children, from each of its threads' `children` file.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
 }
 
 /// The numeric files directly in `dir`; `None` if it went away meanwhile
