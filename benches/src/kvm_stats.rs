@@ -115,7 +115,7 @@ fn read_vms_of(pid: u32) -> Option<Counters> {
 }
 
 /// `pid`'s children, from each of its threads' `children` file.
-fn children(pid: u32) -> Vec<u32> {
+pub fn children(pid: u32) -> Vec<u32> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };

@@ -163,10 +163,18 @@ fn main() {
     let record: serde_json::Value = serde_json::from_slice(&record).unwrap();
     let pid = record["owner_pid"].as_i64().expect("owner_pid") as i32;
 
+    // The run's husk and, as root, its jailed child, which runs the VM.
+    let family: Vec<i32> = std::iter::once(pid)
+        .chain(
+            husk_benches::kvm_stats::children(pid as u32)
+                .into_iter()
+                .map(|c| c as i32),
+        )
+        .collect();
     let sample = |start: Instant| Sample {
         secs: start.elapsed().as_secs_f64(),
-        rss_kib: vmm_rss_kib(pid),
-        fds: count(&format!("/proc/{pid}/fd")),
+        rss_kib: family.iter().map(|&p| vmm_rss_kib(p)).sum(),
+        fds: family.iter().map(|p| count(&format!("/proc/{p}/fd"))).sum(),
         husk_procs: husk_processes(&bin),
         run_entries: count(runtime.to_str().unwrap()),
         interfaces: count("/sys/class/net"),
