@@ -121,8 +121,11 @@ impl RunJail {
         // does not have.
         let _ = husk_vmm::kvm_kind::host();
         self.own(run_dir)?;
-        unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC)
-            .map_err(fail("new namespaces"))?;
+        // Where root may not make namespaces (a container without
+        // CAP_SYS_ADMIN), the run says so, and how to run anyway.
+        unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC).map_err(|e| {
+            format!("--jail: new namespaces: {e} (--no-jail runs without the jail)")
+        })?;
         jailing::make_mounts_private()?;
         let root = run_dir.join(ROOT_DIR);
         std::fs::create_dir_all(&root).map_err(|e| format!("--jail: {}: {e}", root.display()))?;
