@@ -44,10 +44,10 @@ pub struct Meta {
     pub scratch: bool,
 }
 
-/// One request on the control socket (a JSON line).
+/// One request on the control socket (a JSON line; the checkpoint's
+/// files come with it as descriptors).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Request {
-    pub dir: PathBuf,
     pub leave_running: bool,
 }
 
@@ -312,7 +312,7 @@ pub fn request(id: &str, dir: &Path, leave_running: bool) -> Result<(), Failure>
                 .map_err(|e| Failure::runtime(format!("{}: {e}", path.display())))
         })
         .collect::<Result<Vec<_>, _>>();
-    let asked = files.and_then(|files| ask(&socket, &dir, leave_running, &files));
+    let asked = files.and_then(|files| ask(&socket, leave_running, &files));
     let remove = |names: &[&str]| {
         for name in names {
             let _ = std::fs::remove_file(dir.join(name));
@@ -340,17 +340,13 @@ pub fn request(id: &str, dir: &Path, leave_running: bool) -> Result<(), Failure>
 /// Sends the request with `files`; the run's refusal, if it refused.
 fn ask(
     socket: &Path,
-    dir: &Path,
     leave_running: bool,
     files: &[std::fs::File],
 ) -> Result<Option<String>, Failure> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
     use std::os::fd::AsRawFd;
     let fail = |e: &dyn std::fmt::Display| Failure::runtime(format!("{}: {e}", socket.display()));
-    let request = Request {
-        dir: dir.to_owned(),
-        leave_running,
-    };
+    let request = Request { leave_running };
     let mut line = serde_json::to_vec(&request).expect("plain data");
     line.push(b'\n');
     let conn = UnixStream::connect(socket).map_err(|e| fail(&e))?;

@@ -66,9 +66,7 @@ impl JailFlags {
         });
         RunJail { uid, gid }
     }
-}
 
-impl JailFlags {
     /// Whether and as whom the run is jailed: always as root, unless
     /// `--no-jail`; never otherwise (there is no root to give up), and an
     /// explicit `--jail` or `--jail-user` without root is an error.

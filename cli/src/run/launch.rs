@@ -193,16 +193,11 @@ pub fn launch(
     // Once: a restore that fails after it boots instead, and the jailed
     // process can only fail to open the boot's files then, which it says.
     let entered = Cell::new(false);
-    let enter = |j: &super::jail::RunJail| {
-        if entered.replace(true) {
-            return Ok(());
-        }
-        j.enter(&dir.path)
+    let enter_jail = || match jail {
+        Some(j) if !entered.replace(true) => j.enter(&dir.path),
+        _ => Ok(()),
     };
-    let enter_jail = jail.map(|j| move || enter(j));
-    let before = enter_jail
-        .as_ref()
-        .map(|f| f as &dyn Fn() -> Result<(), String>);
+    let before: Option<husk_vmm::BeforeThreads> = jail.map(|_| &enter_jail as _);
     let (vm, pooled) = match restore_from {
         Some(from) => (
             super::checkpoint::restore(from, &config, before).map_err(Failure::runtime)?,
