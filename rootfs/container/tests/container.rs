@@ -312,6 +312,9 @@ fn exec_joins_the_container() {
     );
     c.start().unwrap();
     assert_eq!(read_line(&io.stdout), "ready");
+    // busybox's sh runs `cat` by re-executing /proc/self/exe: the name is
+    // "exe" until busybox renames itself, after "ready" was written.
+    wait_for_comm(c.init_pid(), "cat");
 
     // Same files, same pid namespace (PID 1 is the init, exec'd is not 1).
     let mut p = spec(&["sh", "-c", "cat /x; echo $$; cat /proc/1/comm; hostname"])
@@ -733,4 +736,21 @@ fn namespaces_joined_by_path() {
     drop(aio.stdin);
     assert_eq!(exit_code(wait(apid)), Some(0));
     a.destroy().unwrap();
+}
+
+/// Waits (at most 10 s) until process `pid` is named `name`.
+fn wait_for_comm(pid: i32, name: &str) {
+    let path = format!("/proc/{pid}/comm");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let comm = fs::read_to_string(&path).unwrap_or_default();
+        if comm.trim_end() == name {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "pid {pid} is still named {comm:?}, not {name:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
