@@ -654,3 +654,73 @@ fn describe_netns(ns: &str) -> String {
     }
     text
 }
+
+/// As root the monitor is jailed as `husk run` is: the container's pid is
+/// a keeper that stays root (the poststart hook runs as root, on the
+/// host); the VM runs in its child, as a uid of its own, seeing only the
+/// container's state and socket directories.
+#[test]
+fn the_vm_behind_a_containers_pid_runs_jailed() {
+    require_linux_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let b = bundle(
+        dir.path(),
+        "echo up; while [ ! -e /go ]; do sleep 0.1; done; exit 4",
+    );
+    let hooked = dir.path().join("poststart");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b.join("config.json")).unwrap()).unwrap();
+    let shell = ["/bin/sh", "/.testbed/bin/sh"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("a shell for the hook");
+    spec["hooks"] = serde_json::json!({"poststart": [{"path": shell, "args": ["sh", "-c",
+        format!("id -u >{}.tmp; mv {0}.tmp {0}", hooked.display())],
+        "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin:/.testbed/bin"]}]});
+    std::fs::write(b.join("config.json"), spec.to_string()).unwrap();
+    let c = create(&root, dir.path(), &b, "jailed");
+    assert_eq!(husk(&root, &["start", "jailed"]).0, Some(0));
+    wait_for_file_line(&c.out, "up");
+    wait_for_file_line(&hooked, "0");
+    let vm: Vec<i32> = crate::run::children_of(c.pid)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "husk")
+        })
+        .collect();
+    assert_eq!(vm.len(), 1, "the keeper's husk children: {vm:?}");
+    let field = |pid: i32, name: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .map(|v| v.split_whitespace().next().unwrap_or("").to_owned())
+            .unwrap_or_default()
+    };
+    assert_eq!(field(c.pid, "Uid"), "0", "the keeper stays root");
+    let uid: u64 = field(vm[0], "Uid").parse().unwrap();
+    assert!(uid >= 3_000_000_000, "the VM's uid: {uid}");
+    assert_eq!(field(vm[0], "CapEff"), "0000000000000000");
+    assert_eq!(field(vm[0], "NoNewPrivs"), "1");
+    let seen = PathBuf::from(format!("/proc/{}/root", vm[0]));
+    let record = root.canonicalize().unwrap().join("jailed");
+    let inside = |p: &Path| seen.join(p.strip_prefix("/").unwrap());
+    assert!(inside(&record).join("state.json").is_file());
+    for host in ["/etc/passwd", "/dev/kvm", "/usr"] {
+        assert!(!inside(Path::new(host)).exists(), "{host} in the jail");
+    }
+    assert!(!inside(&b).exists(), "the bundle in the jail");
+    std::fs::write(b.join("rootfs/go"), "").unwrap();
+    assert_eq!(wait(c.pid), 4);
+    assert_eq!(husk(&root, &["delete", "jailed"]).0, Some(0));
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
+
+    // An annotation says otherwise, or is refused.
+    spec["annotations"] = serde_json::json!({"husk.jail": "maybe"});
+    std::fs::write(b.join("config.json"), spec.to_string()).unwrap();
+    let bs = b.display().to_string();
+    let (code, _, err) = husk(&root, &["create", "--bundle", &bs, "odd"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("husk.jail=\"maybe\""), "{err}");
+}

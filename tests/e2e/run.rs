@@ -1107,7 +1107,7 @@ pub(crate) fn vm_process(pid: i32) -> i32 {
 }
 
 /// The pids whose parent is `pid`.
-fn children_of(pid: i32) -> Vec<i32> {
+pub(crate) fn children_of(pid: i32) -> Vec<i32> {
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())

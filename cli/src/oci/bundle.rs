@@ -14,6 +14,8 @@ pub const DEFAULT_VM_MIB: u64 = crate::run::DEFAULT_VM_MIB;
 /// Annotations that size the VM, overriding what the limits imply.
 pub const ANNOTATION_VCPUS: &str = "husk.vcpus";
 pub const ANNOTATION_MEMORY: &str = "husk.memory";
+/// "false": the monitor keeps root while the VM runs (see monitor.rs).
+pub const ANNOTATION_JAIL: &str = "husk.jail";
 /// virtio-mmio devices left for shares after the root disk and vsock.
 const MAX_SHARES: usize = 14;
 
@@ -37,6 +39,8 @@ pub struct Planned {
     pub shares: Vec<Share>,
     pub vcpus: u8,
     pub mem_mib: u64,
+    /// [`ANNOTATION_JAIL`], if the spec says.
+    pub jail: Option<bool>,
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -102,6 +106,16 @@ fn plan(bundle: &Path, mut spec: Spec) -> Result<Planned, String> {
         .into_iter()
         .collect();
     let (vcpus, mem_mib) = size(&spec, &annotations)?;
+    let jail = match annotations.get(ANNOTATION_JAIL).map(String::as_str) {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(other) => {
+            return Err(format!(
+                "annotation {ANNOTATION_JAIL}={other:?}: \"true\" or \"false\""
+            ))
+        }
+    };
     Ok(Planned {
         bundle: bundle.to_owned(),
         rootfs,
@@ -109,6 +123,7 @@ fn plan(bundle: &Path, mut spec: Spec) -> Result<Planned, String> {
         shares,
         vcpus,
         mem_mib,
+        jail,
         annotations,
     })
 }

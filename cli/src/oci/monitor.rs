@@ -15,6 +15,8 @@ use crate::Failure;
 use husk_vmm::{Console, DiskConfig, FsConfig, VmConfig, VsockConfig};
 use husk_wire::agent::{Request, Response, RootfsSpec, StdioSpec, VolumeSource, VolumeSpec};
 use husk_wire::cmdline;
+use husk_wire::oci_spec::runtime::Hook;
+use nix::sys::signalfd::SignalFd;
 use std::cell::Cell;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -124,6 +126,7 @@ fn life(
     pipe: &mut Option<std::fs::File>,
 ) -> Result<u8, Failure> {
     let planned = bundle::load(&a.bundle).map_err(Failure::runtime)?;
+    let jail = jail_of(&planned, &a.id)?;
     join_cgroup(g, &planned)?;
     network::enter(&network::Namespace::of(&planned.spec)).map_err(Failure::runtime)?;
     let me = std::process::id() as i32;
@@ -170,10 +173,30 @@ fn life(
     std::fs::create_dir_all(&sock)
         .map_err(|e| Failure::runtime(format!("{}: {e}", sock.display())))?;
     let _sockets = SockDir(sock.clone());
-    let (backends, shares) = start_backends(&planned, &sock)?;
+    let poststart_hooks = hooks.poststart().clone().unwrap_or_default();
+    let (mut poststart, signals) = match jail {
+        None => (Poststart::Here(poststart_hooks), signals),
+        Some(_) => match split(pipe, signals)? {
+            Side::Keeper(child, told) => {
+                return Ok(keep(child, told, poststart_hooks, &g.root(), &a.id))
+            }
+            Side::Jailed(tell, signals) => (Poststart::Keeper(Some(tell)), signals),
+        },
+    };
+    let (mut backends, shares) = start_backends(&planned, &sock)?;
     let uds = sock.join(run::state::VSOCK_SOCKET);
     let config = vm_config(&a.id, &planned, shares, wiring, &uds, &dir.path)?;
-    let vm = husk_vmm::start(&config, None).map_err(crate::boot::usage_or_runtime)?;
+    let enter = || match &jail {
+        Some(j) => j.enter(&[&dir.path, &sock]),
+        None => Ok(()),
+    };
+    let before: Option<husk_vmm::BeforeThreads> = jail.as_ref().map(|_| &enter as _);
+    let vm = husk_vmm::start_with(&config, None, before).map_err(crate::boot::usage_or_runtime)?;
+    if jail.is_some() {
+        // The jail's user may not kill them (they run as root); they die
+        // with this process.
+        std::mem::forget(std::mem::take(&mut backends));
+    }
     let controls = vm.controls();
     let (vm_thread, vm_done) = run::wait_on_a_thread(vm);
     let shared = control::Shared {
@@ -207,14 +230,7 @@ fn life(
         container(&planned, terminal),
         &mut session::Hooks {
             created: &mut created,
-            started: &mut || {
-                let poststart = hooks.poststart().clone().unwrap_or_default();
-                if let Err(e) = super::hooks::run("poststart", &poststart, &shared.oci_state()) {
-                    // The container runs: the spec has a failed poststart
-                    // hook only warned about.
-                    log::warn!("{e}");
-                }
-            },
+            started: &mut || poststart.run(&shared.oci_state()),
         },
     );
     // Recorded before the VM is torn down: `state` says stopped at once.
@@ -223,6 +239,86 @@ fn life(
         result.as_ref().ok().map(|s| s.shell_status()),
     );
     teardown::teardown(result, vm_thread, &controls, dir, backends)
+}
+
+/// Where the poststart hooks run: here, or, for a jailed monitor, in the
+/// keeper (root, on the host's files), told over a pipe.
+enum Poststart {
+    Here(Vec<Hook>),
+    Keeper(Option<std::fs::File>),
+}
+
+/// What the keeper reads on the pipe once the container has started.
+const STARTED: &str = "started";
+
+impl Poststart {
+    fn run(&mut self, state: &serde_json::Value) {
+        match self {
+            Poststart::Here(hooks) => {
+                if let Err(e) = super::hooks::run("poststart", hooks, state) {
+                    // The container runs: the spec has a failed poststart
+                    // hook only warned about.
+                    log::warn!("{e}");
+                }
+            }
+            Poststart::Keeper(pipe) => {
+                if let Some(mut p) = pipe.take() {
+                    let _ = writeln!(p, "{STARTED}");
+                }
+            }
+        }
+    }
+}
+
+/// Which side of a jailed monitor's fork this is.
+enum Side {
+    /// The keeper: the child, and the pipe on which it says it started.
+    Keeper(nix::unistd::Pid, OwnedFd),
+    /// The child, which runs the VM and enters the jail: the pipe to the
+    /// keeper, and the stop signals.
+    Jailed(std::fs::File, SignalFd),
+}
+
+/// Forks a jailed monitor once its host side is set up (cgroup, network,
+/// terminal, the hooks that come before the VM).
+fn split(pipe: &mut Option<std::fs::File>, signals: SignalFd) -> Result<Side, Failure> {
+    let (told, tell) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| Failure::runtime(format!("pipe: {e}")))?;
+    // Written out before the fork, so that neither side writes it twice.
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    Ok(match run::jail::fork()? {
+        run::jail::Forked::Parent(child) => {
+            // `create` waits for the end of its pipe: the child's. The
+            // keeper takes the stop signals with a handler.
+            drop((pipe.take(), tell, signals));
+            Side::Keeper(child, told)
+        }
+        run::jail::Forked::Child => Side::Jailed(tell.into(), signals),
+    })
+}
+
+/// The keeper's part of a jailed monitor: it stays the container's pid
+/// (root, in its cgroup), runs the poststart hooks when the jailed child
+/// says the container started, and exits with the child's status.
+fn keep(child: nix::unistd::Pid, told: OwnedFd, hooks: Vec<Hook>, root: &Path, id: &str) -> u8 {
+    let (root, id) = (root.to_owned(), id.to_owned());
+    let hooks = std::thread::spawn(move || {
+        let mut line = String::new();
+        let mut told = std::io::BufReader::new(std::fs::File::from(told));
+        if std::io::BufRead::read_line(&mut told, &mut line).is_err() || line.trim() != STARTED {
+            return;
+        }
+        let ran = Record::load(&root, &id)
+            .and_then(|r| super::hooks::run("poststart", &hooks, &r.oci_state()));
+        if let Err(e) = ran {
+            log::warn!("{e}");
+        }
+    });
+    let status = run::jail::keep(child);
+    // The pipe's end went with the child: the thread is done or ending.
+    let _ = hooks.join();
+    status
 }
 
 /// The sockets' directory, removed when the monitor is done with it.
@@ -390,6 +486,21 @@ fn vm_config(
         allow_pvm: false,
         track_dirty_pages: false,
     })
+}
+
+/// Whether and as whom the monitor runs the VM jailed (as `husk run` does,
+/// see run/jail.rs): as root, unless the annotation `husk.jail` is
+/// "false"; never without root, where "true" is an error.
+fn jail_of(p: &Planned, id: &str) -> Result<Option<run::jail::RunJail>, Failure> {
+    let root = nix::unistd::Uid::effective().is_root();
+    match (p.jail, root) {
+        (Some(false), _) | (None, false) => Ok(None),
+        (Some(true), false) => Err(Failure::runtime(format!(
+            "{}=true: the jail needs root (to set the VM up, then give root up)",
+            bundle::ANNOTATION_JAIL
+        ))),
+        (_, true) => Ok(Some(run::jail::RunJail::for_id(id))),
+    }
 }
 
 /// Puts the monitor (the container's pid on the host) in

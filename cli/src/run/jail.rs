@@ -60,11 +60,10 @@ pub struct JailFlags {
 impl JailFlags {
     /// As whom run `id` is jailed.
     pub fn for_run(self, id: &str) -> RunJail {
-        let (uid, gid) = self.user.unwrap_or_else(|| {
-            let n = default_id(id);
-            (n, n)
-        });
-        RunJail { uid, gid }
+        match self.user {
+            Some((uid, gid)) => RunJail { uid, gid },
+            None => RunJail::for_id(id),
+        }
     }
 
     /// Whether and as whom the run is jailed: always as root, unless
@@ -111,21 +110,33 @@ impl JailFlags {
 }
 
 impl RunJail {
-    /// Enters the jail around `run_dir`: called in the child once the VM is
-    /// built, before its threads.
-    pub fn enter(&self, run_dir: &Path) -> Result<(), String> {
+    /// As whom run `id` is jailed when no one says.
+    pub fn for_id(id: &str) -> RunJail {
+        let n = default_id(id);
+        RunJail { uid: n, gid: n }
+    }
+
+    /// Enters the jail around `dirs` (the run's directory first, which
+    /// holds the jail's root; the others beside it, at their own paths):
+    /// called in the child once the VM is built, before its threads.
+    pub fn enter(&self, dirs: &[&Path]) -> Result<(), String> {
         let fail = |what: &'static str| move |e: nix::Error| format!("--jail: {what}: {e}");
         // What /dev/kvm is, from the host's /sys and /proc, which the jail
         // does not have.
         let _ = husk_vmm::kvm_kind::host();
-        self.own(run_dir)?;
+        for dir in dirs {
+            self.own(dir)?;
+        }
         // Where root may not make namespaces (a container without
         // CAP_SYS_ADMIN), the run says so, and how to run anyway.
         unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC).map_err(|e| {
             format!("--jail: new namespaces: {e} (--no-jail runs without the jail)")
         })?;
         jailing::make_mounts_private()?;
-        let root = run_dir.join(ROOT_DIR);
+        let Some(first) = dirs.first() else {
+            return Err("--jail: no directory to keep".into());
+        };
+        let root = first.join(ROOT_DIR);
         std::fs::create_dir_all(&root).map_err(|e| format!("--jail: {}: {e}", root.display()))?;
         let hidden = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         mount(
@@ -136,24 +147,9 @@ impl RunJail {
             Some("size=64k,mode=0755"),
         )
         .map_err(fail("the jail's root"))?;
-        let inner = root.join(run_dir.strip_prefix("/").unwrap_or(run_dir));
-        std::fs::create_dir_all(&inner).map_err(|e| format!("--jail: {}: {e}", inner.display()))?;
-        mount(
-            Some(run_dir),
-            &inner,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(fail("the run's directory in the jail"))?;
-        mount(
-            None::<&str>,
-            &inner,
-            None::<&str>,
-            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | hidden,
-            None::<&str>,
-        )
-        .map_err(fail("the run's directory: nosuid, nodev, noexec"))?;
+        for dir in dirs {
+            bind_inside(&root, dir, hidden)?;
+        }
         jailing::pivot_into(&root)?;
         mount(
             None::<&str>,
@@ -169,12 +165,12 @@ impl RunJail {
         die_with(parent)
     }
 
-    /// The run's directory and what is in it (its sockets, logs, record)
-    /// become the jail user's.
-    fn own(&self, run_dir: &Path) -> Result<(), String> {
+    /// A directory and what is in it (sockets, logs, record) become the
+    /// jail user's.
+    fn own(&self, dir: &Path) -> Result<(), String> {
         let (uid, gid) = (Some(Uid::from_raw(self.uid)), Some(Gid::from_raw(self.gid)));
-        let entries = std::fs::read_dir(run_dir)
-            .map_err(|e| format!("--jail: {}: {e}", run_dir.display()))?;
+        let entries =
+            std::fs::read_dir(dir).map_err(|e| format!("--jail: {}: {e}", dir.display()))?;
         for entry in entries.flatten() {
             nix::unistd::fchownat(
                 None,
@@ -185,8 +181,31 @@ impl RunJail {
             )
             .map_err(|e| format!("--jail: chown {}: {e}", entry.path().display()))?;
         }
-        chown(run_dir, uid, gid).map_err(|e| format!("--jail: chown {}: {e}", run_dir.display()))
+        chown(dir, uid, gid).map_err(|e| format!("--jail: chown {}: {e}", dir.display()))
     }
+}
+
+/// `dir`, bound at its own path under the jail's `root`, with `flags`.
+fn bind_inside(root: &Path, dir: &Path, flags: MsFlags) -> Result<(), String> {
+    let fail = |what: &'static str| move |e: nix::Error| format!("--jail: {what}: {e}");
+    let inner = root.join(dir.strip_prefix("/").unwrap_or(dir));
+    std::fs::create_dir_all(&inner).map_err(|e| format!("--jail: {}: {e}", inner.display()))?;
+    mount(
+        Some(dir),
+        &inner,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(fail("a directory in the jail"))?;
+    mount(
+        None::<&str>,
+        &inner,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags,
+        None::<&str>,
+    )
+    .map_err(fail("a directory in the jail: nosuid, nodev, noexec"))
 }
 
 /// Run `id`'s default uid and gid: its first six hex digits (the id is

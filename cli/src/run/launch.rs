@@ -194,7 +194,7 @@ pub fn launch(
     // process can only fail to open the boot's files then, which it says.
     let entered = Cell::new(false);
     let enter_jail = || match jail {
-        Some(j) if !entered.replace(true) => j.enter(&dir.path),
+        Some(j) if !entered.replace(true) => j.enter(&[&dir.path]),
         _ => Ok(()),
     };
     let before: Option<husk_vmm::BeforeThreads> = jail.map(|_| &enter_jail as _);

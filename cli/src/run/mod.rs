@@ -12,7 +12,7 @@ pub(crate) mod checkpoint;
 mod cpuset;
 pub(crate) mod detach;
 mod etc;
-mod jail;
+pub(crate) mod jail;
 pub(crate) mod launch;
 pub(crate) mod logfile;
 mod names;
