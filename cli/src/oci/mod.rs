@@ -102,14 +102,30 @@ impl Global {
             .to_string(),
             LogFormat::Text => format!("{} error: {message}", state::now_rfc3339()),
         };
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
+        if let Some(mut f) = LOG.get() {
+            let _ = writeln!(f, "{line}");
+        } else if let Ok(mut f) = open_log(path) {
             let _ = writeln!(f, "{line}");
         }
     }
+
+    /// Opens the --log file now, for a process that will not see its path
+    /// when it has something to say (the jailed monitor).
+    pub fn open_log_now(&self) {
+        if let Some(f) = self.log.as_deref().and_then(|p| open_log(p).ok()) {
+            let _ = LOG.set(f);
+        }
+    }
+}
+
+/// The --log file, once opened ahead ([`Global::open_log_now`]).
+static LOG: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+
+fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
 }
 
 #[derive(Args, Debug, Clone)]

@@ -106,6 +106,8 @@ pub fn pipe_back(env: &str) -> Option<std::fs::File> {
 /// The monitor's life; its exit status is the container's.
 pub fn run(g: &Global, a: &CreateArgs) -> Result<u8, Failure> {
     let mut pipe = pipe_back(MONITOR_ENV);
+    // Its errors go there too, from a jail without the file's path.
+    g.open_log_now();
     let dir = RunDir {
         path: Record::dir(&g.root(), &a.id),
         keep: Cell::new(true),
