@@ -459,3 +459,29 @@ fn diff_snapshots_hold_what_changed_and_chain_onto_the_full_one() {
     assert_eq!(out.guest_status, Some(0));
     assert_eq!(printed_count(&d("c3"), k3 + 1), LIMIT);
 }
+
+/// A guest that prints far more than a capped console holds: the file
+/// stays within its cap, says what it dropped, and ends with the guest's
+/// last bytes, in order.
+#[test]
+fn a_guest_printing_without_end_stays_within_the_consoles_cap() {
+    const CAP: u64 = 256;
+    // Printed at about 100 bytes a second on kvm_pvm.
+    const LIMIT: u32 = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let console = dir.path().join("console.log");
+    let mut config = counter_config(dir.path(), &console, LIMIT);
+    config.console = Console::Capped(console.clone(), CAP);
+    let out = husk_vmm::run(&config, None).expect("the VM runs");
+    assert_eq!(out.exit, Exit::Reset);
+    let kept = std::fs::read(&console).unwrap();
+    assert!(kept.len() as u64 <= CAP, "{} bytes kept", kept.len());
+    let text = String::from_utf8_lossy(&kept);
+    assert!(text.contains("bytes were dropped"), "no note in {text:?}");
+    // After the note: the counter's low bytes, each one more than the one
+    // before, up to the last it printed.
+    let after = &kept[kept.iter().position(|&b| b == b'\n').unwrap() + 1..];
+    assert!(after.len() > 1, "{} bytes after the note", after.len());
+    assert_eq!(*after.last().unwrap(), LIMIT as u8);
+    assert!(after.windows(2).all(|w| w[1] == w[0].wrapping_add(1)));
+}
