@@ -390,7 +390,8 @@ fn exec_runs_a_process_beside_the_container_and_reports_its_status() {
     let mut p = husk_wire::spec::default_spec(vec![
         "sh".into(),
         "-c".into(),
-        "echo in-exec; echo exec-err >&2; exit 6".into(),
+        "echo in-exec; echo exec-err >&2; while [ ! -e /exec-go ]; do sleep 0.1; done; exit 6"
+            .into(),
     ])
     .process()
     .clone()
@@ -417,6 +418,24 @@ fn exec_runs_a_process_beside_the_container_and_reports_its_status() {
         .unwrap();
     assert!(st.success(), "{}", std::fs::read_to_string(&err).unwrap());
     let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
+    // Set up, the proxy relays as the container's jail user, not root.
+    wait_for_file_line(&out, "in-exec");
+    let uid = || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap();
+        uid.split_whitespace()
+            .next()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while uid() == 0 {
+        assert!(Instant::now() < deadline, "the exec proxy stays root");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(uid() >= 3_000_000_000, "the proxy's uid: {}", uid());
+    std::fs::write(b.join("rootfs/exec-go"), "").unwrap();
     assert_eq!(wait(pid), 6);
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "in-exec\n");
     assert_eq!(std::fs::read_to_string(&err).unwrap(), "exec-err\n");
@@ -703,6 +722,13 @@ fn the_vm_behind_a_containers_pid_runs_jailed() {
     assert!(uid >= 3_000_000_000, "the VM's uid: {uid}");
     assert_eq!(field(vm[0], "CapEff"), "0000000000000000");
     assert_eq!(field(vm[0], "NoNewPrivs"), "1");
+    let nspid = std::fs::read_to_string(format!("/proc/{}/status", vm[0])).unwrap();
+    let nspid = nspid.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+    assert_eq!(
+        nspid.split_whitespace().collect::<Vec<_>>(),
+        ["NSpid:", &vm[0].to_string(), "1"],
+        "PID 1 of a pid namespace of its own"
+    );
     let seen = PathBuf::from(format!("/proc/{}/root", vm[0]));
     let record = root.canonicalize().unwrap().join("jailed");
     let inside = |p: &Path| seen.join(p.strip_prefix("/").unwrap());

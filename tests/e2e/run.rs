@@ -1032,8 +1032,16 @@ fn a_jailed_run_sees_only_its_directory_as_its_own_user() {
         assert_eq!(field(&j, caps), "0000000000000000", "{caps}");
     }
     assert_eq!(field(&j, "NoNewPrivs"), "1");
-    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
-    assert_ne!(ns(&jailed.to_string()), ns("self"), "the host's mounts");
+    // PID 1 of a pid namespace of its own.
+    assert_eq!(field(&j, "NSpid"), format!("{jailed} 1"));
+    let ns = |pid: &str, kind: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap();
+    for kind in ["mnt", "pid"] {
+        assert_ne!(
+            ns(&jailed.to_string(), kind),
+            ns("self", kind),
+            "the host's {kind}"
+        );
+    }
     // Its root holds the run's directory, at its path, and nothing else.
     let root = std::path::PathBuf::from(format!("/proc/{jailed}/root"));
     let runtime = r.runtime.path().canonicalize().unwrap();

@@ -31,6 +31,17 @@ pub struct ExecRequest<'a> {
     pub detach: bool,
 }
 
+/// The user a proxy for container `record` gives root up for: its jail's,
+/// as root, unless its spec runs it unjailed (`husk.jail=false`).
+fn jail_of(record: &Record) -> Option<run::jail::RunJail> {
+    let unjailed = record
+        .annotations
+        .get(super::bundle::ANNOTATION_JAIL)
+        .is_some_and(|v| v == "false");
+    (nix::unistd::Uid::effective().is_root() && !unjailed)
+        .then(|| run::jail::RunJail::for_id(&record.id))
+}
+
 /// Reads `--process F` (an OCI `process` object, as conmon writes it).
 pub fn read_process(path: &Path) -> Result<Process, Failure> {
     let text = std::fs::read(path)
@@ -59,7 +70,7 @@ pub fn exec(g: &Global, r: ExecRequest) -> Result<u8, Failure> {
         }
     }
     let mut pipe = pipe_back(PROXY_ENV);
-    let result = proxy(&sock, &r, &mut pipe);
+    let result = proxy(&sock, &r, &mut pipe, jail_of(&record));
     if let (Err(e), Some(p)) = (&result, pipe.as_mut()) {
         let _ = writeln!(p, "{}", e.message);
     }
@@ -67,7 +78,12 @@ pub fn exec(g: &Global, r: ExecRequest) -> Result<u8, Failure> {
 }
 
 /// The exec'd process's life, from this process: its status.
-fn proxy(sock: &Path, r: &ExecRequest, pipe: &mut Option<std::fs::File>) -> Result<u8, Failure> {
+fn proxy(
+    sock: &Path,
+    r: &ExecRequest,
+    pipe: &mut Option<std::fs::File>,
+    jail: Option<run::jail::RunJail>,
+) -> Result<u8, Failure> {
     let terminal = r.process.terminal().unwrap_or(false);
     // Before any thread exists, so all inherit the masks.
     let signals = husk_vmm::take_stop_signals()
@@ -104,6 +120,11 @@ fn proxy(sock: &Path, r: &ExecRequest, pipe: &mut Option<std::fs::File>) -> Resu
     }
     if let Some(mut p) = pipe.take() {
         let _ = writeln!(p, "{STARTED}");
+    }
+    // Root was for the setup (the terminal, the pid file); relaying what
+    // the guest sends is done as the container's jail user.
+    if let Some(j) = jail {
+        husk_vmm_bin::jail::give_up_root(j.uid, j.gid, true).map_err(Failure::runtime)?;
     }
     agent::spawn_signal_thread(signals, client.sender());
     let _raw = if terminal {

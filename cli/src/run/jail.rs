@@ -29,7 +29,7 @@ use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{chown, ForkResult, Gid, Pid, Uid};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -160,9 +160,8 @@ impl RunJail {
         )
         .map_err(fail("the jail's root read-only"))?;
         jailing::set_limit(libc::RLIMIT_NOFILE, MAX_FILES, "limiting open files")?;
-        let parent = nix::unistd::getppid();
         jailing::give_up_root(self.uid, self.gid, true)?;
-        die_with(parent)
+        die_with_the_keeper()
     }
 
     /// A directory and what is in it (sockets, logs, record) become the
@@ -231,29 +230,72 @@ pub enum Forked {
     Child,
 }
 
-/// Forks the run. The calling thread should be the process's only one: a
-/// thread holding a lock at the fork would leave it held in the child.
-/// The child dies with the parent (a SIGKILLed husk takes its VM with it,
-/// as an unjailed one does).
+/// Forks the run, the child as PID 1 of a pid namespace of its own (it
+/// sees no host process, and what it forks stays there). The calling
+/// thread should be the process's only one: a thread holding a lock at
+/// the fork would leave it held in the child. The child dies with the
+/// parent (a SIGKILLed husk takes its VM with it, as an unjailed one
+/// does).
 pub fn fork() -> Result<Forked, Failure> {
-    let parent = nix::unistd::getpid();
+    let fail = |what: &str, e: nix::Error| {
+        Failure::runtime(format!(
+            "--jail: {what}: {e} (--no-jail runs without the jail)"
+        ))
+    };
+    let (lifeline, held) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| fail("a pipe to the child", e))?;
+    let own = std::fs::File::open("/proc/self/ns/pid")
+        .map_err(|e| Failure::runtime(format!("--jail: /proc/self/ns/pid: {e}")))?;
+    // The new namespace is this thread's next child's: the fork below.
+    unshare(CloneFlags::CLONE_NEWPID).map_err(|e| fail("a pid namespace", e))?;
+    let keeper = nix::unistd::getpid();
     // SAFETY: the child only goes on with this thread's work (the run);
     // the parent's other threads (the network's DNS service, passt's
     // watcher) are not used in the child, whose copies of them are
     // forgotten, never dropped.
-    match unsafe { nix::unistd::fork() } {
-        Ok(ForkResult::Parent { child }) => Ok(Forked::Parent(child)),
+    let forked = unsafe { nix::unistd::fork() };
+    if !matches!(forked, Ok(ForkResult::Child)) {
+        // This process's own children (`nft`, `ip`) are born in its own
+        // namespace again.
+        nix::sched::setns(&own, CloneFlags::CLONE_NEWPID)
+            .map_err(|e| fail("back to the host's pid namespace", e))?;
+    }
+    match forked {
+        Ok(ForkResult::Parent { child }) => {
+            // Held open until this process ends: the child sees its end.
+            std::mem::forget(held);
+            Ok(Forked::Parent(child))
+        }
         Ok(ForkResult::Child) => {
-            die_with(parent).map_err(Failure::runtime)?;
+            drop((held, own));
+            let _ = LIFELINE.set(lifeline);
+            KEEPER.store(keeper.as_raw(), Ordering::Relaxed);
+            act_as_init().map_err(Failure::runtime)?;
+            die_with_the_keeper().map_err(Failure::runtime)?;
             Ok(Forked::Child)
         }
-        Err(e) => Err(Failure::runtime(format!("--jail: fork: {e}"))),
+        Err(e) => Err(fail("fork", e)),
     }
 }
 
-/// SIGKILL when `parent` ends; at once if it has already. Set again after
-/// the uid changes, which clears it.
-fn die_with(parent: Pid) -> Result<(), String> {
+/// The read end of a pipe whose write end only the keeper holds: at its
+/// end, the pipe hangs up.
+static LIFELINE: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+
+/// The keeper's pid (as the host sees it), in its jailed child; 0 elsewhere.
+static KEEPER: AtomicI32 = AtomicI32::new(0);
+
+/// In the jailed child: the keeper's pid as the host sees it (the child's
+/// own namespace cannot name it: its `getppid()` is 0).
+pub fn keeper() -> Option<i32> {
+    Some(KEEPER.load(Ordering::Relaxed)).filter(|&p| p > 0)
+}
+
+/// SIGKILL when the keeper ends; at once if it has already (its end of
+/// the lifeline is closed). Set again after the uid changes, which clears
+/// it.
+fn die_with_the_keeper() -> Result<(), String> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     // SAFETY: prctl(2) with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {
         return Err(format!(
@@ -261,8 +303,43 @@ fn die_with(parent: Pid) -> Result<(), String> {
             std::io::Error::last_os_error()
         ));
     }
-    if nix::unistd::getppid() != parent {
-        std::process::exit(1);
+    if let Some(fd) = LIFELINE.get() {
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        let hung_up = poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| n > 0);
+        if hung_up {
+            std::process::exit(1);
+        }
+    }
+    Ok(())
+}
+
+/// PID 1 of a namespace gets none of the signals it leaves at their
+/// default action, not even the keeper's: SIGINT and SIGTERM (read from a
+/// signal descriptor) get a handler that does nothing, and those whose
+/// default is to end the process end it, as they would elsewhere.
+fn act_as_init() -> Result<(), String> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    extern "C" fn nothing(_: libc::c_int) {}
+    extern "C" fn end(sig: libc::c_int) {
+        // SAFETY: _exit(2) is async-signal-safe.
+        unsafe { libc::_exit(128 + sig) };
+    }
+    let handlers: [(Signal, extern "C" fn(libc::c_int)); 6] = [
+        (Signal::SIGINT, nothing),
+        (Signal::SIGTERM, nothing),
+        (Signal::SIGWINCH, nothing),
+        (Signal::SIGHUP, end),
+        (Signal::SIGQUIT, end),
+        (Signal::SIGUSR2, end),
+    ];
+    for (sig, handler) in handlers {
+        let action = SigAction::new(
+            SigHandler::Handler(handler),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        // SAFETY: both handlers are async-signal-safe.
+        unsafe { sigaction(sig, &action) }.map_err(|e| format!("--jail: handling {sig}: {e}"))?;
     }
     Ok(())
 }

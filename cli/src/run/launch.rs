@@ -309,10 +309,9 @@ pub struct Origin {
 /// one, or for a jailed run the keeper (which lives and dies with this
 /// one, and tears the run down: what `husk rm -f` kills).
 fn record(origin: &Origin, plan: &Plan, detached: bool, jailed: bool) -> State {
-    let me = if jailed {
-        nix::unistd::getppid().as_raw()
-    } else {
-        std::process::id() as i32
+    let me = match super::jail::keeper() {
+        Some(keeper) if jailed => keeper,
+        _ => std::process::id() as i32,
     };
     let s = &plan.settings;
     State {
