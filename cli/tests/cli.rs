@@ -297,3 +297,44 @@ fn a_forbidden_system_call_stops_the_vm_naming_it() {
     // A name that is no system call is refused before the VM starts.
     assert_one_line_error(&deny("nosuchcall"), 1, "nosuchcall");
 }
+
+/// The report thread (SIGUSR1) runs under a filter of its own: with
+/// getdents64 taken out of it, the report it prints for a running guest
+/// stops the VM naming the thread and the call.
+#[test]
+fn the_report_threads_forbidden_call_stops_the_vm_naming_it() {
+    let (dir, _, r) = scratch();
+    let kernel = dir.path().join("ticker.elf");
+    std::fs::write(&kernel, null_guest::ticker_elf(true)).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_husk"));
+    cmd.args(["boot", "--allow-kvm-pvm", "--kernel"])
+        .arg(&kernel)
+        .args(["--rootfs", &r])
+        .env("HUSK_SECCOMP_DENY", "report:getdents64");
+    let running = husk_tests::process::Running::spawn(cmd);
+    // SIGUSR1 ends a process that does not catch it: wait for the handler.
+    let caught = |pid: i32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .is_some_and(|m| m & (1 << (libc::SIGUSR1 - 1)) != 0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !caught(running.pid()) {
+        assert!(Instant::now() < deadline, "no SIGUSR1 handler");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    running.signal(libc::SIGUSR1);
+    let out = running.finish(Duration::from_secs(20));
+    assert_eq!(out.code, Some(1), "{}", out.describe());
+    assert!(
+        out.stderr.contains(
+            "the report thread (SIGUSR1) made a system call outside its filter: getdents64"
+        ),
+        "{}",
+        out.describe()
+    );
+    assert!(!out.stderr.contains("panicked"), "{}", out.describe());
+}

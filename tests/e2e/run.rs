@@ -1035,7 +1035,8 @@ fn a_jailed_run_sees_only_its_directory_as_its_own_user() {
     // PID 1 of a pid namespace of its own.
     assert_eq!(field(&j, "NSpid"), format!("{jailed} 1"));
     let ns = |pid: &str, kind: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap();
-    for kind in ["mnt", "pid"] {
+    // And, with no published port, a network namespace of its own.
+    for kind in ["mnt", "pid", "net"] {
         assert_ne!(
             ns(&jailed.to_string(), kind),
             ns("self", kind),

@@ -62,6 +62,18 @@ fn start() -> bool {
     std::thread::Builder::new()
         .name("queue-report".into())
         .spawn(move || {
+            // It may outlive any VM: a forbidden call outside a report has
+            // no VM to stop (a report points the filter at a live one).
+            let idle: &'static crate::seccomp::Watch = match crate::seccomp::Watch::new() {
+                Ok(w) => Box::leak(Box::new(w)),
+                Err(e) => return eprintln!("husk: no report thread: {e}"),
+            };
+            // Without its filter it does not run, quietly: the VM's own
+            // threads meet the same error (a bad HUSK_SECCOMP_DENY) first
+            // and say it in the one line the VM's failure gets.
+            if crate::seccomp::guard(crate::seccomp::Kind::Report, idle).is_err() {
+                return;
+            }
             // Blocking reads: the thread sleeps until a report is asked for.
             while evt.read().is_ok() {
                 print_now();
@@ -76,6 +88,14 @@ pub fn print_now() {
     let vms = VMS.lock().unwrap_or_else(|e| e.into_inner());
     let live: Vec<_> = vms.iter().filter_map(Weak::upgrade).collect();
     drop(vms);
+    // A call outside the report thread's filter stops a VM it reports on.
+    match live.first().map(|vm| vm.seccomp.clone()) {
+        Some(watch) => crate::seccomp::with_watch(&watch, || print_vms(live)),
+        None => print_vms(live),
+    }
+}
+
+fn print_vms(live: Vec<Arc<crate::Shared>>) {
     for vm in &live {
         eprintln!("husk: {}", vm.report());
         eprintln!("husk: {}", vm.vcpu_positions());

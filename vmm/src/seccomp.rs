@@ -64,7 +64,7 @@ pub enum Error {
     )]
     Essential(String),
     #[error(
-        "seccomp: HUSK_SECCOMP_DENY names the thread kind {0:?} (vcpu, event-loop, api, helper or agent-reader)"
+        "seccomp: HUSK_SECCOMP_DENY names the thread kind {0:?} (vcpu, event-loop, api, helper, agent-reader or report)"
     )]
     UnknownKind(String),
     #[error("seccomp: installing the vCPU filter: {0}")]
@@ -175,6 +175,20 @@ const FILE_CALLS: &[(&str, i64)] = &[
 /// and [`FILE_CALLS`] (no ioctl): it receives frames.
 const AGENT_READER_CALLS: &[(&str, i64)] = &[("recvfrom", libc::SYS_recvfrom)];
 
+/// The report thread lists its process's threads (`/proc/self/task`). It
+/// lives as long as its process, and a jailed run gives root up while it
+/// sleeps: glibc changes every thread's credentials by having each make
+/// the call itself, and one that cannot ends the process (a pool
+/// template's run crashed so).
+const REPORT_CALLS: &[(&str, i64)] = &[
+    ("getdents64", libc::SYS_getdents64),
+    ("setuid", libc::SYS_setuid),
+    ("setgid", libc::SYS_setgid),
+    ("setgroups", libc::SYS_setgroups),
+    ("setresuid", libc::SYS_setresuid),
+    ("setresgid", libc::SYS_setresgid),
+];
+
 /// The threads that have a filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -186,6 +200,8 @@ pub enum Kind {
     Helper = 4,
     /// The reader of an agent connection (`husk run`'s session).
     AgentReader = 5,
+    /// The thread that prints where the VMs stand on SIGUSR1 (report.rs).
+    Report = 6,
 }
 
 impl Kind {
@@ -196,6 +212,7 @@ impl Kind {
             Kind::Api => "the API thread",
             Kind::Helper => "a helper thread (stop signals or console input)",
             Kind::AgentReader => "the agent connection's reader (the guest's frames)",
+            Kind::Report => "the report thread (SIGUSR1)",
         }
     }
 
@@ -205,6 +222,7 @@ impl Kind {
             3 => Kind::Api,
             4 => Kind::Helper,
             5 => Kind::AgentReader,
+            6 => Kind::Report,
             _ => Kind::Vcpu,
         }
     }
@@ -217,15 +235,17 @@ impl Kind {
             Kind::Api => "api",
             Kind::Helper => "helper",
             Kind::AgentReader => "agent-reader",
+            Kind::Report => "report",
         }
     }
 
-    const ALL: [Kind; 5] = [
+    const ALL: [Kind; 6] = [
         Kind::Vcpu,
         Kind::EventLoop,
         Kind::Api,
         Kind::Helper,
         Kind::AgentReader,
+        Kind::Report,
     ];
 
     /// Its own calls beyond a vCPU thread's.
@@ -236,6 +256,7 @@ impl Kind {
             Kind::Api => &[API_CALLS],
             Kind::Helper => &[HELPER_CALLS],
             Kind::AgentReader => &[AGENT_READER_CALLS, FILE_CALLS],
+            Kind::Report => &[REPORT_CALLS, FILE_CALLS],
         };
         lists.iter().flat_map(|l| l.iter())
     }
@@ -398,6 +419,22 @@ pub fn install(filter: &BpfProgram, kind: Kind, watch: &Watch) -> Result<(), Err
     registered?;
     WATCH.with(|w| w.set((watch as *const Watch, watch.evt.as_raw_fd(), kind as u8)));
     seccompiler::apply_filter(filter).map_err(|e| Error::Install(e.to_string()))
+}
+
+/// Runs `f` with this thread's forbidden calls told to `watch` (and so
+/// stopping its VM), then as before: for a thread that serves whichever
+/// VMs are alive (the report thread), pointed at one it holds for the
+/// call.
+pub fn with_watch<R>(watch: &Watch, f: impl FnOnce() -> R) -> R {
+    use std::os::fd::AsRawFd;
+    let before = WATCH.with(|w| {
+        let before = w.get();
+        w.set((watch as *const Watch, watch.evt.as_raw_fd(), before.2));
+        before
+    });
+    let result = f();
+    WATCH.with(|w| w.set(before));
+    result
 }
 
 /// glibc's malloc opens files on its own, in whichever thread gets there

@@ -49,6 +49,11 @@ const MAX_FILES: u64 = 4096;
 pub struct RunJail {
     pub uid: u32,
     pub gid: u32,
+    /// A network namespace of its own (only a loopback): for a run whose
+    /// jailed process opens no connection once jailed (no published
+    /// port's proxy; its TAP, passt's and the agent's sockets are open
+    /// before).
+    pub own_network: bool,
 }
 
 /// `--jail [--jail-user UID:GID]`, checked before the run has an id.
@@ -61,7 +66,11 @@ impl JailFlags {
     /// As whom run `id` is jailed.
     pub fn for_run(self, id: &str) -> RunJail {
         match self.user {
-            Some((uid, gid)) => RunJail { uid, gid },
+            Some((uid, gid)) => RunJail {
+                uid,
+                gid,
+                own_network: false,
+            },
             None => RunJail::for_id(id),
         }
     }
@@ -113,7 +122,11 @@ impl RunJail {
     /// As whom run `id` is jailed when no one says.
     pub fn for_id(id: &str) -> RunJail {
         let n = default_id(id);
-        RunJail { uid: n, gid: n }
+        RunJail {
+            uid: n,
+            gid: n,
+            own_network: false,
+        }
     }
 
     /// Enters the jail around `dirs` (the run's directory first, which
@@ -129,7 +142,11 @@ impl RunJail {
         }
         // Where root may not make namespaces (a container without
         // CAP_SYS_ADMIN), the run says so, and how to run anyway.
-        unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC).map_err(|e| {
+        let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC;
+        if self.own_network {
+            flags |= CloneFlags::CLONE_NEWNET;
+        }
+        unshare(flags).map_err(|e| {
             format!("--jail: new namespaces: {e} (--no-jail runs without the jail)")
         })?;
         jailing::make_mounts_private()?;
@@ -445,7 +462,14 @@ mod tests {
         let own = parse(true, false, false, None).unwrap().unwrap();
         assert_eq!(own.for_run("00000a").uid, JAIL_ID_BASE + 10);
         let given = parse(true, true, false, Some("7:8")).unwrap().unwrap();
-        assert_eq!(given.for_run("abc"), RunJail { uid: 7, gid: 8 });
+        assert_eq!(
+            given.for_run("abc"),
+            RunJail {
+                uid: 7,
+                gid: 8,
+                own_network: false
+            }
+        );
         assert_eq!(parse(true, false, true, None).unwrap(), None);
         assert!(parse(true, false, false, Some("0:5")).is_err());
         assert!(parse(true, true, true, None).is_err());

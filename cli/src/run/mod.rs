@@ -32,6 +32,7 @@ pub(crate) use plan::{serial, CONTAINER_ID, DEFAULT_VM_MIB, GUEST_OVERHEAD_MIB, 
 use crate::registry_cmd::{PullPolicy, RegistryFlags};
 use crate::Failure;
 use clap::Args;
+use jail::RunJail;
 use std::path::{Path, PathBuf};
 use timings::mark;
 
@@ -362,7 +363,13 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     let ports = networking.ports.clone();
     let publish_to = networking.attachment.as_ref().map(|a| a.ip);
     let listeners = std::mem::take(&mut networking.listeners);
-    let jail = jail_flags.map(|f| f.for_run(&id));
+    // The published ports' proxies connect to the guest from the jailed
+    // process: only without them may it leave the host's network.
+    let own_network = listeners.is_empty();
+    let jail = jail_flags.map(|f| RunJail {
+        own_network,
+        ..f.for_run(&id)
+    });
     let _network = match jail {
         None => Some(networking),
         Some(_) => {

@@ -425,7 +425,10 @@ pub fn remove(root: &Path, name: &str) -> Result<(), String> {
 /// Boots the template's guest with empty stand-in disks, waits for its
 /// agent, and snapshots it into `dir` (made whole or not at all).
 fn make(dir: &Path, config: &VmConfig, cmdline: &str) -> Result<(), String> {
-    let build = dir.with_extension(format!("build-{}", std::process::id()));
+    // One maker at a time (the template's lock): a name of its own would
+    // only leave a crashed maker's leftovers for good (and a jailed run's
+    // pid is 1 in its namespace).
+    let build = dir.with_extension("build");
     let _ = std::fs::remove_dir_all(&build);
     std::fs::create_dir_all(&build).map_err(|e| format!("{}: {e}", build.display()))?;
     let made = boot_and_snapshot(&build, config, cmdline)
