@@ -286,9 +286,6 @@ enum Side {
 fn split(pipe: &mut Option<std::fs::File>, signals: SignalFd) -> Result<Side, Failure> {
     let (told, tell) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| Failure::runtime(format!("pipe: {e}")))?;
-    // Written out before the fork, so that neither side writes it twice.
-    let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
     Ok(match run::jail::fork()? {
         run::jail::Forked::Parent(child) => {
             // `create` waits for the end of its pipe: the child's. The

@@ -266,6 +266,12 @@ pub fn fork() -> Result<Forked, Failure> {
     // The new namespace is this thread's next child's: the fork below.
     unshare(CloneFlags::CLONE_NEWPID).map_err(|e| fail("a pid namespace", e))?;
     let keeper = nix::unistd::getpid();
+    // Written out before the fork, so that neither side writes it twice.
+    {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+    }
     // SAFETY: the child only goes on with this thread's work (the run);
     // the parent's other threads (the network's DNS service, passt's
     // watcher) are not used in the child, whose copies of them are

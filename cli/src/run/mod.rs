@@ -373,9 +373,6 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     let _network = match jail {
         None => Some(networking),
         Some(_) => {
-            use std::io::Write;
-            let _ = std::io::stdout().flush();
-            let _ = std::io::stderr().flush();
             match jail::fork()? {
                 jail::Forked::Parent(child) => {
                     drop(signals);
