@@ -1067,15 +1067,42 @@ fn a_jailed_run_sees_only_its_directory_as_its_own_user() {
     let left: Vec<_> = std::fs::read_dir(r.runtime.path()).unwrap().collect();
     assert!(left.is_empty(), "left in the runtime dir: {left:?}");
 
+    // This run makes the template, in the jailed process before the jail:
+    // the threads of the template's VM (its report thread too) end before
+    // the jail, so every thread of the run is in the jail's namespaces.
     let pool = tempfile::tempdir().unwrap();
     let mut c = r.command(
         &["--jail", "--rm", "--network", "none"],
-        &["sh", "-c", "echo cloned; exit 5"],
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 5' TERM; echo cloned; while :; do sleep 1; done",
+        ],
     );
     c.env("HUSK_POOL", "on")
         .env("HUSK_POOL_DIR", pool.path())
         .env("HUSK_TIMINGS", "1");
-    let cloned = husk_tests::process::run(c, TIMEOUT);
+    let mut run = husk_tests::process::Running::spawn(c);
+    assert!(run.wait_for_line("cloned", TIMEOUT), "never ready");
+    let jailed = vm_process(run.pid());
+    let tasks: Vec<String> = std::fs::read_dir(format!("/proc/{jailed}/task"))
+        .unwrap()
+        .map(|t| t.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(tasks.len() > 2, "{tasks:?}");
+    for tid in &tasks {
+        let comm = std::fs::read_to_string(format!("/proc/{jailed}/task/{tid}/comm"));
+        for kind in ["mnt", "net"] {
+            assert_eq!(
+                ns(&format!("{jailed}/task/{tid}"), kind),
+                ns(&jailed.to_string(), kind),
+                "{kind} namespace of thread {tid} ({comm:?})"
+            );
+        }
+    }
+    assert_ne!(ns(&jailed.to_string(), "mnt"), ns("self", "mnt"));
+    run.signal(libc::SIGTERM);
+    let cloned = run.finish(TIMEOUT);
     assert_eq!(cloned.code, Some(5), "{}", cloned.describe());
     assert_eq!(cloned.stdout, "cloned\n", "{}", cloned.describe());
     assert!(

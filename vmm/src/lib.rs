@@ -145,6 +145,17 @@ pub enum Error {
 /// this is where a caller gives up privileges (`husk run --jail`).
 pub type BeforeThreads<'a> = &'a dyn Fn() -> Result<(), String>;
 
+/// Runs the caller's `before`. The report thread a former VM of this
+/// process started ends first: `before` may change the process's
+/// namespaces, which only threads started afterwards are in.
+fn run_before(before: Option<BeforeThreads>) -> Result<(), Error> {
+    let Some(before) = before else {
+        return Ok(());
+    };
+    report::end_thread();
+    before().map_err(Error::BeforeThreads)
+}
+
 fn setup<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> Error {
     move |e| Error::Setup(what, e.to_string())
 }
@@ -1009,9 +1020,7 @@ pub fn start_with(
 
     // 6. Start: vCPU threads and console input; the caller runs the loop.
     registering.finish()?;
-    if let Some(before) = before {
-        before().map_err(Error::BeforeThreads)?;
-    }
+    run_before(before)?;
     let source = Source {
         vm,
         mem,
@@ -1244,9 +1253,7 @@ pub fn restore_with(
         vcpu_count,
         state.mem_mib
     );
-    if let Some(before) = before {
-        before().map_err(Error::BeforeThreads)?;
-    }
+    run_before(before)?;
     Launch {
         shared,
         vcpus,

@@ -10,7 +10,7 @@
 
 use husk_devices::virtio::net::NetMetrics;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -24,7 +24,15 @@ static REPORT_FD: AtomicI32 = AtomicI32::new(-1);
 static NETS: Mutex<Vec<(String, Weak<NetMetrics>)>> = Mutex::new(Vec::new());
 /// The VMs alive in this process.
 static VMS: Mutex<Vec<Weak<crate::Shared>>> = Mutex::new(Vec::new());
-static STARTED: OnceLock<bool> = OnceLock::new();
+/// The eventfd the handler writes to; None if it or the handler could not
+/// be set up.
+static EVENTS: OnceLock<Option<EventFd>> = OnceLock::new();
+/// The thread that prints reports, while one runs.
+static THREAD: Mutex<Option<std::thread::JoinHandle<()>>> = Mutex::new(None);
+/// Tells the thread to end ([`end_thread`]).
+static ENDING: AtomicBool = AtomicBool::new(false);
+/// The report thread's watch while no report runs.
+static IDLE: OnceLock<std::io::Result<crate::seccomp::Watch>> = OnceLock::new();
 
 extern "C" fn on_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
     let fd = REPORT_FD.load(Ordering::Relaxed);
@@ -37,8 +45,9 @@ extern "C" fn on_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c
 }
 
 /// Adds a VM's interfaces to the report (dropped with the VM's devices),
-/// installing the handler and the thread the first time. Without them (no
-/// eventfd, no thread) there is no report, and nothing else changes.
+/// installing the handler the first time and starting the thread when none
+/// runs. Without them (no eventfd, no thread) there is no report, and
+/// nothing else changes.
 pub fn watch(vm: &Arc<crate::Shared>, nets: &[(String, Arc<NetMetrics>)]) {
     let mut vms = VMS.lock().unwrap_or_else(|e| e.into_inner());
     vms.retain(|v| v.strong_count() > 0);
@@ -48,38 +57,65 @@ pub fn watch(vm: &Arc<crate::Shared>, nets: &[(String, Arc<NetMetrics>)]) {
     list.retain(|(_, m)| m.strong_count() > 0);
     list.extend(nets.iter().map(|(id, m)| (id.clone(), Arc::downgrade(m))));
     drop(list);
-    STARTED.get_or_init(start);
+    let Some(evt) = EVENTS.get_or_init(listen) else {
+        return;
+    };
+    let mut thread = THREAD.lock().unwrap_or_else(|e| e.into_inner());
+    if thread.is_none() {
+        *thread = std::thread::Builder::new()
+            .name("queue-report".into())
+            .spawn(move || serve(evt))
+            .ok();
+    }
 }
 
-fn start() -> bool {
-    let Ok(evt) = EventFd::new(0) else {
-        return false;
+/// Ends the report thread, if one runs, and waits for it: called before
+/// the process enters a jail. Namespaces are made per thread, so a thread
+/// started before (by a pool template's VM) would stay in the host's; the
+/// next VM's [`watch`] starts one inside. A report asked for meanwhile is
+/// lost.
+pub fn end_thread() {
+    let Some(thread) = THREAD.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        return;
     };
-    REPORT_FD.store(evt.as_raw_fd(), Ordering::Relaxed);
-    if vmm_sys_util::signal::register_signal_handler(REPORT_SIGNAL, on_signal).is_err() {
-        return false;
+    ENDING.store(true, Ordering::Release);
+    if let Some(Some(evt)) = EVENTS.get() {
+        // A thread that ended on its own (no filter) reads nothing; the
+        // next one then fails the same way, before it reads.
+        let _ = evt.write(1);
     }
-    std::thread::Builder::new()
-        .name("queue-report".into())
-        .spawn(move || {
-            // It may outlive any VM: a forbidden call outside a report has
-            // no VM to stop (a report points the filter at a live one).
-            let idle: &'static crate::seccomp::Watch = match crate::seccomp::Watch::new() {
-                Ok(w) => Box::leak(Box::new(w)),
-                Err(e) => return eprintln!("husk: no report thread: {e}"),
-            };
-            // Without its filter it does not run, quietly: the VM's own
-            // threads meet the same error (a bad HUSK_SECCOMP_DENY) first
-            // and say it in the one line the VM's failure gets.
-            if crate::seccomp::guard(crate::seccomp::Kind::Report, idle).is_err() {
-                return;
-            }
-            // Blocking reads: the thread sleeps until a report is asked for.
-            while evt.read().is_ok() {
-                print_now();
-            }
-        })
-        .is_ok()
+    let _ = thread.join();
+    ENDING.store(false, Ordering::Release);
+}
+
+/// The eventfd and the handler that writes to it, once per process.
+fn listen() -> Option<EventFd> {
+    let evt = EventFd::new(0).ok()?;
+    REPORT_FD.store(evt.as_raw_fd(), Ordering::Relaxed);
+    vmm_sys_util::signal::register_signal_handler(REPORT_SIGNAL, on_signal).ok()?;
+    Some(evt)
+}
+
+fn serve(evt: &EventFd) {
+    // It may outlive any VM: a forbidden call outside a report has no VM
+    // to stop (a report points the filter at a live one).
+    let idle = match IDLE.get_or_init(crate::seccomp::Watch::new) {
+        Ok(w) => w,
+        Err(e) => return eprintln!("husk: no report thread: {e}"),
+    };
+    // Without its filter it does not run, quietly: the VM's own threads
+    // meet the same error (a bad HUSK_SECCOMP_DENY) first and say it in
+    // the one line the VM's failure gets.
+    if crate::seccomp::guard(crate::seccomp::Kind::Report, idle).is_err() {
+        return;
+    }
+    // Blocking reads: the thread sleeps until a report is asked for.
+    while evt.read().is_ok() {
+        if ENDING.load(Ordering::Acquire) {
+            return;
+        }
+        print_now();
+    }
 }
 
 /// Prints the report on stderr now: a caller that gives up on a guest
