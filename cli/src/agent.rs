@@ -252,6 +252,19 @@ impl Client {
         vm: Option<VmControls>,
     ) -> Result<Client, String> {
         let stream = connect(uds, deadline, alive)?;
+        Client::over(stream, deadline, alive, sinks, vm)
+    }
+
+    /// [`open`](Client::open) on a stream from [`connect`]: the threads
+    /// start here (a process that changes its namespaces between the two
+    /// has its reader and writer in the new ones).
+    pub fn over(
+        stream: UnixStream,
+        deadline: Instant,
+        alive: &dyn Fn() -> bool,
+        sinks: Sinks,
+        vm: Option<VmControls>,
+    ) -> Result<Client, String> {
         let reader = stream
             .try_clone()
             .map_err(|e| format!("agent connection: {e}"))?;

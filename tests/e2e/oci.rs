@@ -435,13 +435,39 @@ fn exec_runs_a_process_beside_the_container_and_reports_its_status() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(uid() >= 3_000_000_000, "the proxy's uid: {}", uid());
+    // In mount and network namespaces of its own, with nothing of the
+    // host's files: its connection was open before.
+    let ns = |p: &str, kind: &str| std::fs::read_link(format!("/proc/{p}/ns/{kind}")).unwrap();
+    for kind in ["mnt", "net"] {
+        assert_ne!(ns(&pid.to_string(), kind), ns("self", kind), "{kind}");
+    }
+    let seen: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/root"))
+        .unwrap()
+        .collect();
+    assert!(seen.is_empty(), "in the exec proxy's root: {seen:?}");
     std::fs::write(b.join("rootfs/exec-go"), "").unwrap();
     assert_eq!(wait(pid), 6);
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "in-exec\n");
     assert_eq!(std::fs::read_to_string(&err).unwrap(), "exec-err\n");
-    // runc's other form: the command on the line, attached.
-    let (code, out, _) = husk(&root, &["exec", "ex", "sh", "-c", "pwd; exit 4"]);
-    assert_eq!((code, out.as_str()), (Some(4), "/\n"));
+    // runc's other form: the command on the line, attached; the pid file
+    // is written from inside the proxy's jail.
+    let attached = dir.path().join("attached.pid");
+    let attached_s = attached.display().to_string();
+    let (code, out, err) = husk(
+        &root,
+        &[
+            "exec",
+            "--pid-file",
+            &attached_s,
+            "ex",
+            "sh",
+            "-c",
+            "pwd; exit 4",
+        ],
+    );
+    assert_eq!((code, out.as_str()), (Some(4), "/\n"), "{err}");
+    let written = std::fs::read_to_string(&attached).unwrap();
+    assert!(written.parse::<i32>().is_ok_and(|p| p > 1), "{written:?}");
     // The container itself still runs.
     assert_eq!(state(&root, "ex")["status"], "running");
     // update: containerd's way, the resources on stdin; the guest's cgroup
@@ -694,14 +720,22 @@ fn the_vm_behind_a_containers_pid_runs_jailed() {
         .into_iter()
         .find(|p| Path::new(p).exists())
         .expect("a shell for the hook");
-    spec["hooks"] = serde_json::json!({"poststart": [{"path": shell, "args": ["sh", "-c",
-        format!("id -u >{}.tmp; mv {0}.tmp {0}", hooked.display())],
-        "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin:/.testbed/bin"]}]});
+    // A poststart hook that fails is a warning; the next one runs.
+    spec["hooks"] = serde_json::json!({"poststart": [
+        {"path": shell, "args": ["sh", "-c", "echo hook-says-no >&2; exit 7"]},
+        {"path": shell, "args": ["sh", "-c",
+            format!("id -u >{}.tmp; mv {0}.tmp {0}", hooked.display())],
+         "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin:/.testbed/bin"]}]});
     std::fs::write(b.join("config.json"), spec.to_string()).unwrap();
     let c = create(&root, dir.path(), &b, "jailed");
     assert_eq!(husk(&root, &["start", "jailed"]).0, Some(0));
     wait_for_file_line(&c.out, "up");
     wait_for_file_line(&hooked, "0");
+    let err = std::fs::read_to_string(&c.err).unwrap();
+    assert!(
+        err.contains("warning: poststart hook") && err.contains("hook-says-no"),
+        "{err}"
+    );
     let vm: Vec<i32> = crate::run::children_of(c.pid)
         .into_iter()
         .filter(|p| {

@@ -38,8 +38,11 @@ fn jail_of(record: &Record) -> Option<run::jail::RunJail> {
         .annotations
         .get(super::bundle::ANNOTATION_JAIL)
         .is_some_and(|v| v == "false");
-    (nix::unistd::Uid::effective().is_root() && !unjailed)
-        .then(|| run::jail::RunJail::for_id(&record.id))
+    // Its one connection is open before the jail: it needs no network.
+    (nix::unistd::Uid::effective().is_root() && !unjailed).then(|| run::jail::RunJail {
+        own_network: true,
+        ..run::jail::RunJail::for_id(&record.id)
+    })
 }
 
 /// Reads `--process F` (an OCI `process` object, as conmon writes it).
@@ -70,16 +73,26 @@ pub fn exec(g: &Global, r: ExecRequest) -> Result<u8, Failure> {
         }
     }
     let mut pipe = pipe_back(PROXY_ENV);
-    let result = proxy(&sock, &r, &mut pipe, jail_of(&record));
+    let jail = jail_of(&record);
+    if jail.is_some() {
+        // Errors after the jail still reach the caller's log.
+        g.open_log_now();
+    }
+    let dir = Record::dir(&g.root(), r.id);
+    let result = proxy(&sock, &dir, &r, &mut pipe, jail);
     if let (Err(e), Some(p)) = (&result, pipe.as_mut()) {
         let _ = writeln!(p, "{}", e.message);
     }
     result
 }
 
-/// The exec'd process's life, from this process: its status.
+/// The exec'd process's life, from this process: its status. Jailed, it
+/// leaves the host's mounts and network once its files and its connection
+/// are open, before any thread exists, and gives root up once the process
+/// runs and the pid file says so.
 fn proxy(
     sock: &Path,
+    dir: &Path,
     r: &ExecRequest,
     pipe: &mut Option<std::fs::File>,
     jail: Option<run::jail::RunJail>,
@@ -96,8 +109,16 @@ fn proxy(
     }
     let uds: PathBuf = sock.join(run::state::VSOCK_SOCKET);
     let deadline = Instant::now() + Duration::from_secs(10);
+    let stream = agent::connect(&uds, deadline, &|| true).map_err(Failure::runtime)?;
+    let pid_file = match (r.detach, r.pid_file) {
+        (false, Some(p)) => Some(super::PidFile::at(p).map_err(Failure::runtime)?),
+        _ => None,
+    };
+    if let Some(j) = &jail {
+        j.confine(dir, &[]).map_err(Failure::runtime)?;
+    }
     let client =
-        Client::open(&uds, deadline, &|| true, Sinks::stdio()).map_err(Failure::runtime)?;
+        Client::over(stream, deadline, &|| true, Sinks::stdio(), None).map_err(Failure::runtime)?;
     let exec_id = format!("exec-{}", run::random_hex(8));
     let request = Request::Exec {
         id: run::CONTAINER_ID.into(),
@@ -113,10 +134,9 @@ fn proxy(
         .call(request, "exec", Duration::from_secs(30), &|| true)
         .map_err(Failure::runtime)?;
     // Started: the pid file names us (a detached exec's starter writes it).
-    if !r.detach {
-        if let Some(p) = r.pid_file {
-            super::write_pid_file(p, std::process::id() as i32).map_err(Failure::runtime)?;
-        }
+    if let Some(p) = pid_file {
+        p.write(std::process::id() as i32)
+            .map_err(Failure::runtime)?;
     }
     if let Some(mut p) = pipe.take() {
         let _ = writeln!(p, "{STARTED}");

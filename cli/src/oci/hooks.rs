@@ -21,6 +21,20 @@ pub fn run(kind: &str, hooks: &[Hook], state: &serde_json::Value) -> Result<(), 
     Ok(())
 }
 
+/// Runs every one of `hooks` (poststart, poststop): as the runtime spec
+/// says, a failure is a warning and the others run as if it had not
+/// failed. The warnings, one per failed hook.
+pub fn run_all(kind: &str, hooks: &[Hook], state: &serde_json::Value) -> Vec<String> {
+    hooks
+        .iter()
+        .filter_map(|h| {
+            run_one(h, state)
+                .err()
+                .map(|e| format!("{kind} hook {}: {e}", h.path().display()))
+        })
+        .collect()
+}
+
 fn run_one(h: &Hook, state: &serde_json::Value) -> Result<(), String> {
     let mut cmd = Command::new(h.path());
     if let Some(args) = h.args() {
@@ -115,5 +129,20 @@ mod tests {
         slow.set_timeout(Some(1));
         let e = run("poststart", &[slow], &state).unwrap_err();
         assert!(e.contains("timed out after 1 s"), "{e}");
+    }
+
+    #[test]
+    fn after_a_failed_poststart_hook_the_next_ones_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let hooks = [
+            hook("exit 3"),
+            hook(&format!("echo ran > {}", out.display())),
+            hook("echo again >&2; exit 4"),
+        ];
+        let warned = run_all("poststart", &hooks, &serde_json::json!({}));
+        assert_eq!(warned.len(), 2, "{warned:?}");
+        assert!(warned[1].contains("again"), "{warned:?}");
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "ran\n");
     }
 }

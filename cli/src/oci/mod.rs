@@ -92,15 +92,26 @@ impl Global {
     /// Writes `message` to the --log file, as runc does (JSON lines with
     /// --log-format json).
     pub fn log_error(&self, message: &str) {
+        self.log_line("error", message);
+    }
+
+    /// A warning (a failed poststart or poststop hook): on stderr, and in
+    /// the --log file.
+    pub fn warn(&self, message: &str) {
+        eprintln!("husk: warning: {message}");
+        self.log_line("warning", message);
+    }
+
+    fn log_line(&self, level: &str, message: &str) {
         let Some(path) = &self.log else { return };
         let line = match self.log_format.unwrap_or_default() {
             LogFormat::Json => serde_json::json!({
-                "level": "error",
+                "level": level,
                 "msg": message,
                 "time": state::now_rfc3339(),
             })
             .to_string(),
-            LogFormat::Text => format!("{} error: {message}", state::now_rfc3339()),
+            LogFormat::Text => format!("{} {level}: {message}", state::now_rfc3339()),
         };
         if let Some(mut f) = LOG.get() {
             let _ = writeln!(f, "{line}");
@@ -232,10 +243,48 @@ pub(crate) fn check_console(terminal: bool, socket: Option<&Path>) -> Result<(),
 
 /// Written last, atomically: whoever waits for it sees a whole pid.
 pub(crate) fn write_pid_file(path: &Path, pid: i32) -> Result<(), String> {
-    let name = path.file_name().ok_or("--pid-file: not a file name")?;
-    let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
-    std::fs::write(&tmp, pid.to_string()).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+    PidFile::at(path)?.write(pid)
+}
+
+/// A pid file to write later, through its directory held open: written
+/// after the process left the host's mount namespace (the OCI exec proxy).
+pub(crate) struct PidFile {
+    dir: std::fs::File,
+    name: std::ffi::OsString,
+    path: std::path::PathBuf,
+}
+
+impl PidFile {
+    pub(crate) fn at(path: &Path) -> Result<PidFile, String> {
+        let name = path.file_name().ok_or("--pid-file: not a file name")?;
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let dir = std::fs::File::open(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        Ok(PidFile {
+            dir,
+            name: name.to_owned(),
+            path: path.to_owned(),
+        })
+    }
+
+    /// Writes `pid` into a temporary file that is then renamed: a reader
+    /// never sees part of it.
+    pub(crate) fn write(&self, pid: i32) -> Result<(), String> {
+        use nix::fcntl::{openat, renameat, OFlag};
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", self.path.display());
+        let dir = Some(self.dir.as_raw_fd());
+        let tmp = format!(".{}.tmp", self.name.to_string_lossy());
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC;
+        let mode = nix::sys::stat::Mode::from_bits_truncate(0o666);
+        let fd = openat(dir, tmp.as_str(), flags, mode).map_err(|e| fail(&e))?;
+        // SAFETY: openat just returned this fd; the File is its one owner.
+        let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+        std::io::Write::write_all(&mut file, pid.to_string().as_bytes()).map_err(|e| fail(&e))?;
+        renameat(dir, tmp.as_str(), dir, self.name.as_os_str()).map_err(|e| fail(&e))
+    }
 }
 
 pub fn start(g: &Global, a: &IdArg) -> Result<u8, Failure> {
@@ -351,7 +400,7 @@ pub fn delete(g: &Global, a: &DeleteArgs) -> Result<u8, Failure> {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-    poststop(&record);
+    poststop(g, &record);
     let _ = std::fs::remove_dir_all(Record::sock_dir(&root, &a.id));
     let dir = Record::dir(&root, &a.id);
     std::fs::remove_dir_all(&dir)
@@ -361,7 +410,7 @@ pub fn delete(g: &Global, a: &DeleteArgs) -> Result<u8, Failure> {
 
 /// The bundle's poststop hooks, as the container goes; a failure is only
 /// reported (the container is gone either way).
-fn poststop(record: &Record) {
+fn poststop(g: &Global, record: &Record) {
     let path = record.bundle.join("config.json");
     let Ok(spec) = std::fs::read(&path)
         .map_err(|e| e.to_string())
@@ -377,8 +426,8 @@ fn poststop(record: &Record) {
         .as_ref()
         .and_then(|h| h.poststop().clone())
         .unwrap_or_default();
-    if let Err(e) = hooks::run("poststop", &hooks, &record.oci_state()) {
-        eprintln!("husk: {e}");
+    for warning in hooks::run_all("poststop", &hooks, &record.oci_state()) {
+        g.warn(&warning);
     }
 }
 

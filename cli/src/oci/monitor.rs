@@ -179,9 +179,7 @@ fn life(
     let (mut poststart, signals) = match jail {
         None => (Poststart::Here(poststart_hooks), signals),
         Some(_) => match split(pipe, signals)? {
-            Side::Keeper(child, told) => {
-                return Ok(keep(child, told, poststart_hooks, &g.root(), &a.id))
-            }
+            Side::Keeper(child, told) => return Ok(keep(child, told, poststart_hooks, g, &a.id)),
             Side::Jailed(tell, signals) => (Poststart::Keeper(Some(tell)), signals),
         },
     };
@@ -232,7 +230,7 @@ fn life(
         container(&planned, terminal),
         &mut session::Hooks {
             created: &mut created,
-            started: &mut || poststart.run(&shared.oci_state()),
+            started: &mut || poststart.run(g, &shared.oci_state()),
         },
     );
     // Recorded before the VM is torn down: `state` says stopped at once.
@@ -254,21 +252,23 @@ enum Poststart {
 const STARTED: &str = "started";
 
 impl Poststart {
-    fn run(&mut self, state: &serde_json::Value) {
+    fn run(&mut self, g: &Global, state: &serde_json::Value) {
         match self {
-            Poststart::Here(hooks) => {
-                if let Err(e) = super::hooks::run("poststart", hooks, state) {
-                    // The container runs: the spec has a failed poststart
-                    // hook only warned about.
-                    log::warn!("{e}");
-                }
-            }
+            Poststart::Here(hooks) => warn_of_poststart(g, hooks, state),
             Poststart::Keeper(pipe) => {
                 if let Some(mut p) = pipe.take() {
                     let _ = writeln!(p, "{STARTED}");
                 }
             }
         }
+    }
+}
+
+/// The container runs: the spec has a failed poststart hook only warned
+/// about.
+fn warn_of_poststart(g: &Global, hooks: &[Hook], state: &serde_json::Value) {
+    for warning in super::hooks::run_all("poststart", hooks, state) {
+        g.warn(&warning);
     }
 }
 
@@ -300,18 +300,17 @@ fn split(pipe: &mut Option<std::fs::File>, signals: SignalFd) -> Result<Side, Fa
 /// The keeper's part of a jailed monitor: it stays the container's pid
 /// (root, in its cgroup), runs the poststart hooks when the jailed child
 /// says the container started, and exits with the child's status.
-fn keep(child: nix::unistd::Pid, told: OwnedFd, hooks: Vec<Hook>, root: &Path, id: &str) -> u8 {
-    let (root, id) = (root.to_owned(), id.to_owned());
+fn keep(child: nix::unistd::Pid, told: OwnedFd, hooks: Vec<Hook>, g: &Global, id: &str) -> u8 {
+    let (g, id) = (g.clone(), id.to_owned());
     let hooks = std::thread::spawn(move || {
         let mut line = String::new();
         let mut told = std::io::BufReader::new(std::fs::File::from(told));
         if std::io::BufRead::read_line(&mut told, &mut line).is_err() || line.trim() != STARTED {
             return;
         }
-        let ran = Record::load(&root, &id)
-            .and_then(|r| super::hooks::run("poststart", &hooks, &r.oci_state()));
-        if let Err(e) = ran {
-            log::warn!("{e}");
+        match Record::load(&g.root(), &id) {
+            Ok(r) => warn_of_poststart(&g, &hooks, &r.oci_state()),
+            Err(e) => g.warn(&format!("poststart hooks not run: {e}")),
         }
     });
     let status = run::jail::keep(child);

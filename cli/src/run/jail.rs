@@ -133,13 +133,28 @@ impl RunJail {
     /// holds the jail's root; the others beside it, at their own paths):
     /// called in the child once the VM is built, before its threads.
     pub fn enter(&self, dirs: &[&Path]) -> Result<(), String> {
-        let fail = |what: &'static str| move |e: nix::Error| format!("--jail: {what}: {e}");
         // What /dev/kvm is, from the host's /sys and /proc, which the jail
         // does not have.
         let _ = husk_vmm::kvm_kind::host();
         for dir in dirs {
             self.own(dir)?;
         }
+        let Some(first) = dirs.first() else {
+            return Err("--jail: no directory to keep".into());
+        };
+        self.confine(first, dirs)?;
+        jailing::give_up_root(self.uid, self.gid, true)?;
+        die_with_the_keeper()
+    }
+
+    /// The jail's namespaces and mounts, still as root: the root becomes
+    /// an empty read-only tmpfs (mounted on `base`'s [`ROOT_DIR`]) holding
+    /// `binds`, each at its own path, and open files are limited. For the
+    /// calling thread and the threads it starts afterwards. With no binds,
+    /// nothing of the host is left: for a process whose files and sockets
+    /// are all open (the OCI exec proxy).
+    pub fn confine(&self, base: &Path, binds: &[&Path]) -> Result<(), String> {
+        let fail = |what: &'static str| move |e: nix::Error| format!("--jail: {what}: {e}");
         // Where root may not make namespaces (a container without
         // CAP_SYS_ADMIN), the run says so, and how to run anyway.
         let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC;
@@ -150,10 +165,7 @@ impl RunJail {
             format!("--jail: new namespaces: {e} (--no-jail runs without the jail)")
         })?;
         jailing::make_mounts_private()?;
-        let Some(first) = dirs.first() else {
-            return Err("--jail: no directory to keep".into());
-        };
-        let root = first.join(ROOT_DIR);
+        let root = base.join(ROOT_DIR);
         std::fs::create_dir_all(&root).map_err(|e| format!("--jail: {}: {e}", root.display()))?;
         let hidden = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         mount(
@@ -164,7 +176,7 @@ impl RunJail {
             Some("size=64k,mode=0755"),
         )
         .map_err(fail("the jail's root"))?;
-        for dir in dirs {
+        for dir in binds {
             bind_inside(&root, dir, hidden)?;
         }
         jailing::pivot_into(&root)?;
@@ -176,9 +188,7 @@ impl RunJail {
             None::<&str>,
         )
         .map_err(fail("the jail's root read-only"))?;
-        jailing::set_limit(libc::RLIMIT_NOFILE, MAX_FILES, "limiting open files")?;
-        jailing::give_up_root(self.uid, self.gid, true)?;
-        die_with_the_keeper()
+        jailing::set_limit(libc::RLIMIT_NOFILE, MAX_FILES, "limiting open files")
     }
 
     /// A directory and what is in it (sockets, logs, record) become the
