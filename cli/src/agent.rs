@@ -365,18 +365,35 @@ fn spawn_reader(
     tx: mpsc::Sender<Msg>,
     vm: Option<VmControls>,
 ) {
-    let watch = vm.map(|vm| vm.seccomp_watch());
+    // Every reader parses what a guest sends under its filter. In a VM's
+    // process a call outside it stops the VM; elsewhere (husk exec, kill,
+    // rm; the OCI exec proxy) it ends the connection, naming the call.
+    let has_vm = vm.is_some();
+    let watch = match vm {
+        Some(vm) => Ok(vm.seccomp_watch()),
+        None => husk_vmm::seccomp::Watch::new().map(Arc::new),
+    };
     std::thread::spawn(move || {
-        if let Some(watch) = &watch {
-            let kind = husk_vmm::seccomp::Kind::AgentReader;
-            if let Err(e) = husk_vmm::seccomp::guard(kind, watch) {
-                let _ = tx.send(Msg::Closed(e.to_string()));
+        let guarded = watch.map_err(|e| e.to_string()).and_then(|w| {
+            husk_vmm::seccomp::guard(husk_vmm::seccomp::Kind::AgentReader, &w)
+                .map(|()| w)
+                .map_err(|e| e.to_string())
+        });
+        let watch = match guarded {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = tx.send(Msg::Closed(format!("the agent connection's reader: {e}")));
                 return;
             }
-        }
+        };
         let mut r = BufReader::new(stream);
         loop {
-            let msg = match read_frame(&mut r) {
+            let frame = read_frame(&mut r);
+            if let Some(call) = watch.refused().filter(|_| !has_vm) {
+                let _ = tx.send(Msg::Closed(call));
+                return;
+            }
+            let msg = match frame {
                 Ok(Some(Frame::Stdout { data, .. })) => {
                     write_out(&mut sinks.out, &data);
                     continue;

@@ -979,6 +979,33 @@ fn the_agent_readers_forbidden_call_ends_the_run_naming_it() {
         out.describe()
     );
     assert!(!out.stderr.contains("panicked"), "{}", out.describe());
+
+    // `husk exec` (a host process with no VM of its own) reads the guest's
+    // frames under the same filter: the call is refused and named.
+    let detached = r.run(&["-d", "--network", "none"], &["sleep", "600"]);
+    assert_eq!(detached.code, Some(0), "{}", detached.describe());
+    let id = detached.stdout.trim();
+    let exec = |deny: Option<&str>| {
+        let mut c = r.husk_command(&["exec", id, "echo", "from exec"]);
+        if let Some(d) = deny {
+            c.env("HUSK_SECCOMP_DENY", d);
+        }
+        husk_tests::process::run(c, TIMEOUT)
+    };
+    let ok = exec(None);
+    assert_eq!(ok.code, Some(0), "{}", ok.describe());
+    assert_eq!(ok.stdout, "from exec\n", "{}", ok.describe());
+    let out = exec(Some("agent-reader:recvfrom"));
+    assert_ne!(out.code, Some(0), "{}", out.describe());
+    assert!(
+        out.stderr.contains(
+            "the agent connection's reader (the guest's frames) made a system call outside its filter: recvfrom (number 45); it did not run"
+        ) && !out.stderr.contains("VM was stopped"),
+        "{}",
+        out.describe()
+    );
+    let rm = husk_tests::process::run(r.husk_command(&["rm", "-f", id]), TIMEOUT);
+    assert_eq!(rm.code, Some(0), "{}", rm.describe());
 }
 
 /// `husk run --jail`: once the VM is built, the process that runs it and

@@ -175,19 +175,22 @@ const FILE_CALLS: &[(&str, i64)] = &[
 /// and [`FILE_CALLS`] (no ioctl): it receives frames.
 const AGENT_READER_CALLS: &[(&str, i64)] = &[("recvfrom", libc::SYS_recvfrom)];
 
-/// The report thread lists its process's threads (`/proc/self/task`). It
-/// lives as long as its process, and a jailed run gives root up while it
-/// sleeps: glibc changes every thread's credentials by having each make
-/// the call itself, and one that cannot ends the process (a pool
-/// template's run crashed so).
-const REPORT_CALLS: &[(&str, i64)] = &[
-    ("getdents64", libc::SYS_getdents64),
+/// The calls glibc makes in every thread when the process changes its
+/// credentials: each thread makes the call itself, and one that cannot
+/// ends the process. Threads that exist while root is given up need them:
+/// the report thread (a pool template's run crashed without them) and the
+/// OCI exec proxy's agent reader. After the change the process has no
+/// capability left, so they can only set what is already set.
+const SETXID_CALLS: &[(&str, i64)] = &[
     ("setuid", libc::SYS_setuid),
     ("setgid", libc::SYS_setgid),
     ("setgroups", libc::SYS_setgroups),
     ("setresuid", libc::SYS_setresuid),
     ("setresgid", libc::SYS_setresgid),
 ];
+
+/// The report thread lists its process's threads (`/proc/self/task`).
+const REPORT_CALLS: &[(&str, i64)] = &[("getdents64", libc::SYS_getdents64)];
 
 /// The threads that have a filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,8 +258,8 @@ impl Kind {
             Kind::EventLoop => &[EVENT_LOOP_CALLS, FILE_CALLS],
             Kind::Api => &[API_CALLS],
             Kind::Helper => &[HELPER_CALLS],
-            Kind::AgentReader => &[AGENT_READER_CALLS, FILE_CALLS],
-            Kind::Report => &[REPORT_CALLS, FILE_CALLS],
+            Kind::AgentReader => &[AGENT_READER_CALLS, FILE_CALLS, SETXID_CALLS],
+            Kind::Report => &[REPORT_CALLS, FILE_CALLS, SETXID_CALLS],
         };
         lists.iter().flat_map(|l| l.iter())
     }
@@ -380,6 +383,13 @@ impl Watch {
 
     /// What the VM's exit says of the call.
     pub fn describe(&self) -> Option<String> {
+        self.refused()
+            .map(|call| format!("{call}, and the VM was stopped"))
+    }
+
+    /// The call refused, for a process with no VM to stop (an agent
+    /// connection's reader in `husk exec`).
+    pub fn refused(&self) -> Option<String> {
         let nr = self.call.load(Ordering::Acquire);
         (nr >= 0).then(|| {
             let name = usize::try_from(nr)
@@ -388,7 +398,7 @@ impl Watch {
                 .map_or("an unknown call", |s| s.name());
             let who = Kind::from_u8(self.kind.load(Ordering::Acquire)).describe();
             format!(
-                "seccomp: {who} made a system call outside its filter: {name} (number {nr}); it did not run, and the VM was stopped"
+                "seccomp: {who} made a system call outside its filter: {name} (number {nr}); it did not run"
             )
         })
     }
