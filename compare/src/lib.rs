@@ -8,6 +8,7 @@ pub mod machine;
 pub mod report;
 pub mod results;
 pub mod runner;
+pub mod studies;
 pub mod workloads;
 
 pub use error::Error;

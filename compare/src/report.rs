@@ -37,6 +37,7 @@ pub fn markdown(report: &Report) -> String {
     );
     conditions(&mut md, report);
     how_to_read(&mut md, report);
+    crate::studies::section(&mut md, report);
     for w in &report.workloads {
         section(&mut md, w);
     }

@@ -293,3 +293,22 @@ fn an_id_that_is_not_a_file_name_is_refused() {
     assert!(!dir.path().join("escape.svg").exists());
     assert!(!dir.path().join("report.md").exists());
 }
+
+/// Renders the testbed report kept in docs/ (`HUSK_SHOW_STUDIES=1` prints
+/// the study section, to read it).
+#[test]
+fn the_kept_testbed_report_gets_a_study_section() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/compare-testbed.json"
+    ))
+    .unwrap();
+    let r = report::parse_json(&text).unwrap();
+    let md = report::markdown(&r);
+    let section = md.split("## Against the studies").nth(1).unwrap();
+    let section = section.split("\n## ").next().unwrap();
+    if std::env::var_os("HUSK_SHOW_STUDIES").is_some() {
+        println!("{section}");
+    }
+    assert!(section.contains("| Random 4 KiB reads"), "{section}");
+}

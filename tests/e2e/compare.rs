@@ -55,6 +55,29 @@ fn quick_compare_reports_positive_figures_for_every_environment() {
     }
     let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
     assert!(md.contains("nested"), "the report says the host is nested");
+    // The study's section: a row for each workload it matches, each saying
+    // whether husk agrees.
+    let studies = md
+        .split("## Against the studies")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .unwrap_or_else(|| panic!("no study section in {md}"));
+    for study in [
+        "Linpack",
+        "STREAM",
+        "RandomAccess",
+        "fio, random 4 KiB",
+        "netperf",
+    ] {
+        let row = studies
+            .lines()
+            .find(|l| l.contains(study))
+            .unwrap_or_else(|| panic!("no {study} row in {studies}"));
+        assert!(
+            row.contains("| Agrees: husk at ") || row.contains("| Differs: husk at "),
+            "{row}"
+        );
+    }
 }
 
 #[test]
