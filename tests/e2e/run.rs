@@ -65,6 +65,29 @@ impl Run {
     }
 }
 
+/// A test that fails before removing its detached containers would leave
+/// them running, with their TAPs and leases on the host's bridge, and fail
+/// the tests that check the bridge after it (a suite on 2026-12-07 lost
+/// six z_bridge tests so). So whatever is left is removed, and said.
+impl Drop for Run {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir(self.runtime.path()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if !e.path().join("state.json").is_file() {
+                continue;
+            }
+            let id = e.file_name().to_string_lossy().into_owned();
+            let rm = husk_tests::process::run(self.husk_command(&["rm", "-f", &id]), TIMEOUT);
+            eprintln!(
+                "[e2e] the test left container {id}: husk rm -f exited {:?}",
+                rm.code
+            );
+        }
+    }
+}
+
 #[test]
 fn echo_and_exit_statuses() {
     require_linux_kvm();
