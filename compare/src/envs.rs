@@ -46,6 +46,8 @@ pub struct Needs {
     pub disk: Option<PathBuf>,
     /// The TAP this instance's network uses (VMs only).
     pub tap: Option<Tap>,
+    /// vCPUs for a VM (0 or 1: one).
+    pub cpus: u32,
 }
 
 /// A host TAP with its two addresses.
@@ -248,6 +250,9 @@ pub fn launch(s: &Setup, env: Env, id: &str, script: &str, needs: &Needs) -> Res
                     .arg(format!("tap={},ip={}/24", t.name, t.guest_ip)),
                 None => c.args(["--network", "none"]),
             };
+            if needs.cpus > 1 {
+                c.arg("--cpus").arg(needs.cpus.to_string());
+            }
             c.arg(&s.image)
                 .args(["sh", "-c", script])
                 .env("HUSK_IMAGE_CACHE", s.work.join("image-cache"))
@@ -324,7 +329,9 @@ fn qemu_command(s: &Setup, id: &str, script: &str, needs: &Needs) -> Result<Comm
     }
     let mut c = Command::new(qemu);
     c.args(QEMU_MICROVM_ARGS)
-        .args(["-smp", "1", "-m", "256", "-kernel"])
+        .arg("-smp")
+        .arg(needs.cpus.max(1).to_string())
+        .args(["-m", "256", "-kernel"])
         .arg(&s.kernel)
         .arg("-append")
         .arg(cmdline)

@@ -114,6 +114,24 @@ const WORKLOADS: &[(&str, &str, &str, bool)] = &[
         true,
     ),
     (
+        "cpu_gflops_all",
+        "CPU: f64 matrix multiply, all cores",
+        "GFLOPS",
+        true,
+    ),
+    (
+        "mem_triad_all",
+        "Memory bandwidth: STREAM triad, all cores",
+        "GB/s",
+        true,
+    ),
+    (
+        "mem_gups_all",
+        "Random memory access: GUPS, all cores",
+        "Mupdates/s",
+        true,
+    ),
+    (
         "memory_pss",
         "Host memory per instance (PSS, holding 16 MiB)",
         "MiB",
@@ -153,6 +171,10 @@ fn detail(id: &str, z: Sizes) -> String {
         ),
         "density_ready" => format!("N = {}", z.density),
         "cpu_gflops" => format!("`husk-bench flops`: {0}×{0} matrices, blocked", z.flops_n),
+        "cpu_gflops_all" | "mem_triad_all" | "mem_gups_all" => format!(
+            "as the one-thread row, with a thread per CPU; the VMs get a vCPU per host core ({})",
+            host_cores()
+        ),
         "mem_copy" | "mem_triad" => format!(
             "`husk-bench stream`: three arrays of {} MiB, best of 5 passes",
             z.stream_mib
@@ -163,6 +185,12 @@ fn detail(id: &str, z: Sizes) -> String {
         ),
         _ => String::new(),
     }
+}
+
+/// The host's cores (what its scheduler gives this process): the threads
+/// of the all-cores runs, and the VMs' vCPUs there.
+fn host_cores() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
 
 /// Builds the shared setup; an environment that cannot run is skipped
@@ -304,6 +332,10 @@ const STEPS: &[(&str, &[&str])] = &[
         "CPU and memory",
         &["cpu_gflops", "mem_copy", "mem_triad", "mem_gups"],
     ),
+    (
+        "CPU and memory, all cores",
+        &["cpu_gflops_all", "mem_triad_all", "mem_gups_all"],
+    ),
     ("memory and density", &["density_ready", "memory_pss"]),
 ];
 
@@ -324,6 +356,7 @@ fn step(i: usize, s: &Setup, env: Env, id: &str, z: Sizes, nets: &Nets) -> Resul
             None => workloads::net(s, env, id, z, nets.taps.get(&env)).map(|v| v.to_vec()),
         },
         4 => workloads::compute(s, env, id, z).map(|v| v.to_vec()),
+        5 => workloads::compute_all(s, env, id, z, host_cores()).map(|v| v.to_vec()),
         _ => workloads::density(s, env, id, z, z.density).map(|(a, b)| vec![a, b]),
     }
 }

@@ -44,7 +44,7 @@ pub struct Finding {
 /// like it.
 pub fn finding(id: &str) -> Option<Finding> {
     let f = match id {
-        "cpu_gflops" => Finding {
+        "cpu_gflops" | "cpu_gflops_all" => Finding {
             study: "Linpack",
             containers: "same as native",
             kvm: "−2% tuned (vCPUs pinned, cache topology exposed); −17% untuned",
@@ -52,7 +52,7 @@ pub fn finding(id: &str) -> Option<Finding> {
             why: "guest code runs on the CPU unchanged; only exits cost, and a \
                   compute loop makes almost none",
         },
-        "mem_copy" | "mem_triad" => Finding {
+        "mem_copy" | "mem_triad" | "mem_triad_all" => Finding {
             study: "STREAM",
             containers: "negligible overhead",
             kvm: "−1% to −3%",
@@ -61,7 +61,7 @@ pub fn finding(id: &str) -> Option<Finding> {
                   translation costs little; a smaller guest heap or other \
                   huge-page backing shows here",
         },
-        "mem_gups" => Finding {
+        "mem_gups" | "mem_gups_all" => Finding {
             study: "RandomAccess (GUPS)",
             containers: "negligible overhead",
             kvm: "−1%",

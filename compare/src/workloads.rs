@@ -283,14 +283,14 @@ pub fn disk(s: &Setup, env: Env, id: &str, z: Sizes) -> Result<[f64; 4], Error> 
     let needs = match env {
         Env::Native | Env::Crun => Needs {
             disk: Some(dir.clone()),
-            tap: None,
+            ..Needs::default()
         },
         Env::Husk | Env::Qemu => {
             let img = dir.join("work.ext4");
             envs::make_disk(&img, z.seq_mib * 2 + 64)?;
             Needs {
                 disk: Some(img),
-                tap: None,
+                ..Needs::default()
             }
         }
     };
@@ -344,7 +344,7 @@ pub fn shared_dir(
     };
     let needs = Needs {
         disk: Some(work.clone()),
-        tap: None,
+        ..Needs::default()
     };
     let (t, m, n) = (TOOL_IN_IMAGE, z.seq_mib, z.files);
     // `/work/` with its slash: native runs rewrite it to the host path.
@@ -370,17 +370,48 @@ pub fn shared_dir(
 /// (GB/s) and GUPS (millions of updates/s). Nothing but the CPU, the
 /// memory and its mapping (nested paging in a VM) is measured.
 pub fn compute(s: &Setup, env: Env, id: &str, z: Sizes) -> Result<[f64; 4], Error> {
+    let lines = compute_lines(s, env, id, z, 1)?;
+    compute_figures(&lines)
+}
+
+/// The same over every core: husk-bench runs a thread per CPU it sees,
+/// and a VM gets as many vCPUs as the host has cores (`cores`), as the
+/// studies ran Linpack and STREAM. `flops` (GFLOPS), STREAM's triad
+/// (GB/s), GUPS (millions of updates/s).
+pub fn compute_all(s: &Setup, env: Env, id: &str, z: Sizes, cores: u32) -> Result<[f64; 3], Error> {
+    let lines = compute_lines(s, env, id, z, cores)?;
+    let o = ops(&lines);
+    Ok([
+        value(&o, "flops", "gflops")?,
+        value(&o, "stream", "triad_gbs")?,
+        value(&o, "gups", "mups")?,
+    ])
+}
+
+/// Runs the three CPU and memory kernels, one thread (`cores` 1) or a
+/// thread per CPU (husk-bench's 0) on `cores` vCPUs.
+fn compute_lines(
+    s: &Setup,
+    env: Env,
+    id: &str,
+    z: Sizes,
+    cores: u32,
+) -> Result<Vec<String>, Error> {
     let needs = Needs {
-        disk: None,
-        tap: None,
+        cpus: cores,
+        ..Needs::default()
     };
     let t = TOOL_IN_IMAGE;
+    let threads = if cores > 1 { 0 } else { 1 };
     let script = format!(
-        "{t} flops {} 1 && {t} stream {} 1 && {t} gups {} {} 1",
-        z.flops_n, z.stream_mib, z.gups_mib, z.gups_updates
+        "{t} flops {n} {threads} && {t} stream {m} {threads} && {t} gups {g} {u} {threads}",
+        n = z.flops_n,
+        m = z.stream_mib,
+        g = z.gups_mib,
+        u = z.gups_updates
     );
     let (_, lines) = Running::start(s, env, id, &script, &needs)?.finish("compute")?;
-    compute_figures(&lines)
+    Ok(lines)
 }
 
 /// `compute`'s four figures from what husk-bench printed.
@@ -427,6 +458,7 @@ pub fn net(s: &Setup, env: Env, id: &str, z: Sizes, tap: Option<&Tap>) -> Result
         tap: tap
             .cloned()
             .filter(|_| matches!(env, Env::Husk | Env::Qemu)),
+        ..Needs::default()
     };
     let result = Running::start(s, env, id, &script, &needs).and_then(|r| r.finish("net"));
     for c in [&mut sink, &mut echo] {

@@ -22,7 +22,7 @@ fn quick_compare_reports_positive_figures_for_every_environment() {
     let json = std::fs::read_to_string(out.path().join("report.json")).unwrap();
     let report: serde_json::Value = serde_json::from_str(&json).unwrap();
     let workloads = report["workloads"].as_array().unwrap();
-    assert_eq!(workloads.len(), 20, "{json}");
+    assert_eq!(workloads.len(), 23, "{json}");
     for w in workloads {
         let id = w["id"].as_str().unwrap();
         for env in ENVS {
