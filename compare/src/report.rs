@@ -152,7 +152,7 @@ fn row(w: &Workload, r: &EnvResult) -> String {
     )
 }
 
-fn ratio(r: Option<f64>) -> String {
+pub(crate) fn ratio(r: Option<f64>) -> String {
     r.map_or_else(|| "—".to_string(), |r| format!("{r:.2}×"))
 }
 

@@ -204,10 +204,7 @@ pub fn section(md: &mut String, report: &Report) {
          |---|---|---:|---:|---:|---|---|---|\n",
     );
     for (w, f) in rows {
-        let r = |env| {
-            w.ratio(env, Env::Native)
-                .map_or_else(|| "—".to_string(), |r| format!("{r:.2}×"))
-        };
+        let r = |env| crate::report::ratio(w.ratio(env, Env::Native));
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
