@@ -5,6 +5,7 @@ mod boot;
 mod commit_cmd;
 mod compare_cmd;
 mod containers;
+mod dbus;
 mod image_cmd;
 mod lockfile;
 mod netlink;

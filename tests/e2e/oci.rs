@@ -280,6 +280,28 @@ fn bad_input_is_one_line_and_json_in_the_log() {
     let (code, _, err) = husk(&root, &["--rootless", "true", "state", "x"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("--rootless=true"), "{err}");
+    // systemd's slice:prefix:name, without --systemd-cgroup; then with it
+    // where no systemd answers (podman's test has one that does).
+    let b = bundle(&dir.path().join("sd"), "true");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b.join("config.json")).unwrap()).unwrap();
+    spec["linux"]["cgroupsPath"] = serde_json::json!("machine.slice:libpod:sd");
+    std::fs::write(b.join("config.json"), spec.to_string()).unwrap();
+    let bs = b.display().to_string();
+    let (code, _, err) = husk(&root, &["create", "--bundle", &bs, "sd"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("pass --systemd-cgroup"), "{err}");
+    if !Path::new("/run/systemd/private").exists() {
+        let (code, _, err) = husk(
+            &root,
+            &["--systemd-cgroup", "create", "--bundle", &bs, "sd"],
+        );
+        assert_eq!(code, Some(1), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("cannot reach systemd"), "{err}");
+    }
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
 }
 
 /// A bundle whose process wants a terminal.

@@ -247,3 +247,85 @@ fn podman_build_runs_its_run_steps_in_microvms() {
     assert_ne!(lines[0], host_kernel(), "{}", out.describe());
     assert_eq!(lines[1], "second-step", "{}", out.describe());
 }
+
+/// podman as on a host booted with systemd (its default cgroup manager
+/// there): it passes husk `--systemd-cgroup` and `machine.slice:libpod:ID`,
+/// and husk asks systemd for the scope, as runc and crun do.
+#[test]
+fn with_systemd_cgroups_the_container_gets_a_scope() {
+    require_linux_kvm();
+    let Some(sd) = husk_tests::systemd::Systemd::start() else {
+        return;
+    };
+    let Some(p) = Podman::new() else { return };
+    let run = |args: &[&str]| {
+        let mut all = vec!["--cgroup-manager", "systemd"];
+        all.extend_from_slice(args);
+        husk_tests::process::run(sd.enter(&p.command(&all)), TIMEOUT)
+    };
+    let script = "cat /proc/self/cgroup; while :; do sleep 0.2; done";
+    let out = run(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--cgroupns",
+        "host",
+        IMAGE,
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert_eq!(
+        out.code,
+        Some(0),
+        "{}\nsystemd: {}",
+        out.describe(),
+        sd.log()
+    );
+    let id = out.stdout.trim().to_owned();
+    let unit = format!("libpod-{id}.scope");
+    let path = format!("/machine.slice/{unit}");
+    // In the VM, the container's cgroup has the path systemd gave the
+    // container on the host.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !run(&["logs", &id]).stdout.contains("0::") {
+        assert!(std::time::Instant::now() < deadline, "no output from {id}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(run(&["logs", &id]).stdout, format!("0::{path}\n"));
+    // On the host: systemd knows the scope, and the container's pid (husk's
+    // monitor) is in it.
+    assert_eq!(sd.unit_property(&unit, "ActiveState"), "active");
+    assert_eq!(sd.unit_property(&unit, "ControlGroup"), path);
+    let pid = run(&["inspect", "--format", "{{.State.Pid}}", &id]);
+    let pid = pid.stdout.trim();
+    let mut c = Command::new("cat");
+    c.arg(format!("/proc/{pid}/cgroup"));
+    let cgroup = husk_tests::process::run(sd.enter(&c), TIMEOUT);
+    assert_eq!(
+        cgroup.stdout,
+        format!("0::{path}\n"),
+        "{}",
+        cgroup.describe()
+    );
+    let procs = sd
+        .cgroup
+        .join(path.trim_start_matches('/'))
+        .join("cgroup.procs");
+    let exes: Vec<PathBuf> = std::fs::read_to_string(&procs)
+        .unwrap()
+        .lines()
+        .filter_map(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).ok())
+        .collect();
+    assert!(
+        exes.contains(&husk_tests::husk::binary()),
+        "{}: {exes:?}",
+        procs.display()
+    );
+    // podman rm -f: husk delete stops the scope; systemd forgets it.
+    let rm = run(&["rm", "-f", &id]);
+    assert_eq!(rm.code, Some(0), "{}", rm.describe());
+    assert_eq!(sd.unit_property(&unit, "LoadState"), "not-found");
+    assert!(!procs.parent().unwrap().exists());
+}

@@ -12,6 +12,7 @@ pub mod podman;
 pub mod process;
 pub mod qemu;
 pub mod registry;
+pub mod systemd;
 pub mod testbed;
 pub mod vmm_process;
 

@@ -102,7 +102,7 @@ pub fn document() -> serde_json::Value {
             // Joining one by path is refused for now; new ones are made.
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
             "capabilities": CAPABILITIES,
-            "cgroup": {"v1": false, "v2": true, "systemd": false, "systemdUser": false},
+            "cgroup": {"v1": false, "v2": true, "systemd": true, "systemdUser": false},
             "seccomp": {
                 "enabled": true,
                 "actions": [

@@ -8,10 +8,12 @@
 //! Done so far: the global flags, `create` (with `--console-socket` for a
 //! terminal), `start`, `state`, `kill`, `exec`, `pause`, `resume`,
 //! `delete`, `update`, `ps` (update.rs); the container's network namespace
-//! becomes the VM's network (network.rs). Refused by name until built:
-//! `--preserve-fds`, joining the host's other namespaces, systemd cgroup
-//! paths, hooks that run inside the container, and runc's other commands. Hooks that run on the host (prestart, createRuntime,
-//! poststart, poststop) run there (hooks.rs).
+//! becomes the VM's network (network.rs); with `--systemd-cgroup` the
+//! container's pid goes in a scope systemd makes (systemd.rs). Refused by
+//! name: `--preserve-fds`, joining the host's other namespaces, hooks that
+//! run inside the container, and runc's other commands. Hooks that run on
+//! the host (prestart, createRuntime, poststart, poststop) run there
+//! (hooks.rs).
 
 mod bundle;
 mod control;
@@ -21,6 +23,7 @@ mod hooks;
 mod monitor;
 mod network;
 pub mod state;
+mod systemd;
 pub mod update;
 
 use crate::Failure;
@@ -42,7 +45,8 @@ pub struct Global {
     /// The --log file's format.
     #[arg(long = "log-format", value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
-    /// cgroupsPath is systemd's slice:prefix:name.
+    /// cgroupsPath is systemd's slice:prefix:name: the container's pid
+    /// goes in a transient scope systemd makes.
     #[arg(long = "systemd-cgroup")]
     pub systemd_cgroup: bool,
     /// Debug lines in the VMM's log (the container's state directory).
@@ -401,6 +405,11 @@ pub fn delete(g: &Global, a: &DeleteArgs) -> Result<u8, Failure> {
         }
     }
     poststop(g, &record);
+    if let Some(cgroup) = &record.cgroup {
+        if let Err(e) = cgroup.remove() {
+            g.warn(&e);
+        }
+    }
     let _ = std::fs::remove_dir_all(Record::sock_dir(&root, &a.id));
     let dir = Record::dir(&root, &a.id);
     std::fs::remove_dir_all(&dir)

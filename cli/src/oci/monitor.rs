@@ -7,7 +7,8 @@
 //! exits with that status.
 
 use super::bundle::{self, Planned, ROOT_TAG};
-use super::state::{self, Record, Status, START_FIFO};
+use super::state::{self, HostCgroup, Record, Status, START_FIFO};
+use super::systemd::Scope;
 use super::{control, network, CreateArgs, Global};
 use crate::agent::{Client, Sinks};
 use crate::run::{self, launch::RunDir, session, teardown};
@@ -114,9 +115,11 @@ pub fn run(g: &Global, a: &CreateArgs) -> Result<u8, Failure> {
     };
     let result = life(g, a, &dir, &mut pipe);
     if let (Err(e), Some(p)) = (&result, pipe.as_mut()) {
-        // Not created: `create` reports it (and removes the directory).
+        // Not created: `create` reports it, on its stderr and in --log
+        // (and removes the directory); said here too, it was said twice.
         let _ = writeln!(p, "{}", e.message);
         dir.keep.set(false);
+        return Ok(e.code);
     }
     result
 }
@@ -127,9 +130,9 @@ fn life(
     dir: &RunDir,
     pipe: &mut Option<std::fs::File>,
 ) -> Result<u8, Failure> {
-    let planned = bundle::load(&a.bundle).map_err(Failure::runtime)?;
+    let mut planned = bundle::load(&a.bundle).map_err(Failure::runtime)?;
     let jail = jail_of(&planned, &a.id)?;
-    join_cgroup(g, &planned)?;
+    let cgroup = join_cgroup(g, &mut planned, &a.id)?;
     network::enter(&network::Namespace::of(&planned.spec)).map_err(Failure::runtime)?;
     let me = std::process::id() as i32;
     let record = Record {
@@ -142,6 +145,7 @@ fn life(
         monitor_start: run::state::start_time(me).unwrap_or(0),
         status: Status::Creating,
         exit_status: None,
+        cgroup,
     };
     record.save(&dir.path).map_err(Failure::runtime)?;
     let fifo = dir.path.join(START_FIFO);
@@ -502,27 +506,36 @@ fn jail_of(p: &Planned, id: &str) -> Result<Option<run::jail::RunJail>, Failure>
 }
 
 /// Puts the monitor (the container's pid on the host) in
-/// `linux.cgroupsPath`, as runc puts the container's init there.
-fn join_cgroup(g: &Global, p: &Planned) -> Result<(), Failure> {
-    let Some(path) = p
-        .spec
-        .linux()
+/// `linux.cgroupsPath`, as runc puts the container's init there: a
+/// directory under /sys/fs/cgroup, or with `--systemd-cgroup` a scope
+/// systemd makes (systemd.rs), whose path the guest's cgroup then takes.
+fn join_cgroup(g: &Global, p: &mut Planned, id: &str) -> Result<Option<HostCgroup>, Failure> {
+    let linux = p.spec.linux_mut().get_or_insert_with(Default::default);
+    let path = linux
+        .cgroups_path()
         .as_ref()
-        .and_then(|l| l.cgroups_path().clone())
-    else {
-        return Ok(());
-    };
+        .map(|p| p.to_string_lossy().into_owned());
     if g.systemd_cgroup {
+        let scope = Scope::parse(path.as_deref(), id).map_err(Failure::runtime)?;
+        scope
+            .start(std::process::id(), &format!("husk container {id}"))
+            .map_err(Failure::runtime)?;
+        linux.set_cgroups_path(Some(scope.cgroup_path().into()));
+        return Ok(Some(HostCgroup::Scope(scope.unit)));
+    }
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    if path.contains(':') {
         return Err(Failure::runtime(format!(
-            "--systemd-cgroup: systemd cgroup paths ({}) are not supported yet",
-            path.display()
+            "cgroupsPath {path} is systemd's slice:prefix:name: pass --systemd-cgroup"
         )));
     }
-    let rel = path.strip_prefix("/").unwrap_or(&path);
-    let dir = Path::new("/sys/fs/cgroup").join(rel);
+    let dir = Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
     std::fs::create_dir_all(&dir)
         .and_then(|()| std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string()))
-        .map_err(|e| Failure::runtime(format!("cgroupsPath {}: {e}", dir.display())))
+        .map_err(|e| Failure::runtime(format!("cgroupsPath {}: {e}", dir.display())))?;
+    Ok(Some(HostCgroup::Dir(dir)))
 }
 
 fn make_fifo(path: &Path) -> std::io::Result<()> {

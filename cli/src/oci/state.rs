@@ -52,6 +52,36 @@ pub struct Record {
     /// The container process's exit status, once known.
     #[serde(default)]
     pub exit_status: Option<u8>,
+    /// Where the monitor sits on the host, for `delete` to remove.
+    #[serde(default)]
+    pub cgroup: Option<HostCgroup>,
+}
+
+/// The host cgroup a container's monitor was put in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostCgroup {
+    /// A directory husk made under /sys/fs/cgroup.
+    Dir(PathBuf),
+    /// A transient scope unit systemd made (`--systemd-cgroup`).
+    Scope(String),
+}
+
+impl HostCgroup {
+    /// Removes it, once the monitor is gone. A cgroup still holding a
+    /// process (or a scope systemd cannot stop) is an error to report;
+    /// one already gone is fine.
+    pub fn remove(&self) -> Result<(), String> {
+        match self {
+            HostCgroup::Dir(dir) => match fs::remove_dir(dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(format!("cgroup {}: {e}", dir.display()))
+                }
+                _ => Ok(()),
+            },
+            HostCgroup::Scope(unit) => super::systemd::stop(unit),
+        }
+    }
 }
 
 impl Record {
@@ -161,6 +191,7 @@ mod tests {
             monitor_start: start,
             status,
             exit_status: None,
+            cgroup: None,
         }
     }
 
