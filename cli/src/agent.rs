@@ -529,6 +529,22 @@ pub mod tty {
         (r == 0 && ws.ws_row > 0).then_some((ws.ws_row, ws.ws_col))
     }
 
+    /// Gives a process that wants a terminal our terminal's size as its
+    /// `consoleSize`, unless it has one: the guest sizes the pty before
+    /// the process starts (a ResizeTty comes after, and a program that
+    /// asks at once would see 0x0).
+    pub fn size_process(p: &mut husk_wire::oci_spec::runtime::Process) {
+        if p.terminal() != Some(true) || p.console_size().is_some() {
+            return;
+        }
+        let Some((rows, cols)) = size() else { return };
+        let b = husk_wire::oci_spec::runtime::BoxBuilder::default()
+            .height(u64::from(rows))
+            .width(u64::from(cols))
+            .build();
+        p.set_console_size(b.ok());
+    }
+
     /// Tells the agent our terminal's size for `stream` (nothing without a
     /// terminal); the answer is not awaited.
     pub fn send_size(writer: &Writer, stream: u32) {

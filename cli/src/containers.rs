@@ -397,7 +397,9 @@ pub fn exec(args: ExecArgs) -> Result<u8, Failure> {
         .workdir
         .clone()
         .unwrap_or_else(|| defaults.cwd.clone());
-    let process = crate::run::exec_process(args.command.clone(), env, cwd, user, args.process.tty);
+    let mut process =
+        crate::run::exec_process(args.command.clone(), env, cwd, user, args.process.tty);
+    tty::size_process(&mut process);
     // Before any thread exists, so they inherit the masks (see run).
     let signals = husk_vmm::take_stop_signals()
         .map_err(|e| Failure::runtime(format!("cannot take over SIGINT/SIGTERM: {e}")))?;

@@ -123,7 +123,11 @@ fn proxy(
     let request = Request::Exec {
         id: run::CONTAINER_ID.into(),
         exec_id: exec_id.clone(),
-        process: Box::new(r.process.clone()),
+        process: Box::new({
+            let mut p = r.process.clone();
+            tty::size_process(&mut p);
+            p
+        }),
         stdio: StdioSpec {
             stream: STREAM,
             tty: terminal,

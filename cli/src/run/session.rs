@@ -138,7 +138,13 @@ impl Session {
         }
         let create = Request::CreateContainer {
             id: CONTAINER_ID.into(),
-            spec: Box::new(c.spec),
+            spec: Box::new({
+                let mut spec = c.spec;
+                if let Some(p) = spec.process_mut() {
+                    tty::size_process(p);
+                }
+                spec
+            }),
             rootfs: c.rootfs,
             volumes: c.volumes,
             stdio: c.stdio.clone(),

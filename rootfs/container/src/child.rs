@@ -267,7 +267,9 @@ pub(crate) fn init_main(sock: c_int, plan: &InitPlan) -> ! {
         setup_dev(sock, rootfd, &plan.devices);
     }
     let tty = if plan.process.tty {
-        Some(open_tty_in_root(sock, rootfd, plan.setup_dev))
+        let (master, slave) = open_tty_in_root(sock, rootfd, plan.setup_dev);
+        size_pty(sock, master, plan.process.console_size);
+        Some((master, slave))
     } else {
         None
     };
@@ -549,6 +551,21 @@ fn pty_slave(sock: c_int, master: c_int) -> c_int {
     check(sock, slave, &[b"open the pty slave"])
 }
 
+/// Gives the pty its size before the process starts (a resize from the
+/// host would come after it, and a program that asks first sees 0x0).
+fn size_pty(sock: c_int, master: c_int, size: Option<(u16, u16)>) {
+    let Some((rows, cols)) = size else { return };
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads the winsize we pass, which outlives the call.
+    let r = unsafe { libc::ioctl(master, libc::TIOCSWINSZ, &ws) };
+    check(sock, r, &[b"size the pty"]);
+}
+
 fn pivot(sock: c_int, rootfd: c_int) {
     // SAFETY: fchdir on an O_PATH directory fd.
     check(
@@ -646,7 +663,9 @@ pub(crate) fn exec_main(sock: c_int, plan: &ProcPlan) -> ! {
             )
         };
         check(sock, master, &[b"open /dev/ptmx"]);
-        Some((master, pty_slave(sock, master)))
+        let slave = pty_slave(sock, master);
+        size_pty(sock, master, plan.console_size);
+        Some((master, slave))
     } else {
         None
     };

@@ -696,7 +696,6 @@ fn spec_parts(
 /// A spec checked and converted: everything [`Container::create`] needs
 /// from it, known before anything is made.
 struct CheckedSpec<'a> {
-    process: &'a Process,
     linux: &'a Linux,
     ns: NsSetup,
     programs: Programs,
@@ -730,7 +729,6 @@ fn check_spec<'a>(id: &str, spec: &'a Spec, tty: bool) -> Result<CheckedSpec<'a>
     let parts = spec_parts(spec, linux, cgroup2, &ns.namespaces)?;
     let cgroup = cgroup_setup(id, linux, cgroup_root, cgroup2)?;
     Ok(CheckedSpec {
-        process,
         linux,
         ns,
         programs,
@@ -1057,24 +1055,12 @@ fn configure_init(
 }
 
 /// Lets the init do its setup and waits until it is ready, just before
-/// `execve`; returns the caller's ends of its streams, the tty sized.
-fn release_init(
-    sock: BorrowedFd,
-    io_setup: StdioSetup,
-    process: &Process,
-    tty: bool,
-) -> Result<ProcessIo, Error> {
+/// `execve`; returns the caller's ends of its streams (the child sized a
+/// tty itself).
+fn release_init(sock: BorrowedFd, io_setup: StdioSetup) -> Result<ProcessIo, Error> {
     sys::send_byte(sock, sys::MSG_GO).map_err(|e| Error::os("signal the container process", e))?;
     let master = wait_ready(sock)?;
-    let io = io_setup.finish(master)?;
-    if let (true, Some(size)) = (tty, process.console_size()) {
-        resize_tty(
-            io.stdout.as_fd(),
-            size.height().min(u16::MAX as u64) as u16,
-            size.width().min(u16::MAX as u64) as u16,
-        )?;
-    }
-    Ok(io)
+    io_setup.finish(master)
 }
 
 /// The init's pid namespace link when the container has a pid namespace of
@@ -1156,7 +1142,7 @@ impl Container {
         configure_init(init.pid, checked.linux, &plan, cg.as_ref())?;
         trace.step("configure");
         // The init's own work: its mounts, pivot_root, devices, limits.
-        let io = release_init(init.sock.as_fd(), init.io, checked.process, tty)?;
+        let io = release_init(init.sock.as_fd(), init.io)?;
         trace.step("init_ready");
         let pidns = own_pidns(init.pid, &checked.ns);
         guard.disarm();

@@ -98,6 +98,9 @@ pub struct ProcPlan {
     pub rlimits: Vec<(u32, u64, u64)>,
     pub seccomp: Programs,
     pub tty: bool,
+    /// `process.consoleSize` as (rows, cols): the pty is sized before the
+    /// process starts, so it never sees a 0x0 terminal.
+    pub console_size: Option<(u16, u16)>,
     pub exec: ExecPlan,
     /// Written by the parent into /proc/<pid>/oom_score_adj.
     pub oom_score_adj: Option<i32>,
@@ -572,6 +575,10 @@ pub fn proc_plan(
         rlimits,
         seccomp,
         tty,
+        console_size: p.console_size().map(|b| {
+            let clamp = |v: u64| v.min(u16::MAX as u64) as u16;
+            (clamp(b.height()), clamp(b.width()))
+        }),
         exec,
         oom_score_adj: p.oom_score_adj(),
     })

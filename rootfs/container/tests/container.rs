@@ -339,11 +339,23 @@ fn exec_joins_the_container() {
     assert_eq!(read_all(&eio.stdout), "1234\n/tmp\n");
     assert_eq!(exit_code(wait(pid)), Some(0));
 
-    // With a tty.
+    // With a tty, sized by process.consoleSize before the process starts
+    // (a size asked for at once is never 0x0).
     let mut p3 = p.clone();
-    p3.set_args(Some(vec!["tty".into()]));
+    p3.set_args(Some(vec![
+        "sh".into(),
+        "-c".into(),
+        "tty; stty size".into(),
+    ]));
+    p3.set_console_size(Some(
+        husk_container::oci_spec::runtime::BoxBuilder::default()
+            .height(33u64)
+            .width(77u64)
+            .build()
+            .unwrap(),
+    ));
     let (pid, eio) = c.exec(&p3, Stdio::Tty).unwrap();
-    assert_eq!(read_all(&eio.stdout), "/dev/pts/0\r\n");
+    assert_eq!(read_all(&eio.stdout), "/dev/pts/0\r\n33 77\r\n");
     assert_eq!(exit_code(wait(pid)), Some(0));
 
     // Death by signal of an exec'd process.
