@@ -8,13 +8,18 @@
 //!
 //! Usage: vmm-startup [--runs N] [--husk PATH] [--husk-cli PATH | --no-husk-cli]
 //!        [--no-qemu] [--firecracker PATH | --no-firecracker] [--write-guests DIR]
+//!        [--floor PATH | --no-floor]
 //!
 //! `--husk` is the `husk-vmm` executable (default target/release/husk-vmm),
 //! booted from a config file as Firecracker is; `--husk-cli` the whole
 //! `husk` (default target/release/husk, its `husk boot`; left out when
 //! missing). Firecracker (default: `husk_benches::FIRECRACKER`) runs the
 //! guest that ends as a foreign one does, with a plain reset; so does husk,
-//! beside its own guest that reports a status first.
+//! beside its own guest that reports a status first. `--floor` is
+//! kvm-floor (default target/static/release/kvm-floor, which `benches/run
+//! vmm-startup` builds): the least a VMM does, once with KVM's full irqchip
+//! and once with the split one, so each VMM's figure reads as the floor
+//! plus what the VMM adds.
 
 use husk_benches::{config_boot_args, median, spread, ConfigVm, ConfigVmm};
 use husk_tests::null_guest;
@@ -162,6 +167,7 @@ fn main() {
     let mut qemu = true;
     let mut firecracker = Some(String::from(husk_benches::FIRECRACKER));
     let mut write_guests = None;
+    let mut floor = Some(String::from("target/static/release/kvm-floor"));
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -172,6 +178,8 @@ fn main() {
             "--no-qemu" => qemu = false,
             "--firecracker" => firecracker = Some(it.next().expect("--firecracker PATH").clone()),
             "--no-firecracker" => firecracker = None,
+            "--floor" => floor = Some(it.next().expect("--floor PATH").clone()),
+            "--no-floor" => floor = None,
             "--write-guests" => write_guests = Some(it.next().expect("--write-guests DIR").clone()),
             other => panic!("unknown argument {other}"),
         }
@@ -231,6 +239,21 @@ fn main() {
         peers.push(("husk boot, plain reset", argv.map(String::from).to_vec()));
     }
     let own = peers.len();
+    // The least any VMM does (kvm_floor.rs): what husk-vmm and Firecracker
+    // add to it is theirs.
+    let floor = floor.filter(|f| std::path::Path::new(f).is_file());
+    match &floor {
+        Some(f) => {
+            for (name, irqchip) in [
+                ("kvm-floor, full irqchip, plain reset", "full"),
+                ("kvm-floor, split irqchip, plain reset", "split"),
+            ] {
+                let argv = [f, "--irqchip", irqchip, &plain.display().to_string()];
+                peers.push((name, argv.map(String::from).to_vec()));
+            }
+        }
+        None => println!("kvm-floor: not built (benches/run vmm-startup builds it; --floor PATH)"),
+    }
     match firecracker.filter(|f| std::path::Path::new(f).is_file()) {
         Some(fc) => peers.push((
             "firecracker, plain reset",
@@ -270,6 +293,17 @@ fn main() {
             r.exit_after_output_ms,
             r.rss_mib
         );
+    }
+    // The full-irqchip floor is what husk-vmm and Firecracker stand on.
+    if let Some(f) = floor.and_then(|_| rows.get(own)) {
+        for r in rows.iter().filter(|r| !r.name.starts_with("kvm-floor")) {
+            println!(
+                "{} − {}: launch → output {:+.2} ms",
+                r.name,
+                f.name,
+                r.output_ms - f.output_ms
+            );
+        }
     }
     for peer in rows.iter().skip(own) {
         for own in &rows[..own] {
