@@ -294,8 +294,9 @@ fn main() {
             r.rss_mib
         );
     }
-    // The full-irqchip floor is what husk-vmm and Firecracker stand on.
-    if let Some(f) = floor.and_then(|_| rows.get(own)) {
+    // What each VMM adds to the floor it stands on: the split irqchip's
+    // for husk, the full one's for Firecracker (read both rows).
+    if let Some(f) = floor.and_then(|_| rows.get(own + 1)) {
         for r in rows.iter().filter(|r| !r.name.starts_with("kvm-floor")) {
             println!(
                 "{} − {}: launch → output {:+.2} ms",

@@ -189,6 +189,8 @@ fn guest_view(mem: &memory::GuestMemory, s: &snapshot::cpu::VcpuState) -> String
 pub struct Shared {
     pub pio: pio::PioDevices,
     pub mmio: mmio::MmioBus,
+    /// Also on `mmio`; here for snapshots.
+    ioapic: Arc<Mutex<x86_64::irqchip::IoapicDevice>>,
     stop: AtomicBool,
     exit: Mutex<Option<Exit>>,
     /// Written when `exit` is set, to wake the event loop.
@@ -568,32 +570,6 @@ fn open_kvm(allow_pvm: bool) -> Result<Kvm, Error> {
     })
 }
 
-/// Guest memory registered with KVM on a thread of its own, while the
-/// caller builds the rest of the VM (devices, kernel, vCPUs): on kvm_pvm
-/// the first registration alone takes 4-7 ms, the whole floor of a start.
-/// Nothing before the first KVM_RUN needs it: the kernel is loaded
-/// through the host mapping, not through KVM.
-struct Registering(std::thread::JoinHandle<Result<(), Error>>);
-
-impl Registering {
-    fn start(vm: Arc<VmFd>, mem: memory::GuestMemory, track: bool) -> Result<Self, Error> {
-        std::thread::Builder::new()
-            .name("memory".into())
-            .spawn(move || register_memory(&vm, &mem, track))
-            .map(Registering)
-            .map_err(setup("spawning the memory registration"))
-    }
-
-    fn finish(self) -> Result<(), Error> {
-        self.0.join().unwrap_or_else(|_| {
-            Err(Error::Setup(
-                "KVM_SET_USER_MEMORY_REGION",
-                "panicked".into(),
-            ))
-        })
-    }
-}
-
 /// The vCPUs, made before the VM has memory. Measured on kvm_pvm (the
 /// module's reasons are its own): a VM whose vCPUs came after its memory
 /// slots takes 12-17 ms longer to tear down (the VM fd's close), one whose
@@ -613,7 +589,7 @@ fn create_bare_vm(kvm: &Kvm) -> Result<VmFd, Error> {
     let vm = kvm.create_vm().map_err(setup("KVM_CREATE_VM"))?;
     vm.set_tss_address(KVM_TSS_ADDRESS)
         .map_err(setup("KVM_SET_TSS_ADDR"))?;
-    vm.create_irq_chip().map_err(setup("KVM_CREATE_IRQCHIP"))?;
+    x86_64::irqchip::create(&vm).map_err(setup("KVM_CAP_SPLIT_IRQCHIP"))?;
     // No in-kernel PIT, as QEMU's microvm has none: a guest that is offered
     // the TSC-deadline timer and kvmclock (`cpuid::offer_tsc_deadline`)
     // neither calibrates nor ticks with it, and KVM's teardown of one waits
@@ -621,6 +597,24 @@ fn create_bare_vm(kvm: &Kvm) -> Result<VmFd, Error> {
     // exit (Firecracker, which makes one, pays them too; docs/benchmarks.md).
     // Its ports read as nothing, like any port without a device.
     Ok(vm)
+}
+
+/// `chip` as the VM's IOAPIC, on `bus` at the MP table's address.
+fn ioapic_on(
+    bus: &mut mmio::MmioBus,
+    vm: &Arc<VmFd>,
+    chip: husk_devices::legacy::ioapic::Ioapic,
+) -> Arc<Mutex<x86_64::irqchip::IoapicDevice>> {
+    let device = Arc::new(Mutex::new(x86_64::irqchip::IoapicDevice::new(
+        vm.clone(),
+        chip,
+    )));
+    bus.insert(
+        u64::from(x86_64::mptable::IOAPIC_DEFAULT_BASE),
+        x86_64::irqchip::IOAPIC_WINDOW,
+        device.clone(),
+    );
+    device
 }
 
 /// Gives the VM its memory slots.
@@ -786,6 +780,7 @@ impl VmControls {
             kvm,
             vcpus,
             pio: self.shared.pio.state(),
+            ioapic: pio::lock(&self.shared.ioapic).state(),
             devices,
         };
         match to {
@@ -948,8 +943,16 @@ pub fn start_with(
     // 2. Guest memory and the VM.
     let mem = memory::create(config.mem_mib, !config.fs.is_empty())?;
     let vm = Arc::new(create_bare_vm(&kvm)?);
+    // At once: with the split irqchip this takes ~0.1 ms on kvm_pvm, less
+    // than starting a thread to overlap it (it took 4-7 ms with KVM's
+    // in-kernel PIC and IOAPIC; docs/benchmarks.md).
     let vcpu_fds = create_vcpus(&vm, config.vcpus)?;
-    let registering = Registering::start(vm.clone(), mem.clone(), config.track_dirty_pages)?;
+    // At once, before anything starts one of KVM's SRCU grace periods
+    // (an in-kernel PIC or IOAPIC, an ioeventfd): its expedited one is
+    // then ~0.1 ms on kvm_pvm, where waiting out a normal one took 4-10 ms
+    // (docs/benchmarks.md). The devices' ioeventfds come at the driver's
+    // first notification (virtio.rs).
+    register_memory(&vm, &mem, config.track_dirty_pages)?;
 
     // 3. Devices, so their command-line tokens are known before the kernel
     //    command line is written.
@@ -958,6 +961,11 @@ pub fn start_with(
     let mut events: virtio::EventLoop =
         EventManager::new().map_err(|e| Error::Setup("epoll", format!("{e:?}")))?;
     let mut mmio_bus = mmio::MmioBus::default();
+    let ioapic = ioapic_on(
+        &mut mmio_bus,
+        &vm,
+        husk_devices::legacy::ioapic::Ioapic::new(x86_64::mptable::ioapic_id(config.vcpus)),
+    );
     let mut attacher = virtio::Attacher::default();
     for disk in &config.disks {
         attacher.attach_disk(&vm, &mem, &mut mmio_bus, &mut events, disk)?;
@@ -1019,7 +1027,6 @@ pub fn start_with(
     );
 
     // 6. Start: vCPU threads and console input; the caller runs the loop.
-    registering.finish()?;
     run_before(before)?;
     let source = Source {
         vm,
@@ -1028,7 +1035,7 @@ pub fn start_with(
         track: config.track_dirty_pages,
         msr_indices: snapshot::cpu::msr_indices(&kvm),
     };
-    let shared = Shared::new(pio, mmio_bus, &mut attacher, source, panic)?;
+    let shared = Shared::new(pio, mmio_bus, ioapic, &mut attacher, source, panic)?;
     Launch {
         shared,
         vcpus,
@@ -1081,6 +1088,7 @@ impl Shared {
     fn new(
         pio: pio::PioDevices,
         mmio: mmio::MmioBus,
+        ioapic: Arc<Mutex<x86_64::irqchip::IoapicDevice>>,
         attacher: &mut virtio::Attacher,
         source: Source,
         panic: console::PanicNote,
@@ -1088,6 +1096,7 @@ impl Shared {
         Ok(Arc::new(Shared {
             pio,
             mmio,
+            ioapic,
             stop: AtomicBool::new(false),
             exit: Mutex::new(None),
             exit_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(setup("eventfd"))?,
@@ -1205,7 +1214,7 @@ pub fn restore_with(
         .any(|d| matches!(d.spec, snapshot::devices::DeviceSpec::Fs { .. }));
     let mem = snapshot::memory::map(&config.snapshot.mem, &state.ram, shared_ram, config.memory)
         .map_err(Error::Restore)?;
-    let vm = create_bare_vm(&kvm)?;
+    let vm = Arc::new(create_bare_vm(&kvm)?);
     let vcpu_fds = create_vcpus(&vm, vcpu_count)?;
     // Before any vCPU state: restoring kvmclock's MSR reads guest memory.
     register_memory(&vm, &mem, config.track_dirty_pages)?;
@@ -1220,10 +1229,17 @@ pub fn restore_with(
     )
     .map_err(Error::Restore)?;
     snapshot::cpu::restore_vm(&vm, &state.kvm).map_err(Error::Restore)?;
+    let chip =
+        husk_devices::legacy::ioapic::Ioapic::from_state(&state.ioapic).map_err(Error::Restore)?;
     let mut events: virtio::EventLoop =
         EventManager::new().map_err(|e| Error::Setup("epoll", format!("{e:?}")))?;
-    let (mmio_bus, mut attacher) =
+    let (mut mmio_bus, mut attacher) =
         restore_devices(&vm, &mem, &mut events, &state.devices, &config.overrides)?;
+    let ioapic = ioapic_on(&mut mmio_bus, &vm, chip);
+    // The routes before the devices raise again what they had pending.
+    pio::lock(&ioapic)
+        .apply()
+        .map_err(|e| Error::Restore(format!("KVM_SET_GSI_ROUTING: {e}")))?;
     let vcpus = vcpu_fds;
     for (id, (saved, fd)) in state.vcpus.iter().zip(&vcpus).enumerate() {
         snapshot::cpu::restore_vcpu(fd, saved)
@@ -1239,13 +1255,13 @@ pub fn restore_with(
             .map_err(|e| Error::Restore(format!("device {i}: interrupt: {e}")))?;
     }
     let source = Source {
-        vm: Arc::new(vm),
+        vm,
         mem,
         mem_mib: state.mem_mib,
         track: config.track_dirty_pages,
         msr_indices: snapshot::cpu::msr_indices(&kvm),
     };
-    let shared = Shared::new(pio, mmio_bus, &mut attacher, source, panic)?;
+    let shared = Shared::new(pio, mmio_bus, ioapic, &mut attacher, source, panic)?;
     pio::lock(&shared.pause).paused = !config.resume;
     log::info!(
         "restored a VM from {}: {} vCPU(s), {} MiB",
@@ -1271,10 +1287,10 @@ pub fn restore_with(
 /// puts their transports' state back: a device the driver had started
 /// runs again on its queues. The vsock device's guest is told its
 /// connections are gone, a disk on a new file that its size may have
-/// changed. Called after the VM-wide KVM state is back, so an interrupt a
-/// device raises lands in the restored IOAPIC.
+/// changed. The caller then puts the IOAPIC's routes back, before the
+/// devices raise again what they had pending.
 fn restore_devices(
-    vm: &VmFd,
+    vm: &Arc<VmFd>,
     mem: &memory::GuestMemory,
     events: &mut virtio::EventLoop,
     devices: &[snapshot::devices::DeviceState],

@@ -460,7 +460,13 @@ fn prepare_allocator() {
     #[cfg(target_env = "gnu")]
     {
         const PER_THREAD_HEAP_MAX: libc::c_int = 64 << 20;
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // sysconf, not std's available_parallelism: that one reads the
+        // cgroup files and mountinfo, ~3 ms on a VM's start path that
+        // every other filtered thread waited out on this Once.
+        // SAFETY: sysconf takes a plain constant.
+        let cpus = usize::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) })
+            .unwrap_or(1)
+            .max(1);
         let arenas = libc::c_int::try_from(cpus.saturating_mul(8)).unwrap_or(libc::c_int::MAX);
         // SAFETY: mallopt takes plain integers, and these are glibc's own
         // parameters, set before the filtered threads run.

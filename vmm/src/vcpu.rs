@@ -132,6 +132,10 @@ fn run_loop(vcpu: &mut VcpuFd, id: u8, shared: &Shared) {
                 shared.mmio.write(addr, data);
                 continue;
             }
+            // The EOI of a level-triggered vector KVM told the split
+            // irqchip's IOAPIC about: husk routes every pin edge-triggered
+            // (no remote IRR to clear), so there is nothing to do.
+            Ok(VcpuExit::IoapicEoi(_)) => continue,
             // Only without an in-kernel LAPIC; a halted guest with nothing
             // to wake it is done.
             Ok(VcpuExit::Hlt) => Exit::Halted,

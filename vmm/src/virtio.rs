@@ -24,6 +24,7 @@ use husk_devices::virtio::VirtioDevice;
 use kvm_ioctls::{IoEventAddress, VmFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use vmm_sys_util::eventfd::EventFd;
 
 pub type EventLoop = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
 
@@ -59,7 +60,7 @@ pub enum Error {
 
 /// Where a NIC goes and what it is called.
 struct Nic<'a> {
-    vm: &'a VmFd,
+    vm: &'a Arc<VmFd>,
     mem: &'a GuestMemory,
     id: &'a str,
     limits: NetLimits,
@@ -78,12 +79,51 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-impl MmioDevice for MmioTransport {
+/// A device's MMIO window: its transport, and its queues' notify address
+/// made a KVM ioeventfd at the driver's first notification. Not before:
+/// registering an ioeventfd starts an SRCU grace period of KVM's (a normal
+/// one, several ms on kvm_pvm) that the next memory-slot change or the
+/// VM's teardown waits out, and a VM that never uses the device (the null
+/// guest, or one that ends early) then pays it (docs/benchmarks.md). The
+/// first notification itself reaches the queue through the transport.
+struct Window {
+    transport: Arc<Mutex<MmioTransport>>,
+    notify: Option<LazyNotify>,
+}
+
+struct LazyNotify {
+    vm: Arc<VmFd>,
+    base: u64,
+    queue_evts: Vec<EventFd>,
+}
+
+impl LazyNotify {
+    fn register(self) {
+        for (i, evt) in self.queue_evts.iter().enumerate() {
+            let at = IoEventAddress::Mmio(self.base + QUEUE_NOTIFY_OFFSET);
+            // Without it the queue still works, through this window: one
+            // exit to here per notification, which the log says.
+            if let Err(e) = self.vm.register_ioevent(evt, &at, i as u32) {
+                log::warn!(
+                    "virtio-mmio at {:#x}: KVM_IOEVENTFD for queue {i}: {e}",
+                    self.base
+                );
+            }
+        }
+    }
+}
+
+impl MmioDevice for Window {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        MmioTransport::read(self, offset, data)
+        crate::pio::lock(&self.transport).read(offset, data)
     }
     fn write(&mut self, offset: u64, data: &[u8]) {
-        MmioTransport::write(self, offset, data)
+        crate::pio::lock(&self.transport).write(offset, data);
+        if offset == QUEUE_NOTIFY_OFFSET {
+            if let Some(n) = self.notify.take() {
+                n.register();
+            }
+        }
     }
 }
 
@@ -154,7 +194,7 @@ pub struct Attached {
 impl Attacher {
     fn attach(
         &mut self,
-        vm: &VmFd,
+        vm: &Arc<VmFd>,
         mem: &GuestMemory,
         bus: &mut MmioBus,
         events: &mut EventLoop,
@@ -168,19 +208,25 @@ impl Attacher {
         let attach = |what| move |e: kvm_ioctls::Error| Error::Attach(what, e.to_string());
         let transport = MmioTransport::new(mem.clone(), device.clone())
             .map_err(|e| Error::Attach("virtio-mmio transport", chain(&e)))?;
-        for (i, evt) in crate::pio::lock(&device).queue_events().iter().enumerate() {
-            vm.register_ioevent(
-                evt,
-                &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
-                i as u32,
-            )
-            .map_err(attach("KVM_IOEVENTFD"))?;
-        }
+        let queue_evts = crate::pio::lock(&device)
+            .queue_events()
+            .iter()
+            .map(EventFd::try_clone)
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| Error::Attach("eventfd", e.to_string()))?;
         vm.register_irqfd(transport.interrupt().event(), irq)
             .map_err(attach("KVM_IRQFD"))?;
         events.add_subscriber(device);
         let transport = Arc::new(Mutex::new(transport));
-        bus.insert(base, MMIO_WINDOW_SIZE, transport.clone());
+        let window = Window {
+            transport: transport.clone(),
+            notify: Some(LazyNotify {
+                vm: vm.clone(),
+                base,
+                queue_evts,
+            }),
+        };
+        bus.insert(base, MMIO_WINDOW_SIZE, Arc::new(Mutex::new(window)));
         self.cmdline_tokens
             .push(cmdline_token(base, MMIO_WINDOW_SIZE, irq));
         self.next += 1;
@@ -205,7 +251,7 @@ impl Attacher {
     /// Connects to the vhost-user backend and attaches a virtio-fs device.
     pub fn attach_fs(
         &mut self,
-        vm: &VmFd,
+        vm: &Arc<VmFd>,
         mem: &GuestMemory,
         bus: &mut MmioBus,
         events: &mut EventLoop,
@@ -235,7 +281,7 @@ impl Attacher {
     /// virtio-net device on it.
     pub fn attach_net(
         &mut self,
-        vm: &VmFd,
+        vm: &Arc<VmFd>,
         mem: &GuestMemory,
         bus: &mut MmioBus,
         events: &mut EventLoop,
@@ -295,7 +341,7 @@ impl Attacher {
     /// Binds the host socket and attaches a virtio-vsock device.
     pub fn attach_vsock(
         &mut self,
-        vm: &VmFd,
+        vm: &Arc<VmFd>,
         mem: &GuestMemory,
         bus: &mut MmioBus,
         events: &mut EventLoop,
@@ -317,7 +363,7 @@ impl Attacher {
     /// Opens and attaches a virtio-blk disk.
     pub fn attach_disk(
         &mut self,
-        vm: &VmFd,
+        vm: &Arc<VmFd>,
         mem: &GuestMemory,
         bus: &mut MmioBus,
         events: &mut EventLoop,
@@ -362,7 +408,7 @@ impl Attacher {
     /// Attaches the device a snapshot describes, as it was made.
     pub fn attach_spec(
         &mut self,
-        vm: &VmFd,
+        vm: &Arc<VmFd>,
         mem: &GuestMemory,
         bus: &mut MmioBus,
         events: &mut EventLoop,

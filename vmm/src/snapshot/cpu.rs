@@ -2,9 +2,8 @@
 //! a paused VM, put back into a new one in the order KVM needs.
 
 use kvm_bindings::{
-    kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
-    kvm_msr_entry, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs,
-    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES,
+    kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry,
+    kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
@@ -32,12 +31,9 @@ pub struct VcpuState {
     pub events: kvm_vcpu_events,
 }
 
-/// The VM's own devices in KVM.
+/// What KVM keeps VM-wide (the IOAPIC is husk's: `VmState::ioapic`).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct VmKvmState {
-    pub pic_master: kvm_irqchip,
-    pub pic_slave: kvm_irqchip,
-    pub ioapic: kvm_irqchip,
     pub clock: kvm_clock_data,
 }
 
@@ -132,33 +128,16 @@ pub fn restore_vcpu(vcpu: &VcpuFd, state: &VcpuState) -> Result<()> {
         .map_err(ioctl("KVM_SET_VCPU_EVENTS"))
 }
 
-fn irqchip(vm: &VmFd, chip_id: u32) -> Result<kvm_irqchip> {
-    let mut chip = kvm_irqchip {
-        chip_id,
-        ..Default::default()
-    };
-    vm.get_irqchip(&mut chip)
-        .map_err(ioctl("KVM_GET_IRQCHIP"))?;
-    Ok(chip)
-}
-
-/// Takes the in-kernel PICs, IOAPIC and clock (there is no PIT). The vCPUs must be
-/// paused.
+/// Takes KVM's clock (the only VM-wide state KVM holds: no PIT, and the
+/// IOAPIC is husk's). The vCPUs must be paused.
 pub fn save_vm(vm: &VmFd) -> Result<VmKvmState> {
     Ok(VmKvmState {
-        pic_master: irqchip(vm, KVM_IRQCHIP_PIC_MASTER)?,
-        pic_slave: irqchip(vm, KVM_IRQCHIP_PIC_SLAVE)?,
-        ioapic: irqchip(vm, KVM_IRQCHIP_IOAPIC)?,
         clock: vm.get_clock().map_err(ioctl("KVM_GET_CLOCK"))?,
     })
 }
 
-/// Puts the VM-wide state back, before any vCPU is restored (the LAPICs
-/// are wired to the IOAPIC set here).
+/// Puts the VM-wide state back, before any vCPU is restored.
 pub fn restore_vm(vm: &VmFd, state: &VmKvmState) -> Result<()> {
-    for chip in [&state.pic_master, &state.pic_slave, &state.ioapic] {
-        vm.set_irqchip(chip).map_err(ioctl("KVM_SET_IRQCHIP"))?;
-    }
     // Only the time itself: the flags KVM reports (stable TSC, realtime)
     // are not ones it takes back.
     let clock = kvm_clock_data {

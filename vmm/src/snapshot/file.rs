@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 /// The header's `format`.
 const FORMAT: &str = "husk-snapshot";
 /// The body's layout version; bumped with any change to the state types.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 /// The husk that writes and reads snapshots: another one may lay out
 /// device state differently.
 pub const HUSK: &str = env!("CARGO_PKG_VERSION");

@@ -41,6 +41,8 @@ pub struct VmState {
     pub kvm: cpu::VmKvmState,
     pub vcpus: Vec<cpu::VcpuState>,
     pub pio: PioState,
+    /// husk's IOAPIC (KVM has only the local APICs).
+    pub ioapic: husk_devices::legacy::ioapic::IoapicState,
     /// virtio devices, in attachment order.
     pub devices: Vec<devices::DeviceState>,
 }

@@ -3,6 +3,7 @@
 pub mod boot;
 pub mod cpuid;
 pub mod gdt;
+pub mod irqchip;
 pub mod lapic;
 pub mod layout;
 pub mod mptable;

@@ -40,12 +40,17 @@ fn checksum(bytes: &[u8]) -> u8 {
     bytes.iter().fold(0u8, |s, b| s.wrapping_sub(*b))
 }
 
+/// The IOAPIC's APIC id: the one after the last CPU's.
+pub fn ioapic_id(cpus: u8) -> u8 {
+    cpus + 1
+}
+
 /// The table's bytes for `cpus` vCPUs, to be placed at `base`.
 pub fn build(cpus: u8, base: u64) -> Result<Vec<u8>, Error> {
     if cpus == 0 || cpus > MAX_VCPUS {
         return Err(Error::TooManyCpus(cpus));
     }
-    let ioapic_id = cpus + 1;
+    let ioapic_id = ioapic_id(cpus);
     let mut entries = Vec::new();
     let mut count = 0u16;
     for id in 0..cpus {
