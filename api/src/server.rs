@@ -265,6 +265,7 @@ pub fn start_with(
 /// The accept loop, until `stop` fires (or its sender is dropped).
 async fn serve(listener: UnixListener, mut stop: oneshot::Receiver<()>, shared: Arc<Shared>) {
     let permits = Arc::new(Semaphore::new(shared.options.max_connections));
+    let closing = Arc::new(tokio::sync::Notify::new());
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(shared.options.header_read_timeout)
@@ -305,12 +306,65 @@ async fn serve(listener: UnixListener, mut stop: oneshot::Receiver<()>, shared: 
                 async move { Ok::<_, Infallible>(answer(&shared, request).await.into_http()) }
             }),
         );
+        let closing = closing.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            if let Err(e) = until_closed(connection, &closing).await {
                 log::debug!("API connection ended: {e}");
             }
             drop(permit);
         });
+    }
+    // A response the VMM has already given (a SendCtrlAltDel that ended
+    // the guest, say) is written before the runtime goes: each connection
+    // finishes the request it is in, idle ones close at once. Bounded, for
+    // a client that does not read.
+    closing.notify_waiters();
+    let all = u32::try_from(shared.options.max_connections).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(CLOSING_GRACE, permits.acquire_many(all)).await;
+}
+
+/// How long the server's end waits for connections to finish.
+const CLOSING_GRACE: Duration = Duration::from_secs(1);
+
+/// Serves `connection` until it ends or `closing` is notified; then lets
+/// it finish its request (hyper's graceful shutdown) and close.
+async fn until_closed<C: std::future::Future<Output = hyper::Result<()>> + GracefulConnection>(
+    connection: C,
+    closing: &tokio::sync::Notify,
+) -> hyper::Result<()> {
+    let mut connection = std::pin::pin!(connection);
+    let mut notified = std::pin::pin!(closing.notified());
+    let ended = poll_fn(|cx| {
+        if let Poll::Ready(r) = connection.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        notified.as_mut().poll(cx).map(|()| None)
+    })
+    .await;
+    match ended {
+        Some(r) => r,
+        None => {
+            connection.as_mut().shut_down_gracefully();
+            connection.await
+        }
+    }
+}
+
+/// hyper's HTTP/1 connection, as [`until_closed`] needs it.
+trait GracefulConnection {
+    fn shut_down_gracefully(self: Pin<&mut Self>);
+}
+
+impl<I, S> GracefulConnection for http1::Connection<I, S>
+where
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S::ResBody: hyper::body::Body + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shut_down_gracefully(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
     }
 }
 
