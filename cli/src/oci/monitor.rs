@@ -510,17 +510,21 @@ fn jail_of(p: &Planned, id: &str) -> Result<Option<run::jail::RunJail>, Failure>
 /// directory under /sys/fs/cgroup, or with `--systemd-cgroup` a scope
 /// systemd makes (systemd.rs), whose path the guest's cgroup then takes.
 fn join_cgroup(g: &Global, p: &mut Planned, id: &str) -> Result<Option<HostCgroup>, Failure> {
-    let linux = p.spec.linux_mut().get_or_insert_with(Default::default);
-    let path = linux
-        .cgroups_path()
+    let path = p
+        .spec
+        .linux()
         .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
         .map(|p| p.to_string_lossy().into_owned());
     if g.systemd_cgroup {
         let scope = Scope::parse(path.as_deref(), id).map_err(Failure::runtime)?;
         scope
             .start(std::process::id(), &format!("husk container {id}"))
             .map_err(Failure::runtime)?;
-        linux.set_cgroups_path(Some(scope.cgroup_path().into()));
+        // (A spec without a linux section is the guest's to refuse.)
+        if let Some(linux) = p.spec.linux_mut() {
+            linux.set_cgroups_path(Some(scope.cgroup_path().into()));
+        }
         return Ok(Some(HostCgroup::Scope(scope.unit)));
     }
     let Some(path) = path else {
