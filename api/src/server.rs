@@ -11,7 +11,6 @@ use hyper::header::CONTENT_LENGTH;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -265,7 +264,9 @@ pub fn start_with(
 /// The accept loop, until `stop` fires (or its sender is dropped).
 async fn serve(listener: UnixListener, mut stop: oneshot::Receiver<()>, shared: Arc<Shared>) {
     let permits = Arc::new(Semaphore::new(shared.options.max_connections));
-    let closing = Arc::new(tokio::sync::Notify::new());
+    // Set when the server ends: connections then close gracefully (see
+    // `until_closed`), and a request still waiting for the VMM is dropped.
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(shared.options.header_read_timeout)
@@ -299,16 +300,23 @@ async fn serve(listener: UnixListener, mut stop: oneshot::Receiver<()>, shared: 
             continue;
         };
         let shared = shared.clone();
+        let for_requests = closing.clone();
         let connection = http.serve_connection(
             TokioIo::new(stream),
             service_fn(move |request| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(answer(&shared, request).await.into_http()) }
+                let closing = for_requests.clone();
+                async move {
+                    let answered = answer(&shared, request);
+                    unless_closed(answered, closing)
+                        .await
+                        .map(Response::into_http)
+                }
             }),
         );
         let closing = closing.clone();
         tokio::spawn(async move {
-            if let Err(e) = until_closed(connection, &closing).await {
+            if let Err(e) = until_closed(connection, closing).await {
                 log::debug!("API connection ended: {e}");
             }
             drop(permit);
@@ -316,29 +324,64 @@ async fn serve(listener: UnixListener, mut stop: oneshot::Receiver<()>, shared: 
     }
     // A response the VMM has already given (a SendCtrlAltDel that ended
     // the guest, say) is written before the runtime goes: each connection
-    // finishes the request it is in, idle ones close at once. Bounded, for
-    // a client that does not read.
-    closing.notify_waiters();
+    // finishes writing, idle ones close at once, and a request still
+    // waiting for the VMM is dropped unanswered. Bounded, for a client
+    // that does not read.
+    let _ = closing_tx.send(true);
     let all = u32::try_from(shared.options.max_connections).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(CLOSING_GRACE, permits.acquire_many(all)).await;
+}
+
+/// The server is ending: a request's answer is not given (hyper closes
+/// the connection without one, as before a graceful end existed).
+#[derive(Debug)]
+struct Closing;
+
+impl std::fmt::Display for Closing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the API server is closing")
+    }
+}
+
+impl std::error::Error for Closing {}
+
+/// Resolves when `closing` says the server ends (at once if it has).
+async fn closed(mut closing: tokio::sync::watch::Receiver<bool>) {
+    let _ = closing.wait_for(|c| *c).await;
+}
+
+/// `answered`, unless the server ends first.
+async fn unless_closed(
+    answered: impl std::future::Future<Output = Response>,
+    closing: tokio::sync::watch::Receiver<bool>,
+) -> Result<Response, Closing> {
+    let mut answered = std::pin::pin!(answered);
+    let mut closed = std::pin::pin!(closed(closing));
+    poll_fn(|cx| {
+        if let Poll::Ready(r) = answered.as_mut().poll(cx) {
+            return Poll::Ready(Ok(r));
+        }
+        closed.as_mut().poll(cx).map(|()| Err(Closing))
+    })
+    .await
 }
 
 /// How long the server's end waits for connections to finish.
 const CLOSING_GRACE: Duration = Duration::from_secs(1);
 
-/// Serves `connection` until it ends or `closing` is notified; then lets
-/// it finish its request (hyper's graceful shutdown) and close.
+/// Serves `connection` until it ends or `closing` is set; then lets it
+/// finish what it is writing (hyper's graceful shutdown) and close.
 async fn until_closed<C: std::future::Future<Output = hyper::Result<()>> + GracefulConnection>(
     connection: C,
-    closing: &tokio::sync::Notify,
+    closing: tokio::sync::watch::Receiver<bool>,
 ) -> hyper::Result<()> {
     let mut connection = std::pin::pin!(connection);
-    let mut notified = std::pin::pin!(closing.notified());
+    let mut closed = std::pin::pin!(closed(closing));
     let ended = poll_fn(|cx| {
         if let Poll::Ready(r) = connection.as_mut().poll(cx) {
             return Poll::Ready(Some(r));
         }
-        notified.as_mut().poll(cx).map(|()| None)
+        closed.as_mut().poll(cx).map(|()| None)
     })
     .await;
     match ended {
