@@ -27,8 +27,11 @@ const REG_ID: u32 = 0x00;
 const REG_VERSION: u32 = 0x01;
 const REG_ARBITRATION: u32 = 0x02;
 const REG_REDIRECTION: u32 = 0x10;
-/// Version 0x11, the highest redirection entry in bits 16-23.
-const VERSION: u32 = 0x11 | ((PINS as u32 - 1) << 16);
+/// The 82093AA's version (no EOI register), as the MP table announces it.
+pub const VERSION_ID: u8 = 0x11;
+/// The version register: the version, the highest redirection entry in
+/// bits 16-23.
+const VERSION: u32 = VERSION_ID as u32 | ((PINS as u32 - 1) << 16);
 
 /// Redirection entry fields.
 const VECTOR: u64 = 0xff;

@@ -10,9 +10,10 @@ pub const APIC_DEFAULT_BASE: u32 = 0xfee0_0000;
 pub const IOAPIC_DEFAULT_BASE: u32 = 0xfec0_0000;
 /// APIC ids are 8 bits and the IOAPIC takes the id after the last CPU.
 pub const MAX_VCPUS: u8 = 254;
-const IOAPIC_PINS: u8 = 24;
+/// The table announces the IOAPIC husk emulates (its pins, its version).
+const IOAPIC_PINS: u8 = husk_devices::legacy::ioapic::PINS as u8;
 const APIC_VERSION: u8 = 0x14;
-const IOAPIC_VERSION: u8 = 0x11;
+const IOAPIC_VERSION: u8 = husk_devices::legacy::ioapic::VERSION_ID;
 
 const ENTRY_PROCESSOR: u8 = 0;
 const ENTRY_BUS: u8 = 1;
