@@ -195,6 +195,51 @@ fn a_guest_kernel_panic_ends_husk_within_two_seconds() {
     );
 }
 
+/// The agent (the guest's PID 1) dies while `husk run` waits on it: the
+/// guest kernel panics ("Attempted to kill init") and resets, and the run
+/// ends at once with one line naming that, not a hang; nothing is left in
+/// the runtime dir. `HUSK_FAULT=agent-panic` makes the agent panic when
+/// asked to start the container.
+#[test]
+fn a_dying_agent_ends_husk_run_with_a_clear_error() {
+    require_linux_kvm();
+    let r = Run::new();
+    let mut cmd = r.command(&["--rm", "--network", "none"], &["echo", "never"]);
+    cmd.env("HUSK_FAULT", "agent-panic");
+    let at = Instant::now();
+    let out = husk_tests::process::run(cmd, TIMEOUT);
+    let took = at.elapsed();
+    assert_ne!(out.code, Some(0), "{}", out.describe());
+    assert!(!out.stdout.contains("never"), "{}", out.describe());
+    assert!(
+        out.stderr.contains("Attempted to kill init"),
+        "the error does not say the guest's init died: {}",
+        out.describe()
+    );
+    assert!(
+        took < Duration::from_secs(60),
+        "husk took {took:?}: {}",
+        out.describe()
+    );
+    let left: Vec<_> = std::fs::read_dir(r.runtime.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left in the runtime dir: {left:?}");
+    // An unknown fault is refused before anything starts.
+    let mut bad = r.command(&["--rm", "--network", "none"], &["true"]);
+    bad.env("HUSK_FAULT", "nonsense");
+    let out = husk_tests::process::run(bad, TIMEOUT);
+    assert_eq!(out.code, Some(2), "{}", out.describe());
+    assert!(
+        out.stderr
+            .contains("HUSK_FAULT=nonsense: not a fault husk knows"),
+        "{}",
+        out.describe()
+    );
+}
+
 /// Host → guest vsock connections one after another, each with its own
 /// data echoed back whole (10,000 with `HUSK_E2E_STRESS=full`), then some
 /// at once; the device serves to the end.

@@ -28,6 +28,32 @@ pub const KEY_HOSTNAME: &str = "husk.hostname";
 pub const KEY_STATUS: &str = "husk.status";
 /// `husk.agent`: serve the agent protocol instead of running a command.
 pub const KEY_AGENT: &str = "husk.agent";
+/// `husk.fault=`: a failure the guest makes on purpose, for the tests of
+/// how the host copes (`HUSK_FAULT` on the host asks for it).
+pub const KEY_FAULT: &str = "husk.fault";
+
+/// The faults `husk.fault=` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The agent (the guest's PID 1) panics when asked to start a
+    /// container: the guest kernel then panics ("Attempted to kill init")
+    /// and resets, as when the agent crashes.
+    AgentPanic,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 1] = [Fault::AgentPanic];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::AgentPanic => "agent-panic",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Fault> {
+        Fault::ALL.into_iter().find(|f| f.name() == name)
+    }
+}
 
 /// The `husk.cmd=` parameter for an argv.
 pub fn command_param<S: AsRef<str>>(argv: &[S]) -> String {
@@ -47,6 +73,8 @@ pub struct Config {
     /// `husk.agent`: serve the host over vsock (the agent protocol) instead
     /// of running a command.
     pub agent: bool,
+    /// `husk.fault=`: a known fault to make (an unknown name is none).
+    pub fault: Option<Fault>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +160,7 @@ pub fn parse(line: &str) -> Result<Config, Error> {
         hostname: "husk".to_owned(),
         status_on_console: false,
         agent: false,
+        fault: None,
     };
     let mut encoded = None;
     for p in params {
@@ -144,6 +173,7 @@ pub fn parse(line: &str) -> Result<Config, Error> {
             (KEY_HOSTNAME, Some(v)) if !v.is_empty() => config.hostname = v.to_owned(),
             (KEY_STATUS, Some(v)) => config.status_on_console = v == "console",
             (KEY_AGENT, None | Some("1")) => config.agent = true,
+            (KEY_FAULT, Some(v)) => config.fault = Fault::from_name(v),
             _ => {}
         }
     }
@@ -198,6 +228,19 @@ mod tests {
         assert!(parse("husk.agent=1 quiet").unwrap().agent);
         assert!(!parse("husk.agent=0").unwrap().agent);
         assert!(!parse("-- husk.agent").unwrap().agent);
+    }
+
+    #[test]
+    fn a_fault_is_known_by_name_or_is_none() {
+        assert_eq!(
+            parse("husk.agent husk.fault=agent-panic").unwrap().fault,
+            Some(Fault::AgentPanic)
+        );
+        assert_eq!(parse("husk.fault=nonsense").unwrap().fault, None);
+        assert_eq!(parse("husk.agent").unwrap().fault, None);
+        for f in Fault::ALL {
+            assert_eq!(Fault::from_name(f.name()), Some(f));
+        }
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub struct Plan {
     pub device_limits: Vec<super::blkio::DeviceLimit>,
     /// How a detached run's logs rotate.
     pub log_opts: super::logfile::LogOpts,
+    /// `HUSK_FAULT`: a failure the guest makes on purpose (tests).
+    pub fault: Option<cmdline::Fault>,
 }
 
 /// A disk made ready on the host: where it is and what is on it.
@@ -224,7 +226,23 @@ pub fn plan(
         etc_warning,
         device_limits: device_limits(args)?,
         log_opts: log_opts(args)?,
+        fault: fault_from_env()?,
     })
+}
+
+/// `HUSK_FAULT=NAME`: the guest fails that way on purpose, for the tests
+/// of how husk copes (`husk_wire::cmdline::Fault`); unset or empty: none.
+fn fault_from_env() -> Result<Option<cmdline::Fault>, Failure> {
+    match std::env::var("HUSK_FAULT").as_deref() {
+        Err(_) | Ok("") => Ok(None),
+        Ok(name) => cmdline::Fault::from_name(name).map(Some).ok_or_else(|| {
+            let known: Vec<&str> = cmdline::Fault::ALL.iter().map(|f| f.name()).collect();
+            Failure::usage(format!(
+                "HUSK_FAULT={name}: not a fault husk knows ({})",
+                known.join(", ")
+            ))
+        }),
+    }
 }
 
 /// `--log-opt`: only a detached run keeps logs to rotate.
@@ -323,7 +341,7 @@ impl Plan {
 
     fn cmdline_named(&self, hostname: &str, with_address: bool) -> String {
         format!(
-            "{} root=/dev/vda ro {} {}={}{}",
+            "{} root=/dev/vda ro {} {}={}{}{}",
             cmdline::BASE,
             cmdline::KEY_AGENT,
             cmdline::KEY_HOSTNAME,
@@ -332,6 +350,9 @@ impl Plan {
                 .as_ref()
                 .filter(|_| with_address)
                 .map(|n| n.cmdline())
+                .unwrap_or_default(),
+            self.fault
+                .map(|f| format!(" {}={}", cmdline::KEY_FAULT, f.name()))
                 .unwrap_or_default()
         )
     }

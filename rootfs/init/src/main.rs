@@ -114,7 +114,7 @@ fn main() {
     std::env::set_var("PATH", supervise::DEFAULT_PATH);
     std::env::set_var("HOME", "/root");
     if config.agent {
-        let status = agent::run(&mut sfd);
+        let status = agent::run(&mut sfd, config.fault);
         finish(status, config.status_on_console);
     }
     let argv = config

@@ -12,6 +12,7 @@ use husk_wire::agent::{
     Decoder, Event, ExitStatus, Frame, Request, Response, RootfsSpec, StdioSpec, VolumeSource,
     VolumeSpec, AGENT_PORT, MAX_CHUNK, VERSION,
 };
+use husk_wire::cmdline::Fault;
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -77,6 +78,8 @@ pub struct Agent {
     /// Live process → its stream.
     pids: HashMap<i32, StreamKey>,
     shutdown: bool,
+    /// `husk.fault=`: what to fail on purpose (tests only).
+    fault: Option<Fault>,
 }
 
 fn listen_vsock() -> nix::Result<OwnedFd> {
@@ -96,7 +99,7 @@ fn listen_vsock() -> nix::Result<OwnedFd> {
 
 /// Runs the agent until the host asks for a shutdown or the VM is told to
 /// stop (Ctrl-Alt-Del, SIGTERM); returns the status byte for the VMM.
-pub fn run(sfd: &mut SignalFd) -> u8 {
+pub fn run(sfd: &mut SignalFd, fault: Option<Fault>) -> u8 {
     let listener = match listen_vsock() {
         Ok(l) => l,
         Err(e) => {
@@ -115,6 +118,7 @@ pub fn run(sfd: &mut SignalFd) -> u8 {
         streams: HashMap::new(),
         pids: HashMap::new(),
         shutdown: false,
+        fault,
     };
     let stop = agent.serve(sfd);
     agent.destroy_all();
@@ -400,6 +404,10 @@ impl Agent {
                 stdio,
             } => self.create(id, spec, &rootfs, &volumes, stdio),
             Request::StartContainer { id } => {
+                if self.fault == Some(Fault::AgentPanic) {
+                    // PID 1 dies: the kernel panics and the VM resets.
+                    panic!("husk.fault=agent-panic: the agent dies as asked");
+                }
                 let e = self.entry(&id)?;
                 e.container.start().map_err(|e| e.to_string())?;
                 Ok(Response::Ok)
