@@ -221,12 +221,7 @@ fn a_dying_agent_ends_husk_run_with_a_clear_error() {
         "husk took {took:?}: {}",
         out.describe()
     );
-    let left: Vec<_> = std::fs::read_dir(r.runtime.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    assert!(left.is_empty(), "left in the runtime dir: {left:?}");
+    r.assert_runtime_empty();
     // An unknown fault is refused before anything starts.
     let mut bad = r.command(&["--rm", "--network", "none"], &["true"]);
     bad.env("HUSK_FAULT", "nonsense");

@@ -63,6 +63,16 @@ impl Run {
     pub(crate) fn run(&self, flags: &[&str], cmd: &[&str]) -> Finished {
         husk_tests::process::run(self.command(flags, cmd), TIMEOUT)
     }
+
+    /// Fails the test if anything is left in the runtime dir.
+    pub(crate) fn assert_runtime_empty(&self) {
+        let left: Vec<_> = std::fs::read_dir(self.runtime.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "left in the runtime dir: {left:?}");
+    }
 }
 
 /// A test that fails before removing its detached containers would leave
@@ -542,12 +552,7 @@ fn a_killed_husk_loses_no_synced_write_and_leaves_nothing_behind() {
     );
     assert_eq!(next.code, Some(0), "{}", next.describe());
     assert_eq!(next.stdout, "0\n", "{}", next.describe());
-    let left: Vec<_> = std::fs::read_dir(r.runtime.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    assert!(left.is_empty(), "left in the runtime dir: {left:?}");
+    r.assert_runtime_empty();
 }
 
 #[test]
@@ -1114,8 +1119,7 @@ fn a_jailed_run_sees_only_its_directory_as_its_own_user() {
         std::fs::read_to_string(host.path().join("out")).unwrap(),
         "out\n"
     );
-    let left: Vec<_> = std::fs::read_dir(r.runtime.path()).unwrap().collect();
-    assert!(left.is_empty(), "left in the runtime dir: {left:?}");
+    r.assert_runtime_empty();
 
     // This run makes the template, in the jailed process before the jail:
     // the threads of the template's VM (its report thread too) end before
