@@ -27,10 +27,27 @@ const MARKER: &str = "husk-boot-marker";
 /// takes 2-4 s in the testbed; a VM stuck in L1 would hold the run).
 const BOOT_BOUND: Duration = Duration::from_secs(90);
 
-/// One boot: launch → marker and launch → exit (ms), and what KVM's
-/// debugfs showed of the VM when `count` (see `kvm_stats`); an error if it
-/// printed no marker or did not end within [`BOOT_BOUND`].
-fn time_to_marker(mut cmd: Command, count: bool) -> Result<(f64, f64, Seen), String> {
+/// What one boot gave: launch → marker and launch → exit (ms), the VMM's
+/// resident memory when the marker came (KiB; the guest RAM it touched
+/// and its own), and what KVM's debugfs showed of the VM.
+struct Boot {
+    marker_ms: f64,
+    exit_ms: f64,
+    rss_kib: Option<u64>,
+    seen: Seen,
+}
+
+/// The resident memory of process `pid` (VmRSS, KiB).
+fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// One boot (see [`Boot`]), KVM's counters read when `count` (see
+/// `kvm_stats`); an error if it printed no marker or did not end within
+/// [`BOOT_BOUND`].
+fn time_to_marker(mut cmd: Command, count: bool) -> Result<Boot, String> {
     let start = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
@@ -44,6 +61,7 @@ fn time_to_marker(mut cmd: Command, count: bool) -> Result<(f64, f64, Seen), Str
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
     let mut marker_at = None;
+    let mut rss_kib = None;
     while let Ok(n) = out.read(&mut buf) {
         if n == 0 {
             break;
@@ -51,6 +69,7 @@ fn time_to_marker(mut cmd: Command, count: bool) -> Result<(f64, f64, Seen), Str
         seen.extend_from_slice(&buf[..n]);
         if marker_at.is_none() && String::from_utf8_lossy(&seen).contains(MARKER) {
             marker_at = Some(start.elapsed());
+            rss_kib = vm_rss_kib(child.id());
         }
     }
     let _ = ended.send(());
@@ -69,11 +88,12 @@ fn time_to_marker(mut cmd: Command, count: bool) -> Result<(f64, f64, Seen), Str
         ));
     }
     let marker = marker_at.ok_or_else(|| format!("no marker in: {output}"))?;
-    Ok((
-        marker.as_secs_f64() * 1e3,
-        exit.as_secs_f64() * 1e3,
-        seen_vm,
-    ))
+    Ok(Boot {
+        marker_ms: marker.as_secs_f64() * 1e3,
+        exit_ms: exit.as_secs_f64() * 1e3,
+        rss_kib,
+        seen: seen_vm,
+    })
 }
 
 /// Kills `pid` unless told within [`BOOT_BOUND`] that it ended; the
@@ -198,6 +218,7 @@ fn main() {
         println!("KVM's counters: not readable (no /sys/kernel/debug/kvm)");
     }
     let mut marks: Vec<Vec<(f64, f64)>> = peers.iter().map(|_| Vec::new()).collect();
+    let mut rss: Vec<Vec<f64>> = peers.iter().map(|_| Vec::new()).collect();
     let mut counted: Vec<Vec<Counters>> = peers.iter().map(|_| Vec::new()).collect();
     let mut setup: Vec<Vec<(f64, f64)>> = peers.iter().map(|_| Vec::new()).collect();
     let mut failures = Vec::new();
@@ -209,7 +230,7 @@ fn main() {
             let k = (i + j) % peers.len();
             let (name, cmd) = &peers[k];
             std::fs::copy(&a.rootfs_ext4, &root).unwrap();
-            let (m, e, seen) = match time_to_marker(cmd(), count) {
+            let boot = match time_to_marker(cmd(), count) {
                 Ok(r) => r,
                 Err(why) => {
                     eprintln!("run {i}: {name} FAILED: {why}");
@@ -217,6 +238,7 @@ fn main() {
                     continue;
                 }
             };
+            let (m, e, seen) = (boot.marker_ms, boot.exit_ms, boot.seen);
             let c = seen.counters;
             eprintln!(
                 "run {i}: {name} {m:.0}/{e:.0} ms, {} exits",
@@ -225,6 +247,9 @@ fn main() {
             // The first round warms the page cache and first-run costs.
             if i > 0 {
                 marks[k].push((m, e));
+                if let Some(kib) = boot.rss_kib {
+                    rss[k].push(kib as f64 / 1024.0);
+                }
                 // A VM never read (it came and went between two reads, or
                 // debugfs did not show it) is missing, not a row of zeros.
                 if c.is_empty() && count {
@@ -242,8 +267,8 @@ fn main() {
     for f in &failures {
         println!("FAILED (left out of the medians): {f}");
     }
-    println!("| VMM | launch → first command output (ms) | launch → exit (ms) |");
-    println!("|---|---|---|");
+    println!("| VMM | launch → first command output (ms) | launch → exit (ms) | VmRSS at the output (MiB) |");
+    println!("|---|---|---|---|");
     let medians: Vec<(f64, f64)> = marks
         .iter()
         .map(|v| {
@@ -253,17 +278,26 @@ fn main() {
             )
         })
         .collect();
-    for ((name, _), (m, e)) in peers.iter().zip(&medians) {
-        println!("| {name} | {m:.0} | {e:.0} |");
+    let rss: Vec<Option<f64>> = rss
+        .into_iter()
+        .map(|v| (!v.is_empty()).then(|| median(v)))
+        .collect();
+    for (((name, _), (m, e)), r) in peers.iter().zip(&medians).zip(&rss) {
+        let r = r.map_or("–".to_string(), |r| format!("{r:.1}"));
+        println!("| {name} | {m:.0} | {e:.0} | {r} |");
     }
     if count {
         print_setup(&peers, &setup);
         print_counters(&peers, &counted);
     }
-    for (own, (oname, _)) in medians.iter().zip(&peers).take(2) {
-        for (peer, (pname, _)) in medians.iter().zip(&peers).skip(2) {
+    for ((own, own_rss), (oname, _)) in medians.iter().zip(&rss).zip(&peers).take(2) {
+        for ((peer, peer_rss), (pname, _)) in medians.iter().zip(&rss).zip(&peers).skip(2) {
+            let rss_ratio = match (own_rss, peer_rss) {
+                (Some(o), Some(p)) => format!(", RSS {:.2}x", o / p),
+                _ => String::new(),
+            };
             println!(
-                "{oname} / {pname}: {:.2}x to output, {:.2}x to exit",
+                "{oname} / {pname}: {:.2}x to output, {:.2}x to exit{rss_ratio}",
                 own.0 / peer.0,
                 own.1 / peer.1
             );
