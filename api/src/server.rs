@@ -350,20 +350,29 @@ async fn closed(mut closing: tokio::sync::watch::Receiver<bool>) {
     let _ = closing.wait_for(|c| *c).await;
 }
 
+/// What `work` gives, or `None` if the server ends first (`work` is left
+/// where it stood, for the caller to finish or drop).
+async fn unless_closing<F: Future + ?Sized>(
+    mut work: Pin<&mut F>,
+    closing: tokio::sync::watch::Receiver<bool>,
+) -> Option<F::Output> {
+    let mut closed = std::pin::pin!(closed(closing));
+    poll_fn(|cx| {
+        if let Poll::Ready(r) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        closed.as_mut().poll(cx).map(|()| None)
+    })
+    .await
+}
+
 /// `answered`, unless the server ends first.
 async fn unless_closed(
     answered: impl std::future::Future<Output = Response>,
     closing: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Response, Closing> {
-    let mut answered = std::pin::pin!(answered);
-    let mut closed = std::pin::pin!(closed(closing));
-    poll_fn(|cx| {
-        if let Poll::Ready(r) = answered.as_mut().poll(cx) {
-            return Poll::Ready(Ok(r));
-        }
-        closed.as_mut().poll(cx).map(|()| Err(Closing))
-    })
-    .await
+    let answered = std::pin::pin!(answered);
+    unless_closing(answered, closing).await.ok_or(Closing)
 }
 
 /// How long the server's end waits for connections to finish.
@@ -376,15 +385,7 @@ async fn until_closed<C: std::future::Future<Output = hyper::Result<()>> + Grace
     closing: tokio::sync::watch::Receiver<bool>,
 ) -> hyper::Result<()> {
     let mut connection = std::pin::pin!(connection);
-    let mut closed = std::pin::pin!(closed(closing));
-    let ended = poll_fn(|cx| {
-        if let Poll::Ready(r) = connection.as_mut().poll(cx) {
-            return Poll::Ready(Some(r));
-        }
-        closed.as_mut().poll(cx).map(|()| None)
-    })
-    .await;
-    match ended {
+    match unless_closing(connection.as_mut(), closing).await {
         Some(r) => r,
         None => {
             connection.as_mut().shut_down_gracefully();

@@ -37,13 +37,6 @@ struct Boot {
     seen: Seen,
 }
 
-/// The resident memory of process `pid` (VmRSS, KiB).
-fn vm_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// One boot (see [`Boot`]), KVM's counters read when `count` (see
 /// `kvm_stats`); an error if it printed no marker or did not end within
 /// [`BOOT_BOUND`].
@@ -69,7 +62,7 @@ fn time_to_marker(mut cmd: Command, count: bool) -> Result<Boot, String> {
         seen.extend_from_slice(&buf[..n]);
         if marker_at.is_none() && String::from_utf8_lossy(&seen).contains(MARKER) {
             marker_at = Some(start.elapsed());
-            rss_kib = vm_rss_kib(child.id());
+            rss_kib = husk_tests::vm_rss_kib(child.id());
         }
     }
     let _ = ended.send(());

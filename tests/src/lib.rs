@@ -103,6 +103,15 @@ pub fn mem_available_kib() -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
+/// The resident memory (`VmRSS`, KiB) of process `pid`, if it is there.
+pub fn vm_rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
 /// Memory, disk and load as a failing test saw them: a test that fails
 /// for want of either says so.
 fn vitals() -> String {
