@@ -45,14 +45,61 @@ const PHASES: &[(&str, &str)] = &[
 ];
 
 /// husk's paths: booted, restored with the template's memory mapped,
-/// restored with it copied (`HUSK_POOL_MEMORY`), and booted without the
-/// jail (`--no-jail`: what the jail of a root run costs).
-const PATHS: [(&str, Option<&str>); 4] = [
+/// restored with it copied (`HUSK_POOL_MEMORY`), booted without the jail
+/// (`--no-jail`: what the jail of a root run costs), and restored with a
+/// copy of the template's memory on hugetlbfs mapped (when the host has
+/// huge pages to spare: [`huge_pages`]).
+const PATHS: [(&str, Option<&str>); 5] = [
     ("booted", None),
     ("pooled", Some("map")),
     ("pooled, copied", Some("copy")),
     ("booted, --no-jail", Some("no-jail")),
+    ("pooled, huge pages", Some("huge")),
 ];
+/// `PATHS`' index of the hugetlbfs path.
+const HUGE_PATH: usize = 4;
+/// The 2 MiB huge pages a `husk run` of the bench takes at most on the
+/// hugetlbfs path: its template's copy (its data only) and the clone's
+/// reservation (256 MiB each).
+const HUGE_PAGES_NEEDED: u64 = 2 * 128;
+const HUGE_SYSFS: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB";
+
+/// Whether the hugetlbfs path can run: a 2 MiB hugetlbfs mount and enough
+/// free huge pages. With `reserve` (`--huge-pages N`, as root) the bench
+/// makes them: it raises `vm.nr_hugepages` to N and mounts hugetlbfs in
+/// `work` if none is mounted. Otherwise it changes nothing on the host.
+fn huge_pages(reserve: Option<u64>, work: &Path) -> Result<(), String> {
+    let read = husk_vmm::snapshot::hugetlb::count;
+    let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(|e| e.to_string())?;
+    let mounted = husk_vmm::snapshot::hugetlb::mount_in(&mounts).is_some();
+    if let Some(n) = reserve {
+        if read("nr_hugepages")? < n {
+            std::fs::write(format!("{HUGE_SYSFS}/nr_hugepages"), n.to_string())
+                .map_err(|e| format!("vm.nr_hugepages = {n}: {e}"))?;
+        }
+        if !mounted {
+            let dir = work.join("hugetlbfs");
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            let st = Command::new("mount")
+                .args(["-t", "hugetlbfs", "-o", "pagesize=2M", "none"])
+                .arg(&dir)
+                .status()
+                .map_err(|e| format!("mount: {e}"))?;
+            if !st.success() {
+                return Err(format!("mount -t hugetlbfs on {}: {st}", dir.display()));
+            }
+        }
+    } else if !mounted {
+        return Err("no hugetlbfs with 2 MiB pages is mounted (--huge-pages N makes one)".into());
+    }
+    let free = husk_vmm::snapshot::hugetlb::free_pages()?;
+    if free < HUGE_PAGES_NEEDED {
+        return Err(format!(
+            "{free} free 2 MiB huge pages, {HUGE_PAGES_NEEDED} needed (--huge-pages N reserves them)"
+        ));
+    }
+    Ok(())
+}
 
 fn timed(cmd: &mut Command) -> (f64, String) {
     let (ms, stderr, _) = timed_counted(cmd, false);
@@ -192,11 +239,19 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut runs = 10;
     let mut husk = None;
+    let mut reserve = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--runs" => runs = it.next().and_then(|v| v.parse().ok()).expect("--runs N"),
             "--husk" => husk = Some(it.next().expect("--husk PATH").clone()),
+            "--huge-pages" => {
+                reserve = Some(
+                    it.next()
+                        .and_then(|v| v.parse().ok())
+                        .expect("--huge-pages N"),
+                )
+            }
             other => panic!("unknown argument {other}"),
         }
     }
@@ -242,11 +297,17 @@ fn main() {
     // pool's template (each timed on its own).
     let (convert_ms, _, _) = husk_run(None);
     let (template_ms, _, _) = husk_run(Some("map"));
+    let huge = huge_pages(reserve, work.path());
+    if let Err(why) = &huge {
+        eprintln!("container-startup: the hugetlbfs path is skipped: {why}");
+    }
     for i in 1..=runs {
         let walls: Vec<f64> = PATHS
             .iter()
             .zip(&mut husks)
-            .map(|((_, memory), r)| r.add(husk_run(*memory)))
+            .enumerate()
+            .filter(|(k, _)| *k != HUGE_PATH || huge.is_ok())
+            .map(|(_, ((_, memory), r))| r.add(husk_run(*memory)))
             .collect();
         let (cm, _) = timed(
             Command::new("crun")
@@ -264,12 +325,15 @@ fn main() {
                 .args(["--", "true"]),
         );
         eprintln!(
-            "run {i}: husk run {walls:.0?} ms (booted, pooled, pooled copied), crun run {cm:.0} ms, raw boot {bm:.0} ms"
+            "run {i}: husk run {walls:.0?} ms (booted, pooled, pooled copied, --no-jail, huge pages), crun run {cm:.0} ms, raw boot {bm:.0} ms"
         );
         c.push(cm);
         b.push(bm);
     }
     report(&husks, &c, &b, runs, convert_ms, template_ms);
+    if let Err(why) = huge {
+        println!("\npooled, huge pages: not run: {why}");
+    }
 }
 
 /// The tables: wall times, husk's phases, the agent's steps, KVM's
@@ -311,6 +375,12 @@ fn report(
         "booted, not jailed (--no-jail; the jail is the default as root)",
         &husks[3].wall,
     );
+    if !husks[HUGE_PATH].wall.is_empty() {
+        row(
+            "the same, a copy of its memory on hugetlbfs mapped (HUSK_POOL_MEMORY=huge)",
+            &husks[HUGE_PATH].wall,
+        );
+    }
     row("crun run (container on this host)", c);
     row("husk boot -- true (raw guest boot, no container)", b);
     let booted = m(&husks[0].wall);

@@ -410,3 +410,131 @@ fn ext4_needs_recovery(path: &Path) -> bool {
         .unwrap();
     u32::from_le_bytes(word) & RECOVER != 0
 }
+
+/// The 2 MiB huge page pool's size (`vm.nr_hugepages`) and free pages.
+const HUGE_SYSFS: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB";
+
+fn huge_count(name: &str) -> u64 {
+    husk_vmm::snapshot::hugetlb::count(name).unwrap()
+}
+
+fn set_huge_pages(n: u64) {
+    std::fs::write(format!("{HUGE_SYSFS}/nr_hugepages"), n.to_string())
+        .unwrap_or_else(|e| panic!("vm.nr_hugepages = {n}: {e}"));
+}
+
+/// Huge pages for one test: a hugetlbfs mount if the host has none, and
+/// the pool's size as the test sets it; both as they were on drop.
+struct HugePages {
+    was: u64,
+    mounted: Option<tempfile::TempDir>,
+}
+
+impl HugePages {
+    fn new() -> Self {
+        let was = huge_count("nr_hugepages");
+        let mounted = husk_vmm::snapshot::hugetlb::mount().is_err().then(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let st = std::process::Command::new("mount")
+                .args(["-t", "hugetlbfs", "-o", "pagesize=2M", "none"])
+                .arg(dir.path())
+                .status()
+                .expect("mount");
+            assert!(st.success(), "mount -t hugetlbfs: {st}");
+            dir
+        });
+        Self { was, mounted }
+    }
+
+    /// husk's copies of templates on the mount.
+    fn copies(&self) -> Vec<String> {
+        let dir = husk_vmm::snapshot::hugetlb::mount().unwrap();
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("husk-"))
+            .collect()
+    }
+}
+
+impl Drop for HugePages {
+    fn drop(&mut self) {
+        if let Some(dir) = self.mounted.take() {
+            let _ = std::process::Command::new("umount")
+                .arg(dir.path())
+                .status();
+        }
+        set_huge_pages(self.was);
+    }
+}
+
+/// `HUSK_POOL_MEMORY=huge`: clones map a copy of the template's memory on
+/// hugetlbfs, private. They run as the others do; too few huge pages is a
+/// clear error; removing the template gives the copy's pages back.
+#[test]
+fn huge_page_clones_run_and_their_template_gives_its_pages_back() {
+    require_linux_kvm();
+    let run = Run::new();
+    let pool = tempfile::tempdir().unwrap();
+    let huge = HugePages::new();
+    // A 128 MiB VM (32 MiB + the guest's overhead): 64 pages for the copy,
+    // 64 for a clone's reservation, with room for a second clone.
+    let pages = 64;
+    let used = huge_count("nr_hugepages") - huge_count("free_hugepages");
+    set_huge_pages(used + 3 * pages);
+    let huge_run = || {
+        let mut c = run.command(
+            &[
+                "--rm",
+                "--network",
+                "none",
+                "--memory",
+                "32m",
+                "--scratch",
+                "32m",
+            ],
+            &["sh", "-c", PROBE],
+        );
+        c.env("HUSK_POOL", "on")
+            .env("HUSK_POOL_DIR", pool.path())
+            .env("HUSK_POOL_MEMORY", "huge")
+            .env("HUSK_TIMINGS", "1");
+        process::run(c, TIMEOUT)
+    };
+    let mut randoms = Vec::new();
+    for _ in 0..2 {
+        let out = huge_run();
+        assert_eq!(out.code, Some(3), "{}", out.describe());
+        assert!(out.stderr.contains("template_ready"), "{}", out.describe());
+        randoms.push(probe_lines(&out).1);
+    }
+    assert_ne!(randoms[0], randoms[1], "two clones drew the same bytes");
+    assert_eq!(huge.copies().len(), 1, "one copy per template");
+    // The copy holds the pages of its data (the guest's untouched memory
+    // is holes), nothing reserved; the clones gave theirs back.
+    let copy = huge_count("nr_hugepages") - huge_count("free_hugepages") - used;
+    assert!(copy > 0 && copy < pages, "the copy takes {copy} pages");
+    assert_eq!(huge_count("resv_hugepages"), 0);
+
+    // Fewer free pages than a clone's mapping reserves.
+    set_huge_pages(used + copy + pages / 2);
+    let short = huge_run();
+    assert_ne!(short.code, Some(0), "{}", short.describe());
+    assert_ne!(short.code, Some(3), "{}", short.describe());
+    assert!(
+        short.stderr.contains("too few free 2 MiB huge pages"),
+        "{}",
+        short.describe()
+    );
+
+    let mut rm = run.husk_command(&["pool", "rm", "--all"]);
+    rm.env("HUSK_POOL_DIR", pool.path());
+    let rm = process::run(rm, TIMEOUT);
+    assert_eq!(rm.code, Some(0), "{}", rm.describe());
+    assert!(huge.copies().is_empty(), "{:?}", huge.copies());
+    assert_eq!(
+        huge_count("free_hugepages"),
+        huge_count("nr_hugepages") - used
+    );
+}

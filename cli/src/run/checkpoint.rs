@@ -250,7 +250,10 @@ pub fn restore(
         .filter(|d| ours.contains(&d.id.as_str()))
         .map(|d| (d.id.clone(), d.path.clone()))
         .collect();
-    super::pool::restore_as(from, config, disks, before)
+    // A checkpoint's memory is mapped as Firecracker's `File` backend
+    // does; the pool's other ways (HUSK_POOL_MEMORY) are for templates.
+    let memory = husk_vmm::snapshot::memory::Backing::Mapped;
+    super::pool::restore_as(from, config, disks, memory, before)
         .map_err(|e| format!("restoring {}: {e}", from.display()))
 }
 

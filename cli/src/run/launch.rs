@@ -245,9 +245,12 @@ fn start_vm(
                 mark("template_ready");
                 match template.restore(config, before) {
                     Ok(vm) => return Ok((vm, true)),
+                    Err(pool::RestoreFailure::Host(e)) => {
+                        return Err(Failure::runtime(format!("pool: {e}")))
+                    }
                     // A template this husk cannot restore is of no use to
                     // the next run either: it makes a new one.
-                    Err(e) => {
+                    Err(pool::RestoreFailure::Template(e)) => {
                         log::warn!("pool: {e}; booting instead");
                         template.remove();
                     }

@@ -83,7 +83,8 @@ pub fn default_dir() -> PathBuf {
 /// Whether `HUSK_POOL` allows the pool.
 pub fn enabled() -> Result<bool, String> {
     match std::env::var(POOL_ENV).as_deref() {
-        Ok("on") => Ok(true),
+        // How clones map memory is checked with the pool, before a run.
+        Ok("on") => memory_backing().map(|_| true),
         Err(_) | Ok("off") | Ok("") => Ok(false),
         Ok(other) => Err(format!("{POOL_ENV}={other}: on or off")),
     }
@@ -176,7 +177,7 @@ impl Template {
 
     /// Deletes the template (clones running from it keep their mapping).
     pub fn remove(&self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = remove_snapshot(&self.dir);
     }
 
     fn complete(&self) -> bool {
@@ -191,7 +192,7 @@ impl Template {
         &self,
         config: &VmConfig,
         before: Option<husk_vmm::BeforeThreads>,
-    ) -> Result<RunningVm, String> {
+    ) -> Result<RunningVm, RestoreFailure> {
         let mut disks: Vec<(String, PathBuf)> = config
             .disks
             .iter()
@@ -203,44 +204,123 @@ impl Template {
                 disks.push((id.into(), stand_in_file(&self.dir, id)));
             }
         }
-        restore_as(&self.dir, config, disks, before)
+        let memory = memory_backing().map_err(RestoreFailure::Host)?;
+        if memory == husk_vmm::snapshot::memory::Backing::Huge {
+            huge_pages_for(&self.dir).map_err(RestoreFailure::Host)?;
+        }
+        restore_as(&self.dir, config, disks, memory, before).map_err(RestoreFailure::Template)
     }
 }
 
+/// Why a template was not restored.
+#[derive(Debug)]
+pub enum RestoreFailure {
+    /// The host lacks what the run asked for (huge pages): the template is
+    /// sound, and the run fails rather than boot against its settings.
+    Host(String),
+    /// The template cannot be restored (a next run makes a new one).
+    Template(String),
+}
+
+/// Checks that a clone of the template in `dir` can map its memory in
+/// huge pages: the copy on hugetlbfs (made now if there is none) and free
+/// pages for the clone's private mapping, which reserves as many as the
+/// guest has. A shortage that comes between this check and the mapping
+/// fails the restore with the same words.
+fn huge_pages_for(dir: &Path) -> Result<(), String> {
+    let copy = memory_file(dir, husk_vmm::snapshot::memory::Backing::Huge)?;
+    let len = std::fs::metadata(&copy)
+        .map_err(|e| format!("{}: {e}", copy.display()))?
+        .len();
+    let need = len.div_ceil(2 << 20);
+    let free = husk_vmm::snapshot::hugetlb::free_pages()?;
+    if free < need {
+        return Err(format!(
+            "too few free 2 MiB huge pages: {free} free, a clone's memory takes {need} \
+             (vm.nr_hugepages)"
+        ));
+    }
+    Ok(())
+}
+
 /// `HUSK_POOL_MEMORY`: `map` (the default) maps a template's memory file
-/// private, `copy` copies its data into anonymous memory (see
-/// `husk_vmm::snapshot::memory::Backing`): the trade of memory for nested
+/// private, `copy` copies its data into anonymous memory, `huge` maps a
+/// copy of it on hugetlbfs private (see
+/// `husk_vmm::snapshot::memory::Backing`): trades of memory for nested
 /// page faults, measured with `benches/run container-startup`.
 fn memory_backing() -> Result<husk_vmm::snapshot::memory::Backing, String> {
     use husk_vmm::snapshot::memory::Backing;
     match std::env::var("HUSK_POOL_MEMORY").as_deref() {
         Err(_) | Ok("") | Ok("map") => Ok(Backing::Mapped),
         Ok("copy") => Ok(Backing::Copied),
-        Ok(other) => Err(format!("HUSK_POOL_MEMORY={other}: map or copy")),
+        Ok("huge") => Ok(Backing::Huge),
+        Ok(other) => Err(format!("HUSK_POOL_MEMORY={other}: map, copy or huge")),
     }
+}
+
+/// The memory file a restore of the snapshot in `dir` maps: its own, or
+/// for `Huge` its copy on hugetlbfs, named after the snapshot's place and
+/// its memory file's size and time, so a remade snapshot gets a new copy.
+fn memory_file(
+    dir: &Path,
+    backing: husk_vmm::snapshot::memory::Backing,
+) -> Result<PathBuf, String> {
+    let mem = dir.join(MEM);
+    if backing != husk_vmm::snapshot::memory::Backing::Huge {
+        return Ok(mem);
+    }
+    husk_vmm::snapshot::hugetlb::copy_of(&mem, &huge_copy_name(dir)?)
+}
+
+/// The name of the hugetlbfs copy of the snapshot in `dir`'s memory.
+fn huge_copy_name(dir: &Path) -> Result<String, String> {
+    let mem = dir.join(MEM);
+    let m = std::fs::metadata(&mem).map_err(|e| format!("{}: {e}", mem.display()))?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    use std::os::unix::fs::MetadataExt;
+    // The file itself (however its directory is named) and its version.
+    (m.dev(), m.ino()).hash(&mut h);
+    m.len().hash(&mut h);
+    m.modified().ok().hash(&mut h);
+    Ok(format!("husk-{:016x}.mem", h.finish()))
+}
+
+/// Removes the snapshot in `dir`, and the copy of its memory on hugetlbfs
+/// if a run made one: that copy holds the host's huge pages until it is
+/// removed.
+pub fn remove_snapshot(dir: &Path) -> std::io::Result<()> {
+    if let (Ok(mount), Ok(name)) = (husk_vmm::snapshot::hugetlb::mount(), huge_copy_name(dir)) {
+        match std::fs::remove_file(mount.join(name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    std::fs::remove_dir_all(dir)
 }
 
 /// Restores the snapshot in `dir` (a template, or a checkpoint), running,
 /// on `config`'s console, vsock socket and NICs (with their MACs), and
-/// with `disks` (drive id → file) in place of the snapshot's; `before`
+/// with `disks` (drive id → file) in place of the snapshot's, its memory
+/// as `memory` says; `before`
 /// runs between the build and the VM's threads.
 pub fn restore_as(
     dir: &Path,
     config: &VmConfig,
     disks: Vec<(String, PathBuf)>,
+    memory: husk_vmm::snapshot::memory::Backing,
     before: Option<husk_vmm::BeforeThreads>,
 ) -> Result<RunningVm, String> {
     let restore = RestoreConfig {
         snapshot: SnapshotPaths {
             state: dir.join(STATE),
-            mem: dir.join(MEM),
+            mem: memory_file(dir, memory)?,
         },
         console: config.console.clone(),
         stdin: config.stdin,
         allow_pvm: config.allow_pvm,
         track_dirty_pages: false,
         resume: true,
-        memory: memory_backing()?,
+        memory,
         overrides: Overrides {
             disks,
             vsock_uds: config.vsock.as_ref().map(|v| v.uds_path.clone()),
@@ -336,7 +416,7 @@ fn prune(root: &Path, keep: &Path) {
         };
         if stale {
             log::info!("pool: removing {}, made by a former husk", dir.display());
-            let _ = std::fs::remove_dir_all(&dir);
+            let _ = remove_snapshot(&dir);
         }
     }
 }
@@ -419,7 +499,7 @@ pub fn remove(root: &Path, name: &str) -> Result<(), String> {
         return Err(format!("no template {name:?} in {}", root.display()));
     }
     // Its lock file stays: a maker may hold it.
-    std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))
+    remove_snapshot(&dir).map_err(|e| format!("{}: {e}", dir.display()))
 }
 
 /// Boots the template's guest with empty stand-in disks, waits for its

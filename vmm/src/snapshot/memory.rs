@@ -159,6 +159,11 @@ pub enum Backing {
     /// the copy and the pages, shared with nothing, but the host may back
     /// it with huge pages as it does a booted VM's.
     Copied,
+    /// The memory file is a copy on hugetlbfs (`super::hugetlb`), mapped
+    /// private as with `Mapped`, but in 2 MiB pages: one nested fault per
+    /// 2 MiB touched, and a write copies 2 MiB. The mapping reserves its
+    /// huge pages, so a shortage fails the restore, not a later write.
+    Huge,
 }
 
 /// Maps a memory file as guest memory: see [`Backing`]. With `shared`
@@ -178,7 +183,13 @@ pub fn map(
         .metadata()
         .map_err(|e| format!("memory file {}: {e}", path.display()))?
         .len();
-    if have != want {
+    // A hugetlbfs file's size is whole huge pages.
+    let fits = if backing == Backing::Huge {
+        have == want.next_multiple_of(2 << 20)
+    } else {
+        have == want
+    };
+    if !fits {
         return Err(format!(
             "memory file {} has {have} bytes, the snapshot's guest has {want}",
             path.display()
@@ -196,6 +207,17 @@ pub fn map(
         }
         (false, Backing::Copied) => (None, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS),
         (false, Backing::Mapped) => (Some(file.clone()), libc::MAP_PRIVATE),
+        (false, Backing::Huge) => {
+            huge_aligned(ranges).map_err(|e| format!("memory file {}: {e}", path.display()))?;
+            (Some(file.clone()), libc::MAP_PRIVATE)
+        }
+    };
+    // A private hugetlbfs mapping without a reservation would meet a
+    // shortage of huge pages as a SIGBUS at the guest's write.
+    let reserve = if backing == Backing::Huge && !shared {
+        0
+    } else {
+        libc::MAP_NORESERVE
     };
     let copy = shared || backing == Backing::Copied;
     let fail = |e: String| format!("memory file {}: {e}", path.display());
@@ -205,12 +227,19 @@ pub fn map(
         let region = crate::memory::region(
             GuestAddress(addr),
             len as usize,
-            flags | libc::MAP_NORESERVE,
+            flags | reserve,
             source
                 .as_ref()
                 .map(|f| FileOffset::from_arc(f.clone(), offset)),
         )
-        .map_err(|e| fail(format!("guest memory at {addr:#x}: {e}")))?;
+        .map_err(|e| match (reserve, e.raw_os_error()) {
+            (0, Some(libc::ENOMEM)) => fail(format!(
+                "too few free 2 MiB huge pages to map {} MiB of guest memory private \
+                 (vm.nr_hugepages)",
+                len >> 20
+            )),
+            _ => fail(format!("guest memory at {addr:#x}: {e}")),
+        })?;
         if copy {
             fill(&region, &file, offset).map_err(|e| fail(format!("copying it: {e}")))?;
         }
@@ -238,8 +267,20 @@ fn fill(
     Ok(())
 }
 
+/// Whether every region starts and ends on a 2 MiB boundary of the file,
+/// as a hugetlbfs mapping must.
+fn huge_aligned(ranges: &[(u64, u64)]) -> Result<(), String> {
+    let huge = 2u64 << 20;
+    match ranges.iter().find(|(_, len)| len % huge != 0) {
+        Some((addr, len)) => Err(format!(
+            "the guest memory at {addr:#x} ({len} bytes) is not whole 2 MiB pages"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The runs of data (not holes) of `file` between `from` and `to`.
-fn data_runs(file: &File, from: u64, to: u64) -> std::io::Result<Vec<(u64, u64)>> {
+pub(super) fn data_runs(file: &File, from: u64, to: u64) -> std::io::Result<Vec<(u64, u64)>> {
     use std::os::fd::AsRawFd;
     let mut runs = Vec::new();
     let mut at = from;

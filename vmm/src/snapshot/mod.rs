@@ -23,6 +23,7 @@ pub mod cpu;
 pub mod devices;
 pub mod dirty;
 pub mod file;
+pub mod hugetlb;
 pub mod memory;
 
 use serde::{Deserialize, Serialize};
