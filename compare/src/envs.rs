@@ -48,6 +48,10 @@ pub struct Needs {
     pub tap: Option<Tap>,
     /// vCPUs for a VM (0 or 1: one).
     pub cpus: u32,
+    /// QEMU: run the script in the bench image's tree (`Setup::image_disk`,
+    /// mounted read-only and chrooted into), for programs the project's
+    /// guest root does not carry. The other environments run the image.
+    pub image_root: bool,
 }
 
 /// A host TAP with its two addresses.
@@ -113,6 +117,11 @@ pub struct Setup {
     /// The virtio-fs backend QEMU's shared directories use (husk finds
     /// its own the same way).
     pub virtiofsd: Option<PathBuf>,
+    /// The bench image's tree as an ext4 disk, for QEMU's guest
+    /// ([`Needs::image_root`]); made when QEMU is present.
+    pub image_disk: Option<PathBuf>,
+    /// The host's Redis, or why there is none.
+    pub redis: Result<crate::apps::Redis, String>,
 }
 
 /// virtiofsd: `$HUSK_VIRTIOFSD`, where scripts/setup installs it, or PATH.
@@ -163,6 +172,40 @@ pub fn make_bundle(image: &Path, crun: &Path, dir: &Path) -> Result<PathBuf, Err
         return Err(Error::Tool("crun spec failed".into()));
     }
     Ok(dir.to_owned())
+}
+
+/// The bench image unpacked into an ext4 disk image at `disk`, for a
+/// QEMU guest to mount read-only and chroot into.
+pub fn make_image_disk(image: &Path, disk: &Path) -> Result<(), Error> {
+    let img = husk_image::Image::open(image).map_err(|e| Error::Tool(format!("image: {e}")))?;
+    let tree = disk.with_extension("tree");
+    let _ = std::fs::remove_dir_all(&tree);
+    img.unpack(&tree, &mut |_| {})
+        .map_err(|e| Error::Tool(format!("unpacking the image: {e}")))?;
+    let bytes = tree_bytes(&tree);
+    // Room for ext4's own tables and the files' last blocks.
+    let size = (bytes + bytes / 2 + (32 << 20)).next_multiple_of(1 << 20);
+    let made = husk_image::mkfs::Ext4::new(size)
+        .from_tree(&tree)
+        .make(disk)
+        .map_err(|e| Error::Tool(format!("{}: {e}", disk.display())));
+    let _ = std::fs::remove_dir_all(&tree);
+    made
+}
+
+/// The bytes of the regular files under `dir`.
+fn tree_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => tree_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
 }
 
 /// Writes the bundle's config.json for one launch (crun reads it at start).
@@ -315,7 +358,24 @@ fn qemu_command(s: &Setup, id: &str, script: &str, needs: &Needs) -> Result<Comm
         (Some(_), None) => body.push_str("mount -t ext4 /dev/vdb /mnt && "),
         (None, _) => {}
     }
-    body.push_str(&script.replace("/work/", "/mnt/"));
+    let image_disk = match (needs.image_root, &needs.disk) {
+        (false, _) => None,
+        (true, Some(_)) => return Err(Error::Tool("a work disk and the image's root".into())),
+        (true, None) => Some(
+            s.image_disk
+                .as_ref()
+                .ok_or_else(|| Error::Tool("no disk of the bench image's tree".into()))?,
+        ),
+    };
+    if image_disk.is_some() {
+        body.push_str(
+            "mount -t ext4 -o ro /dev/vdb /mnt && mount -t proc proc /mnt/proc && \
+             mount -t devtmpfs dev /mnt/dev && chroot /mnt /bin/sh -c ",
+        );
+        body.push_str(&format!("'{}'", script.replace('\'', "'\\''")));
+    } else {
+        body.push_str(&script.replace("/work/", "/mnt/"));
+    }
     body.push_str("; st=$?; sync; exit $st");
     let mut cmdline = String::from(
         "console=ttyS0 reboot=t panic=1 quiet root=/dev/vda ro husk.status=console husk.cmd=",
@@ -351,6 +411,13 @@ fn qemu_command(s: &Setup, id: &str, script: &str, needs: &Needs) -> Result<Comm
             .arg("-chardev")
             .arg(format!("socket,id=vfs,path={}", socket.display()))
             .args(["-device", "vhost-user-fs-device,chardev=vfs,tag=work"]);
+    } else if let Some(d) = image_disk {
+        c.arg("-drive")
+            .arg(format!(
+                "id=image,file={},format=raw,if=none,readonly=on",
+                d.display()
+            ))
+            .args(["-device", "virtio-blk-device,drive=image"]);
     } else if let Some(d) = &needs.disk {
         c.arg("-drive")
             .arg(format!("id=work,file={},format=raw,if=none", d.display()))

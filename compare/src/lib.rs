@@ -1,6 +1,7 @@
 //! `husk compare`: one set of workloads across native, crun, husk and QEMU
 //! microvm, and the report written from the figures.
 
+pub mod apps;
 pub mod chart;
 pub mod envs;
 mod error;

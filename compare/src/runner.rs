@@ -132,6 +132,20 @@ const WORKLOADS: &[(&str, &str, &str, bool)] = &[
         true,
     ),
     (
+        "redis_set",
+        "Redis: SET requests/s (redis-benchmark, 50 clients)",
+        "requests/s",
+        true,
+    ),
+    (
+        "redis_get",
+        "Redis: GET requests/s (redis-benchmark, 50 clients)",
+        "requests/s",
+        true,
+    ),
+    ("redis_set_p99", "Redis: SET latency, p99", "ms", false),
+    ("redis_get_p99", "Redis: GET latency, p99", "ms", false),
+    (
         "memory_pss",
         "Host memory per instance (PSS, holding 16 MiB)",
         "MiB",
@@ -179,6 +193,13 @@ fn detail(id: &str, z: Sizes) -> String {
             "`husk-bench stream`: three arrays of {} MiB, best of 5 passes",
             z.stream_mib
         ),
+        "redis_set" | "redis_get" | "redis_set_p99" | "redis_get_p99" => format!(
+            "Debian's redis-server in the environment (native: the host's; the others: \
+             the bench image's copy), `redis-benchmark -t set,get -n {}` from the host \
+             over the environment's network path (native and crun: loopback; husk and \
+             QEMU: a TAP)",
+            z.redis_requests
+        ),
         "mem_gups" => format!(
             "`husk-bench gups`: {} updates of a {} MiB table",
             z.gups_updates, z.gups_mib
@@ -217,9 +238,16 @@ pub fn setup(opts: &Options, work: PathBuf) -> Result<Setup, Error> {
         qemu: envs::which("qemu-system-x86_64"),
         crun: envs::which("crun"),
         virtiofsd: envs::find_virtiofsd(),
+        image_disk: None,
+        redis: crate::apps::Redis::find(&work),
         work,
     };
     std::fs::create_dir_all(s.work.join("native")).map_err(|e| Error::io(&s.work, e))?;
+    if s.qemu.is_some() && opts.envs.contains(&Env::Qemu) {
+        let disk = s.work.join("image.ext4");
+        envs::make_image_disk(&s.image, &disk)?;
+        s.image_disk = Some(disk);
+    }
     if let Some(crun) = &s.crun {
         let dir = s.work.join("bundle");
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -336,6 +364,10 @@ const STEPS: &[(&str, &[&str])] = &[
         "CPU and memory, all cores",
         &["cpu_gflops_all", "mem_triad_all", "mem_gups_all"],
     ),
+    (
+        "Redis",
+        &["redis_set", "redis_get", "redis_set_p99", "redis_get_p99"],
+    ),
     ("memory and density", &["density_ready", "memory_pss"]),
 ];
 
@@ -357,6 +389,11 @@ fn step(i: usize, s: &Setup, env: Env, id: &str, z: Sizes, nets: &Nets) -> Resul
         },
         4 => workloads::compute(s, env, id, z).map(|v| v.to_vec()),
         5 => workloads::compute_all(s, env, id, z, host_cores()).map(|v| v.to_vec()),
+        6 => match nets.skip.get(&env) {
+            Some(why) => Err(Error::Tool(why.clone())),
+            None => crate::apps::redis(s, env, id, z.redis_requests, nets.taps.get(&env))
+                .map(|v| v.to_vec()),
+        },
         _ => workloads::density(s, env, id, z, z.density).map(|(a, b)| vec![a, b]),
     }
 }

@@ -104,6 +104,15 @@ pub fn finding(id: &str) -> Option<Finding> {
             why: "each message crosses the VM boundary twice (a notification \
                   exit out, an interrupt in)",
         },
+        "redis_set" | "redis_get" | "redis_set_p99" | "redis_get_p99" => Finding {
+            study: "Redis (redis-benchmark)",
+            containers: "native with host networking; NAT costs throughput and latency",
+            kvm: "lower throughput and higher latency, the gap closing as clients are added",
+            kvm_verdict: Verdict::Slower,
+            why: "every request and reply is a small packet through the virtual \
+                  NIC: an exit and an interrupt each, which 50 clients' \
+                  pipelines only partly amortize",
+        },
         _ => return None,
     };
     Some(f)
@@ -306,6 +315,8 @@ mod tests {
             "mem_gups",
             "rand_read",
             "net_rr",
+            "redis_get",
+            "redis_set_p99",
         ] {
             assert!(finding(id).is_some(), "{id}");
         }

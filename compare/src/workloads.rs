@@ -28,6 +28,8 @@ pub struct Sizes {
     /// GUPS's table and its updates.
     pub gups_mib: u64,
     pub gups_updates: u64,
+    /// Requests of each kind `redis-benchmark` sends (50 clients).
+    pub redis_requests: u32,
 }
 
 impl Sizes {
@@ -44,6 +46,7 @@ impl Sizes {
             stream_mib: 32,
             gups_mib: 64,
             gups_updates: 1 << 24,
+            redis_requests: 20_000,
         }
     }
 
@@ -60,6 +63,7 @@ impl Sizes {
             stream_mib: 8,
             gups_mib: 8,
             gups_updates: 2_000_000,
+            redis_requests: 2_000,
         }
     }
 }
@@ -76,7 +80,7 @@ fn nested() -> bool {
 }
 
 /// A launched instance's output as it comes, line by line.
-struct Running {
+pub(crate) struct Running {
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
@@ -92,7 +96,13 @@ struct Running {
 const LAUNCH_TIMEOUT: Duration = Duration::from_secs(240);
 
 impl Running {
-    fn start(s: &Setup, env: Env, id: &str, script: &str, needs: &Needs) -> Result<Running, Error> {
+    pub(crate) fn start(
+        s: &Setup,
+        env: Env,
+        id: &str,
+        script: &str,
+        needs: &Needs,
+    ) -> Result<Running, Error> {
         let start = Instant::now();
         let mut child = envs::launch(s, env, id, script, needs)?;
         let (tx, lines) = mpsc::channel();
@@ -122,7 +132,7 @@ impl Running {
     }
 
     /// Waits for a line containing `needle`; the time since launch.
-    fn wait_line(&mut self, needle: &str) -> Option<Duration> {
+    pub(crate) fn wait_line(&mut self, needle: &str) -> Option<Duration> {
         let deadline = self.start + LAUNCH_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -136,7 +146,7 @@ impl Running {
     }
 
     /// Waits for the exit; the time since launch and every output line.
-    fn finish(mut self, what: &str) -> Result<(Duration, Vec<String>), Error> {
+    pub(crate) fn finish(mut self, what: &str) -> Result<(Duration, Vec<String>), Error> {
         let deadline = self.start + LAUNCH_TIMEOUT;
         let status = loop {
             if let Some(st) = self

@@ -22,7 +22,7 @@ fn quick_compare_reports_positive_figures_for_every_environment() {
     let json = std::fs::read_to_string(out.path().join("report.json")).unwrap();
     let report: serde_json::Value = serde_json::from_str(&json).unwrap();
     let workloads = report["workloads"].as_array().unwrap();
-    assert_eq!(workloads.len(), 23, "{json}");
+    assert_eq!(workloads.len(), 27, "{json}");
     for w in workloads {
         let id = w["id"].as_str().unwrap();
         for env in ENVS {
@@ -68,6 +68,7 @@ fn quick_compare_reports_positive_figures_for_every_environment() {
         "RandomAccess",
         "fio, random 4 KiB",
         "netperf",
+        "Redis",
     ] {
         let row = studies
             .lines()
@@ -102,6 +103,15 @@ fn a_missing_tool_fails_loudly() {
     );
     let json = std::fs::read_to_string(out.path().join("report.json")).unwrap();
     assert!(json.contains("crun is not installed"), "{json}");
+    // Nor redis-benchmark: Redis's rows say so, skipped, not failed.
+    let redis = "skipped: redis-benchmark is not installed (Debian: redis-tools)";
+    assert!(
+        run.stderr
+            .contains(&format!("redis_set in native: {redis}")),
+        "{}",
+        run.describe()
+    );
+    assert!(json.contains(redis), "{json}");
     // No husk-bench where the guest artifacts are: an error naming it.
     let guest = tempfile::tempdir().unwrap();
     let mut c = Command::new(husk_tests::husk::binary());
