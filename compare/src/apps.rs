@@ -1,10 +1,12 @@
 //! Real applications from Debian's packages, as the IBM study ran them:
 //! Redis, its server in the environment, driven from the host by
-//! `redis-benchmark` over the environment's network path.
+//! `redis-benchmark`; MariaDB, its server in the environment, driven from
+//! the host by `sysbench`'s OLTP read-write; both over the environment's
+//! network path.
 //!
 //! The server is Debian's `redis-tools` build (its `redis-check-rdb` is
 //! the server when called `redis-server`): the host's copy for native
-//! runs, and the same file with its libraries in the bench image
+//! runs, and the same file with its libraries in the applications' image
 //! (scripts/build-guest) for crun, husk and QEMU's guest.
 
 use crate::envs::{self, Needs, Setup, Tap};
@@ -69,6 +71,204 @@ fn redis_script(env: Env, server: &Path) -> String {
     )
 }
 
+/// The host's MariaDB programs: the server for native runs, and sysbench.
+#[derive(Debug, Clone)]
+pub struct MariaDb {
+    pub server: PathBuf,
+    pub sysbench: PathBuf,
+    /// A sysbench script that asks the server to shut down.
+    pub shutdown: PathBuf,
+}
+
+/// Where the applications' image has the server.
+pub const MARIADB_IN_IMAGE: &str = "/usr/sbin/mariadbd";
+/// The port it listens on everywhere (not MySQL's, which a host may use).
+pub const MARIADB_PORT: u16 = 13306;
+/// What the server prints once it serves.
+const MARIADB_READY: &str = "ready for connections";
+/// sysbench's Lua for a shutdown: one connection, one statement.
+const SHUTDOWN_LUA: &str = "function thread_init()\n  \
+    sysbench.sql.driver():connect():query(\"SHUTDOWN\")\nend\nfunction event() end\n";
+
+impl MariaDb {
+    /// The host's server and sysbench, or why not; `work` takes the
+    /// shutdown script.
+    pub fn find(work: &Path) -> Result<MariaDb, String> {
+        let sysbench =
+            envs::which("sysbench").ok_or("sysbench is not installed (Debian: sysbench)")?;
+        let server = envs::which("mariadbd")
+            .or_else(|| Some(PathBuf::from(MARIADB_IN_IMAGE)).filter(|p| p.is_file()))
+            .ok_or("mariadbd is not installed (Debian: mariadb-server-core)")?;
+        let shutdown = work.join("shutdown.lua");
+        std::fs::write(&shutdown, SHUTDOWN_LUA)
+            .map_err(|e| format!("{}: {e}", shutdown.display()))?;
+        Ok(MariaDb {
+            server,
+            sysbench,
+            shutdown,
+        })
+    }
+}
+
+/// sysbench's OLTP read-write: the table's rows, the seconds it runs,
+/// its client threads.
+#[derive(Debug, Clone, Copy)]
+pub struct Oltp {
+    pub rows: u32,
+    pub secs: u32,
+    pub threads: u32,
+}
+
+/// The server's command in `env`: a fresh data directory (an empty
+/// `sbtest` database is a directory), no grant tables (sysbench connects
+/// as root over TCP, with no password), a buffer pool that fits a 256 MiB
+/// guest; its log (stderr) on stdout, where the ready line is looked for.
+fn mariadb_script(env: Env, server: &Path, native_dir: &Path) -> String {
+    let (program, dir) = match env {
+        Env::Native => (
+            server.display().to_string(),
+            native_dir.display().to_string(),
+        ),
+        _ => (MARIADB_IN_IMAGE.to_owned(), "/tmp/husk-db".to_owned()),
+    };
+    format!(
+        "rm -rf {dir} && mkdir -p {dir}/sbtest && exec {program} --no-defaults \
+         --datadir={dir} --socket={dir}/sock --pid-file={dir}/pid --user=root \
+         --lc-messages-dir=/usr/share/mysql --character-sets-dir=/usr/share/mysql/charsets \
+         --skip-grant-tables --port={MARIADB_PORT} --bind-address=0.0.0.0 \
+         --innodb-buffer-pool-size=32M --innodb-log-file-size=16M 2>&1"
+    )
+}
+
+/// MariaDB in `env`: sysbench OLTP read-write transactions/s and their
+/// p95 latency (ms), sysbench on the host.
+pub fn mariadb(
+    s: &Setup,
+    env: Env,
+    id: &str,
+    oltp: Oltp,
+    tap: Option<&Tap>,
+) -> Result<[f64; 2], Error> {
+    let db = s
+        .mariadb
+        .as_ref()
+        .map_err(|why| Error::NotMeasured(format!("skipped: {why}")))?;
+    s.apps()?;
+    let addr = server_addr(env, tap)?;
+    let needs = Needs {
+        tap: tap
+            .cloned()
+            .filter(|_| matches!(env, Env::Husk | Env::Qemu)),
+        apps: true,
+        ..Needs::default()
+    };
+    let script = mariadb_script(env, &db.server, &s.work.join(format!("db-{id}")));
+    let mut server = crate::workloads::Running::start(s, env, id, &script, &needs)?;
+    let ready = server.wait_line(MARIADB_READY);
+    let port = MARIADB_PORT.to_string();
+    let sysbench = |args: &[&str]| {
+        Command::new(&db.sysbench)
+            .args(args)
+            .args([
+                "--db-driver=mysql",
+                "--mysql-user=root",
+                "--mysql-db=sbtest",
+            ])
+            .arg(format!("--mysql-host={addr}"))
+            .arg(format!("--mysql-port={port}"))
+            .output()
+    };
+    let rows = format!("--table-size={}", oltp.rows);
+    let run = ready.map(|_| -> Result<String, Error> {
+        let oltp_args = ["oltp_read_write", "--tables=1", &rows];
+        checked(
+            "sysbench prepare",
+            sysbench(&[&oltp_args[..], &["prepare"]].concat()),
+        )?;
+        let (time, threads) = (
+            format!("--time={}", oltp.secs),
+            format!("--threads={}", oltp.threads),
+        );
+        checked(
+            "sysbench run",
+            sysbench(&[&oltp_args[..], &[&time, &threads, "run"]].concat()),
+        )
+    });
+    // The server's end is the environment's: stop it whatever happened.
+    let shutdown = db.shutdown.display().to_string();
+    let _ = sysbench(&[&shutdown, "--events=1", "run"]);
+    let (_, lines) = server.finish("mariadb")?;
+    match run {
+        None => {
+            let tail: Vec<&String> = lines.iter().rev().take(5).collect();
+            Err(Error::Workload(format!(
+                "mariadbd never said \"{MARIADB_READY}\": {tail:?}"
+            )))
+        }
+        Some(out) => oltp_figures(&out?),
+    }
+}
+
+/// A host tool's stdout when it ran and succeeded; else an error with its
+/// stderr.
+fn checked(what: &str, out: std::io::Result<std::process::Output>) -> Result<String, Error> {
+    let out = out.map_err(|e| Error::Tool(format!("{what}: {e}")))?;
+    if !out.status.success() {
+        // One line: what it said on both streams.
+        let said: Vec<String> = [&out.stderr, &out.stdout]
+            .iter()
+            .flat_map(|b| {
+                String::from_utf8_lossy(b)
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        return Err(Error::Workload(format!(
+            "{what}: {}: {}",
+            out.status,
+            said.join(" | ")
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Transactions per second and the 95th percentile latency (ms) from
+/// sysbench's report.
+pub fn oltp_figures(report: &str) -> Result<[f64; 2], Error> {
+    let after = |label: &str| {
+        report
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix(label))
+            .map(str::trim)
+            .ok_or_else(|| Error::Workload(format!("sysbench: no \"{label}\" line: {report}")))
+    };
+    // "transactions:   4734   (945.59 per sec.)"
+    let tps = after("transactions:")?
+        .split_once('(')
+        .and_then(|(_, r)| r.split_whitespace().next())
+        .unwrap_or_default()
+        .to_owned();
+    let p95 = after("95th percentile:")?.to_owned();
+    let positive = |what: &str, v: &str| match v.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        _ => Err(Error::Workload(format!(
+            "sysbench: {what} {v:?} is not a positive number"
+        ))),
+    };
+    Ok([positive("transactions/s", &tps)?, positive("p95", &p95)?])
+}
+
+/// Where the host reaches a server in `env`.
+fn server_addr(env: Env, tap: Option<&Tap>) -> Result<String, Error> {
+    match (env, tap) {
+        (Env::Native | Env::Crun, _) => Ok("127.0.0.1".to_owned()),
+        (_, Some(t)) => Ok(t.guest_ip.clone()),
+        (_, None) => Err(Error::Workload("no TAP for a VM's network".into())),
+    }
+}
+
 /// Redis in `env`: SET and GET requests per second and their p99
 /// latencies (ms), from `redis-benchmark` on the host.
 pub fn redis(
@@ -82,16 +282,13 @@ pub fn redis(
         .redis
         .as_ref()
         .map_err(|why| Error::NotMeasured(format!("skipped: {why}")))?;
-    let addr = match (env, tap) {
-        (Env::Native | Env::Crun, _) => "127.0.0.1".to_owned(),
-        (_, Some(t)) => t.guest_ip.clone(),
-        (_, None) => return Err(Error::Workload("no TAP for a VM's network".into())),
-    };
+    s.apps()?;
+    let addr = server_addr(env, tap)?;
     let needs = Needs {
         tap: tap
             .cloned()
             .filter(|_| matches!(env, Env::Husk | Env::Qemu)),
-        image_root: env == Env::Qemu,
+        apps: true,
         ..Needs::default()
     };
     let script = redis_script(env, &redis.server);
@@ -200,6 +397,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no p99_latency_ms column"), "{e}");
+    }
+
+    #[test]
+    fn sysbench_reports_give_transactions_per_second_and_p95() {
+        let report =
+            "SQL statistics:\n    transactions:                        4734   (945.59 per sec.)\n\
+            \x20   queries:                             95389  (19053.49 per sec.)\n\
+            Latency (ms):\n         min:                                    0.73\n\
+            \x20        95th percentile:                       10.27\n";
+        assert_eq!(oltp_figures(report).unwrap(), [945.59, 10.27]);
+        let e = oltp_figures("transactions: 0 (0.00 per sec.)\n95th percentile: 1.0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("transactions/s"), "{e}");
+        let e = oltp_figures("nothing\n").unwrap_err().to_string();
+        assert!(e.contains("no \"transactions:\" line"), "{e}");
+    }
+
+    #[test]
+    fn the_database_starts_empty_in_a_fresh_directory() {
+        let native = mariadb_script(
+            Env::Native,
+            Path::new("/usr/sbin/mariadbd"),
+            Path::new("/w/db-native-0"),
+        );
+        assert!(native.starts_with("rm -rf /w/db-native-0 && mkdir -p /w/db-native-0/sbtest && exec /usr/sbin/mariadbd --no-defaults "), "{native}");
+        let vm = mariadb_script(Env::Husk, Path::new("/x"), Path::new("/w/db"));
+        assert!(vm.contains("--datadir=/tmp/husk-db "), "{vm}");
+        assert!(vm.contains(&format!("--port={MARIADB_PORT} ")), "{vm}");
     }
 
     #[test]

@@ -48,10 +48,23 @@ pub struct Needs {
     pub tap: Option<Tap>,
     /// vCPUs for a VM (0 or 1: one).
     pub cpus: u32,
-    /// QEMU: run the script in the bench image's tree (`Setup::image_disk`,
-    /// mounted read-only and chrooted into), for programs the project's
-    /// guest root does not carry. The other environments run the image.
-    pub image_root: bool,
+    /// Run the script in the applications' image ([`Apps`]) instead of
+    /// the bench image: crun its bundle, husk the image, QEMU's guest
+    /// its tree (mounted read-only and chrooted into, since the project's
+    /// guest root does not carry the applications). Native runs the host's.
+    pub apps: bool,
+}
+
+/// The applications' image (Debian's Redis and MariaDB servers with their
+/// libraries, on busybox: scripts/build-guest) as each environment takes
+/// it.
+#[derive(Debug, Clone)]
+pub struct Apps {
+    pub image: PathBuf,
+    /// Its crun bundle, when crun is present.
+    pub bundle: Option<PathBuf>,
+    /// Its tree as an ext4 disk, when QEMU is present.
+    pub disk: Option<PathBuf>,
 }
 
 /// A host TAP with its two addresses.
@@ -117,11 +130,21 @@ pub struct Setup {
     /// The virtio-fs backend QEMU's shared directories use (husk finds
     /// its own the same way).
     pub virtiofsd: Option<PathBuf>,
-    /// The bench image's tree as an ext4 disk, for QEMU's guest
-    /// ([`Needs::image_root`]); made when QEMU is present.
-    pub image_disk: Option<PathBuf>,
+    /// The applications' image, or why there is none.
+    pub apps: Result<Apps, String>,
     /// The host's Redis, or why there is none.
     pub redis: Result<crate::apps::Redis, String>,
+    /// The host's MariaDB server and sysbench, or why not.
+    pub mariadb: Result<crate::apps::MariaDb, String>,
+}
+
+impl Setup {
+    /// The applications' image, or why the workload is not measured.
+    pub fn apps(&self) -> Result<&Apps, Error> {
+        self.apps
+            .as_ref()
+            .map_err(|why| Error::NotMeasured(format!("skipped: {why}")))
+    }
 }
 
 /// virtiofsd: `$HUSK_VIRTIOFSD`, where scripts/setup installs it, or PATH.
@@ -174,8 +197,8 @@ pub fn make_bundle(image: &Path, crun: &Path, dir: &Path) -> Result<PathBuf, Err
     Ok(dir.to_owned())
 }
 
-/// The bench image unpacked into an ext4 disk image at `disk`, for a
-/// QEMU guest to mount read-only and chroot into.
+/// An image unpacked into an ext4 disk image at `disk`, for a QEMU guest
+/// to mount read-only and chroot into.
 pub fn make_image_disk(image: &Path, disk: &Path) -> Result<(), Error> {
     let img = husk_image::Image::open(image).map_err(|e| Error::Tool(format!("image: {e}")))?;
     let tree = disk.with_extension("tree");
@@ -265,10 +288,12 @@ pub fn launch(s: &Setup, env: Env, id: &str, script: &str, needs: &Needs) -> Res
             c
         }
         Env::Crun => {
-            let bundle = s
-                .bundle
-                .as_ref()
-                .ok_or_else(|| Error::Tool("no crun bundle".into()))?;
+            let bundle = if needs.apps {
+                s.apps()?.bundle.as_ref()
+            } else {
+                s.bundle.as_ref()
+            };
+            let bundle = bundle.ok_or_else(|| Error::Tool("no crun bundle".into()))?;
             let config = crun_config(bundle, id, script, needs.disk.as_deref())?;
             let mut c = Command::new(s.crun.as_ref().expect("checked by unavailable()"));
             c.args(["run", "--bundle"])
@@ -296,7 +321,12 @@ pub fn launch(s: &Setup, env: Env, id: &str, script: &str, needs: &Needs) -> Res
             if needs.cpus > 1 {
                 c.arg("--cpus").arg(needs.cpus.to_string());
             }
-            c.arg(&s.image)
+            let image = if needs.apps {
+                &s.apps()?.image
+            } else {
+                &s.image
+            };
+            c.arg(image)
                 .args(["sh", "-c", script])
                 .env("HUSK_IMAGE_CACHE", s.work.join("image-cache"))
                 .env("HUSK_RUNTIME_DIR", s.work.join("runtime"));
@@ -358,19 +388,22 @@ fn qemu_command(s: &Setup, id: &str, script: &str, needs: &Needs) -> Result<Comm
         (Some(_), None) => body.push_str("mount -t ext4 /dev/vdb /mnt && "),
         (None, _) => {}
     }
-    let image_disk = match (needs.image_root, &needs.disk) {
+    let image_disk = match (needs.apps, &needs.disk) {
         (false, _) => None,
-        (true, Some(_)) => return Err(Error::Tool("a work disk and the image's root".into())),
+        (true, Some(_)) => return Err(Error::Tool("a work disk and the apps' root".into())),
         (true, None) => Some(
-            s.image_disk
+            s.apps()?
+                .disk
                 .as_ref()
-                .ok_or_else(|| Error::Tool("no disk of the bench image's tree".into()))?,
+                .ok_or_else(|| Error::Tool("no disk of the apps image's tree".into()))?,
         ),
     };
     if image_disk.is_some() {
+        // Its root read-only as the others' is, with a writable /tmp.
         body.push_str(
             "mount -t ext4 -o ro /dev/vdb /mnt && mount -t proc proc /mnt/proc && \
-             mount -t devtmpfs dev /mnt/dev && chroot /mnt /bin/sh -c ",
+             mount -t devtmpfs dev /mnt/dev && mount -t tmpfs tmp /mnt/tmp && \
+             chroot /mnt /bin/sh -c ",
         );
         body.push_str(&format!("'{}'", script.replace('\'', "'\\''")));
     } else {

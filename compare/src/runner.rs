@@ -146,6 +146,18 @@ const WORKLOADS: &[(&str, &str, &str, bool)] = &[
     ("redis_set_p99", "Redis: SET latency, p99", "ms", false),
     ("redis_get_p99", "Redis: GET latency, p99", "ms", false),
     (
+        "mysql_tps",
+        "MariaDB: sysbench OLTP read-write, transactions/s",
+        "transactions/s",
+        true,
+    ),
+    (
+        "mysql_p95",
+        "MariaDB: sysbench OLTP read-write, p95 latency",
+        "ms",
+        false,
+    ),
+    (
         "memory_pss",
         "Host memory per instance (PSS, holding 16 MiB)",
         "MiB",
@@ -200,6 +212,12 @@ fn detail(id: &str, z: Sizes) -> String {
              QEMU: a TAP)",
             z.redis_requests
         ),
+        "mysql_tps" | "mysql_p95" => format!(
+            "Debian's mariadbd in the environment (native: the host's; the others: the \
+             applications' image), a fresh database, `sysbench oltp_read_write` from the \
+             host: one table of {} rows, {} threads, {} s, over the same network paths as Redis",
+            z.oltp.rows, z.oltp.threads, z.oltp.secs
+        ),
         "mem_gups" => format!(
             "`husk-bench gups`: {} updates of a {} MiB table",
             z.gups_updates, z.gups_mib
@@ -238,22 +256,46 @@ pub fn setup(opts: &Options, work: PathBuf) -> Result<Setup, Error> {
         qemu: envs::which("qemu-system-x86_64"),
         crun: envs::which("crun"),
         virtiofsd: envs::find_virtiofsd(),
-        image_disk: None,
+        apps: Err(String::new()),
         redis: crate::apps::Redis::find(&work),
+        mariadb: crate::apps::MariaDb::find(&work),
         work,
     };
     std::fs::create_dir_all(s.work.join("native")).map_err(|e| Error::io(&s.work, e))?;
-    if s.qemu.is_some() && opts.envs.contains(&Env::Qemu) {
-        let disk = s.work.join("image.ext4");
-        envs::make_image_disk(&s.image, &disk)?;
-        s.image_disk = Some(disk);
-    }
+    s.apps = match need(APPS_IMAGE) {
+        Ok(image) => Ok(apps_setup(opts, &s, image)?),
+        Err(e) => Err(e.to_string()),
+    };
     if let Some(crun) = &s.crun {
         let dir = s.work.join("bundle");
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         s.bundle = Some(envs::make_bundle(&s.image, crun, &dir)?);
     }
     Ok(s)
+}
+
+/// The applications' image in the guest directory.
+const APPS_IMAGE: &str = "husk-apps-image";
+
+/// The applications' image as the environments of this run take it: a
+/// crun bundle, a disk for QEMU's guest.
+fn apps_setup(opts: &Options, s: &Setup, image: PathBuf) -> Result<envs::Apps, Error> {
+    let mut apps = envs::Apps {
+        image,
+        bundle: None,
+        disk: None,
+    };
+    if let (Some(crun), true) = (&s.crun, opts.envs.contains(&Env::Crun)) {
+        let dir = s.work.join("apps-bundle");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        apps.bundle = Some(envs::make_bundle(&apps.image, crun, &dir)?);
+    }
+    if s.qemu.is_some() && opts.envs.contains(&Env::Qemu) {
+        let disk = s.work.join("apps.ext4");
+        envs::make_image_disk(&apps.image, &disk)?;
+        apps.disk = Some(disk);
+    }
+    Ok(apps)
 }
 
 /// crun needs cgroup2 at /sys/fs/cgroup; a bare (testbed) system has none.
@@ -368,6 +410,7 @@ const STEPS: &[(&str, &[&str])] = &[
         "Redis",
         &["redis_set", "redis_get", "redis_set_p99", "redis_get_p99"],
     ),
+    ("MariaDB", &["mysql_tps", "mysql_p95"]),
     ("memory and density", &["density_ready", "memory_pss"]),
 ];
 
@@ -393,6 +436,12 @@ fn step(i: usize, s: &Setup, env: Env, id: &str, z: Sizes, nets: &Nets) -> Resul
             Some(why) => Err(Error::Tool(why.clone())),
             None => crate::apps::redis(s, env, id, z.redis_requests, nets.taps.get(&env))
                 .map(|v| v.to_vec()),
+        },
+        7 => match nets.skip.get(&env) {
+            Some(why) => Err(Error::Tool(why.clone())),
+            None => {
+                crate::apps::mariadb(s, env, id, z.oltp, nets.taps.get(&env)).map(|v| v.to_vec())
+            }
         },
         _ => workloads::density(s, env, id, z, z.density).map(|(a, b)| vec![a, b]),
     }

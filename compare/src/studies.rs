@@ -113,6 +113,14 @@ pub fn finding(id: &str) -> Option<Finding> {
                   NIC: an exit and an interrupt each, which 50 clients' \
                   pipelines only partly amortize",
         },
+        "mysql_tps" | "mysql_p95" => Finding {
+            study: "MySQL (sysbench OLTP)",
+            containers: "native with host networking and a volume; NAT and AUFS cost",
+            kvm: "well below native at every concurrency",
+            kvm_verdict: Verdict::Slower,
+            why: "each query is a round trip through the virtual NIC, and \
+                  each commit a write and flush through the virtual disk",
+        },
         _ => return None,
     };
     Some(f)
@@ -317,6 +325,7 @@ mod tests {
             "net_rr",
             "redis_get",
             "redis_set_p99",
+            "mysql_tps",
         ] {
             assert!(finding(id).is_some(), "{id}");
         }

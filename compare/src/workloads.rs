@@ -30,6 +30,8 @@ pub struct Sizes {
     pub gups_updates: u64,
     /// Requests of each kind `redis-benchmark` sends (50 clients).
     pub redis_requests: u32,
+    /// sysbench's OLTP read-write against MariaDB.
+    pub oltp: crate::apps::Oltp,
 }
 
 impl Sizes {
@@ -47,6 +49,11 @@ impl Sizes {
             gups_mib: 64,
             gups_updates: 1 << 24,
             redis_requests: 20_000,
+            oltp: crate::apps::Oltp {
+                rows: 10_000,
+                secs: 30,
+                threads: 4,
+            },
         }
     }
 
@@ -64,6 +71,11 @@ impl Sizes {
             gups_mib: 8,
             gups_updates: 2_000_000,
             redis_requests: 2_000,
+            oltp: crate::apps::Oltp {
+                rows: 1_000,
+                secs: 5,
+                threads: 4,
+            },
         }
     }
 }

@@ -22,7 +22,7 @@ fn quick_compare_reports_positive_figures_for_every_environment() {
     let json = std::fs::read_to_string(out.path().join("report.json")).unwrap();
     let report: serde_json::Value = serde_json::from_str(&json).unwrap();
     let workloads = report["workloads"].as_array().unwrap();
-    assert_eq!(workloads.len(), 27, "{json}");
+    assert_eq!(workloads.len(), 29, "{json}");
     for w in workloads {
         let id = w["id"].as_str().unwrap();
         for env in ENVS {
@@ -69,6 +69,7 @@ fn quick_compare_reports_positive_figures_for_every_environment() {
         "fio, random 4 KiB",
         "netperf",
         "Redis",
+        "MySQL",
     ] {
         let row = studies
             .lines()
@@ -112,6 +113,13 @@ fn a_missing_tool_fails_loudly() {
         run.describe()
     );
     assert!(json.contains(redis), "{json}");
+    let sysbench = "skipped: sysbench is not installed (Debian: sysbench)";
+    assert!(
+        run.stderr
+            .contains(&format!("mysql_tps in native: {sysbench}")),
+        "{}",
+        run.describe()
+    );
     // No husk-bench where the guest artifacts are: an error naming it.
     let guest = tempfile::tempdir().unwrap();
     let mut c = Command::new(husk_tests::husk::binary());
