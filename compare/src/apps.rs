@@ -12,8 +12,10 @@
 use crate::envs::{self, Needs, Setup, Tap};
 use crate::results::Env;
 use crate::Error;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// Where the bench image has the server.
 pub const REDIS_IN_IMAGE: &str = "/usr/bin/redis-server";
@@ -149,64 +151,178 @@ pub fn mariadb(
     oltp: Oltp,
     tap: Option<&Tap>,
 ) -> Result<[f64; 2], Error> {
-    let db = s
-        .mariadb
-        .as_ref()
-        .map_err(|why| Error::NotMeasured(format!("skipped: {why}")))?;
-    s.apps()?;
-    let addr = server_addr(env, tap)?;
-    let needs = Needs {
-        tap: tap
-            .cloned()
-            .filter(|_| matches!(env, Env::Husk | Env::Qemu)),
-        apps: true,
-        ..Needs::default()
-    };
+    let db = installed(&s.mariadb)?;
     let script = mariadb_script(env, &db.server, &s.work.join(format!("db-{id}")));
-    let mut server = crate::workloads::Running::start(s, env, id, &script, &needs)?;
-    let ready = server.wait_line(MARIADB_READY);
-    let port = MARIADB_PORT.to_string();
+    let server = Server::start(s, (env, id, tap), &script, MARIADB_READY)?;
     let sysbench = |args: &[&str]| {
-        Command::new(&db.sysbench)
-            .args(args)
+        let mut c = Command::new(&db.sysbench);
+        c.args(args)
             .args([
                 "--db-driver=mysql",
                 "--mysql-user=root",
                 "--mysql-db=sbtest",
             ])
-            .arg(format!("--mysql-host={addr}"))
-            .arg(format!("--mysql-port={port}"))
-            .output()
+            .arg(format!("--mysql-host={}", server.addr))
+            .arg(format!("--mysql-port={MARIADB_PORT}"));
+        c
     };
     let rows = format!("--table-size={}", oltp.rows);
-    let run = ready.map(|_| -> Result<String, Error> {
-        let oltp_args = ["oltp_read_write", "--tables=1", &rows];
-        checked(
+    let oltp_args = ["oltp_read_write", "--tables=1", &rows];
+    let (time, threads) = (
+        format!("--time={}", oltp.secs),
+        format!("--threads={}", oltp.threads),
+    );
+    let run = server.ready.then(|| {
+        match tool_run(
             "sysbench prepare",
             sysbench(&[&oltp_args[..], &["prepare"]].concat()),
-        )?;
-        let (time, threads) = (
-            format!("--time={}", oltp.secs),
-            format!("--threads={}", oltp.threads),
-        );
-        checked(
-            "sysbench run",
-            sysbench(&[&oltp_args[..], &[&time, &threads, "run"]].concat()),
-        )
+        )? {
+            Tool::Done(_) => tool_run(
+                "sysbench run",
+                sysbench(&[&oltp_args[..], &[&time, &threads, "run"]].concat()),
+            ),
+            stalled => Ok(stalled),
+        }
     });
+    if let Some(Ok(Tool::Stalled(what))) = run {
+        return Err(server.stalled(what, env));
+    }
     // The server's end is the environment's: stop it whatever happened.
     let shutdown = db.shutdown.display().to_string();
-    let _ = sysbench(&[&shutdown, "--events=1", "run"]);
-    let (_, lines) = server.finish("mariadb")?;
+    let _ = bounded(sysbench(&[&shutdown, "--events=1", "run"]));
+    server.finish("mariadb", MARIADB_READY)?;
     match run {
-        None => {
-            let tail: Vec<&String> = lines.iter().rev().take(5).collect();
-            Err(Error::Workload(format!(
-                "mariadbd never said \"{MARIADB_READY}\": {tail:?}"
-            )))
-        }
-        Some(out) => oltp_figures(&out?),
+        Some(Ok(Tool::Done(report))) => oltp_figures(&report),
+        Some(Err(e)) => Err(e),
+        _ => Err(Error::Workload("mariadb: no figures".into())),
     }
+}
+
+/// What a host tool run against a ready server came to.
+enum Tool {
+    /// It ended well: its stdout.
+    Done(String),
+    /// It got no answer in [`TOOL_LIMIT`] (named) and was killed.
+    Stalled(&'static str),
+}
+
+/// Runs a host tool against a server, bounded; its failure is an error.
+fn tool_run(what: &'static str, cmd: Command) -> Result<Tool, Error> {
+    match bounded(cmd) {
+        Err(e) => Err(Error::Tool(format!("{what}: {e}"))),
+        Ok(None) => Ok(Tool::Stalled(what)),
+        Ok(Some(out)) => checked(what, Ok(out)).map(Tool::Done),
+    }
+}
+
+/// A server in an environment, from the applications' image, and where
+/// the host reaches it.
+struct Server {
+    running: crate::workloads::Running,
+    addr: String,
+    /// It printed its ready line.
+    ready: bool,
+}
+
+impl Server {
+    /// Launches `script` and waits for `ready_line`.
+    fn start(
+        s: &Setup,
+        (env, id, tap): (Env, &str, Option<&Tap>),
+        script: &str,
+        ready_line: &str,
+    ) -> Result<Server, Error> {
+        s.apps()?;
+        let addr = server_addr(env, tap)?;
+        let needs = Needs {
+            tap: tap
+                .cloned()
+                .filter(|_| matches!(env, Env::Husk | Env::Qemu)),
+            apps: true,
+            ..Needs::default()
+        };
+        let mut running = crate::workloads::Running::start(s, env, id, script, &needs)?;
+        let ready = running.wait_line(ready_line).is_some();
+        Ok(Server {
+            running,
+            addr,
+            ready,
+        })
+    }
+
+    /// Ends a server the host tool `what` got no answer from, with husk's
+    /// report of the VM (its vCPUs, its device queues) in the error.
+    fn stalled(self, what: &str, env: Env) -> Error {
+        let report = (env == Env::Husk).then_some(husk_vmm::REPORT_SIGNAL);
+        self.running.abort(
+            &format!("{what} got no answer from the server in {TOOL_LIMIT:?}"),
+            report,
+        )
+    }
+
+    /// Waits for its end (the host has asked it to stop): an error if it
+    /// failed, or never printed `ready_line`.
+    fn finish(self, what: &str, ready_line: &str) -> Result<(), Error> {
+        let (_, lines) = self.running.finish(what)?;
+        if self.ready {
+            return Ok(());
+        }
+        let tail: Vec<&String> = lines.iter().rev().take(5).collect();
+        Err(Error::Workload(format!(
+            "{what} never said \"{ready_line}\": {tail:?}"
+        )))
+    }
+}
+
+/// A host program found, or the workload skipped with why not.
+fn installed<T>(found: &Result<T, String>) -> Result<&T, Error> {
+    found
+        .as_ref()
+        .map_err(|why| Error::NotMeasured(format!("skipped: {why}")))
+}
+
+/// How long a host tool may take against a server: the quick sizes take
+/// seconds, the full ones under a minute, even nested.
+const TOOL_LIMIT: Duration = Duration::from_secs(240);
+
+/// Runs `cmd` to its end, or for [`TOOL_LIMIT`]: a tool that waits on a
+/// server that stopped answering would wait for ever. Its output, or
+/// `None` when it ran out of time (killed).
+fn bounded(mut cmd: Command) -> std::io::Result<Option<std::process::Output>> {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let (out, err) = (child.stdout.take(), child.stderr.take());
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut v);
+            }
+            v
+        })
+    };
+    let stdout = drain(out.map(|o| Box::new(o) as Box<dyn Read + Send>));
+    let stderr = drain(err.map(|e| Box::new(e) as Box<dyn Read + Send>));
+    let deadline = Instant::now() + TOOL_LIMIT;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (stdout, stderr) = (
+        stdout.join().unwrap_or_default(),
+        stderr.join().unwrap_or_default(),
+    );
+    Ok(status.map(|status| std::process::Output {
+        status,
+        stdout,
+        stderr,
+    }))
 }
 
 /// A host tool's stdout when it ran and succeeded; else an error with its
@@ -278,51 +394,37 @@ pub fn redis(
     requests: u32,
     tap: Option<&Tap>,
 ) -> Result<[f64; 4], Error> {
-    let redis = s
-        .redis
-        .as_ref()
-        .map_err(|why| Error::NotMeasured(format!("skipped: {why}")))?;
-    s.apps()?;
-    let addr = server_addr(env, tap)?;
-    let needs = Needs {
-        tap: tap
-            .cloned()
-            .filter(|_| matches!(env, Env::Husk | Env::Qemu)),
-        apps: true,
-        ..Needs::default()
-    };
+    let redis = installed(&s.redis)?;
     let script = redis_script(env, &redis.server);
-    let mut server = crate::workloads::Running::start(s, env, id, &script, &needs)?;
-    let ready = server.wait_line(REDIS_READY);
-    let port = REDIS_PORT.to_string();
-    let bench = ready.map(|_| {
-        Command::new(&redis.benchmark)
-            .args(["-h", &addr, "-p", &port, "-t", "set,get", "--csv", "-n"])
-            .arg(requests.to_string())
-            .output()
-    });
-    // The server's end is the environment's: stop it whatever happened.
-    let _ = Command::new(&redis.cli)
-        .args(["-h", &addr, "-p", &port, "shutdown", "nosave"])
-        .output();
-    let (_, lines) = server.finish("redis")?;
-    let out = match bench {
-        None => {
-            let tail: Vec<&String> = lines.iter().rev().take(5).collect();
-            return Err(Error::Workload(format!(
-                "redis-server never said \"{REDIS_READY}\": {tail:?}"
-            )));
-        }
-        Some(out) => out.map_err(|e| Error::Tool(format!("redis-benchmark: {e}")))?,
+    let server = Server::start(s, (env, id, tap), &script, REDIS_READY)?;
+    let (addr, port) = (server.addr.clone(), REDIS_PORT.to_string());
+    let redis_command = |args: &[&str]| {
+        let mut c = Command::new(args[0]);
+        c.args(["-h", &addr, "-p", &port]).args(&args[1..]);
+        c
     };
-    if !out.status.success() {
-        return Err(Error::Workload(format!(
-            "redis-benchmark against {addr}: {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+    let (benchmark, cli) = (
+        redis.benchmark.to_string_lossy(),
+        redis.cli.to_string_lossy(),
+    );
+    let requests = requests.to_string();
+    let bench = server.ready.then(|| {
+        tool_run(
+            "redis-benchmark",
+            redis_command(&[&benchmark, "-t", "set,get", "--csv", "-n", &requests]),
+        )
+    });
+    if let Some(Ok(Tool::Stalled(what))) = bench {
+        return Err(server.stalled(what, env));
     }
-    benchmark_figures(&String::from_utf8_lossy(&out.stdout))
+    // The server's end is the environment's: stop it whatever happened.
+    let _ = bounded(redis_command(&[&cli, "shutdown", "nosave"]));
+    server.finish("redis-server", REDIS_READY)?;
+    match bench {
+        Some(Ok(Tool::Done(csv))) => benchmark_figures(&csv),
+        Some(Err(e)) => Err(e),
+        _ => Err(Error::Workload("redis: no figures".into())),
+    }
 }
 
 /// SET and GET requests/s and p99 latencies (ms) from `redis-benchmark

@@ -217,8 +217,27 @@ impl Running {
         Ok((took, self.seen))
     }
 
-    fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    /// Ends an instance that is stuck: `signal` first (husk answers
+    /// SIGUSR1 with its report of vCPUs and device queues on stderr),
+    /// then a kill; the error says `why`, with what it printed.
+    pub(crate) fn abort(mut self, why: &str, signal: Option<i32>) -> Error {
+        if let Some(sig) = signal {
+            // SAFETY: kill(2) of our own child, not yet reaped.
+            unsafe { libc::kill(self.pid(), sig) };
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.seen.push(l);
+        }
+        let stderr = self.err.join().unwrap_or_default();
+        let tail: Vec<&String> = self.seen.iter().rev().take(5).collect();
+        Error::Workload(format!("{why}: {} {tail:?}", said(&stderr)))
     }
 }
 
