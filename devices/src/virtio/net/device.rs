@@ -79,9 +79,16 @@ const OFFLOAD_FEATURES: u64 = (1 << VIRTIO_NET_F_CSUM)
     | (1 << VIRTIO_NET_F_HOST_TSO6)
     | (1 << VIRTIO_NET_F_HOST_UFO);
 
-/// Features offered: virtio 1.x, a MAC, link status, mergeable rx buffers,
-/// and the offloads where the backend has them.
+/// Features offered: virtio 1.x, event indexes, a MAC, link status,
+/// mergeable rx buffers, and the offloads where the backend has them.
+///
+/// Event indexes let the driver ask for an interrupt only past a used
+/// index it names, and let the device say from which avail index on it
+/// wants kicks: Linux then takes one tx interrupt per batch of completions
+/// instead of one per frame, and kicks once per batch while the device is
+/// sending. Each is an exit, tens of µs when nested.
 const AVAIL_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
+    | (1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX)
     | (1 << VIRTIO_NET_F_MAC)
     | (1 << VIRTIO_NET_F_STATUS)
     | (1 << VIRTIO_NET_F_MRG_RXBUF)
@@ -457,8 +464,11 @@ impl<B: NetBackend> Net<B> {
         if outcome.limited {
             NetMetrics::inc(&self.metrics.tx_throttled);
             arm(&mut self.tx_limit_timer, self.tx_limiter.wait(), &self.id);
-        } else if outcome.more && !outcome.blocked {
-            // Come back after the event loop has served everyone else.
+        } else if !outcome.blocked
+            && (outcome.more || !rearm_kicks(&active.mem, &mut active.tx_queue))
+        {
+            // Come back after the event loop has served everyone else (or
+            // at once for chains posted while kicks were off).
             if let Err(e) = self.queue_evts[TX_QUEUE].write(1) {
                 error!("virtio-net {}: cannot re-kick the tx queue: {e}", self.id);
             }
@@ -479,6 +489,7 @@ impl<B: NetBackend> Net<B> {
             return false;
         };
         let metrics = &*self.metrics;
+        let used_before = active.rx_queue.next_used();
         let mut published = 0u32;
         let mut poll = true;
         let mut limited = false;
@@ -539,7 +550,9 @@ impl<B: NetBackend> Net<B> {
                 }
             }
         }
-        if published > 0 && handler::needs_notification(&active.mem, &mut active.rx_queue) {
+        if published > 0
+            && handler::needs_notification_since(&active.mem, &mut active.rx_queue, used_before)
+        {
             NetMetrics::inc(&metrics.rx_queue.interrupts);
             if let Err(e) = active.interrupt.trigger(IrqType::Vring) {
                 error!("virtio-net {}: cannot interrupt the guest: {e}", self.id);
@@ -549,6 +562,13 @@ impl<B: NetBackend> Net<B> {
         if limited {
             NetMetrics::inc(&metrics.rx_throttled);
             arm(&mut self.rx_limit_timer, self.rx_limiter.wait(), &self.id);
+        }
+        // Out of buffers, the device waits for the driver's kick; buffers
+        // posted while kicks were off are taken at once.
+        if self.rx_pending.is_some() && !rearm_kicks(&active.mem, &mut active.rx_queue) {
+            if let Err(e) = self.queue_evts[RX_QUEUE].write(1) {
+                error!("virtio-net {}: cannot re-kick the rx queue: {e}", self.id);
+            }
         }
         poll
     }
@@ -592,6 +612,20 @@ impl<B: NetBackend> Net<B> {
 
 /// Arms a direction's rate limiter timer to fire in `wait` (at least 1 µs:
 /// zero would disarm it).
+/// Asks the driver for a kick when it posts past what the device has
+/// taken (with event indexes the driver kicks only past the index the
+/// device names; without, this clears nothing that was set). Returns false
+/// when chains were posted meanwhile, which no kick will announce.
+fn rearm_kicks(mem: &GuestMemoryMmap, queue: &mut Queue) -> bool {
+    match queue.enable_notification(mem) {
+        Ok(more) => !more,
+        Err(e) => {
+            warn!("virtio-net: cannot ask for notifications: {e}");
+            false
+        }
+    }
+}
+
 fn arm(timer: &mut TimerFd, wait: std::time::Duration, id: &str) {
     let wait = wait.max(std::time::Duration::from_micros(1));
     if let Err(e) = timer.reset(wait, None) {
@@ -697,7 +731,11 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         interrupt: Arc<IrqTrigger>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        let [rx_queue, tx_queue] = crate::virtio::activation_queues(self.active.is_some(), queues)?;
+        let [mut rx_queue, mut tx_queue] =
+            crate::virtio::activation_queues(self.active.is_some(), queues)?;
+        let event_idx = self.acked(virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX);
+        rx_queue.set_event_idx(event_idx);
+        tx_queue.set_event_idx(event_idx);
         for (index, queue) in [(RX_QUEUE, &rx_queue), (TX_QUEUE, &tx_queue)] {
             if !queue.ready() {
                 return Err(ActivateError::QueueNotReady(index));

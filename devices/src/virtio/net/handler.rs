@@ -170,6 +170,36 @@ pub(crate) fn needs_notification(mem: &GuestMemoryMmap, queue: &mut Queue) -> bo
     })
 }
 
+/// Whether the driver wants an interrupt for the used entries published
+/// since the used index was `old`. With `VIRTIO_RING_F_EVENT_IDX` it is
+/// read from the driver's `used_event`, counted from `old` here and not
+/// from the queue's own tally, which [`publish_used`] bypasses for a
+/// frame of several buffers.
+pub(crate) fn needs_notification_since(mem: &GuestMemoryMmap, queue: &mut Queue, old: u16) -> bool {
+    if !queue.event_idx_enabled() {
+        return needs_notification(mem, queue);
+    }
+    // The used entries and index are written before used_event is read.
+    std::sync::atomic::fence(Ordering::SeqCst);
+    let new = std::num::Wrapping(queue.next_used());
+    // virtq_avail: flags, idx, ring[size], then used_event.
+    let at = queue
+        .avail_ring()
+        .checked_add(4 + 2 * u64::from(queue.size()))
+        .map(GuestAddress);
+    let used_event = at.and_then(|a| mem.load::<u16>(a, Ordering::Relaxed).ok());
+    match used_event {
+        Some(e) => {
+            let e = std::num::Wrapping(u16::from_le(e));
+            new - e - std::num::Wrapping(1) < new - std::num::Wrapping(old)
+        }
+        None => {
+            warn!("virtio-net: cannot read the used event index");
+            true
+        }
+    }
+}
+
 /// What happened to a frame offered to the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RxDelivery {
@@ -396,9 +426,9 @@ pub enum PublishError {
 /// first, then the index is stored with release ordering, as `add_used`
 /// does for one.
 ///
-/// This bypasses the queue's count of added entries, which only matters
-/// with `VIRTIO_RING_F_EVENT_IDX`; husk does not offer it (revisit this if
-/// it ever does).
+/// This bypasses the queue's count of added entries, which its own
+/// `needs_notification` uses with `VIRTIO_RING_F_EVENT_IDX`: the rx path
+/// decides with [`needs_notification_since`] instead.
 pub fn publish_used(
     mem: &GuestMemoryMmap,
     queue: &mut Queue,

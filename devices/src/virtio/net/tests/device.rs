@@ -15,6 +15,7 @@ fn features_and_config_space_describe_the_nic() {
     let (mut net, _host) = fake_net();
     let expected = [
         VIRTIO_F_VERSION_1,
+        virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX,
         VIRTIO_NET_F_MAC,
         VIRTIO_NET_F_STATUS,
         VIRTIO_NET_F_MRG_RXBUF,

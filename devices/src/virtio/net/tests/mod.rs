@@ -8,9 +8,12 @@
 //!   malformed rx chains, header checks;
 //! - `device`: features, config space, MAC, offload negotiation,
 //!   activation, and the event loop (backpressure, backend failure);
+//! - `event_idx`: interrupts and kicks as the driver's and the device's
+//!   event indexes ask;
 //! - `tap`: the real TAP backend (needs root and /dev/net/tun for most).
 
 mod device;
+mod event_idx;
 mod limits;
 mod rx;
 mod tap;
