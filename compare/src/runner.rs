@@ -266,7 +266,9 @@ pub fn setup(opts: &Options, work: PathBuf) -> Result<Setup, Error> {
         Ok(image) => Ok(apps_setup(opts, &s, image)?),
         Err(e) => Err(e.to_string()),
     };
-    if let Some(crun) = &s.crun {
+    // Only for a run with crun in it: `crun spec` needs cgroup2 mounted,
+    // which the run mounts only then.
+    if let (Some(crun), true) = (&s.crun, opts.envs.contains(&Env::Crun)) {
         let dir = s.work.join("bundle");
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         s.bundle = Some(envs::make_bundle(&s.image, crun, &dir)?);
