@@ -252,7 +252,10 @@ pub fn restore(
         .collect();
     // A checkpoint's memory is mapped as Firecracker's `File` backend
     // does; the pool's other ways (HUSK_POOL_MEMORY) are for templates.
-    let memory = husk_vmm::snapshot::memory::Backing::Mapped;
+    let memory = (
+        from.join(super::pool::MEM),
+        husk_vmm::snapshot::memory::Backing::Mapped,
+    );
     super::pool::restore_as(from, config, disks, memory, before)
         .map_err(|e| format!("restoring {}: {e}", from.display()))
 }

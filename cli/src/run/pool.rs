@@ -204,11 +204,15 @@ impl Template {
                 disks.push((id.into(), stand_in_file(&self.dir, id)));
             }
         }
-        let memory = memory_backing().map_err(RestoreFailure::Host)?;
-        if memory == husk_vmm::snapshot::memory::Backing::Huge {
-            huge_pages_for(&self.dir).map_err(RestoreFailure::Host)?;
-        }
-        restore_as(&self.dir, config, disks, memory, before).map_err(RestoreFailure::Template)
+        let backing = memory_backing().map_err(RestoreFailure::Host)?;
+        let mem = match backing {
+            husk_vmm::snapshot::memory::Backing::Huge => {
+                huge_copy(&self.dir).map_err(RestoreFailure::Host)?
+            }
+            _ => self.dir.join(MEM),
+        };
+        restore_as(&self.dir, config, disks, (mem, backing), before)
+            .map_err(RestoreFailure::Template)
     }
 }
 
@@ -222,13 +226,13 @@ pub enum RestoreFailure {
     Template(String),
 }
 
-/// Checks that a clone of the template in `dir` can map its memory in
-/// huge pages: the copy on hugetlbfs (made now if there is none) and free
-/// pages for the clone's private mapping, which reserves as many as the
-/// guest has. A shortage that comes between this check and the mapping
-/// fails the restore with the same words.
-fn huge_pages_for(dir: &Path) -> Result<(), String> {
-    let copy = memory_file(dir, husk_vmm::snapshot::memory::Backing::Huge)?;
+/// The copy on hugetlbfs of the template in `dir`'s memory (made now if
+/// there is none), once there are free pages for a clone's private
+/// mapping of it, which reserves as many as the guest has. A shortage
+/// that comes between this check and the mapping fails the restore with
+/// the same words.
+fn huge_copy(dir: &Path) -> Result<PathBuf, String> {
+    let copy = husk_vmm::snapshot::hugetlb::copy_of(&dir.join(MEM), &huge_copy_name(dir)?)?;
     let len = std::fs::metadata(&copy)
         .map_err(|e| format!("{}: {e}", copy.display()))?
         .len();
@@ -240,7 +244,7 @@ fn huge_pages_for(dir: &Path) -> Result<(), String> {
              (vm.nr_hugepages)"
         ));
     }
-    Ok(())
+    Ok(copy)
 }
 
 /// `HUSK_POOL_MEMORY`: `map` (the default) maps a template's memory file
@@ -256,20 +260,6 @@ fn memory_backing() -> Result<husk_vmm::snapshot::memory::Backing, String> {
         Ok("huge") => Ok(Backing::Huge),
         Ok(other) => Err(format!("HUSK_POOL_MEMORY={other}: map, copy or huge")),
     }
-}
-
-/// The memory file a restore of the snapshot in `dir` maps: its own, or
-/// for `Huge` its copy on hugetlbfs, named after the snapshot's place and
-/// its memory file's size and time, so a remade snapshot gets a new copy.
-fn memory_file(
-    dir: &Path,
-    backing: husk_vmm::snapshot::memory::Backing,
-) -> Result<PathBuf, String> {
-    let mem = dir.join(MEM);
-    if backing != husk_vmm::snapshot::memory::Backing::Huge {
-        return Ok(mem);
-    }
-    husk_vmm::snapshot::hugetlb::copy_of(&mem, &huge_copy_name(dir)?)
 }
 
 /// The name of the hugetlbfs copy of the snapshot in `dir`'s memory.
@@ -301,26 +291,27 @@ pub fn remove_snapshot(dir: &Path) -> std::io::Result<()> {
 /// Restores the snapshot in `dir` (a template, or a checkpoint), running,
 /// on `config`'s console, vsock socket and NICs (with their MACs), and
 /// with `disks` (drive id → file) in place of the snapshot's, its memory
-/// as `memory` says; `before`
-/// runs between the build and the VM's threads.
+/// from `mem` (the snapshot's memory file, or its hugetlbfs copy) mapped
+/// as `backing` says; `before` runs between the build and the VM's
+/// threads.
 pub fn restore_as(
     dir: &Path,
     config: &VmConfig,
     disks: Vec<(String, PathBuf)>,
-    memory: husk_vmm::snapshot::memory::Backing,
+    (mem, backing): (PathBuf, husk_vmm::snapshot::memory::Backing),
     before: Option<husk_vmm::BeforeThreads>,
 ) -> Result<RunningVm, String> {
     let restore = RestoreConfig {
         snapshot: SnapshotPaths {
             state: dir.join(STATE),
-            mem: memory_file(dir, memory)?,
+            mem,
         },
         console: config.console.clone(),
         stdin: config.stdin,
         allow_pvm: config.allow_pvm,
         track_dirty_pages: false,
         resume: true,
-        memory,
+        memory: backing,
         overrides: Overrides {
             disks,
             vsock_uds: config.vsock.as_ref().map(|v| v.uds_path.clone()),
