@@ -356,16 +356,24 @@ pub fn run(args: BootArgs) -> Result<u8, Failure> {
         (Exit::Reset | Exit::Halted, Some(status)) => Ok(status),
         (Exit::Reset, None) => Err(Failure::runtime(match outcome.guest_panic {
             Some(why) => format!("the guest kernel panicked: {why}"),
-            None => {
-                "the guest reset without reporting an exit status (kernel panic, or the init died)"
-                    .into()
-            }
+            None => unreported_reset(outcome.reset),
         })),
         (Exit::Halted, None) => Err(Failure::runtime(
             "the guest halted without reporting an exit status",
         )),
         (Exit::Stopped(sig), _) => Ok(husk_wire::status::signal_status(sig)),
         (Exit::Failed(why), _) => Err(Failure::runtime(why)),
+    }
+}
+
+/// A reset with no status and no panic on the console: how it came about
+/// is all there is to say (a quiet guest's console shows nothing of a
+/// triple fault).
+fn unreported_reset(how: Option<&str>) -> String {
+    let what = "the guest reset without reporting an exit status (kernel panic, or the init died)";
+    match how {
+        Some(how) => format!("{what}; the reset came by {how}"),
+        None => what.to_string(),
     }
 }
 
@@ -411,5 +419,16 @@ mod fs_tests {
             assert_eq!(e.code, 2, "{bad}");
             assert!(e.message.contains(says), "{bad}: {}", e.message);
         }
+    }
+}
+
+#[cfg(test)]
+mod reset_tests {
+    #[test]
+    fn an_unreported_reset_says_how_it_came() {
+        // The testbed's signature (husk_tests::testbed) reads these words.
+        let said = super::unreported_reset(Some(husk_vmm::RESET_TRIPLE_FAULT));
+        assert!(said.contains("triple fault (KVM_EXIT_SHUTDOWN)"), "{said}");
+        assert!(!super::unreported_reset(None).contains("came by"));
     }
 }

@@ -36,12 +36,22 @@ pub fn run(cmd: Command, timeout: Duration) -> Finished {
     run_asking(cmd, timeout, husk.then_some(libc::SIGUSR1))
 }
 
+/// The VMM log the command writes (HUSK_LOG), whose warnings say how a
+/// guest reset came about when its stderr does not.
+pub fn vmm_log(cmd: &Command) -> Option<std::path::PathBuf> {
+    cmd.get_envs()
+        .find(|(k, _)| *k == "HUSK_LOG")
+        .and_then(|(_, v)| v)
+        .map(Into::into)
+}
+
 /// [`run`], and on a timeout first sends `report` to the command (husk's
 /// SIGUSR1: where its VMs and queues stand) and gives it a second to say
 /// so on stderr, which the result then carries.
 pub fn run_asking(mut cmd: Command, timeout: Duration, report: Option<i32>) -> Finished {
     use std::os::unix::process::CommandExt;
     let start = Instant::now();
+    let log = vmm_log(&cmd);
     let mut child = cmd
         .process_group(0)
         .stdin(Stdio::null())
@@ -87,7 +97,8 @@ pub fn run_asking(mut cmd: Command, timeout: Duration, report: Option<i32>) -> F
     };
     let (stdout, stderr) = (collect(out).replace('\r', ""), collect(err));
     if code != Some(0) {
-        crate::testbed::flag(&stderr, "");
+        let log = log.and_then(|p| std::fs::read_to_string(p).ok());
+        crate::testbed::flag(&stderr, log.as_deref().unwrap_or(""));
     }
     Finished {
         elapsed: start.elapsed(),

@@ -57,8 +57,9 @@ fn signature(stderr: &str, log: &str, vcpu_run: Option<u64>) -> Option<String> {
             ));
         }
     }
-    // husk logs a triple fault at warn: on its stderr when no log file
-    // was set, and in what `husk compare` says of a failed husk run.
+    // husk logs a triple fault at warn (HUSK_LOG), and names the reset in
+    // the error of a run (`husk run`, `husk boot`, what `husk compare`
+    // says of a failed husk run).
     let faulted = |text: &str| text.contains("triple fault (KVM_EXIT_SHUTDOWN)");
     if faulted(log) || faulted(stderr) {
         return Some(
