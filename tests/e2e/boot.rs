@@ -279,6 +279,37 @@ fn console_output_is_complete_when_the_guest_ends() {
 }
 
 #[test]
+fn console_output_is_complete_when_another_vcpu_sends_it() {
+    // The UART's interrupts go to vCPU 1 while the command prints on vCPU 0
+    // and exits at once: what vCPU 1 has not sent by then must still come
+    // out. (A command that led its own session hung the console up as it
+    // exited, and the hangup threw the unsent tail away: `nproc` printed
+    // nothing now and then in a 2-vCPU guest.)
+    let script = "echo 2 > /proc/irq/4/smp_affinity && exec taskset -c 0 seq 1 500";
+    for round in 0..3 {
+        let out = Scratch::new().boot(&["--cpus", "2"], &sh(script));
+        assert_eq!(out.code, Some(0), "round {round}: {}", out.describe());
+        let want: String = (1..=500).map(|i| format!("{i}\n")).collect();
+        assert!(
+            out.stdout == want,
+            "round {round}: output differs; tail: {:?}",
+            &out.stdout[out.stdout.len().saturating_sub(40)..]
+        );
+    }
+}
+
+#[test]
+fn the_command_is_the_consoles_foreground_group_in_pid_1s_session() {
+    // Ctrl-C on the console reaches the command's group; the session is
+    // PID 1's, so the command's exit does not hang the console up.
+    let script = "read -r pid comm state ppid pgrp session tty tpgid rest < /proc/$$/stat; \
+                  [ $pgrp = $tpgid ] && echo foreground session=$session";
+    let out = Scratch::new().boot(&[], &sh(script));
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(out.stdout, "foreground session=1\n", "{}", out.describe());
+}
+
+#[test]
 fn without_a_command_the_console_shell_reads_stdin() {
     use std::io::Write;
     use std::process::{Command, Stdio};

@@ -121,6 +121,7 @@ fn main() {
         .command
         .clone()
         .unwrap_or_else(|| vec!["/bin/sh".to_owned()]);
+    supervise::take_console();
     let status = supervise::run(&argv, &mut sfd);
     finish(status, config.status_on_console);
 }

@@ -44,14 +44,19 @@ fn spawn(argv: &[String]) -> std::io::Result<std::process::Child> {
     if std::env::var_os("PATH").is_none() {
         cmd.env("PATH", DEFAULT_PATH);
     }
-    // SAFETY: the closure runs between fork and exec and only calls setsid
-    // and ioctl, which are async-signal-safe and touch no shared memory.
+    // SAFETY: the closure runs between fork and exec and only calls
+    // setpgid, signal, tcsetpgrp and getpid, which are async-signal-safe
+    // and touch no shared memory.
     unsafe {
         cmd.pre_exec(|| {
-            // A session of its own with the console as controlling terminal,
-            // so Ctrl-C and job control reach the command, not PID 1.
-            libc::setsid();
-            libc::ioctl(0, libc::TIOCSCTTY, 1);
+            // The console's foreground process group, in PID 1's session
+            // (see `take_console`), so Ctrl-C and job control reach the
+            // command, not PID 1. tcsetpgrp from a background group raises
+            // SIGTTOU, ignored for the call.
+            libc::setpgid(0, 0);
+            let old = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+            libc::tcsetpgrp(0, libc::getpid());
+            libc::signal(libc::SIGTTOU, old);
             Ok(())
         });
     }
@@ -100,6 +105,23 @@ fn wait_signals(sfd: &mut SignalFd, timeout: Option<Duration>) -> bool {
         stop |= sig == Signal::SIGINT as i32 || sig == Signal::SIGTERM as i32;
     }
     stop
+}
+
+/// Makes PID 1 the leader of the console's session, with the console as
+/// its controlling terminal. The command then runs in that session, not in
+/// one of its own: when a session leader exits, the kernel hangs up its
+/// controlling terminal, and the hangup throws away whatever the UART has
+/// not sent yet. With more than one vCPU the UART's interrupts may be
+/// served by another vCPU after the command is gone, and the tail of its
+/// output was lost (`nproc` printed nothing in a 2-vCPU guest, 2026-12-07)
+/// where `finish`'s tcdrain would have waited for it.
+pub fn take_console() {
+    // SAFETY: setsid and ioctl(TIOCSCTTY) on fd 0 change only this
+    // process's session; failures (no console) leave things as they were.
+    unsafe {
+        libc::setsid();
+        libc::ioctl(0, libc::TIOCSCTTY, 1);
+    }
 }
 
 /// Runs `argv` to completion and returns its status byte. Every other process
