@@ -85,6 +85,8 @@ fn main() {
         envs: vec![Env::Native, Env::Crun, Env::Husk, Env::Qemu],
         husk: a.husk.clone(),
         guest_dir: husk_tests::guest_dir(),
+        // Firecracker has no virtio-fs: nothing to share a directory with.
+        firecracker: None,
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
     let setup = runner::setup(&opts, work.path().to_owned()).expect("set up the environments");

@@ -15,9 +15,14 @@ pub struct CompareArgs {
     /// Measured repetitions per workload and environment (after a warm-up).
     #[arg(long, value_name = "N")]
     runs: Option<u32>,
-    /// Only these environments (comma-separated: native,crun,husk,qemu).
+    /// Only these environments (comma-separated: native,crun,husk,qemu;
+    /// firecracker only when named).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     envs: Vec<String>,
+    /// The Firecracker binary for `--envs ...,firecracker` (default:
+    /// `firecracker` on PATH).
+    #[arg(long, value_name = "PATH")]
+    firecracker: Option<PathBuf>,
     /// Where report.md, report.json and charts/ go.
     #[arg(long, value_name = "DIR", default_value = "husk-compare")]
     out: PathBuf,
@@ -26,20 +31,31 @@ pub struct CompareArgs {
 fn parse_env(s: &str) -> Result<Env, Failure> {
     Env::ALL.into_iter().find(|e| e.name() == s).ok_or_else(|| {
         Failure::usage(format!(
-            "--envs: unknown environment {s:?} (native, crun, husk, qemu)"
+            "--envs: unknown environment {s:?} (native, crun, husk, qemu, firecracker)"
         ))
     })
 }
 
 pub fn run(args: CompareArgs) -> Result<u8, Failure> {
-    let envs = if args.envs.is_empty() {
-        Env::ALL.to_vec()
+    let envs: Vec<Env> = if args.envs.is_empty() {
+        Env::DEFAULT.to_vec()
     } else {
         args.envs
             .iter()
             .map(|e| parse_env(e))
             .collect::<Result<_, _>>()?
     };
+    if args.firecracker.is_some() && !envs.contains(&Env::Firecracker) {
+        return Err(Failure::usage(
+            "--firecracker: name firecracker in --envs to measure it",
+        ));
+    }
+    if let Some(fc) = args.firecracker.as_ref().filter(|p| !p.is_file()) {
+        return Err(Failure::usage(format!(
+            "--firecracker {}: no such file",
+            fc.display()
+        )));
+    }
     let runs = args.runs.unwrap_or(if args.quick { 1 } else { 5 });
     if runs == 0 {
         return Err(Failure::usage("--runs: at least 1"));
@@ -57,6 +73,7 @@ pub fn run(args: CompareArgs) -> Result<u8, Failure> {
         husk: std::env::current_exe()
             .map_err(|e| Failure::runtime(format!("cannot find the husk binary: {e}")))?,
         guest_dir: crate::boot::guest_dir(),
+        firecracker: args.firecracker.clone(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
     let bar = indicatif::ProgressBar::new(1);

@@ -235,9 +235,7 @@ impl Server {
         s.apps()?;
         let addr = server_addr(env, tap)?;
         let needs = Needs {
-            tap: tap
-                .cloned()
-                .filter(|_| matches!(env, Env::Husk | Env::Qemu)),
+            tap: tap.cloned().filter(|_| env.is_vm()),
             apps: true,
             ..Needs::default()
         };

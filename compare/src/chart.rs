@@ -63,6 +63,7 @@ fn color(env: Env) -> RGBColor {
         Env::Crun => RGBColor(0x1f, 0x77, 0xb4),
         Env::Husk => RGBColor(0x2c, 0xa0, 0x2c),
         Env::Qemu => RGBColor(0xd6, 0x27, 0x28),
+        Env::Firecracker => RGBColor(0xff, 0x7f, 0x0e),
     }
 }
 

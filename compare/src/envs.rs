@@ -126,6 +126,7 @@ pub struct Setup {
     pub kernel: PathBuf,
     pub rootfs: PathBuf,
     pub qemu: Option<PathBuf>,
+    pub firecracker: Option<PathBuf>,
     pub crun: Option<PathBuf>,
     /// The virtio-fs backend QEMU's shared directories use (husk finds
     /// its own the same way).
@@ -173,6 +174,10 @@ pub fn unavailable(s: &Setup, env: Env) -> Option<String> {
         Env::Crun => None,
         Env::Qemu if s.qemu.is_none() => Some("qemu-system-x86_64 is not installed".into()),
         Env::Qemu => None,
+        Env::Firecracker if s.firecracker.is_none() => {
+            Some("firecracker is not installed (--firecracker PATH)".into())
+        }
+        Env::Firecracker => None,
     }
 }
 
@@ -333,6 +338,7 @@ pub fn launch(s: &Setup, env: Env, id: &str, script: &str, needs: &Needs) -> Res
             c
         }
         Env::Qemu => qemu_command(s, id, script, needs)?,
+        Env::Firecracker => firecracker_command(s, id, script, needs)?,
     };
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -378,8 +384,16 @@ fn start_virtiofsd(s: &Setup, dir: &Path, socket: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-fn qemu_command(s: &Setup, id: &str, script: &str, needs: &Needs) -> Result<Command, Error> {
-    let qemu = s.qemu.as_ref().expect("checked by unavailable()");
+/// What a peer VMM's guest runs (the project's init, its root read-only):
+/// the kernel command line's command for `script`, and the applications'
+/// tree as a disk when it runs there.
+struct GuestLine {
+    /// `husk.cmd=...` and, with a TAP, the kernel's `ip=`.
+    tail: String,
+    image_disk: Option<PathBuf>,
+}
+
+fn guest_line(s: &Setup, script: &str, needs: &Needs) -> Result<GuestLine, Error> {
     let shared = needs.disk.as_deref().filter(|d| d.is_dir());
     let mut body = String::new();
     // The guest's root is read-only and has no /work: its /mnt serves.
@@ -410,16 +424,29 @@ fn qemu_command(s: &Setup, id: &str, script: &str, needs: &Needs) -> Result<Comm
         body.push_str(&script.replace("/work/", "/mnt/"));
     }
     body.push_str("; st=$?; sync; exit $st");
-    let mut cmdline = String::from(
-        "console=ttyS0 reboot=t panic=1 quiet root=/dev/vda ro husk.status=console husk.cmd=",
-    );
-    cmdline.push_str(&husk_wire::cmdline::encode_command(&["sh", "-c", &body]));
+    let mut tail = String::from("husk.status=console husk.cmd=");
+    tail.push_str(&husk_wire::cmdline::encode_command(&["sh", "-c", &body]));
     if let Some(t) = &needs.tap {
-        cmdline.push_str(&format!(
+        tail.push_str(&format!(
             " ip={}::{}:255.255.255.0::eth0:off",
             t.guest_ip, t.host_ip
         ));
     }
+    Ok(GuestLine {
+        tail,
+        image_disk: image_disk.cloned(),
+    })
+}
+
+fn qemu_command(s: &Setup, id: &str, script: &str, needs: &Needs) -> Result<Command, Error> {
+    let qemu = s.qemu.as_ref().expect("checked by unavailable()");
+    let shared = needs.disk.as_deref().filter(|d| d.is_dir());
+    let line = guest_line(s, script, needs)?;
+    let image_disk = line.image_disk.as_ref();
+    let cmdline = format!(
+        "console=ttyS0 reboot=t panic=1 quiet root=/dev/vda ro {}",
+        line.tail
+    );
     let mut c = Command::new(qemu);
     c.args(QEMU_MICROVM_ARGS)
         .arg("-smp")
@@ -467,9 +494,146 @@ fn qemu_command(s: &Setup, id: &str, script: &str, needs: &Needs) -> Result<Comm
     Ok(c)
 }
 
+/// Firecracker booting the same guest as QEMU from a config file, with no
+/// API: the root read-only, the applications' tree or the work disk as a
+/// second drive, the TAP. It has no virtio-fs, so a shared directory is
+/// not measured. Its i8042 reset (`reboot=k`) ends the process; its own
+/// log (errors only) goes to stdout with the console.
+fn firecracker_command(s: &Setup, id: &str, script: &str, needs: &Needs) -> Result<Command, Error> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAUNCHES: AtomicU64 = AtomicU64::new(0);
+    let fc = s.firecracker.as_ref().expect("checked by unavailable()");
+    if needs.disk.as_deref().is_some_and(Path::is_dir) {
+        return Err(Error::NotMeasured(
+            "not measured: Firecracker has no virtio-fs".into(),
+        ));
+    }
+    let line = guest_line(s, script, needs)?;
+    let mut drives = vec![
+        serde_json::json!({"drive_id": "root", "path_on_host": s.rootfs,
+        "is_root_device": true, "is_read_only": true}),
+    ];
+    if let Some(d) = &line.image_disk {
+        drives.push(serde_json::json!({"drive_id": "image", "path_on_host": d,
+            "is_root_device": false, "is_read_only": true}));
+    } else if let Some(d) = &needs.disk {
+        drives.push(serde_json::json!({"drive_id": "work", "path_on_host": d,
+            "is_root_device": false, "is_read_only": false}));
+    }
+    let nets: Vec<serde_json::Value> = needs
+        .tap
+        .iter()
+        .map(|t| serde_json::json!({"iface_id": "eth0", "host_dev_name": t.name}))
+        .collect();
+    // Firecracker adds root= and the virtio-mmio devices itself.
+    let config = serde_json::json!({
+        "boot-source": {"kernel_image_path": s.kernel,
+                        "boot_args": format!("console=ttyS0 reboot=k panic=1 quiet {}", line.tail)},
+        "drives": drives,
+        "network-interfaces": nets,
+        "machine-config": {"vcpu_count": needs.cpus.max(1), "mem_size_mib": 256},
+    });
+    // Instances of one id start together (density): each its own files.
+    let n = LAUNCHES.fetch_add(1, Ordering::Relaxed);
+    let path = s.work.join(format!("firecracker-{id}-{n}.json"));
+    std::fs::write(&path, config.to_string()).map_err(|e| Error::io(&path, e))?;
+    let sock = s.work.join(format!("firecracker-{id}-{n}.sock"));
+    let _ = std::fs::remove_file(&sock);
+    let mut c = Command::new(fc);
+    c.arg("--no-api")
+        .arg("--config-file")
+        .arg(&path)
+        .arg("--api-sock")
+        .arg(&sock)
+        .args(["--level", "Error"]);
+    Ok(c)
+}
+
 /// A fresh ext4 disk image of `mib` for a VM's /work.
 pub fn make_disk(path: &Path, mib: u64) -> Result<(), Error> {
     husk_image::mkfs::Ext4::new(mib << 20)
         .make(path)
         .map_err(|e| Error::Tool(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(work: &Path) -> Setup {
+        Setup {
+            work: work.into(),
+            husk: "/h/husk".into(),
+            tool: "/h/husk-bench".into(),
+            image: "/g/husk-bench-image".into(),
+            bundle: None,
+            kernel: "/g/vmlinux".into(),
+            rootfs: "/g/rootfs.ext4".into(),
+            qemu: None,
+            firecracker: Some("/fc/firecracker".into()),
+            crun: None,
+            virtiofsd: None,
+            apps: Err("no apps".into()),
+            redis: Err("no redis".into()),
+            mariadb: Err("no mariadb".into()),
+        }
+    }
+
+    fn config_of(c: &Command) -> serde_json::Value {
+        let args: Vec<_> = c.get_args().collect();
+        let at = args.iter().position(|a| *a == "--config-file").unwrap();
+        let text = std::fs::read_to_string(args[at + 1]).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn firecracker_boots_the_guest_with_its_disk_and_tap_and_no_api() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = setup(dir.path());
+        let needs = Needs {
+            disk: Some(dir.path().join("work.ext4")),
+            tap: Some(Tap {
+                name: "husk-cmp9".into(),
+                host_ip: "10.0.69.1".into(),
+                guest_ip: "10.0.69.2".into(),
+            }),
+            cpus: 2,
+            apps: false,
+        };
+        let c = firecracker_command(&s, "fc-0", "true", &needs).unwrap();
+        assert_eq!(c.get_program(), "/fc/firecracker");
+        assert!(c.get_args().any(|a| a == "--no-api"));
+        let v = config_of(&c);
+        let line = v["boot-source"]["boot_args"].as_str().unwrap();
+        assert!(line.contains("reboot=k") && line.contains("husk.status=console"));
+        assert!(line.contains(" ip=10.0.69.2::10.0.69.1:255.255.255.0::eth0:off"));
+        assert!(
+            !line.contains("root="),
+            "Firecracker adds root= itself: {line}"
+        );
+        let drives = v["drives"].as_array().unwrap();
+        assert_eq!(drives.len(), 2);
+        assert_eq!(drives[0]["is_read_only"], true);
+        assert_eq!(drives[1]["is_read_only"], false);
+        assert_eq!(v["network-interfaces"][0]["host_dev_name"], "husk-cmp9");
+        assert_eq!(v["machine-config"]["vcpu_count"], 2);
+        // Two launches of one id (density) get files of their own.
+        let again = firecracker_command(&s, "fc-0", "true", &needs).unwrap();
+        let path = |c: &Command| c.get_args().nth(2).unwrap().to_owned();
+        assert_ne!(path(&c), path(&again));
+    }
+
+    #[test]
+    fn a_shared_directory_is_not_measured_in_firecracker() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = setup(dir.path());
+        let needs = Needs {
+            disk: Some(dir.path().to_owned()),
+            ..Needs::default()
+        };
+        match firecracker_command(&s, "fc-1", "true", &needs) {
+            Err(Error::NotMeasured(why)) => assert!(why.contains("virtio-fs"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
 }

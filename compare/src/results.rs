@@ -16,10 +16,21 @@ pub enum Env {
     Husk,
     /// QEMU `-M microvm` booting the same guest.
     Qemu,
+    /// Firecracker booting the same guest (only when asked for: it is a
+    /// peer a user may not have).
+    Firecracker,
 }
 
 impl Env {
-    pub const ALL: [Env; 4] = [Env::Native, Env::Crun, Env::Husk, Env::Qemu];
+    pub const ALL: [Env; 5] = [
+        Env::Native,
+        Env::Crun,
+        Env::Husk,
+        Env::Qemu,
+        Env::Firecracker,
+    ];
+    /// What a run without `--envs` measures.
+    pub const DEFAULT: [Env; 4] = [Env::Native, Env::Crun, Env::Husk, Env::Qemu];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -27,7 +38,19 @@ impl Env {
             Env::Crun => "crun",
             Env::Husk => "husk",
             Env::Qemu => "qemu",
+            Env::Firecracker => "firecracker",
         }
+    }
+
+    /// A virtual machine booting a Linux guest (TAP, disk images).
+    pub fn is_vm(self) -> bool {
+        matches!(self, Env::Husk | Env::Qemu | Env::Firecracker)
+    }
+
+    /// A peer VMM booting the project's guest, which reports the command's
+    /// status on the console (husk's own runs report it on their port).
+    pub fn boots_the_guest(self) -> bool {
+        matches!(self, Env::Qemu | Env::Firecracker)
     }
 }
 

@@ -17,6 +17,8 @@ pub struct Options {
     pub husk: PathBuf,
     /// Directory with vmlinux, rootfs.ext4, husk-bench, husk-bench-image.
     pub guest_dir: PathBuf,
+    /// Firecracker for the `firecracker` environment (default: on PATH).
+    pub firecracker: Option<PathBuf>,
     /// The command line, for the report.
     pub command: String,
 }
@@ -254,6 +256,10 @@ pub fn setup(opts: &Options, work: PathBuf) -> Result<Setup, Error> {
         kernel: need("vmlinux")?,
         rootfs: need("rootfs.ext4")?,
         qemu: envs::which("qemu-system-x86_64"),
+        firecracker: opts
+            .firecracker
+            .clone()
+            .or_else(|| envs::which("firecracker")),
         crun: envs::which("crun"),
         virtiofsd: envs::find_virtiofsd(),
         apps: Err(String::new()),
@@ -292,7 +298,8 @@ fn apps_setup(opts: &Options, s: &Setup, image: PathBuf) -> Result<envs::Apps, E
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         apps.bundle = Some(envs::make_bundle(&apps.image, crun, &dir)?);
     }
-    if s.qemu.is_some() && opts.envs.contains(&Env::Qemu) {
+    let peer = |env, found: bool| found && opts.envs.contains(&env);
+    if peer(Env::Qemu, s.qemu.is_some()) || peer(Env::Firecracker, s.firecracker.is_some()) {
         let disk = s.work.join("apps.ext4");
         envs::make_image_disk(&apps.image, &disk)?;
         apps.disk = Some(disk);
@@ -356,7 +363,7 @@ fn run_in(
         .envs
         .iter()
         .copied()
-        .filter(|e| matches!(e, Env::Husk | Env::Qemu) && !skipped.contains_key(e))
+        .filter(|e| e.is_vm() && !skipped.contains_key(e))
         .collect();
     let mut taps: HashMap<Env, Tap> = HashMap::new();
     let mut net_skip: HashMap<Env, String> = HashMap::new();

@@ -216,15 +216,31 @@ pub fn section(md: &mut String, report: &Report) {
              slower than the study's KVM would be on hardware.\n\n",
         );
     }
-    md.push_str(
-        "| workload | study's workload | crun / native | husk / native | qemu / native | study: containers | study: KVM | husk |\n\
-         |---|---|---:|---:|---:|---|---|---|\n",
+    // Firecracker's column only when the run measured it (`--envs`).
+    let fc = report
+        .workloads
+        .iter()
+        .any(|w| w.result(Env::Firecracker).is_some());
+    let (fc_head, fc_rule) = if fc {
+        (" firecracker / native |", "---:|")
+    } else {
+        ("", "")
+    };
+    let _ = writeln!(
+        md,
+        "| workload | study's workload | crun / native | husk / native | qemu / native |{fc_head} study: containers | study: KVM | husk |\n\
+         |---|---|---:|---:|---:|{fc_rule}---|---|---|"
     );
     for (w, f) in rows {
         let r = |env| crate::report::ratio(w.ratio(env, Env::Native));
+        let fc_cell = if fc {
+            format!(" {} |", r(Env::Firecracker))
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |{fc_cell} {} | {} | {} |",
             w.title,
             f.study,
             r(Env::Crun),
@@ -310,6 +326,37 @@ mod tests {
             agreement(&missing, &rr, false),
             "husk did not run this workload here"
         );
+    }
+
+    #[test]
+    fn firecracker_has_a_column_only_when_the_run_measured_it() {
+        let mut w = workload("redis_set", true, 100.0, Some(20.0));
+        let mut report = Report {
+            machine: Default::default(),
+            quick: true,
+            runs: 1,
+            command: String::new(),
+            husk_pool: false,
+            workloads: vec![w.clone()],
+        };
+        let mut md = String::new();
+        section(&mut md, &report);
+        assert!(md.contains("| qemu / native | study: containers"), "{md}");
+        assert!(!md.contains("firecracker"), "{md}");
+        w.results.push(EnvResult {
+            env: Env::Firecracker,
+            samples: vec![25.0],
+            skipped: None,
+        });
+        report.workloads = vec![w];
+        let mut md = String::new();
+        section(&mut md, &report);
+        assert!(
+            md.contains("| qemu / native | firecracker / native |"),
+            "{md}"
+        );
+        let row = md.lines().find(|l| l.starts_with("| redis_set |")).unwrap();
+        assert!(row.contains("| 0.20× | — | 0.25× |"), "{row}");
     }
 
     #[test]

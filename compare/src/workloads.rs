@@ -139,7 +139,7 @@ impl Running {
             seen: Vec::new(),
             err,
             start,
-            status_on_console: env == Env::Qemu,
+            status_on_console: env.boots_the_guest(),
         })
     }
 
@@ -326,7 +326,7 @@ pub fn disk(s: &Setup, env: Env, id: &str, z: Sizes) -> Result<[f64; 4], Error> 
             disk: Some(dir.clone()),
             ..Needs::default()
         },
-        Env::Husk | Env::Qemu => {
+        Env::Husk | Env::Qemu | Env::Firecracker => {
             let img = dir.join("work.ext4");
             envs::make_disk(&img, z.seq_mib * 2 + 64)?;
             Needs {
@@ -376,7 +376,7 @@ pub fn shared_dir(
     let dir = s.work.join(format!("dir-{id}"));
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let work = match env {
-        Env::Husk | Env::Qemu if backing == Backing::Image => {
+        env if env.is_vm() && backing == Backing::Image => {
             let img = s.work.join(format!("dir-{id}.ext4"));
             envs::make_disk(&img, z.seq_mib * 2 + 64)?;
             img
@@ -496,9 +496,7 @@ pub fn net(s: &Setup, env: Env, id: &str, z: Sizes, tap: Option<&Tap>) -> Result
     );
     let needs = Needs {
         disk: None,
-        tap: tap
-            .cloned()
-            .filter(|_| matches!(env, Env::Husk | Env::Qemu)),
+        tap: tap.cloned().filter(|_| env.is_vm()),
         ..Needs::default()
     };
     let result = Running::start(s, env, id, &script, &needs).and_then(|r| r.finish("net"));
