@@ -269,11 +269,17 @@ fn console_output_is_complete_when_the_guest_ends() {
     // lines made the testbed's L1 kernel overflow its stack in KVM_RUN
     // twice; nested SVM under TCG does not like interrupt storms.)
     let out = Scratch::new().boot(&[], &["seq", "1", "500"]);
-    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_seq_500(&out, "");
+}
+
+/// `out` is a successful `seq 1 500`, every line there; `what` prefixes
+/// the failure.
+fn assert_seq_500(out: &Finished, what: &str) {
+    assert_eq!(out.code, Some(0), "{what}{}", out.describe());
     let want: String = (1..=500).map(|i| format!("{i}\n")).collect();
     assert!(
         out.stdout == want,
-        "output differs; tail: {:?}",
+        "{what}output differs; tail: {:?}",
         &out.stdout[out.stdout.len().saturating_sub(40)..]
     );
 }
@@ -288,13 +294,7 @@ fn console_output_is_complete_when_another_vcpu_sends_it() {
     let script = "echo 2 > /proc/irq/4/smp_affinity && exec taskset -c 0 seq 1 500";
     for round in 0..3 {
         let out = Scratch::new().boot(&["--cpus", "2"], &sh(script));
-        assert_eq!(out.code, Some(0), "round {round}: {}", out.describe());
-        let want: String = (1..=500).map(|i| format!("{i}\n")).collect();
-        assert!(
-            out.stdout == want,
-            "round {round}: output differs; tail: {:?}",
-            &out.stdout[out.stdout.len().saturating_sub(40)..]
-        );
+        assert_seq_500(&out, &format!("round {round}: "));
     }
 }
 

@@ -38,7 +38,7 @@ pub fn run(cmd: Command, timeout: Duration) -> Finished {
 
 /// The VMM log the command writes (HUSK_LOG), whose warnings say how a
 /// guest reset came about when its stderr does not.
-pub fn vmm_log(cmd: &Command) -> Option<std::path::PathBuf> {
+fn vmm_log(cmd: &Command) -> Option<std::path::PathBuf> {
     cmd.get_envs()
         .find(|(k, _)| *k == "HUSK_LOG")
         .and_then(|(_, v)| v)
