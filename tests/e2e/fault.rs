@@ -259,9 +259,17 @@ fn many_vsock_connections_each_echo_their_own_bytes() {
         let msg = format!("connection {i};").repeat(1 + i % 300).into_bytes();
         let s = crate::vsock::try_connect(&uds, 5000)
             .unwrap_or_else(|e| panic!("connection {i} of {n}: {e}"));
+        let back = crate::vsock::round_trip(s, &msg);
         assert!(
-            crate::vsock::round_trip(s, &msg) == msg,
-            "connection {i} garbled"
+            back == msg,
+            "connection {i} of {n}: {} of {} bytes came back{}",
+            back.len(),
+            msg.len(),
+            if msg.starts_with(&back) {
+                ""
+            } else {
+                ", not the ones sent"
+            }
         );
     }
     eprintln!("{n} vsock connections in {:?}", started.elapsed());
