@@ -482,17 +482,49 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
 /// agent); the receiver hears (or disconnects) when the VM has ended.
 pub(crate) fn wait_on_a_thread(
     vm: husk_vmm::RunningVm,
-) -> (
-    std::thread::JoinHandle<husk_vmm::Outcome>,
-    std::sync::mpsc::Receiver<()>,
-) {
+) -> (VmThread, std::sync::mpsc::Receiver<()>) {
     let (done_tx, vm_done) = std::sync::mpsc::channel();
-    let thread = std::thread::spawn(move || {
+    let ended = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let flag = ended.clone();
+    let handle = std::thread::spawn(move || {
         let outcome = vm.wait();
         let _ = done_tx.send(());
+        let (lock, cv) = &*flag;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_all();
         outcome
     });
-    (thread, vm_done)
+    (VmThread { handle, ended }, vm_done)
+}
+
+/// The thread [`wait_on_a_thread`] runs the VM on.
+pub(crate) struct VmThread {
+    handle: std::thread::JoinHandle<husk_vmm::Outcome>,
+    ended: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl VmThread {
+    /// Waits until the VM has ended or `deadline` passed: whether it ended.
+    /// (Woken by the VM's end, not polled: a run's exit waits on this.)
+    pub fn wait_until(&self, deadline: std::time::Instant) -> bool {
+        let (lock, cv) = &*self.ended;
+        let mut ended = lock.lock().unwrap_or_else(|p| p.into_inner());
+        while !*ended {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            ended = cv
+                .wait_timeout(ended, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
+    pub fn join(self) -> std::thread::Result<husk_vmm::Outcome> {
+        self.handle.join()
+    }
 }
 
 /// `-u` parsing, shared with `husk exec`.

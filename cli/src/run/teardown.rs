@@ -3,12 +3,11 @@
 //! console's last lines when the session failed.
 
 use super::launch::{RunDir, CONSOLE_LOG};
-use super::{timings, volume};
+use super::{timings, volume, VmThread};
 use crate::Failure;
-use husk_vmm::{Exit, Outcome, VmControls};
+use husk_vmm::{Exit, VmControls};
 use husk_wire::agent::ExitStatus;
 use std::path::Path;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How long a guest gets to power off after the session before it is
@@ -17,20 +16,14 @@ const POWER_OFF_GRACE: Duration = Duration::from_secs(10);
 
 pub fn teardown(
     session: Result<ExitStatus, String>,
-    vm_thread: JoinHandle<Outcome>,
+    vm_thread: VmThread,
     controls: &VmControls,
     dir: &RunDir,
     backends: Vec<volume::Backend>,
 ) -> Result<u8, Failure> {
-    if session.is_err() || !vm_thread.is_finished() {
-        // The guest normally powers off after Shutdown; make sure it stops.
-        let deadline = Instant::now() + POWER_OFF_GRACE;
-        while !vm_thread.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if !vm_thread.is_finished() {
-            controls.stop(Exit::Stopped(libc::SIGKILL));
-        }
+    // The guest normally powers off after Shutdown; make sure it stops.
+    if !vm_thread.wait_until(Instant::now() + POWER_OFF_GRACE) {
+        controls.stop(Exit::Stopped(libc::SIGKILL));
     }
     let outcome = vm_thread.join();
     timings::mark("vm_stopped");
