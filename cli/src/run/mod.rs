@@ -482,30 +482,49 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
 /// agent); the receiver hears (or disconnects) when the VM has ended.
 pub(crate) fn wait_on_a_thread(
     vm: husk_vmm::RunningVm,
-) -> (VmThread, std::sync::mpsc::Receiver<()>) {
+) -> (VmThread<husk_vmm::Outcome>, std::sync::mpsc::Receiver<()>) {
     let (done_tx, vm_done) = std::sync::mpsc::channel();
-    let ended = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
-    let flag = ended.clone();
-    let handle = std::thread::spawn(move || {
+    let thread = VmThread::spawn(move || {
         let outcome = vm.wait();
         let _ = done_tx.send(());
-        let (lock, cv) = &*flag;
-        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        cv.notify_all();
         outcome
     });
-    (VmThread { handle, ended }, vm_done)
+    (thread, vm_done)
 }
 
-/// The thread [`wait_on_a_thread`] runs the VM on.
-pub(crate) struct VmThread {
-    handle: std::thread::JoinHandle<husk_vmm::Outcome>,
-    ended: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+type EndedFlag = std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>;
+
+/// A thread whose end can be waited for with a deadline, woken by the end
+/// itself (a run's exit waits on this) rather than polled.
+pub(crate) struct VmThread<T> {
+    handle: std::thread::JoinHandle<T>,
+    ended: EndedFlag,
 }
 
-impl VmThread {
-    /// Waits until the VM has ended or `deadline` passed: whether it ended.
-    /// (Woken by the VM's end, not polled: a run's exit waits on this.)
+/// Says that the thread ended, when dropped: a panic's unwinding too.
+struct Ended(EndedFlag);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        let (lock, cv) = &*self.0;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_all();
+    }
+}
+
+impl<T: Send + 'static> VmThread<T> {
+    pub fn spawn(f: impl FnOnce() -> T + Send + 'static) -> Self {
+        let ended = EndedFlag::default();
+        let flag = Ended(ended.clone());
+        let handle = std::thread::spawn(move || {
+            let _flag = flag;
+            f()
+        });
+        VmThread { handle, ended }
+    }
+
+    /// Waits until the thread has ended or `deadline` passed: whether it
+    /// ended.
     pub fn wait_until(&self, deadline: std::time::Instant) -> bool {
         let (lock, cv) = &*self.ended;
         let mut ended = lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -522,8 +541,31 @@ impl VmThread {
         true
     }
 
-    pub fn join(self) -> std::thread::Result<husk_vmm::Outcome> {
+    pub fn join(self) -> std::thread::Result<T> {
         self.handle.join()
+    }
+}
+
+#[cfg(test)]
+mod vm_thread_tests {
+    use super::VmThread;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_thread_that_is_still_running_is_waited_for_until_the_deadline() {
+        let t = VmThread::spawn(|| std::thread::sleep(Duration::from_millis(300)));
+        assert!(!t.wait_until(Instant::now() + Duration::from_millis(20)));
+        assert!(t.wait_until(Instant::now() + Duration::from_secs(10)));
+        assert!(t.join().is_ok());
+    }
+
+    #[test]
+    fn a_thread_that_panicked_has_ended_at_once() {
+        let t = VmThread::spawn(|| -> u8 { panic!("on purpose") });
+        let started = Instant::now();
+        assert!(t.wait_until(started + Duration::from_secs(10)));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(t.join().is_err());
     }
 }
 

@@ -16,7 +16,7 @@ const POWER_OFF_GRACE: Duration = Duration::from_secs(10);
 
 pub fn teardown(
     session: Result<ExitStatus, String>,
-    vm_thread: VmThread,
+    vm_thread: VmThread<husk_vmm::Outcome>,
     controls: &VmControls,
     dir: &RunDir,
     backends: Vec<volume::Backend>,
