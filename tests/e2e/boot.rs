@@ -151,7 +151,7 @@ fn guest_reads_what_the_host_wrote() {
         &["--disk", &disk.display().to_string()],
         &sh("sha256sum /dev/vdb"),
     );
-    let hex: String = want.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = husk_tests::hex(&want);
     assert!(
         out.stdout.starts_with(&hex),
         "want {hex}: {}",

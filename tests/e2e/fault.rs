@@ -29,10 +29,6 @@ fn boot(dir: &Path, opts: &[&str], script: &str) -> Running {
     Running::spawn(cmd)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The sha256 of `len` bytes at `offset` of `file`.
 fn sha_at(file: &Path, offset: u64, len: usize) -> String {
     use std::os::unix::fs::FileExt;
@@ -41,7 +37,7 @@ fn sha_at(file: &Path, offset: u64, len: usize) -> String {
         .unwrap()
         .read_exact_at(&mut buf, offset)
         .unwrap();
-    hex(&Sha256::digest(&buf))
+    husk_tests::hex(&Sha256::digest(&buf))
 }
 
 /// A guest writes random 4 KiB blocks to a disk, each with fsync, and says

@@ -130,10 +130,6 @@ impl Noise {
     }
 }
 
-fn hex(digest: &[u8]) -> String {
-    digest.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// MiB moved each way by the bulk test: `HUSK_E2E_BULK_MIB` (the issue's
 /// full size is 1024), else 64, or 4 when this machine is itself a guest
 /// (the nested testbed moves a few MB/s).
@@ -176,7 +172,7 @@ fn send_noise(bytes: usize) -> String {
         s.write_all(&buf[..n]).expect("send to the guest");
         left -= n;
     }
-    hex(&sum.finalize())
+    husk_tests::hex(&sum.finalize())
 }
 
 /// Reads `from` to its end: the byte count and checksum.
@@ -185,7 +181,7 @@ fn drain(mut from: TcpStream) -> (usize, String) {
     let mut buf = vec![0u8; 64 << 10];
     loop {
         match from.read(&mut buf).expect("read from the guest") {
-            0 => return (len, hex(&sum.finalize())),
+            0 => return (len, husk_tests::hex(&sum.finalize())),
             n => {
                 sum.update(&buf[..n]);
                 len += n;

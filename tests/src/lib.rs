@@ -172,3 +172,8 @@ pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
     // A panicking holder poisons it; the next test may still run.
     HEAVY.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// Lower-case hex of `bytes`, as `sha256sum` prints a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

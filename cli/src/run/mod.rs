@@ -479,17 +479,11 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
 }
 
 /// The VM's device loop on a thread of its own (the caller talks to the
-/// agent); the receiver hears (or disconnects) when the VM has ended.
-pub(crate) fn wait_on_a_thread(
-    vm: husk_vmm::RunningVm,
-) -> (VmThread<husk_vmm::Outcome>, std::sync::mpsc::Receiver<()>) {
-    let (done_tx, vm_done) = std::sync::mpsc::channel();
-    let thread = VmThread::spawn(move || {
-        let outcome = vm.wait();
-        let _ = done_tx.send(());
-        outcome
-    });
-    (thread, vm_done)
+/// agent), and what tells anyone when the VM has ended.
+pub(crate) fn wait_on_a_thread(vm: husk_vmm::RunningVm) -> (VmThread<husk_vmm::Outcome>, VmEnded) {
+    let thread = VmThread::spawn(move || vm.wait());
+    let ended = thread.ended();
+    (thread, ended)
 }
 
 type EndedFlag = std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>;
@@ -499,6 +493,16 @@ type EndedFlag = std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>;
 pub(crate) struct VmThread<T> {
     handle: std::thread::JoinHandle<T>,
     ended: EndedFlag,
+}
+
+/// Whether a [`VmThread`] has ended, for any thread to ask.
+#[derive(Clone)]
+pub(crate) struct VmEnded(EndedFlag);
+
+impl VmEnded {
+    pub fn has_ended(&self) -> bool {
+        *self.0 .0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Says that the thread ended, when dropped: a panic's unwinding too.
@@ -521,6 +525,10 @@ impl<T: Send + 'static> VmThread<T> {
             f()
         });
         VmThread { handle, ended }
+    }
+
+    pub fn ended(&self) -> VmEnded {
+        VmEnded(self.ended.clone())
     }
 
     /// Waits until the thread has ended or `deadline` passed: whether it
@@ -554,8 +562,11 @@ mod vm_thread_tests {
     #[test]
     fn a_thread_that_is_still_running_is_waited_for_until_the_deadline() {
         let t = VmThread::spawn(|| std::thread::sleep(Duration::from_millis(300)));
+        let ended = t.ended();
         assert!(!t.wait_until(Instant::now() + Duration::from_millis(20)));
+        assert!(!ended.has_ended());
         assert!(t.wait_until(Instant::now() + Duration::from_secs(10)));
+        assert!(ended.has_ended());
         assert!(t.join().is_ok());
     }
 

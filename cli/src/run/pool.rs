@@ -579,7 +579,7 @@ fn boot_and_snapshot(build: &Path, config: &VmConfig, cmdline: &str) -> Result<(
     let vm = husk_vmm::start(&template, None).map_err(|e| e.to_string())?;
     let controls = vm.controls();
     let (thread, done) = super::wait_on_a_thread(vm);
-    let alive = || matches!(done.try_recv(), Err(std::sync::mpsc::TryRecvError::Empty));
+    let alive = || !done.has_ended();
     let ready = Client::open_guarded(
         &uds,
         Instant::now() + TEMPLATE_DEADLINE,

@@ -11,7 +11,6 @@ use husk_wire::agent::{
 };
 use husk_wire::oci_spec::runtime::Spec;
 use std::path::PathBuf;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// How long a live guest gets to boot and answer (a guest that stops
@@ -46,8 +45,8 @@ pub struct Session {
     pub uds: PathBuf,
     pub sinks: Sinks,
     pub controls: VmControls,
-    /// Says something (or disconnects) when the VM has ended.
-    pub vm_done: mpsc::Receiver<()>,
+    /// Whether the VM has ended.
+    pub vm_done: super::VmEnded,
     /// SIGINT/SIGTERM, taken from the default handlers.
     pub signals: nix::sys::signalfd::SignalFd,
     /// When the VM is a pool template's clone: what makes it this run's.
@@ -72,8 +71,8 @@ pub struct VmIdentity {
 }
 
 impl Session {
-    fn vm_alive(done: &mpsc::Receiver<()>) -> bool {
-        matches!(done.try_recv(), Err(mpsc::TryRecvError::Empty))
+    fn vm_alive(done: &super::VmEnded) -> bool {
+        !done.has_ended()
     }
 
     /// Runs the container to its end; its status.
